@@ -1,0 +1,139 @@
+//! Device and dtype choices as users spell them (`cuda:1`, `bf16`, `auto`).
+
+use candle_core::{DType, Device};
+
+use crate::{Error, Result};
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// The first CUDA device when this build has CUDA and one is present, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// CUDA device N.
+    Cuda(usize),
+}
+
+impl DeviceChoice {
+    /// Parses `auto`, `cpu`, `cuda`, `cuda:N` (also `gpu`).
+    pub fn parse(s: &str) -> Result<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        match s.as_str() {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(Self::Cuda(n)),
+                _ => Err(Error::invalid_option(
+                    "device",
+                    format!("\"{s}\" is not a device; use auto, cpu, cuda or cuda:N"),
+                )),
+            },
+        }
+    }
+
+    /// Opens the device.
+    pub fn open(self) -> Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Auto => {
+                if candle_core::utils::cuda_is_available() {
+                    Device::new_cuda(0).or(Ok(Device::Cpu))
+                } else {
+                    Ok(Device::Cpu)
+                }
+            }
+            Self::Cuda(n) => {
+                if !candle_core::utils::cuda_is_available() {
+                    return Err(Error::Device(
+                        "this build of vlm has no CUDA support: rebuild with `--features cuda` (Python: pip install with the cuda option), or use device=cpu".into(),
+                    ));
+                }
+                Device::new_cuda(n).map_err(|e| {
+                    Error::Device(format!("cannot open cuda:{n} ({e}); check nvidia-smi and CUDA_VISIBLE_DEVICES"))
+                })
+            }
+        }
+    }
+}
+
+/// Floating-point precision of weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DTypeChoice {
+    /// bf16 on CUDA, f32 on the CPU (candle's CPU half-precision matmuls are slow).
+    #[default]
+    Auto,
+    /// 32-bit float: the reference precision of the parity tests.
+    F32,
+    /// 16-bit float.
+    F16,
+    /// bfloat16: what the Qwen checkpoints were trained in.
+    BF16,
+}
+
+impl DTypeChoice {
+    /// Parses `auto`, `f32`/`float32`, `f16`/`float16`/`half`, `bf16`/`bfloat16`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "f32" | "float32" | "float" => Ok(Self::F32),
+            "f16" | "float16" | "half" | "fp16" => Ok(Self::F16),
+            "bf16" | "bfloat16" => Ok(Self::BF16),
+            other => Err(Error::invalid_option(
+                "dtype",
+                format!("\"{other}\" is not a dtype; use auto, f32, f16 or bf16"),
+            )),
+        }
+    }
+
+    /// The dtype to use on `device`.
+    pub fn resolve(self, device: &Device) -> DType {
+        match self {
+            Self::Auto if device.is_cuda() => DType::BF16,
+            Self::Auto => DType::F32,
+            Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
+            Self::BF16 => DType::BF16,
+        }
+    }
+}
+
+/// The device's name as `info()` reports it.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_strings() {
+        assert_eq!(DeviceChoice::parse("CPU").unwrap(), DeviceChoice::Cpu);
+        assert_eq!(DeviceChoice::parse("cuda").unwrap(), DeviceChoice::Cuda(0));
+        assert_eq!(DeviceChoice::parse("cuda:3").unwrap(), DeviceChoice::Cuda(3));
+        let err = DeviceChoice::parse("cuda:x").unwrap_err().to_string();
+        assert!(err.contains("cuda:N"), "{err}");
+    }
+
+    #[test]
+    fn auto_dtype_is_f32_on_cpu() {
+        assert_eq!(DTypeChoice::Auto.resolve(&Device::Cpu), DType::F32);
+        assert_eq!(DTypeChoice::parse("bfloat16").unwrap(), DTypeChoice::BF16);
+        assert!(DTypeChoice::parse("int4").is_err());
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_says_how_to_get_it() {
+        let err = DeviceChoice::Cuda(0).open().unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Device);
+        assert!(err.to_string().contains("--features cuda"), "{err}");
+    }
+}

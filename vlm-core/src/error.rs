@@ -1,0 +1,231 @@
+//! The one error type of `vlm-core`, grouped by cause so that callers (and the Python
+//! bindings) can tell "fix your input" from "fix your files" from "fix your machine".
+
+use std::path::PathBuf;
+
+/// Convenience alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Broad cause of an [`Error`]: what the user should look at first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The image, question, prompt or options passed in.
+    BadInput,
+    /// The model folder or hub files: missing, unreadable, inconsistent or unsupported.
+    ModelFiles,
+    /// The device: CUDA missing, out of memory, unknown device string.
+    Device,
+    /// Anything that failed while running a model that was loaded fine.
+    Runtime,
+}
+
+/// Everything that can go wrong in `vlm`.
+///
+/// Every message says what to do next. Match on [`Error::kind`] for coarse handling:
+///
+/// ```
+/// use vlm_core::{Error, ErrorKind};
+///
+/// let err = Error::EmptyQuestion;
+/// assert_eq!(err.kind(), ErrorKind::BadInput);
+/// assert!(err.to_string().contains("question"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    // ---- bad input -------------------------------------------------------------------
+    /// The image could not be read, decoded or accepted.
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+
+    /// `ask` was called with an empty (or whitespace-only) question.
+    #[error("the question is empty: pass the text you want the model to answer about the image")]
+    EmptyQuestion,
+
+    /// `relate` (or a request) got no image where at least one is needed.
+    #[error("no image was given: {what} needs at least one image")]
+    NoImages {
+        /// The call that needed the images.
+        what: &'static str,
+    },
+
+    /// More images than the model takes in one call.
+    #[error("{given} images were given but this model takes at most {max} in one call: split them into groups of {max}")]
+    TooManyImages {
+        /// Images passed.
+        given: usize,
+        /// What the model takes.
+        max: usize,
+    },
+
+    /// The prompt does not fit the model's context window.
+    #[error("the prompt is {tokens} tokens (with {new_tokens} new tokens requested) but the model's context is {max} tokens: use fewer or smaller images, a shorter prompt or a smaller max_new_tokens")]
+    PromptTooLong {
+        /// Prompt tokens after image placeholder expansion.
+        tokens: usize,
+        /// Tokens requested for generation.
+        new_tokens: usize,
+        /// The model's maximum sequence length.
+        max: usize,
+    },
+
+    /// A raw prompt's image placeholders and the images passed disagree.
+    #[error("the prompt has {placeholders} image placeholder(s) ({placeholder}) but {images} image(s) were given: pass one image per placeholder")]
+    PlaceholderMismatch {
+        /// Placeholders found in the prompt.
+        placeholders: usize,
+        /// Images passed.
+        images: usize,
+        /// The family's placeholder text.
+        placeholder: String,
+    },
+
+    /// A generation option, device string, dtype or other setting is out of range.
+    #[error("invalid option {name}: {message}")]
+    InvalidOption {
+        /// The option's name as the user spelt it.
+        name: &'static str,
+        /// What is wrong and what is accepted.
+        message: String,
+    },
+
+    // ---- model files -----------------------------------------------------------------
+    /// A file the model needs is not in the folder.
+    #[error("{path} is missing: {hint}")]
+    MissingFile {
+        /// The file that was looked for.
+        path: PathBuf,
+        /// What the file is and where it comes from.
+        hint: String,
+    },
+
+    /// A model file exists but cannot be read or parsed.
+    #[error("cannot read {path}: {message}")]
+    BadFile {
+        /// The offending file.
+        path: PathBuf,
+        /// The parser's complaint.
+        message: String,
+    },
+
+    /// config.json names a model type no family handles.
+    #[error("model_type \"{model_type}\" is not supported; supported model types: {}", supported.join(", "))]
+    UnsupportedModel {
+        /// The config's `model_type`.
+        model_type: String,
+        /// Every model type a family registered.
+        supported: Vec<&'static str>,
+    },
+
+    /// A tensor the model needs is absent from the weights, or has the wrong shape.
+    #[error("weights do not match the config: {0}; check that config.json and the safetensors files come from the same checkpoint")]
+    Weights(String),
+
+    /// Downloading from the hub failed (offline, unknown repo, gated model).
+    #[error("could not fetch {repo} from the Hugging Face hub ({message}); without a network, download the repo elsewhere and pass its local folder instead")]
+    Hub {
+        /// The repo id.
+        repo: String,
+        /// What hf-hub said.
+        message: String,
+    },
+
+    /// The tokenizer failed to load, encode or decode.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// The chat template failed to render.
+    #[error("chat template: {0}; pass a raw prompt in the model's own format instead, or fix the template file")]
+    Template(String),
+
+    // ---- device ----------------------------------------------------------------------
+    /// The requested device is not available or not compiled in.
+    #[error("device: {0}")]
+    Device(String),
+
+    // ---- runtime ---------------------------------------------------------------------
+    /// A tensor operation failed.
+    #[error("tensor operation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+
+    /// Generation stopped for a reason other than bad input.
+    #[error("generation failed: {0}")]
+    Generation(String),
+}
+
+impl Error {
+    /// The broad cause: see [`ErrorKind`].
+    pub fn kind(&self) -> ErrorKind {
+        use Error::*;
+        match self {
+            Image(_)
+            | EmptyQuestion
+            | NoImages { .. }
+            | TooManyImages { .. }
+            | PromptTooLong { .. }
+            | PlaceholderMismatch { .. }
+            | InvalidOption { .. } => ErrorKind::BadInput,
+            MissingFile { .. }
+            | BadFile { .. }
+            | UnsupportedModel { .. }
+            | Weights(_)
+            | Hub { .. }
+            | Tokenizer(_)
+            | Template(_) => ErrorKind::ModelFiles,
+            Device(_) => ErrorKind::Device,
+            Candle(e) if is_device_error(e) => ErrorKind::Device,
+            Candle(_) | Generation(_) => ErrorKind::Runtime,
+        }
+    }
+
+    /// Shorthand for [`Error::InvalidOption`].
+    pub fn invalid_option(name: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidOption { name, message: message.into() }
+    }
+
+    /// Shorthand for [`Error::BadFile`].
+    pub fn bad_file(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
+        Error::BadFile { path: path.into(), message: message.to_string() }
+    }
+}
+
+/// candle reports CUDA failures (out of memory, no device) as generic errors; their text
+/// is the only signal we have.
+fn is_device_error(e: &candle_core::Error) -> bool {
+    let text = e.to_string();
+    text.contains("CUDA_ERROR") || text.contains("out of memory") || text.contains("cuda")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_group_by_cause() {
+        assert_eq!(Error::EmptyQuestion.kind(), ErrorKind::BadInput);
+        assert_eq!(
+            Error::UnsupportedModel { model_type: "x".into(), supported: vec!["qwen2_vl"] }.kind(),
+            ErrorKind::ModelFiles
+        );
+        assert_eq!(Error::Device("no cuda".into()).kind(), ErrorKind::Device);
+        assert_eq!(Error::Generation("x".into()).kind(), ErrorKind::Runtime);
+    }
+
+    #[test]
+    fn unsupported_model_lists_supported_types() {
+        let e = Error::UnsupportedModel {
+            model_type: "llava".into(),
+            supported: vec!["qwen2_vl", "qwen2_5_vl", "qwen3_vl"],
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("\"llava\""), "{msg}");
+        assert!(msg.contains("qwen2_vl, qwen2_5_vl, qwen3_vl"), "{msg}");
+    }
+
+    #[test]
+    fn too_many_images_says_what_to_do() {
+        let msg = Error::TooManyImages { given: 5, max: 4 }.to_string();
+        assert!(msg.contains("5 images") && msg.contains("groups of 4"), "{msg}");
+    }
+}

@@ -1,0 +1,145 @@
+//! The narrow internal trait each model family implements, and [`FamilyModel`], which turns
+//! any family into a full [`VisionLanguageModel`] by running the shared generation loop.
+
+use std::time::Duration;
+
+use candle_core::Tensor;
+use tokenizers::Tokenizer;
+
+use crate::generate::run_generation;
+use crate::{
+    Error, Generation, GenerationDefaults, GenerationOptions, Image, Language, ModelInfo, Request, Result,
+    VisionLanguageModel,
+};
+
+/// What `prefill` returns.
+pub struct PrefillOutput<S> {
+    /// Logits of each sequence's last prompt position, `[batch, vocab]`.
+    pub logits: Tensor,
+    /// Per-batch state for the decode steps (KV caches, positions, rope deltas).
+    pub state: S,
+    /// Time spent in the vision tower (part of the prefill call).
+    pub image_encode: Duration,
+}
+
+/// A model family as the generation loop sees it. The loop owns sampling, stopping,
+/// streaming and batching; a family only turns requests into typed inputs and runs its
+/// forward passes.
+pub trait Family: Send + Sync + 'static {
+    /// One prepared sequence (tokens, preprocessed images, positions).
+    type Inputs: Send;
+    /// Mutable state of one batch being generated.
+    type State: Send;
+
+    /// What was loaded.
+    fn info(&self) -> ModelInfo;
+    /// For detokenizing the output.
+    fn tokenizer(&self) -> &Tokenizer;
+    /// generation_config.json.
+    fn generation_defaults(&self) -> &GenerationDefaults;
+
+    /// Chat template or raw prompt → tokens; images → tensors; placeholder expansion.
+    fn prepare(&self, request: &Request) -> Result<Self::Inputs>;
+    /// The prompt's token ids after placeholder expansion.
+    fn input_ids<'a>(&self, inputs: &'a Self::Inputs) -> &'a [u32];
+    /// Runs vision and the language model over the prompts; the state must have room for
+    /// `max_new_tokens` more positions per sequence.
+    fn prefill(&self, batch: &[&Self::Inputs], max_new_tokens: usize) -> Result<PrefillOutput<Self::State>>;
+    /// One step: the last token of each sequence in, `[batch, vocab]` logits out.
+    fn decode(&self, tokens: &[u32], state: &mut Self::State) -> Result<Tensor>;
+
+    /// The instruction `describe` sends.
+    fn describe_prompt(&self, language: Language) -> String {
+        match language {
+            Language::Chinese => "请详细描述这张照片。".into(),
+            _ => "Describe this photo in detail.".into(),
+        }
+    }
+
+    /// The default instruction of `relate` for `n` photos.
+    fn relate_prompt(&self, n: usize, language: Language) -> String {
+        match language {
+            Language::Chinese => format!("这{n}张照片来自同一次旅行或活动。请按顺序讲述它们共同的故事。"),
+            _ => format!("These {n} photos come from one trip or event. Tell the story they share, photo by photo."),
+        }
+    }
+
+    /// A single-turn request with `images` and `text` in the family's conversation format.
+    fn chat_request(&self, images: Vec<Image>, text: String, options: &GenerationOptions) -> Request {
+        Request::chat(images, text, options.clone())
+    }
+}
+
+/// Any [`Family`] as a [`VisionLanguageModel`].
+pub struct FamilyModel<F>(pub F);
+
+impl<F: Family> FamilyModel<F> {
+    /// The family inside.
+    pub fn family(&self) -> &F {
+        &self.0
+    }
+}
+
+impl<F: Family> VisionLanguageModel for FamilyModel<F> {
+    fn info(&self) -> ModelInfo {
+        self.0.info()
+    }
+
+    fn generate(&self, request: &Request) -> Result<Generation> {
+        let mut out = run_generation(&self.0, std::slice::from_ref(request), None)?;
+        Ok(out.remove(0))
+    }
+
+    fn generate_stream(&self, request: &Request, on_text: &mut dyn FnMut(&str)) -> Result<Generation> {
+        let mut out = run_generation(&self.0, std::slice::from_ref(request), Some(on_text))?;
+        Ok(out.remove(0))
+    }
+
+    fn generate_batch(&self, requests: &[Request]) -> Result<Vec<Generation>> {
+        if requests.is_empty() {
+            return Ok(vec![]);
+        }
+        run_generation(&self.0, requests, None)
+    }
+
+    fn describe_request(&self, image: &Image, options: &GenerationOptions) -> Result<Request> {
+        let text = self.0.describe_prompt(options.language.resolve(""));
+        Ok(self.0.chat_request(vec![image.clone()], text, options))
+    }
+
+    fn ask_request(&self, image: &Image, question: &str, options: &GenerationOptions) -> Result<Request> {
+        if question.trim().is_empty() {
+            return Err(Error::EmptyQuestion);
+        }
+        Ok(self.0.chat_request(vec![image.clone()], question.to_string(), options))
+    }
+
+    fn relate(&self, images: &[Image], instruction: Option<&str>, options: &GenerationOptions) -> Result<String> {
+        if images.is_empty() {
+            return Err(Error::NoImages { what: "relate" });
+        }
+        let info = self.0.info();
+        if let Some(max) = info.max_images {
+            if images.len() > max {
+                return Err(Error::TooManyImages { given: images.len(), max });
+            }
+        }
+        let language = options.language.resolve(instruction.unwrap_or(""));
+        let text = match instruction {
+            Some(i) if !i.trim().is_empty() => i.to_string(),
+            _ => self.0.relate_prompt(images.len(), language),
+        };
+        if info.native_multi_image {
+            return Ok(self.generate(&self.0.chat_request(images.to_vec(), text, options))?.text);
+        }
+        // One image per call: caption each, then relate the captions in a text-only turn.
+        let mut captions = Vec::with_capacity(images.len());
+        for image in images {
+            captions.push(self.describe(image, options)?);
+        }
+        let listing: String =
+            captions.iter().enumerate().map(|(i, c)| format!("Photo {}: {}\n", i + 1, c.trim())).collect();
+        let prompt = format!("{listing}{text}");
+        Ok(self.generate(&self.0.chat_request(vec![], prompt, options))?.text)
+    }
+}

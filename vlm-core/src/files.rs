@@ -1,0 +1,202 @@
+//! Finding a model's files: a local HF-format folder, or a hub repo id fetched with hf-hub.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// Files that are worth fetching from the hub when present; only config.json and the
+/// weights are required (each family checks for what it needs).
+const OPTIONAL_HUB_FILES: &[&str] = &[
+    "generation_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.json",
+    "chat_template.jinja",
+];
+
+/// A model folder on local disk.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    root: PathBuf,
+}
+
+impl ModelDir {
+    /// `path_or_id` is a folder, or a hub id like `Qwen/Qwen2.5-VL-3B-Instruct` that is
+    /// downloaded (or found in the hub cache) first.
+    pub fn resolve(path_or_id: &str, revision: Option<&str>) -> Result<Self> {
+        let path = Path::new(path_or_id);
+        if path.is_dir() {
+            return Self::local(path);
+        }
+        if path.exists() {
+            return Err(Error::MissingFile {
+                path: path.to_path_buf(),
+                hint: "expected a model folder (with config.json), not a file".into(),
+            });
+        }
+        let looks_like_repo = path_or_id.split('/').count() == 2
+            && !path_or_id.starts_with('.')
+            && !path_or_id.starts_with('/')
+            && !path_or_id.contains('\\');
+        if !looks_like_repo {
+            return Err(Error::MissingFile {
+                path: path.to_path_buf(),
+                hint: "no such folder; pass a local model folder or a hub repo id like Qwen/Qwen2.5-VL-3B-Instruct".into(),
+            });
+        }
+        Self::from_hub(path_or_id, revision)
+    }
+
+    /// A local folder; it must hold config.json (or the family's own config file).
+    pub fn local(root: &Path) -> Result<Self> {
+        Ok(Self { root: root.to_path_buf() })
+    }
+
+    fn from_hub(repo_id: &str, revision: Option<&str>) -> Result<Self> {
+        let hub_err = |e: &dyn std::fmt::Display| Error::Hub { repo: repo_id.to_string(), message: e.to_string() };
+        let api = hf_hub::api::sync::ApiBuilder::from_env().build().map_err(|e| hub_err(&e))?;
+        let repo = match revision {
+            Some(rev) => api.repo(hf_hub::Repo::with_revision(repo_id.into(), hf_hub::RepoType::Model, rev.into())),
+            None => api.model(repo_id.to_string()),
+        };
+        let config = repo.get("config.json").map_err(|e| hub_err(&e))?;
+        for name in OPTIONAL_HUB_FILES {
+            // Absent optional files are normal (not every repo has every file).
+            let _ = repo.get(name);
+        }
+        match repo.get("model.safetensors.index.json") {
+            Ok(index) => {
+                for shard in shard_names(&index)? {
+                    repo.get(&shard).map_err(|e| hub_err(&e))?;
+                }
+            }
+            Err(_) => {
+                repo.get("model.safetensors").map_err(|e| hub_err(&e))?;
+            }
+        }
+        let root = config.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(Self { root })
+    }
+
+    /// The folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `root/name`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// `root/name`, or a [`Error::MissingFile`] saying what the file is for.
+    pub fn require(&self, name: &str, what: &str) -> Result<PathBuf> {
+        let p = self.path(name);
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Error::MissingFile { path: p, hint: format!("{what}; copy it from the original model repo") })
+        }
+    }
+
+    /// Parses a JSON file of the folder.
+    pub fn read_json<T: for<'de> Deserialize<'de>>(&self, name: &str, what: &str) -> Result<T> {
+        let p = self.require(name, what)?;
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::bad_file(&p, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::bad_file(&p, e))
+    }
+
+    /// The config's `model_type`.
+    pub fn model_type(&self) -> Result<String> {
+        #[derive(Deserialize)]
+        struct Head {
+            model_type: Option<String>,
+        }
+        let head: Head = self.read_json("config.json", "config.json describes the model")?;
+        head.model_type.ok_or_else(|| Error::bad_file(self.path("config.json"), "no \"model_type\" field"))
+    }
+
+    /// The safetensors files: the shards of model.safetensors.index.json, else
+    /// model.safetensors, else every *.safetensors in the folder.
+    pub fn safetensors(&self) -> Result<Vec<PathBuf>> {
+        let index = self.path("model.safetensors.index.json");
+        if index.is_file() {
+            let files = shard_names(&index)?.into_iter().map(|s| self.root.join(s)).collect::<Vec<_>>();
+            if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+                return Err(Error::MissingFile {
+                    path: missing.clone(),
+                    hint: "a weight shard listed in model.safetensors.index.json; download every shard".into(),
+                });
+            }
+            return Ok(files);
+        }
+        let single = self.path("model.safetensors");
+        if single.is_file() {
+            return Ok(vec![single]);
+        }
+        let mut all: Vec<PathBuf> = std::fs::read_dir(&self.root)
+            .map_err(|e| Error::bad_file(&self.root, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        all.sort();
+        if all.is_empty() {
+            return Err(Error::MissingFile {
+                path: single,
+                hint: "no .safetensors weights in the model folder (PyTorch .bin checkpoints are not read; convert them to safetensors)".into(),
+            });
+        }
+        Ok(all)
+    }
+
+    /// Loads tokenizer.json.
+    pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer> {
+        let p = self.require("tokenizer.json", "tokenizer.json holds the tokenizer")?;
+        tokenizers::Tokenizer::from_file(&p).map_err(|e| Error::bad_file(&p, e))
+    }
+}
+
+fn shard_names(index: &Path) -> Result<Vec<String>> {
+    #[derive(Deserialize)]
+    struct Index {
+        weight_map: std::collections::BTreeMap<String, String>,
+    }
+    let text = std::fs::read_to_string(index).map_err(|e| Error::bad_file(index, e))?;
+    let idx: Index = serde_json::from_str(&text).map_err(|e| Error::bad_file(index, e))?;
+    let mut shards: Vec<String> = idx.weight_map.into_values().collect();
+    shards.sort();
+    shards.dedup();
+    Ok(shards)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_folder_suggests_what_to_pass() {
+        let err = ModelDir::resolve("./no/such/folder", None).unwrap_err();
+        assert!(matches!(err, Error::MissingFile { .. }));
+        assert!(err.to_string().contains("hub repo id"), "{err}");
+    }
+
+    #[test]
+    fn model_type_and_missing_weights() {
+        let dir = std::env::temp_dir().join(format!("vlm-files-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), r#"{"model_type": "qwen2_vl"}"#).unwrap();
+        let md = ModelDir::resolve(dir.to_str().unwrap(), None).unwrap();
+        assert_eq!(md.model_type().unwrap(), "qwen2_vl");
+        let err = md.safetensors().unwrap_err();
+        assert!(err.to_string().contains("safetensors"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,155 @@
+//! The one generation loop: prepare → prefill → pick → decode step → stop → text.
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+
+use crate::options::ResolvedOptions;
+use crate::sampling::{argmax_on_device, Sampler};
+use crate::stream::TextStream;
+use crate::{Error, Family, FinishReason, Generation, Request, Result, Timings};
+
+struct Sequence<'t> {
+    options: ResolvedOptions,
+    sampler: Sampler,
+    /// Prompt and generated ids: the history the repetition penalty looks at.
+    history: Vec<u32>,
+    prompt_tokens: usize,
+    generated: Vec<u32>,
+    stream: TextStream<Box<dyn FnMut(&[u32]) -> Result<String> + 't>>,
+    finish: Option<FinishReason>,
+    logits: Option<Vec<Vec<f32>>>,
+}
+
+impl Sequence<'_> {
+    fn eos_suppressed(&self) -> bool {
+        self.generated.len() < self.options.min_new_tokens && !self.options.eos_token_ids.is_empty()
+    }
+}
+
+/// Runs `requests` as one batch. With `on_text` (single requests only), final text pieces
+/// are handed out as they are made.
+pub fn run_generation<F: Family>(
+    family: &F,
+    requests: &[Request],
+    mut on_text: Option<&mut dyn FnMut(&str)>,
+) -> Result<Vec<Generation>> {
+    let defaults = family.generation_defaults();
+    let info = family.info();
+    let tokenizer = family.tokenizer();
+
+    let t_prepare = Instant::now();
+    let mut inputs = Vec::with_capacity(requests.len());
+    let mut seqs = Vec::with_capacity(requests.len());
+    for (i, request) in requests.iter().enumerate() {
+        let options = request.options.resolve(defaults)?;
+        let prepared = family.prepare(request)?;
+        let ids = family.input_ids(&prepared).to_vec();
+        if ids.len() + options.max_new_tokens > info.max_context {
+            return Err(Error::PromptTooLong { tokens: ids.len(), new_tokens: options.max_new_tokens, max: info.max_context });
+        }
+        let decode: Box<dyn FnMut(&[u32]) -> Result<String>> =
+            Box::new(move |ids: &[u32]| tokenizer.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string())));
+        seqs.push(Sequence {
+            sampler: Sampler::new(&options, i),
+            prompt_tokens: ids.len(),
+            history: ids,
+            generated: Vec::new(),
+            stream: TextStream::new(decode, options.stop_strings.clone()),
+            finish: None,
+            logits: options.return_logits.then(Vec::new),
+            options,
+        });
+        inputs.push(prepared);
+    }
+    let prepare_time = t_prepare.elapsed();
+
+    let t_prefill = Instant::now();
+    let refs: Vec<&F::Inputs> = inputs.iter().collect();
+    let max_steps = seqs.iter().map(|s| s.options.max_new_tokens).max().unwrap_or(0);
+    let prefill = family.prefill(&refs, max_steps)?;
+    let mut logits = prefill.logits;
+    let mut state = prefill.state;
+    let mut timings = Timings {
+        image_encode: prepare_time + prefill.image_encode,
+        prefill: t_prefill.elapsed().saturating_sub(prefill.image_encode),
+        ..Timings::default()
+    };
+
+    let t_decode = Instant::now();
+    for step in 0..max_steps {
+        let picked = pick_tokens(&mut seqs, &logits)?;
+        for (seq, &token) in seqs.iter_mut().zip(&picked) {
+            if seq.finish.is_some() {
+                continue;
+            }
+            if seq.options.eos_token_ids.contains(&token) {
+                seq.finish = Some(FinishReason::Eos);
+                continue;
+            }
+            seq.generated.push(token);
+            seq.history.push(token);
+            let piece = seq.stream.push(token)?;
+            if let Some(cb) = on_text.as_deref_mut() {
+                if !piece.text.is_empty() {
+                    cb(&piece.text);
+                }
+            }
+            if let Some(stop) = piece.stopped_at {
+                if seq.generated.len() >= seq.options.min_new_tokens {
+                    seq.finish = Some(FinishReason::StopString(stop));
+                }
+            } else if seq.generated.len() >= seq.options.max_new_tokens {
+                seq.finish = Some(FinishReason::Length);
+            }
+        }
+        if seqs.iter().all(|s| s.finish.is_some()) {
+            break;
+        }
+        // Finished sequences keep stepping with a dummy token until the batch is done;
+        // their outputs are ignored.
+        logits = family.decode(&picked, &mut state)?;
+        timings.decode_steps = step + 1;
+    }
+    timings.decode = t_decode.elapsed();
+
+    let mut out = Vec::with_capacity(seqs.len());
+    for mut seq in seqs {
+        let rest = seq.stream.finish()?;
+        if let Some(cb) = on_text.as_deref_mut() {
+            if !rest.is_empty() {
+                cb(&rest);
+            }
+        }
+        out.push(Generation {
+            text: seq.stream.text().to_string(),
+            token_ids: seq.generated,
+            prompt_tokens: seq.prompt_tokens,
+            finish_reason: seq.finish.unwrap_or(FinishReason::Length),
+            timings,
+            logits: seq.logits,
+        });
+    }
+    Ok(out)
+}
+
+fn pick_tokens(seqs: &mut [Sequence<'_>], logits: &Tensor) -> Result<Vec<u32>> {
+    let need_host = seqs.iter().any(|s| s.logits.is_some() || s.sampler.needs_host_logits(s.eos_suppressed()));
+    if !need_host {
+        return argmax_on_device(logits);
+    }
+    let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+    let mut picked = Vec::with_capacity(seqs.len());
+    for (seq, mut row) in seqs.iter_mut().zip(rows) {
+        if seq.finish.is_some() {
+            picked.push(seq.history.last().copied().unwrap_or(0));
+            continue;
+        }
+        if let Some(all) = seq.logits.as_mut() {
+            all.push(row.clone());
+        }
+        let suppress = if seq.eos_suppressed() { seq.options.eos_token_ids.clone() } else { vec![] };
+        picked.push(seq.sampler.pick(&mut row, &seq.history, &suppress));
+    }
+    Ok(picked)
+}

@@ -1,0 +1,113 @@
+//! The public face of every model: [`VisionLanguageModel`].
+
+use crate::{DTypeChoice, DeviceChoice, Generation, GenerationOptions, Image, Quantization, Request, Result};
+
+/// How to load a model.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Where to run.
+    pub device: DeviceChoice,
+    /// Precision.
+    pub dtype: DTypeChoice,
+    /// Weight quantization.
+    pub quantization: Quantization,
+    /// Hub revision (branch, tag or commit) for hub ids.
+    pub revision: Option<String>,
+}
+
+/// What a loaded model is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// Family name: `qwen_vl`, `blip2`, `minigpt4`.
+    pub family: &'static str,
+    /// config.json's `model_type` (e.g. `qwen2_5_vl`).
+    pub model_type: String,
+    /// Parameters in the loaded weights.
+    pub parameters: u64,
+    /// Weight and activation dtype (`f32`, `f16`, `bf16`).
+    pub dtype: String,
+    /// Weight quantization.
+    pub quantization: Quantization,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// Bytes of weights held on the device.
+    pub weight_bytes: u64,
+    /// Most images one call takes (`None`: limited only by the context).
+    pub max_images: Option<usize>,
+    /// Whether several images go into one conversation natively; when false, `relate`
+    /// captions each image and then relates the captions.
+    pub native_multi_image: bool,
+    /// Longest sequence (prompt + generated tokens) the model takes.
+    pub max_context: usize,
+}
+
+/// A vision-language model: describe a photo, answer a question about it, relate several.
+///
+/// Loaded models are immutable and `Send + Sync`: share one behind an `Arc` across
+/// threads; every call keeps its own state.
+///
+/// ```no_run
+/// use vlm_core::{GenerationOptions, Image, VisionLanguageModel};
+///
+/// fn caption(model: &dyn VisionLanguageModel) -> vlm_core::Result<()> {
+///     let photo = Image::open("dinner.jpg")?;
+///     let opts = GenerationOptions::greedy(64);
+///     println!("{}", model.describe(&photo, &opts)?);
+///     println!("{}", model.ask(&photo, "照片中主菜是什么?", &opts)?);
+///     Ok(())
+/// }
+/// ```
+pub trait VisionLanguageModel: Send + Sync {
+    /// What was loaded, where, and how big it is.
+    fn info(&self) -> ModelInfo;
+
+    /// Runs one request to the end.
+    fn generate(&self, request: &Request) -> Result<Generation>;
+
+    /// Runs one request, handing each piece of final text to `on_text` as it is made.
+    /// Pieces never split a UTF-8 character.
+    fn generate_stream(&self, request: &Request, on_text: &mut dyn FnMut(&str)) -> Result<Generation>;
+
+    /// Runs several requests in one batch; results are in request order and equal what
+    /// one-at-a-time generation gives.
+    fn generate_batch(&self, requests: &[Request]) -> Result<Vec<Generation>>;
+
+    /// The request `describe` runs (the family's wording in `options.language`).
+    fn describe_request(&self, image: &Image, options: &GenerationOptions) -> Result<Request>;
+
+    /// The request `ask` runs.
+    fn ask_request(&self, image: &Image, question: &str, options: &GenerationOptions) -> Result<Request>;
+
+    /// Describes a photo.
+    fn describe(&self, image: &Image, options: &GenerationOptions) -> Result<String> {
+        Ok(self.generate(&self.describe_request(image, options)?)?.text)
+    }
+
+    /// Answers a question about a photo; the prompt language follows the question.
+    fn ask(&self, image: &Image, question: &str, options: &GenerationOptions) -> Result<String> {
+        Ok(self.generate(&self.ask_request(image, question, options)?)?.text)
+    }
+
+    /// Relates several photos (e.g. tells the story of one trip). `instruction` replaces
+    /// the default wording.
+    fn relate(&self, images: &[Image], instruction: Option<&str>, options: &GenerationOptions) -> Result<String>;
+
+    /// Describes many photos, `batch_size` per forward pass; `on_done(i)` is called as each
+    /// batch finishes with the number of photos done so far.
+    fn describe_batch(
+        &self,
+        images: &[Image],
+        options: &GenerationOptions,
+        batch_size: usize,
+        on_done: &mut dyn FnMut(usize),
+    ) -> Result<Vec<String>> {
+        let batch_size = batch_size.max(1);
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(batch_size) {
+            let requests = chunk.iter().map(|img| self.describe_request(img, options)).collect::<Result<Vec<_>>>()?;
+            out.extend(self.generate_batch(&requests)?.into_iter().map(|g| g.text));
+            on_done(out.len());
+        }
+        Ok(out)
+    }
+}

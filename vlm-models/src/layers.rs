@@ -1,0 +1,153 @@
+//! Building blocks shared by the families: the linear-layer factory (where quantization
+//! will plug in, so that model code never branches on it), norms and activations.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// A dense layer `y = x Wᵀ + b` with weights as stored in the checkpoint (`[out, in]`).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+/// Loads `weight` (and `bias` when `bias`) from `vb`.
+pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get((out_dim, in_dim), "weight")?;
+    let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+    Ok(Linear { weight, bias })
+}
+
+impl Linear {
+    /// A layer from tensors (used for tied LM heads).
+    pub fn from_weights(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // candle's matmul wants matching batch dims: fold leading dims into rows.
+        let dims = x.dims();
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let x2 = x.reshape((rows, dims[dims.len() - 1]))?;
+        let mut y = x2.matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("non-scalar input") = self.weight.dim(0)?;
+        y.reshape(out_dims)
+    }
+}
+
+/// RMSNorm computed in f32 and cast back, as HF's Qwen2RMSNorm does.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// Loads `weight` of size `dim`.
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { weight: vb.get(dim, "weight")?, eps })
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let xf = x.to_dtype(DType::F32)?;
+        let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = xf.broadcast_div(&(var + self.eps)?.sqrt()?)?.to_dtype(dtype)?;
+        normed.broadcast_mul(&self.weight)
+    }
+}
+
+/// LayerNorm with weight and bias, statistics in f32.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// Loads `weight` and `bias` of size `dim`.
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { weight: vb.get(dim, "weight")?, bias: vb.get(dim, "bias")?, eps })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let xf = x.to_dtype(DType::F32)?;
+        let mean = xf.mean_keepdim(D::Minus1)?;
+        let centered = xf.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed
+            .broadcast_mul(&self.weight.to_dtype(DType::F32)?)?
+            .broadcast_add(&self.bias.to_dtype(DType::F32)?)?
+            .to_dtype(dtype)
+    }
+}
+
+/// Activations by their HF config names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// `silu` / `swish`.
+    Silu,
+    /// `gelu`: the exact erf form.
+    Gelu,
+    /// `gelu_pytorch_tanh` / `gelu_new`: the tanh approximation.
+    GeluTanh,
+    /// `quick_gelu`: `x * sigmoid(1.702 x)`.
+    QuickGelu,
+}
+
+impl Act {
+    /// Parses an HF `hidden_act` string.
+    pub fn from_name(name: &str) -> std::result::Result<Self, String> {
+        match name {
+            "silu" | "swish" => Ok(Self::Silu),
+            "gelu" => Ok(Self::Gelu),
+            "gelu_pytorch_tanh" | "gelu_new" => Ok(Self::GeluTanh),
+            "quick_gelu" => Ok(Self::QuickGelu),
+            other => Err(format!("activation \"{other}\" is not supported")),
+        }
+    }
+}
+
+impl Module for Act {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Silu => x.silu(),
+            Self::Gelu => x.gelu_erf(),
+            Self::GeluTanh => x.gelu(),
+            Self::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
+        }
+    }
+}
+
+/// `cat(-x2, x1)` over the last dimension, the rotation of "rotate-half" RoPE.
+pub fn rotate_half(x: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)
+}
+
+/// `x * cos + rotate_half(x) * sin` with broadcasting.
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    x.broadcast_mul(cos)? + rotate_half(x)?.broadcast_mul(sin)?
+}
+
+impl Linear {
+    /// The weight's dtype (the layer's compute dtype).
+    pub fn weight_dtype(&self) -> DType {
+        self.weight.dtype()
+    }
+}

@@ -1,0 +1,321 @@
+//! # Qwen-VL: Qwen2-VL, Qwen2.5-VL and Qwen3-VL
+//!
+//! Alibaba's vision-language models ("Qwen2-VL: Enhancing Vision-Language Model's
+//! Perception of the World at Any Resolution", arXiv:2409.12191; "Qwen2.5-VL Technical
+//! Report", arXiv:2502.13923; Qwen3-VL, 2025). One folder serves all three generations,
+//! picked by config.json's `model_type`: `qwen2_vl`, `qwen2_5_vl`, `qwen3_vl`.
+//!
+//! Checkpoints: Qwen/Qwen2-VL-2B/7B-Instruct, Qwen/Qwen2.5-VL-3B/7B-Instruct,
+//! Qwen/Qwen3-VL-2B/4B/8B-Instruct (dense). Both weight layouts load: the released
+//! `visual.* / model.*` one and transformers 5's `model.visual.* / model.language_model.*`.
+//!
+//! Images of any size become a grid of 14-pixel (Qwen3-VL: 16-pixel) patches; each 2×2
+//! block of patches is one language-model token. Several images go into one conversation
+//! natively, so `relate` sees all photos at once.
+
+pub mod config;
+pub mod processor;
+pub mod rope;
+pub mod text;
+pub mod vision;
+
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use tokenizers::Tokenizer;
+use vlm_core::device::device_name;
+use vlm_core::files::ModelDir;
+use vlm_core::kv_cache::LayerKvCache;
+use vlm_core::model::LoadOptions;
+use vlm_core::{
+    Error, Family, FamilyModel, GenerationDefaults, ModelInfo, PrefillOutput, Quantization, Request, Result,
+    VisionLanguageModel,
+};
+
+pub use config::{QwenGeneration, QwenVlConfig};
+pub use processor::{QwenInputs, QwenProcessor, IMAGE_PLACEHOLDER};
+use rope::{rope_index, MropeTables, RopeIndex};
+use text::{attention_mask, DeepStack, TextModel};
+use vision::{VisionOutput, VisionTower};
+
+/// The `model_type`s this family loads.
+pub const MODEL_TYPES: &[&str] = &["qwen2_vl", "qwen2_5_vl", "qwen3_vl"];
+
+/// A loaded Qwen-VL model: immutable, shareable across threads.
+pub struct QwenVl {
+    config: QwenVlConfig,
+    processor: QwenProcessor,
+    vision: VisionTower,
+    text: TextModel,
+    rope: MropeTables,
+    defaults: GenerationDefaults,
+    device: Device,
+    dtype: DType,
+    parameters: u64,
+}
+
+/// Per-batch generation state: KV caches and where each sequence's positions continue.
+pub struct QwenState {
+    caches: Vec<LayerKvCache>,
+    /// Next M-RoPE position of each sequence (all three streams agree after the prompt).
+    next_position: Vec<i64>,
+    /// Left padding of each sequence in the cache.
+    pad: Vec<usize>,
+}
+
+/// Tokens and image patches of one request, with its 3-D positions.
+pub struct PreparedQwen {
+    inputs: QwenInputs,
+    rope: RopeIndex,
+}
+
+impl PreparedQwen {
+    /// The processor's output.
+    pub fn inputs(&self) -> &QwenInputs {
+        &self.inputs
+    }
+
+    /// The M-RoPE positions and delta (transformers' `get_rope_index`).
+    pub fn rope_index(&self) -> &RopeIndex {
+        &self.rope
+    }
+}
+
+/// `load()` entry point for the registry.
+pub fn load_boxed(dir: &ModelDir, options: &LoadOptions) -> Result<Box<dyn VisionLanguageModel>> {
+    Ok(Box::new(FamilyModel(QwenVl::load(dir, options)?)))
+}
+
+impl QwenVl {
+    /// Loads a checkpoint folder.
+    pub fn load(dir: &ModelDir, options: &LoadOptions) -> Result<Self> {
+        if options.quantization != Quantization::None {
+            return Err(Error::invalid_option(
+                "quant",
+                format!(
+                    "{} quantization is not implemented yet for Qwen-VL; load with quant=none (see docs/quantization.md)",
+                    options.quantization.as_str()
+                ),
+            ));
+        }
+        let config_path = dir.require("config.json", "config.json describes the model")?;
+        let config_text = std::fs::read_to_string(&config_path).map_err(|e| Error::bad_file(&config_path, e))?;
+        let config = QwenVlConfig::from_json(&config_text)?;
+        let device = options.device.open()?;
+        let dtype = options.dtype.resolve(&device);
+
+        let processor = QwenProcessor::from_model_dir(dir, config.image_token_id)?;
+        let defaults = GenerationDefaults::from_file(&dir.path("generation_config.json"), &config.eos_token_ids)?;
+
+        let files = dir.safetensors()?;
+        let parameters = count_parameters(&files)?;
+        // SAFETY: the files are memory-mapped read-only; modifying them while loaded is
+        // undefined behaviour, as with every mmap-based loader.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device) }.map_err(weights_err)?;
+        let (visual_prefix, text_prefix) = if vb.contains_tensor("model.language_model.embed_tokens.weight") {
+            ("model.visual", "model.language_model")
+        } else {
+            ("visual", "model")
+        };
+        let vision = VisionTower::new(&config.vision, config.generation, vb.pp(visual_prefix)).map_err(weights_err)?;
+        let text = TextModel::new(&config.text, vb.pp(text_prefix), vb.clone()).map_err(weights_err)?;
+        let t = &config.text;
+        let rope = MropeTables::new(t.head_dim, t.rope_theta, t.mrope_section, t.mrope_interleaved);
+        Ok(Self { config, processor, vision, text, rope, defaults, device, dtype, parameters })
+    }
+
+    /// The parsed config.
+    pub fn config(&self) -> &QwenVlConfig {
+        &self.config
+    }
+
+    /// The processor (tokenizer, chat template, image preprocessing).
+    pub fn processor(&self) -> &QwenProcessor {
+        &self.processor
+    }
+
+    /// Runs the vision tower over the images of `inputs` (in order).
+    pub fn encode_images(&self, inputs: &[&QwenInputs]) -> Result<Option<VisionOutput>> {
+        let images: Vec<_> = inputs.iter().flat_map(|i| i.images.iter()).collect();
+        if images.is_empty() {
+            return Ok(None);
+        }
+        let row = images[0].pixel_values.len() / (images[0].grid_thw.iter().product::<usize>()).max(1);
+        let data: Vec<f32> = images.iter().flat_map(|i| i.pixel_values.iter().copied()).collect();
+        let rows = data.len() / row.max(1);
+        let pixels = Tensor::from_vec(data, (rows, row), &self.device)?;
+        let grids: Vec<[usize; 3]> = images.iter().map(|i| i.grid_thw).collect();
+        Ok(Some(self.vision.forward(&pixels, &grids)?))
+    }
+
+    /// Runs the prompts through vision and the decoder. Returns the final hidden states
+    /// `[batch, padded_len, hidden]`, the state for decoding (room for `max_new_tokens`
+    /// more positions) and the vision time.
+    pub fn forward_prompts(&self, batch: &[&PreparedQwen], max_new_tokens: usize) -> Result<(Tensor, QwenState, Duration)> {
+        let b = batch.len();
+        let len = batch.iter().map(|p| p.inputs.input_ids.len()).max().unwrap_or(0);
+        let pad: Vec<usize> = batch.iter().map(|p| len - p.inputs.input_ids.len()).collect();
+
+        let t_vision = Instant::now();
+        let inputs: Vec<&QwenInputs> = batch.iter().map(|p| &p.inputs).collect();
+        let vision = self.encode_images(&inputs)?;
+        if vision.is_some() {
+            self.device.synchronize()?;
+        }
+        let vision_time = t_vision.elapsed();
+
+        // Flat ids (left padded) and, per row, where its embedding comes from.
+        let image_token = self.config.image_token_id;
+        let mut ids = Vec::with_capacity(b * len);
+        let mut source = Vec::with_capacity(b * len);
+        let mut deepstack_rows = Vec::with_capacity(b * len);
+        let mut image_rows = 0u32;
+        for (s, p) in batch.iter().enumerate() {
+            for _ in 0..pad[s] {
+                source.push(ids.len() as u32);
+                deepstack_rows.push(0u32);
+                ids.push(0u32);
+            }
+            for &id in &p.inputs.input_ids {
+                if id == image_token {
+                    source.push((b * len) as u32 + image_rows);
+                    image_rows += 1;
+                    deepstack_rows.push(image_rows);
+                } else {
+                    source.push(ids.len() as u32);
+                    deepstack_rows.push(0);
+                }
+                ids.push(id);
+            }
+        }
+        let feature_rows = vision.as_ref().map_or(Ok(0), |v| v.embeds.dim(0))?;
+        if feature_rows != image_rows as usize {
+            return Err(Error::PlaceholderMismatch {
+                placeholders: image_rows as usize,
+                images: feature_rows,
+                placeholder: format!("<|image_pad|> tokens vs image features ({feature_rows} features)"),
+            });
+        }
+        let hidden = self.config.text.hidden_size;
+        let ids_t = Tensor::from_vec(ids, b * len, &self.device)?;
+        let mut table = self.text.embed(&ids_t)?;
+        if let Some(v) = &vision {
+            table = Tensor::cat(&[&table, &v.embeds.to_dtype(self.dtype)?], 0)?;
+        }
+        let embeds = table.index_select(&Tensor::from_vec(source, b * len, &self.device)?, 0)?.reshape((b, len, hidden))?;
+
+        let positions: Vec<[Vec<i64>; 3]> = batch
+            .iter()
+            .zip(&pad)
+            .map(|(p, &pd)| std::array::from_fn(|s| std::iter::repeat_n(0, pd).chain(p.rope.positions[s].iter().copied()).collect()))
+            .collect();
+        let (cos, sin) = self.rope.tables(&positions, self.dtype, &self.device)?;
+        let mask = attention_mask(&pad, len, len, &self.device)?;
+        let mut caches = self.text.new_caches(b, len + max_new_tokens, self.dtype, &self.device)?;
+
+        let zeros = Tensor::zeros((1, hidden), self.dtype, &self.device)?;
+        let deepstack_tables = match &vision {
+            Some(v) if !v.deepstack.is_empty() => {
+                v.deepstack.iter().map(|f| Tensor::cat(&[&zeros, &f.to_dtype(self.dtype)?], 0)).collect::<candle_core::Result<Vec<_>>>()?
+            }
+            _ => vec![],
+        };
+        let deepstack_index = Tensor::from_vec(deepstack_rows, b * len, &self.device)?;
+        let deepstack = (!deepstack_tables.is_empty()).then(|| DeepStack { rows: &deepstack_index, features: &deepstack_tables });
+
+        let out = self.text.forward_hidden(embeds, &cos, &sin, mask.as_ref(), &mut caches, deepstack)?;
+        let next_position = batch.iter().map(|p| p.inputs.input_ids.len() as i64 + p.rope.delta).collect();
+        Ok((out, QwenState { caches, next_position, pad }, vision_time))
+    }
+
+    /// Logits of every prompt position `[len, vocab]` of one request (for parity checks).
+    pub fn prompt_logits(&self, prepared: &PreparedQwen) -> Result<Tensor> {
+        let (hidden, _, _) = self.forward_prompts(&[prepared], 1)?;
+        Ok(self.text.logits(&hidden.squeeze(0)?)?.to_dtype(DType::F32)?)
+    }
+
+    /// Image embeddings (and DeepStack features) of one request (for parity checks).
+    pub fn image_features(&self, prepared: &PreparedQwen) -> Result<Option<VisionOutput>> {
+        self.encode_images(&[&prepared.inputs])
+    }
+}
+
+fn weights_err(e: candle_core::Error) -> Error {
+    Error::Weights(e.to_string())
+}
+
+fn count_parameters(files: &[std::path::PathBuf]) -> Result<u64> {
+    let mut total = 0u64;
+    for f in files {
+        // SAFETY: read-only mapping of a weights file, only its header is read here.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }.map_err(|e| Error::bad_file(f, e))?;
+        for (_, view) in st.tensors() {
+            total += view.shape().iter().product::<usize>() as u64;
+        }
+    }
+    Ok(total)
+}
+
+impl Family for QwenVl {
+    type Inputs = PreparedQwen;
+    type State = QwenState;
+
+    fn info(&self) -> ModelInfo {
+        ModelInfo {
+            family: "qwen_vl",
+            model_type: self.config.model_type.clone(),
+            parameters: self.parameters,
+            dtype: format!("{:?}", self.dtype).to_lowercase(),
+            quantization: Quantization::None,
+            device: device_name(&self.device),
+            weight_bytes: self.parameters * self.dtype.size_in_bytes() as u64,
+            max_images: None,
+            native_multi_image: true,
+            max_context: self.config.text.max_position_embeddings,
+        }
+    }
+
+    fn tokenizer(&self) -> &Tokenizer {
+        self.processor.tokenizer()
+    }
+
+    fn generation_defaults(&self) -> &GenerationDefaults {
+        &self.defaults
+    }
+
+    fn prepare(&self, request: &Request) -> Result<PreparedQwen> {
+        let inputs = self.processor.process(request)?;
+        let grids: Vec<[usize; 3]> = inputs.images.iter().map(|i| i.grid_thw).collect();
+        let rope = rope_index(&inputs.input_ids, self.config.image_token_id, &grids, self.config.vision.spatial_merge_size);
+        Ok(PreparedQwen { inputs, rope })
+    }
+
+    fn input_ids<'a>(&self, inputs: &'a PreparedQwen) -> &'a [u32] {
+        &inputs.inputs.input_ids
+    }
+
+    fn prefill(&self, batch: &[&PreparedQwen], max_new_tokens: usize) -> Result<PrefillOutput<QwenState>> {
+        let (hidden, state, image_encode) = self.forward_prompts(batch, max_new_tokens)?;
+        let len = hidden.dim(1)?;
+        // Left padding puts every sequence's last prompt token in the last column.
+        let last = hidden.narrow(1, len - 1, 1)?.squeeze(1)?;
+        let logits = self.text.logits(&last)?;
+        Ok(PrefillOutput { logits, state, image_encode })
+    }
+
+    fn decode(&self, tokens: &[u32], state: &mut QwenState) -> Result<Tensor> {
+        let b = tokens.len();
+        let ids = Tensor::from_vec(tokens.to_vec(), b, &self.device)?;
+        let embeds = self.text.embed(&ids)?.unsqueeze(1)?;
+        let positions: Vec<[Vec<i64>; 3]> = state.next_position.iter().map(|&p| [vec![p], vec![p], vec![p]]).collect();
+        let (cos, sin) = self.rope.tables(&positions, self.dtype, &self.device)?;
+        let kv_len = state.caches.first().map_or(0, |c| c.len()) + 1;
+        let mask = attention_mask(&state.pad, 1, kv_len, &self.device)?;
+        let hidden = self.text.forward_hidden(embeds, &cos, &sin, mask.as_ref(), &mut state.caches, None)?;
+        for p in state.next_position.iter_mut() {
+            *p += 1;
+        }
+        Ok(self.text.logits(&hidden.squeeze(1)?)?)
+    }
+}

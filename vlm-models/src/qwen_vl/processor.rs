@@ -1,0 +1,296 @@
+//! Images and text → model inputs, exactly as transformers' `Qwen2VLImageProcessor` and
+//! the Qwen-VL processors do it: smart_resize, PIL-exact bicubic resampling, rescale and
+//! normalise, patches in merge-block order with each image used as two frames, and
+//! `<|image_pad|>` repeated once per merged token.
+
+use serde::Deserialize;
+use tokenizers::Tokenizer;
+use vlm_core::chat_template::ChatTemplate;
+use vlm_core::files::ModelDir;
+use vlm_core::resize::{resize, Filter};
+use vlm_core::{Content, Error, Image, Prompt, Request, Result};
+
+/// transformers' Qwen2-VL defaults: at least 56×56 and at most 28·28·1280 pixels.
+const DEFAULT_MIN_PIXELS: usize = 56 * 56;
+const DEFAULT_MAX_PIXELS: usize = 28 * 28 * 1280;
+/// smart_resize refuses images more elongated than this.
+const MAX_ASPECT_RATIO: f64 = 200.0;
+/// PIL's resample codes.
+const PIL_BILINEAR: u32 = 2;
+const PIL_BICUBIC: u32 = 3;
+
+/// Placeholder of one image in a raw Qwen prompt.
+pub const IMAGE_PLACEHOLDER: &str = "<|vision_start|><|image_pad|><|vision_end|>";
+
+#[derive(Deserialize, Default)]
+struct SizeKeys {
+    shortest_edge: Option<usize>,
+    longest_edge: Option<usize>,
+}
+
+/// preprocessor_config.json.
+#[derive(Deserialize)]
+pub struct PreprocessorConfig {
+    #[serde(default)]
+    min_pixels: Option<usize>,
+    #[serde(default)]
+    max_pixels: Option<usize>,
+    #[serde(default)]
+    size: Option<SizeKeys>,
+    /// Pixels per patch side.
+    pub patch_size: usize,
+    /// Frames per patch.
+    #[serde(default = "two")]
+    pub temporal_patch_size: usize,
+    /// Patches merged per side.
+    #[serde(default = "two")]
+    pub merge_size: usize,
+    /// Per-channel mean.
+    pub image_mean: [f32; 3],
+    /// Per-channel std.
+    pub image_std: [f32; 3],
+    #[serde(default = "default_rescale")]
+    rescale_factor: f64,
+    #[serde(default)]
+    resample: Option<u32>,
+}
+
+fn two() -> usize {
+    2
+}
+
+fn default_rescale() -> f64 {
+    1.0 / 255.0
+}
+
+impl PreprocessorConfig {
+    /// Smallest area an image is resized to.
+    pub fn min_pixels(&self) -> usize {
+        self.min_pixels.or(self.size.as_ref().and_then(|s| s.shortest_edge)).unwrap_or(DEFAULT_MIN_PIXELS)
+    }
+
+    /// Largest area an image is resized to.
+    pub fn max_pixels(&self) -> usize {
+        self.max_pixels.or(self.size.as_ref().and_then(|s| s.longest_edge)).unwrap_or(DEFAULT_MAX_PIXELS)
+    }
+}
+
+/// Target size (height, width) for an image: both multiples of `factor`, area within
+/// `[min_pixels, max_pixels]`, aspect ratio kept as well as possible. Python's `round`
+/// (half to even) is part of the reference behaviour.
+pub fn smart_resize(height: usize, width: usize, factor: usize, min_pixels: usize, max_pixels: usize) -> Result<(usize, usize)> {
+    let (h, w, f) = (height as f64, width as f64, factor as f64);
+    if h.max(w) / h.min(w) > MAX_ASPECT_RATIO {
+        return Err(Error::invalid_option(
+            "image",
+            format!("a {width}×{height} image is more than {MAX_ASPECT_RATIO}:1 wide or tall; crop it first"),
+        ));
+    }
+    let mut h_bar = (h / f).round_ties_even() * f;
+    let mut w_bar = (w / f).round_ties_even() * f;
+    if h_bar * w_bar > max_pixels as f64 {
+        let beta = ((h * w) / max_pixels as f64).sqrt();
+        h_bar = f.max((h / beta / f).floor() * f);
+        w_bar = f.max((w / beta / f).floor() * f);
+    } else if h_bar * w_bar < min_pixels as f64 {
+        let beta = (min_pixels as f64 / (h * w)).sqrt();
+        h_bar = (h * beta / f).ceil() * f;
+        w_bar = (w * beta / f).ceil() * f;
+    }
+    Ok((h_bar as usize, w_bar as usize))
+}
+
+/// One image as patches.
+#[derive(Debug, Clone)]
+pub struct ImagePatches {
+    /// `[patches, channels·temporal·patch·patch]`, row-major.
+    pub pixel_values: Vec<f32>,
+    /// `[t, h, w]` in patches.
+    pub grid_thw: [usize; 3],
+}
+
+/// Prompt tokens and image patches of one request.
+#[derive(Debug, Clone)]
+pub struct QwenInputs {
+    /// Token ids with every image's placeholder expanded.
+    pub input_ids: Vec<u32>,
+    /// Images in prompt order.
+    pub images: Vec<ImagePatches>,
+}
+
+/// The processor of one checkpoint.
+pub struct QwenProcessor {
+    /// Image settings.
+    pub config: PreprocessorConfig,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    image_token_id: u32,
+}
+
+impl QwenProcessor {
+    /// A processor from its parts (`template` may be absent: raw prompts still work).
+    pub fn new(config: PreprocessorConfig, tokenizer: Tokenizer, template: Option<ChatTemplate>, image_token_id: u32) -> Result<Self> {
+        if let Some(r) = config.resample {
+            if r != PIL_BICUBIC && r != PIL_BILINEAR {
+                return Err(Error::bad_file(
+                    "preprocessor_config.json",
+                    format!("resample {r} is not supported (bicubic = 3, bilinear = 2)"),
+                ));
+            }
+        }
+        Ok(Self { config, tokenizer, template, image_token_id })
+    }
+
+    /// The processor of a model folder: preprocessor_config.json, tokenizer.json and the
+    /// chat template (optional: raw prompts work without one).
+    pub fn from_model_dir(dir: &ModelDir, image_token_id: u32) -> Result<Self> {
+        let config = dir.read_json("preprocessor_config.json", "preprocessor_config.json holds the image settings")?;
+        let tokenizer = dir.tokenizer()?;
+        let template = match ChatTemplate::from_model_dir(dir) {
+            Ok(t) => Some(t),
+            Err(Error::MissingFile { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        Self::new(config, tokenizer, template, image_token_id)
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Resizes, normalises and patchifies one image.
+    pub fn preprocess(&self, image: &Image) -> Result<ImagePatches> {
+        let c = &self.config;
+        let factor = c.patch_size * c.merge_size;
+        let (h, w) = smart_resize(image.height() as usize, image.width() as usize, factor, c.min_pixels(), c.max_pixels())?;
+        let filter = if c.resample == Some(PIL_BILINEAR) { Filter::Bilinear } else { Filter::Bicubic };
+        let resized;
+        let rgb = if (image.width() as usize, image.height() as usize) == (w, h) {
+            image.as_rgb()
+        } else {
+            resized = resize(image.as_rgb(), w as u32, h as u32, filter);
+            &resized
+        };
+        // rescale then normalise, per channel, in f32 as the reference does
+        let scale = c.rescale_factor as f32;
+        let mut planes = vec![0f32; 3 * h * w];
+        for (i, px) in rgb.pixels().enumerate() {
+            for ch in 0..3 {
+                planes[ch * h * w + i] = (px.0[ch] as f32 * scale - c.image_mean[ch]) / c.image_std[ch];
+            }
+        }
+        let (p, m, tp) = (c.patch_size, c.merge_size, c.temporal_patch_size);
+        let (gh, gw) = (h / p, w / p);
+        let row_len = 3 * tp * p * p;
+        let mut out = Vec::with_capacity(gh * gw * row_len);
+        // order: merged block (bh, bw), patch in block (ih, iw), channel, frame, pixel (y, x)
+        for bh in 0..gh / m {
+            for bw in 0..gw / m {
+                for ih in 0..m {
+                    for iw in 0..m {
+                        let (py, px) = ((bh * m + ih) * p, (bw * m + iw) * p);
+                        for ch in 0..3 {
+                            for _frame in 0..tp {
+                                for y in 0..p {
+                                    let start = ch * h * w + (py + y) * w + px;
+                                    out.extend_from_slice(&planes[start..start + p]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(ImagePatches { pixel_values: out, grid_thw: [1, gh, gw] })
+    }
+
+    /// Merged tokens an image of this grid becomes.
+    pub fn tokens_per_image(&self, grid: [usize; 3]) -> usize {
+        grid[0] * grid[1] * grid[2] / (self.config.merge_size * self.config.merge_size)
+    }
+
+    /// The prompt text of a request: the chat template's output, or the raw prompt.
+    pub fn prompt_text(&self, request: &Request) -> Result<String> {
+        match &request.prompt {
+            Prompt::Raw(text) => Ok(text.clone()),
+            Prompt::Chat(messages) => {
+                let placeholders: usize = messages.iter().map(|m| m.image_count()).sum();
+                if placeholders != request.images.len() {
+                    return Err(Error::PlaceholderMismatch {
+                        placeholders,
+                        images: request.images.len(),
+                        placeholder: "Content::Image".into(),
+                    });
+                }
+                let template = self.template.as_ref().ok_or_else(|| Error::MissingFile {
+                    path: "chat_template.json".into(),
+                    hint: "this model folder has no chat template; copy chat_template.json from the original repo or pass a raw prompt".into(),
+                })?;
+                template.render(messages, true)
+            }
+        }
+    }
+
+    /// Tokenizes a request and preprocesses its images.
+    pub fn process(&self, request: &Request) -> Result<QwenInputs> {
+        if let Prompt::Chat(messages) = &request.prompt {
+            let has_text = messages.iter().flat_map(|m| &m.content).any(|c| matches!(c, Content::Text(t) if !t.trim().is_empty()));
+            if !has_text && request.images.is_empty() {
+                return Err(Error::EmptyQuestion);
+            }
+        }
+        let text = self.prompt_text(request)?;
+        let encoding = self.tokenizer.encode(text.as_str(), true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let ids = encoding.get_ids();
+        let placeholders = ids.iter().filter(|&&t| t == self.image_token_id).count();
+        if placeholders != request.images.len() {
+            return Err(Error::PlaceholderMismatch {
+                placeholders,
+                images: request.images.len(),
+                placeholder: IMAGE_PLACEHOLDER.into(),
+            });
+        }
+        let images = request.images.iter().map(|img| self.preprocess(img)).collect::<Result<Vec<_>>>()?;
+        let extra: usize = images.iter().map(|i| self.tokens_per_image(i.grid_thw) - 1).sum();
+        let mut input_ids = Vec::with_capacity(ids.len() + extra);
+        let mut next_image = images.iter();
+        for &id in ids {
+            if id == self.image_token_id {
+                let n = next_image.next().map_or(1, |i| self.tokens_per_image(i.grid_thw));
+                input_ids.extend(std::iter::repeat_n(id, n));
+            } else {
+                input_ids.push(id);
+            }
+        }
+        Ok(QwenInputs { input_ids, images })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smart_resize_table() {
+        // (h, w) → expected, with the Qwen2.5-VL defaults (factor 28, 3136 … 12845056)
+        let cases = [
+            ((768, 1024), (756, 1036)),
+            ((517, 333), (504, 336)),
+            ((200, 640), (196, 644)),
+            ((28, 28), (56, 56)),
+            ((10, 10), (56, 56)),
+            ((4000, 3000), (4004, 2996)),
+        ];
+        for ((h, w), want) in cases {
+            assert_eq!(smart_resize(h, w, 28, 3136, 12_845_056).unwrap(), want, "{h}x{w}");
+        }
+        // Qwen3-VL: factor 32, 65536 … 16777216
+        assert_eq!(smart_resize(768, 1024, 32, 65536, 16_777_216).unwrap(), (768, 1024));
+        // 42 / 28 = 1.5 rounds to even (2), 70 / 28 = 2.5 rounds to even (2)
+        assert_eq!(smart_resize(42, 70, 28, 1, 1 << 30).unwrap(), (56, 56));
+        // over max_pixels: scaled down by sqrt(area / max)
+        assert_eq!(smart_resize(5000, 4000, 28, 3136, 1_003_520).unwrap(), (1120, 896));
+        assert!(smart_resize(10, 2500, 28, 3136, 12_845_056).is_err());
+    }
+}

@@ -1,0 +1,220 @@
+//! Multimodal RoPE: the 3-D position ids of a prompt (transformers' `get_rope_index`),
+//! the rotary tables built from them, and the 2-D rotary table of the vision tower.
+//!
+//! Positions and tables are computed in f32 on the host whatever the model dtype: in
+//! bf16, integer positions above 256 are not representable (1050 becomes 1048).
+
+use candle_core::{DType, Device, Result, Tensor};
+
+/// Temporal, height and width positions of every prompt token, plus the rope delta
+/// (`max position + 1 - length`) that continues the positions while decoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RopeIndex {
+    /// `[3][len]`: t, h, w streams.
+    pub positions: [Vec<i64>; 3],
+    /// Added to the sequence length to get the next decode position.
+    pub delta: i64,
+}
+
+/// transformers' `get_rope_index` for images (no video): text tokens count up on all three
+/// streams; each run of image tokens gets a (t, h, w) grid starting at the current
+/// position, and text resumes at `start + max(h, w) / merge`.
+pub fn rope_index(input_ids: &[u32], image_token_id: u32, image_grids: &[[usize; 3]], merge: usize) -> RopeIndex {
+    let mut positions: [Vec<i64>; 3] = std::array::from_fn(|_| Vec::with_capacity(input_ids.len()));
+    let mut grids = image_grids.iter();
+    let mut current: i64 = 0;
+    let mut i = 0;
+    while i < input_ids.len() {
+        if input_ids[i] != image_token_id {
+            for p in positions.iter_mut() {
+                p.push(current);
+            }
+            current += 1;
+            i += 1;
+            continue;
+        }
+        let run_end = input_ids[i..].iter().position(|&t| t != image_token_id).map_or(input_ids.len(), |n| i + n);
+        let Some(&[t, h, w]) = grids.next() else {
+            // More image tokens than grids: the caller checks counts; treat as text.
+            for _ in i..run_end {
+                for p in positions.iter_mut() {
+                    p.push(current);
+                }
+                current += 1;
+            }
+            i = run_end;
+            continue;
+        };
+        let (gh, gw) = (h / merge, w / merge);
+        for tt in 0..t {
+            for hh in 0..gh {
+                for ww in 0..gw {
+                    positions[0].push(current + tt as i64);
+                    positions[1].push(current + hh as i64);
+                    positions[2].push(current + ww as i64);
+                }
+            }
+        }
+        current += (h.max(w) / merge) as i64;
+        i = run_end;
+    }
+    let max = positions.iter().flat_map(|p| p.iter().copied()).max().unwrap_or(-1);
+    RopeIndex { delta: max + 1 - input_ids.len() as i64, positions }
+}
+
+/// Rotary inverse frequencies `1 / base^(2i/dim)`, computed in f32 like transformers.
+pub fn inv_freq(dim: usize, base: f64) -> Vec<f32> {
+    (0..dim / 2).map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / dim as f32)).collect()
+}
+
+/// Which of the t/h/w streams drives each of the `head_dim / 2` frequency slots.
+pub fn mrope_stream_of_slot(section: [usize; 3], interleaved: bool, half: usize) -> Vec<usize> {
+    if interleaved {
+        // Qwen3-VL: slots 1,4,7,… go to h and 2,5,8,… to w, each up to 3·section; t keeps the rest.
+        (0..half)
+            .map(|j| match j % 3 {
+                1 if j < section[1] * 3 => 1,
+                2 if j < section[2] * 3 => 2,
+                _ => 0,
+            })
+            .collect()
+    } else {
+        // Qwen2/2.5-VL: consecutive blocks of section[0], section[1], section[2] slots.
+        let mut out = Vec::with_capacity(half);
+        for (stream, &n) in section.iter().enumerate() {
+            out.extend(std::iter::repeat_n(stream, n));
+        }
+        out.resize(half, 0);
+        out
+    }
+}
+
+/// Text rotary tables for `[batch][3][len]` positions: cos and sin of shape
+/// `[batch, 1, len, head_dim]`, cast to `dtype` (transformers casts them to the activation
+/// dtype too).
+pub struct MropeTables {
+    inv_freq: Vec<f32>,
+    stream_of_slot: Vec<usize>,
+}
+
+impl MropeTables {
+    /// Tables for `head_dim`, `theta` and the mrope layout.
+    pub fn new(head_dim: usize, theta: f64, section: [usize; 3], interleaved: bool) -> Self {
+        let inv_freq = inv_freq(head_dim, theta);
+        let stream_of_slot = mrope_stream_of_slot(section, interleaved, head_dim / 2);
+        Self { inv_freq, stream_of_slot }
+    }
+
+    /// `positions[b][s][l]` → (cos, sin) `[batch, 1, len, head_dim]`.
+    pub fn tables(&self, positions: &[[Vec<i64>; 3]], dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+        let batch = positions.len();
+        let len = positions.first().map_or(0, |p| p[0].len());
+        let half = self.inv_freq.len();
+        let dim = half * 2;
+        let mut cos = vec![0f32; batch * len * dim];
+        let mut sin = vec![0f32; batch * len * dim];
+        for (b, pos) in positions.iter().enumerate() {
+            for l in 0..len {
+                let row = (b * len + l) * dim;
+                for j in 0..half {
+                    let p = pos[self.stream_of_slot[j]][l] as f32;
+                    let f = p * self.inv_freq[j];
+                    let (s, c) = f.sin_cos();
+                    cos[row + j] = c;
+                    cos[row + half + j] = c;
+                    sin[row + j] = s;
+                    sin[row + half + j] = s;
+                }
+            }
+        }
+        let shape = (batch, 1, len, dim);
+        let cos = Tensor::from_vec(cos, shape, device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, shape, device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+}
+
+/// Vision 2-D rotary table: for each patch (in the merge-block order the processor emits),
+/// cos and sin `[patches, head_dim]` in f32, with the height frequencies in the first
+/// quarter, width in the second, repeated for the second half.
+pub fn vision_rotary(grids: &[[usize; 3]], merge: usize, head_dim: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    const VISION_ROPE_THETA: f64 = 10_000.0;
+    let inv = inv_freq(head_dim / 2, VISION_ROPE_THETA);
+    let q = inv.len();
+    let mut cos = Vec::new();
+    let mut sin = Vec::new();
+    for &[t, h, w] in grids {
+        for _ in 0..t {
+            for bh in 0..h / merge {
+                for bw in 0..w / merge {
+                    for ih in 0..merge {
+                        for iw in 0..merge {
+                            let (ph, pw) = ((bh * merge + ih) as f32, (bw * merge + iw) as f32);
+                            let mut row_c = vec![0f32; head_dim];
+                            let mut row_s = vec![0f32; head_dim];
+                            for j in 0..q {
+                                let (sh, ch) = (ph * inv[j]).sin_cos();
+                                let (sw, cw) = (pw * inv[j]).sin_cos();
+                                for base in [0, 2 * q] {
+                                    row_c[base + j] = ch;
+                                    row_c[base + q + j] = cw;
+                                    row_s[base + j] = sh;
+                                    row_s[base + q + j] = sw;
+                                }
+                            }
+                            cos.extend(row_c);
+                            sin.extend(row_s);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let n = cos.len() / head_dim.max(1);
+    Ok((Tensor::from_vec(cos, (n, head_dim), device)?, Tensor::from_vec(sin, (n, head_dim), device)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_only_positions_count_up_with_zero_delta() {
+        let r = rope_index(&[1, 2, 3, 4], 99, &[], 2);
+        assert_eq!(r.positions[0], vec![0, 1, 2, 3]);
+        assert_eq!(r.positions, [vec![0, 1, 2, 3], vec![0, 1, 2, 3], vec![0, 1, 2, 3]]);
+        assert_eq!(r.delta, 0);
+    }
+
+    #[test]
+    fn image_grid_positions_and_delta() {
+        // 2 text tokens, a 1×4×6 grid (merge 2 → 2×3 = 6 tokens), 1 text token
+        let ids = [5, 6, 9, 9, 9, 9, 9, 9, 7];
+        let r = rope_index(&ids, 9, &[[1, 4, 6]], 2);
+        assert_eq!(r.positions[0], vec![0, 1, 2, 2, 2, 2, 2, 2, 5]);
+        assert_eq!(r.positions[1], vec![0, 1, 2, 2, 2, 3, 3, 3, 5]);
+        assert_eq!(r.positions[2], vec![0, 1, 2, 3, 4, 2, 3, 4, 5]);
+        // text resumes at 2 + max(4, 6) / 2 = 5; delta = 5 + 1 - 9
+        assert_eq!(r.delta, -3);
+    }
+
+    #[test]
+    fn mrope_layouts() {
+        assert_eq!(mrope_stream_of_slot([2, 3, 3], false, 8), vec![0, 0, 1, 1, 1, 2, 2, 2]);
+        // interleaved: slot%3 == 1 → h while < 3*3, slot%3 == 2 → w while < 3*3
+        assert_eq!(mrope_stream_of_slot([2, 3, 3], true, 8), vec![0, 1, 2, 0, 1, 2, 0, 1]);
+        let real = mrope_stream_of_slot([24, 20, 20], true, 64);
+        assert_eq!(real.iter().filter(|&&s| s == 1).count(), 20);
+        assert_eq!(real.iter().filter(|&&s| s == 2).count(), 20);
+        assert_eq!(&real[58..], &[0, 1, 2, 0, 0, 0]);
+    }
+
+    #[test]
+    fn large_positions_stay_exact() {
+        let t = MropeTables::new(8, 10000.0, [2, 1, 1], false);
+        let pos = vec![[vec![1050i64], vec![1050], vec![1050]]];
+        let (cos, _) = t.tables(&pos, DType::BF16, &Device::Cpu).unwrap();
+        let c: Vec<f32> = cos.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert!((c[0] - 1050f32.cos()).abs() < 1e-2, "slot 0 must use position 1050, got {}", c[0]);
+    }
+}

@@ -1,0 +1,240 @@
+//! The language model: a Qwen2 (2-VL, 2.5-VL) or Qwen3 (3-VL, with q/k norms) decoder
+//! driven by M-RoPE tables, reading and writing a preallocated per-request KV cache.
+//!
+//! GQA without copying: the query heads that share a key/value head are folded into the
+//! row dimension, so one matmul per group reads the cached K/V in place.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{Embedding, VarBuilder};
+use vlm_core::kv_cache::LayerKvCache;
+
+use super::config::TextConfig;
+use crate::layers::{apply_rope, linear, Act, Linear, RmsNorm};
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let (q_norm, k_norm) = if cfg.qk_norm {
+            (Some(RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("q_norm"))?), Some(RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("k_norm"))?))
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            q_proj: linear(h, nq * d, cfg.qkv_bias, vb.pp("q_proj"))?,
+            k_proj: linear(h, nkv * d, cfg.qkv_bias, vb.pp("k_proj"))?,
+            v_proj: linear(h, nkv * d, cfg.qkv_bias, vb.pp("v_proj"))?,
+            o_proj: linear(nq * d, h, false, vb.pp("o_proj"))?,
+            q_norm,
+            k_norm,
+            num_heads: nq,
+            num_kv_heads: nkv,
+            head_dim: d,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut LayerKvCache,
+    ) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        let d = self.head_dim;
+        let mut q = self.q_proj.forward(x)?.reshape((b, l, self.num_heads, d))?;
+        let mut k = self.k_proj.forward(x)?.reshape((b, l, self.num_kv_heads, d))?;
+        let v = self.v_proj.forward(x)?.reshape((b, l, self.num_kv_heads, d))?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let q = apply_rope(&q.transpose(1, 2)?, cos, sin)?;
+        let k = apply_rope(&k.transpose(1, 2)?, cos, sin)?;
+        let v = v.transpose(1, 2)?;
+        let (k, v) = cache.append(&k, &v).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let kv_len = k.dim(2)?;
+
+        let rep = self.num_heads / self.num_kv_heads;
+        // [b, heads, l, d] → [b, kv_heads, rep·l, d]: query head h uses kv head h / rep.
+        let q = q.contiguous()?.reshape((b, self.num_kv_heads, rep * l, d))?;
+        let scale = (d as f64).powf(-0.5);
+        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, self.num_heads, l, kv_len))?.to_dtype(DType::F32)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let probs = probs.reshape((b, self.num_kv_heads, rep * l, kv_len))?;
+        let out = probs.matmul(&v)?.reshape((b, self.num_heads, l, d))?.transpose(1, 2)?.reshape((b, l, self.num_heads * d))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    act: Act,
+}
+
+impl Mlp {
+    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: linear(h, i, false, vb.pp("gate_proj"))?,
+            up_proj: linear(h, i, false, vb.pp("up_proj"))?,
+            down_proj: linear(i, h, false, vb.pp("down_proj"))?,
+            act: cfg.hidden_act,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.down_proj.forward(&(self.act.forward(&self.gate_proj.forward(x)?)? * self.up_proj.forward(x)?)?)
+    }
+}
+
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            post_attention_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+        })
+    }
+}
+
+/// Extra input of the first layers in Qwen3-VL: features added at the image positions.
+pub struct DeepStack<'a> {
+    /// For each of the `batch·len` rows: 0 (not an image token) or 1 + the row of
+    /// `features` to add.
+    pub rows: &'a Tensor,
+    /// One `[image tokens + 1, hidden]` table per fed layer, row 0 all zeros.
+    pub features: &'a [Tensor],
+}
+
+/// The decoder stack, final norm and LM head.
+pub struct TextModel {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    cfg: TextConfig,
+}
+
+impl TextModel {
+    /// Loads the decoder from `vb` (which holds `embed_tokens`, `layers`, `norm`) and the LM
+    /// head from `head_vb` (`lm_head`), or ties it to the embedding.
+    pub fn new(cfg: &TextConfig, vb: VarBuilder, head_vb: VarBuilder) -> Result<Self> {
+        let embed_w = vb.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
+        let embed_tokens = Embedding::new(embed_w.clone(), cfg.hidden_size);
+        let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::new(cfg, vb.pp(format!("layers.{i}")))).collect::<Result<_>>()?;
+        let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?;
+        let lm_head = if cfg.tie_word_embeddings && !head_vb.contains_tensor("lm_head.weight") {
+            Linear::from_weights(embed_w, None)
+        } else {
+            linear(cfg.hidden_size, cfg.vocab_size, false, head_vb.pp("lm_head"))?
+        };
+        Ok(Self { embed_tokens, layers, norm, lm_head, cfg: cfg.clone() })
+    }
+
+    /// Token embeddings `[rows, hidden]` of flat ids.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed_tokens.forward(ids)
+    }
+
+    /// Runs the decoder on `[b, l, hidden]` embeddings; returns the final-normed hidden
+    /// states `[b, l, hidden]`.
+    pub fn forward_hidden(
+        &self,
+        embeds: Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        caches: &mut [LayerKvCache],
+        deepstack: Option<DeepStack<'_>>,
+    ) -> Result<Tensor> {
+        let (b, l, h) = embeds.dims3()?;
+        let mut x = embeds;
+        for (i, (layer, cache)) in self.layers.iter().zip(caches.iter_mut()).enumerate() {
+            let residual = &x;
+            let attn = layer.self_attn.forward(&layer.input_layernorm.forward(&x)?, cos, sin, mask, cache)?;
+            let x1 = (residual + attn)?;
+            x = (&x1 + layer.mlp.forward(&layer.post_attention_layernorm.forward(&x1)?)?)?;
+            if let Some(ds) = &deepstack {
+                if let Some(features) = ds.features.get(i) {
+                    let add = features.index_select(ds.rows, 0)?.reshape((b, l, h))?;
+                    x = (x + add)?;
+                }
+            }
+        }
+        self.norm.forward(&x)
+    }
+
+    /// LM head over `[.., hidden]`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)
+    }
+
+    /// Empty caches for `batch` sequences of up to `capacity` positions.
+    pub fn new_caches(&self, batch: usize, capacity: usize, dtype: DType, device: &candle_core::Device) -> Result<Vec<LayerKvCache>> {
+        (0..self.cfg.num_hidden_layers)
+            .map(|_| {
+                LayerKvCache::new(batch, self.cfg.num_key_value_heads, capacity, self.cfg.head_dim, dtype, device)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// The config.
+    pub fn config(&self) -> &TextConfig {
+        &self.cfg
+    }
+}
+
+/// Additive attention mask `[b, 1, q_len, kv_len]` (f32): sequence `i`'s first `pad[i]`
+/// key positions are padding, and query `j` (at absolute position `kv_len - q_len + j`)
+/// sees only keys up to itself. `None` when nothing is masked.
+pub fn attention_mask(pad: &[usize], q_len: usize, kv_len: usize, device: &candle_core::Device) -> Result<Option<Tensor>> {
+    let offset = kv_len - q_len;
+    if q_len == 1 && pad.iter().all(|&p| p == 0) {
+        return Ok(None);
+    }
+    let mut m = vec![0f32; pad.len() * q_len * kv_len];
+    for (b, &p) in pad.iter().enumerate() {
+        for j in 0..q_len {
+            let row = (b * q_len + j) * kv_len;
+            for k in 0..kv_len {
+                if k < p || k > offset + j {
+                    // transformers uses the dtype's minimum, not -inf, so that a fully
+                    // masked padding row stays finite.
+                    m[row + k] = f32::MIN;
+                }
+            }
+        }
+    }
+    Ok(Some(Tensor::from_vec(m, (pad.len(), 1, q_len, kv_len), device)?))
+}

@@ -1,0 +1,426 @@
+//! The vision tower of Qwen2-VL, Qwen2.5-VL and Qwen3-VL: patch embedding, 2-D rotary
+//! attention blocks (windowed in Qwen2.5-VL), the patch merger, and Qwen3-VL's learned
+//! position table and DeepStack mergers.
+//!
+//! Input: `pixel_values [patches, channels·temporal·patch·patch]` in the processor's
+//! merge-block order, and each image's `[t, h, w]` grid in patches. Output: one embedding
+//! per merged token, `[patches / merge², out_hidden_size]`.
+
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::config::{QwenGeneration, VisionConfig};
+use super::rope::vision_rotary;
+use crate::layers::{apply_rope, linear, Act, LayerNorm, Linear, RmsNorm};
+
+enum Norm {
+    Layer(LayerNorm),
+    Rms(RmsNorm),
+}
+
+impl Module for Norm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Norm::Layer(n) => n.forward(x),
+            Norm::Rms(n) => n.forward(x),
+        }
+    }
+}
+
+const NORM_EPS: f64 = 1e-6;
+
+fn norm(generation: QwenGeneration, dim: usize, vb: VarBuilder) -> Result<Norm> {
+    Ok(match generation {
+        QwenGeneration::Qwen25 => Norm::Rms(RmsNorm::new(dim, NORM_EPS, vb)?),
+        _ => Norm::Layer(LayerNorm::new(dim, NORM_EPS, vb)?),
+    })
+}
+
+enum Mlp {
+    /// fc1 → act → fc2 (Qwen2-VL `fc1/fc2`, Qwen3-VL `linear_fc1/linear_fc2`).
+    Plain { fc1: Linear, fc2: Linear, act: Act },
+    /// down(act(gate) · up) (Qwen2.5-VL).
+    Gated { gate: Linear, up: Linear, down: Linear, act: Act },
+}
+
+impl Mlp {
+    fn new(cfg: &VisionConfig, generation: QwenGeneration, vb: VarBuilder) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(match generation {
+            QwenGeneration::Qwen2 => Mlp::Plain {
+                fc1: linear(h, i, true, vb.pp("fc1"))?,
+                fc2: linear(i, h, true, vb.pp("fc2"))?,
+                act: cfg.hidden_act,
+            },
+            QwenGeneration::Qwen3 => Mlp::Plain {
+                fc1: linear(h, i, true, vb.pp("linear_fc1"))?,
+                fc2: linear(i, h, true, vb.pp("linear_fc2"))?,
+                act: cfg.hidden_act,
+            },
+            QwenGeneration::Qwen25 => Mlp::Gated {
+                gate: linear(h, i, true, vb.pp("gate_proj"))?,
+                up: linear(h, i, true, vb.pp("up_proj"))?,
+                down: linear(i, h, true, vb.pp("down_proj"))?,
+                act: cfg.hidden_act,
+            },
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Mlp::Plain { fc1, fc2, act } => fc2.forward(&act.forward(&fc1.forward(x)?)?),
+            Mlp::Gated { gate, up, down, act } => down.forward(&(act.forward(&gate.forward(x)?)? * up.forward(x)?)?),
+        }
+    }
+}
+
+struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    num_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            qkv: linear(h, 3 * h, true, vb.pp("qkv"))?,
+            proj: linear(h, h, true, vb.pp("proj"))?,
+            num_heads: cfg.num_heads,
+            head_dim: h / cfg.num_heads,
+        })
+    }
+
+    /// Attention within each `[start, end)` segment (an image, or a window).
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, segments: &[(usize, usize)]) -> Result<Tensor> {
+        let (n, _) = x.dims2()?;
+        let dtype = x.dtype();
+        let qkv = self.qkv.forward(x)?.reshape((n, 3, self.num_heads, self.head_dim))?;
+        // transformers applies the vision rotary in f32 and casts back.
+        let rot = |t: Tensor| -> Result<Tensor> {
+            apply_rope(&t.to_dtype(DType::F32)?, &cos.unsqueeze(1)?, &sin.unsqueeze(1)?)?.to_dtype(dtype)
+        };
+        let q = rot(qkv.i((.., 0))?)?.transpose(0, 1)?.contiguous()?; // [heads, n, d]
+        let k = rot(qkv.i((.., 1))?)?.transpose(0, 1)?.contiguous()?;
+        let v = qkv.i((.., 2))?.transpose(0, 1)?.contiguous()?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let mut outs = Vec::with_capacity(segments.len());
+        for &(start, end) in segments {
+            let len = end - start;
+            let (qs, ks, vs) = (q.narrow(1, start, len)?, k.narrow(1, start, len)?, v.narrow(1, start, len)?);
+            let scores = (qs.matmul(&ks.t()?)? * scale)?.to_dtype(DType::F32)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+            outs.push(probs.matmul(&vs)?);
+        }
+        let out = Tensor::cat(&outs, 1)?.transpose(0, 1)?.reshape((n, self.num_heads * self.head_dim))?;
+        self.proj.forward(&out)
+    }
+}
+
+struct Block {
+    norm1: Norm,
+    norm2: Norm,
+    attn: Attention,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn new(cfg: &VisionConfig, generation: QwenGeneration, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            norm1: norm(generation, cfg.hidden_size, vb.pp("norm1"))?,
+            norm2: norm(generation, cfg.hidden_size, vb.pp("norm2"))?,
+            attn: Attention::new(cfg, vb.pp("attn"))?,
+            mlp: Mlp::new(cfg, generation, vb.pp("mlp"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, segments: &[(usize, usize)]) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.norm1.forward(x)?, cos, sin, segments)?)?;
+        &x + self.mlp.forward(&self.norm2.forward(&x)?)?
+    }
+}
+
+/// Merges each `merge × merge` block of patches into one token of the language model's width.
+struct PatchMerger {
+    norm: Norm,
+    fc1: Linear,
+    fc2: Linear,
+    /// Qwen3-VL's DeepStack mergers normalise after the 2×2 concatenation.
+    postshuffle_norm: bool,
+    merged_dim: usize,
+}
+
+impl PatchMerger {
+    fn new(cfg: &VisionConfig, generation: QwenGeneration, postshuffle_norm: bool, vb: VarBuilder) -> Result<Self> {
+        let merged_dim = cfg.hidden_size * cfg.spatial_merge_size * cfg.spatial_merge_size;
+        let out = cfg.out_hidden_size;
+        Ok(match generation {
+            QwenGeneration::Qwen3 => Self {
+                norm: Norm::Layer(LayerNorm::new(
+                    if postshuffle_norm { merged_dim } else { cfg.hidden_size },
+                    NORM_EPS,
+                    vb.pp("norm"),
+                )?),
+                fc1: linear(merged_dim, merged_dim, true, vb.pp("linear_fc1"))?,
+                fc2: linear(merged_dim, out, true, vb.pp("linear_fc2"))?,
+                postshuffle_norm,
+                merged_dim,
+            },
+            _ => Self {
+                norm: norm(generation, cfg.hidden_size, vb.pp("ln_q"))?,
+                fc1: linear(merged_dim, merged_dim, true, vb.pp("mlp.0"))?,
+                fc2: linear(merged_dim, out, true, vb.pp("mlp.2"))?,
+                postshuffle_norm: false,
+                merged_dim,
+            },
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = if self.postshuffle_norm {
+            self.norm.forward(&x.reshape(((), self.merged_dim))?)?
+        } else {
+            self.norm.forward(x)?.reshape(((), self.merged_dim))?
+        };
+        self.fc2.forward(&self.fc1.forward(&x)?.gelu_erf()?)
+    }
+}
+
+/// What the vision tower returns.
+pub struct VisionOutput {
+    /// `[merged tokens, out_hidden_size]`, images in order.
+    pub embeds: Tensor,
+    /// Qwen3-VL DeepStack features, one `[merged tokens, out_hidden_size]` per feeding block.
+    pub deepstack: Vec<Tensor>,
+}
+
+/// The vision tower.
+pub struct VisionTower {
+    generation: QwenGeneration,
+    cfg: VisionConfig,
+    patch_proj: Linear,
+    pos_embed: Option<Tensor>,
+    blocks: Vec<Block>,
+    merger: PatchMerger,
+    deepstack_mergers: Vec<PatchMerger>,
+}
+
+impl VisionTower {
+    /// Loads from the checkpoint's `visual.` prefix.
+    pub fn new(cfg: &VisionConfig, generation: QwenGeneration, vb: VarBuilder) -> Result<Self> {
+        let patch_dim = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size * cfg.patch_size;
+        // Conv3d with stride == kernel over exactly one patch is a matmul.
+        let conv_w = vb.get(
+            (cfg.hidden_size, cfg.in_channels, cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size),
+            "patch_embed.proj.weight",
+        )?;
+        let conv_b =
+            if generation == QwenGeneration::Qwen3 { Some(vb.get(cfg.hidden_size, "patch_embed.proj.bias")?) } else { None };
+        let patch_proj = Linear::from_weights(conv_w.reshape((cfg.hidden_size, patch_dim))?, conv_b);
+        let pos_embed = if generation == QwenGeneration::Qwen3 {
+            Some(vb.get((cfg.num_position_embeddings, cfg.hidden_size), "pos_embed.weight")?)
+        } else {
+            None
+        };
+        let blocks = (0..cfg.depth).map(|i| Block::new(cfg, generation, vb.pp(format!("blocks.{i}")))).collect::<Result<_>>()?;
+        let merger = PatchMerger::new(cfg, generation, false, vb.pp("merger"))?;
+        let deepstack_mergers = (0..cfg.deepstack_visual_indexes.len())
+            .map(|i| PatchMerger::new(cfg, generation, true, vb.pp(format!("deepstack_merger_list.{i}"))))
+            .collect::<Result<_>>()?;
+        Ok(Self { generation, cfg: cfg.clone(), patch_proj, pos_embed, blocks, merger, deepstack_mergers })
+    }
+
+    /// Runs the tower over the patches of all `grids` (see the module docs).
+    pub fn forward(&self, pixel_values: &Tensor, grids: &[[usize; 3]]) -> Result<VisionOutput> {
+        let device = pixel_values.device();
+        let dtype = self.patch_proj_dtype();
+        let mut x = self.patch_proj.forward(&pixel_values.to_dtype(dtype)?)?;
+        if let Some(table) = &self.pos_embed {
+            x = (x + self.interpolated_positions(table, grids, device)?.to_dtype(dtype)?)?;
+        }
+        let head_dim = self.cfg.hidden_size / self.cfg.num_heads;
+        let (mut cos, mut sin) = vision_rotary(grids, self.cfg.spatial_merge_size, head_dim, device)?;
+        let images = image_segments(grids);
+
+        let window = (self.generation == QwenGeneration::Qwen25).then(|| window_index(grids, &self.cfg));
+        if let Some((index, _)) = &window {
+            // Reorder merge units so that each window is contiguous.
+            let unit = self.cfg.spatial_merge_size * self.cfg.spatial_merge_size;
+            let rows = expand_units(index, unit);
+            let rows = Tensor::from_vec(rows, index.len() * unit, device)?;
+            x = x.index_select(&rows, 0)?;
+            cos = cos.index_select(&rows, 0)?;
+            sin = sin.index_select(&rows, 0)?;
+        }
+
+        let mut deepstack = Vec::new();
+        for (i, block) in self.blocks.iter().enumerate() {
+            let segments = match &window {
+                Some((_, windows)) if !self.cfg.fullatt_block_indexes.contains(&i) => windows,
+                _ => &images,
+            };
+            x = block.forward(&x, &cos, &sin, segments)?;
+            if let Some(k) = self.cfg.deepstack_visual_indexes.iter().position(|&d| d == i) {
+                deepstack.push(self.deepstack_mergers[k].forward(&x)?);
+            }
+        }
+        let mut embeds = self.merger.forward(&x)?;
+        if let Some((index, _)) = &window {
+            // Undo the window order: merged token j came from unit index[j].
+            let mut inverse = vec![0u32; index.len()];
+            for (pos, &unit) in index.iter().enumerate() {
+                inverse[unit as usize] = pos as u32;
+            }
+            embeds = embeds.index_select(&Tensor::from_vec(inverse, index.len(), device)?, 0)?;
+        }
+        Ok(VisionOutput { embeds, deepstack })
+    }
+
+    fn patch_proj_dtype(&self) -> DType {
+        self.blocks.first().map_or(DType::F32, |b| b.attn.qkv_dtype())
+    }
+
+    /// Qwen3-VL: the learned square position table, resampled bilinearly (align_corners)
+    /// to each image's grid, in merge-block order.
+    fn interpolated_positions(&self, table: &Tensor, grids: &[[usize; 3]], device: &Device) -> Result<Tensor> {
+        let side = (self.cfg.num_position_embeddings as f64).sqrt() as usize;
+        let merge = self.cfg.spatial_merge_size;
+        let mut idx: [Vec<u32>; 4] = Default::default();
+        let mut wts: [Vec<f32>; 4] = Default::default();
+        let taps = |i: usize, size: usize| -> ([usize; 2], [f32; 2]) {
+            let src = i as f32 * (side - 1) as f32 / (size.max(2) - 1) as f32;
+            let f = src.floor();
+            let d0 = src - f;
+            let lo = (f as usize).min(side - 1);
+            let hi = (f as usize + 1).min(side - 1);
+            ([lo, hi], [(1.0 - d0).max(0.0), (1.0 - (1.0 - d0).abs()).max(0.0)])
+        };
+        for &[t, h, w] in grids {
+            for _ in 0..t {
+                for bh in 0..h / merge {
+                    for bw in 0..w / merge {
+                        for ih in 0..merge {
+                            for iw in 0..merge {
+                                let (ht, hw) = taps(bh * merge + ih, h);
+                                let (wt, ww) = taps(bw * merge + iw, w);
+                                for a in 0..2 {
+                                    for b in 0..2 {
+                                        idx[a * 2 + b].push((ht[a] * side + wt[b]) as u32);
+                                        wts[a * 2 + b].push(hw[a] * ww[b]);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let table = table.to_dtype(DType::F32)?;
+        let mut sum: Option<Tensor> = None;
+        for k in 0..4 {
+            let n = idx[k].len();
+            let rows = table.index_select(&Tensor::from_vec(std::mem::take(&mut idx[k]), n, device)?, 0)?;
+            let w = Tensor::from_vec(std::mem::take(&mut wts[k]), (n, 1), device)?;
+            let term = rows.broadcast_mul(&w)?;
+            sum = Some(match sum {
+                None => term,
+                Some(s) => (s + term)?,
+            });
+        }
+        sum.ok_or_else(|| candle_core::Error::Msg("no image grid".into()))
+    }
+}
+
+impl Attention {
+    fn qkv_dtype(&self) -> DType {
+        self.qkv.weight_dtype()
+    }
+}
+
+/// `[start, end)` patch ranges of each image frame (attention never crosses them).
+fn image_segments(grids: &[[usize; 3]]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for &[t, h, w] in grids {
+        for _ in 0..t {
+            out.push((start, start + h * w));
+            start += h * w;
+        }
+    }
+    out
+}
+
+fn expand_units(index: &[u32], unit: usize) -> Vec<u32> {
+    index.iter().flat_map(|&u| (0..unit as u32).map(move |k| u * unit as u32 + k)).collect()
+}
+
+/// Qwen2.5-VL windows: the order of merge units that makes each window contiguous, and the
+/// patch ranges of the windows in that order (transformers' `get_vision_window_index`).
+fn window_index(grids: &[[usize; 3]], cfg: &VisionConfig) -> (Vec<u32>, Vec<(usize, usize)>) {
+    let merge = cfg.spatial_merge_size;
+    let unit = merge * merge;
+    let win = (cfg.window_size / merge / cfg.patch_size).max(1);
+    let mut index = Vec::new();
+    let mut windows = Vec::new();
+    let mut offset = 0usize;
+    let mut patch_start = 0usize;
+    for &[t, h, w] in grids {
+        let (gh, gw) = (h / merge, w / merge);
+        let (nwh, nww) = (gh.div_ceil(win), gw.div_ceil(win));
+        for tt in 0..t {
+            for wy in 0..nwh {
+                for wx in 0..nww {
+                    let mut count = 0;
+                    for y in wy * win..((wy + 1) * win).min(gh) {
+                        for x in wx * win..((wx + 1) * win).min(gw) {
+                            index.push((offset + tt * gh * gw + y * gw + x) as u32);
+                            count += 1;
+                        }
+                    }
+                    if count > 0 {
+                        windows.push((patch_start, patch_start + count * unit));
+                        patch_start += count * unit;
+                    }
+                }
+            }
+        }
+        offset += t * gh * gw;
+    }
+    (index, windows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_cover_every_unit_once() {
+        let cfg = VisionConfig {
+            depth: 1,
+            hidden_size: 8,
+            out_hidden_size: 8,
+            num_heads: 1,
+            intermediate_size: 8,
+            hidden_act: Act::Silu,
+            patch_size: 14,
+            temporal_patch_size: 2,
+            spatial_merge_size: 2,
+            in_channels: 3,
+            window_size: 56, // 2 merged units per window side
+            fullatt_block_indexes: vec![],
+            num_position_embeddings: 0,
+            deepstack_visual_indexes: vec![],
+        };
+        // grid 1×6×10 patches → 3×5 merged units → windows of 2×2: 2 rows × 3 cols of windows
+        let (index, windows) = window_index(&[[1, 6, 10]], &cfg);
+        let mut sorted = index.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..15).collect::<Vec<u32>>());
+        assert_eq!(&index[..4], &[0, 1, 5, 6]);
+        assert_eq!(windows.len(), 6);
+        assert_eq!(windows.last().unwrap().1, 60);
+    }
+}

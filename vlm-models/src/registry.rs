@@ -1,0 +1,65 @@
+//! `load`: config.json's `model_type` → the family that handles it. Each family adds
+//! one line to [`FAMILIES`].
+
+use vlm_core::files::ModelDir;
+use vlm_core::model::LoadOptions;
+use vlm_core::{Error, Result, VisionLanguageModel};
+
+type Loader = fn(&ModelDir, &LoadOptions) -> Result<Box<dyn VisionLanguageModel>>;
+
+/// (model types, loader) for every family.
+const FAMILIES: &[(&[&str], Loader)] = &[(crate::qwen_vl::MODEL_TYPES, crate::qwen_vl::load_boxed)];
+
+/// Every `model_type` some family handles.
+pub fn supported_model_types() -> Vec<&'static str> {
+    FAMILIES.iter().flat_map(|(types, _)| types.iter().copied()).collect()
+}
+
+/// Loads a model from a local HF-format folder or a hub repo id (downloaded through
+/// hf-hub on first use).
+///
+/// ```no_run
+/// let model = vlm_models::load("Qwen/Qwen2.5-VL-3B-Instruct", &vlm_models::LoadOptions::default())?;
+/// println!("{:?}", model.info());
+/// # Ok::<(), vlm_core::Error>(())
+/// ```
+pub fn load(path_or_id: &str, options: &LoadOptions) -> Result<Box<dyn VisionLanguageModel>> {
+    let dir = ModelDir::resolve(path_or_id, options.revision.as_deref())?;
+    load_dir(&dir, options)
+}
+
+/// Loads from an already resolved folder.
+pub fn load_dir(dir: &ModelDir, options: &LoadOptions) -> Result<Box<dyn VisionLanguageModel>> {
+    let model_type = dir.model_type()?;
+    for (types, loader) in FAMILIES {
+        if types.contains(&model_type.as_str()) {
+            return loader(dir, options);
+        }
+    }
+    Err(Error::UnsupportedModel { model_type, supported: supported_model_types() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_model_type_lists_the_supported_ones() {
+        let dir = std::env::temp_dir().join(format!("vlm-registry-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), r#"{"model_type": "llava"}"#).unwrap();
+        let err = load(dir.to_str().unwrap(), &LoadOptions::default()).err().unwrap();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::UnsupportedModel { .. }));
+        assert!(msg.contains("llava") && msg.contains("qwen2_5_vl") && msg.contains("qwen3_vl"), "{msg}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn family_detection_from_config() {
+        let types = supported_model_types();
+        for t in ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] {
+            assert!(types.contains(&t), "{t} not registered");
+        }
+    }
+}

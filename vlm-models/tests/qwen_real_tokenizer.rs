@@ -1,0 +1,87 @@
+//! The real Qwen2.5-VL-7B and Qwen3-VL-8B tokenizer, chat template and preprocessor files
+//! (from $VLM_ASSETS, which .ci/run sets) give the reference processor's prompt ids.
+//! Goldens: tools/fixtures/qwen_vl.py → tests/fixtures/qwen/real_prompts.json.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use vlm_core::files::ModelDir;
+use vlm_core::{Content, GenerationOptions, Image, Message, Prompt, Request, Role};
+use vlm_models::qwen_vl::processor::smart_resize;
+use vlm_models::qwen_vl::{QwenProcessor, QwenVlConfig};
+
+fn assets() -> Option<PathBuf> {
+    match std::env::var_os("VLM_ASSETS") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => {
+            eprintln!("VLM_ASSETS is not set: skipping the real-tokenizer checks (.ci/run sets it to ../shared/assets)");
+            None
+        }
+    }
+}
+
+fn messages(v: &Value) -> Vec<Message> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let role = match m["role"].as_str().unwrap() {
+                "system" => Role::System,
+                "assistant" => Role::Assistant,
+                _ => Role::User,
+            };
+            let content = match &m["content"] {
+                Value::String(s) => vec![Content::Text(s.clone())],
+                parts => parts
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| match c["type"].as_str().unwrap() {
+                        "image" => Content::Image,
+                        _ => Content::Text(c["text"].as_str().unwrap().to_string()),
+                    })
+                    .collect(),
+            };
+            Message { role, content }
+        })
+        .collect()
+}
+
+#[test]
+fn real_chat_templates_and_tokenizers_match_the_reference() {
+    let Some(assets) = assets() else { return };
+    let goldens: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen/real_prompts.json")).unwrap(),
+    )
+    .unwrap();
+    let w = goldens["image"]["width"].as_u64().unwrap() as u32;
+    let h = goldens["image"]["height"].as_u64().unwrap() as u32;
+    let photo = Image::from_rgb(w, h, vec![128; (w * h * 3) as usize]).unwrap();
+    let mut checked = 0;
+    for (name, model) in goldens["models"].as_object().unwrap() {
+        let dir = ModelDir::local(&assets.join(model["asset_folder"].as_str().unwrap())).unwrap();
+        let config = QwenVlConfig::from_json(&std::fs::read_to_string(dir.path("config.json")).unwrap()).unwrap();
+        let processor = QwenProcessor::from_model_dir(&dir, config.image_token_id).unwrap();
+        for case in model["cases"].as_array().unwrap() {
+            let n = case["num_images"].as_u64().unwrap() as usize;
+            let request = Request {
+                images: vec![photo.clone(); n],
+                prompt: Prompt::Chat(messages(&case["messages"])),
+                options: GenerationOptions::default(),
+            };
+            let case_name = case["name"].as_str().unwrap();
+            assert_eq!(processor.prompt_text(&request).unwrap(), case["prompt_text"].as_str().unwrap(), "{name}/{case_name}: prompt text");
+            let inputs = processor.process(&request).unwrap();
+            let want: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            assert_eq!(inputs.input_ids, want, "{name}/{case_name}: input ids");
+            checked += 1;
+        }
+        let factor = processor.config.patch_size * processor.config.merge_size;
+        for row in model["smart_resize_table"].as_array().unwrap() {
+            let g = |k: &str| row[k].as_u64().unwrap() as usize;
+            let got = smart_resize(g("height"), g("width"), factor, processor.config.min_pixels(), processor.config.max_pixels()).unwrap();
+            assert_eq!(got, (g("resized_height"), g("resized_width")), "{name}: smart_resize of {}x{}", g("width"), g("height"));
+        }
+    }
+    assert!(checked >= 10, "only {checked} prompts checked");
+}
