@@ -1,1 +1,119 @@
-fn main() {}
+//! `vlm`: describe, ask about and relate photos from the command line.
+//!
+//! ```text
+//! vlm describe --model Qwen/Qwen2.5-VL-3B-Instruct --image dinner.jpg
+//! vlm ask --model DIR --image a.jpg --max-new-tokens 12 --greedy --json "照片中主菜是什么?"
+//! vlm relate --model DIR --image airport.jpg --image temple.jpg --image hotel.jpg
+//! vlm generate --model DIR --image a.jpg --raw-prompt "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Hi<|im_end|>\n<|im_start|>assistant\n"
+//! ```
+
+mod args;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use vlm_core::{Generation, Image, Request, VisionLanguageModel};
+
+use args::{Cli, Command, Common};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> vlm_core::Result<()> {
+    let common = cli.command.common();
+    let options = common.generation_options()?;
+    let model = vlm_models::load(&common.model, &common.load_options()?)?;
+    let images = common
+        .image
+        .iter()
+        .map(Image::open)
+        .collect::<Result<Vec<_>, _>>()?;
+    let stream = !common.json && !common.no_stream;
+    let mut stdout = std::io::stdout();
+    let mut print_piece = |piece: &str| {
+        if stream {
+            // A closed pipe (e.g. `| head`) is not an error worth reporting mid-stream.
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        }
+    };
+    let generation = match &cli.command {
+        Command::Describe { .. } => {
+            let image = single_image(&images)?;
+            model.generate_stream(&model.describe_request(image, &options)?, &mut print_piece)?
+        }
+        Command::Ask { question, .. } => {
+            let image = single_image(&images)?;
+            model.generate_stream(
+                &model.ask_request(image, question, &options)?,
+                &mut print_piece,
+            )?
+        }
+        Command::Relate { instruction, .. } => {
+            model.relate_with(&images, instruction.as_deref(), &options, &mut print_piece)?
+        }
+        Command::Generate { raw_prompt, .. } => model.generate_stream(
+            &Request::raw(images, raw_prompt.clone(), options),
+            &mut print_piece,
+        )?,
+    };
+    report(&*model, &generation, common, stream);
+    Ok(())
+}
+
+fn single_image(images: &[Image]) -> vlm_core::Result<&Image> {
+    match images {
+        [one] => Ok(one),
+        [] => Err(vlm_core::Error::NoImages {
+            what: "this command (pass --image PATH)",
+        }),
+        more => Err(vlm_core::Error::TooManyImages {
+            given: more.len(),
+            max: 1,
+        }),
+    }
+}
+
+fn report(model: &dyn VisionLanguageModel, g: &Generation, common: &Common, streamed: bool) {
+    if common.json {
+        let t = &g.timings;
+        let json = serde_json::json!({
+            "text": g.text,
+            "token_ids": g.token_ids,
+            "prompt_tokens": g.prompt_tokens,
+            "finish_reason": format!("{:?}", g.finish_reason),
+            "timings": {
+                "image_encode_ms": t.image_encode.as_secs_f64() * 1e3,
+                "prefill_ms": t.prefill.as_secs_f64() * 1e3,
+                "decode_ms": t.decode.as_secs_f64() * 1e3,
+                "decode_tokens_per_s": t.decode_tokens_per_second(),
+            },
+            "model": model.info().model_type,
+        });
+        println!("{json}");
+    } else if streamed {
+        println!();
+    } else {
+        println!("{}", g.text);
+    }
+    if common.verbose {
+        let t = &g.timings;
+        eprintln!(
+            "[{} prompt tokens, {} generated; image {:.0} ms, prefill {:.0} ms, decode {:.1} tok/s]",
+            g.prompt_tokens,
+            g.token_ids.len(),
+            t.image_encode.as_secs_f64() * 1e3,
+            t.prefill.as_secs_f64() * 1e3,
+            t.decode_tokens_per_second()
+        );
+    }
+}

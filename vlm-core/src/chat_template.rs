@@ -45,21 +45,32 @@ impl ChatTemplate {
         env.set_syntax(syntax);
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(JinjaErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<Value, minijinja::Error> {
+                Err(minijinja::Error::new(JinjaErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_filter("tojson", python_tojson);
-        env.add_template_owned(TEMPLATE_NAME, source.to_string()).map_err(|e| Error::Template(e.to_string()))?;
-        Ok(Self { env, bos_token, eos_token })
+        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+            .map_err(|e| Error::Template(e.to_string()))?;
+        Ok(Self {
+            env,
+            bos_token,
+            eos_token,
+        })
     }
 
     /// Finds the template in a model folder: chat_template.jinja, chat_template.json, then
     /// tokenizer_config.json's `chat_template` (the order HF processors use).
     pub fn from_model_dir(dir: &ModelDir) -> Result<Self> {
-        let tokenizer_config: Option<serde_json::Value> = read_optional_json(&dir.path("tokenizer_config.json"))?;
+        let tokenizer_config: Option<serde_json::Value> =
+            read_optional_json(&dir.path("tokenizer_config.json"))?;
         let token = |key: &str| -> Option<String> {
             let v = tokenizer_config.as_ref()?.get(key)?;
-            v.as_str().map(str::to_string).or_else(|| v.get("content")?.as_str().map(str::to_string))
+            v.as_str()
+                .map(str::to_string)
+                .or_else(|| v.get("content")?.as_str().map(str::to_string))
         };
         let (bos, eos) = (token("bos_token"), token("eos_token"));
         let jinja = dir.path("chat_template.jinja");
@@ -72,7 +83,10 @@ impl ChatTemplate {
                 return Self::new(src, bos, eos);
             }
         }
-        if let Some(src) = tokenizer_config.as_ref().and_then(|c| template_from_tokenizer_config(c.get("chat_template")?)) {
+        if let Some(src) = tokenizer_config
+            .as_ref()
+            .and_then(|c| template_from_tokenizer_config(c.get("chat_template")?))
+        {
             return Self::new(&src, bos, eos);
         }
         Err(Error::MissingFile {
@@ -97,7 +111,10 @@ impl ChatTemplate {
                     .collect(),
             })
             .collect();
-        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(|e| Error::Template(e.to_string()))?;
+        let tmpl = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| Error::Template(e.to_string()))?;
         tmpl.render(minijinja::context! {
             messages => Value::from(minijinja::value::Serde(&msgs)),
             add_generation_prompt => add_generation_prompt,
@@ -125,12 +142,17 @@ fn read_optional_json(path: &Path) -> Result<Option<serde_json::Value>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::bad_file(path, e))?;
-    serde_json::from_str(&text).map(Some).map_err(|e| Error::bad_file(path, e))
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::bad_file(path, e))
 }
 
 /// HF's `tojson`: `json.dumps(x, ensure_ascii=False)` with Python's `", "` / `": "`
 /// separators, or `indent` spaces when given.
-fn python_tojson(value: Value, indent: Option<usize>) -> std::result::Result<Value, minijinja::Error> {
+fn python_tojson(
+    value: Value,
+    indent: Option<usize>,
+) -> std::result::Result<Value, minijinja::Error> {
     let json = serde_json::to_value(&value)
         .map_err(|e| minijinja::Error::new(JinjaErrorKind::InvalidOperation, e.to_string()))?;
     let mut out = String::new();
@@ -187,7 +209,9 @@ mod tests {
     fn renders_with_hf_whitespace_rules_and_python_methods() {
         let src = "{% for m in messages %}\n  <{{ m.role }}>{% for c in m.content %}{% if c.type == 'image' %}[IMG]{% else %}{{ c.text.strip() }}{% endif %}{% endfor %}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
         let t = ChatTemplate::new(src, None, None).unwrap();
-        let out = t.render(&[Message::user_with_images(1, "  hi  ")], true).unwrap();
+        let out = t
+            .render(&[Message::user_with_images(1, "  hi  ")], true)
+            .unwrap();
         // what jinja2 with trim_blocks + lstrip_blocks renders for the same template
         assert_eq!(out, "  <user>[IMG]hi<assistant>");
     }
@@ -195,13 +219,19 @@ mod tests {
     #[test]
     fn raise_exception_becomes_a_template_error() {
         let t = ChatTemplate::new("{{ raise_exception('only user turns') }}", None, None).unwrap();
-        let err = t.render(&[Message::text(Role::System, "x")], true).unwrap_err();
+        let err = t
+            .render(&[Message::text(Role::System, "x")], true)
+            .unwrap_err();
         assert!(err.to_string().contains("only user turns"), "{err}");
     }
 
     #[test]
     fn tojson_writes_like_python() {
-        let t = ChatTemplate::new("{{ {'a': [1, '中'], 'b': none} | tojson }}", None, None).unwrap();
-        assert_eq!(t.render(&[], false).unwrap(), r#"{"a": [1, "中"], "b": null}"#);
+        let t =
+            ChatTemplate::new("{{ {'a': [1, '中'], 'b': none} | tojson }}", None, None).unwrap();
+        assert_eq!(
+            t.render(&[], false).unwrap(),
+            r#"{"a": [1, "中"], "b": null}"#
+        );
     }
 }

@@ -52,7 +52,9 @@ impl DeviceChoice {
                     ));
                 }
                 Device::new_cuda(n).map_err(|e| {
-                    Error::Device(format!("cannot open cuda:{n} ({e}); check nvidia-smi and CUDA_VISIBLE_DEVICES"))
+                    Error::Device(format!(
+                        "cannot open cuda:{n} ({e}); check nvidia-smi and CUDA_VISIBLE_DEVICES"
+                    ))
                 })
             }
         }
@@ -117,7 +119,10 @@ mod tests {
     fn parses_device_strings() {
         assert_eq!(DeviceChoice::parse("CPU").unwrap(), DeviceChoice::Cpu);
         assert_eq!(DeviceChoice::parse("cuda").unwrap(), DeviceChoice::Cuda(0));
-        assert_eq!(DeviceChoice::parse("cuda:3").unwrap(), DeviceChoice::Cuda(3));
+        assert_eq!(
+            DeviceChoice::parse("cuda:3").unwrap(),
+            DeviceChoice::Cuda(3)
+        );
         let err = DeviceChoice::parse("cuda:x").unwrap_err().to_string();
         assert!(err.contains("cuda:N"), "{err}");
     }

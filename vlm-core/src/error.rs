@@ -181,12 +181,18 @@ impl Error {
 
     /// Shorthand for [`Error::InvalidOption`].
     pub fn invalid_option(name: &'static str, message: impl Into<String>) -> Self {
-        Error::InvalidOption { name, message: message.into() }
+        Error::InvalidOption {
+            name,
+            message: message.into(),
+        }
     }
 
     /// Shorthand for [`Error::BadFile`].
     pub fn bad_file(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
-        Error::BadFile { path: path.into(), message: message.to_string() }
+        Error::BadFile {
+            path: path.into(),
+            message: message.to_string(),
+        }
     }
 }
 
@@ -205,7 +211,11 @@ mod tests {
     fn kinds_group_by_cause() {
         assert_eq!(Error::EmptyQuestion.kind(), ErrorKind::BadInput);
         assert_eq!(
-            Error::UnsupportedModel { model_type: "x".into(), supported: vec!["qwen2_vl"] }.kind(),
+            Error::UnsupportedModel {
+                model_type: "x".into(),
+                supported: vec!["qwen2_vl"]
+            }
+            .kind(),
             ErrorKind::ModelFiles
         );
         assert_eq!(Error::Device("no cuda".into()).kind(), ErrorKind::Device);
@@ -226,6 +236,9 @@ mod tests {
     #[test]
     fn too_many_images_says_what_to_do() {
         let msg = Error::TooManyImages { given: 5, max: 4 }.to_string();
-        assert!(msg.contains("5 images") && msg.contains("groups of 4"), "{msg}");
+        assert!(
+            msg.contains("5 images") && msg.contains("groups of 4"),
+            "{msg}"
+        );
     }
 }

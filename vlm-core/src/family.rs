@@ -8,8 +8,8 @@ use tokenizers::Tokenizer;
 
 use crate::generate::run_generation;
 use crate::{
-    Error, Generation, GenerationDefaults, GenerationOptions, Image, Language, ModelInfo, Request, Result,
-    VisionLanguageModel,
+    Error, Generation, GenerationDefaults, GenerationOptions, Image, Language, ModelInfo, Request,
+    Result, VisionLanguageModel,
 };
 
 /// What `prefill` returns.
@@ -44,7 +44,11 @@ pub trait Family: Send + Sync + 'static {
     fn input_ids<'a>(&self, inputs: &'a Self::Inputs) -> &'a [u32];
     /// Runs vision and the language model over the prompts; the state must have room for
     /// `max_new_tokens` more positions per sequence.
-    fn prefill(&self, batch: &[&Self::Inputs], max_new_tokens: usize) -> Result<PrefillOutput<Self::State>>;
+    fn prefill(
+        &self,
+        batch: &[&Self::Inputs],
+        max_new_tokens: usize,
+    ) -> Result<PrefillOutput<Self::State>>;
     /// One step: the last token of each sequence in, `[batch, vocab]` logits out.
     fn decode(&self, tokens: &[u32], state: &mut Self::State) -> Result<Tensor>;
 
@@ -65,7 +69,12 @@ pub trait Family: Send + Sync + 'static {
     }
 
     /// A single-turn request with `images` and `text` in the family's conversation format.
-    fn chat_request(&self, images: Vec<Image>, text: String, options: &GenerationOptions) -> Request {
+    fn chat_request(
+        &self,
+        images: Vec<Image>,
+        text: String,
+        options: &GenerationOptions,
+    ) -> Request {
         Request::chat(images, text, options.clone())
     }
 }
@@ -90,7 +99,11 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
         Ok(out.remove(0))
     }
 
-    fn generate_stream(&self, request: &Request, on_text: &mut dyn FnMut(&str)) -> Result<Generation> {
+    fn generate_stream(
+        &self,
+        request: &Request,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation> {
         let mut out = run_generation(&self.0, std::slice::from_ref(request), Some(on_text))?;
         Ok(out.remove(0))
     }
@@ -107,21 +120,37 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
         Ok(self.0.chat_request(vec![image.clone()], text, options))
     }
 
-    fn ask_request(&self, image: &Image, question: &str, options: &GenerationOptions) -> Result<Request> {
+    fn ask_request(
+        &self,
+        image: &Image,
+        question: &str,
+        options: &GenerationOptions,
+    ) -> Result<Request> {
         if question.trim().is_empty() {
             return Err(Error::EmptyQuestion);
         }
-        Ok(self.0.chat_request(vec![image.clone()], question.to_string(), options))
+        Ok(self
+            .0
+            .chat_request(vec![image.clone()], question.to_string(), options))
     }
 
-    fn relate(&self, images: &[Image], instruction: Option<&str>, options: &GenerationOptions) -> Result<String> {
+    fn relate_with(
+        &self,
+        images: &[Image],
+        instruction: Option<&str>,
+        options: &GenerationOptions,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation> {
         if images.is_empty() {
             return Err(Error::NoImages { what: "relate" });
         }
         let info = self.0.info();
         if let Some(max) = info.max_images {
             if images.len() > max {
-                return Err(Error::TooManyImages { given: images.len(), max });
+                return Err(Error::TooManyImages {
+                    given: images.len(),
+                    max,
+                });
             }
         }
         let language = options.language.resolve(instruction.unwrap_or(""));
@@ -130,16 +159,22 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
             _ => self.0.relate_prompt(images.len(), language),
         };
         if info.native_multi_image {
-            return Ok(self.generate(&self.0.chat_request(images.to_vec(), text, options))?.text);
+            return self.generate_stream(
+                &self.0.chat_request(images.to_vec(), text, options),
+                on_text,
+            );
         }
         // One image per call: caption each, then relate the captions in a text-only turn.
         let mut captions = Vec::with_capacity(images.len());
         for image in images {
             captions.push(self.describe(image, options)?);
         }
-        let listing: String =
-            captions.iter().enumerate().map(|(i, c)| format!("Photo {}: {}\n", i + 1, c.trim())).collect();
+        let listing: String = captions
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("Photo {}: {}\n", i + 1, c.trim()))
+            .collect();
         let prompt = format!("{listing}{text}");
-        Ok(self.generate(&self.0.chat_request(vec![], prompt, options))?.text)
+        self.generate_stream(&self.0.chat_request(vec![], prompt, options), on_text)
     }
 }

@@ -58,14 +58,25 @@ impl ModelDir {
 
     /// A local folder; it must hold config.json (or the family's own config file).
     pub fn local(root: &Path) -> Result<Self> {
-        Ok(Self { root: root.to_path_buf() })
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
     }
 
     fn from_hub(repo_id: &str, revision: Option<&str>) -> Result<Self> {
-        let hub_err = |e: &dyn std::fmt::Display| Error::Hub { repo: repo_id.to_string(), message: e.to_string() };
-        let api = hf_hub::api::sync::ApiBuilder::from_env().build().map_err(|e| hub_err(&e))?;
+        let hub_err = |e: &dyn std::fmt::Display| Error::Hub {
+            repo: repo_id.to_string(),
+            message: e.to_string(),
+        };
+        let api = hf_hub::api::sync::ApiBuilder::from_env()
+            .build()
+            .map_err(|e| hub_err(&e))?;
         let repo = match revision {
-            Some(rev) => api.repo(hf_hub::Repo::with_revision(repo_id.into(), hf_hub::RepoType::Model, rev.into())),
+            Some(rev) => api.repo(hf_hub::Repo::with_revision(
+                repo_id.into(),
+                hf_hub::RepoType::Model,
+                rev.into(),
+            )),
             None => api.model(repo_id.to_string()),
         };
         let config = repo.get("config.json").map_err(|e| hub_err(&e))?;
@@ -103,7 +114,10 @@ impl ModelDir {
         if p.is_file() {
             Ok(p)
         } else {
-            Err(Error::MissingFile { path: p, hint: format!("{what}; copy it from the original model repo") })
+            Err(Error::MissingFile {
+                path: p,
+                hint: format!("{what}; copy it from the original model repo"),
+            })
         }
     }
 
@@ -121,7 +135,8 @@ impl ModelDir {
             model_type: Option<String>,
         }
         let head: Head = self.read_json("config.json", "config.json describes the model")?;
-        head.model_type.ok_or_else(|| Error::bad_file(self.path("config.json"), "no \"model_type\" field"))
+        head.model_type
+            .ok_or_else(|| Error::bad_file(self.path("config.json"), "no \"model_type\" field"))
     }
 
     /// The safetensors files: the shards of model.safetensors.index.json, else
@@ -129,7 +144,10 @@ impl ModelDir {
     pub fn safetensors(&self) -> Result<Vec<PathBuf>> {
         let index = self.path("model.safetensors.index.json");
         if index.is_file() {
-            let files = shard_names(&index)?.into_iter().map(|s| self.root.join(s)).collect::<Vec<_>>();
+            let files = shard_names(&index)?
+                .into_iter()
+                .map(|s| self.root.join(s))
+                .collect::<Vec<_>>();
             if let Some(missing) = files.iter().find(|f| !f.is_file()) {
                 return Err(Error::MissingFile {
                     path: missing.clone(),

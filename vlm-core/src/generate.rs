@@ -9,6 +9,9 @@ use crate::sampling::{argmax_on_device, Sampler};
 use crate::stream::TextStream;
 use crate::{Error, Family, FinishReason, Generation, Request, Result, Timings};
 
+/// Decodes a whole id sequence to text.
+type Decoder<'t> = Box<dyn FnMut(&[u32]) -> Result<String> + 't>;
+
 struct Sequence<'t> {
     options: ResolvedOptions,
     sampler: Sampler,
@@ -16,7 +19,7 @@ struct Sequence<'t> {
     history: Vec<u32>,
     prompt_tokens: usize,
     generated: Vec<u32>,
-    stream: TextStream<Box<dyn FnMut(&[u32]) -> Result<String> + 't>>,
+    stream: TextStream<Decoder<'t>>,
     finish: Option<FinishReason>,
     logits: Option<Vec<Vec<f32>>>,
 }
@@ -46,10 +49,17 @@ pub fn run_generation<F: Family>(
         let prepared = family.prepare(request)?;
         let ids = family.input_ids(&prepared).to_vec();
         if ids.len() + options.max_new_tokens > info.max_context {
-            return Err(Error::PromptTooLong { tokens: ids.len(), new_tokens: options.max_new_tokens, max: info.max_context });
+            return Err(Error::PromptTooLong {
+                tokens: ids.len(),
+                new_tokens: options.max_new_tokens,
+                max: info.max_context,
+            });
         }
-        let decode: Box<dyn FnMut(&[u32]) -> Result<String>> =
-            Box::new(move |ids: &[u32]| tokenizer.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string())));
+        let decode: Decoder = Box::new(move |ids: &[u32]| {
+            tokenizer
+                .decode(ids, true)
+                .map_err(|e| Error::Tokenizer(e.to_string()))
+        });
         seqs.push(Sequence {
             sampler: Sampler::new(&options, i),
             prompt_tokens: ids.len(),
@@ -66,7 +76,11 @@ pub fn run_generation<F: Family>(
 
     let t_prefill = Instant::now();
     let refs: Vec<&F::Inputs> = inputs.iter().collect();
-    let max_steps = seqs.iter().map(|s| s.options.max_new_tokens).max().unwrap_or(0);
+    let max_steps = seqs
+        .iter()
+        .map(|s| s.options.max_new_tokens)
+        .max()
+        .unwrap_or(0);
     let prefill = family.prefill(&refs, max_steps)?;
     let mut logits = prefill.logits;
     let mut state = prefill.state;
@@ -134,7 +148,9 @@ pub fn run_generation<F: Family>(
 }
 
 fn pick_tokens(seqs: &mut [Sequence<'_>], logits: &Tensor) -> Result<Vec<u32>> {
-    let need_host = seqs.iter().any(|s| s.logits.is_some() || s.sampler.needs_host_logits(s.eos_suppressed()));
+    let need_host = seqs
+        .iter()
+        .any(|s| s.logits.is_some() || s.sampler.needs_host_logits(s.eos_suppressed()));
     if !need_host {
         return argmax_on_device(logits);
     }
@@ -148,7 +164,11 @@ fn pick_tokens(seqs: &mut [Sequence<'_>], logits: &Tensor) -> Result<Vec<u32>> {
         if let Some(all) = seq.logits.as_mut() {
             all.push(row.clone());
         }
-        let suppress = if seq.eos_suppressed() { seq.options.eos_token_ids.clone() } else { vec![] };
+        let suppress = if seq.eos_suppressed() {
+            seq.options.eos_token_ids.clone()
+        } else {
+            vec![]
+        };
         picked.push(seq.sampler.pick(&mut row, &seq.history, &suppress));
     }
     Ok(picked)

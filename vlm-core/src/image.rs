@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Cursor, Seek};
+use std::io::{BufRead, BufReader, Cursor, Read, Seek};
 use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
@@ -190,6 +190,11 @@ impl Image {
     /// Opens and decodes an image file with the default [`ImageLimits`].
     ///
     /// The format comes from the file's bytes, not its extension.
+    ///
+    /// # Errors
+    ///
+    /// [`ImageError::NotFound`] or [`ImageError::Unreadable`] for the file, and any
+    /// error of [`Image::from_bytes`].
     pub fn open(path: impl AsRef<Path>) -> Result<Image, ImageError> {
         Self::open_with(path, &ImageLimits::default())
     }
@@ -199,22 +204,45 @@ impl Image {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| io_error(path, e))?;
         let input = Input::File(path);
-        decode(BufReader::new(file), limits, &input)
+        let mut reader = BufReader::new(file);
+        let head = peek(&mut reader, &input)?;
+        if matches!(image::guess_format(&head), Ok(ImageFormat::Jpeg)) {
+            // The JPEG decoder reads the whole file into memory anyway; holding the bytes
+            // here lets `decode` check that the file is complete.
+            let mut bytes = Vec::new();
+            reader
+                .read_to_end(&mut bytes)
+                .map_err(|e| io_error(path, e))?;
+            return decode(Cursor::new(bytes.as_slice()), limits, &input, Some(&bytes));
+        }
+        decode(reader, limits, &input, None)
     }
 
     /// Decodes an encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF) from memory with the
     /// default [`ImageLimits`].
+    ///
+    /// # Errors
+    ///
+    /// [`ImageError::UnsupportedFormat`] or [`ImageError::UnsupportedFeature`] for data we
+    /// cannot decode, [`ImageError::Corrupt`] for damaged or truncated data,
+    /// [`ImageError::ZeroSize`] for an image without pixels, and
+    /// [`ImageError::TooManyPixels`] or [`ImageError::TooMuchMemory`] past the limits.
     pub fn from_bytes(bytes: &[u8]) -> Result<Image, ImageError> {
         Self::from_bytes_with(bytes, &ImageLimits::default())
     }
 
     /// Decodes an encoded image from memory with custom limits.
     pub fn from_bytes_with(bytes: &[u8], limits: &ImageLimits) -> Result<Image, ImageError> {
-        decode(Cursor::new(bytes), limits, &Input::Bytes)
+        decode(Cursor::new(bytes), limits, &Input::Bytes, Some(bytes))
     }
 
     /// Wraps raw RGB8 pixels: `height` rows top to bottom, each `width` pixels of three
     /// bytes (R, G, B), no padding — the layout of a `height x width x 3` uint8 array.
+    ///
+    /// # Errors
+    ///
+    /// [`ImageError::BufferSize`] when `data.len() != width * height * 3`, and
+    /// [`ImageError::ZeroSize`] when either size is 0.
     ///
     /// ```
     /// use vlm_core::image::{Image, ImageError};
@@ -231,16 +259,31 @@ impl Image {
     /// ```
     pub fn from_rgb(width: u32, height: u32, data: Vec<u8>) -> Result<Image, ImageError> {
         let expected = u128::from(width) * u128::from(height) * 3;
-        if data.len() as u128 != expected {
-            return Err(ImageError::BufferSize { width, height, len: data.len(), expected });
+        let len = data.len();
+        if len as u128 != expected {
+            return Err(ImageError::BufferSize {
+                width,
+                height,
+                len,
+                expected,
+            });
         }
         if width == 0 || height == 0 {
-            return Err(ImageError::ZeroSize { input: RGB_BUFFER_INPUT.into(), width, height });
+            return Err(ImageError::ZeroSize {
+                input: RGB_BUFFER_INPUT.into(),
+                width,
+                height,
+            });
         }
         match RgbImage::from_raw(width, height, data) {
             Some(rgb) => Ok(Image { rgb }),
             // Unreachable after the length check; reported rather than unwrapped.
-            None => Err(ImageError::BufferSize { width, height, len: 0, expected }),
+            None => Err(ImageError::BufferSize {
+                width,
+                height,
+                len,
+                expected,
+            }),
         }
     }
 
@@ -268,7 +311,10 @@ impl Image {
 impl fmt::Debug for Image {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The pixels would flood logs; the size is what matters when debugging.
-        f.debug_struct("Image").field("width", &self.width()).field("height", &self.height()).finish()
+        f.debug_struct("Image")
+            .field("width", &self.width())
+            .field("height", &self.height())
+            .finish()
     }
 }
 
@@ -289,9 +335,14 @@ impl Input<'_> {
 
 fn io_error(path: &Path, source: std::io::Error) -> ImageError {
     if source.kind() == std::io::ErrorKind::NotFound {
-        ImageError::NotFound { path: path.to_path_buf() }
+        ImageError::NotFound {
+            path: path.to_path_buf(),
+        }
     } else {
-        ImageError::Unreadable { path: path.to_path_buf(), source }
+        ImageError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -365,7 +416,9 @@ fn header_dimensions(format: ImageFormat, head: &[u8]) -> Option<(u32, u32)> {
     let le16 = |at: usize| Some(u16::from_le_bytes(head.get(at..at + 2)?.try_into().ok()?));
     match format {
         // Signature (8), IHDR length (4), "IHDR", width, height: big-endian u32.
-        ImageFormat::Png if head.get(12..16) == Some(b"IHDR".as_slice()) => Some((be32(16)?, be32(20)?)),
+        ImageFormat::Png if head.get(12..16) == Some(b"IHDR".as_slice()) => {
+            Some((be32(16)?, be32(20)?))
+        }
         // "GIF89a", logical screen width and height: little-endian u16.
         ImageFormat::Gif => Some((u32::from(le16(6)?), u32::from(le16(8)?))),
         // File header (14), then the DIB header whose first field is its own size. The
@@ -380,9 +433,18 @@ fn header_dimensions(format: ImageFormat, head: &[u8]) -> Option<(u32, u32)> {
 }
 
 /// Refuses empty images and images over the pixel limit.
-fn check_dimensions(width: u32, height: u32, limits: &ImageLimits, input: &Input<'_>) -> Result<(), ImageError> {
+fn check_dimensions(
+    width: u32,
+    height: u32,
+    limits: &ImageLimits,
+    input: &Input<'_>,
+) -> Result<(), ImageError> {
     if width == 0 || height == 0 {
-        return Err(ImageError::ZeroSize { input: input.name(), width, height });
+        return Err(ImageError::ZeroSize {
+            input: input.name(),
+            width,
+            height,
+        });
     }
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels {
@@ -397,24 +459,33 @@ fn check_dimensions(width: u32, height: u32, limits: &ImageLimits, input: &Input
     Ok(())
 }
 
-fn decode<R: BufRead + Seek>(
-    mut reader: R,
-    limits: &ImageLimits,
-    input: &Input<'_>,
-) -> Result<Image, ImageError> {
-    let read_error = |e: std::io::Error| match input {
+/// The first [`SNIFF_LEN`] bytes, without consuming them.
+fn peek<R: BufRead>(reader: &mut R, input: &Input<'_>) -> Result<Vec<u8>, ImageError> {
+    // A fresh BufReader holds far more than SNIFF_LEN bytes after one `fill_buf`.
+    let buf = reader.fill_buf().map_err(|e| read_error(e, input))?;
+    Ok(buf[..buf.len().min(SNIFF_LEN)].to_vec())
+}
+
+fn read_error(e: std::io::Error, input: &Input<'_>) -> ImageError {
+    match input {
         Input::File(path) => io_error(path, e),
         Input::Bytes => ImageError::Corrupt {
             input: input.name(),
             format: "unknown",
             message: e.to_string(),
         },
-    };
-    // `fill_buf` peeks without consuming; a fresh BufReader holds far more than 16 bytes.
-    let head: Vec<u8> = {
-        let buf = reader.fill_buf().map_err(read_error)?;
-        buf[..buf.len().min(SNIFF_LEN)].to_vec()
-    };
+    }
+}
+
+/// Decodes from `reader`; `whole` is the complete encoded data when the caller has it
+/// in memory (always for JPEG, whose completeness is checked on it).
+fn decode<R: BufRead + Seek>(
+    mut reader: R,
+    limits: &ImageLimits,
+    input: &Input<'_>,
+    whole: Option<&[u8]>,
+) -> Result<Image, ImageError> {
+    let head = peek(&mut reader, input)?;
     if head.is_empty() {
         return Err(ImageError::Corrupt {
             input: input.name(),
@@ -451,9 +522,18 @@ fn decode<R: BufRead + Seek>(
     let mut reader = ImageReader::with_format(reader, format);
     reader.limits(decoder_limits);
     // Constructing the decoder reads the header only.
-    let mut decoder = reader.into_decoder().map_err(|e| from_image_error(e, input, name, limits))?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| from_image_error(e, input, name, limits))?;
     let (width, height) = decoder.dimensions();
     check_dimensions(width, height, limits, input)?;
+    if format == ImageFormat::Jpeg && !whole.is_some_and(jpeg_reaches_eoi) {
+        return Err(ImageError::Corrupt {
+            input: input.name(),
+            format: name,
+            message: "the data ends before the JPEG end-of-image marker".into(),
+        });
+    }
     let needed = decoder.total_bytes();
     if needed > limits.max_alloc_bytes {
         return Err(ImageError::TooMuchMemory {
@@ -464,14 +544,18 @@ fn decode<R: BufRead + Seek>(
     }
     // A damaged EXIF block should not cost the user the photo: PIL's exif_transpose
     // also ignores what it cannot parse.
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
 
-    let decoded =
-        DynamicImage::from_decoder(decoder).map_err(|e| from_image_error(e, input, name, limits))?;
+    let decoded = DynamicImage::from_decoder(decoder)
+        .map_err(|e| from_image_error(e, input, name, limits))?;
     let mut upright = DynamicImage::ImageRgb8(to_rgb8(decoded));
     // Rotating after the RGB8 conversion moves 3 bytes a pixel instead of up to 8.
     upright.apply_orientation(orientation);
-    Ok(Image { rgb: upright.into_rgb8() })
+    Ok(Image {
+        rgb: upright.into_rgb8(),
+    })
 }
 
 /// Converts any decoded colour type to RGB8 the way PIL's `convert("RGB")` does for
@@ -507,6 +591,73 @@ fn to_rgb8(decoded: DynamicImage) -> RgbImage {
     }
 }
 
+/// Whether JPEG data reaches its end-of-image marker.
+///
+/// zune-jpeg (which the `image` crate runs in its lenient mode) decodes a truncated file
+/// without complaint, filling the missing part with grey. PIL refuses it ("image file is
+/// truncated"), and a half-grey photo would quietly mislead the model, so we refuse it
+/// too. Data after the marker is fine, as in PIL (phones append motion-photo videos).
+fn jpeg_reaches_eoi(data: &[u8]) -> bool {
+    const MARKER: u8 = 0xff;
+    const SOI: u8 = 0xd8;
+    const EOI: u8 = 0xd9;
+    const SOS: u8 = 0xda;
+    // Markers without a length field: TEM and the restart markers RST0-RST7.
+    let standalone = |m: u8| m == 0x01 || (0xd0..=0xd7).contains(&m);
+
+    if data.get(..2) != Some([MARKER, SOI].as_slice()) {
+        return false;
+    }
+    let mut pos = 2;
+    loop {
+        // Like libjpeg, skip stray bytes before a marker, then any 0xff fill bytes.
+        let Some(skip) = data
+            .get(pos..)
+            .and_then(|rest| rest.iter().position(|&b| b == MARKER))
+        else {
+            return false;
+        };
+        pos += skip;
+        while data.get(pos) == Some(&MARKER) {
+            pos += 1;
+        }
+        let Some(&marker) = data.get(pos) else {
+            return false;
+        };
+        pos += 1;
+        if marker == EOI {
+            return true;
+        }
+        if standalone(marker) {
+            continue;
+        }
+        let Some(len) = data.get(pos..pos + 2) else {
+            return false;
+        };
+        pos += usize::from(u16::from_be_bytes([len[0], len[1]]));
+        if marker != SOS {
+            continue;
+        }
+        // Entropy-coded data follows the scan header; inside it 0xff is always followed
+        // by 0x00 (a stuffed byte) or a restart marker, so any other pair is the next
+        // marker, handled by the outer loop.
+        loop {
+            let Some(at) = data
+                .get(pos..)
+                .and_then(|rest| rest.iter().position(|&b| b == MARKER))
+            else {
+                return false;
+            };
+            pos += at;
+            match data.get(pos + 1) {
+                None => return false,
+                Some(&next) if next == 0x00 || (0xd0..=0xd7).contains(&next) => pos += 2,
+                Some(_) => break,
+            }
+        }
+    }
+}
+
 fn from_image_error(
     e: image::ImageError,
     input: &Input<'_>,
@@ -516,11 +667,19 @@ fn from_image_error(
     use image::error::LimitErrorKind;
     match e {
         image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            ImageError::Corrupt { input: input.name(), format, message: io.to_string() }
+            ImageError::Corrupt {
+                input: input.name(),
+                format,
+                message: io.to_string(),
+            }
         }
         image::ImageError::IoError(io) => match input {
             Input::File(path) => io_error(path, io),
-            Input::Bytes => ImageError::Corrupt { input: input.name(), format, message: io.to_string() },
+            Input::Bytes => ImageError::Corrupt {
+                input: input.name(),
+                format,
+                message: io.to_string(),
+            },
         },
         image::ImageError::Limits(limit) => match limit.kind() {
             LimitErrorKind::InsufficientMemory => ImageError::TooMuchMemory {
@@ -528,11 +687,85 @@ fn from_image_error(
                 needed: None,
                 max_alloc_bytes: limits.max_alloc_bytes,
             },
-            _ => ImageError::Corrupt { input: input.name(), format, message: limit.to_string() },
+            _ => ImageError::Corrupt {
+                input: input.name(),
+                format,
+                message: limit.to_string(),
+            },
         },
-        image::ImageError::Unsupported(u) => {
-            ImageError::UnsupportedFeature { input: input.name(), format, message: u.to_string() }
+        image::ImageError::Unsupported(u) => ImageError::UnsupportedFeature {
+            input: input.name(),
+            format,
+            message: u.to_string(),
+        },
+        other => ImageError::Corrupt {
+            input: input.name(),
+            format,
+            message: other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SOI, an APP0 segment, a scan header, entropy data with a stuffed byte and a
+    /// restart marker, then EOI.
+    const MINIMAL: &[u8] = &[
+        0xff, 0xd8, 0xff, 0xe0, 0x00, 0x04, 0xaa, 0xbb, 0xff, 0xda, 0x00, 0x02, 0x12, 0x34, 0xff,
+        0x00, 0x56, 0xff, 0xd3, 0x78, 0xff, 0xd9,
+    ];
+
+    #[test]
+    fn jpeg_end_marker_is_found_past_stuffing_and_restarts() {
+        assert!(jpeg_reaches_eoi(MINIMAL));
+        let mut trailing = MINIMAL.to_vec();
+        trailing.extend_from_slice(b"appended video");
+        assert!(jpeg_reaches_eoi(&trailing));
+        // Fill bytes before the marker are allowed.
+        let mut filled = MINIMAL[..MINIMAL.len() - 2].to_vec();
+        filled.extend_from_slice(&[0xff, 0xff, 0xff, 0xd9]);
+        assert!(jpeg_reaches_eoi(&filled));
+    }
+
+    #[test]
+    fn jpeg_without_end_marker_is_incomplete() {
+        for cut in 0..MINIMAL.len() - 1 {
+            assert!(!jpeg_reaches_eoi(&MINIMAL[..cut]), "cut at {cut}");
         }
-        other => ImageError::Corrupt { input: input.name(), format, message: other.to_string() },
+        // 0xff 0xd9 inside a segment's payload is not the end marker.
+        let in_segment = [0xff, 0xd8, 0xff, 0xe1, 0x00, 0x04, 0xff, 0xd9];
+        assert!(!jpeg_reaches_eoi(&in_segment));
+        // A segment length running past the data.
+        assert!(!jpeg_reaches_eoi(&[
+            0xff, 0xd8, 0xff, 0xe0, 0xff, 0xff, 0x00
+        ]));
+    }
+
+    #[test]
+    fn header_dimensions_read_png_gif_and_bmp() {
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+        png.extend_from_slice(&640u32.to_be_bytes());
+        png.extend_from_slice(&480u32.to_be_bytes());
+        assert_eq!(header_dimensions(ImageFormat::Png, &png), Some((640, 480)));
+        let gif = b"GIF89a\x80\x02\xe0\x01";
+        assert_eq!(header_dimensions(ImageFormat::Gif, gif), Some((640, 480)));
+        // A top-down BMP stores a negative height.
+        let mut bmp = b"BM".to_vec();
+        bmp.extend_from_slice(&[0; 12]);
+        bmp.extend_from_slice(&40u32.to_le_bytes());
+        bmp.extend_from_slice(&640i32.to_le_bytes());
+        bmp.extend_from_slice(&(-480i32).to_le_bytes());
+        assert_eq!(header_dimensions(ImageFormat::Bmp, &bmp), Some((640, 480)));
+        assert_eq!(header_dimensions(ImageFormat::Bmp, &bmp[..20]), None);
+        assert_eq!(header_dimensions(ImageFormat::Jpeg, &png), None);
+    }
+
+    #[test]
+    fn default_pixel_limit_is_pils() {
+        // PIL.Image.MAX_IMAGE_PIXELS = int(1024 * 1024 * 1024 // 4 // 3) = 89_478_485;
+        // DecompressionBombError above twice that.
+        assert_eq!(ImageLimits::DEFAULT_MAX_PIXELS, 2 * 89_478_485);
     }
 }

@@ -14,9 +14,20 @@ pub struct LayerKvCache {
 
 impl LayerKvCache {
     /// Allocates room for `capacity` positions.
-    pub fn new(batch: usize, kv_heads: usize, capacity: usize, head_dim: usize, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn new(
+        batch: usize,
+        kv_heads: usize,
+        capacity: usize,
+        head_dim: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let shape = (batch, kv_heads, capacity, head_dim);
-        Ok(Self { k: Tensor::zeros(shape, dtype, device)?, v: Tensor::zeros(shape, dtype, device)?, len: 0 })
+        Ok(Self {
+            k: Tensor::zeros(shape, dtype, device)?,
+            v: Tensor::zeros(shape, dtype, device)?,
+            len: 0,
+        })
     }
 
     /// Positions filled so far.
@@ -48,7 +59,10 @@ impl LayerKvCache {
         self.k.slice_set(&k.contiguous()?, 2, self.len)?;
         self.v.slice_set(&v.contiguous()?, 2, self.len)?;
         self.len += n;
-        Ok((self.k.narrow(2, 0, self.len)?, self.v.narrow(2, 0, self.len)?))
+        Ok((
+            self.k.narrow(2, 0, self.len)?,
+            self.v.narrow(2, 0, self.len)?,
+        ))
     }
 }
 
@@ -66,7 +80,13 @@ mod tests {
         let b = (Tensor::ones((1, 2, 1, 3), DType::F32, &dev).unwrap() * 2.0).unwrap();
         let (k, v) = c.append(&b, &b).unwrap();
         assert_eq!(k.dims(), &[1, 2, 4, 3]);
-        let last: Vec<f32> = v.narrow(2, 3, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let last: Vec<f32> = v
+            .narrow(2, 3, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert!(last.iter().all(|&x| x == 2.0));
         assert!(c.append(&b, &b).is_err());
     }

@@ -24,6 +24,7 @@ pub mod options;
 pub mod quant;
 pub mod request;
 pub mod resize;
+pub mod resize_torch;
 pub mod sampling;
 pub mod stream;
 

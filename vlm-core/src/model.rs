@@ -1,6 +1,8 @@
 //! The public face of every model: [`VisionLanguageModel`].
 
-use crate::{DTypeChoice, DeviceChoice, Generation, GenerationOptions, Image, Quantization, Request, Result};
+use crate::{
+    DTypeChoice, DeviceChoice, Generation, GenerationOptions, Image, Quantization, Request, Result,
+};
 
 /// How to load a model.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,7 +68,11 @@ pub trait VisionLanguageModel: Send + Sync {
 
     /// Runs one request, handing each piece of final text to `on_text` as it is made.
     /// Pieces never split a UTF-8 character.
-    fn generate_stream(&self, request: &Request, on_text: &mut dyn FnMut(&str)) -> Result<Generation>;
+    fn generate_stream(
+        &self,
+        request: &Request,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation>;
 
     /// Runs several requests in one batch; results are in request order and equal what
     /// one-at-a-time generation gives.
@@ -76,7 +82,12 @@ pub trait VisionLanguageModel: Send + Sync {
     fn describe_request(&self, image: &Image, options: &GenerationOptions) -> Result<Request>;
 
     /// The request `ask` runs.
-    fn ask_request(&self, image: &Image, question: &str, options: &GenerationOptions) -> Result<Request>;
+    fn ask_request(
+        &self,
+        image: &Image,
+        question: &str,
+        options: &GenerationOptions,
+    ) -> Result<Request>;
 
     /// Describes a photo.
     fn describe(&self, image: &Image, options: &GenerationOptions) -> Result<String> {
@@ -85,12 +96,34 @@ pub trait VisionLanguageModel: Send + Sync {
 
     /// Answers a question about a photo; the prompt language follows the question.
     fn ask(&self, image: &Image, question: &str, options: &GenerationOptions) -> Result<String> {
-        Ok(self.generate(&self.ask_request(image, question, options)?)?.text)
+        Ok(self
+            .generate(&self.ask_request(image, question, options)?)?
+            .text)
     }
 
     /// Relates several photos (e.g. tells the story of one trip). `instruction` replaces
     /// the default wording.
-    fn relate(&self, images: &[Image], instruction: Option<&str>, options: &GenerationOptions) -> Result<String>;
+    fn relate(
+        &self,
+        images: &[Image],
+        instruction: Option<&str>,
+        options: &GenerationOptions,
+    ) -> Result<String> {
+        Ok(self
+            .relate_with(images, instruction, options, &mut |_| {})?
+            .text)
+    }
+
+    /// `relate` with the full [`Generation`] returned and the final answer streamed to
+    /// `on_text` (families without native multi-image first caption each photo; those
+    /// captions are not streamed).
+    fn relate_with(
+        &self,
+        images: &[Image],
+        instruction: Option<&str>,
+        options: &GenerationOptions,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation>;
 
     /// Describes many photos, `batch_size` per forward pass; `on_done(i)` is called as each
     /// batch finishes with the number of photos done so far.
@@ -104,7 +137,10 @@ pub trait VisionLanguageModel: Send + Sync {
         let batch_size = batch_size.max(1);
         let mut out = Vec::with_capacity(images.len());
         for chunk in images.chunks(batch_size) {
-            let requests = chunk.iter().map(|img| self.describe_request(img, options)).collect::<Result<Vec<_>>>()?;
+            let requests = chunk
+                .iter()
+                .map(|img| self.describe_request(img, options))
+                .collect::<Result<Vec<_>>>()?;
             out.extend(self.generate_batch(&requests)?.into_iter().map(|g| g.text));
             on_done(out.len());
         }

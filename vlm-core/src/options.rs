@@ -95,23 +95,39 @@ pub struct GenerationOptions {
 impl GenerationOptions {
     /// Greedy decoding of at most `max_new_tokens` tokens.
     pub fn greedy(max_new_tokens: usize) -> Self {
-        Self { max_new_tokens: Some(max_new_tokens), sampling: Some(Sampling::Greedy), ..Self::default() }
+        Self {
+            max_new_tokens: Some(max_new_tokens),
+            sampling: Some(Sampling::Greedy),
+            ..Self::default()
+        }
     }
 
     /// Checks ranges and fills in the model's defaults.
     pub fn resolve(&self, defaults: &GenerationDefaults) -> Result<ResolvedOptions> {
-        let max_new_tokens = self.max_new_tokens.or(defaults.max_new_tokens).unwrap_or(DEFAULT_MAX_NEW_TOKENS);
+        let max_new_tokens = self
+            .max_new_tokens
+            .or(defaults.max_new_tokens)
+            .unwrap_or(DEFAULT_MAX_NEW_TOKENS);
         if max_new_tokens == 0 {
-            return Err(Error::invalid_option("max_new_tokens", "must be at least 1"));
+            return Err(Error::invalid_option(
+                "max_new_tokens",
+                "must be at least 1",
+            ));
         }
         if self.min_new_tokens > max_new_tokens {
             return Err(Error::invalid_option(
                 "min_new_tokens",
-                format!("{} is larger than max_new_tokens {max_new_tokens}", self.min_new_tokens),
+                format!(
+                    "{} is larger than max_new_tokens {max_new_tokens}",
+                    self.min_new_tokens
+                ),
             ));
         }
         let sampling = self.sampling.unwrap_or(defaults.sampling);
-        if let Sampling::Sample { temperature, top_p, .. } = sampling {
+        if let Sampling::Sample {
+            temperature, top_p, ..
+        } = sampling
+        {
             if !(temperature.is_finite() && temperature > 0.0) {
                 return Err(Error::invalid_option(
                     "temperature",
@@ -119,10 +135,15 @@ impl GenerationOptions {
                 ));
             }
             if !(top_p > 0.0 && top_p <= 1.0) {
-                return Err(Error::invalid_option("top_p", format!("{top_p} must be in (0, 1]")));
+                return Err(Error::invalid_option(
+                    "top_p",
+                    format!("{top_p} must be in (0, 1]"),
+                ));
             }
         }
-        let repetition_penalty = self.repetition_penalty.unwrap_or(defaults.repetition_penalty);
+        let repetition_penalty = self
+            .repetition_penalty
+            .unwrap_or(defaults.repetition_penalty);
         if !(repetition_penalty.is_finite() && repetition_penalty > 0.0) {
             return Err(Error::invalid_option(
                 "repetition_penalty",
@@ -130,7 +151,10 @@ impl GenerationOptions {
             ));
         }
         if self.stop_strings.iter().any(String::is_empty) {
-            return Err(Error::invalid_option("stop_strings", "an empty stop string would stop at once"));
+            return Err(Error::invalid_option(
+                "stop_strings",
+                "an empty stop string would stop at once",
+            ));
         }
         Ok(ResolvedOptions {
             max_new_tokens,
@@ -183,7 +207,13 @@ pub struct GenerationDefaults {
 
 impl Default for GenerationDefaults {
     fn default() -> Self {
-        Self { eos_token_ids: vec![], pad_token_id: None, sampling: Sampling::Greedy, repetition_penalty: 1.0, max_new_tokens: None }
+        Self {
+            eos_token_ids: vec![],
+            pad_token_id: None,
+            sampling: Sampling::Greedy,
+            repetition_penalty: 1.0,
+            max_new_tokens: None,
+        }
     }
 }
 
@@ -236,10 +266,16 @@ impl GenerationDefaults {
     }
 
     fn from_parts(file: GenerationConfigFile, fallback_eos: &[u32]) -> Self {
-        let eos_token_ids = file.eos_token_id.map(OneOrMany::into_vec).unwrap_or_else(|| fallback_eos.to_vec());
+        let eos_token_ids = file
+            .eos_token_id
+            .map(OneOrMany::into_vec)
+            .unwrap_or_else(|| fallback_eos.to_vec());
         // HF treats do_sample with a near-zero temperature (Qwen2.5-VL ships 1e-6) as
         // effectively greedy; sampling at that temperature only adds float noise.
-        let sampling = match (file.do_sample.unwrap_or(false), file.temperature.unwrap_or(1.0)) {
+        let sampling = match (
+            file.do_sample.unwrap_or(false),
+            file.temperature.unwrap_or(1.0),
+        ) {
             (true, t) if t > 1e-3 => Sampling::Sample {
                 temperature: t,
                 top_p: file.top_p.unwrap_or(1.0),
@@ -270,12 +306,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d.eos_token_ids, vec![151645, 151643]);
-        assert_eq!(d.sampling, Sampling::Sample { temperature: 0.7, top_p: 0.8, top_k: 20 });
+        assert_eq!(
+            d.sampling,
+            Sampling::Sample {
+                temperature: 0.7,
+                top_p: 0.8,
+                top_k: 20
+            }
+        );
     }
 
     #[test]
     fn near_zero_temperature_is_greedy() {
-        let d = GenerationDefaults::from_json(r#"{"do_sample":true,"temperature":1e-6,"eos_token_id":5}"#, &[]).unwrap();
+        let d = GenerationDefaults::from_json(
+            r#"{"do_sample":true,"temperature":1e-6,"eos_token_id":5}"#,
+            &[],
+        )
+        .unwrap();
         assert_eq!(d.sampling, Sampling::Greedy);
         assert_eq!(d.eos_token_ids, vec![5]);
     }
@@ -284,32 +331,68 @@ mod tests {
     fn option_validation() {
         let d = GenerationDefaults::default();
         let bad = [
-            GenerationOptions { max_new_tokens: Some(0), ..Default::default() },
-            GenerationOptions { max_new_tokens: Some(4), min_new_tokens: 5, ..Default::default() },
             GenerationOptions {
-                sampling: Some(Sampling::Sample { temperature: 0.0, top_p: 1.0, top_k: 0 }),
+                max_new_tokens: Some(0),
                 ..Default::default()
             },
             GenerationOptions {
-                sampling: Some(Sampling::Sample { temperature: 0.7, top_p: 1.5, top_k: 0 }),
+                max_new_tokens: Some(4),
+                min_new_tokens: 5,
                 ..Default::default()
             },
-            GenerationOptions { repetition_penalty: Some(-1.0), ..Default::default() },
-            GenerationOptions { stop_strings: vec![String::new()], ..Default::default() },
+            GenerationOptions {
+                sampling: Some(Sampling::Sample {
+                    temperature: 0.0,
+                    top_p: 1.0,
+                    top_k: 0,
+                }),
+                ..Default::default()
+            },
+            GenerationOptions {
+                sampling: Some(Sampling::Sample {
+                    temperature: 0.7,
+                    top_p: 1.5,
+                    top_k: 0,
+                }),
+                ..Default::default()
+            },
+            GenerationOptions {
+                repetition_penalty: Some(-1.0),
+                ..Default::default()
+            },
+            GenerationOptions {
+                stop_strings: vec![String::new()],
+                ..Default::default()
+            },
         ];
         for o in bad {
             let err = o.resolve(&d).unwrap_err();
-            assert!(matches!(err, Error::InvalidOption { .. }), "{o:?} gave {err}");
+            assert!(
+                matches!(err, Error::InvalidOption { .. }),
+                "{o:?} gave {err}"
+            );
         }
         let ok = GenerationOptions::greedy(12).resolve(&d).unwrap();
         assert_eq!(ok.max_new_tokens, 12);
-        assert_eq!(GenerationOptions::default().resolve(&d).unwrap().max_new_tokens, DEFAULT_MAX_NEW_TOKENS);
+        assert_eq!(
+            GenerationOptions::default()
+                .resolve(&d)
+                .unwrap()
+                .max_new_tokens,
+            DEFAULT_MAX_NEW_TOKENS
+        );
     }
 
     #[test]
     fn language_follows_the_question() {
-        assert_eq!(Language::Auto.resolve("照片中主菜是什么?"), Language::Chinese);
-        assert_eq!(Language::Auto.resolve("What is the main dish?"), Language::English);
+        assert_eq!(
+            Language::Auto.resolve("照片中主菜是什么?"),
+            Language::Chinese
+        );
+        assert_eq!(
+            Language::Auto.resolve("What is the main dish?"),
+            Language::English
+        );
         assert_eq!(Language::English.resolve("照片"), Language::English);
         assert_eq!(Language::parse("ZH").unwrap(), Language::Chinese);
         assert!(Language::parse("klingon").is_err());

@@ -46,6 +46,9 @@ mod tests {
     fn parses_names() {
         assert_eq!(Quantization::parse("INT4").unwrap(), Quantization::Int4);
         assert_eq!(Quantization::parse("q8").unwrap(), Quantization::Int8);
-        assert!(Quantization::parse("int3").unwrap_err().to_string().contains("int8 or int4"));
+        assert!(Quantization::parse("int3")
+            .unwrap_err()
+            .to_string()
+            .contains("int8 or int4"));
     }
 }

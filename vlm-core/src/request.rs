@@ -49,17 +49,26 @@ impl Message {
     pub fn user_with_images(n_images: usize, text: impl Into<String>) -> Self {
         let mut content = vec![Content::Image; n_images];
         content.push(Content::Text(text.into()));
-        Message { role: Role::User, content }
+        Message {
+            role: Role::User,
+            content,
+        }
     }
 
     /// A text-only turn.
     pub fn text(role: Role, text: impl Into<String>) -> Self {
-        Message { role, content: vec![Content::Text(text.into())] }
+        Message {
+            role,
+            content: vec![Content::Text(text.into())],
+        }
     }
 
     /// How many images this turn refers to.
     pub fn image_count(&self) -> usize {
-        self.content.iter().filter(|c| matches!(c, Content::Image)).count()
+        self.content
+            .iter()
+            .filter(|c| matches!(c, Content::Image))
+            .count()
     }
 }
 
@@ -89,12 +98,20 @@ impl Request {
     /// A single user turn: the images, then `text`.
     pub fn chat(images: Vec<Image>, text: impl Into<String>, options: GenerationOptions) -> Self {
         let prompt = Prompt::Chat(vec![Message::user_with_images(images.len(), text)]);
-        Request { images, prompt, options }
+        Request {
+            images,
+            prompt,
+            options,
+        }
     }
 
     /// A raw prompt in the model's own format.
     pub fn raw(images: Vec<Image>, prompt: impl Into<String>, options: GenerationOptions) -> Self {
-        Request { images, prompt: Prompt::Raw(prompt.into()), options }
+        Request {
+            images,
+            prompt: Prompt::Raw(prompt.into()),
+            options,
+        }
     }
 }
 

@@ -41,7 +41,11 @@ impl Sampler {
             let seen: HashSet<u32> = history.iter().copied().collect();
             for id in seen {
                 if let Some(l) = logits.get_mut(id as usize) {
-                    *l = if *l < 0.0 { *l * self.repetition_penalty } else { *l / self.repetition_penalty };
+                    *l = if *l < 0.0 {
+                        *l * self.repetition_penalty
+                    } else {
+                        *l / self.repetition_penalty
+                    };
                 }
             }
         }
@@ -52,9 +56,11 @@ impl Sampler {
         }
         match self.sampling {
             Sampling::Greedy => argmax(logits),
-            Sampling::Sample { temperature, top_p, top_k } => {
-                sample(logits, temperature, top_p, top_k, &mut self.rng)
-            }
+            Sampling::Sample {
+                temperature,
+                top_p,
+                top_k,
+            } => sample(logits, temperature, top_p, top_k, &mut self.rng),
         }
     }
 }
@@ -71,7 +77,9 @@ pub fn argmax(values: &[f32]) -> u32 {
 }
 
 fn sample(logits: &[f32], temperature: f32, top_p: f32, top_k: usize, rng: &mut StdRng) -> u32 {
-    let mut order: Vec<usize> = (0..logits.len()).filter(|&i| logits[i].is_finite()).collect();
+    let mut order: Vec<usize> = (0..logits.len())
+        .filter(|&i| logits[i].is_finite())
+        .collect();
     if order.is_empty() {
         return argmax(logits);
     }
@@ -82,7 +90,10 @@ fn sample(logits: &[f32], temperature: f32, top_p: f32, top_k: usize, rng: &mut 
         order.retain(|&i| logits[i] >= kth);
     }
     let max = logits[order[0]] / temperature;
-    let mut probs: Vec<f32> = order.iter().map(|&i| (logits[i] / temperature - max).exp()).collect();
+    let mut probs: Vec<f32> = order
+        .iter()
+        .map(|&i| (logits[i] / temperature - max).exp())
+        .collect();
     let total: f32 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= total);
     if top_p < 1.0 {
@@ -115,7 +126,10 @@ fn sample(logits: &[f32], temperature: f32, top_p: f32, top_k: usize, rng: &mut 
 
 /// Argmax over the last dimension of `[batch, vocab]` logits on their device.
 pub fn argmax_on_device(logits: &Tensor) -> Result<Vec<u32>> {
-    Ok(logits.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>()?)
+    Ok(logits
+        .argmax(D::Minus1)?
+        .to_dtype(DType::U32)?
+        .to_vec1::<u32>()?)
 }
 
 #[cfg(test)]
@@ -124,9 +138,13 @@ mod tests {
     use crate::options::{GenerationDefaults, GenerationOptions};
 
     fn sampler(sampling: Sampling, penalty: f32) -> Sampler {
-        let opts = GenerationOptions { sampling: Some(sampling), repetition_penalty: Some(penalty), ..Default::default() }
-            .resolve(&GenerationDefaults::default())
-            .unwrap();
+        let opts = GenerationOptions {
+            sampling: Some(sampling),
+            repetition_penalty: Some(penalty),
+            ..Default::default()
+        }
+        .resolve(&GenerationDefaults::default())
+        .unwrap();
         Sampler::new(&opts, 0)
     }
 
@@ -152,20 +170,33 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy_and_seed_is_reproducible() {
-        let mut s = sampler(Sampling::Sample { temperature: 1.0, top_p: 1.0, top_k: 1 }, 1.0);
+        let mut s = sampler(
+            Sampling::Sample {
+                temperature: 1.0,
+                top_p: 1.0,
+                top_k: 1,
+            },
+            1.0,
+        );
         for _ in 0..20 {
             assert_eq!(s.pick(&mut [0.0, 0.5, 0.4], &[], &[]), 1);
         }
         let draw = |seed| {
             let opts = GenerationOptions {
-                sampling: Some(Sampling::Sample { temperature: 1.0, top_p: 1.0, top_k: 0 }),
+                sampling: Some(Sampling::Sample {
+                    temperature: 1.0,
+                    top_p: 1.0,
+                    top_k: 0,
+                }),
                 seed,
                 ..Default::default()
             }
             .resolve(&GenerationDefaults::default())
             .unwrap();
             let mut s = Sampler::new(&opts, 0);
-            (0..32).map(|_| s.pick(&mut [0.0; 8], &[], &[])).collect::<Vec<_>>()
+            (0..32)
+                .map(|_| s.pick(&mut [0.0; 8], &[], &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
@@ -174,7 +205,14 @@ mod tests {
     #[test]
     fn top_p_keeps_only_the_nucleus() {
         // probabilities ~ [0.84, 0.11, 0.04, 0.01]: top_p 0.8 keeps only the first
-        let mut s = sampler(Sampling::Sample { temperature: 1.0, top_p: 0.8, top_k: 0 }, 1.0);
+        let mut s = sampler(
+            Sampling::Sample {
+                temperature: 1.0,
+                top_p: 0.8,
+                top_k: 0,
+            },
+            1.0,
+        );
         for _ in 0..50 {
             assert_eq!(s.pick(&mut [4.0, 2.0, 1.0, -0.5], &[], &[]), 0);
         }

@@ -35,7 +35,14 @@ pub struct TextStream<D> {
 impl<D: FnMut(&[u32]) -> Result<String>> TextStream<D> {
     /// A stream that decodes with `decode` and stops at any of `stop_strings`.
     pub fn new(decode: D, stop_strings: Vec<String>) -> Self {
-        Self { decode, tokens: Vec::new(), stable: String::new(), emitted: 0, stop_strings, stopped: false }
+        Self {
+            decode,
+            tokens: Vec::new(),
+            stable: String::new(),
+            emitted: 0,
+            stop_strings,
+            stopped: false,
+        }
     }
 
     /// Adds one token; returns the text that became final.
@@ -52,10 +59,16 @@ impl<D: FnMut(&[u32]) -> Result<String>> TextStream<D> {
         if let Some((pos, stop)) = self.find_stop() {
             self.stopped = true;
             let text = self.take_until(pos);
-            return Ok(StreamStep { text, stopped_at: Some(stop) });
+            return Ok(StreamStep {
+                text,
+                stopped_at: Some(stop),
+            });
         }
         let safe_end = self.stable.len() - self.stop_prefix_len();
-        Ok(StreamStep { text: self.take_until(safe_end), stopped_at: None })
+        Ok(StreamStep {
+            text: self.take_until(safe_end),
+            stopped_at: None,
+        })
     }
 
     /// Ends the stream: releases whatever was held back (an incomplete character at the
@@ -99,7 +112,11 @@ impl<D: FnMut(&[u32]) -> Result<String>> TextStream<D> {
         }
         self.stop_strings
             .iter()
-            .filter_map(|s| self.stable[from..].find(s.as_str()).map(|p| (from + p, s.clone())))
+            .filter_map(|s| {
+                self.stable[from..]
+                    .find(s.as_str())
+                    .map(|p| (from + p, s.clone()))
+            })
             .min_by_key(|(p, _)| *p)
     }
 
@@ -136,7 +153,10 @@ mod tests {
     fn run(text: &str, stops: &[&str]) -> (Vec<String>, Option<String>) {
         let bytes = text.as_bytes().to_vec();
         let ids: Vec<u32> = (0..bytes.len() as u32).collect();
-        let mut stream = TextStream::new(byte_decoder(bytes), stops.iter().map(|s| s.to_string()).collect());
+        let mut stream = TextStream::new(
+            byte_decoder(bytes),
+            stops.iter().map(|s| s.to_string()).collect(),
+        );
         let mut pieces = vec![];
         let mut stopped = None;
         for id in ids {
@@ -161,7 +181,10 @@ mod tests {
         let text = "照片中主菜是红烧肉，旁边有清蒸鱼和炒青菜。🎉 ok";
         let (pieces, _) = run(text, &[]);
         for p in &pieces {
-            assert!(!p.contains(REPLACEMENT), "piece {p:?} holds a broken character");
+            assert!(
+                !p.contains(REPLACEMENT),
+                "piece {p:?} holds a broken character"
+            );
         }
         assert_eq!(pieces.concat(), text);
         // every byte was its own token, so each character came out as soon as it completed

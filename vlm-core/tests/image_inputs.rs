@@ -18,19 +18,26 @@ use vlm_core::resize::{resize, resize_like, Filter, PillowVersion};
 /// A small image whose every pixel differs, so a lossless round trip checks every byte.
 fn pattern(width: u32, height: u32) -> RgbImage {
     RgbImage::from_fn(width, height, |x, y| {
-        Rgb([(x * 16 + 3) as u8, (y * 20 + 5) as u8, ((x * 7 + y * 11) * 3 % 256) as u8])
+        Rgb([
+            (x * 16 + 3) as u8,
+            (y * 20 + 5) as u8,
+            ((x * 7 + y * 11) * 3 % 256) as u8,
+        ])
     })
 }
 
 fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
     let mut buf = Cursor::new(Vec::new());
-    img.write_to(&mut buf, format).expect("encoding a test image");
+    img.write_to(&mut buf, format)
+        .expect("encoding a test image");
     buf.into_inner()
 }
 
 fn encode_jpeg(img: &RgbImage, quality: u8) -> Vec<u8> {
     let mut buf = Vec::new();
-    JpegEncoder::new_with_quality(&mut buf, quality).encode_image(img).expect("encoding a JPEG");
+    JpegEncoder::new_with_quality(&mut buf, quality)
+        .encode_image(img)
+        .expect("encoding a JPEG");
     buf
 }
 
@@ -53,7 +60,11 @@ fn noise_image(width: u32, height: u32, seed: u64) -> RgbImage {
 }
 
 fn max_channel_diff(a: Rgb<u8>, b: Rgb<u8>) -> u8 {
-    a.0.iter().zip(b.0).map(|(x, y)| x.abs_diff(y)).max().unwrap_or(0)
+    a.0.iter()
+        .zip(b.0)
+        .map(|(x, y)| x.abs_diff(y))
+        .max()
+        .unwrap_or(0)
 }
 
 /// A fresh empty folder under the system temp dir for one test.
@@ -70,7 +81,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -95,7 +110,10 @@ fn png_with_header(width: u32, height: u32) -> Vec<u8> {
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit, RGB, deflate, no filter, no interlace
     png.extend(png_chunk(b"IHDR", &ihdr));
     // zlib header, one final stored block of length 0, Adler-32 of nothing.
-    png.extend(png_chunk(b"IDAT", &[0x78, 0x01, 0x01, 0x00, 0x00, 0xff, 0xff, 0, 0, 0, 1]));
+    png.extend(png_chunk(
+        b"IDAT",
+        &[0x78, 0x01, 0x01, 0x00, 0x00, 0xff, 0xff, 0, 0, 0, 1],
+    ));
     png.extend(png_chunk(b"IEND", &[]));
     png
 }
@@ -106,7 +124,12 @@ fn png_with_header(width: u32, height: u32) -> Vec<u8> {
 fn lossless_formats_round_trip_exactly() {
     let rgb = pattern(13, 9);
     let dynamic = DynamicImage::ImageRgb8(rgb.clone());
-    for format in [ImageFormat::Png, ImageFormat::WebP, ImageFormat::Bmp, ImageFormat::Tiff] {
+    for format in [
+        ImageFormat::Png,
+        ImageFormat::WebP,
+        ImageFormat::Bmp,
+        ImageFormat::Tiff,
+    ] {
         let bytes = encode(&dynamic, format);
         let img = Image::from_bytes(&bytes).unwrap_or_else(|e| panic!("{format:?}: {e}"));
         assert_eq!((img.width(), img.height()), (13, 9), "{format:?}");
@@ -117,7 +140,13 @@ fn lossless_formats_round_trip_exactly() {
 #[test]
 fn jpeg_decodes_close_to_the_original() {
     // Flat 16x16 blocks survive JPEG (and 4:2:0 chroma) almost exactly.
-    let rgb = RgbImage::from_fn(32, 16, |x, _| if x < 16 { Rgb([200, 40, 40]) } else { Rgb([30, 60, 220]) });
+    let rgb = RgbImage::from_fn(32, 16, |x, _| {
+        if x < 16 {
+            Rgb([200, 40, 40])
+        } else {
+            Rgb([30, 60, 220])
+        }
+    });
     let img = Image::from_bytes(&encode_jpeg(&rgb, 95)).expect("JPEG decodes");
     assert_eq!((img.width(), img.height()), (32, 16));
     for (x, y) in [(4, 4), (27, 11)] {
@@ -128,7 +157,13 @@ fn jpeg_decodes_close_to_the_original() {
 
 #[test]
 fn gif_returns_the_first_frame() {
-    let first = RgbaImage::from_fn(6, 4, |x, _| if x < 3 { Rgba([255, 0, 0, 255]) } else { Rgba([0, 0, 255, 255]) });
+    let first = RgbaImage::from_fn(6, 4, |x, _| {
+        if x < 3 {
+            Rgba([255, 0, 0, 255])
+        } else {
+            Rgba([0, 0, 255, 255])
+        }
+    });
     let second = RgbaImage::from_pixel(6, 4, Rgba([0, 255, 0, 255]));
     let mut bytes = Vec::new();
     {
@@ -146,21 +181,35 @@ fn gif_returns_the_first_frame() {
 #[test]
 fn grey_converts_to_rgb() {
     let grey = GrayImage::from_fn(5, 3, |x, y| image::Luma([(x * 40 + y) as u8]));
-    let img = Image::from_bytes(&encode(&DynamicImage::ImageLuma8(grey.clone()), ImageFormat::Png)).expect("grey PNG");
+    let img = Image::from_bytes(&encode(
+        &DynamicImage::ImageLuma8(grey.clone()),
+        ImageFormat::Png,
+    ))
+    .expect("grey PNG");
     for (x, y, p) in img.as_rgb().enumerate_pixels() {
         let v = grey.get_pixel(x, y).0[0];
         assert_eq!(*p, Rgb([v, v, v]));
     }
     let grey_alpha = GrayAlphaImage::from_fn(4, 2, |x, _| image::LumaA([(x * 50) as u8, 0]));
-    let img = Image::from_bytes(&encode(&DynamicImage::ImageLumaA8(grey_alpha), ImageFormat::Png)).expect("LA PNG");
+    let img = Image::from_bytes(&encode(
+        &DynamicImage::ImageLumaA8(grey_alpha),
+        ImageFormat::Png,
+    ))
+    .expect("LA PNG");
     assert_eq!(*img.as_rgb().get_pixel(3, 1), Rgb([150, 150, 150]));
 }
 
 #[test]
 fn rgba_drops_alpha_like_pil_convert_rgb() {
     // PIL's convert("RGB") keeps the colour of fully transparent pixels: no compositing.
-    let rgba = RgbaImage::from_fn(4, 4, |x, y| Rgba([(x * 60) as u8, (y * 60) as u8, 77, (x * y * 15) as u8]));
-    let img = Image::from_bytes(&encode(&DynamicImage::ImageRgba8(rgba.clone()), ImageFormat::Png)).expect("RGBA PNG");
+    let rgba = RgbaImage::from_fn(4, 4, |x, y| {
+        Rgba([(x * 60) as u8, (y * 60) as u8, 77, (x * y * 15) as u8])
+    });
+    let img = Image::from_bytes(&encode(
+        &DynamicImage::ImageRgba8(rgba.clone()),
+        ImageFormat::Png,
+    ))
+    .expect("RGBA PNG");
     for (x, y, p) in img.as_rgb().enumerate_pixels() {
         let q = rgba.get_pixel(x, y).0;
         assert_eq!(*p, Rgb([q[0], q[1], q[2]]), "({x},{y})");
@@ -179,7 +228,10 @@ fn sixteen_bit_keeps_the_high_byte_like_pil() {
     let img = Image::from_bytes(&bytes).expect("16-bit PNG");
     for (x, p) in img.as_rgb().pixels().enumerate() {
         let q = rgb16.get_pixel(x as u32, 0).0;
-        assert_eq!(p.0, [(q[0] >> 8) as u8, (q[1] >> 8) as u8, (q[2] >> 8) as u8]);
+        assert_eq!(
+            p.0,
+            [(q[0] >> 8) as u8, (q[1] >> 8) as u8, (q[2] >> 8) as u8]
+        );
     }
 }
 
@@ -188,7 +240,11 @@ fn format_comes_from_the_bytes_not_the_extension() {
     let dir = temp_dir("sniff");
     let path = dir.join("photo.jpg");
     let rgb = pattern(7, 5);
-    std::fs::write(&path, encode(&DynamicImage::ImageRgb8(rgb.clone()), ImageFormat::Png)).expect("write");
+    std::fs::write(
+        &path,
+        encode(&DynamicImage::ImageRgb8(rgb.clone()), ImageFormat::Png),
+    )
+    .expect("write");
     let img = Image::open(&path).expect("a PNG named .jpg opens");
     assert!(img.as_rgb() == &rgb);
     let _ = std::fs::remove_dir_all(&dir);
@@ -224,10 +280,26 @@ fn corners_image() -> RgbImage {
 
 /// An APP1 Exif segment holding one IFD0 entry: Orientation (0x0112, SHORT) = `value`.
 fn exif_orientation_segment(value: u16, big_endian: bool) -> Vec<u8> {
-    let u16b = |v: u16| if big_endian { v.to_be_bytes() } else { v.to_le_bytes() };
-    let u32b = |v: u32| if big_endian { v.to_be_bytes() } else { v.to_le_bytes() };
+    let u16b = |v: u16| {
+        if big_endian {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    };
+    let u32b = |v: u32| {
+        if big_endian {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    };
     let mut tiff = Vec::new();
-    tiff.extend_from_slice(if big_endian { b"MM\x00\x2a" } else { b"II\x2a\x00" });
+    tiff.extend_from_slice(if big_endian {
+        b"MM\x00\x2a"
+    } else {
+        b"II\x2a\x00"
+    });
     tiff.extend_from_slice(&u32b(8)); // IFD0 right after the 8-byte header
     tiff.extend_from_slice(&u16b(1)); // one entry
     tiff.extend_from_slice(&u16b(0x0112)); // tag: Orientation
@@ -270,7 +342,12 @@ fn assert_corners(img: &Image, expected: [(Rgb<u8>, &str); 4], case: &str) {
 
 #[test]
 fn exif_orientation_1_and_none_keep_the_stored_layout() {
-    let expected = [(RED, "red"), (GREEN, "green"), (BLUE, "blue"), (WHITE, "white")];
+    let expected = [
+        (RED, "red"),
+        (GREEN, "green"),
+        (BLUE, "blue"),
+        (WHITE, "white"),
+    ];
     let plain = Image::from_bytes(&encode_jpeg(&corners_image(), 95)).expect("plain JPEG");
     assert_eq!((plain.width(), plain.height()), (W, H));
     assert_corners(&plain, expected, "no EXIF");
@@ -288,7 +365,12 @@ fn exif_orientation_6_rotates_90_clockwise() {
         assert_eq!((img.width(), img.height()), (H, W), "width and height swap");
         assert_corners(
             &img,
-            [(BLUE, "blue"), (RED, "red"), (WHITE, "white"), (GREEN, "green")],
+            [
+                (BLUE, "blue"),
+                (RED, "red"),
+                (WHITE, "white"),
+                (GREEN, "green"),
+            ],
             "orientation 6",
         );
     }
@@ -300,7 +382,12 @@ fn exif_orientation_3_rotates_180() {
     assert_eq!((img.width(), img.height()), (W, H));
     assert_corners(
         &img,
-        [(WHITE, "white"), (BLUE, "blue"), (GREEN, "green"), (RED, "red")],
+        [
+            (WHITE, "white"),
+            (BLUE, "blue"),
+            (GREEN, "green"),
+            (RED, "red"),
+        ],
         "orientation 3",
     );
 }
@@ -311,7 +398,12 @@ fn exif_orientation_8_rotates_90_counter_clockwise() {
     assert_eq!((img.width(), img.height()), (H, W));
     assert_corners(
         &img,
-        [(GREEN, "green"), (WHITE, "white"), (RED, "red"), (BLUE, "blue")],
+        [
+            (GREEN, "green"),
+            (WHITE, "white"),
+            (RED, "red"),
+            (BLUE, "blue"),
+        ],
         "orientation 8",
     );
 }
@@ -334,7 +426,10 @@ fn missing_file_names_the_path() {
     let err = Image::open(path).expect_err("missing file");
     assert!(matches!(err, ImageError::NotFound { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains("/definitely/not/here/photo.jpg") && msg.contains("not found"), "{msg}");
+    assert!(
+        msg.contains("/definitely/not/here/photo.jpg") && msg.contains("not found"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -351,17 +446,61 @@ fn truncated_jpeg_is_corrupt() {
     let jpeg = encode_jpeg(&noise_image(64, 64, 7), 90);
     for cut in [jpeg.len() / 2, jpeg.len() - 2, 200] {
         let err = Image::from_bytes(&jpeg[..cut]).expect_err("truncated JPEG");
-        assert!(matches!(err, ImageError::Corrupt { format: "JPEG", .. }), "cut at {cut}: {err:?}");
+        assert!(
+            matches!(err, ImageError::Corrupt { format: "JPEG", .. }),
+            "cut at {cut}: {err:?}"
+        );
         let msg = err.to_string();
-        assert!(msg.contains("corrupt or truncated") && msg.contains("re-download"), "{msg}");
+        assert!(
+            msg.contains("corrupt or truncated") && msg.contains("re-download"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn jpeg_with_data_after_the_end_marker_still_decodes() {
+    // Phones append motion-photo videos after EOI; PIL ignores them and so do we.
+    let mut jpeg = encode_jpeg(&corners_image(), 90);
+    jpeg.extend_from_slice(b"\0\0\0\x18ftypmp42 trailing video bytes");
+    let img = Image::from_bytes(&jpeg).expect("trailing data is ignored");
+    assert_eq!((img.width(), img.height()), (W, H));
+}
+
+#[test]
+fn truncated_files_of_every_format_are_corrupt() {
+    let rgb = DynamicImage::ImageRgb8(noise_image(48, 40, 5));
+    for format in [
+        ImageFormat::Png,
+        ImageFormat::WebP,
+        ImageFormat::Gif,
+        ImageFormat::Bmp,
+        ImageFormat::Tiff,
+    ] {
+        let bytes = encode(&rgb, format);
+        let cut = &bytes[..bytes.len() * 3 / 5];
+        match Image::from_bytes(cut) {
+            Err(ImageError::Corrupt { .. }) => {}
+            other => panic!(
+                "{format:?} cut to {} of {} bytes: {other:?}",
+                cut.len(),
+                bytes.len()
+            ),
+        }
     }
 }
 
 #[test]
 fn truncated_and_damaged_png_are_corrupt() {
-    let png = encode(&DynamicImage::ImageRgb8(noise_image(32, 32, 3)), ImageFormat::Png);
+    let png = encode(
+        &DynamicImage::ImageRgb8(noise_image(32, 32, 3)),
+        ImageFormat::Png,
+    );
     let err = Image::from_bytes(&png[..png.len() / 2]).expect_err("truncated PNG");
-    assert!(matches!(err, ImageError::Corrupt { format: "PNG", .. }), "{err:?}");
+    assert!(
+        matches!(err, ImageError::Corrupt { format: "PNG", .. }),
+        "{err:?}"
+    );
     let mut damaged = png.clone();
     let mid = damaged.len() / 2;
     damaged[mid] ^= 0xff; // the IDAT CRC no longer matches
@@ -374,9 +513,15 @@ fn garbage_is_an_unsupported_format_listing_the_supported_ones() {
     let mut garbage = noise_bytes(4096, 11);
     garbage[0] = b'Z'; // no image signature starts with Z
     let err = Image::from_bytes(&garbage).expect_err("garbage");
-    assert!(matches!(err, ImageError::UnsupportedFormat { detected: None, .. }), "{err:?}");
+    assert!(
+        matches!(err, ImageError::UnsupportedFormat { detected: None, .. }),
+        "{err:?}"
+    );
     let msg = err.to_string();
-    assert!(msg.contains("JPEG, PNG, WebP, GIF (first frame), BMP and TIFF"), "{msg}");
+    assert!(
+        msg.contains("JPEG, PNG, WebP, GIF (first frame), BMP and TIFF"),
+        "{msg}"
+    );
     assert!(msg.contains("the image data"), "{msg}");
 }
 
@@ -385,11 +530,29 @@ fn known_but_unsupported_formats_are_named() {
     // An iPhone HEIC starts with an ftyp box of brand "heic".
     let heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic";
     let err = Image::from_bytes(heic).expect_err("HEIC");
-    assert!(matches!(err, ImageError::UnsupportedFormat { detected: Some("HEIC/HEIF"), .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ImageError::UnsupportedFormat {
+                detected: Some("HEIC/HEIF"),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("looks like HEIC/HEIF"), "{err}");
     // ICO is recognised by the image crate but not decoded here.
     let err = Image::from_bytes(&[0, 0, 1, 0, 1, 0, 16, 16, 0, 0]).expect_err("ICO");
-    assert!(matches!(err, ImageError::UnsupportedFormat { detected: Some("ICO"), .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ImageError::UnsupportedFormat {
+                detected: Some("ICO"),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -402,7 +565,17 @@ fn empty_data_is_corrupt() {
 #[test]
 fn zero_width_png_and_bmp_are_zero_size() {
     let err = Image::from_bytes(&png_with_header(0, 16)).expect_err("0x16 PNG");
-    assert!(matches!(err, ImageError::ZeroSize { width: 0, height: 16, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ImageError::ZeroSize {
+                width: 0,
+                height: 16,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("at least one pixel"), "{err}");
 
     // A real 4x4 BMP with the width in its info header zeroed.
@@ -410,21 +583,54 @@ fn zero_width_png_and_bmp_are_zero_size() {
     assert_eq!(&bmp[..2], b"BM");
     bmp[18..22].copy_from_slice(&0i32.to_le_bytes());
     let err = Image::from_bytes(&bmp).expect_err("0x4 BMP");
-    assert!(matches!(err, ImageError::ZeroSize { width: 0, height: 4, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ImageError::ZeroSize {
+                width: 0,
+                height: 4,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn zero_size_rgb_buffer_is_refused() {
     let err = Image::from_rgb(0, 5, Vec::new()).expect_err("0x5 buffer");
-    assert!(matches!(err, ImageError::ZeroSize { width: 0, height: 5, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ImageError::ZeroSize {
+                width: 0,
+                height: 5,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn wrong_rgb_buffer_length_says_what_is_needed() {
     let err = Image::from_rgb(4, 3, vec![0; 35]).expect_err("short buffer");
-    assert!(matches!(err, ImageError::BufferSize { len: 35, expected: 36, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ImageError::BufferSize {
+                len: 35,
+                expected: 36,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let msg = err.to_string();
-    assert!(msg.contains("35 bytes") && msg.contains("width*height*3 = 36"), "{msg}");
+    assert!(
+        msg.contains("35 bytes") && msg.contains("width*height*3 = 36"),
+        "{msg}"
+    );
     // Sizes whose product overflows u64 are reported, not wrapped.
     let err = Image::from_rgb(u32::MAX, u32::MAX, vec![0; 3]).expect_err("huge");
     assert!(matches!(err, ImageError::BufferSize { .. }), "{err:?}");
@@ -433,24 +639,48 @@ fn wrong_rgb_buffer_length_says_what_is_needed() {
 #[test]
 fn pixel_limit_is_checked_and_explained() {
     let png = encode(&DynamicImage::ImageRgb8(pattern(100, 60)), ImageFormat::Png);
-    let limits = ImageLimits { max_pixels: 5000, ..ImageLimits::default() };
+    let limits = ImageLimits {
+        max_pixels: 5000,
+        ..ImageLimits::default()
+    };
     let err = Image::from_bytes_with(&png, &limits).expect_err("over the limit");
     assert!(
-        matches!(err, ImageError::TooManyPixels { width: 100, height: 60, pixels: 6000, max_pixels: 5000, .. }),
+        matches!(
+            err,
+            ImageError::TooManyPixels {
+                width: 100,
+                height: 60,
+                pixels: 6000,
+                max_pixels: 5000,
+                ..
+            }
+        ),
         "{err:?}"
     );
     let msg = err.to_string();
-    assert!(msg.contains("100x60 = 6000 pixels") && msg.contains("limit of 5000"), "{msg}");
-    assert!(msg.contains("ImageLimits::max_pixels") && msg.contains("Image::from_bytes_with"), "{msg}");
+    assert!(
+        msg.contains("100x60 = 6000 pixels") && msg.contains("limit of 5000"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("ImageLimits::max_pixels") && msg.contains("Image::from_bytes_with"),
+        "{msg}"
+    );
     // Exactly at the limit is fine.
-    let limits = ImageLimits { max_pixels: 6000, ..ImageLimits::default() };
+    let limits = ImageLimits {
+        max_pixels: 6000,
+        ..ImageLimits::default()
+    };
     assert!(Image::from_bytes_with(&png, &limits).is_ok());
 }
 
 #[test]
 fn every_format_checks_the_pixel_limit_before_decoding() {
     let rgb = DynamicImage::ImageRgb8(pattern(20, 10));
-    let limits = ImageLimits { max_pixels: 199, ..ImageLimits::default() };
+    let limits = ImageLimits {
+        max_pixels: 199,
+        ..ImageLimits::default()
+    };
     for format in [
         ImageFormat::Png,
         ImageFormat::Jpeg,
@@ -459,8 +689,12 @@ fn every_format_checks_the_pixel_limit_before_decoding() {
         ImageFormat::Bmp,
         ImageFormat::Tiff,
     ] {
-        let err = Image::from_bytes_with(&encode(&rgb, format), &limits).expect_err("over the limit");
-        assert!(matches!(err, ImageError::TooManyPixels { pixels: 200, .. }), "{format:?}: {err:?}");
+        let err =
+            Image::from_bytes_with(&encode(&rgb, format), &limits).expect_err("over the limit");
+        assert!(
+            matches!(err, ImageError::TooManyPixels { pixels: 200, .. }),
+            "{format:?}: {err:?}"
+        );
     }
 }
 
@@ -479,10 +713,26 @@ fn decompression_bomb_header_is_refused_with_default_limits() {
 #[test]
 fn allocation_limit_is_checked_and_explained() {
     let png = encode(&DynamicImage::ImageRgb8(pattern(16, 16)), ImageFormat::Png);
-    let limits = ImageLimits { max_alloc_bytes: 100, ..ImageLimits::default() };
+    let limits = ImageLimits {
+        max_alloc_bytes: 100,
+        ..ImageLimits::default()
+    };
     let err = Image::from_bytes_with(&png, &limits).expect_err("over the allocation limit");
-    assert!(matches!(err, ImageError::TooMuchMemory { needed: Some(768), max_alloc_bytes: 100, .. }), "{err:?}");
-    assert!(err.to_string().contains("ImageLimits::max_alloc_bytes"), "{err}");
+    assert!(
+        matches!(
+            err,
+            ImageError::TooMuchMemory {
+                needed: Some(768),
+                max_alloc_bytes: 100,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("ImageLimits::max_alloc_bytes"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -523,14 +773,21 @@ fn fixtures() -> PathBuf {
 
 fn load_png(name: &str) -> RgbImage {
     let path = fixtures().join(name);
-    Image::open(&path).unwrap_or_else(|e| panic!("{e}")).into_rgb()
+    Image::open(&path)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_rgb()
 }
 
 /// Every `manifest-pillow-*.json`, one per Pillow release the goldens were made with.
 fn manifests() -> Vec<Manifest> {
     let dir = fixtures();
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}; run tools/fixtures/resize_goldens.py", dir.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run tools/fixtures/resize_goldens.py",
+                dir.display()
+            )
+        })
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -541,7 +798,8 @@ fn manifests() -> Vec<Manifest> {
     paths
         .iter()
         .map(|p| {
-            let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let text =
+                std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
         })
         .collect()
@@ -558,7 +816,11 @@ fn filter_named(name: &str) -> Filter {
 
 /// (differing bytes, max abs diff) between two same-sized images.
 fn byte_diff(a: &RgbImage, b: &RgbImage) -> (usize, u8) {
-    let diffs = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y));
+    let diffs = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y));
     diffs.fold((0, 0), |(n, max), d| (n + usize::from(d != 0), max.max(d)))
 }
 
@@ -566,7 +828,10 @@ fn byte_diff(a: &RgbImage, b: &RgbImage) -> (usize, u8) {
 fn resize_matches_pil_byte_for_byte() {
     let manifests = manifests();
     let versions: Vec<&str> = manifests.iter().map(|m| m.pillow.as_str()).collect();
-    assert!(versions.len() >= 3, "expected goldens from three Pillow releases, found {versions:?}");
+    assert!(
+        versions.len() >= 3,
+        "expected goldens from three Pillow releases, found {versions:?}"
+    );
     let mut failures = Vec::new();
     let mut checked = 0;
     for manifest in &manifests {
@@ -575,8 +840,19 @@ fn resize_matches_pil_byte_for_byte() {
         for case in &manifest.cases {
             let input = load_png(&case.input);
             let expected = load_png(&case.output);
-            let got = resize_like(&input, case.width, case.height, filter_named(&case.filter), pillow);
-            assert_eq!(got.dimensions(), (case.width, case.height), "{}", case.output);
+            let got = resize_like(
+                &input,
+                case.width,
+                case.height,
+                filter_named(&case.filter),
+                pillow,
+            );
+            assert_eq!(
+                got.dimensions(),
+                (case.width, case.height),
+                "{}",
+                case.output
+            );
             let (differing, max) = byte_diff(&got, &expected);
             if max != 0 {
                 failures.push(format!(
@@ -610,13 +886,28 @@ fn pass_order_matters_so_the_goldens_can_catch_it() {
     for case in &newest.cases {
         let filter = filter_named(&case.filter);
         let input = load_png(&case.input);
-        let new = resize_like(&input, case.width, case.height, filter, PillowVersion::From13);
-        let old = resize_like(&input, case.width, case.height, filter, PillowVersion::UpTo12_1);
+        let new = resize_like(
+            &input,
+            case.width,
+            case.height,
+            filter,
+            PillowVersion::From13,
+        );
+        let old = resize_like(
+            &input,
+            case.width,
+            case.height,
+            filter,
+            PillowVersion::UpTo12_1,
+        );
         if byte_diff(&new, &old).1 != 0 {
             order_sensitive += 1;
         }
     }
-    assert!(order_sensitive >= 10, "only {order_sensitive} cases depend on the pass order");
+    assert!(
+        order_sensitive >= 10,
+        "only {order_sensitive} cases depend on the pass order"
+    );
 }
 
 #[test]

@@ -12,7 +12,10 @@ const FAMILIES: &[(&[&str], Loader)] = &[(crate::qwen_vl::MODEL_TYPES, crate::qw
 
 /// Every `model_type` some family handles.
 pub fn supported_model_types() -> Vec<&'static str> {
-    FAMILIES.iter().flat_map(|(types, _)| types.iter().copied()).collect()
+    FAMILIES
+        .iter()
+        .flat_map(|(types, _)| types.iter().copied())
+        .collect()
 }
 
 /// Loads a model from a local HF-format folder or a hub repo id (downloaded through
@@ -36,7 +39,10 @@ pub fn load_dir(dir: &ModelDir, options: &LoadOptions) -> Result<Box<dyn VisionL
             return loader(dir, options);
         }
     }
-    Err(Error::UnsupportedModel { model_type, supported: supported_model_types() })
+    Err(Error::UnsupportedModel {
+        model_type,
+        supported: supported_model_types(),
+    })
 }
 
 #[cfg(test)]
@@ -48,10 +54,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("vlm-registry-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("config.json"), r#"{"model_type": "llava"}"#).unwrap();
-        let err = load(dir.to_str().unwrap(), &LoadOptions::default()).err().unwrap();
+        let err = load(dir.to_str().unwrap(), &LoadOptions::default())
+            .err()
+            .unwrap();
         let msg = err.to_string();
         assert!(matches!(err, Error::UnsupportedModel { .. }));
-        assert!(msg.contains("llava") && msg.contains("qwen2_5_vl") && msg.contains("qwen3_vl"), "{msg}");
+        assert!(
+            msg.contains("llava") && msg.contains("qwen2_5_vl") && msg.contains("qwen3_vl"),
+            "{msg}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -51,7 +51,10 @@ fn messages(v: &Value) -> Vec<Message> {
 fn real_chat_templates_and_tokenizers_match_the_reference() {
     let Some(assets) = assets() else { return };
     let goldens: Value = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen/real_prompts.json")).unwrap(),
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen/real_prompts.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     let w = goldens["image"]["width"].as_u64().unwrap() as u32;
@@ -60,7 +63,9 @@ fn real_chat_templates_and_tokenizers_match_the_reference() {
     let mut checked = 0;
     for (name, model) in goldens["models"].as_object().unwrap() {
         let dir = ModelDir::local(&assets.join(model["asset_folder"].as_str().unwrap())).unwrap();
-        let config = QwenVlConfig::from_json(&std::fs::read_to_string(dir.path("config.json")).unwrap()).unwrap();
+        let config =
+            QwenVlConfig::from_json(&std::fs::read_to_string(dir.path("config.json")).unwrap())
+                .unwrap();
         let processor = QwenProcessor::from_model_dir(&dir, config.image_token_id).unwrap();
         for case in model["cases"].as_array().unwrap() {
             let n = case["num_images"].as_u64().unwrap() as usize;
@@ -70,17 +75,39 @@ fn real_chat_templates_and_tokenizers_match_the_reference() {
                 options: GenerationOptions::default(),
             };
             let case_name = case["name"].as_str().unwrap();
-            assert_eq!(processor.prompt_text(&request).unwrap(), case["prompt_text"].as_str().unwrap(), "{name}/{case_name}: prompt text");
+            assert_eq!(
+                processor.prompt_text(&request).unwrap(),
+                case["prompt_text"].as_str().unwrap(),
+                "{name}/{case_name}: prompt text"
+            );
             let inputs = processor.process(&request).unwrap();
-            let want: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let want: Vec<u32> = case["input_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
             assert_eq!(inputs.input_ids, want, "{name}/{case_name}: input ids");
             checked += 1;
         }
         let factor = processor.config.patch_size * processor.config.merge_size;
         for row in model["smart_resize_table"].as_array().unwrap() {
             let g = |k: &str| row[k].as_u64().unwrap() as usize;
-            let got = smart_resize(g("height"), g("width"), factor, processor.config.min_pixels(), processor.config.max_pixels()).unwrap();
-            assert_eq!(got, (g("resized_height"), g("resized_width")), "{name}: smart_resize of {}x{}", g("width"), g("height"));
+            let got = smart_resize(
+                g("height"),
+                g("width"),
+                factor,
+                processor.config.min_pixels(),
+                processor.config.max_pixels(),
+            )
+            .unwrap();
+            assert_eq!(
+                got,
+                (g("resized_height"), g("resized_width")),
+                "{name}: smart_resize of {}x{}",
+                g("width"),
+                g("height")
+            );
         }
     }
     assert!(checked >= 10, "only {checked} prompts checked");

@@ -125,7 +125,9 @@ pub struct QwenVlConfig {
 }
 
 fn get<'a>(sources: &[&'a Value], key: &str) -> Option<&'a Value> {
-    sources.iter().find_map(|s| s.get(key).filter(|v| !v.is_null()))
+    sources
+        .iter()
+        .find_map(|s| s.get(key).filter(|v| !v.is_null()))
 }
 
 fn req_usize(sources: &[&Value], key: &str) -> Result<usize> {
@@ -136,13 +138,20 @@ fn req_usize(sources: &[&Value], key: &str) -> Result<usize> {
 }
 
 fn opt_usize(sources: &[&Value], key: &str, default: usize) -> usize {
-    get(sources, key).and_then(Value::as_u64).map_or(default, |v| v as usize)
+    get(sources, key)
+        .and_then(Value::as_u64)
+        .map_or(default, |v| v as usize)
 }
 
 fn usize_list(sources: &[&Value], key: &str) -> Vec<usize> {
     get(sources, key)
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_u64).map(|v| v as usize).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_u64)
+                .map(|v| v as usize)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -154,7 +163,11 @@ fn act(sources: &[&Value], key: &str, default: &str) -> Result<Act> {
 fn ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|x| x as u32)
+            .collect(),
         _ => vec![],
     }
 }
@@ -162,10 +175,18 @@ fn ids(v: Option<&Value>) -> Vec<u32> {
 impl QwenVlConfig {
     /// Parses config.json's text.
     pub fn from_json(text: &str) -> Result<Self> {
-        let root: Value = serde_json::from_str(text).map_err(|e| Error::bad_file("config.json", e))?;
-        let model_type = root.get("model_type").and_then(Value::as_str).unwrap_or_default().to_string();
+        let root: Value =
+            serde_json::from_str(text).map_err(|e| Error::bad_file("config.json", e))?;
+        let model_type = root
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let generation = QwenGeneration::from_model_type(&model_type).ok_or_else(|| {
-            Error::bad_file("config.json", format!("model_type \"{model_type}\" is not a Qwen-VL model"))
+            Error::bad_file(
+                "config.json",
+                format!("model_type \"{model_type}\" is not a Qwen-VL model"),
+            )
         })?;
         let empty = Value::Null;
         let text_cfg = root.get("text_config").unwrap_or(&empty);
@@ -176,11 +197,18 @@ impl QwenVlConfig {
             .ok_or_else(|| Error::bad_file("config.json", "missing \"vision_config\""))?;
         let v = [vision_cfg];
 
-        let rope = get(&t, "rope_parameters").or_else(|| get(&t, "rope_scaling")).unwrap_or(&empty);
+        let rope = get(&t, "rope_parameters")
+            .or_else(|| get(&t, "rope_scaling"))
+            .unwrap_or(&empty);
         let section = rope
             .get("mrope_section")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_u64).map(|x| x as usize).collect::<Vec<_>>())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_u64)
+                    .map(|x| x as usize)
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_else(|| match generation {
                 QwenGeneration::Qwen3 => vec![24, 20, 20],
                 _ => vec![16, 24, 24],
@@ -205,16 +233,29 @@ impl QwenVlConfig {
             num_attention_heads,
             num_key_value_heads: opt_usize(&t, "num_key_value_heads", num_attention_heads),
             head_dim: opt_usize(&t, "head_dim", hidden_size / num_attention_heads),
-            rms_norm_eps: get(&t, "rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
+            rms_norm_eps: get(&t, "rms_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-6),
             rope_theta,
             mrope_section,
-            mrope_interleaved: rope.get("mrope_interleaved").and_then(Value::as_bool).unwrap_or(is3),
-            qkv_bias: if is3 { get(&t, "attention_bias").and_then(Value::as_bool).unwrap_or(false) } else { true },
+            mrope_interleaved: rope
+                .get("mrope_interleaved")
+                .and_then(Value::as_bool)
+                .unwrap_or(is3),
+            qkv_bias: if is3 {
+                get(&t, "attention_bias")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+            } else {
+                true
+            },
             qk_norm: is3,
             hidden_act: act(&t, "hidden_act", "silu")?,
             max_position_embeddings: opt_usize(&t, "max_position_embeddings", 32768),
             // the top-level flag is the one transformers applies for these models
-            tie_word_embeddings: get(&[&root, text_cfg], "tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            tie_word_embeddings: get(&[&root, text_cfg], "tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         };
 
         let vision = match generation {
@@ -231,7 +272,10 @@ impl QwenVlConfig {
                     patch_size: opt_usize(&v, "patch_size", 14),
                     temporal_patch_size: opt_usize(&v, "temporal_patch_size", 2),
                     spatial_merge_size: opt_usize(&v, "spatial_merge_size", 2),
-                    in_channels: get(&v, "in_channels").or_else(|| get(&v, "in_chans")).and_then(Value::as_u64).unwrap_or(3) as usize,
+                    in_channels: get(&v, "in_channels")
+                        .or_else(|| get(&v, "in_chans"))
+                        .and_then(Value::as_u64)
+                        .unwrap_or(3) as usize,
                     window_size: 0,
                     fullatt_block_indexes: vec![],
                     num_position_embeddings: 0,
@@ -244,11 +288,18 @@ impl QwenVlConfig {
                 out_hidden_size: opt_usize(&v, "out_hidden_size", hidden_size),
                 num_heads: req_usize(&v, "num_heads")?,
                 intermediate_size: req_usize(&v, "intermediate_size")?,
-                hidden_act: act(&v, "hidden_act", if is3 { "gelu_pytorch_tanh" } else { "silu" })?,
+                hidden_act: act(
+                    &v,
+                    "hidden_act",
+                    if is3 { "gelu_pytorch_tanh" } else { "silu" },
+                )?,
                 patch_size: opt_usize(&v, "patch_size", if is3 { 16 } else { 14 }),
                 temporal_patch_size: opt_usize(&v, "temporal_patch_size", 2),
                 spatial_merge_size: opt_usize(&v, "spatial_merge_size", 2),
-                in_channels: get(&v, "in_channels").or_else(|| get(&v, "in_chans")).and_then(Value::as_u64).unwrap_or(3) as usize,
+                in_channels: get(&v, "in_channels")
+                    .or_else(|| get(&v, "in_chans"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(3) as usize,
                 window_size: opt_usize(&v, "window_size", 112),
                 fullatt_block_indexes: usize_list(&v, "fullatt_block_indexes"),
                 num_position_embeddings: opt_usize(&v, "num_position_embeddings", 2304),
@@ -257,7 +308,9 @@ impl QwenVlConfig {
         };
 
         let token = |key: &str, default: u32| -> u32 {
-            get(&[&root, text_cfg], key).and_then(Value::as_u64).map_or(default, |x| x as u32)
+            get(&[&root, text_cfg], key)
+                .and_then(Value::as_u64)
+                .map_or(default, |x| x as u32)
         };
         let mut eos_token_ids = ids(get(&[&root, text_cfg], "eos_token_id"));
         eos_token_ids.dedup();

@@ -29,8 +29,8 @@ use vlm_core::files::ModelDir;
 use vlm_core::kv_cache::LayerKvCache;
 use vlm_core::model::LoadOptions;
 use vlm_core::{
-    Error, Family, FamilyModel, GenerationDefaults, ModelInfo, PrefillOutput, Quantization, Request, Result,
-    VisionLanguageModel,
+    Error, Family, FamilyModel, GenerationDefaults, ModelInfo, PrefillOutput, Quantization,
+    Request, Result, VisionLanguageModel,
 };
 
 pub use config::{QwenGeneration, QwenVlConfig};
@@ -100,29 +100,52 @@ impl QwenVl {
             ));
         }
         let config_path = dir.require("config.json", "config.json describes the model")?;
-        let config_text = std::fs::read_to_string(&config_path).map_err(|e| Error::bad_file(&config_path, e))?;
+        let config_text =
+            std::fs::read_to_string(&config_path).map_err(|e| Error::bad_file(&config_path, e))?;
         let config = QwenVlConfig::from_json(&config_text)?;
         let device = options.device.open()?;
         let dtype = options.dtype.resolve(&device);
 
         let processor = QwenProcessor::from_model_dir(dir, config.image_token_id)?;
-        let defaults = GenerationDefaults::from_file(&dir.path("generation_config.json"), &config.eos_token_ids)?;
+        let defaults = GenerationDefaults::from_file(
+            &dir.path("generation_config.json"),
+            &config.eos_token_ids,
+        )?;
 
         let files = dir.safetensors()?;
         let parameters = count_parameters(&files)?;
         // SAFETY: the files are memory-mapped read-only; modifying them while loaded is
         // undefined behaviour, as with every mmap-based loader.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device) }.map_err(weights_err)?;
-        let (visual_prefix, text_prefix) = if vb.contains_tensor("model.language_model.embed_tokens.weight") {
-            ("model.visual", "model.language_model")
-        } else {
-            ("visual", "model")
-        };
-        let vision = VisionTower::new(&config.vision, config.generation, vb.pp(visual_prefix)).map_err(weights_err)?;
-        let text = TextModel::new(&config.text, vb.pp(text_prefix), vb.clone()).map_err(weights_err)?;
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device) }
+            .map_err(weights_err)?;
+        let (visual_prefix, text_prefix) =
+            if vb.contains_tensor("model.language_model.embed_tokens.weight") {
+                ("model.visual", "model.language_model")
+            } else {
+                ("visual", "model")
+            };
+        let vision = VisionTower::new(&config.vision, config.generation, vb.pp(visual_prefix))
+            .map_err(weights_err)?;
+        let text =
+            TextModel::new(&config.text, vb.pp(text_prefix), vb.clone()).map_err(weights_err)?;
         let t = &config.text;
-        let rope = MropeTables::new(t.head_dim, t.rope_theta, t.mrope_section, t.mrope_interleaved);
-        Ok(Self { config, processor, vision, text, rope, defaults, device, dtype, parameters })
+        let rope = MropeTables::new(
+            t.head_dim,
+            t.rope_theta,
+            t.mrope_section,
+            t.mrope_interleaved,
+        );
+        Ok(Self {
+            config,
+            processor,
+            vision,
+            text,
+            rope,
+            defaults,
+            device,
+            dtype,
+            parameters,
+        })
     }
 
     /// The parsed config.
@@ -141,8 +164,12 @@ impl QwenVl {
         if images.is_empty() {
             return Ok(None);
         }
-        let row = images[0].pixel_values.len() / (images[0].grid_thw.iter().product::<usize>()).max(1);
-        let data: Vec<f32> = images.iter().flat_map(|i| i.pixel_values.iter().copied()).collect();
+        let row =
+            images[0].pixel_values.len() / (images[0].grid_thw.iter().product::<usize>()).max(1);
+        let data: Vec<f32> = images
+            .iter()
+            .flat_map(|i| i.pixel_values.iter().copied())
+            .collect();
         let rows = data.len() / row.max(1);
         let pixels = Tensor::from_vec(data, (rows, row), &self.device)?;
         let grids: Vec<[usize; 3]> = images.iter().map(|i| i.grid_thw).collect();
@@ -152,10 +179,21 @@ impl QwenVl {
     /// Runs the prompts through vision and the decoder. Returns the final hidden states
     /// `[batch, padded_len, hidden]`, the state for decoding (room for `max_new_tokens`
     /// more positions) and the vision time.
-    pub fn forward_prompts(&self, batch: &[&PreparedQwen], max_new_tokens: usize) -> Result<(Tensor, QwenState, Duration)> {
+    pub fn forward_prompts(
+        &self,
+        batch: &[&PreparedQwen],
+        max_new_tokens: usize,
+    ) -> Result<(Tensor, QwenState, Duration)> {
         let b = batch.len();
-        let len = batch.iter().map(|p| p.inputs.input_ids.len()).max().unwrap_or(0);
-        let pad: Vec<usize> = batch.iter().map(|p| len - p.inputs.input_ids.len()).collect();
+        let len = batch
+            .iter()
+            .map(|p| p.inputs.input_ids.len())
+            .max()
+            .unwrap_or(0);
+        let pad: Vec<usize> = batch
+            .iter()
+            .map(|p| len - p.inputs.input_ids.len())
+            .collect();
 
         let t_vision = Instant::now();
         let inputs: Vec<&QwenInputs> = batch.iter().map(|p| &p.inputs).collect();
@@ -194,7 +232,9 @@ impl QwenVl {
             return Err(Error::PlaceholderMismatch {
                 placeholders: image_rows as usize,
                 images: feature_rows,
-                placeholder: format!("<|image_pad|> tokens vs image features ({feature_rows} features)"),
+                placeholder: format!(
+                    "<|image_pad|> tokens vs image features ({feature_rows} features)"
+                ),
             });
         }
         let hidden = self.config.text.hidden_size;
@@ -203,36 +243,67 @@ impl QwenVl {
         if let Some(v) = &vision {
             table = Tensor::cat(&[&table, &v.embeds.to_dtype(self.dtype)?], 0)?;
         }
-        let embeds = table.index_select(&Tensor::from_vec(source, b * len, &self.device)?, 0)?.reshape((b, len, hidden))?;
+        let embeds = table
+            .index_select(&Tensor::from_vec(source, b * len, &self.device)?, 0)?
+            .reshape((b, len, hidden))?;
 
         let positions: Vec<[Vec<i64>; 3]> = batch
             .iter()
             .zip(&pad)
-            .map(|(p, &pd)| std::array::from_fn(|s| std::iter::repeat_n(0, pd).chain(p.rope.positions[s].iter().copied()).collect()))
+            .map(|(p, &pd)| {
+                std::array::from_fn(|s| {
+                    std::iter::repeat_n(0, pd)
+                        .chain(p.rope.positions[s].iter().copied())
+                        .collect()
+                })
+            })
             .collect();
         let (cos, sin) = self.rope.tables(&positions, self.dtype, &self.device)?;
         let mask = attention_mask(&pad, len, len, &self.device)?;
-        let mut caches = self.text.new_caches(b, len + max_new_tokens, self.dtype, &self.device)?;
+        let mut caches = self
+            .text
+            .new_caches(b, len + max_new_tokens, self.dtype, &self.device)?;
 
         let zeros = Tensor::zeros((1, hidden), self.dtype, &self.device)?;
         let deepstack_tables = match &vision {
-            Some(v) if !v.deepstack.is_empty() => {
-                v.deepstack.iter().map(|f| Tensor::cat(&[&zeros, &f.to_dtype(self.dtype)?], 0)).collect::<candle_core::Result<Vec<_>>>()?
-            }
+            Some(v) if !v.deepstack.is_empty() => v
+                .deepstack
+                .iter()
+                .map(|f| Tensor::cat(&[&zeros, &f.to_dtype(self.dtype)?], 0))
+                .collect::<candle_core::Result<Vec<_>>>()?,
             _ => vec![],
         };
         let deepstack_index = Tensor::from_vec(deepstack_rows, b * len, &self.device)?;
-        let deepstack = (!deepstack_tables.is_empty()).then(|| DeepStack { rows: &deepstack_index, features: &deepstack_tables });
+        let deepstack = (!deepstack_tables.is_empty()).then(|| DeepStack {
+            rows: &deepstack_index,
+            features: &deepstack_tables,
+        });
 
-        let out = self.text.forward_hidden(embeds, &cos, &sin, mask.as_ref(), &mut caches, deepstack)?;
-        let next_position = batch.iter().map(|p| p.inputs.input_ids.len() as i64 + p.rope.delta).collect();
-        Ok((out, QwenState { caches, next_position, pad }, vision_time))
+        let out =
+            self.text
+                .forward_hidden(embeds, &cos, &sin, mask.as_ref(), &mut caches, deepstack)?;
+        let next_position = batch
+            .iter()
+            .map(|p| p.inputs.input_ids.len() as i64 + p.rope.delta)
+            .collect();
+        Ok((
+            out,
+            QwenState {
+                caches,
+                next_position,
+                pad,
+            },
+            vision_time,
+        ))
     }
 
     /// Logits of every prompt position `[len, vocab]` of one request (for parity checks).
     pub fn prompt_logits(&self, prepared: &PreparedQwen) -> Result<Tensor> {
         let (hidden, _, _) = self.forward_prompts(&[prepared], 1)?;
-        Ok(self.text.logits(&hidden.squeeze(0)?)?.to_dtype(DType::F32)?)
+        Ok(self
+            .text
+            .logits(&hidden.squeeze(0)?)?
+            .to_dtype(DType::F32)?)
     }
 
     /// Image embeddings (and DeepStack features) of one request (for parity checks).
@@ -249,7 +320,8 @@ fn count_parameters(files: &[std::path::PathBuf]) -> Result<u64> {
     let mut total = 0u64;
     for f in files {
         // SAFETY: read-only mapping of a weights file, only its header is read here.
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }.map_err(|e| Error::bad_file(f, e))?;
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }
+            .map_err(|e| Error::bad_file(f, e))?;
         for (_, view) in st.tensors() {
             total += view.shape().iter().product::<usize>() as u64;
         }
@@ -287,7 +359,12 @@ impl Family for QwenVl {
     fn prepare(&self, request: &Request) -> Result<PreparedQwen> {
         let inputs = self.processor.process(request)?;
         let grids: Vec<[usize; 3]> = inputs.images.iter().map(|i| i.grid_thw).collect();
-        let rope = rope_index(&inputs.input_ids, self.config.image_token_id, &grids, self.config.vision.spatial_merge_size);
+        let rope = rope_index(
+            &inputs.input_ids,
+            self.config.image_token_id,
+            &grids,
+            self.config.vision.spatial_merge_size,
+        );
         Ok(PreparedQwen { inputs, rope })
     }
 
@@ -295,24 +372,38 @@ impl Family for QwenVl {
         &inputs.inputs.input_ids
     }
 
-    fn prefill(&self, batch: &[&PreparedQwen], max_new_tokens: usize) -> Result<PrefillOutput<QwenState>> {
+    fn prefill(
+        &self,
+        batch: &[&PreparedQwen],
+        max_new_tokens: usize,
+    ) -> Result<PrefillOutput<QwenState>> {
         let (hidden, state, image_encode) = self.forward_prompts(batch, max_new_tokens)?;
         let len = hidden.dim(1)?;
         // Left padding puts every sequence's last prompt token in the last column.
         let last = hidden.narrow(1, len - 1, 1)?.squeeze(1)?;
         let logits = self.text.logits(&last)?;
-        Ok(PrefillOutput { logits, state, image_encode })
+        Ok(PrefillOutput {
+            logits,
+            state,
+            image_encode,
+        })
     }
 
     fn decode(&self, tokens: &[u32], state: &mut QwenState) -> Result<Tensor> {
         let b = tokens.len();
         let ids = Tensor::from_vec(tokens.to_vec(), b, &self.device)?;
         let embeds = self.text.embed(&ids)?.unsqueeze(1)?;
-        let positions: Vec<[Vec<i64>; 3]> = state.next_position.iter().map(|&p| [vec![p], vec![p], vec![p]]).collect();
+        let positions: Vec<[Vec<i64>; 3]> = state
+            .next_position
+            .iter()
+            .map(|&p| [vec![p], vec![p], vec![p]])
+            .collect();
         let (cos, sin) = self.rope.tables(&positions, self.dtype, &self.device)?;
         let kv_len = state.caches.first().map_or(0, |c| c.len()) + 1;
         let mask = attention_mask(&state.pad, 1, kv_len, &self.device)?;
-        let hidden = self.text.forward_hidden(embeds, &cos, &sin, mask.as_ref(), &mut state.caches, None)?;
+        let hidden =
+            self.text
+                .forward_hidden(embeds, &cos, &sin, mask.as_ref(), &mut state.caches, None)?;
         for p in state.next_position.iter_mut() {
             *p += 1;
         }

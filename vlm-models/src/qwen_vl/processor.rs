@@ -1,13 +1,19 @@
 //! Images and text → model inputs, exactly as transformers' `Qwen2VLImageProcessor` and
-//! the Qwen-VL processors do it: smart_resize, PIL-exact bicubic resampling, rescale and
-//! normalise, patches in merge-block order with each image used as two frames, and
-//! `<|image_pad|>` repeated once per merged token.
+//! the Qwen-VL processors do it: smart_resize, bicubic resampling, rescale and normalise,
+//! patches in merge-block order with each image used as two frames, and `<|image_pad|>`
+//! repeated once per merged token.
+//!
+//! transformers 5 has two backends that disagree by one grey level on ~0.2% of resized
+//! pixels: the default torchvision one (`Qwen2VLImageProcessor`, uint8 fixed point with
+//! 14-17 bit weights) and the PIL one (`Qwen2VLImageProcessorPil`, 22-bit weights). We
+//! reproduce whichever the checkpoint's preprocessor_config.json names, byte for byte.
 
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 use vlm_core::chat_template::ChatTemplate;
 use vlm_core::files::ModelDir;
 use vlm_core::resize::{resize, Filter};
+use vlm_core::resize_torch::{resize_like_torchvision, TorchFilter};
 use vlm_core::{Content, Error, Image, Prompt, Request, Result};
 
 /// transformers' Qwen2-VL defaults: at least 56×56 and at most 28·28·1280 pixels.
@@ -53,6 +59,8 @@ pub struct PreprocessorConfig {
     rescale_factor: f64,
     #[serde(default)]
     resample: Option<u32>,
+    #[serde(default)]
+    image_processor_type: Option<String>,
 }
 
 fn two() -> usize {
@@ -63,22 +71,49 @@ fn default_rescale() -> f64 {
     1.0 / 255.0
 }
 
+/// Which transformers image backend the numbers must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeBackend {
+    /// torchvision's uint8 antialiased resize (transformers 5's default).
+    Torchvision,
+    /// Pillow's `Image.resize` (`*ImageProcessorPil`, and transformers 4's slow processor).
+    Pil,
+}
+
 impl PreprocessorConfig {
+    /// The backend named by `image_processor_type`.
+    pub fn backend(&self) -> ResizeBackend {
+        match &self.image_processor_type {
+            Some(t) if t.ends_with("Pil") => ResizeBackend::Pil,
+            _ => ResizeBackend::Torchvision,
+        }
+    }
+
     /// Smallest area an image is resized to.
     pub fn min_pixels(&self) -> usize {
-        self.min_pixels.or(self.size.as_ref().and_then(|s| s.shortest_edge)).unwrap_or(DEFAULT_MIN_PIXELS)
+        self.min_pixels
+            .or(self.size.as_ref().and_then(|s| s.shortest_edge))
+            .unwrap_or(DEFAULT_MIN_PIXELS)
     }
 
     /// Largest area an image is resized to.
     pub fn max_pixels(&self) -> usize {
-        self.max_pixels.or(self.size.as_ref().and_then(|s| s.longest_edge)).unwrap_or(DEFAULT_MAX_PIXELS)
+        self.max_pixels
+            .or(self.size.as_ref().and_then(|s| s.longest_edge))
+            .unwrap_or(DEFAULT_MAX_PIXELS)
     }
 }
 
 /// Target size (height, width) for an image: both multiples of `factor`, area within
 /// `[min_pixels, max_pixels]`, aspect ratio kept as well as possible. Python's `round`
 /// (half to even) is part of the reference behaviour.
-pub fn smart_resize(height: usize, width: usize, factor: usize, min_pixels: usize, max_pixels: usize) -> Result<(usize, usize)> {
+pub fn smart_resize(
+    height: usize,
+    width: usize,
+    factor: usize,
+    min_pixels: usize,
+    max_pixels: usize,
+) -> Result<(usize, usize)> {
     let (h, w, f) = (height as f64, width as f64, factor as f64);
     if h.max(w) / h.min(w) > MAX_ASPECT_RATIO {
         return Err(Error::invalid_option(
@@ -129,7 +164,12 @@ pub struct QwenProcessor {
 
 impl QwenProcessor {
     /// A processor from its parts (`template` may be absent: raw prompts still work).
-    pub fn new(config: PreprocessorConfig, tokenizer: Tokenizer, template: Option<ChatTemplate>, image_token_id: u32) -> Result<Self> {
+    pub fn new(
+        config: PreprocessorConfig,
+        tokenizer: Tokenizer,
+        template: Option<ChatTemplate>,
+        image_token_id: u32,
+    ) -> Result<Self> {
         if let Some(r) = config.resample {
             if r != PIL_BICUBIC && r != PIL_BILINEAR {
                 return Err(Error::bad_file(
@@ -138,13 +178,21 @@ impl QwenProcessor {
                 ));
             }
         }
-        Ok(Self { config, tokenizer, template, image_token_id })
+        Ok(Self {
+            config,
+            tokenizer,
+            template,
+            image_token_id,
+        })
     }
 
     /// The processor of a model folder: preprocessor_config.json, tokenizer.json and the
     /// chat template (optional: raw prompts work without one).
     pub fn from_model_dir(dir: &ModelDir, image_token_id: u32) -> Result<Self> {
-        let config = dir.read_json("preprocessor_config.json", "preprocessor_config.json holds the image settings")?;
+        let config = dir.read_json(
+            "preprocessor_config.json",
+            "preprocessor_config.json holds the image settings",
+        )?;
         let tokenizer = dir.tokenizer()?;
         let template = match ChatTemplate::from_model_dir(dir) {
             Ok(t) => Some(t),
@@ -163,21 +211,53 @@ impl QwenProcessor {
     pub fn preprocess(&self, image: &Image) -> Result<ImagePatches> {
         let c = &self.config;
         let factor = c.patch_size * c.merge_size;
-        let (h, w) = smart_resize(image.height() as usize, image.width() as usize, factor, c.min_pixels(), c.max_pixels())?;
-        let filter = if c.resample == Some(PIL_BILINEAR) { Filter::Bilinear } else { Filter::Bicubic };
+        let (h, w) = smart_resize(
+            image.height() as usize,
+            image.width() as usize,
+            factor,
+            c.min_pixels(),
+            c.max_pixels(),
+        )?;
+        let bilinear = c.resample == Some(PIL_BILINEAR);
+        let backend = c.backend();
         let resized;
         let rgb = if (image.width() as usize, image.height() as usize) == (w, h) {
             image.as_rgb()
         } else {
-            resized = resize(image.as_rgb(), w as u32, h as u32, filter);
+            let (w, h) = (w as u32, h as u32);
+            resized = match (backend, bilinear) {
+                (ResizeBackend::Torchvision, false) => {
+                    resize_like_torchvision(image.as_rgb(), w, h, TorchFilter::Bicubic)
+                }
+                (ResizeBackend::Torchvision, true) => {
+                    resize_like_torchvision(image.as_rgb(), w, h, TorchFilter::Bilinear)
+                }
+                (ResizeBackend::Pil, false) => resize(image.as_rgb(), w, h, Filter::Bicubic),
+                (ResizeBackend::Pil, true) => resize(image.as_rgb(), w, h, Filter::Bilinear),
+            };
             &resized
         };
-        // rescale then normalise, per channel, in f32 as the reference does
-        let scale = c.rescale_factor as f32;
         let mut planes = vec![0f32; 3 * h * w];
-        for (i, px) in rgb.pixels().enumerate() {
-            for ch in 0..3 {
-                planes[ch * h * w + i] = (px.0[ch] as f32 * scale - c.image_mean[ch]) / c.image_std[ch];
+        match backend {
+            // torchvision fuses rescale into normalise: (x - mean/scale) / (std/scale), in f32
+            ResizeBackend::Torchvision => {
+                let inv = (1.0 / c.rescale_factor) as f32;
+                let mean = c.image_mean.map(|m| m * inv);
+                let std = c.image_std.map(|s| s * inv);
+                for (i, px) in rgb.pixels().enumerate() {
+                    for ch in 0..3 {
+                        planes[ch * h * w + i] = (px.0[ch] as f32 - mean[ch]) / std[ch];
+                    }
+                }
+            }
+            ResizeBackend::Pil => {
+                let scale = c.rescale_factor as f32;
+                for (i, px) in rgb.pixels().enumerate() {
+                    for ch in 0..3 {
+                        planes[ch * h * w + i] =
+                            (px.0[ch] as f32 * scale - c.image_mean[ch]) / c.image_std[ch];
+                    }
+                }
             }
         }
         let (p, m, tp) = (c.patch_size, c.merge_size, c.temporal_patch_size);
@@ -202,7 +282,10 @@ impl QwenProcessor {
                 }
             }
         }
-        Ok(ImagePatches { pixel_values: out, grid_thw: [1, gh, gw] })
+        Ok(ImagePatches {
+            pixel_values: out,
+            grid_thw: [1, gh, gw],
+        })
     }
 
     /// Merged tokens an image of this grid becomes.
@@ -235,13 +318,19 @@ impl QwenProcessor {
     /// Tokenizes a request and preprocesses its images.
     pub fn process(&self, request: &Request) -> Result<QwenInputs> {
         if let Prompt::Chat(messages) = &request.prompt {
-            let has_text = messages.iter().flat_map(|m| &m.content).any(|c| matches!(c, Content::Text(t) if !t.trim().is_empty()));
+            let has_text = messages
+                .iter()
+                .flat_map(|m| &m.content)
+                .any(|c| matches!(c, Content::Text(t) if !t.trim().is_empty()));
             if !has_text && request.images.is_empty() {
                 return Err(Error::EmptyQuestion);
             }
         }
         let text = self.prompt_text(request)?;
-        let encoding = self.tokenizer.encode(text.as_str(), true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let encoding = self
+            .tokenizer
+            .encode(text.as_str(), true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let ids = encoding.get_ids();
         let placeholders = ids.iter().filter(|&&t| t == self.image_token_id).count();
         if placeholders != request.images.len() {
@@ -251,13 +340,22 @@ impl QwenProcessor {
                 placeholder: IMAGE_PLACEHOLDER.into(),
             });
         }
-        let images = request.images.iter().map(|img| self.preprocess(img)).collect::<Result<Vec<_>>>()?;
-        let extra: usize = images.iter().map(|i| self.tokens_per_image(i.grid_thw) - 1).sum();
+        let images = request
+            .images
+            .iter()
+            .map(|img| self.preprocess(img))
+            .collect::<Result<Vec<_>>>()?;
+        let extra: usize = images
+            .iter()
+            .map(|i| self.tokens_per_image(i.grid_thw) - 1)
+            .sum();
         let mut input_ids = Vec::with_capacity(ids.len() + extra);
         let mut next_image = images.iter();
         for &id in ids {
             if id == self.image_token_id {
-                let n = next_image.next().map_or(1, |i| self.tokens_per_image(i.grid_thw));
+                let n = next_image
+                    .next()
+                    .map_or(1, |i| self.tokens_per_image(i.grid_thw));
                 input_ids.extend(std::iter::repeat_n(id, n));
             } else {
                 input_ids.push(id);
@@ -283,14 +381,24 @@ mod tests {
             ((4000, 3000), (4004, 2996)),
         ];
         for ((h, w), want) in cases {
-            assert_eq!(smart_resize(h, w, 28, 3136, 12_845_056).unwrap(), want, "{h}x{w}");
+            assert_eq!(
+                smart_resize(h, w, 28, 3136, 12_845_056).unwrap(),
+                want,
+                "{h}x{w}"
+            );
         }
         // Qwen3-VL: factor 32, 65536 … 16777216
-        assert_eq!(smart_resize(768, 1024, 32, 65536, 16_777_216).unwrap(), (768, 1024));
+        assert_eq!(
+            smart_resize(768, 1024, 32, 65536, 16_777_216).unwrap(),
+            (768, 1024)
+        );
         // 42 / 28 = 1.5 rounds to even (2), 70 / 28 = 2.5 rounds to even (2)
         assert_eq!(smart_resize(42, 70, 28, 1, 1 << 30).unwrap(), (56, 56));
         // over max_pixels: scaled down by sqrt(area / max)
-        assert_eq!(smart_resize(5000, 4000, 28, 3136, 1_003_520).unwrap(), (1120, 896));
+        assert_eq!(
+            smart_resize(5000, 4000, 28, 3136, 1_003_520).unwrap(),
+            (1120, 896)
+        );
         assert!(smart_resize(10, 2500, 28, 3136, 12_845_056).is_err());
     }
 }

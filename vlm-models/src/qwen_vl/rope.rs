@@ -19,7 +19,12 @@ pub struct RopeIndex {
 /// transformers' `get_rope_index` for images (no video): text tokens count up on all three
 /// streams; each run of image tokens gets a (t, h, w) grid starting at the current
 /// position, and text resumes at `start + max(h, w) / merge`.
-pub fn rope_index(input_ids: &[u32], image_token_id: u32, image_grids: &[[usize; 3]], merge: usize) -> RopeIndex {
+pub fn rope_index(
+    input_ids: &[u32],
+    image_token_id: u32,
+    image_grids: &[[usize; 3]],
+    merge: usize,
+) -> RopeIndex {
     let mut positions: [Vec<i64>; 3] = std::array::from_fn(|_| Vec::with_capacity(input_ids.len()));
     let mut grids = image_grids.iter();
     let mut current: i64 = 0;
@@ -33,7 +38,10 @@ pub fn rope_index(input_ids: &[u32], image_token_id: u32, image_grids: &[[usize;
             i += 1;
             continue;
         }
-        let run_end = input_ids[i..].iter().position(|&t| t != image_token_id).map_or(input_ids.len(), |n| i + n);
+        let run_end = input_ids[i..]
+            .iter()
+            .position(|&t| t != image_token_id)
+            .map_or(input_ids.len(), |n| i + n);
         let Some(&[t, h, w]) = grids.next() else {
             // More image tokens than grids: the caller checks counts; treat as text.
             for _ in i..run_end {
@@ -58,13 +66,22 @@ pub fn rope_index(input_ids: &[u32], image_token_id: u32, image_grids: &[[usize;
         current += (h.max(w) / merge) as i64;
         i = run_end;
     }
-    let max = positions.iter().flat_map(|p| p.iter().copied()).max().unwrap_or(-1);
-    RopeIndex { delta: max + 1 - input_ids.len() as i64, positions }
+    let max = positions
+        .iter()
+        .flat_map(|p| p.iter().copied())
+        .max()
+        .unwrap_or(-1);
+    RopeIndex {
+        delta: max + 1 - input_ids.len() as i64,
+        positions,
+    }
 }
 
 /// Rotary inverse frequencies `1 / base^(2i/dim)`, computed in f32 like transformers.
 pub fn inv_freq(dim: usize, base: f64) -> Vec<f32> {
-    (0..dim / 2).map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / dim as f32)).collect()
+    (0..dim / 2)
+        .map(|i| 1.0 / (base as f32).powf((2 * i) as f32 / dim as f32))
+        .collect()
 }
 
 /// Which of the t/h/w streams drives each of the `head_dim / 2` frequency slots.
@@ -102,11 +119,21 @@ impl MropeTables {
     pub fn new(head_dim: usize, theta: f64, section: [usize; 3], interleaved: bool) -> Self {
         let inv_freq = inv_freq(head_dim, theta);
         let stream_of_slot = mrope_stream_of_slot(section, interleaved, head_dim / 2);
-        Self { inv_freq, stream_of_slot }
+        Self {
+            inv_freq,
+            stream_of_slot,
+        }
     }
 
     /// `positions[b][s][l]` → (cos, sin) `[batch, 1, len, head_dim]`.
-    pub fn tables(&self, positions: &[[Vec<i64>; 3]], dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    // `l` indexes whichever of the three streams each slot uses, so it stays an index.
+    #[allow(clippy::needless_range_loop)]
+    pub fn tables(
+        &self,
+        positions: &[[Vec<i64>; 3]],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let batch = positions.len();
         let len = positions.first().map_or(0, |p| p[0].len());
         let half = self.inv_freq.len();
@@ -137,7 +164,12 @@ impl MropeTables {
 /// Vision 2-D rotary table: for each patch (in the merge-block order the processor emits),
 /// cos and sin `[patches, head_dim]` in f32, with the height frequencies in the first
 /// quarter, width in the second, repeated for the second half.
-pub fn vision_rotary(grids: &[[usize; 3]], merge: usize, head_dim: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+pub fn vision_rotary(
+    grids: &[[usize; 3]],
+    merge: usize,
+    head_dim: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
     const VISION_ROPE_THETA: f64 = 10_000.0;
     let inv = inv_freq(head_dim / 2, VISION_ROPE_THETA);
     let q = inv.len();
@@ -171,7 +203,10 @@ pub fn vision_rotary(grids: &[[usize; 3]], merge: usize, head_dim: usize, device
         }
     }
     let n = cos.len() / head_dim.max(1);
-    Ok((Tensor::from_vec(cos, (n, head_dim), device)?, Tensor::from_vec(sin, (n, head_dim), device)?))
+    Ok((
+        Tensor::from_vec(cos, (n, head_dim), device)?,
+        Tensor::from_vec(sin, (n, head_dim), device)?,
+    ))
 }
 
 #[cfg(test)]
@@ -182,7 +217,10 @@ mod tests {
     fn text_only_positions_count_up_with_zero_delta() {
         let r = rope_index(&[1, 2, 3, 4], 99, &[], 2);
         assert_eq!(r.positions[0], vec![0, 1, 2, 3]);
-        assert_eq!(r.positions, [vec![0, 1, 2, 3], vec![0, 1, 2, 3], vec![0, 1, 2, 3]]);
+        assert_eq!(
+            r.positions,
+            [vec![0, 1, 2, 3], vec![0, 1, 2, 3], vec![0, 1, 2, 3]]
+        );
         assert_eq!(r.delta, 0);
     }
 
@@ -200,13 +238,20 @@ mod tests {
 
     #[test]
     fn mrope_layouts() {
-        assert_eq!(mrope_stream_of_slot([2, 3, 3], false, 8), vec![0, 0, 1, 1, 1, 2, 2, 2]);
+        assert_eq!(
+            mrope_stream_of_slot([2, 3, 3], false, 8),
+            vec![0, 0, 1, 1, 1, 2, 2, 2]
+        );
         // interleaved: slot%3 == 1 → h while < 3*3, slot%3 == 2 → w while < 3*3
-        assert_eq!(mrope_stream_of_slot([2, 3, 3], true, 8), vec![0, 1, 2, 0, 1, 2, 0, 1]);
+        assert_eq!(
+            mrope_stream_of_slot([2, 3, 3], true, 8),
+            vec![0, 1, 2, 0, 1, 2, 0, 1]
+        );
         let real = mrope_stream_of_slot([24, 20, 20], true, 64);
         assert_eq!(real.iter().filter(|&&s| s == 1).count(), 20);
         assert_eq!(real.iter().filter(|&&s| s == 2).count(), 20);
-        assert_eq!(&real[58..], &[0, 1, 2, 0, 0, 0]);
+        // h takes slots 1, 4, …, 58 and w 2, 5, …, 59; t keeps 60..64
+        assert_eq!(&real[58..], &[1, 2, 0, 0, 0, 0]);
     }
 
     #[test]
@@ -214,7 +259,17 @@ mod tests {
         let t = MropeTables::new(8, 10000.0, [2, 1, 1], false);
         let pos = vec![[vec![1050i64], vec![1050], vec![1050]]];
         let (cos, _) = t.tables(&pos, DType::BF16, &Device::Cpu).unwrap();
-        let c: Vec<f32> = cos.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        assert!((c[0] - 1050f32.cos()).abs() < 1e-2, "slot 0 must use position 1050, got {}", c[0]);
+        let c: Vec<f32> = cos
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(
+            (c[0] - 1050f32.cos()).abs() < 1e-2,
+            "slot 0 must use position 1050, got {}",
+            c[0]
+        );
     }
 }

@@ -28,7 +28,10 @@ impl Attention {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let (q_norm, k_norm) = if cfg.qk_norm {
-            (Some(RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("q_norm"))?), Some(RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("k_norm"))?))
+            (
+                Some(RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("q_norm"))?),
+                Some(RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("k_norm"))?),
+            )
         } else {
             (None, None)
         };
@@ -56,8 +59,14 @@ impl Attention {
         let (b, l, _) = x.dims3()?;
         let d = self.head_dim;
         let mut q = self.q_proj.forward(x)?.reshape((b, l, self.num_heads, d))?;
-        let mut k = self.k_proj.forward(x)?.reshape((b, l, self.num_kv_heads, d))?;
-        let v = self.v_proj.forward(x)?.reshape((b, l, self.num_kv_heads, d))?;
+        let mut k = self
+            .k_proj
+            .forward(x)?
+            .reshape((b, l, self.num_kv_heads, d))?;
+        let v = self
+            .v_proj
+            .forward(x)?
+            .reshape((b, l, self.num_kv_heads, d))?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
@@ -65,21 +74,31 @@ impl Attention {
         let q = apply_rope(&q.transpose(1, 2)?, cos, sin)?;
         let k = apply_rope(&k.transpose(1, 2)?, cos, sin)?;
         let v = v.transpose(1, 2)?;
-        let (k, v) = cache.append(&k, &v).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let (k, v) = cache
+            .append(&k, &v)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let kv_len = k.dim(2)?;
 
         let rep = self.num_heads / self.num_kv_heads;
         // [b, heads, l, d] → [b, kv_heads, rep·l, d]: query head h uses kv head h / rep.
-        let q = q.contiguous()?.reshape((b, self.num_kv_heads, rep * l, d))?;
+        let q = q
+            .contiguous()?
+            .reshape((b, self.num_kv_heads, rep * l, d))?;
         let scale = (d as f64).powf(-0.5);
-        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, self.num_heads, l, kv_len))?.to_dtype(DType::F32)?;
+        let scores = (q.matmul(&k.t()?)? * scale)?
+            .reshape((b, self.num_heads, l, kv_len))?
+            .to_dtype(DType::F32)?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let probs = probs.reshape((b, self.num_kv_heads, rep * l, kv_len))?;
-        let out = probs.matmul(&v)?.reshape((b, self.num_heads, l, d))?.transpose(1, 2)?.reshape((b, l, self.num_heads * d))?;
+        let out = probs
+            .matmul(&v)?
+            .reshape((b, self.num_heads, l, d))?
+            .transpose(1, 2)?
+            .reshape((b, l, self.num_heads * d))?;
         self.o_proj.forward(&out)
     }
 }
@@ -105,7 +124,8 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.down_proj.forward(&(self.act.forward(&self.gate_proj.forward(x)?)? * self.up_proj.forward(x)?)?)
+        self.down_proj
+            .forward(&(self.act.forward(&self.gate_proj.forward(x)?)? * self.up_proj.forward(x)?)?)
     }
 }
 
@@ -119,9 +139,17 @@ struct DecoderLayer {
 impl DecoderLayer {
     fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            input_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("input_layernorm"),
+            )?,
             self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
-            post_attention_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            post_attention_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
         })
     }
@@ -151,14 +179,27 @@ impl TextModel {
     pub fn new(cfg: &TextConfig, vb: VarBuilder, head_vb: VarBuilder) -> Result<Self> {
         let embed_w = vb.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
         let embed_tokens = Embedding::new(embed_w.clone(), cfg.hidden_size);
-        let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::new(cfg, vb.pp(format!("layers.{i}")))).collect::<Result<_>>()?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(cfg, vb.pp(format!("layers.{i}"))))
+            .collect::<Result<_>>()?;
         let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?;
         let lm_head = if cfg.tie_word_embeddings && !head_vb.contains_tensor("lm_head.weight") {
             Linear::from_weights(embed_w, None)
         } else {
-            linear(cfg.hidden_size, cfg.vocab_size, false, head_vb.pp("lm_head"))?
+            linear(
+                cfg.hidden_size,
+                cfg.vocab_size,
+                false,
+                head_vb.pp("lm_head"),
+            )?
         };
-        Ok(Self { embed_tokens, layers, norm, lm_head, cfg: cfg.clone() })
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            cfg: cfg.clone(),
+        })
     }
 
     /// Token embeddings `[rows, hidden]` of flat ids.
@@ -181,9 +222,18 @@ impl TextModel {
         let mut x = embeds;
         for (i, (layer, cache)) in self.layers.iter().zip(caches.iter_mut()).enumerate() {
             let residual = &x;
-            let attn = layer.self_attn.forward(&layer.input_layernorm.forward(&x)?, cos, sin, mask, cache)?;
+            let attn = layer.self_attn.forward(
+                &layer.input_layernorm.forward(&x)?,
+                cos,
+                sin,
+                mask,
+                cache,
+            )?;
             let x1 = (residual + attn)?;
-            x = (&x1 + layer.mlp.forward(&layer.post_attention_layernorm.forward(&x1)?)?)?;
+            x = (&x1
+                + layer
+                    .mlp
+                    .forward(&layer.post_attention_layernorm.forward(&x1)?)?)?;
             if let Some(ds) = &deepstack {
                 if let Some(features) = ds.features.get(i) {
                     let add = features.index_select(ds.rows, 0)?.reshape((b, l, h))?;
@@ -200,11 +250,24 @@ impl TextModel {
     }
 
     /// Empty caches for `batch` sequences of up to `capacity` positions.
-    pub fn new_caches(&self, batch: usize, capacity: usize, dtype: DType, device: &candle_core::Device) -> Result<Vec<LayerKvCache>> {
+    pub fn new_caches(
+        &self,
+        batch: usize,
+        capacity: usize,
+        dtype: DType,
+        device: &candle_core::Device,
+    ) -> Result<Vec<LayerKvCache>> {
         (0..self.cfg.num_hidden_layers)
             .map(|_| {
-                LayerKvCache::new(batch, self.cfg.num_key_value_heads, capacity, self.cfg.head_dim, dtype, device)
-                    .map_err(|e| candle_core::Error::Msg(e.to_string()))
+                LayerKvCache::new(
+                    batch,
+                    self.cfg.num_key_value_heads,
+                    capacity,
+                    self.cfg.head_dim,
+                    dtype,
+                    device,
+                )
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))
             })
             .collect()
     }
@@ -218,7 +281,12 @@ impl TextModel {
 /// Additive attention mask `[b, 1, q_len, kv_len]` (f32): sequence `i`'s first `pad[i]`
 /// key positions are padding, and query `j` (at absolute position `kv_len - q_len + j`)
 /// sees only keys up to itself. `None` when nothing is masked.
-pub fn attention_mask(pad: &[usize], q_len: usize, kv_len: usize, device: &candle_core::Device) -> Result<Option<Tensor>> {
+pub fn attention_mask(
+    pad: &[usize],
+    q_len: usize,
+    kv_len: usize,
+    device: &candle_core::Device,
+) -> Result<Option<Tensor>> {
     let offset = kv_len - q_len;
     if q_len == 1 && pad.iter().all(|&p| p == 0) {
         return Ok(None);
@@ -236,5 +304,9 @@ pub fn attention_mask(pad: &[usize], q_len: usize, kv_len: usize, device: &candl
             }
         }
     }
-    Ok(Some(Tensor::from_vec(m, (pad.len(), 1, q_len, kv_len), device)?))
+    Ok(Some(Tensor::from_vec(
+        m,
+        (pad.len(), 1, q_len, kv_len),
+        device,
+    )?))
 }

@@ -40,7 +40,12 @@ enum Mlp {
     /// fc1 → act → fc2 (Qwen2-VL `fc1/fc2`, Qwen3-VL `linear_fc1/linear_fc2`).
     Plain { fc1: Linear, fc2: Linear, act: Act },
     /// down(act(gate) · up) (Qwen2.5-VL).
-    Gated { gate: Linear, up: Linear, down: Linear, act: Act },
+    Gated {
+        gate: Linear,
+        up: Linear,
+        down: Linear,
+        act: Act,
+    },
 }
 
 impl Mlp {
@@ -71,7 +76,12 @@ impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Mlp::Plain { fc1, fc2, act } => fc2.forward(&act.forward(&fc1.forward(x)?)?),
-            Mlp::Gated { gate, up, down, act } => down.forward(&(act.forward(&gate.forward(x)?)? * up.forward(x)?)?),
+            Mlp::Gated {
+                gate,
+                up,
+                down,
+                act,
+            } => down.forward(&(act.forward(&gate.forward(x)?)? * up.forward(x)?)?),
         }
     }
 }
@@ -95,13 +105,27 @@ impl Attention {
     }
 
     /// Attention within each `[start, end)` segment (an image, or a window).
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, segments: &[(usize, usize)]) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        segments: &[(usize, usize)],
+    ) -> Result<Tensor> {
         let (n, _) = x.dims2()?;
         let dtype = x.dtype();
-        let qkv = self.qkv.forward(x)?.reshape((n, 3, self.num_heads, self.head_dim))?;
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((n, 3, self.num_heads, self.head_dim))?;
         // transformers applies the vision rotary in f32 and casts back.
         let rot = |t: Tensor| -> Result<Tensor> {
-            apply_rope(&t.to_dtype(DType::F32)?, &cos.unsqueeze(1)?, &sin.unsqueeze(1)?)?.to_dtype(dtype)
+            apply_rope(
+                &t.to_dtype(DType::F32)?,
+                &cos.unsqueeze(1)?,
+                &sin.unsqueeze(1)?,
+            )?
+            .to_dtype(dtype)
         };
         let q = rot(qkv.i((.., 0))?)?.transpose(0, 1)?.contiguous()?; // [heads, n, d]
         let k = rot(qkv.i((.., 1))?)?.transpose(0, 1)?.contiguous()?;
@@ -110,12 +134,18 @@ impl Attention {
         let mut outs = Vec::with_capacity(segments.len());
         for &(start, end) in segments {
             let len = end - start;
-            let (qs, ks, vs) = (q.narrow(1, start, len)?, k.narrow(1, start, len)?, v.narrow(1, start, len)?);
+            let (qs, ks, vs) = (
+                q.narrow(1, start, len)?,
+                k.narrow(1, start, len)?,
+                v.narrow(1, start, len)?,
+            );
             let scores = (qs.matmul(&ks.t()?)? * scale)?.to_dtype(DType::F32)?;
             let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
             outs.push(probs.matmul(&vs)?);
         }
-        let out = Tensor::cat(&outs, 1)?.transpose(0, 1)?.reshape((n, self.num_heads * self.head_dim))?;
+        let out = Tensor::cat(&outs, 1)?
+            .transpose(0, 1)?
+            .reshape((n, self.num_heads * self.head_dim))?;
         self.proj.forward(&out)
     }
 }
@@ -137,8 +167,16 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, segments: &[(usize, usize)]) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.norm1.forward(x)?, cos, sin, segments)?)?;
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        segments: &[(usize, usize)],
+    ) -> Result<Tensor> {
+        let x = (x + self
+            .attn
+            .forward(&self.norm1.forward(x)?, cos, sin, segments)?)?;
         &x + self.mlp.forward(&self.norm2.forward(&x)?)?
     }
 }
@@ -154,13 +192,22 @@ struct PatchMerger {
 }
 
 impl PatchMerger {
-    fn new(cfg: &VisionConfig, generation: QwenGeneration, postshuffle_norm: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &VisionConfig,
+        generation: QwenGeneration,
+        postshuffle_norm: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let merged_dim = cfg.hidden_size * cfg.spatial_merge_size * cfg.spatial_merge_size;
         let out = cfg.out_hidden_size;
         Ok(match generation {
             QwenGeneration::Qwen3 => Self {
                 norm: Norm::Layer(LayerNorm::new(
-                    if postshuffle_norm { merged_dim } else { cfg.hidden_size },
+                    if postshuffle_norm {
+                        merged_dim
+                    } else {
+                        cfg.hidden_size
+                    },
                     NORM_EPS,
                     vb.pp("norm"),
                 )?),
@@ -214,23 +261,53 @@ impl VisionTower {
         let patch_dim = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size * cfg.patch_size;
         // Conv3d with stride == kernel over exactly one patch is a matmul.
         let conv_w = vb.get(
-            (cfg.hidden_size, cfg.in_channels, cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size),
+            (
+                cfg.hidden_size,
+                cfg.in_channels,
+                cfg.temporal_patch_size,
+                cfg.patch_size,
+                cfg.patch_size,
+            ),
             "patch_embed.proj.weight",
         )?;
-        let conv_b =
-            if generation == QwenGeneration::Qwen3 { Some(vb.get(cfg.hidden_size, "patch_embed.proj.bias")?) } else { None };
-        let patch_proj = Linear::from_weights(conv_w.reshape((cfg.hidden_size, patch_dim))?, conv_b);
-        let pos_embed = if generation == QwenGeneration::Qwen3 {
-            Some(vb.get((cfg.num_position_embeddings, cfg.hidden_size), "pos_embed.weight")?)
+        let conv_b = if generation == QwenGeneration::Qwen3 {
+            Some(vb.get(cfg.hidden_size, "patch_embed.proj.bias")?)
         } else {
             None
         };
-        let blocks = (0..cfg.depth).map(|i| Block::new(cfg, generation, vb.pp(format!("blocks.{i}")))).collect::<Result<_>>()?;
+        let patch_proj =
+            Linear::from_weights(conv_w.reshape((cfg.hidden_size, patch_dim))?, conv_b);
+        let pos_embed = if generation == QwenGeneration::Qwen3 {
+            Some(vb.get(
+                (cfg.num_position_embeddings, cfg.hidden_size),
+                "pos_embed.weight",
+            )?)
+        } else {
+            None
+        };
+        let blocks = (0..cfg.depth)
+            .map(|i| Block::new(cfg, generation, vb.pp(format!("blocks.{i}"))))
+            .collect::<Result<_>>()?;
         let merger = PatchMerger::new(cfg, generation, false, vb.pp("merger"))?;
         let deepstack_mergers = (0..cfg.deepstack_visual_indexes.len())
-            .map(|i| PatchMerger::new(cfg, generation, true, vb.pp(format!("deepstack_merger_list.{i}"))))
+            .map(|i| {
+                PatchMerger::new(
+                    cfg,
+                    generation,
+                    true,
+                    vb.pp(format!("deepstack_merger_list.{i}")),
+                )
+            })
             .collect::<Result<_>>()?;
-        Ok(Self { generation, cfg: cfg.clone(), patch_proj, pos_embed, blocks, merger, deepstack_mergers })
+        Ok(Self {
+            generation,
+            cfg: cfg.clone(),
+            patch_proj,
+            pos_embed,
+            blocks,
+            merger,
+            deepstack_mergers,
+        })
     }
 
     /// Runs the tower over the patches of all `grids` (see the module docs).
@@ -239,13 +316,17 @@ impl VisionTower {
         let dtype = self.patch_proj_dtype();
         let mut x = self.patch_proj.forward(&pixel_values.to_dtype(dtype)?)?;
         if let Some(table) = &self.pos_embed {
-            x = (x + self.interpolated_positions(table, grids, device)?.to_dtype(dtype)?)?;
+            x = (x + self
+                .interpolated_positions(table, grids, device)?
+                .to_dtype(dtype)?)?;
         }
         let head_dim = self.cfg.hidden_size / self.cfg.num_heads;
-        let (mut cos, mut sin) = vision_rotary(grids, self.cfg.spatial_merge_size, head_dim, device)?;
+        let (mut cos, mut sin) =
+            vision_rotary(grids, self.cfg.spatial_merge_size, head_dim, device)?;
         let images = image_segments(grids);
 
-        let window = (self.generation == QwenGeneration::Qwen25).then(|| window_index(grids, &self.cfg));
+        let window =
+            (self.generation == QwenGeneration::Qwen25).then(|| window_index(grids, &self.cfg));
         if let Some((index, _)) = &window {
             // Reorder merge units so that each window is contiguous.
             let unit = self.cfg.spatial_merge_size * self.cfg.spatial_merge_size;
@@ -263,7 +344,12 @@ impl VisionTower {
                 _ => &images,
             };
             x = block.forward(&x, &cos, &sin, segments)?;
-            if let Some(k) = self.cfg.deepstack_visual_indexes.iter().position(|&d| d == i) {
+            if let Some(k) = self
+                .cfg
+                .deepstack_visual_indexes
+                .iter()
+                .position(|&d| d == i)
+            {
                 deepstack.push(self.deepstack_mergers[k].forward(&x)?);
             }
         }
@@ -280,12 +366,19 @@ impl VisionTower {
     }
 
     fn patch_proj_dtype(&self) -> DType {
-        self.blocks.first().map_or(DType::F32, |b| b.attn.qkv_dtype())
+        self.blocks
+            .first()
+            .map_or(DType::F32, |b| b.attn.qkv_dtype())
     }
 
     /// Qwen3-VL: the learned square position table, resampled bilinearly (align_corners)
     /// to each image's grid, in merge-block order.
-    fn interpolated_positions(&self, table: &Tensor, grids: &[[usize; 3]], device: &Device) -> Result<Tensor> {
+    fn interpolated_positions(
+        &self,
+        table: &Tensor,
+        grids: &[[usize; 3]],
+        device: &Device,
+    ) -> Result<Tensor> {
         let side = (self.cfg.num_position_embeddings as f64).sqrt() as usize;
         let merge = self.cfg.spatial_merge_size;
         let mut idx: [Vec<u32>; 4] = Default::default();
@@ -296,7 +389,10 @@ impl VisionTower {
             let d0 = src - f;
             let lo = (f as usize).min(side - 1);
             let hi = (f as usize + 1).min(side - 1);
-            ([lo, hi], [(1.0 - d0).max(0.0), (1.0 - (1.0 - d0).abs()).max(0.0)])
+            (
+                [lo, hi],
+                [(1.0 - d0).max(0.0), (1.0 - (1.0 - d0).abs()).max(0.0)],
+            )
         };
         for &[t, h, w] in grids {
             for _ in 0..t {
@@ -322,7 +418,10 @@ impl VisionTower {
         let mut sum: Option<Tensor> = None;
         for k in 0..4 {
             let n = idx[k].len();
-            let rows = table.index_select(&Tensor::from_vec(std::mem::take(&mut idx[k]), n, device)?, 0)?;
+            let rows = table.index_select(
+                &Tensor::from_vec(std::mem::take(&mut idx[k]), n, device)?,
+                0,
+            )?;
             let w = Tensor::from_vec(std::mem::take(&mut wts[k]), (n, 1), device)?;
             let term = rows.broadcast_mul(&w)?;
             sum = Some(match sum {
@@ -354,7 +453,10 @@ fn image_segments(grids: &[[usize; 3]]) -> Vec<(usize, usize)> {
 }
 
 fn expand_units(index: &[u32], unit: usize) -> Vec<u32> {
-    index.iter().flat_map(|&u| (0..unit as u32).map(move |k| u * unit as u32 + k)).collect()
+    index
+        .iter()
+        .flat_map(|&u| (0..unit as u32).map(move |k| u * unit as u32 + k))
+        .collect()
 }
 
 /// Qwen2.5-VL windows: the order of merge units that makes each window contiguous, and the

@@ -1,0 +1,145 @@
+//! Command-line arguments of `vlm`.
+
+use clap::{Args, Parser, Subcommand};
+use vlm_core::model::LoadOptions;
+use vlm_core::{DTypeChoice, DeviceChoice, GenerationOptions, Language, Quantization, Sampling};
+
+/// Describe, ask about and relate photos with vision-language models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL).
+#[derive(Parser)]
+#[command(name = "vlm", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Describe one photo.
+    Describe {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Answer a question about one photo (the prompt language follows the question).
+    Ask {
+        #[command(flatten)]
+        common: Common,
+        /// The question.
+        question: String,
+    },
+    /// Relate several photos, e.g. tell the story of one trip.
+    Relate {
+        #[command(flatten)]
+        common: Common,
+        /// What to do with the photos (default: tell the story they share).
+        instruction: Option<String>,
+    },
+    /// Run a raw prompt in the model's own format (image placeholders expanded as the reference does).
+    Generate {
+        #[command(flatten)]
+        common: Common,
+        /// The prompt, e.g. "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Hi<|im_end|>\n<|im_start|>assistant\n".
+        #[arg(long)]
+        raw_prompt: String,
+    },
+}
+
+impl Command {
+    pub fn common(&self) -> &Common {
+        match self {
+            Command::Describe { common }
+            | Command::Ask { common, .. }
+            | Command::Relate { common, .. }
+            | Command::Generate { common, .. } => common,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct Common {
+    /// Model folder (HF format) or hub id, e.g. Qwen/Qwen2.5-VL-3B-Instruct.
+    #[arg(long)]
+    pub model: String,
+    /// Photo(s); repeat for several.
+    #[arg(long)]
+    pub image: Vec<std::path::PathBuf>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// auto, f32, f16 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// none, int8 or int4.
+    #[arg(long, default_value = "none")]
+    pub quant: String,
+    /// Most tokens to generate (default: the model's generation_config.json, else 512).
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Ignore end-of-sequence until this many tokens exist.
+    #[arg(long, default_value_t = 0)]
+    pub min_new_tokens: usize,
+    /// Always pick the most likely token.
+    #[arg(long, conflicts_with_all = ["temperature", "top_p", "top_k"])]
+    pub greedy: bool,
+    /// Sample at this temperature (with --top-p / --top-k).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// HF-style repetition penalty (1.0 = off).
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when the text ends with this; repeatable.
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Prompt language of describe/relate: auto, en or zh.
+    #[arg(long, default_value = "auto")]
+    pub language: String,
+    /// Print one JSON object (text, token_ids, prompt_tokens, timings) instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the answer at the end instead of streaming it.
+    #[arg(long)]
+    pub no_stream: bool,
+    /// Print token counts and timings to stderr.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+impl Common {
+    pub fn load_options(&self) -> vlm_core::Result<LoadOptions> {
+        Ok(LoadOptions {
+            device: DeviceChoice::parse(&self.device)?,
+            dtype: DTypeChoice::parse(&self.dtype)?,
+            quantization: Quantization::parse(&self.quant)?,
+            revision: None,
+        })
+    }
+
+    pub fn generation_options(&self) -> vlm_core::Result<GenerationOptions> {
+        let sampling = if self.greedy {
+            Some(Sampling::Greedy)
+        } else if self.temperature.is_some() || self.top_p.is_some() || self.top_k.is_some() {
+            Some(Sampling::Sample {
+                temperature: self.temperature.unwrap_or(1.0),
+                top_p: self.top_p.unwrap_or(1.0),
+                top_k: self.top_k.unwrap_or(0),
+            })
+        } else {
+            None
+        };
+        Ok(GenerationOptions {
+            max_new_tokens: self.max_new_tokens,
+            min_new_tokens: self.min_new_tokens,
+            sampling,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            stop_strings: self.stop.clone(),
+            language: Language::parse(&self.language)?,
+            return_logits: false,
+        })
+    }
+}

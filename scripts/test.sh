@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Every test of the project, CPU only: the Rust workspace (unit, parity, doc tests).
+# Set VLM_ASSETS to the shared assets folder to include the real-tokenizer checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo test --workspace
