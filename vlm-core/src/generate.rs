@@ -148,28 +148,40 @@ pub fn run_generation<F: Family>(
 }
 
 fn pick_tokens(seqs: &mut [Sequence<'_>], logits: &Tensor) -> Result<Vec<u32>> {
-    let need_host = seqs
+    // Plain greedy decoding only needs the argmax: compute it on the device and copy back
+    // the ids, not the vocabulary-sized rows.
+    let device_argmax = seqs
         .iter()
-        .any(|s| s.logits.is_some() || s.sampler.needs_host_logits(s.eos_suppressed()));
-    if !need_host {
-        return argmax_on_device(logits);
-    }
-    let rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
-    let mut picked = Vec::with_capacity(seqs.len());
-    for (seq, mut row) in seqs.iter_mut().zip(rows) {
+        .all(|s| s.logits.is_none() && !s.sampler.needs_host_logits(false));
+    let mut picked = if device_argmax {
+        argmax_on_device(logits)?
+    } else {
+        vec![0; seqs.len()]
+    };
+    let mut rows: Option<Vec<Vec<f32>>> = None;
+    for (i, seq) in seqs.iter_mut().enumerate() {
         if seq.finish.is_some() {
-            picked.push(seq.history.last().copied().unwrap_or(0));
+            picked[i] = seq.history.last().copied().unwrap_or(0);
             continue;
         }
-        if let Some(all) = seq.logits.as_mut() {
-            all.push(row.clone());
-        }
+        // Under min_new_tokens an end-of-sequence argmax must be replaced by the best
+        // other token, which needs the row.
         let suppress = if seq.eos_suppressed() {
             seq.options.eos_token_ids.clone()
         } else {
             vec![]
         };
-        picked.push(seq.sampler.pick(&mut row, &seq.history, &suppress));
+        if device_argmax && !suppress.contains(&picked[i]) {
+            continue;
+        }
+        if rows.is_none() {
+            rows = Some(logits.to_dtype(DType::F32)?.to_vec2()?);
+        }
+        let mut row = rows.as_ref().map(|r| r[i].clone()).unwrap_or_default();
+        if let Some(all) = seq.logits.as_mut() {
+            all.push(row.clone());
+        }
+        picked[i] = seq.sampler.pick(&mut row, &seq.history, &suppress);
     }
     Ok(picked)
 }

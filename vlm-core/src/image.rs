@@ -75,7 +75,9 @@ pub enum ImageError {
     },
 
     /// The data is damaged: truncated, garbled, or inconsistent with its own header.
-    #[error("{input} is corrupt or truncated ({format} decoder: {message}): re-download or re-export the image")]
+    #[error(
+        "{input} is corrupt or truncated ({format}: {message}): re-download or re-export the image"
+    )]
     Corrupt {
         /// The file path, or "the image data".
         input: String,
@@ -471,7 +473,7 @@ fn read_error(e: std::io::Error, input: &Input<'_>) -> ImageError {
         Input::File(path) => io_error(path, e),
         Input::Bytes => ImageError::Corrupt {
             input: input.name(),
-            format: "unknown",
+            format: "unknown format",
             message: e.to_string(),
         },
     }
@@ -489,7 +491,7 @@ fn decode<R: BufRead + Seek>(
     if head.is_empty() {
         return Err(ImageError::Corrupt {
             input: input.name(),
-            format: "unknown",
+            format: "unknown format",
             message: "the data is empty (0 bytes)".into(),
         });
     }

@@ -1,0 +1,186 @@
+//! `vlm-bench`: the photo-album article's table for one model folder: load time, per-photo
+//! describe latency with a fixed number of generated tokens, time to first token split into
+//! image encoding and prefill, decode tokens/s, photos/s at several batch sizes, and cost per
+//! 1,000 photos. Peak GPU memory is sampled outside (benches/gpu/run.sh) with nvidia-smi.
+//!
+//! Meant for real-size configs with random weights (benches/gpu/make_random_model.py), so
+//! every number is about speed, never about answer quality.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+use vlm_core::model::LoadOptions;
+use vlm_core::{
+    DTypeChoice, DeviceChoice, Generation, GenerationOptions, Image, Request, Sampling,
+};
+
+#[derive(Parser)]
+#[command(name = "vlm-bench")]
+struct Args {
+    /// Model folder.
+    #[arg(long)]
+    model: String,
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    /// Tokens generated per photo (forced: min = max).
+    #[arg(long, default_value_t = 64)]
+    tokens: usize,
+    /// Batch sizes for the throughput rows (1 is always measured).
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    batches: Vec<usize>,
+    /// Timed repetitions at batch 1 (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    #[arg(long, default_value_t = 1024)]
+    width: u32,
+    #[arg(long, default_value_t = 768)]
+    height: u32,
+    /// Price of the GPU per hour, for the cost column.
+    #[arg(long, default_value_t = 5.8)]
+    price_per_hour: f64,
+    /// Where to write the synthetic photo (so the baseline uses the same pixels).
+    #[arg(long)]
+    save_photo: Option<PathBuf>,
+    /// Where to write the JSON results.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// A deterministic photo-like image: smooth gradients, a few shapes and pixel noise, so
+/// resizing and the vision tower see realistic, non-constant data.
+fn synthetic_photo(width: u32, height: u32) -> Image {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut data = Vec::with_capacity((width * height * 3) as usize);
+    for y in 0..height {
+        for x in 0..width {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let noise = (state % 23) as i32 - 11;
+            let (fx, fy) = (x as f32 / width as f32, y as f32 / height as f32);
+            let disc = ((fx - 0.6).powi(2) + (fy - 0.4).powi(2)).sqrt() < 0.15;
+            let base = if disc {
+                [200.0, 60.0, 40.0]
+            } else {
+                [
+                    60.0 + 150.0 * fx,
+                    90.0 + 120.0 * fy,
+                    200.0 - 120.0 * fx * fy,
+                ]
+            };
+            for c in base {
+                data.push((c as i32 + noise).clamp(0, 255) as u8);
+            }
+        }
+    }
+    Image::from_rgb(width, height, data).expect("valid size")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() -> vlm_core::Result<()> {
+    let args = Args::parse();
+    let load_opts = LoadOptions {
+        device: DeviceChoice::parse(&args.device)?,
+        dtype: DTypeChoice::parse(&args.dtype)?,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let model = vlm_models::load(&args.model, &load_opts)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let info = model.info();
+    eprintln!(
+        "loaded {} ({} params, {}) in {load_s:.2} s",
+        info.model_type, info.parameters, info.dtype
+    );
+
+    let photo = synthetic_photo(args.width, args.height);
+    if let Some(p) = &args.save_photo {
+        photo
+            .as_rgb()
+            .save(p)
+            .map_err(|e| vlm_core::Error::Generation(format!("saving the photo: {e}")))?;
+    }
+    let forced = |n: usize| GenerationOptions {
+        max_new_tokens: Some(n),
+        min_new_tokens: n,
+        sampling: Some(Sampling::Greedy),
+        repetition_penalty: Some(1.0),
+        ..GenerationOptions::default()
+    };
+    // First call: includes the driver's PTX JIT on a fresh machine and cuBLAS set-up.
+    let t = Instant::now();
+    model.generate(&model.describe_request(&photo, &forced(2))?)?;
+    let first_call_s = t.elapsed().as_secs_f64();
+
+    let request = model.describe_request(&photo, &forced(args.tokens))?;
+    let mut walls = Vec::new();
+    let mut gens: Vec<Generation> = Vec::new();
+    for _ in 0..args.runs.max(1) {
+        let t = Instant::now();
+        let g = model.generate(&request)?;
+        walls.push(t.elapsed().as_secs_f64());
+        assert_eq!(g.token_ids.len(), args.tokens, "forced length not honoured");
+        gens.push(g);
+    }
+    let per_photo_s = median(walls.clone());
+    let pick = |f: &dyn Fn(&Generation) -> f64| median(gens.iter().map(f).collect());
+    let image_ms = pick(&|g| g.timings.image_encode.as_secs_f64() * 1e3);
+    let prefill_ms = pick(&|g| g.timings.prefill.as_secs_f64() * 1e3);
+    let decode_tps = pick(&|g| g.timings.decode_tokens_per_second());
+    let prompt_tokens = gens[0].prompt_tokens;
+
+    let mut rows = vec![(1usize, 1.0 / per_photo_s)];
+    for &b in args.batches.iter().filter(|&&b| b > 1) {
+        let requests: Vec<Request> = (0..b).map(|_| request.clone()).collect();
+        model.generate_batch(&requests[..b.min(2)])?; // warm the batched shapes
+        let t = Instant::now();
+        let outs = model.generate_batch(&requests)?;
+        let wall = t.elapsed().as_secs_f64();
+        assert!(outs.iter().all(|g| g.token_ids.len() == args.tokens));
+        rows.push((b, b as f64 / wall));
+    }
+
+    println!("| model | device | dtype | load s | first call s | prompt tok | image ms | prefill ms | decode tok/s | s/photo (b=1) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {load_s:.2} | {first_call_s:.2} | {prompt_tokens} | {image_ms:.1} | {prefill_ms:.1} | {decode_tps:.1} | {per_photo_s:.3} |",
+        info.model_type, info.device, info.dtype
+    );
+    println!();
+    println!(
+        "| batch | photos/s | cost per 1,000 photos at {:.2}/h |",
+        args.price_per_hour
+    );
+    println!("|---|---|---|");
+    for (b, pps) in &rows {
+        println!(
+            "| {b} | {pps:.2} | {:.3} |",
+            args.price_per_hour * 1000.0 / pps / 3600.0
+        );
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "model_type": info.model_type, "device": info.device, "dtype": info.dtype,
+            "parameters": info.parameters, "weight_bytes": info.weight_bytes,
+            "image": [args.width, args.height], "tokens": args.tokens, "prompt_tokens": prompt_tokens,
+            "load_s": load_s, "first_call_s": first_call_s, "per_photo_s": per_photo_s,
+            "per_photo_runs_s": walls, "image_encode_ms": image_ms, "prefill_ms": prefill_ms,
+            "decode_tokens_per_s": decode_tps,
+            "throughput": rows.iter().map(|(b, p)| serde_json::json!({"batch": b, "photos_per_s": p})).collect::<Vec<_>>(),
+            "price_per_hour": args.price_per_hour,
+        });
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&json).unwrap_or_default(),
+        )
+        .map_err(|e| vlm_core::Error::Generation(format!("writing {}: {e}", path.display())))?;
+    }
+    Ok(())
+}

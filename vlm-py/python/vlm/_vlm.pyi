@@ -1,0 +1,163 @@
+"""Type stubs of the native module vlm._vlm (re-exported by vlm). Checked against the
+built module by tests/test_stubs.py (mypy's stubtest)."""
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, Protocol, TypedDict, Union, final
+
+from typing_extensions import TypeAlias, Unpack
+
+__version__: str
+
+class _PILImage(Protocol):
+    """A PIL.Image.Image (any mode; converted to RGB)."""
+
+    @property
+    def mode(self) -> str: ...
+    def convert(self, mode: str) -> Any: ...
+
+class _Array(Protocol):
+    """A numpy uint8 array of shape (height, width, 3)."""
+
+    @property
+    def __array_interface__(self) -> Any: ...
+
+_ImageInput: TypeAlias = Union[str, os.PathLike[str], bytes, bytearray, memoryview, _PILImage, _Array]
+"""One image: a file path, encoded bytes, a PIL image or a numpy array."""
+
+_Images: TypeAlias = Union[_ImageInput, list[_ImageInput], tuple[_ImageInput, ...]]
+"""One image, or a list or tuple of them."""
+
+_Message: TypeAlias = Mapping[str, Any]
+"""{"role": "system" | "user" | "assistant", "content": str | list of str,
+{"type": "text", "text": str} or {"type": "image"} (the next image of ``images``)}."""
+
+class _GenerationOptions(TypedDict, total=False):
+    """The generation keyword arguments (``**gen``) every method takes."""
+
+    max_new_tokens: int | None
+    min_new_tokens: int | None
+    greedy: bool | None
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    repetition_penalty: float | None
+    seed: int | None
+    stop: str | Sequence[str] | None
+
+class _ModelInfo(TypedDict):
+    """Model.info."""
+
+    family: str
+    model_type: str
+    parameters: int
+    dtype: str
+    quantization: Literal["none", "int8", "int4"]
+    device: str
+    weight_bytes: int
+    max_images: int | None
+    native_multi_image: bool
+    max_context: int
+
+def load(
+    model: str | os.PathLike[str],
+    device: str | None = "auto",
+    dtype: str | None = "auto",
+    quant: str | None = None,
+    *,
+    revision: str | None = None,
+) -> Model: ...
+def supported_model_types() -> list[str]: ...
+@final
+class Model:
+    @property
+    def info(self) -> _ModelInfo: ...
+    def describe(
+        self, image: _Images, *, language: str | None = None, **gen: Unpack[_GenerationOptions]
+    ) -> str: ...
+    def ask(self, image: _Images, question: str, **gen: Unpack[_GenerationOptions]) -> str: ...
+    def relate(
+        self,
+        images: _Images,
+        instruction: str | None = None,
+        *,
+        language: str | None = None,
+        **gen: Unpack[_GenerationOptions],
+    ) -> str: ...
+    def generate(
+        self,
+        images: _Images | None,
+        prompt: str | Sequence[_Message],
+        *,
+        raw: bool = False,
+        return_logits: bool = False,
+        **gen: Unpack[_GenerationOptions],
+    ) -> Generation: ...
+    def stream(
+        self,
+        images: _Images | None,
+        prompt: str | Sequence[_Message] | None = None,
+        *,
+        question: str | None = None,
+        raw: bool = False,
+        language: str | None = None,
+        **gen: Unpack[_GenerationOptions],
+    ) -> TextStream: ...
+    def describe_batch(
+        self,
+        images: Iterable[_ImageInput],
+        batch_size: int = 8,
+        progress: bool = False,
+        *,
+        language: str | None = None,
+        **gen: Unpack[_GenerationOptions],
+    ) -> list[str]: ...
+
+@final
+class TextStream:
+    def __iter__(self) -> TextStream: ...
+    def __next__(self) -> str: ...
+    @property
+    def result(self) -> Generation | None: ...
+    def close(self) -> None: ...
+
+@final
+class Generation:
+    @property
+    def text(self) -> str: ...
+    @property
+    def token_ids(self) -> list[int]: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def finish_reason(self) -> Literal["eos", "length", "stop"]: ...
+    @property
+    def stop_string(self) -> str | None: ...
+    @property
+    def timings(self) -> Timings: ...
+    @property
+    def logits(self) -> list[list[float]] | None: ...
+
+@final
+class Timings:
+    @property
+    def image_encode(self) -> float: ...
+    @property
+    def prefill(self) -> float: ...
+    @property
+    def decode(self) -> float: ...
+    @property
+    def decode_steps(self) -> int: ...
+    @property
+    def time_to_first_token(self) -> float: ...
+    @property
+    def decode_tokens_per_second(self) -> float: ...
+
+class VlmError(Exception): ...
+class InputError(VlmError, ValueError): ...
+class ImageError(InputError): ...
+class ImageNotFoundError(ImageError, FileNotFoundError): ...
+class ModelFilesError(VlmError): ...
+class ModelFileNotFoundError(ModelFilesError, FileNotFoundError): ...
+class DeviceError(VlmError): ...
+class GenerationError(VlmError): ...

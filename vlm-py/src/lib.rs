@@ -1,0 +1,31 @@
+//! # vlm-py
+//!
+//! The native module `vlm._vlm` behind the Python package `vlm` (python/vlm/__init__.py
+//! re-exports it). Thin by design (docs/architecture.md, "The boundary with Python is
+//! thin"): it turns Python values into Rust values, releases the GIL, calls
+//! `vlm_models` / `vlm_core`, and maps errors onto exception classes.
+//!
+//! PIL images and numpy arrays are converted to RGB bytes by the pure-Python helper
+//! `vlm/_images.py`, so neither library is needed to build or import `vlm`.
+
+mod convert;
+mod errors;
+mod model;
+mod stream;
+mod types;
+
+use pyo3::prelude::*;
+
+/// Native half of the vlm package; use `import vlm`, not this module.
+#[pymodule]
+fn _vlm(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(model::load, m)?)?;
+    m.add_function(wrap_pyfunction!(model::supported_model_types, m)?)?;
+    m.add_class::<model::Model>()?;
+    m.add_class::<stream::TextStream>()?;
+    m.add_class::<types::PyGeneration>()?;
+    m.add_class::<types::PyTimings>()?;
+    errors::add_exceptions(m)?;
+    Ok(())
+}
