@@ -185,7 +185,9 @@ impl Default for ImageLimits {
 /// Never empty: width and height are at least 1.
 #[derive(Clone)]
 pub struct Image {
-    rgb: RgbImage,
+    // Shared: requests clone images (a batch of describe calls, relate), and a 12 MP photo
+    // is 36 MB of pixels.
+    rgb: std::sync::Arc<RgbImage>,
 }
 
 impl Image {
@@ -278,7 +280,7 @@ impl Image {
             });
         }
         match RgbImage::from_raw(width, height, data) {
-            Some(rgb) => Ok(Image { rgb }),
+            Some(rgb) => Ok(Image { rgb: rgb.into() }),
             // Unreachable after the length check; reported rather than unwrapped.
             None => Err(ImageError::BufferSize {
                 width,
@@ -306,7 +308,7 @@ impl Image {
 
     /// The pixels, without copying.
     pub fn into_rgb(self) -> RgbImage {
-        self.rgb
+        std::sync::Arc::unwrap_or_clone(self.rgb)
     }
 }
 
@@ -556,7 +558,7 @@ fn decode<R: BufRead + Seek>(
     // Rotating after the RGB8 conversion moves 3 bytes a pixel instead of up to 8.
     upright.apply_orientation(orientation);
     Ok(Image {
-        rgb: upright.into_rgb8(),
+        rgb: upright.into_rgb8().into(),
     })
 }
 

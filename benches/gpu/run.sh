@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine, from the repository root, after build.sh filled .devbin/:
+#   1. the GPU check: the Qwen parity tests on CUDA in f32 (CPU tolerances), bf16 and f16;
+#   2. a random real-size checkpoint (make_random_model.py) written to local disk once;
+#   3. vlm-bench on it, then the HF transformers baseline on the same files and photo,
+#      each with nvidia-smi sampling the GPU memory in use.
+# Results (logs, JSON) go to $OUT (or ./bench-out).
+#   MODEL=Qwen2.5-VL-7B-Instruct TOKENS=64 BATCHES=8 CHECK=1 BENCH=1 benches/gpu/run.sh
+set -uo pipefail
+OUT=${OUT:-$PWD/bench-out}; mkdir -p "$OUT"
+MODEL=${MODEL:-Qwen2.5-VL-7B-Instruct}
+TOKENS=${TOKENS:-64}; BATCHES=${BATCHES:-8}; RUNS=${RUNS:-3}
+CHECK=${CHECK:-1}; BENCH=${BENCH:-1}; BASELINE=${BASELINE:-1}
+status=0
+
+for b in vlm-bench qwen_parity; do gunzip -c ".devbin/$b.gz" > "/tmp/$b" && chmod +x "/tmp/$b"; done
+# shellcheck disable=SC1091
+[ -f .devbin/device-env.sh ] && . .devbin/device-env.sh /tmp/vlm-bench > "$OUT/device-env.log"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+
+# Peak "memory.used" of the card while a command runs (includes the CUDA context).
+peak_mem() {
+  local log=$1; shift
+  ( while :; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; sleep 0.05; done ) > "$log.mem" &
+  local sampler=$!
+  "$@"; local rc=$?
+  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+  echo "peak GPU memory used: $(sort -n "$log.mem" | tail -1) MiB" | tee -a "$log"
+  return $rc
+}
+
+if [ "$CHECK" = 1 ]; then
+  for dt in f32 bf16 f16; do
+    echo "== GPU check, cuda $dt"
+    VLM_TEST_DEVICE=cuda VLM_TEST_DTYPE=$dt VLM_FIXTURES=$PWD/vlm-models/tests/fixtures \
+      /tmp/qwen_parity --test-threads 1 > "$OUT/check-$dt.log" 2>&1 || status=1
+    grep -E "test result|mismatch|rel err|panicked" "$OUT/check-$dt.log" | head -20
+  done
+fi
+
+if [ "$BENCH" = 1 ]; then
+  echo "== random $MODEL"
+  python3 benches/gpu/make_random_model.py ".devbin/assets/$MODEL" /tmp/bench-model 2>&1 | tail -2
+  echo "== vlm-bench"
+  peak_mem "$OUT/vlm-bench.log" /tmp/vlm-bench --model /tmp/bench-model --tokens "$TOKENS" --batches "$BATCHES" \
+    --runs "$RUNS" --save-photo /tmp/photo.png --json "$OUT/vlm-bench.json" 2>&1 | tee -a "$OUT/vlm-bench.log" || status=1
+  if [ "$BASELINE" = 1 ]; then
+    echo "== HF transformers baseline"
+    PYTHONUNBUFFERED=1 peak_mem "$OUT/hf.log" python3 benches/gpu/hf_baseline.py /tmp/bench-model /tmp/photo.png \
+      --tokens "$TOKENS" --batches "$BATCHES" --runs "$RUNS" --json "$OUT/hf.json" 2>&1 | grep -v Warning | tee -a "$OUT/hf.log" || status=1
+  fi
+fi
+exit $status

@@ -1,0 +1,284 @@
+//! The shared generation loop, driven by a scripted family: end-of-sequence,
+//! min_new_tokens, stop strings, length limits, batching and streaming, independent of
+//! any real model.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use candle_core::{Device, Tensor};
+use tokenizers::models::wordlevel::WordLevel;
+use tokenizers::Tokenizer;
+use vlm_core::{
+    Error, Family, FamilyModel, FinishReason, GenerationDefaults, GenerationOptions, ModelInfo,
+    PrefillOutput, Quantization, Request, Result, Sampling, VisionLanguageModel,
+};
+
+const VOCAB: &[&str] = &["a", "b", "c", "d", "<eos>", "[UNK]"];
+const EOS: u32 = 4;
+/// Always the runner-up: what greedy picks when the scripted token is suppressed.
+const RUNNER_UP: u32 = 3;
+
+/// Each request's raw prompt is a script: the token it will prefer at each step,
+/// e.g. "a b <eos> c".
+struct Scripted {
+    tokenizer: Tokenizer,
+    defaults: GenerationDefaults,
+    max_context: usize,
+}
+
+struct Prepared {
+    ids: Vec<u32>,
+    script: Vec<u32>,
+}
+
+struct State {
+    scripts: Vec<Vec<u32>>,
+    step: usize,
+}
+
+fn logits_for(scripts: &[Vec<u32>], step: usize) -> Result<Tensor> {
+    let mut rows = Vec::new();
+    for s in scripts {
+        let mut row = vec![0f32; VOCAB.len()];
+        row[RUNNER_UP as usize] = 1.0;
+        row[*s.get(step).unwrap_or(&0) as usize] = 5.0;
+        rows.extend(row);
+    }
+    Ok(Tensor::from_vec(
+        rows,
+        (scripts.len(), VOCAB.len()),
+        &Device::Cpu,
+    )?)
+}
+
+impl Family for Scripted {
+    type Inputs = Prepared;
+    type State = State;
+
+    fn info(&self) -> ModelInfo {
+        ModelInfo {
+            family: "scripted",
+            model_type: "scripted".into(),
+            parameters: 0,
+            dtype: "f32".into(),
+            quantization: Quantization::None,
+            device: "cpu".into(),
+            weight_bytes: 0,
+            max_images: Some(0),
+            native_multi_image: false,
+            max_context: self.max_context,
+        }
+    }
+
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn generation_defaults(&self) -> &GenerationDefaults {
+        &self.defaults
+    }
+
+    fn prepare(&self, request: &Request) -> Result<Prepared> {
+        let vlm_core::Prompt::Raw(text) = &request.prompt else {
+            return Err(Error::Generation(
+                "scripted family takes raw prompts".into(),
+            ));
+        };
+        let script: Vec<u32> = text
+            .split_whitespace()
+            .map(|w| VOCAB.iter().position(|v| *v == w).unwrap() as u32)
+            .collect();
+        Ok(Prepared {
+            ids: vec![0; script.len()],
+            script,
+        })
+    }
+
+    fn input_ids<'a>(&self, inputs: &'a Prepared) -> &'a [u32] {
+        &inputs.ids
+    }
+
+    fn prefill(&self, batch: &[&Prepared], _max_new_tokens: usize) -> Result<PrefillOutput<State>> {
+        let scripts: Vec<Vec<u32>> = batch.iter().map(|p| p.script.clone()).collect();
+        Ok(PrefillOutput {
+            logits: logits_for(&scripts, 0)?,
+            state: State { scripts, step: 0 },
+            image_encode: Duration::ZERO,
+        })
+    }
+
+    fn decode(&self, tokens: &[u32], state: &mut State) -> Result<Tensor> {
+        assert_eq!(
+            tokens.len(),
+            state.scripts.len(),
+            "one token per sequence, finished ones included"
+        );
+        state.step += 1;
+        logits_for(&state.scripts, state.step)
+    }
+}
+
+fn model(max_context: usize) -> FamilyModel<Scripted> {
+    let vocab: HashMap<String, u32> = VOCAB
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.to_string(), i as u32))
+        .collect();
+    let word_level: WordLevel =
+        serde_json::from_value(serde_json::json!({ "vocab": vocab, "unk_token": "[UNK]" }))
+            .unwrap();
+    let mut tokenizer = Tokenizer::new(word_level);
+    tokenizer.add_special_tokens(&[tokenizers::AddedToken::from("<eos>", true)]);
+    let defaults = GenerationDefaults {
+        eos_token_ids: vec![EOS],
+        ..GenerationDefaults::default()
+    };
+    FamilyModel(Scripted {
+        tokenizer,
+        defaults,
+        max_context,
+    })
+}
+
+fn run(script: &str, options: GenerationOptions) -> vlm_core::Generation {
+    model(1000)
+        .generate(&Request::raw(vec![], script, options))
+        .unwrap()
+}
+
+#[test]
+fn end_of_sequence_stops_and_is_not_returned() {
+    let g = run("a b <eos> c", GenerationOptions::greedy(10));
+    assert_eq!(g.token_ids, vec![0, 1]);
+    assert_eq!(g.finish_reason, FinishReason::Eos);
+    assert_eq!(g.text, "a b");
+}
+
+#[test]
+fn min_new_tokens_suppresses_eos_until_reached() {
+    let opts = GenerationOptions {
+        min_new_tokens: 4,
+        ..GenerationOptions::greedy(4)
+    };
+    let g = run("a b <eos> c", opts);
+    assert_eq!(g.token_ids, vec![0, 1, RUNNER_UP, 2]);
+    assert_eq!(g.finish_reason, FinishReason::Length);
+}
+
+#[test]
+fn max_new_tokens_ends_with_length() {
+    let g = run("a b c a b c", GenerationOptions::greedy(3));
+    assert_eq!(g.token_ids, vec![0, 1, 2]);
+    assert_eq!(g.finish_reason, FinishReason::Length);
+    assert_eq!(
+        g.timings.decode_steps, 2,
+        "the first token comes from prefill"
+    );
+}
+
+#[test]
+fn stop_string_cuts_the_text() {
+    let opts = GenerationOptions {
+        stop_strings: vec!["c".into()],
+        ..GenerationOptions::greedy(10)
+    };
+    let g = run("a b c d", opts);
+    assert_eq!(g.finish_reason, FinishReason::StopString("c".into()));
+    assert_eq!(g.text, "a b ");
+    assert_eq!(g.token_ids, vec![0, 1, 2]);
+}
+
+#[test]
+fn batch_sequences_finish_independently_and_match_single_runs() {
+    let m = model(1000);
+    let requests = vec![
+        Request::raw(vec![], "a <eos> b", GenerationOptions::greedy(5)),
+        Request::raw(vec![], "b c d a b c", GenerationOptions::greedy(5)),
+        Request::raw(vec![], "c c c c c c", GenerationOptions::greedy(2)),
+    ];
+    let batch = m.generate_batch(&requests).unwrap();
+    for (req, got) in requests.iter().zip(&batch) {
+        let single = m.generate(req).unwrap();
+        assert_eq!(got.token_ids, single.token_ids);
+        assert_eq!(got.finish_reason, single.finish_reason);
+    }
+    assert_eq!(batch[0].token_ids, vec![0]);
+    assert_eq!(batch[1].token_ids, vec![1, 2, 3, 0, 1]);
+    assert_eq!(batch[2].token_ids, vec![2, 2]);
+}
+
+#[test]
+fn streamed_pieces_add_up_to_the_text() {
+    let m = model(1000);
+    let mut pieces = Vec::new();
+    let g = m
+        .generate_stream(
+            &Request::raw(vec![], "a b c d", GenerationOptions::greedy(4)),
+            &mut |p| pieces.push(p.to_string()),
+        )
+        .unwrap();
+    assert_eq!(pieces.concat(), g.text);
+    assert!(pieces.len() >= 3, "{pieces:?}");
+}
+
+#[test]
+fn sampling_is_reproducible_with_a_seed() {
+    let opts = |seed| GenerationOptions {
+        max_new_tokens: Some(6),
+        sampling: Some(Sampling::Sample {
+            temperature: 5.0,
+            top_p: 1.0,
+            top_k: 0,
+        }),
+        seed,
+        ..GenerationOptions::default()
+    };
+    let a = run("a b c d a b", opts(1));
+    assert_eq!(a.token_ids, run("a b c d a b", opts(1)).token_ids);
+}
+
+#[test]
+fn prompt_longer_than_the_context_is_refused() {
+    let err = model(4)
+        .generate(&Request::raw(vec![], "a b c", GenerationOptions::greedy(2)))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::PromptTooLong {
+                tokens: 3,
+                new_tokens: 2,
+                max: 4
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn relate_without_images_is_refused() {
+    let err = model(100)
+        .relate(&[], None, &GenerationOptions::greedy(2))
+        .unwrap_err();
+    assert!(matches!(err, Error::NoImages { .. }), "{err}");
+}
+
+#[test]
+fn model_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<FamilyModel<Scripted>>();
+    let shared: std::sync::Arc<dyn VisionLanguageModel> = std::sync::Arc::new(model(100));
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let m = shared.clone();
+            std::thread::spawn(move || {
+                m.generate(&Request::raw(vec![], "a b c", GenerationOptions::greedy(3)))
+                    .unwrap()
+                    .token_ids
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), vec![0, 1, 2]);
+    }
+}
