@@ -13,11 +13,11 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 use vlm_core::files::ModelDir;
 use vlm_core::model::LoadOptions;
-use vlm_core::{
-    Content, DTypeChoice, DeviceChoice, Family, GenerationOptions, Image, Message, Prompt, Request,
-    Role,
-};
+use vlm_core::{DTypeChoice, DeviceChoice, Family, GenerationOptions, Image, Prompt, Request};
 use vlm_models::qwen_vl::QwenVl;
+
+mod common;
+use common::messages;
 
 /// Reference tolerance on float32 logits and features: max |a-b| / max |b|.
 const REL_TOL_F32: f32 = 1e-4;
@@ -106,27 +106,7 @@ fn request(fx: &Fixture, case: &Value, options: GenerationOptions) -> Request {
     if let Some(raw) = case.get("raw_prompt") {
         return Request::raw(images, raw.as_str().unwrap(), options);
     }
-    let messages = case["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| Message {
-            role: match m["role"].as_str().unwrap() {
-                "system" => Role::System,
-                "assistant" => Role::Assistant,
-                _ => Role::User,
-            },
-            content: m["content"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|c| match c["type"].as_str().unwrap() {
-                    "image" => Content::Image,
-                    _ => Content::Text(c["text"].as_str().unwrap().to_string()),
-                })
-                .collect(),
-        })
-        .collect();
+    let messages = messages(&case["messages"]);
     Request {
         images,
         prompt: Prompt::Chat(messages),

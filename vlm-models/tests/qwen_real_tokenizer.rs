@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use vlm_core::files::ModelDir;
-use vlm_core::{Content, GenerationOptions, Image, Message, Prompt, Request, Role};
+use vlm_core::{GenerationOptions, Image, Prompt, Request};
+
+mod common;
+use common::messages;
 use vlm_models::qwen_vl::processor::smart_resize;
 use vlm_models::qwen_vl::{QwenProcessor, QwenVlConfig};
 
@@ -18,33 +21,6 @@ fn assets() -> Option<PathBuf> {
             None
         }
     }
-}
-
-fn messages(v: &Value) -> Vec<Message> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let role = match m["role"].as_str().unwrap() {
-                "system" => Role::System,
-                "assistant" => Role::Assistant,
-                _ => Role::User,
-            };
-            let content = match &m["content"] {
-                Value::String(s) => vec![Content::Text(s.clone())],
-                parts => parts
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|c| match c["type"].as_str().unwrap() {
-                        "image" => Content::Image,
-                        _ => Content::Text(c["text"].as_str().unwrap().to_string()),
-                    })
-                    .collect(),
-            };
-            Message { role, content }
-        })
-        .collect()
 }
 
 #[test]

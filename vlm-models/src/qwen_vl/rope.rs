@@ -161,6 +161,45 @@ impl MropeTables {
     }
 }
 
+/// Where a patch sits in its image: row and column in patches, and the grid's height
+/// and width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PatchCoord {
+    /// Row in patches.
+    pub row: usize,
+    /// Column in patches.
+    pub col: usize,
+    /// The image grid's height in patches.
+    pub grid_h: usize,
+    /// The image grid's width in patches.
+    pub grid_w: usize,
+}
+
+/// Every patch of `grids` in the order the processor emits them: image by image, frame by
+/// frame, 2×2 (merge × merge) block by block, then row-major inside the block.
+pub fn patch_coordinates(grids: &[[usize; 3]], merge: usize) -> Vec<PatchCoord> {
+    let mut out = Vec::new();
+    for &[t, h, w] in grids {
+        for _ in 0..t {
+            for bh in 0..h / merge {
+                for bw in 0..w / merge {
+                    for ih in 0..merge {
+                        for iw in 0..merge {
+                            out.push(PatchCoord {
+                                row: bh * merge + ih,
+                                col: bw * merge + iw,
+                                grid_h: h,
+                                grid_w: w,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Vision 2-D rotary table: for each patch (in the merge-block order the processor emits),
 /// cos and sin `[patches, head_dim]` in f32, with the height frequencies in the first
 /// quarter, width in the second, repeated for the second half.
@@ -173,34 +212,25 @@ pub fn vision_rotary(
     const VISION_ROPE_THETA: f64 = 10_000.0;
     let inv = inv_freq(head_dim / 2, VISION_ROPE_THETA);
     let q = inv.len();
-    let mut cos = Vec::new();
-    let mut sin = Vec::new();
-    for &[t, h, w] in grids {
-        for _ in 0..t {
-            for bh in 0..h / merge {
-                for bw in 0..w / merge {
-                    for ih in 0..merge {
-                        for iw in 0..merge {
-                            let (ph, pw) = ((bh * merge + ih) as f32, (bw * merge + iw) as f32);
-                            let mut row_c = vec![0f32; head_dim];
-                            let mut row_s = vec![0f32; head_dim];
-                            for j in 0..q {
-                                let (sh, ch) = (ph * inv[j]).sin_cos();
-                                let (sw, cw) = (pw * inv[j]).sin_cos();
-                                for base in [0, 2 * q] {
-                                    row_c[base + j] = ch;
-                                    row_c[base + q + j] = cw;
-                                    row_s[base + j] = sh;
-                                    row_s[base + q + j] = sw;
-                                }
-                            }
-                            cos.extend(row_c);
-                            sin.extend(row_s);
-                        }
-                    }
-                }
+    let patches = patch_coordinates(grids, merge);
+    let mut cos = Vec::with_capacity(patches.len() * head_dim);
+    let mut sin = Vec::with_capacity(patches.len() * head_dim);
+    for p in &patches {
+        let (ph, pw) = (p.row as f32, p.col as f32);
+        let mut row_c = vec![0f32; head_dim];
+        let mut row_s = vec![0f32; head_dim];
+        for j in 0..q {
+            let (sh, ch) = (ph * inv[j]).sin_cos();
+            let (sw, cw) = (pw * inv[j]).sin_cos();
+            for base in [0, 2 * q] {
+                row_c[base + j] = ch;
+                row_c[base + q + j] = cw;
+                row_s[base + j] = sh;
+                row_s[base + q + j] = sw;
             }
         }
+        cos.extend(row_c);
+        sin.extend(row_s);
     }
     let n = cos.len() / head_dim.max(1);
     Ok((

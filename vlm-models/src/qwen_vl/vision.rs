@@ -10,7 +10,7 @@ use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{QwenGeneration, VisionConfig};
-use super::rope::vision_rotary;
+use super::rope::{patch_coordinates, vision_rotary};
 use crate::layers::{apply_rope, linear, Act, LayerNorm, Linear, RmsNorm};
 
 enum Norm {
@@ -394,23 +394,13 @@ impl VisionTower {
                 [(1.0 - d0).max(0.0), (1.0 - (1.0 - d0).abs()).max(0.0)],
             )
         };
-        for &[t, h, w] in grids {
-            for _ in 0..t {
-                for bh in 0..h / merge {
-                    for bw in 0..w / merge {
-                        for ih in 0..merge {
-                            for iw in 0..merge {
-                                let (ht, hw) = taps(bh * merge + ih, h);
-                                let (wt, ww) = taps(bw * merge + iw, w);
-                                for a in 0..2 {
-                                    for b in 0..2 {
-                                        idx[a * 2 + b].push((ht[a] * side + wt[b]) as u32);
-                                        wts[a * 2 + b].push(hw[a] * ww[b]);
-                                    }
-                                }
-                            }
-                        }
-                    }
+        for p in patch_coordinates(grids, merge) {
+            let (ht, hw) = taps(p.row, p.grid_h);
+            let (wt, ww) = taps(p.col, p.grid_w);
+            for a in 0..2 {
+                for b in 0..2 {
+                    idx[a * 2 + b].push((ht[a] * side + wt[b]) as u32);
+                    wts[a * 2 + b].push(hw[a] * ww[b]);
                 }
             }
         }
