@@ -106,9 +106,9 @@ pub fn mrope_stream_of_slot(section: [usize; 3], interleaved: bool, half: usize)
     }
 }
 
-/// Text rotary tables for `[batch][3][len]` positions: cos and sin of shape
-/// `[batch, 1, len, head_dim]`, cast to `dtype` (transformers casts them to the activation
-/// dtype too).
+/// Text rotary tables for `[batch][3][len]` positions: cos and sin of the `head_dim / 2`
+/// frequencies, `[batch, len, head_dim / 2]` (the rotate-half layout repeats them for the
+/// second half), cast to `dtype` as transformers casts them to the activation dtype.
 pub struct MropeTables {
     inv_freq: Vec<f32>,
     stream_of_slot: Vec<usize>,
@@ -125,7 +125,7 @@ impl MropeTables {
         }
     }
 
-    /// `positions[b][s][l]` → (cos, sin) `[batch, 1, len, head_dim]`.
+    /// `positions[b][s][l]` → (cos, sin) `[batch, len, head_dim / 2]`.
     // `l` indexes whichever of the three streams each slot uses, so it stays an index.
     #[allow(clippy::needless_range_loop)]
     pub fn tables(
@@ -137,24 +137,20 @@ impl MropeTables {
         let batch = positions.len();
         let len = positions.first().map_or(0, |p| p[0].len());
         let half = self.inv_freq.len();
-        let dim = half * 2;
-        let mut cos = vec![0f32; batch * len * dim];
-        let mut sin = vec![0f32; batch * len * dim];
+        let mut cos = vec![0f32; batch * len * half];
+        let mut sin = vec![0f32; batch * len * half];
         for (b, pos) in positions.iter().enumerate() {
             for l in 0..len {
-                let row = (b * len + l) * dim;
+                let row = (b * len + l) * half;
                 for j in 0..half {
                     let p = pos[self.stream_of_slot[j]][l] as f32;
-                    let f = p * self.inv_freq[j];
-                    let (s, c) = f.sin_cos();
+                    let (s, c) = (p * self.inv_freq[j]).sin_cos();
                     cos[row + j] = c;
-                    cos[row + half + j] = c;
                     sin[row + j] = s;
-                    sin[row + half + j] = s;
                 }
             }
         }
-        let shape = (batch, 1, len, dim);
+        let shape = (batch, len, half);
         let cos = Tensor::from_vec(cos, shape, device)?.to_dtype(dtype)?;
         let sin = Tensor::from_vec(sin, shape, device)?.to_dtype(dtype)?;
         Ok((cos, sin))

@@ -9,7 +9,7 @@ use candle_nn::{Embedding, VarBuilder};
 use vlm_core::kv_cache::LayerKvCache;
 
 use super::config::TextConfig;
-use crate::layers::{apply_rope, linear, Act, Linear, RmsNorm};
+use crate::layers::{linear, Act, Linear, RmsNorm};
 
 struct Attention {
     q_proj: Linear,
@@ -71,8 +71,9 @@ impl Attention {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
         }
-        let q = apply_rope(&q.transpose(1, 2)?, cos, sin)?;
-        let k = apply_rope(&k.transpose(1, 2)?, cos, sin)?;
+        // candle's fused rotate-half RoPE: one kernel instead of narrow/neg/cat/mul/add.
+        let q = candle_nn::rotary_emb::rope(&q.transpose(1, 2)?.contiguous()?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?;
         let v = v.transpose(1, 2)?;
         let (k, v) = cache
             .append(&k, &v)

@@ -132,16 +132,26 @@ impl Attention {
         let v = qkv.i((.., 2))?.transpose(0, 1)?.contiguous()?;
         let scale = (self.head_dim as f64).powf(-0.5);
         let mut outs = Vec::with_capacity(segments.len());
-        for &(start, end) in segments {
-            let len = end - start;
-            let (qs, ks, vs) = (
-                q.narrow(1, start, len)?,
-                k.narrow(1, start, len)?,
-                v.narrow(1, start, len)?,
-            );
+        // Windows of equal length that follow each other (most of an image's windows) go
+        // through one batched matmul instead of one launch sequence each.
+        for (start, len, count) in equal_runs(segments) {
+            let span = len * count;
+            let take = |t: &Tensor| -> Result<Tensor> {
+                t.narrow(1, start, span)?.contiguous()?.reshape((
+                    self.num_heads,
+                    count,
+                    len,
+                    self.head_dim,
+                ))
+            };
+            let (qs, ks, vs) = (take(&q)?, take(&k)?, take(&v)?);
             let scores = (qs.matmul(&ks.t()?)? * scale)?.to_dtype(DType::F32)?;
             let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
-            outs.push(probs.matmul(&vs)?);
+            outs.push(
+                probs
+                    .matmul(&vs)?
+                    .reshape((self.num_heads, span, self.head_dim))?,
+            );
         }
         let out = Tensor::cat(&outs, 1)?
             .transpose(0, 1)?
@@ -429,6 +439,19 @@ impl Attention {
     }
 }
 
+/// Consecutive runs of equal-length, adjacent segments: (start, length, count).
+fn equal_runs(segments: &[(usize, usize)]) -> Vec<(usize, usize, usize)> {
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    for &(start, end) in segments {
+        let len = end - start;
+        match runs.last_mut() {
+            Some((s, l, c)) if *l == len && *s + *l * *c == start => *c += 1,
+            _ => runs.push((start, len, 1)),
+        }
+    }
+    runs
+}
+
 /// `[start, end)` patch ranges of each image frame (attention never crosses them).
 fn image_segments(grids: &[[usize; 3]]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
@@ -487,6 +510,12 @@ fn window_index(grids: &[[usize; 3]], cfg: &VisionConfig) -> (Vec<u32>, Vec<(usi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_adjacent_segments_are_grouped() {
+        let segs = [(0, 4), (4, 8), (8, 10), (10, 12), (12, 16)];
+        assert_eq!(equal_runs(&segs), vec![(0, 4, 2), (8, 2, 2), (12, 4, 1)]);
+    }
 
     #[test]
     fn windows_cover_every_unit_once() {
