@@ -13,7 +13,9 @@ TOKENS=${TOKENS:-64}; BATCHES=${BATCHES:-8}; RUNS=${RUNS:-3}
 CHECK=${CHECK:-1}; BENCH=${BENCH:-1}; BASELINE=${BASELINE:-1}
 status=0
 
-for b in vlm-bench qwen_parity; do gunzip -c ".devbin/$b.gz" > "/tmp/$b" && chmod +x "/tmp/$b"; done
+for b in vlm-bench qwen_parity; do
+  [ -f ".devbin/$b.gz" ] && gunzip -c ".devbin/$b.gz" > "/tmp/$b" && chmod +x "/tmp/$b"
+done
 # shellcheck disable=SC1091
 [ -f .devbin/device-env.sh ] && . .devbin/device-env.sh /tmp/vlm-bench > "$OUT/device-env.log"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"

@@ -134,7 +134,7 @@ impl Attention {
         let mut outs = Vec::with_capacity(segments.len());
         // Windows of equal length that follow each other (most of an image's windows) go
         // through one batched matmul instead of one launch sequence each.
-        for (start, len, count) in equal_runs(segments) {
+        for (start, len, count) in equal_runs(segments, SCORE_BUDGET / self.num_heads) {
             let span = len * count;
             let take = |t: &Tensor| -> Result<Tensor> {
                 t.narrow(1, start, span)?.contiguous()?.reshape((
@@ -439,13 +439,24 @@ impl Attention {
     }
 }
 
-/// Consecutive runs of equal-length, adjacent segments: (start, length, count).
-fn equal_runs(segments: &[(usize, usize)]) -> Vec<(usize, usize, usize)> {
+/// Most attention scores (all heads) materialised at once by one batched window matmul:
+/// 2^27 f32 values are 512 MiB. Without a cap, a batch of 8 photos put 8 full-attention
+/// images (8 × 16 heads × 3996² scores) into one matmul and peaked at 37 GB (H100 run,
+/// 2026-11-27).
+const SCORE_BUDGET: usize = 1 << 27;
+
+/// Consecutive runs of equal-length, adjacent segments: (start, length, count), each run
+/// holding at most `max_scores` score values per head (always at least one segment).
+fn equal_runs(segments: &[(usize, usize)], max_scores: usize) -> Vec<(usize, usize, usize)> {
     let mut runs: Vec<(usize, usize, usize)> = Vec::new();
     for &(start, end) in segments {
         let len = end - start;
         match runs.last_mut() {
-            Some((s, l, c)) if *l == len && *s + *l * *c == start => *c += 1,
+            Some((s, l, c))
+                if *l == len && *s + *l * *c == start && (*c + 1) * len * len <= max_scores =>
+            {
+                *c += 1
+            }
             _ => runs.push((start, len, 1)),
         }
     }
@@ -514,7 +525,15 @@ mod tests {
     #[test]
     fn equal_adjacent_segments_are_grouped() {
         let segs = [(0, 4), (4, 8), (8, 10), (10, 12), (12, 16)];
-        assert_eq!(equal_runs(&segs), vec![(0, 4, 2), (8, 2, 2), (12, 4, 1)]);
+        assert_eq!(
+            equal_runs(&segs, 1000),
+            vec![(0, 4, 2), (8, 2, 2), (12, 4, 1)]
+        );
+        // a budget of 16 scores per head keeps the 4-patch windows (16 scores each) apart
+        assert_eq!(
+            equal_runs(&segs, 16),
+            vec![(0, 4, 1), (4, 4, 1), (8, 2, 2), (12, 4, 1)]
+        );
     }
 
     #[test]
