@@ -45,7 +45,9 @@ impl Module for Linear {
     }
 }
 
-/// RMSNorm computed in f32 and cast back, as HF's Qwen2RMSNorm does.
+/// RMSNorm. candle's fused kernel (one launch, f32 accumulation) where the input is
+/// contiguous; HF's unfused f32 formula otherwise. In f32 both agree to rounding; in
+/// half precision the fused kernel rounds once where HF rounds before the weight multiply.
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     weight: Tensor,
@@ -64,6 +66,9 @@ impl RmsNorm {
 
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.is_contiguous() {
+            return candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32);
+        }
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
         let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
@@ -74,7 +79,8 @@ impl Module for RmsNorm {
     }
 }
 
-/// LayerNorm with weight and bias, statistics in f32.
+/// LayerNorm with weight and bias: candle's fused kernel where the input is contiguous,
+/// statistics in f32 otherwise.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     weight: Tensor,
@@ -95,6 +101,9 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if x.is_contiguous() {
+            return candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32);
+        }
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
         let mean = xf.mean_keepdim(D::Minus1)?;
@@ -106,6 +115,16 @@ impl Module for LayerNorm {
             .broadcast_add(&self.bias.to_dtype(DType::F32)?)?
             .to_dtype(dtype)
     }
+}
+
+/// Softmax over the last dimension with f32 accumulation. candle's CUDA kernel already
+/// accumulates half-precision inputs in f32, so only the CPU path (and f32 inputs) casts.
+pub fn softmax_f32_acc(scores: &Tensor) -> Result<Tensor> {
+    let dtype = scores.dtype();
+    if dtype == DType::F32 || scores.device().is_cuda() {
+        return candle_nn::ops::softmax_last_dim(scores);
+    }
+    candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)
 }
 
 /// Activations by their HF config names.

@@ -9,7 +9,7 @@ use candle_nn::{Embedding, VarBuilder};
 use vlm_core::kv_cache::LayerKvCache;
 
 use super::config::TextConfig;
-use crate::layers::{linear, Act, Linear, RmsNorm};
+use crate::layers::{linear, softmax_f32_acc, Act, Linear, RmsNorm};
 
 struct Attention {
     q_proj: Linear,
@@ -86,14 +86,12 @@ impl Attention {
             .contiguous()?
             .reshape((b, self.num_kv_heads, rep * l, d))?;
         let scale = (d as f64).powf(-0.5);
-        let scores = (q.matmul(&k.t()?)? * scale)?
-            .reshape((b, self.num_heads, l, kv_len))?
-            .to_dtype(DType::F32)?;
+        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, self.num_heads, l, kv_len))?;
         let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
+            Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let probs = softmax_f32_acc(&scores)?;
         let probs = probs.reshape((b, self.num_kv_heads, rep * l, kv_len))?;
         let out = probs
             .matmul(&v)?
@@ -279,6 +277,12 @@ impl TextModel {
     }
 }
 
+/// Score added at masked positions. Finite, like transformers' dtype minimum, so that a
+/// fully masked padding row stays finite (an infinite one would give NaN, and NaN values
+/// of padding would reach real tokens through `probs @ V` even at zero weight). -3e4 fits
+/// f16 and bf16 with room for the scores themselves, and exp(-3e4) is 0 in every dtype.
+const MASKED: f32 = -3.0e4;
+
 /// Additive attention mask `[b, 1, q_len, kv_len]` (f32): sequence `i`'s first `pad[i]`
 /// key positions are padding, and query `j` (at absolute position `kv_len - q_len + j`)
 /// sees only keys up to itself. `None` when nothing is masked.
@@ -298,9 +302,7 @@ pub fn attention_mask(
             let row = (b * q_len + j) * kv_len;
             for k in 0..kv_len {
                 if k < p || k > offset + j {
-                    // transformers uses the dtype's minimum, not -inf, so that a fully
-                    // masked padding row stays finite.
-                    m[row + k] = f32::MIN;
+                    m[row + k] = MASKED;
                 }
             }
         }

@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 
 use super::config::{QwenGeneration, VisionConfig};
 use super::rope::{patch_coordinates, vision_rotary};
-use crate::layers::{apply_rope, linear, Act, LayerNorm, Linear, RmsNorm};
+use crate::layers::{apply_rope, linear, softmax_f32_acc, Act, LayerNorm, Linear, RmsNorm};
 
 enum Norm {
     Layer(LayerNorm),
@@ -145,8 +145,7 @@ impl Attention {
                 ))
             };
             let (qs, ks, vs) = (take(&q)?, take(&k)?, take(&v)?);
-            let scores = (qs.matmul(&ks.t()?)? * scale)?.to_dtype(DType::F32)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+            let probs = softmax_f32_acc(&(qs.matmul(&ks.t()?)? * scale)?)?;
             outs.push(
                 probs
                     .matmul(&vs)?
