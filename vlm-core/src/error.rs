@@ -146,7 +146,7 @@ pub enum Error {
 
     // ---- runtime ---------------------------------------------------------------------
     /// A tensor operation failed.
-    #[error("tensor operation failed: {0}")]
+    #[error("tensor operation failed: {}", candle_message(.0))]
     Candle(#[from] candle_core::Error),
 
     /// Generation stopped for a reason other than bad input.
@@ -193,6 +193,15 @@ impl Error {
             path: path.into(),
             message: message.to_string(),
         }
+    }
+}
+
+/// candle's message without the backtrace it appends when RUST_BACKTRACE is set (users,
+/// Python ones too, should see what failed, not candle's call stack).
+fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        other => other.to_string(),
     }
 }
 

@@ -325,7 +325,9 @@ fn content_item(item: &Bound<'_, PyAny>) -> PyResult<Content> {
                 .ok_or_else(|| message_error("a text item has no \"text\""))?;
             Ok(Content::Text(text.extract()?))
         }
-        other => Err(message_error(format!("content type \"{other}\" is unknown"))),
+        other => Err(message_error(format!(
+            "content type \"{other}\" is unknown"
+        ))),
     }
 }
 

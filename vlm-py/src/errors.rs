@@ -30,9 +30,15 @@ class ImageError(InputError):
     too many pixels)."""
     __module__ = "vlm"
 
+def _not_found_str(self):
+    # errno, strerror and filename are set as for any FileNotFoundError, but the text is
+    # vlm's message alone (it names the path and says what to do).
+    return self.strerror if self.strerror is not None else FileNotFoundError.__str__(self)
+
 class ImageNotFoundError(ImageError, FileNotFoundError):
     """An image path does not exist."""
     __module__ = "vlm"
+    __str__ = _not_found_str
 
 class ModelFilesError(VlmError):
     """The model's files are unreadable, inconsistent or of an unsupported model type,
@@ -42,6 +48,7 @@ class ModelFilesError(VlmError):
 class ModelFileNotFoundError(ModelFilesError, FileNotFoundError):
     """The model folder, or a file the model needs, does not exist."""
     __module__ = "vlm"
+    __str__ = _not_found_str
 
 class DeviceError(VlmError):
     """The device is not available: CUDA not compiled in or not present, out of memory."""
@@ -85,9 +92,9 @@ pub fn add_exceptions(module: &Bound<'_, PyModule>) -> PyResult<()> {
 }
 
 fn exception_class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyType>> {
-    let namespace = EXCEPTIONS.get(py).ok_or_else(|| {
-        pyo3::exceptions::PyRuntimeError::new_err("vlm._vlm was not initialised")
-    })?;
+    let namespace = EXCEPTIONS
+        .get(py)
+        .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("vlm._vlm was not initialised"))?;
     let class = namespace.bind(py).get_item(name)?.ok_or_else(|| {
         pyo3::exceptions::PyRuntimeError::new_err(format!("vlm has no exception {name}"))
     })?;
@@ -150,13 +157,22 @@ fn class_name(failure: &Failure) -> (&'static str, Option<PathBuf>) {
     }
 }
 
+/// `errno.ENOENT`: 2 on every platform CPython supports.
+const ENOENT: i32 = 2;
+
 /// The Python exception for `failure`; the Rust message is kept as it is.
 pub fn to_pyerr(py: Python<'_>, failure: Failure) -> PyErr {
     let (name, filename) = class_name(&failure);
     let build = || -> PyResult<PyErr> {
-        let instance = exception_class(py, name)?.call1((failure.to_string(),))?;
+        let class = exception_class(py, name)?;
+        let message = failure.to_string();
+        let instance = class.call1((&message,))?;
         if let Some(path) = filename {
-            instance.setattr("filename", path)?;
+            // The attributes of any FileNotFoundError. Set one by one: with ValueError first
+            // in the MRO, OSError's (errno, strerror, filename) constructor form is not used.
+            instance.setattr("errno", ENOENT)?;
+            instance.setattr("strerror", &message)?;
+            instance.setattr("filename", path.to_string_lossy())?;
         }
         Ok(PyErr::from_value(instance))
     };

@@ -191,13 +191,17 @@ impl Model {
             (Some(prompt), None) => Some(prompt_arg(prompt, raw)?),
             (None, _) => None,
         };
-        if prompt.is_none() && sources.len() != 1 && (question.is_some() || sources.is_empty()) {
-            let what = if question.is_some() { "stream(question=...)" } else { "stream without a prompt" };
-            return Err(invalid_option(
-                py,
-                "images",
-                format!("{what} takes one image ({} given), or several to relate them without a question", sources.len()),
-            ));
+        if prompt.is_none() && question.is_some() && sources.len() != 1 {
+            let message = format!(
+                "a question is about one image, {} were given",
+                sources.len()
+            );
+            return Err(invalid_option(py, "images", message));
+        }
+        if prompt.is_none() && sources.is_empty() {
+            let message = "without a prompt or question, stream describes one image or relates \
+                           several; pass at least one";
+            return Err(invalid_option(py, "images", message));
         }
         // Images are decoded now, so a bad image raises here rather than at the first next().
         let images = without_gil(py, || decode_all(sources))?;
@@ -214,9 +218,9 @@ impl Model {
                 let request = model.describe_request(&images[0], &options)?;
                 model.generate_stream(&request, on_text)
             }),
-            (None, None) => Box::new(move |model, on_text| {
-                model.relate_with(&images, None, &options, on_text)
-            }),
+            (None, None) => {
+                Box::new(move |model, on_text| model.relate_with(&images, None, &options, on_text))
+            }
         };
         TextStream::start(py, Arc::clone(&self.inner), job)
     }

@@ -137,6 +137,16 @@ fn req_usize(sources: &[&Value], key: &str) -> Result<usize> {
         .ok_or_else(|| Error::bad_file("config.json", format!("missing or non-integer \"{key}\"")))
 }
 
+fn positive(sources: &[&Value], key: &str) -> Result<usize> {
+    match req_usize(sources, key)? {
+        0 => Err(Error::bad_file(
+            "config.json",
+            format!("\"{key}\" must be at least 1"),
+        )),
+        n => Ok(n),
+    }
+}
+
 fn opt_usize(sources: &[&Value], key: &str, default: usize) -> usize {
     get(sources, key)
         .and_then(Value::as_u64)
@@ -223,7 +233,7 @@ impl QwenVlConfig {
             .unwrap_or(1_000_000.0);
 
         let hidden_size = req_usize(&t, "hidden_size")?;
-        let num_attention_heads = req_usize(&t, "num_attention_heads")?;
+        let num_attention_heads = positive(&t, "num_attention_heads")?;
         let is3 = generation == QwenGeneration::Qwen3;
         let text = TextConfig {
             vocab_size: req_usize(&t, "vocab_size")?,
@@ -266,7 +276,7 @@ impl QwenVlConfig {
                     depth: req_usize(&v, "depth")?,
                     hidden_size: embed_dim,
                     out_hidden_size: opt_usize(&v, "hidden_size", hidden_size),
-                    num_heads: req_usize(&v, "num_heads")?,
+                    num_heads: positive(&v, "num_heads")?,
                     intermediate_size: (embed_dim as f64 * mlp_ratio) as usize,
                     hidden_act: act(&v, "hidden_act", "quick_gelu")?,
                     patch_size: opt_usize(&v, "patch_size", 14),
@@ -286,7 +296,7 @@ impl QwenVlConfig {
                 depth: req_usize(&v, "depth")?,
                 hidden_size: req_usize(&v, "hidden_size")?,
                 out_hidden_size: opt_usize(&v, "out_hidden_size", hidden_size),
-                num_heads: req_usize(&v, "num_heads")?,
+                num_heads: positive(&v, "num_heads")?,
                 intermediate_size: req_usize(&v, "intermediate_size")?,
                 hidden_act: act(
                     &v,
@@ -314,6 +324,7 @@ impl QwenVlConfig {
         };
         let mut eos_token_ids = ids(get(&[&root, text_cfg], "eos_token_id"));
         eos_token_ids.dedup();
+        check_consistency(&text)?;
         Ok(Self {
             generation,
             model_type,
@@ -325,6 +336,28 @@ impl QwenVlConfig {
             eos_token_ids,
         })
     }
+}
+
+/// Settings that would otherwise fail deep inside a forward pass, or silently compute
+/// something else.
+fn check_consistency(t: &TextConfig) -> Result<()> {
+    let bad = |m: String| Err(Error::bad_file("config.json", m));
+    if t.num_key_value_heads == 0 || t.num_attention_heads % t.num_key_value_heads != 0 {
+        return bad(format!(
+            "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+            t.num_attention_heads, t.num_key_value_heads
+        ));
+    }
+    let slots: usize = t.mrope_section.iter().sum();
+    if slots != t.head_dim / 2 {
+        return bad(format!(
+            "mrope_section {:?} covers {slots} rotary frequencies but head_dim {} has {}",
+            t.mrope_section,
+            t.head_dim,
+            t.head_dim / 2
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -349,6 +382,24 @@ mod tests {
         assert!(!c.text.mrope_interleaved && c.text.qkv_bias && !c.text.qk_norm);
         assert_eq!(c.vision.fullatt_block_indexes, vec![7, 15, 23, 31]);
         assert_eq!(c.eos_token_ids, vec![151645]);
+    }
+
+    #[test]
+    fn inconsistent_configs_are_refused_at_load() {
+        let zero_heads =
+            QWEN25_7B.replace("\"num_attention_heads\":28", "\"num_attention_heads\":0");
+        let err = QwenVlConfig::from_json(&zero_heads)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("num_attention_heads") && err.contains("at least 1"),
+            "{err}"
+        );
+        let bad_rope = QWEN25_7B.replace("[16,24,24]", "[16,24,20]");
+        let err = QwenVlConfig::from_json(&bad_rope).unwrap_err().to_string();
+        assert!(err.contains("mrope_section"), "{err}");
+        let bad_gqa = QWEN25_7B.replace("\"num_key_value_heads\":4", "\"num_key_value_heads\":5");
+        assert!(QwenVlConfig::from_json(&bad_gqa).is_err());
     }
 
     #[test]

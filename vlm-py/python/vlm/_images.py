@@ -5,7 +5,7 @@ An object of one of their types can only exist once its library has been importe
 """
 
 import sys
-from typing import Tuple, Union
+from typing import Union
 
 ACCEPTED = (
     "a file path (str or os.PathLike), encoded image bytes (JPEG, PNG, WebP, GIF, BMP, "
@@ -13,7 +13,7 @@ ACCEPTED = (
 )
 
 
-def to_rgb(obj: object) -> Union[bytes, Tuple[int, int, bytes]]:
+def to_rgb(obj: object) -> Union[bytes, tuple[int, int, bytes]]:
     """Returns ``(width, height, rgb_bytes)`` for a PIL image or a numpy array, or the
     encoded bytes of a memoryview; raises TypeError for anything else."""
     pil_image = sys.modules.get("PIL.Image")
@@ -41,4 +41,6 @@ def to_rgb(obj: object) -> Union[bytes, Tuple[int, int, bytes]]:
     if isinstance(obj, memoryview):
         return obj.tobytes()
 
-    raise TypeError(f"cannot use a {type(obj).__name__} as an image: pass {ACCEPTED}")
+    raise TypeError(
+        f"cannot use an object of type {type(obj).__name__} as an image: pass {ACCEPTED}"
+    )

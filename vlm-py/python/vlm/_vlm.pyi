@@ -7,6 +7,24 @@ from typing import Any, Literal, Protocol, TypedDict, Union, final
 
 from typing_extensions import TypeAlias, Unpack
 
+__all__ = [
+    "DeviceError",
+    "Generation",
+    "GenerationError",
+    "ImageError",
+    "ImageNotFoundError",
+    "InputError",
+    "Model",
+    "ModelFileNotFoundError",
+    "ModelFilesError",
+    "TextStream",
+    "Timings",
+    "VlmError",
+    "__version__",
+    "load",
+    "supported_model_types",
+]
+
 __version__: str
 
 class _PILImage(Protocol):
@@ -22,7 +40,9 @@ class _Array(Protocol):
     @property
     def __array_interface__(self) -> Any: ...
 
-_ImageInput: TypeAlias = Union[str, os.PathLike[str], bytes, bytearray, memoryview, _PILImage, _Array]
+_ImageInput: TypeAlias = Union[
+    str, os.PathLike[str], bytes, bytearray, memoryview, _PILImage, _Array
+]
 """One image: a file path, encoded bytes, a PIL image or a numpy array."""
 
 _Images: TypeAlias = Union[_ImageInput, list[_ImageInput], tuple[_ImageInput, ...]]
@@ -68,6 +88,7 @@ def load(
     revision: str | None = None,
 ) -> Model: ...
 def supported_model_types() -> list[str]: ...
+
 @final
 class Model:
     @property

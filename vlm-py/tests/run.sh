@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# What CI runs for the Python bindings: build the wheel with maturin, install it into a
+# fresh venv with the test tools, run pytest (stubtest included).
+#
+#   vlm-py/tests/run.sh [pytest arguments...]
+#
+# VLM_PY_PROFILE  cargo profile of the wheel (default: dev). The workspace's dev profile
+#                 builds every dependency at opt-level 3 (candle and gemm are the hot
+#                 code), so the tests run at full speed, and those dependency builds are
+#                 the ones `cargo build/test` already made; only vlm-core, vlm-models and
+#                 vlm-py compile unoptimised. Use `release` to time or ship a wheel.
+# VLM_PY_FEATURES cargo features of the wheel, e.g. "cuda" (default: none).
+# PYTHON          the interpreter the venv is made from (default: python3, >= 3.9).
+set -euo pipefail
+
+crate_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+python=${PYTHON:-python3}
+profile=${VLM_PY_PROFILE:-dev}
+features=${VLM_PY_FEATURES:-}
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/vlm-py-test.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+start=$SECONDS
+echo "== venv ($("$python" --version 2>&1)) in $work"
+"$python" -m venv "$work/venv"
+venv_python="$work/venv/bin/python"
+"$venv_python" -m pip install --quiet --disable-pip-version-check \
+    "maturin>=1.9.4,<2" pytest numpy pillow mypy tqdm
+
+echo "== wheel (profile $profile${features:+, features $features})"
+"$work/venv/bin/maturin" build --quiet --manifest-path "$crate_dir/Cargo.toml" \
+    --profile "$profile" ${features:+--features "$features"} --out "$work/wheels"
+"$venv_python" -m pip install --quiet --disable-pip-version-check --no-index "$work"/wheels/*.whl
+echo "== built and installed in $((SECONDS - start)) s"
+
+echo "== pytest"
+# From the tests folder, so `import vlm` is the installed wheel, not python/vlm.
+cd "$crate_dir/tests"
+"$venv_python" -m pytest -p no:cacheprovider -q "$@"
+echo "== done in $((SECONDS - start)) s"
