@@ -28,6 +28,7 @@ peak_mem() {
   "$@"; local rc=$?
   kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
   echo "peak GPU memory used: $(sort -n "$log.mem" | tail -1) MiB" | tee -a "$log"
+  rm -f "$log.mem"  # only 8 files come back from the device
   return $rc
 }
 

@@ -397,9 +397,13 @@ fn info_describes_the_loaded_model() {
     )
     .unwrap();
     let info = model.info();
+    let device = match cpu_f32().device {
+        DeviceChoice::Cuda(n) => format!("cuda:{n}"),
+        _ => "cpu".to_string(),
+    };
     assert_eq!(
         (info.family, info.model_type.as_str(), info.device.as_str()),
-        ("qwen_vl", "qwen3_vl", "cpu")
+        ("qwen_vl", "qwen3_vl", device.as_str())
     );
     assert!(info.native_multi_image);
     let bytes_per_weight = if full_precision() { 4 } else { 2 };
