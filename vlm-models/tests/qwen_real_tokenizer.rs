@@ -88,3 +88,43 @@ fn real_chat_templates_and_tokenizers_match_the_reference() {
     }
     assert!(checked >= 10, "only {checked} prompts checked");
 }
+
+#[test]
+fn tokenizer_rebuilt_from_vocab_and_merges_matches_tokenizer_json() {
+    let Some(assets) = assets() else { return };
+    let dir = ModelDir::local(&assets.join("qwen-vl/Qwen2.5-VL-7B-Instruct")).unwrap();
+    let rebuilt = vlm_models::qwen_vl::tokenizer::from_vocab_and_merges(&dir).unwrap();
+    let reference = dir.tokenizer().unwrap();
+    assert_eq!(rebuilt.get_vocab_size(true), reference.get_vocab_size(true));
+    // llama.cpp's tokenizer test vectors for Qwen2 (ids without special tokens)
+    let inputs =
+        std::fs::read_to_string(assets.join("qwen-vl/reference/ggml-vocab-qwen2.gguf.inp"))
+            .unwrap();
+    let outputs =
+        std::fs::read_to_string(assets.join("qwen-vl/reference/ggml-vocab-qwen2.gguf.out"))
+            .unwrap();
+    let texts: Vec<&str> = inputs.split("\n__ggml_vocab_test__\n").collect();
+    let expected: Vec<Vec<u32>> = outputs
+        .lines()
+        .map(|l| l.split_whitespace().map(|x| x.parse().unwrap()).collect())
+        .collect();
+    assert!(texts.len() >= 40, "{} vectors", texts.len());
+    for (text, want) in texts.iter().zip(&expected) {
+        let got = rebuilt.encode(*text, false).unwrap().get_ids().to_vec();
+        assert_eq!(&got, want, "rebuilt tokenizer on {text:?}");
+        assert_eq!(
+            reference.encode(*text, false).unwrap().get_ids(),
+            &got[..],
+            "tokenizer.json on {text:?}"
+        );
+    }
+    let special = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>照片中主菜是什么?<|im_end|>\n";
+    assert_eq!(
+        rebuilt.encode(special, true).unwrap().get_ids(),
+        reference.encode(special, true).unwrap().get_ids()
+    );
+    assert_eq!(
+        rebuilt.decode(&[151644, 872, 198], false).unwrap(),
+        "<|im_start|>user\n"
+    );
+}

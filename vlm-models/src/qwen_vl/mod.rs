@@ -17,6 +17,7 @@ pub mod config;
 pub mod processor;
 pub mod rope;
 pub mod text;
+pub mod tokenizer;
 pub mod vision;
 
 use std::time::{Duration, Instant};

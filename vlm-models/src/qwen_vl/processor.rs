@@ -193,7 +193,7 @@ impl QwenProcessor {
             "preprocessor_config.json",
             "preprocessor_config.json holds the image settings",
         )?;
-        let tokenizer = dir.tokenizer()?;
+        let tokenizer = super::tokenizer::load_tokenizer(dir)?;
         let template = match ChatTemplate::from_model_dir(dir) {
             Ok(t) => Some(t),
             Err(Error::MissingFile { .. }) => None,
