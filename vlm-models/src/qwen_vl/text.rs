@@ -4,17 +4,17 @@
 //! GQA without copying: the query heads that share a key/value head are folded into the
 //! row dimension, so one matmul per group reads the cached K/V in place.
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
 use vlm_core::kv_cache::LayerKvCache;
 
 use super::config::TextConfig;
-use crate::layers::{linear, softmax_f32_acc, Act, Linear, RmsNorm};
+use crate::layers::{fused_linear, linear, softmax_f32_acc, Act, Linear, RmsNorm};
 
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// q, k and v in one projection; the attention scale 1/√d is folded into q (into
+    /// q_norm for Qwen3, whose RMSNorm would undo a scale applied before it).
+    qkv: Linear,
     o_proj: Linear,
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
@@ -27,18 +27,27 @@ impl Attention {
     fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let (q_norm, k_norm) = if cfg.qk_norm {
+        let scale = (d as f64).powf(-0.5);
+        let (q_norm, k_norm, q_factor) = if cfg.qk_norm {
             (
-                Some(RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("q_norm"))?),
+                Some(RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("q_norm"))?.scaled(scale)?),
                 Some(RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("k_norm"))?),
+                1.0,
             )
         } else {
-            (None, None)
+            (None, None, scale)
         };
+        let qkv = fused_linear(
+            h,
+            &[
+                (nq * d, q_factor, vb.pp("q_proj")),
+                (nkv * d, 1.0, vb.pp("k_proj")),
+                (nkv * d, 1.0, vb.pp("v_proj")),
+            ],
+            cfg.qkv_bias,
+        )?;
         Ok(Self {
-            q_proj: linear(h, nq * d, cfg.qkv_bias, vb.pp("q_proj"))?,
-            k_proj: linear(h, nkv * d, cfg.qkv_bias, vb.pp("k_proj"))?,
-            v_proj: linear(h, nkv * d, cfg.qkv_bias, vb.pp("v_proj"))?,
+            qkv,
             o_proj: linear(nq * d, h, false, vb.pp("o_proj"))?,
             q_norm,
             k_norm,
@@ -58,15 +67,16 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let d = self.head_dim;
-        let mut q = self.q_proj.forward(x)?.reshape((b, l, self.num_heads, d))?;
-        let mut k = self
-            .k_proj
-            .forward(x)?
-            .reshape((b, l, self.num_kv_heads, d))?;
-        let v = self
-            .v_proj
-            .forward(x)?
-            .reshape((b, l, self.num_kv_heads, d))?;
+        let (nq, nkv) = (self.num_heads, self.num_kv_heads);
+        let qkv = self.qkv.forward(x)?;
+        // Views at decode (b = l = 1); copies otherwise.
+        let mut q = qkv.narrow(D::Minus1, 0, nq * d)?.reshape((b, l, nq, d))?;
+        let mut k = qkv
+            .narrow(D::Minus1, nq * d, nkv * d)?
+            .reshape((b, l, nkv, d))?;
+        let v = qkv
+            .narrow(D::Minus1, (nq + nkv) * d, nkv * d)?
+            .reshape((b, l, nkv, d))?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
@@ -85,8 +95,7 @@ impl Attention {
         let q = q
             .contiguous()?
             .reshape((b, self.num_kv_heads, rep * l, d))?;
-        let scale = (d as f64).powf(-0.5);
-        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, self.num_heads, l, kv_len))?;
+        let scores = q.matmul(&k.t()?)?.reshape((b, self.num_heads, l, kv_len))?;
         let scores = match mask {
             Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
             None => scores,
@@ -103,28 +112,35 @@ impl Attention {
 }
 
 struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
+    /// gate and up in one projection.
+    gate_up: Linear,
     down_proj: Linear,
     act: Act,
+    intermediate: usize,
 }
 
 impl Mlp {
     fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: linear(h, i, false, vb.pp("gate_proj"))?,
-            up_proj: linear(h, i, false, vb.pp("up_proj"))?,
+            gate_up: fused_linear(
+                h,
+                &[(i, 1.0, vb.pp("gate_proj")), (i, 1.0, vb.pp("up_proj"))],
+                false,
+            )?,
             down_proj: linear(i, h, false, vb.pp("down_proj"))?,
             act: cfg.hidden_act,
+            intermediate: i,
         })
     }
 }
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.down_proj
-            .forward(&(self.act.forward(&self.gate_proj.forward(x)?)? * self.up_proj.forward(x)?)?)
+        let gate_up = self.gate_up.forward(x)?;
+        let gate = gate_up.narrow(D::Minus1, 0, self.intermediate)?;
+        let up = gate_up.narrow(D::Minus1, self.intermediate, self.intermediate)?;
+        self.down_proj.forward(&(self.act.forward(&gate)? * up)?)
     }
 }
 
