@@ -268,6 +268,11 @@ impl QwenVlConfig {
                 .unwrap_or(false),
         };
 
+        // Qwen2-VL's config says in_chans, later ones in_channels.
+        let in_channels = get(&v, "in_channels")
+            .or_else(|| get(&v, "in_chans"))
+            .and_then(Value::as_u64)
+            .unwrap_or(3) as usize;
         let vision = match generation {
             QwenGeneration::Qwen2 => {
                 let embed_dim = req_usize(&v, "embed_dim")?;
@@ -282,10 +287,7 @@ impl QwenVlConfig {
                     patch_size: opt_usize(&v, "patch_size", 14),
                     temporal_patch_size: opt_usize(&v, "temporal_patch_size", 2),
                     spatial_merge_size: opt_usize(&v, "spatial_merge_size", 2),
-                    in_channels: get(&v, "in_channels")
-                        .or_else(|| get(&v, "in_chans"))
-                        .and_then(Value::as_u64)
-                        .unwrap_or(3) as usize,
+                    in_channels,
                     window_size: 0,
                     fullatt_block_indexes: vec![],
                     num_position_embeddings: 0,
@@ -306,10 +308,7 @@ impl QwenVlConfig {
                 patch_size: opt_usize(&v, "patch_size", if is3 { 16 } else { 14 }),
                 temporal_patch_size: opt_usize(&v, "temporal_patch_size", 2),
                 spatial_merge_size: opt_usize(&v, "spatial_merge_size", 2),
-                in_channels: get(&v, "in_channels")
-                    .or_else(|| get(&v, "in_chans"))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(3) as usize,
+                in_channels,
                 window_size: opt_usize(&v, "window_size", 112),
                 fullatt_block_indexes: usize_list(&v, "fullatt_block_indexes"),
                 num_position_embeddings: opt_usize(&v, "num_position_embeddings", 2304),
