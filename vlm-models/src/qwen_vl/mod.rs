@@ -260,23 +260,29 @@ impl QwenVl {
             })
             .collect();
         let (cos, sin) = self.rope.tables(&positions, self.dtype, &self.device)?;
-        let mask = attention_mask(&pad, len, len, &self.device)?;
+        let mask = attention_mask(&pad, len, len, self.dtype, &self.device)?;
         let mut caches = self
             .text
             .new_caches(b, len + max_new_tokens, self.dtype, &self.device)?;
 
-        let zeros = Tensor::zeros((1, hidden), self.dtype, &self.device)?;
+        // Qwen3-VL: each DeepStack table gets an all-zero row 0 for the non-image rows.
         let deepstack_tables = match &vision {
-            Some(v) if !v.deepstack.is_empty() => v
-                .deepstack
-                .iter()
-                .map(|f| Tensor::cat(&[&zeros, &f.to_dtype(self.dtype)?], 0))
-                .collect::<candle_core::Result<Vec<_>>>()?,
+            Some(v) if !v.deepstack.is_empty() => {
+                let zeros = Tensor::zeros((1, hidden), self.dtype, &self.device)?;
+                v.deepstack
+                    .iter()
+                    .map(|f| Tensor::cat(&[&zeros, &f.to_dtype(self.dtype)?], 0))
+                    .collect::<candle_core::Result<Vec<_>>>()?
+            }
             _ => vec![],
         };
-        let deepstack_index = Tensor::from_vec(deepstack_rows, b * len, &self.device)?;
-        let deepstack = (!deepstack_tables.is_empty()).then(|| DeepStack {
-            rows: &deepstack_index,
+        let deepstack_index = if deepstack_tables.is_empty() {
+            None
+        } else {
+            Some(Tensor::from_vec(deepstack_rows, b * len, &self.device)?)
+        };
+        let deepstack = deepstack_index.as_ref().map(|rows| DeepStack {
+            rows,
             features: &deepstack_tables,
         });
 
@@ -401,7 +407,7 @@ impl Family for QwenVl {
             .collect();
         let (cos, sin) = self.rope.tables(&positions, self.dtype, &self.device)?;
         let kv_len = state.caches.first().map_or(0, |c| c.len()) + 1;
-        let mask = attention_mask(&state.pad, 1, kv_len, &self.device)?;
+        let mask = attention_mask(&state.pad, 1, kv_len, self.dtype, &self.device)?;
         let hidden =
             self.text
                 .forward_hidden(embeds, &cos, &sin, mask.as_ref(), &mut state.caches, None)?;

@@ -97,7 +97,7 @@ impl Attention {
             .reshape((b, self.num_kv_heads, rep * l, d))?;
         let scores = q.matmul(&k.t()?)?.reshape((b, self.num_heads, l, kv_len))?;
         let scores = match mask {
-            Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
+            Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
         let probs = softmax_f32_acc(&scores)?;
@@ -299,13 +299,15 @@ impl TextModel {
 /// f16 and bf16 with room for the scores themselves, and exp(-3e4) is 0 in every dtype.
 const MASKED: f32 = -3.0e4;
 
-/// Additive attention mask `[b, 1, q_len, kv_len]` (f32): sequence `i`'s first `pad[i]`
+/// Additive attention mask `[b, 1, q_len, kv_len]` in `dtype` (the scores' dtype, so that
+/// no layer converts it again): sequence `i`'s first `pad[i]`
 /// key positions are padding, and query `j` (at absolute position `kv_len - q_len + j`)
 /// sees only keys up to itself. `None` when nothing is masked.
 pub fn attention_mask(
     pad: &[usize],
     q_len: usize,
     kv_len: usize,
+    dtype: DType,
     device: &candle_core::Device,
 ) -> Result<Option<Tensor>> {
     let offset = kv_len - q_len;
@@ -323,9 +325,7 @@ pub fn attention_mask(
             }
         }
     }
-    Ok(Some(Tensor::from_vec(
-        m,
-        (pad.len(), 1, q_len, kv_len),
-        device,
-    )?))
+    Ok(Some(
+        Tensor::from_vec(m, (pad.len(), 1, q_len, kv_len), device)?.to_dtype(dtype)?,
+    ))
 }
