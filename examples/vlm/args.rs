@@ -41,15 +41,27 @@ pub enum Command {
         #[arg(long)]
         raw_prompt: String,
     },
+    /// Merge a MiniGPT-4 folder's released .pth files (eva_vit_g.pth, the BLIP-2 Q-Former
+    /// checkpoint, pretrained_minigpt4*.pth) into one safetensors file.
+    ConvertMinigpt4 {
+        /// The MiniGPT-4 folder (with its config.json).
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// Output file (default: minigpt4.safetensors in the folder).
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
 }
 
 impl Command {
-    pub fn common(&self) -> &Common {
+    /// The options shared by the generating commands (None for conversions).
+    pub fn common(&self) -> Option<&Common> {
         match self {
             Command::Describe { common }
             | Command::Ask { common, .. }
             | Command::Relate { common, .. }
-            | Command::Generate { common, .. } => common,
+            | Command::Generate { common, .. } => Some(common),
+            Command::ConvertMinigpt4 { .. } => None,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! vlm ask --model DIR --image a.jpg --max-new-tokens 12 --greedy --json "照片中主菜是什么?"
 //! vlm relate --model DIR --image airport.jpg --image temple.jpg --image hotel.jpg
 //! vlm generate --model DIR --image a.jpg --raw-prompt "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Hi<|im_end|>\n<|im_start|>assistant\n"
+//! vlm convert-minigpt4 --model minigpt4-7b/
 //! ```
 
 mod args;
@@ -29,7 +30,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> vlm_core::Result<()> {
-    let common = cli.command.common();
+    let Some(common) = cli.command.common() else {
+        return convert(&cli.command);
+    };
     let options = common.generation_options()?;
     let model = vlm_models::load(&common.model, &common.load_options()?)?;
     let images = common
@@ -65,8 +68,25 @@ fn run(cli: Cli) -> vlm_core::Result<()> {
             &Request::raw(images, raw_prompt.clone(), options),
             &mut print_piece,
         )?,
+        Command::ConvertMinigpt4 { .. } => unreachable!("conversions have no common options"),
     };
     report(&*model, &generation, common, stream);
+    Ok(())
+}
+
+fn convert(command: &Command) -> vlm_core::Result<()> {
+    if let Command::ConvertMinigpt4 { model, output } = command {
+        let output = output
+            .clone()
+            .unwrap_or_else(|| model.join("minigpt4.safetensors"));
+        let n = vlm_models::minigpt4::convert_to_safetensors(model, &output)?;
+        println!(
+            "wrote {n} tensors to {}; set \"weights\": \"{}\" in {}/config.json (the .pth entries can then go)",
+            output.display(),
+            output.file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
+            model.display()
+        );
+    }
     Ok(())
 }
 

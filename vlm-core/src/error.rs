@@ -198,7 +198,7 @@ impl Error {
 
 /// candle's message without the backtrace it appends when RUST_BACKTRACE is set (users,
 /// Python ones too, should see what failed, not candle's call stack).
-fn candle_message(e: &candle_core::Error) -> String {
+pub fn candle_message(e: &candle_core::Error) -> String {
     match e {
         candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
         other => other.to_string(),

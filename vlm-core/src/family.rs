@@ -42,6 +42,12 @@ pub trait Family: Send + Sync + 'static {
     fn prepare(&self, request: &Request) -> Result<Self::Inputs>;
     /// The prompt's token ids after placeholder expansion.
     fn input_ids<'a>(&self, inputs: &'a Self::Inputs) -> &'a [u32];
+    /// The ids the repetition penalty starts from, as the reference's `generate` sees
+    /// them: the prompt for decoder-only models fed ids, the decoder start token for
+    /// encoder-decoders, nothing for models fed only embeddings.
+    fn penalty_history(&self, inputs: &Self::Inputs) -> Vec<u32> {
+        self.input_ids(inputs).to_vec()
+    }
     /// Runs vision and the language model over the prompts; the state must have room for
     /// `max_new_tokens` more positions per sequence.
     fn prefill(
@@ -51,6 +57,13 @@ pub trait Family: Send + Sync + 'static {
     ) -> Result<PrefillOutput<Self::State>>;
     /// One step: the last token of each sequence in, `[batch, vocab]` logits out.
     fn decode(&self, tokens: &[u32], state: &mut Self::State) -> Result<Tensor>;
+
+    /// Whether `relate` puts every photo into one conversation. Default: when the model
+    /// takes several images natively; otherwise each photo is captioned first and the
+    /// captions are related in a text-only turn.
+    fn relate_in_one_conversation(&self) -> bool {
+        self.info().native_multi_image
+    }
 
     /// The instruction `describe` sends.
     fn describe_prompt(&self, language: Language) -> String {
@@ -145,7 +158,7 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
             return Err(Error::NoImages { what: "relate" });
         }
         let info = self.0.info();
-        if let Some(max) = info.max_images {
+        if let (true, Some(max)) = (info.native_multi_image, info.max_images) {
             if images.len() > max {
                 return Err(Error::TooManyImages {
                     given: images.len(),
@@ -158,7 +171,7 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
             Some(i) if !i.trim().is_empty() => i.to_string(),
             _ => self.0.relate_prompt(images.len(), language),
         };
-        if info.native_multi_image {
+        if self.0.relate_in_one_conversation() {
             return self.generate_stream(
                 &self.0.chat_request(images.to_vec(), text, options),
                 on_text,

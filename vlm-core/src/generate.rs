@@ -48,6 +48,7 @@ pub fn run_generation<F: Family>(
         let options = request.options.resolve(defaults)?;
         let prepared = family.prepare(request)?;
         let ids = family.input_ids(&prepared).to_vec();
+        let history = family.penalty_history(&prepared);
         if ids.len() + options.max_new_tokens > info.max_context {
             return Err(Error::PromptTooLong {
                 tokens: ids.len(),
@@ -63,7 +64,7 @@ pub fn run_generation<F: Family>(
         seqs.push(Sequence {
             sampler: Sampler::new(&options, i),
             prompt_tokens: ids.len(),
-            history: ids,
+            history,
             generated: Vec::new(),
             stream: TextStream::new(decode, options.stop_strings.clone()),
             finish: None,

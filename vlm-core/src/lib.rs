@@ -26,6 +26,7 @@ pub mod request;
 pub mod resize;
 pub mod resize_torch;
 pub mod sampling;
+pub mod sentencepiece;
 pub mod stream;
 
 pub use device::{DTypeChoice, DeviceChoice};
@@ -36,3 +37,4 @@ pub use model::{ModelInfo, VisionLanguageModel};
 pub use options::{GenerationDefaults, GenerationOptions, Language, Sampling};
 pub use quant::Quantization;
 pub use request::{Content, FinishReason, Generation, Message, Prompt, Request, Role, Timings};
+pub use sentencepiece::{sentencepiece_tokenizer, SentencePieceModel};

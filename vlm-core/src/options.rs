@@ -162,7 +162,12 @@ impl GenerationOptions {
             sampling,
             repetition_penalty,
             seed: self.seed,
-            stop_strings: self.stop_strings.clone(),
+            stop_strings: self
+                .stop_strings
+                .iter()
+                .chain(&defaults.stop_strings)
+                .cloned()
+                .collect(),
             eos_token_ids: defaults.eos_token_ids.clone(),
             return_logits: self.return_logits,
         })
@@ -203,6 +208,9 @@ pub struct GenerationDefaults {
     pub repetition_penalty: f32,
     /// The config's max_new_tokens, if any.
     pub max_new_tokens: Option<usize>,
+    /// Stop strings of the model's own conversation format (e.g. MiniGPT-4's `###`),
+    /// applied in addition to the caller's.
+    pub stop_strings: Vec<String>,
 }
 
 impl Default for GenerationDefaults {
@@ -213,6 +221,7 @@ impl Default for GenerationDefaults {
             sampling: Sampling::Greedy,
             repetition_penalty: 1.0,
             max_new_tokens: None,
+            stop_strings: vec![],
         }
     }
 }
@@ -289,6 +298,7 @@ impl GenerationDefaults {
             sampling,
             repetition_penalty: file.repetition_penalty.unwrap_or(1.0),
             max_new_tokens: file.max_new_tokens,
+            stop_strings: vec![],
         }
     }
 }

@@ -138,6 +138,23 @@ impl LayerNorm {
     }
 }
 
+impl LayerNorm {
+    /// A freshly initialised LayerNorm (weight 1, bias 0), for checkpoints that never
+    /// trained theirs.
+    pub fn identity(
+        dim: usize,
+        eps: f64,
+        dtype: DType,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: Tensor::ones(dim, dtype, device)?,
+            bias: Tensor::zeros(dim, dtype, device)?,
+            eps,
+        })
+    }
+}
+
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.is_contiguous() {
@@ -177,6 +194,8 @@ pub enum Act {
     GeluTanh,
     /// `quick_gelu`: `x * sigmoid(1.702 x)`.
     QuickGelu,
+    /// `relu`.
+    Relu,
 }
 
 impl Act {
@@ -187,6 +206,7 @@ impl Act {
             "gelu" => Ok(Self::Gelu),
             "gelu_pytorch_tanh" | "gelu_new" => Ok(Self::GeluTanh),
             "quick_gelu" => Ok(Self::QuickGelu),
+            "relu" => Ok(Self::Relu),
             other => Err(format!("activation \"{other}\" is not supported")),
         }
     }
@@ -199,6 +219,7 @@ impl Module for Act {
             Self::Gelu => x.gelu_erf(),
             Self::GeluTanh => x.gelu(),
             Self::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
+            Self::Relu => x.relu(),
         }
     }
 }
@@ -221,4 +242,72 @@ impl Linear {
     pub fn weight_dtype(&self) -> DType {
         self.weight.dtype()
     }
+}
+
+/// Score added at masked positions. Finite, like transformers' dtype minimum, so that a
+/// fully masked padding row stays finite (an infinite one would give NaN, and NaN values
+/// of padding would reach real tokens through `probs @ V` even at zero weight). -3e4 fits
+/// f16 and bf16 with room for the scores themselves, and exp(-3e4) is 0 in every dtype.
+pub(crate) const MASKED: f32 = -3.0e4;
+
+/// Additive attention mask `[b, 1, q_len, kv_len]` in `dtype` (the scores' dtype, so that
+/// no layer converts it again): sequence `i`'s first `pad[i]`
+/// key positions are padding, and query `j` (at absolute position `kv_len - q_len + j`)
+/// sees only keys up to itself. `None` when nothing is masked.
+pub fn attention_mask(
+    pad: &[usize],
+    q_len: usize,
+    kv_len: usize,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<Option<Tensor>> {
+    let offset = kv_len - q_len;
+    if q_len == 1 && pad.iter().all(|&p| p == 0) {
+        return Ok(None);
+    }
+    let mut m = vec![0f32; pad.len() * q_len * kv_len];
+    for (b, &p) in pad.iter().enumerate() {
+        for j in 0..q_len {
+            let row = (b * q_len + j) * kv_len;
+            for k in 0..kv_len {
+                if k < p || k > offset + j {
+                    m[row + k] = MASKED;
+                }
+            }
+        }
+    }
+    Ok(Some(
+        Tensor::from_vec(m, (pad.len(), 1, q_len, kv_len), device)?.to_dtype(dtype)?,
+    ))
+}
+
+/// Softmax attention over heads: `softmax(q kᵀ · scale + mask) v` for `q [b, h, q, d]`,
+/// `k`/`v [b, h, kv, d]` and an additive `mask` broadcastable to `[b, h, q, kv]`.
+/// Returns `[b, q, h·d]`, the layout the output projection takes.
+pub fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: Option<f64>,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, h, l, d) = q.dims4()?;
+    let mut scores = q.contiguous()?.matmul(&k.t()?.contiguous()?)?;
+    if let Some(s) = scale {
+        scores = (scores * s)?;
+    }
+    if let Some(m) = mask {
+        scores = scores.broadcast_add(m)?;
+    }
+    let probs = softmax_f32_acc(&scores)?;
+    probs
+        .matmul(&v.contiguous()?)?
+        .transpose(1, 2)?
+        .reshape((b, l, h * d))
+}
+
+/// `[b, l, h·d]` → `[b, h, l, d]`.
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, l, hd) = x.dims3()?;
+    x.reshape((b, l, heads, hd / heads))?.transpose(1, 2)
 }

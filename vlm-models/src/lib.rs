@@ -6,12 +6,16 @@
 //! | family | model types | folder |
 //! |---|---|---|
 //! | Qwen-VL | `qwen2_vl`, `qwen2_5_vl`, `qwen3_vl` | [`qwen_vl`] |
-//!
-//! BLIP-2 and MiniGPT-4 are not implemented yet (see docs/models.md).
+//! | BLIP-2 (OPT, Flan-T5) | `blip-2` | [`blip2`] |
+//! | MiniGPT-4 (Vicuna v0, LLaMA-2-chat) | `minigpt4` | [`minigpt4`] |
 
+pub mod blip2;
 pub mod layers;
+pub mod minigpt4;
+pub mod preprocess;
 pub mod qwen_vl;
 mod registry;
+pub mod weights;
 
 pub use registry::{load, load_dir, supported_model_types};
 pub use vlm_core::model::LoadOptions;

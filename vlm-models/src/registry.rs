@@ -8,7 +8,11 @@ use vlm_core::{Error, Result, VisionLanguageModel};
 type Loader = fn(&ModelDir, &LoadOptions) -> Result<Box<dyn VisionLanguageModel>>;
 
 /// (model types, loader) for every family.
-const FAMILIES: &[(&[&str], Loader)] = &[(crate::qwen_vl::MODEL_TYPES, crate::qwen_vl::load_boxed)];
+const FAMILIES: &[(&[&str], Loader)] = &[
+    (crate::qwen_vl::MODEL_TYPES, crate::qwen_vl::load_boxed),
+    (crate::blip2::MODEL_TYPES, crate::blip2::load_boxed),
+    (crate::minigpt4::MODEL_TYPES, crate::minigpt4::load_boxed),
+];
 
 /// Every `model_type` some family handles.
 pub fn supported_model_types() -> Vec<&'static str> {

@@ -9,25 +9,17 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde_json::Value;
 use vlm_core::files::ModelDir;
-use vlm_core::model::LoadOptions;
-use vlm_core::{DTypeChoice, DeviceChoice, Family, GenerationOptions, Image, Prompt, Request};
+use vlm_core::{DeviceChoice, Family, GenerationOptions, Image, Prompt, Request};
 use vlm_models::qwen_vl::QwenVl;
 
 mod common;
-use common::messages;
+use common::{
+    cpu_f32, full_precision, ids, max_abs_diff, messages, rel_err, rel_tol, Failures, PIXEL_TOL,
+};
 
-/// Reference tolerance on float32 logits and features: max |a-b| / max |b|.
-const REL_TOL_F32: f32 = 1e-4;
-/// Half precision: f16 keeps 11 mantissa bits, bf16 8; through the vision tower and two
-/// decoder layers with large random weights, bf16 logits drift by up to ~8% of their range
-/// on the CPU (measured), f16 by under 2%.
-const REL_TOL_F16: f32 = 2e-2;
-const REL_TOL_BF16: f32 = 1.5e-1;
-/// Pixel values are the same arithmetic on the same uint8 pixels.
-const PIXEL_TOL: f32 = 1e-5;
 const VARIANTS: &[&str] = &["qwen2_vl", "qwen2_5_vl", "qwen3_vl"];
 
 fn fixture_dir(variant: &str) -> PathBuf {
@@ -35,26 +27,6 @@ fn fixture_dir(variant: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
     root.join("qwen").join(variant)
-}
-
-/// The dtype under test (`VLM_TEST_DTYPE`, default f32).
-fn test_dtype() -> DTypeChoice {
-    std::env::var("VLM_TEST_DTYPE").map_or(DTypeChoice::F32, |s| DTypeChoice::parse(&s).unwrap())
-}
-
-/// Half precision cannot reproduce f32 greedy choices whose margins are ~1e-2, so there
-/// only logits and features are compared (decode steps only up to the first token, after
-/// which the sequences may differ), with [`REL_TOL_F16`] / [`REL_TOL_BF16`].
-fn full_precision() -> bool {
-    test_dtype() == DTypeChoice::F32
-}
-
-fn rel_tol() -> f32 {
-    match test_dtype() {
-        DTypeChoice::F16 => REL_TOL_F16,
-        DTypeChoice::BF16 => REL_TOL_BF16,
-        _ => REL_TOL_F32,
-    }
 }
 
 struct Fixture {
@@ -76,25 +48,6 @@ fn fixture(variant: &str) -> Fixture {
     }
 }
 
-/// CPU and f32 unless `VLM_TEST_DEVICE` / `VLM_TEST_DTYPE` say otherwise.
-fn cpu_f32() -> LoadOptions {
-    let device = std::env::var("VLM_TEST_DEVICE")
-        .map_or(DeviceChoice::Cpu, |s| DeviceChoice::parse(&s).unwrap());
-    LoadOptions {
-        device,
-        dtype: test_dtype(),
-        ..Default::default()
-    }
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 /// The request a fixture case describes, built with the public types.
 fn request(fx: &Fixture, case: &Value, options: GenerationOptions) -> Request {
     let images: Vec<Image> = case["images"]
@@ -111,58 +64,6 @@ fn request(fx: &Fixture, case: &Value, options: GenerationOptions) -> Request {
         images,
         prompt: Prompt::Chat(messages),
         options,
-    }
-}
-
-fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
-    assert_eq!(got.dims(), want.dims(), "shape mismatch");
-    let got = got
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let want = want
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-    got.iter()
-        .zip(&want)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-        / scale
-}
-
-fn max_abs_diff(got: &[f32], want: &Tensor) -> f32 {
-    let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert_eq!(got.len(), want.len(), "length mismatch");
-    got.iter()
-        .zip(&want)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-}
-
-/// Collects failed checks so one run reports every mismatch of a variant.
-#[derive(Default)]
-struct Failures(Vec<String>);
-
-impl Failures {
-    fn check(&mut self, ok: bool, msg: impl FnOnce() -> String) {
-        if !ok {
-            self.0.push(msg());
-        }
-    }
-
-    fn assert_none(self) {
-        assert!(
-            self.0.is_empty(),
-            "{} mismatch(es):\n{}",
-            self.0.len(),
-            self.0.join("\n")
-        );
     }
 }
 

@@ -34,10 +34,12 @@ use vlm_core::{
     Request, Result, VisionLanguageModel,
 };
 
+use crate::layers::attention_mask;
+use crate::weights::{count_parameters, weights_err};
 pub use config::{QwenGeneration, QwenVlConfig};
 pub use processor::{QwenInputs, QwenProcessor, IMAGE_PLACEHOLDER};
 use rope::{rope_index, MropeTables, RopeIndex};
-use text::{attention_mask, DeepStack, TextModel};
+use text::{DeepStack, TextModel};
 use vision::{VisionOutput, VisionTower};
 
 /// The `model_type`s this family loads.
@@ -317,23 +319,6 @@ impl QwenVl {
     pub fn image_features(&self, prepared: &PreparedQwen) -> Result<Option<VisionOutput>> {
         self.encode_images(&[&prepared.inputs])
     }
-}
-
-fn weights_err(e: candle_core::Error) -> Error {
-    Error::Weights(e.to_string())
-}
-
-fn count_parameters(files: &[std::path::PathBuf]) -> Result<u64> {
-    let mut total = 0u64;
-    for f in files {
-        // SAFETY: read-only mapping of a weights file, only its header is read here.
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }
-            .map_err(|e| Error::bad_file(f, e))?;
-        for (_, view) in st.tensors() {
-            total += view.shape().iter().product::<usize>() as u64;
-        }
-    }
-    Ok(total)
 }
 
 impl Family for QwenVl {

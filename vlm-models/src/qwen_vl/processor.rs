@@ -12,8 +12,6 @@ use serde::Deserialize;
 use tokenizers::Tokenizer;
 use vlm_core::chat_template::ChatTemplate;
 use vlm_core::files::ModelDir;
-use vlm_core::resize::{resize, Filter};
-use vlm_core::resize_torch::{resize_like_torchvision, TorchFilter};
 use vlm_core::{Content, Error, Image, Prompt, Request, Result};
 
 /// transformers' Qwen2-VL defaults: at least 56×56 and at most 28·28·1280 pixels.
@@ -21,9 +19,9 @@ const DEFAULT_MIN_PIXELS: usize = 56 * 56;
 const DEFAULT_MAX_PIXELS: usize = 28 * 28 * 1280;
 /// smart_resize refuses images more elongated than this.
 const MAX_ASPECT_RATIO: f64 = 200.0;
-/// PIL's resample codes.
-const PIL_BILINEAR: u32 = 2;
-const PIL_BICUBIC: u32 = 3;
+pub use crate::preprocess::ResizeBackend;
+use crate::preprocess::{Normalize, PIL_BICUBIC, PIL_BILINEAR};
+use vlm_core::resize::PillowVersion;
 
 /// Placeholder of one image in a raw Qwen prompt.
 pub const IMAGE_PLACEHOLDER: &str = "<|vision_start|><|image_pad|><|vision_end|>";
@@ -71,22 +69,10 @@ fn default_rescale() -> f64 {
     1.0 / 255.0
 }
 
-/// Which transformers image backend the numbers must match.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResizeBackend {
-    /// torchvision's uint8 antialiased resize (transformers 5's default).
-    Torchvision,
-    /// Pillow's `Image.resize` (`*ImageProcessorPil`, and transformers 4's slow processor).
-    Pil,
-}
-
 impl PreprocessorConfig {
     /// The backend named by `image_processor_type`.
     pub fn backend(&self) -> ResizeBackend {
-        match &self.image_processor_type {
-            Some(t) if t.ends_with("Pil") => ResizeBackend::Pil,
-            _ => ResizeBackend::Torchvision,
-        }
+        ResizeBackend::from_processor_type(self.image_processor_type.as_deref())
     }
 
     /// Smallest area an image is resized to.
@@ -218,48 +204,16 @@ impl QwenProcessor {
             c.min_pixels(),
             c.max_pixels(),
         )?;
-        let bilinear = c.resample == Some(PIL_BILINEAR);
-        let backend = c.backend();
-        let resized;
-        let rgb = if (image.width() as usize, image.height() as usize) == (w, h) {
-            image.as_rgb()
-        } else {
-            let (w, h) = (w as u32, h as u32);
-            resized = match (backend, bilinear) {
-                (ResizeBackend::Torchvision, false) => {
-                    resize_like_torchvision(image.as_rgb(), w, h, TorchFilter::Bicubic)
-                }
-                (ResizeBackend::Torchvision, true) => {
-                    resize_like_torchvision(image.as_rgb(), w, h, TorchFilter::Bilinear)
-                }
-                (ResizeBackend::Pil, false) => resize(image.as_rgb(), w, h, Filter::Bicubic),
-                (ResizeBackend::Pil, true) => resize(image.as_rgb(), w, h, Filter::Bilinear),
-            };
-            &resized
-        };
-        let mut planes = vec![0f32; 3 * h * w];
-        match backend {
-            // torchvision fuses rescale into normalise: (x - mean/scale) / (std/scale), in f32
-            ResizeBackend::Torchvision => {
-                let inv = (1.0 / c.rescale_factor) as f32;
-                let mean = c.image_mean.map(|m| m * inv);
-                let std = c.image_std.map(|s| s * inv);
-                for (i, px) in rgb.pixels().enumerate() {
-                    for ch in 0..3 {
-                        planes[ch * h * w + i] = (px.0[ch] as f32 - mean[ch]) / std[ch];
-                    }
-                }
-            }
-            ResizeBackend::Pil => {
-                let scale = c.rescale_factor as f32;
-                for (i, px) in rgb.pixels().enumerate() {
-                    for ch in 0..3 {
-                        planes[ch * h * w + i] =
-                            (px.0[ch] as f32 * scale - c.image_mean[ch]) / c.image_std[ch];
-                    }
-                }
-            }
+        let planes = Normalize {
+            backend: c.backend(),
+            // transformers 5's PIL backends run with current Pillow (13).
+            pillow: PillowVersion::From13,
+            bilinear: c.resample == Some(PIL_BILINEAR),
+            rescale_factor: c.rescale_factor,
+            mean: c.image_mean,
+            std: c.image_std,
         }
+        .planes(image, w, h);
         let (p, m, tp) = (c.patch_size, c.merge_size, c.temporal_patch_size);
         let (gh, gw) = (h / p, w / p);
         let row_len = 3 * tp * p * p;

@@ -1,0 +1,302 @@
+//! Reading MiniGPT-4's weights as users have them: PyTorch zip checkpoints (`.pth`,
+//! state dicts under `'model'` or at the top level), HF folders with `pytorch_model*.bin`
+//! or safetensors shards, or one merged safetensors file.
+//!
+//! The reference builds the model from several files loaded one after the other with
+//! `strict=False`, each overriding what an earlier one set: the EVA ViT from
+//! `eva_vit_g.pth`, then the whole BLIP-2 checkpoint (whose `visual_encoder.*` replace
+//! the ViT's), then MiniGPT-4's own checkpoint (`llama_proj`). [`LayeredWeights`] keeps
+//! that order: a tensor is read from the last file (highest priority) that has it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::pickle::PthTensors;
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use serde::Deserialize;
+use vlm_core::{Error, Result};
+
+/// One file (or set of shards) of tensors.
+pub enum Source {
+    /// Memory-mapped safetensors files.
+    Safetensors(MmapedSafetensors),
+    /// PyTorch zip checkpoints (each shard holds some of the names).
+    Pth(Vec<PthTensors>),
+}
+
+impl Source {
+    /// Opens a `.safetensors`, `.pth` / `.bin` / `.pt` file. PyTorch state dicts nested
+    /// under `'model'` (as LAVIS and MiniGPT-4 save them) are found automatically.
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::open_all(&[path.to_path_buf()])
+    }
+
+    /// Opens shards of one checkpoint (all of the same format).
+    pub fn open_all(paths: &[PathBuf]) -> Result<Self> {
+        let first = paths
+            .first()
+            .ok_or_else(|| Error::Weights("no weight files given".into()))?;
+        if first.extension().is_some_and(|e| e == "safetensors") {
+            // SAFETY: read-only memory mapping; modifying the files while loaded is
+            // undefined behaviour, as with every mmap-based loader.
+            let st = unsafe { MmapedSafetensors::multi(paths) }
+                .map_err(|e| Error::bad_file(first, e))?;
+            return Ok(Self::Safetensors(st));
+        }
+        let mut shards = Vec::with_capacity(paths.len());
+        for p in paths {
+            shards.push(open_pth(p)?);
+        }
+        Ok(Self::Pth(shards))
+    }
+
+    /// Every tensor name.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Self::Safetensors(st) => st.tensors().into_iter().map(|(n, _)| n).collect(),
+            Self::Pth(shards) => shards
+                .iter()
+                .flat_map(|s| s.tensor_infos().keys().cloned())
+                .collect(),
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        match self {
+            Self::Safetensors(st) => st.get(name).is_ok(),
+            Self::Pth(shards) => shards.iter().any(|s| s.tensor_infos().contains_key(name)),
+        }
+    }
+
+    fn load(&self, name: &str) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Safetensors(st) => st.load(name, &Device::Cpu),
+            Self::Pth(shards) => {
+                for s in shards {
+                    if let Some(t) = s.get(name)? {
+                        return Ok(t);
+                    }
+                }
+                candle_core::bail!("tensor {name} not found")
+            }
+        }
+    }
+}
+
+/// `torch.save` files hold either the state dict itself or `{'model': state_dict, ...}`.
+fn open_pth(path: &Path) -> Result<PthTensors> {
+    let bad = |e: candle_core::Error| {
+        Error::bad_file(
+            path,
+            format!("{e} (expected a PyTorch zip checkpoint saved by torch.save)"),
+        )
+    };
+    let nested = PthTensors::new(path, Some("model"));
+    match nested {
+        Ok(t) if !t.tensor_infos().is_empty() => Ok(t),
+        _ => PthTensors::new(path, None).map_err(bad),
+    }
+}
+
+struct Layer {
+    /// Names in this file are the model's names without this prefix.
+    prefix: String,
+    source: Source,
+    file: PathBuf,
+}
+
+/// Several checkpoints read as one, later layers overriding earlier ones.
+#[derive(Default)]
+pub struct LayeredWeights {
+    layers: Vec<Layer>,
+}
+
+impl LayeredWeights {
+    /// Adds a file on top (it overrides everything added before); its names get `prefix`
+    /// prepended (e.g. `visual_encoder.` for the bare ViT state dict).
+    pub fn push(&mut self, file: PathBuf, prefix: &str) -> Result<()> {
+        let source = Source::open(&file)?;
+        self.layers.push(Layer {
+            prefix: prefix.to_string(),
+            source,
+            file,
+        });
+        Ok(())
+    }
+
+    /// The layer (highest priority first) holding `name`, and the name inside it.
+    fn find<'a>(&'a self, name: &'a str) -> Option<(&'a Layer, &'a str)> {
+        self.layers.iter().rev().find_map(|l| {
+            let inner = name.strip_prefix(l.prefix.as_str())?;
+            l.source.contains(inner).then_some((l, inner))
+        })
+    }
+
+    /// Every name, each with the file it is read from.
+    pub fn names(&self) -> BTreeMap<String, PathBuf> {
+        let mut out = BTreeMap::new();
+        for l in &self.layers {
+            for n in l.source.names() {
+                out.insert(format!("{}{n}", l.prefix), l.file.clone());
+            }
+        }
+        out
+    }
+
+    /// The files, lowest priority first.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.layers.iter().map(|l| l.file.clone()).collect()
+    }
+
+    /// Loads every tensor whose name starts with one of `prefixes` (in the source dtype,
+    /// on the CPU): what `vlm convert` writes into one safetensors file.
+    pub fn collect(&self, prefixes: &[&str]) -> Result<BTreeMap<String, Tensor>> {
+        let names: BTreeSet<String> = self
+            .names()
+            .into_keys()
+            .filter(|n| prefixes.iter().any(|p| n.starts_with(p)))
+            .collect();
+        let mut out = BTreeMap::new();
+        for n in names {
+            let (layer, inner) = self.find(&n).expect("listed names exist");
+            let t = layer
+                .source
+                .load(inner)
+                .map_err(|e| Error::bad_file(&layer.file, e))?;
+            out.insert(n, t);
+        }
+        Ok(out)
+    }
+
+    fn missing(&self, name: &str) -> candle_core::Error {
+        let files: Vec<String> = self
+            .layers
+            .iter()
+            .map(|l| l.file.display().to_string())
+            .collect();
+        candle_core::Error::Msg(format!(
+            "tensor {name} is in none of the checkpoint files ({})",
+            files.join(", ")
+        ))
+    }
+}
+
+impl SimpleBackend for LayeredWeights {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, dev)?;
+        if t.shape() != &s {
+            candle_core::bail!(
+                "tensor {name} has shape {:?} but the config implies {:?}",
+                t.dims(),
+                s.dims()
+            );
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let (layer, inner) = self.find(name).ok_or_else(|| self.missing(name))?;
+        layer.source.load(inner)?.to_dtype(dtype)?.to_device(dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.find(name).is_some()
+    }
+}
+
+/// Counts the parameters a model actually reads (the release files hold more: BLIP-2's
+/// text Q-Former, its T5 projection), for `info()`.
+#[derive(Clone, Default)]
+pub struct LoadCounter {
+    seen: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl LoadCounter {
+    /// `backend`, counting every tensor read through it.
+    pub fn wrap<B: SimpleBackend>(&self, backend: B) -> Counted<B> {
+        Counted {
+            inner: backend,
+            counter: self.clone(),
+        }
+    }
+
+    /// Elements of every distinct tensor read so far.
+    pub fn parameters(&self) -> u64 {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.values().map(|&n| n as u64).sum()
+    }
+
+    fn record(&self, name: &str, t: &Tensor) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.insert(name.to_string(), t.elem_count());
+    }
+}
+
+/// A backend whose reads a [`LoadCounter`] counts.
+pub struct Counted<B> {
+    inner: B,
+    counter: LoadCounter,
+}
+
+impl<B: SimpleBackend> SimpleBackend for Counted<B> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.inner.get(s, name, h, dtype, dev)?;
+        self.counter.record(name, &t);
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self.inner.get_unchecked(name, dtype, dev)?;
+        self.counter.record(name, &t);
+        Ok(t)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.inner.contains_tensor(name)
+    }
+}
+
+/// The weight files of an HF model folder: safetensors (sharded or not), else PyTorch
+/// `pytorch_model*.bin` (2023 Vicuna folders are saved that way).
+pub fn hf_folder_weights(dir: &Path) -> Result<Vec<PathBuf>> {
+    #[derive(Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    for (index, single) in [
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ] {
+        let index = dir.join(index);
+        if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::bad_file(&index, e))?;
+            let idx: Index = serde_json::from_str(&text).map_err(|e| Error::bad_file(&index, e))?;
+            let shards: BTreeSet<String> = idx.weight_map.into_values().collect();
+            return Ok(shards.into_iter().map(|s| dir.join(s)).collect());
+        }
+        if dir.join(single).is_file() {
+            return Ok(vec![dir.join(single)]);
+        }
+    }
+    Err(Error::MissingFile {
+        path: dir.join("model.safetensors"),
+        hint: "the language model folder has no model.safetensors(.index.json) or pytorch_model.bin(.index.json)".into(),
+    })
+}

@@ -1,0 +1,717 @@
+//! # MiniGPT-4
+//!
+//! Vision-CAIR's MiniGPT-4 ("MiniGPT-4: Enhancing Vision-Language Understanding with
+//! Advanced Large Language Models", arXiv:2304.10592), loaded from its original release
+//! files: BLIP-2's EVA ViT-g/14 and `ln_vision`, BLIP-2's Q-Former with 32 queries
+//! (Vicuna v0 variant), one linear `llama_proj`, and a Vicuna / LLaMA-2-chat language
+//! model. The LLaMA-2 variant has no Q-Former: it concatenates each 4 adjacent patch
+//! features (256 patches → 64 tokens) before the projection.
+//!
+//! The ViT and Q-Former are BLIP-2's ([`crate::blip2::vision`], [`crate::blip2::qformer`])
+//! with the original tensor names; the language model is the LLaMA-architecture decoder
+//! of [`crate::qwen_vl::text`] (Qwen2's decoder is LLaMA's plus q/k/v biases, which
+//! LLaMA configs turn off). Prompts follow the demo's conversation exactly
+//! ([`conversation`]). MiniGPT-4 was trained on one image per turn, so `info()` reports
+//! multi-image as not native; `relate` still puts all photos into one conversation, as the
+//! demo would after several uploads.
+
+pub mod checkpoint;
+pub mod config;
+pub mod conversation;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+use tokenizers::Tokenizer;
+use vlm_core::device::device_name;
+use vlm_core::files::ModelDir;
+use vlm_core::kv_cache::LayerKvCache;
+use vlm_core::model::LoadOptions;
+use vlm_core::{
+    Error, Family, FamilyModel, GenerationDefaults, Image, Language, ModelInfo, PrefillOutput,
+    Quantization, Request, Result, Sampling, VisionLanguageModel,
+};
+
+pub use checkpoint::{hf_folder_weights, LayeredWeights, LoadCounter, Source};
+pub use config::{MiniGpt4Config, Variant};
+pub use conversation::{Conversation, IMAGE_HERE};
+
+use crate::blip2::qformer::{QFormer, QFormerLayout};
+use crate::blip2::vision::{VisionTransformer, VitLayout};
+use crate::layers::{attention_mask, linear, Act, LayerNorm, Linear};
+use crate::preprocess::{Normalize, ResizeBackend};
+use crate::qwen_vl::config::TextConfig;
+use crate::qwen_vl::rope::MropeTables;
+use crate::qwen_vl::text::TextModel;
+use crate::weights::weights_err;
+use vlm_core::resize::PillowVersion;
+
+/// The `model_type` of a MiniGPT-4 folder's config.json.
+pub const MODEL_TYPES: &[&str] = &["minigpt4"];
+
+/// BLIP-2's eval transform (`Blip2ImageEvalProcessor`): OpenAI CLIP's mean and std,
+/// with the reference's digits.
+#[allow(clippy::excessive_precision)]
+const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
+const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+/// The LLaMA-2 variant concatenates this many adjacent patch features per token.
+const PATCHES_PER_TOKEN: usize = 4;
+/// The demo's question for `describe`.
+const DESCRIBE_EN: &str = "Describe this image in detail.";
+/// The names `vlm convert` keeps: everything MiniGPT-4 reads outside the language model.
+pub const CONVERT_PREFIXES: &[&str] = &[
+    "visual_encoder.",
+    "ln_vision.",
+    "query_tokens",
+    "Qformer.bert.",
+    "llama_proj.",
+];
+
+/// The LLaMA config.json fields the decoder needs (transformers' `LlamaConfig`).
+#[derive(Deserialize)]
+struct LlamaConfig {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    #[serde(default)]
+    num_key_value_heads: Option<usize>,
+    #[serde(default = "default_rms_eps")]
+    rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    rope_theta: f64,
+    #[serde(default = "default_max_positions")]
+    max_position_embeddings: usize,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default = "default_act")]
+    hidden_act: String,
+    #[serde(default)]
+    rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    bos_token_id: Option<u32>,
+    #[serde(default)]
+    eos_token_id: Option<u32>,
+}
+
+fn default_rms_eps() -> f64 {
+    1e-6
+}
+fn default_theta() -> f64 {
+    10000.0
+}
+fn default_max_positions() -> usize {
+    2048
+}
+fn default_act() -> String {
+    "silu".into()
+}
+
+impl LlamaConfig {
+    fn text_config(&self) -> Result<TextConfig> {
+        let bad = |m: String| Error::bad_file("config.json of the language model", m);
+        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(bad(
+                "rope_scaling is not supported for MiniGPT-4's language model".into(),
+            ));
+        }
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(bad(
+                "hidden_size is not divisible by num_attention_heads".into()
+            ));
+        }
+        let head_dim = self.hidden_size / self.num_attention_heads;
+        Ok(TextConfig {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            num_key_value_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
+            head_dim,
+            rms_norm_eps: self.rms_norm_eps,
+            rope_theta: self.rope_theta,
+            // One position stream: plain RoPE.
+            mrope_section: [head_dim / 2, 0, 0],
+            mrope_interleaved: false,
+            qkv_bias: false,
+            qk_norm: false,
+            hidden_act: Act::from_name(&self.hidden_act).map_err(bad)?,
+            max_position_embeddings: self.max_position_embeddings,
+            tie_word_embeddings: self.tie_word_embeddings,
+        })
+    }
+}
+
+/// One request, ready for the model.
+#[derive(Debug, Clone)]
+pub struct MiniGpt4Inputs {
+    /// Token ids of each text segment between images (BOS starts the first).
+    pub segments: Vec<Vec<u32>>,
+    /// Each image as `[3, size, size]` planes.
+    pub images: Vec<Vec<f32>>,
+    /// The prompt laid out as the language model sees it, with `0` at image positions
+    /// (its length is the prompt's length in embeddings).
+    pub input_ids: Vec<u32>,
+    /// The prompt text (with `<ImageHere>` per image).
+    pub prompt: String,
+}
+
+/// Per-batch generation state.
+pub struct MiniGpt4State {
+    caches: Vec<LayerKvCache>,
+    pad: Vec<usize>,
+    next_position: Vec<i64>,
+}
+
+/// The image path's intermediate results, for parity checks.
+pub struct ImageFeatures {
+    /// `visual_encoder` output `[n, 257, width]`.
+    pub vit: Tensor,
+    /// After `ln_vision`.
+    pub ln_vision: Tensor,
+    /// Q-Former output `[n, queries, hidden]` (Vicuna v0 variant).
+    pub qformer: Option<Tensor>,
+    /// What enters the language model, `[n, tokens, llm hidden]`.
+    pub embeds: Tensor,
+}
+
+/// A loaded MiniGPT-4: immutable, shareable across threads.
+pub struct MiniGpt4 {
+    config: MiniGpt4Config,
+    conversation: Conversation,
+    tokenizer: Tokenizer,
+    bos: u32,
+    normalize: Normalize,
+    vision: VisionTransformer,
+    ln_vision: LayerNorm,
+    qformer: Option<QFormer>,
+    projection: Linear,
+    llm: TextModel,
+    rope: MropeTables,
+    tokens_per_image: usize,
+    defaults: GenerationDefaults,
+    device: Device,
+    dtype: DType,
+    parameters: u64,
+    weight_files: Vec<PathBuf>,
+}
+
+/// `load()` entry point for the registry.
+pub fn load_boxed(dir: &ModelDir, options: &LoadOptions) -> Result<Box<dyn VisionLanguageModel>> {
+    Ok(Box::new(FamilyModel(MiniGpt4::load(dir, options)?)))
+}
+
+/// A prompt split at each `<ImageHere>`, each text segment tokenized on its own (so each
+/// starts with SentencePiece's space marker), BOS prepended to the first only: MiniGPT-4's
+/// `get_context_emb`.
+pub fn tokenize_segments(tokenizer: &Tokenizer, bos: u32, prompt: &str) -> Result<Vec<Vec<u32>>> {
+    prompt
+        .split(IMAGE_HERE)
+        .enumerate()
+        .map(|(i, seg)| {
+            let enc = tokenizer
+                .encode(seg, false)
+                .map_err(|e| Error::Tokenizer(e.to_string()))?;
+            let mut ids = Vec::with_capacity(enc.len() + 1);
+            if i == 0 {
+                ids.push(bos);
+            }
+            ids.extend_from_slice(enc.get_ids());
+            Ok(ids)
+        })
+        .collect()
+}
+
+/// The language model's tokenizer: `tokenizer.model` (what MiniGPT-4's slow
+/// `LlamaTokenizer` reads), else tokenizer.json.
+pub fn load_tokenizer(llm: &Path) -> Result<Tokenizer> {
+    let model = llm.join("tokenizer.model");
+    if model.is_file() {
+        let mut tokenizer = vlm_core::sentencepiece::sentencepiece_tokenizer(&model)?;
+        // transformers' slow LlamaTokenizer (MiniGPT-4's) turns `<s>` / `</s>` written in
+        // the text into the BOS / EOS ids, and CONV_VISION_LLama2 writes `<s>[INST] `.
+        tokenizer.set_encode_special_tokens(false);
+        return Ok(tokenizer);
+    }
+    ModelDir::local(llm)?.tokenizer()
+}
+
+/// The weights of the MiniGPT-4 parts, in the reference's override order.
+pub fn part_weights(dir: &ModelDir, config: &MiniGpt4Config) -> Result<LayeredWeights> {
+    let mut layers = LayeredWeights::default();
+    let file = |name: &str, what: &str| -> Result<PathBuf> {
+        let p = dir.root().join(name);
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Error::MissingFile {
+                path: p,
+                hint: format!("{what}; see docs/models.md (MiniGPT-4) for where to get it"),
+            })
+        }
+    };
+    if let Some(v) = &config.vision_weights {
+        layers.push(
+            file(v, "the EVA ViT-g checkpoint eva_vit_g.pth")?,
+            "visual_encoder.",
+        )?;
+    }
+    if let Some(w) = &config.weights {
+        layers.push(file(w, "the merged MiniGPT-4 safetensors file")?, "")?;
+    }
+    if let Some(q) = &config.qformer_weights {
+        layers.push(
+            file(
+                q,
+                "the BLIP-2 Q-Former checkpoint blip2_pretrained_flant5xxl.pth",
+            )?,
+            "",
+        )?;
+    }
+    if let Some(p) = &config.projection_weights {
+        layers.push(
+            file(p, "the MiniGPT-4 checkpoint pretrained_minigpt4*.pth")?,
+            "",
+        )?;
+    }
+    Ok(layers)
+}
+
+/// Merges a MiniGPT-4 folder's released `.pth` files into one safetensors file at
+/// `output`, with the reference's tensor names and override order (what the loader would
+/// read), so that later loads open one memory-mapped file instead of unpickling zips.
+/// Returns the number of tensors written. Point config.json's `"weights"` at the file.
+pub fn convert_to_safetensors(dir: &Path, output: &Path) -> Result<usize> {
+    let dir = ModelDir::local(dir)?;
+    let config_path = dir.require("config.json", "config.json names the MiniGPT-4 parts")?;
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|e| Error::bad_file(&config_path, e))?;
+    let config = MiniGpt4Config::from_json(&text)?;
+    let tensors = part_weights(&dir, &config)?.collect(CONVERT_PREFIXES)?;
+    if tensors.is_empty() {
+        return Err(Error::Weights(
+            "the checkpoint files hold none of MiniGPT-4's tensors".into(),
+        ));
+    }
+    let n = tensors.len();
+    candle_core::safetensors::save(&tensors.into_iter().collect(), output)
+        .map_err(|e| Error::bad_file(output, e))?;
+    Ok(n)
+}
+
+impl MiniGpt4 {
+    /// Loads a MiniGPT-4 folder (see [`config`] for its config.json).
+    pub fn load(dir: &ModelDir, options: &LoadOptions) -> Result<Self> {
+        if options.quantization != Quantization::None {
+            return Err(Error::invalid_option(
+                "quant",
+                format!(
+                    "{} quantization is not implemented yet for MiniGPT-4; load with quant=none (see docs/quantization.md)",
+                    options.quantization.as_str()
+                ),
+            ));
+        }
+        let config_path = dir.require("config.json", "config.json names the MiniGPT-4 parts")?;
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|e| Error::bad_file(&config_path, e))?;
+        let config = MiniGpt4Config::from_json(&text)?;
+        let device = options.device.open()?;
+        let dtype = options.dtype.resolve(&device);
+
+        let llm_dir = dir.root().join(&config.language_model);
+        if !llm_dir.is_dir() {
+            return Err(Error::MissingFile {
+                path: llm_dir,
+                hint: "the language model folder named by \"language_model\" (Vicuna v0 or Llama-2-7b-chat-hf in HF format)".into(),
+            });
+        }
+        let llm_config_path = llm_dir.join("config.json");
+        let llm_text = std::fs::read_to_string(&llm_config_path)
+            .map_err(|e| Error::bad_file(&llm_config_path, e))?;
+        let llama: LlamaConfig =
+            serde_json::from_str(&llm_text).map_err(|e| Error::bad_file(&llm_config_path, e))?;
+        let text_config = llama.text_config()?;
+        let tokenizer = load_tokenizer(&llm_dir)?;
+        let bos = tokenizer
+            .token_to_id("<s>")
+            .or(llama.bos_token_id)
+            .unwrap_or(1);
+        let eos = tokenizer
+            .token_to_id("</s>")
+            .or(llama.eos_token_id)
+            .unwrap_or(2);
+        let mut defaults =
+            GenerationDefaults::from_file(&llm_dir.join("generation_config.json"), &[eos])?;
+        demo_sampling(&mut defaults, config.variant);
+
+        let parts = part_weights(dir, &config)?;
+        let mut weight_files = parts.files();
+        let counter = LoadCounter::default();
+        let vb = VarBuilder::from_backend(Box::new(counter.wrap(parts)), dtype, device.clone());
+        let vcfg = config.vision();
+        let vision = VisionTransformer::new(&vcfg, VitLayout::Eva, vb.pp("visual_encoder"))
+            .map_err(weights_err)?;
+        // The reference loads every file with strict=False, so a tensor no file holds keeps
+        // its initial value. The LLaMA-2 release loads no BLIP-2 checkpoint and its own
+        // holds only llama_proj: there ln_vision runs as initialised (weight 1, bias 0).
+        let ln_vision = if vb.contains_tensor("ln_vision.weight") {
+            LayerNorm::new(vcfg.hidden_size, config.ln_vision_eps, vb.pp("ln_vision"))
+        } else {
+            LayerNorm::identity(vcfg.hidden_size, config.ln_vision_eps, dtype, &device)
+        }
+        .map_err(weights_err)?;
+        let (qformer, projection_in, tokens_per_image) = match config.variant {
+            Variant::Vicuna0 => {
+                let qcfg = config.qformer();
+                // Like BLIP-2 in transformers, the Q-Former runs in f32 in every dtype.
+                let vb32 = vb.clone().set_dtype(DType::F32);
+                let queries = vb32
+                    .get(
+                        (1, config.num_query_tokens, qcfg.hidden_size),
+                        "query_tokens",
+                    )
+                    .map_err(weights_err)?;
+                let q = QFormer::new(
+                    &qcfg,
+                    config.num_query_tokens,
+                    QFormerLayout::Lavis,
+                    queries,
+                    vb32.pp("Qformer.bert"),
+                )
+                .map_err(weights_err)?;
+                (Some(q), qcfg.hidden_size, config.num_query_tokens)
+            }
+            Variant::Llama2 => (
+                None,
+                vcfg.hidden_size * PATCHES_PER_TOKEN,
+                (vcfg.num_positions() - 1) / PATCHES_PER_TOKEN,
+            ),
+        };
+        let projection = linear(
+            projection_in,
+            text_config.hidden_size,
+            true,
+            vb.pp("llama_proj"),
+        )
+        .map_err(weights_err)?;
+
+        let llm_files = hf_folder_weights(&llm_dir)?;
+        let mut llm_weights = LayeredWeights::default();
+        for f in &llm_files {
+            llm_weights.push(f.clone(), "")?;
+        }
+        weight_files.extend(llm_files);
+        let llm_vb =
+            VarBuilder::from_backend(Box::new(counter.wrap(llm_weights)), dtype, device.clone());
+        let llm = TextModel::new(&text_config, llm_vb.pp("model"), llm_vb).map_err(weights_err)?;
+        let rope = MropeTables::new(
+            text_config.head_dim,
+            text_config.rope_theta,
+            text_config.mrope_section,
+            false,
+        );
+        let parameters = counter.parameters();
+        Ok(Self {
+            conversation: Conversation::of(config.variant),
+            config,
+            tokenizer,
+            bos,
+            normalize: Normalize {
+                backend: ResizeBackend::Pil,
+                // MiniGPT-4's environment (2023) predates Pillow 12.2's pass-order change.
+                pillow: PillowVersion::UpTo12_1,
+                bilinear: false,
+                rescale_factor: 1.0 / 255.0,
+                mean: CLIP_MEAN,
+                std: CLIP_STD,
+            },
+            vision,
+            ln_vision,
+            qformer,
+            projection,
+            llm,
+            rope,
+            tokens_per_image,
+            defaults,
+            device,
+            dtype,
+            parameters,
+            weight_files,
+        })
+    }
+
+    /// The parsed config.
+    pub fn config(&self) -> &MiniGpt4Config {
+        &self.config
+    }
+
+    /// The files the weights were read from.
+    pub fn weight_files(&self) -> &[PathBuf] {
+        &self.weight_files
+    }
+
+    /// `[3, size, size]` planes of one image (`Blip2ImageEvalProcessor`: PIL bicubic
+    /// resize to a square, `ToTensor`, CLIP normalisation).
+    pub fn preprocess(&self, image: &Image) -> Vec<f32> {
+        let s = self.config.image_size;
+        self.normalize.planes(image, s, s)
+    }
+
+    /// The image path over `[3, size, size]` planes of each image.
+    pub fn image_features(&self, images: &[&[f32]]) -> Result<ImageFeatures> {
+        let s = self.config.image_size;
+        let data: Vec<f32> = images.iter().flat_map(|p| p.iter().copied()).collect();
+        let pixels = Tensor::from_vec(data, (images.len(), 3, s, s), &self.device)?;
+        let vit = self.vision.forward(&pixels)?;
+        let ln_vision = self.ln_vision.forward(&vit)?;
+        let (qformer, embeds) = match &self.qformer {
+            Some(q) => {
+                let out = q.forward(&ln_vision)?;
+                let embeds = self.projection.forward(&out.to_dtype(self.dtype)?)?;
+                (Some(out), embeds)
+            }
+            None => {
+                let (n, p, w) = ln_vision.dims3()?;
+                let grouped = ln_vision.narrow(1, 1, p - 1)?.contiguous()?.reshape((
+                    n,
+                    (p - 1) / PATCHES_PER_TOKEN,
+                    w * PATCHES_PER_TOKEN,
+                ))?;
+                (None, self.projection.forward(&grouped)?)
+            }
+        };
+        Ok(ImageFeatures {
+            vit,
+            ln_vision,
+            qformer,
+            embeds,
+        })
+    }
+
+    /// Tokenizes a prompt as `get_context_emb` does (see [`tokenize_segments`]).
+    pub fn tokenize_segments(&self, prompt: &str) -> Result<Vec<Vec<u32>>> {
+        tokenize_segments(&self.tokenizer, self.bos, prompt)
+    }
+
+    fn forward_prompts(
+        &self,
+        batch: &[&MiniGpt4Inputs],
+        max_new_tokens: usize,
+    ) -> Result<(Tensor, MiniGpt4State, Duration)> {
+        let b = batch.len();
+        let len = batch.iter().map(|p| p.input_ids.len()).max().unwrap_or(0);
+        let pad: Vec<usize> = batch.iter().map(|p| len - p.input_ids.len()).collect();
+        let t_image = Instant::now();
+        let images: Vec<&[f32]> = batch
+            .iter()
+            .flat_map(|p| p.images.iter().map(Vec::as_slice))
+            .collect();
+        let image_rows = if images.is_empty() {
+            None
+        } else {
+            let e = self.image_features(&images)?.embeds;
+            let (n, t, d) = e.dims3()?;
+            self.device.synchronize()?;
+            Some(e.reshape((n * t, d))?)
+        };
+        let image_time = t_image.elapsed();
+
+        let mut ids = Vec::with_capacity(b * len);
+        let mut source = Vec::with_capacity(b * len);
+        let mut next_image_row = (b * len) as u32;
+        for (s, p) in batch.iter().enumerate() {
+            for _ in 0..pad[s] {
+                source.push(ids.len() as u32);
+                ids.push(0u32);
+            }
+            for (i, seg) in p.segments.iter().enumerate() {
+                if i > 0 {
+                    for _ in 0..self.tokens_per_image {
+                        source.push(next_image_row);
+                        next_image_row += 1;
+                        ids.push(0);
+                    }
+                }
+                for &id in seg {
+                    source.push(ids.len() as u32);
+                    ids.push(id);
+                }
+            }
+        }
+        let hidden = self.llm.config().hidden_size;
+        let ids_t = Tensor::from_vec(ids, b * len, &self.device)?;
+        let mut table = self.llm.embed(&ids_t)?;
+        if let Some(rows) = image_rows {
+            table = Tensor::cat(&[&table, &rows.to_dtype(self.dtype)?], 0)?;
+        }
+        let embeds = table
+            .index_select(&Tensor::from_vec(source, b * len, &self.device)?, 0)?
+            .reshape((b, len, hidden))?;
+        let positions: Vec<[Vec<i64>; 3]> = pad
+            .iter()
+            .map(|&p| {
+                let pos: Vec<i64> = std::iter::repeat_n(0, p)
+                    .chain(0..(len - p) as i64)
+                    .collect();
+                [pos.clone(), pos.clone(), pos]
+            })
+            .collect();
+        let (cos, sin) = self.rope.tables(&positions, self.dtype, &self.device)?;
+        let mask = attention_mask(&pad, len, len, self.dtype, &self.device)?;
+        let mut caches = self
+            .llm
+            .new_caches(b, len + max_new_tokens, self.dtype, &self.device)?;
+        let out = self
+            .llm
+            .forward_hidden(embeds, &cos, &sin, mask.as_ref(), &mut caches, None)?;
+        let next_position = pad.iter().map(|&p| (len - p) as i64).collect();
+        Ok((
+            out,
+            MiniGpt4State {
+                caches,
+                pad,
+                next_position,
+            },
+            image_time,
+        ))
+    }
+
+    /// Logits of every prompt position `[len, vocab]` of one request (parity checks).
+    pub fn prompt_logits(&self, inputs: &MiniGpt4Inputs) -> Result<Tensor> {
+        let (hidden, _, _) = self.forward_prompts(&[inputs], 1)?;
+        Ok(self.llm.logits(&hidden.squeeze(0)?)?.to_dtype(DType::F32)?)
+    }
+}
+
+/// The demo's sampling settings (`Chat.answer`: do_sample, top_p 0.9, temperature 1.0,
+/// repetition_penalty 1.05, 300 new tokens; top_k keeps transformers' default 50) and
+/// its stop: `###` (token ids 835 and 2277 29937 in the demo) for Vicuna v0, EOS for
+/// LLaMA-2. The caller's options override all of them.
+fn demo_sampling(defaults: &mut GenerationDefaults, variant: Variant) {
+    defaults.sampling = Sampling::Sample {
+        temperature: 1.0,
+        top_p: 0.9,
+        top_k: 50,
+    };
+    defaults.repetition_penalty = 1.05;
+    defaults.max_new_tokens = Some(300);
+    if variant == Variant::Vicuna0 {
+        defaults.stop_strings = vec!["###".into()];
+    }
+}
+
+impl Family for MiniGpt4 {
+    type Inputs = MiniGpt4Inputs;
+    type State = MiniGpt4State;
+
+    fn info(&self) -> ModelInfo {
+        ModelInfo {
+            family: "minigpt4",
+            model_type: match self.config.variant {
+                Variant::Vicuna0 => "minigpt4 (vicuna0)".into(),
+                Variant::Llama2 => "minigpt4 (llama2)".into(),
+            },
+            parameters: self.parameters,
+            dtype: format!("{:?}", self.dtype).to_lowercase(),
+            quantization: Quantization::None,
+            device: device_name(&self.device),
+            weight_bytes: self.parameters * self.dtype.size_in_bytes() as u64,
+            max_images: None,
+            native_multi_image: false,
+            max_context: self.llm.config().max_position_embeddings,
+        }
+    }
+
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn generation_defaults(&self) -> &GenerationDefaults {
+        &self.defaults
+    }
+
+    fn prepare(&self, request: &Request) -> Result<MiniGpt4Inputs> {
+        let prompt = self.conversation.prompt(request)?;
+        let segments = self.tokenize_segments(&prompt)?;
+        let images: Vec<Vec<f32>> = request.images.iter().map(|i| self.preprocess(i)).collect();
+        let mut input_ids = Vec::new();
+        for (i, seg) in segments.iter().enumerate() {
+            if i > 0 {
+                input_ids.extend(std::iter::repeat_n(0, self.tokens_per_image));
+            }
+            input_ids.extend_from_slice(seg);
+        }
+        Ok(MiniGpt4Inputs {
+            segments,
+            images,
+            input_ids,
+            prompt,
+        })
+    }
+
+    fn input_ids<'a>(&self, inputs: &'a MiniGpt4Inputs) -> &'a [u32] {
+        &inputs.input_ids
+    }
+
+    /// The reference generates from embeddings only: transformers 4.30 starts the id
+    /// sequence the repetition penalty sees with one BOS (not fed to the model).
+    fn penalty_history(&self, _inputs: &MiniGpt4Inputs) -> Vec<u32> {
+        vec![self.bos]
+    }
+
+    fn prefill(
+        &self,
+        batch: &[&MiniGpt4Inputs],
+        max_new_tokens: usize,
+    ) -> Result<PrefillOutput<MiniGpt4State>> {
+        let (hidden, state, image_encode) = self.forward_prompts(batch, max_new_tokens)?;
+        let len = hidden.dim(1)?;
+        // Left padding puts every sequence's last prompt token in the last column.
+        let logits = self
+            .llm
+            .logits(&hidden.narrow(1, len - 1, 1)?.squeeze(1)?)?;
+        Ok(PrefillOutput {
+            logits,
+            state,
+            image_encode,
+        })
+    }
+
+    fn decode(&self, tokens: &[u32], state: &mut MiniGpt4State) -> Result<Tensor> {
+        let b = tokens.len();
+        let ids = Tensor::from_vec(tokens.to_vec(), b, &self.device)?;
+        let embeds = self.llm.embed(&ids)?.unsqueeze(1)?;
+        let positions: Vec<[Vec<i64>; 3]> = state
+            .next_position
+            .iter()
+            .map(|&p| [vec![p], vec![p], vec![p]])
+            .collect();
+        let (cos, sin) = self.rope.tables(&positions, self.dtype, &self.device)?;
+        let kv_len = state.caches.first().map_or(0, |c| c.len()) + 1;
+        let mask = attention_mask(&state.pad, 1, kv_len, self.dtype, &self.device)?;
+        let hidden =
+            self.llm
+                .forward_hidden(embeds, &cos, &sin, mask.as_ref(), &mut state.caches, None)?;
+        for p in state.next_position.iter_mut() {
+            *p += 1;
+        }
+        Ok(self.llm.logits(&hidden.squeeze(1)?)?)
+    }
+
+    fn relate_in_one_conversation(&self) -> bool {
+        true
+    }
+
+    fn describe_prompt(&self, language: Language) -> String {
+        match language {
+            Language::Chinese => "请详细描述这张照片。".into(),
+            _ => DESCRIBE_EN.into(),
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Resize, rescale and normalise an image into channel planes, matching one of
+//! transformers' two image backends exactly. Shared by every family's processor.
+
+use vlm_core::resize::{resize_like, Filter, PillowVersion};
+use vlm_core::resize_torch::{resize_like_torchvision, TorchFilter};
+use vlm_core::Image;
+
+/// PIL's resample code for bilinear.
+pub const PIL_BILINEAR: u32 = 2;
+/// PIL's resample code for bicubic.
+pub const PIL_BICUBIC: u32 = 3;
+
+/// Which implementation the numbers must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeBackend {
+    /// torchvision's uint8 antialiased resize, with rescale fused into normalise
+    /// (transformers 5's default image processors).
+    Torchvision,
+    /// Pillow's `Image.resize`, then `x · scale` and `(x - mean) / std` as two f32 steps
+    /// (`*ImageProcessorPil`, transformers 4's slow processors, and torchvision transforms
+    /// applied to PIL images, as in LAVIS and MiniGPT-4).
+    Pil,
+}
+
+impl ResizeBackend {
+    /// The backend named by preprocessor_config.json's `image_processor_type`.
+    pub fn from_processor_type(name: Option<&str>) -> Self {
+        match name {
+            Some(t) if t.ends_with("Pil") => Self::Pil,
+            _ => Self::Torchvision,
+        }
+    }
+}
+
+/// How to turn an image into planes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalize {
+    /// Implementation to match.
+    pub backend: ResizeBackend,
+    /// For the PIL backend: the Pillow release the reference ran with (the pass order
+    /// changed in 12.2 and 13).
+    pub pillow: PillowVersion,
+    /// Bilinear instead of bicubic.
+    pub bilinear: bool,
+    /// Usually 1/255.
+    pub rescale_factor: f64,
+    /// Per-channel mean.
+    pub mean: [f32; 3],
+    /// Per-channel std.
+    pub std: [f32; 3],
+}
+
+impl Normalize {
+    /// Resizes `image` to `width × height` (skipped when it already has that size) and
+    /// returns normalised planes `[3, height, width]`, row-major.
+    pub fn planes(&self, image: &Image, width: usize, height: usize) -> Vec<f32> {
+        let resized;
+        let rgb = if (image.width() as usize, image.height() as usize) == (width, height) {
+            image.as_rgb()
+        } else {
+            let (w, h) = (width as u32, height as u32);
+            resized = match (self.backend, self.bilinear) {
+                (ResizeBackend::Torchvision, false) => {
+                    resize_like_torchvision(image.as_rgb(), w, h, TorchFilter::Bicubic)
+                }
+                (ResizeBackend::Torchvision, true) => {
+                    resize_like_torchvision(image.as_rgb(), w, h, TorchFilter::Bilinear)
+                }
+                (ResizeBackend::Pil, false) => {
+                    resize_like(image.as_rgb(), w, h, Filter::Bicubic, self.pillow)
+                }
+                (ResizeBackend::Pil, true) => {
+                    resize_like(image.as_rgb(), w, h, Filter::Bilinear, self.pillow)
+                }
+            };
+            &resized
+        };
+        let area = width * height;
+        let mut planes = vec![0f32; 3 * area];
+        match self.backend {
+            // torchvision fuses rescale into normalise: (x - mean/scale) / (std/scale), in f32
+            ResizeBackend::Torchvision => {
+                let inv = (1.0 / self.rescale_factor) as f32;
+                let mean = self.mean.map(|m| m * inv);
+                let std = self.std.map(|s| s * inv);
+                for (i, px) in rgb.pixels().enumerate() {
+                    for ch in 0..3 {
+                        planes[ch * area + i] = (px.0[ch] as f32 - mean[ch]) / std[ch];
+                    }
+                }
+            }
+            ResizeBackend::Pil => {
+                let scale = self.rescale_factor as f32;
+                for (i, px) in rgb.pixels().enumerate() {
+                    for ch in 0..3 {
+                        planes[ch * area + i] =
+                            (px.0[ch] as f32 * scale - self.mean[ch]) / self.std[ch];
+                    }
+                }
+            }
+        }
+        planes
+    }
+}
