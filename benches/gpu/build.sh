@@ -3,7 +3,8 @@
 # (the GPU check). With a system CUDA (nvcc on PATH, CUDA_COMPUTE_CAP set) this is just
 # `cargo build --release --features cuda`; on a machine without CUDA it first installs the
 # CUDA 13.0 build toolchain from PyPI (../shared/gpu/cuda-toolchain.sh) when that exists.
-# Output: .devbin/{vlm-bench,qwen_parity}.gz plus the files run.sh needs.
+# Output: .devbin/{vlm-bench,qwen_parity,blip2_parity,minigpt4_parity}.xz plus the files
+# run.sh needs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -14,15 +15,24 @@ fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/vlm-target-cuda}
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 cargo build --release --features cuda -p vlm-bench
-test_bin=$(cargo test --release --features cuda -p vlm-models --test qwen_parity --no-run --message-format=json 2>/dev/null \
+# The parity tests of every family are the GPU check.
+tests=(qwen_parity blip2_parity minigpt4_parity)
+args=()
+for t in "${tests[@]}"; do args+=(--test "$t"); done
+cargo test --release --features cuda -p vlm-models "${args[@]}" --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "qwen_parity":
-        print(m["executable"])' | tail -1)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["target"]["name"], m["executable"])' > /tmp/vlm-test-bins.txt
 mkdir -p .devbin
-gzip -9c "$CARGO_TARGET_DIR/release/vlm-bench" > .devbin/vlm-bench.gz
-strip -o /tmp/qwen_parity.stripped "$test_bin" && gzip -9c /tmp/qwen_parity.stripped > .devbin/qwen_parity.gz
+# xz: half of gzip's size, and the device carries at most 64 MiB with the working tree.
+rm -f .devbin/*.gz
+xz -9 -T2 -c "$CARGO_TARGET_DIR/release/vlm-bench" > .devbin/vlm-bench.xz
+for t in "${tests[@]}"; do
+  bin=$(awk -v t="$t" '$1 == t {print $2}' /tmp/vlm-test-bins.txt | tail -1)
+  strip -o "/tmp/$t.stripped" "$bin" && xz -9 -T2 -c "/tmp/$t.stripped" > ".devbin/$t.xz"
+done
 [ -f "$root/../shared/gpu/device-env.sh" ] && cp "$root/../shared/gpu/device-env.sh" .devbin/
 # real-size configs and tokenizer files for the random checkpoints (not in the repo)
 if [ -d "$root/../shared/assets/qwen-vl" ]; then

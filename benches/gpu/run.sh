@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repository root, after build.sh filled .devbin/:
-#   1. the GPU check: the Qwen parity tests on CUDA in f32 (CPU tolerances), bf16 and f16;
+#   1. the GPU check: every family's parity tests on CUDA in f32 (CPU tolerances), bf16
+#      and f16;
 #   2. a random real-size checkpoint (make_random_model.py) written to local disk once;
 #   3. vlm-bench on it, then the HF transformers baseline on the same files and photo,
 #      each with nvidia-smi sampling the GPU memory in use.
@@ -13,8 +14,14 @@ TOKENS=${TOKENS:-64}; BATCHES=${BATCHES:-8}; RUNS=${RUNS:-3}
 CHECK=${CHECK:-1}; BENCH=${BENCH:-1}; BASELINE=${BASELINE:-1}
 status=0
 
-for b in vlm-bench qwen_parity; do
-  [ -f ".devbin/$b.gz" ] && gunzip -c ".devbin/$b.gz" > "/tmp/$b" && chmod +x "/tmp/$b"
+CHECKS=${CHECKS:-qwen_parity blip2_parity minigpt4_parity}
+for b in vlm-bench $CHECKS; do
+  if [ -f ".devbin/$b.xz" ]; then
+    python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+      ".devbin/$b.xz" "/tmp/$b" && chmod +x "/tmp/$b"
+  elif [ -f ".devbin/$b.gz" ]; then
+    gunzip -c ".devbin/$b.gz" > "/tmp/$b" && chmod +x "/tmp/$b"
+  fi
 done
 # shellcheck disable=SC1091
 [ -f .devbin/device-env.sh ] && . .devbin/device-env.sh /tmp/vlm-bench > "$OUT/device-env.log"
@@ -34,10 +41,13 @@ peak_mem() {
 
 if [ "$CHECK" = 1 ]; then
   for dt in f32 bf16 f16; do
-    echo "== GPU check, cuda $dt"
-    VLM_TEST_DEVICE=cuda VLM_TEST_DTYPE=$dt VLM_FIXTURES=$PWD/vlm-models/tests/fixtures \
-      /tmp/qwen_parity --test-threads 1 > "$OUT/check-$dt.log" 2>&1 || status=1
-    grep -E "test result|mismatch|rel err|panicked" "$OUT/check-$dt.log" | head -20
+    : > "$OUT/check-$dt.log"  # one log per dtype: only 8 files come back from the device
+    for t in $CHECKS; do
+      echo "== GPU check, $t, cuda $dt" | tee -a "$OUT/check-$dt.log"
+      VLM_TEST_DEVICE=cuda VLM_TEST_DTYPE=$dt VLM_FIXTURES=$PWD/vlm-models/tests/fixtures \
+        "/tmp/$t" --test-threads 1 >> "$OUT/check-$dt.log" 2>&1 || status=1
+    done
+    grep -E "== GPU|test result|mismatch|rel err|panicked" "$OUT/check-$dt.log" | head -40
   done
 fi
 

@@ -253,3 +253,32 @@ fn relate_captions_each_photo_then_relates_them() {
         Err(vlm_core::Error::TooManyImages { given: 2, max: 1 })
     ));
 }
+
+/// transformers 5 saves Flan-T5 with `tie_word_embeddings: true` and
+/// `scale_decoder_outputs: false` next to its untied `lm_head`; that config loads to the
+/// same model.
+#[test]
+fn transformers5_t5_config_loads_the_same_model() {
+    if !full_precision() {
+        return;
+    }
+    let fx = fixture("t5");
+    let dir = std::env::temp_dir().join(format!("vlm-blip2-t5cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fx.dir.join("model")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(
+        fx.dir.join("model/config.transformers5.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
+    let model = vlm_models::load(dir.to_str().unwrap(), &cpu_f32()).unwrap();
+    let case = &fx.cases[0];
+    let out = model
+        .generate(&request(&fx, case, GenerationOptions::greedy(12)))
+        .unwrap();
+    assert_eq!(out.token_ids, ids(&case["greedy_tokens"]));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

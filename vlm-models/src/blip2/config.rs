@@ -189,6 +189,9 @@ pub struct T5Config {
     pub feed_forward_proj: String,
     /// LM head is the embedding matrix (then the decoder output is scaled by d_model^-½).
     pub tie_word_embeddings: bool,
+    /// transformers 5 states the output scaling on its own (and may write
+    /// `tie_word_embeddings: true` for an untied Flan-T5 whose `lm_head` it saves).
+    pub scale_decoder_outputs: Option<bool>,
     /// First decoder input (`<pad>`, 0).
     pub decoder_start_token_id: u32,
     /// `</s>`.
@@ -210,6 +213,7 @@ impl Default for T5Config {
             layer_norm_epsilon: 1e-6,
             feed_forward_proj: "relu".into(),
             tie_word_embeddings: true,
+            scale_decoder_outputs: None,
             decoder_start_token_id: 0,
             eos_token_id: Some(1),
         }

@@ -234,17 +234,17 @@ impl T5 {
     pub fn new(cfg: &T5Config, vb: VarBuilder, head: VarBuilder) -> Result<Self> {
         let shared = vb.get((cfg.vocab_size, cfg.d_model), "shared.weight")?;
         let decoder_layers = cfg.num_decoder_layers.unwrap_or(cfg.num_layers);
-        let (lm_head, logit_scale) = if cfg.tie_word_embeddings {
-            (
-                Linear::from_weights(shared.clone(), None),
-                Some((cfg.d_model as f64).powf(-0.5)),
-            )
+        // A saved lm_head is used whatever the tie flag says (transformers 5 writes
+        // `tie_word_embeddings: true` next to an untied Flan-T5 head).
+        let lm_head = if head.contains_tensor("lm_head.weight") {
+            linear(cfg.d_model, cfg.vocab_size, false, head.pp("lm_head"))?
         } else {
-            (
-                linear(cfg.d_model, cfg.vocab_size, false, head.pp("lm_head"))?,
-                None,
-            )
+            Linear::from_weights(shared.clone(), None)
         };
+        let logit_scale = cfg
+            .scale_decoder_outputs
+            .unwrap_or(cfg.tie_word_embeddings)
+            .then(|| (cfg.d_model as f64).powf(-0.5));
         Ok(Self {
             encoder: Stack::new(cfg, cfg.num_layers, false, vb.pp("encoder"))?,
             decoder: Stack::new(cfg, decoder_layers, true, vb.pp("decoder"))?,
