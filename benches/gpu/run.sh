@@ -14,7 +14,10 @@ TOKENS=${TOKENS:-64}; BATCHES=${BATCHES:-8}; RUNS=${RUNS:-3}
 CHECK=${CHECK:-1}; BENCH=${BENCH:-1}; BASELINE=${BASELINE:-1}
 status=0
 
-CHECKS=${CHECKS:-qwen_parity blip2_parity minigpt4_parity}
+CHECKS=${CHECKS:-qwen_parity blip2_parity minigpt4_parity quantization}
+QUANT=${QUANT:-0}
+# model:quantizations to benchmark with QUANT=1 (random real-size weights; "none" = bf16)
+QUANT_MODELS=${QUANT_MODELS:-"Qwen2.5-VL-7B-Instruct:int8,int4 Qwen2.5-VL-3B-Instruct:none,int4 blip2-opt-2.7b:none,int4"}
 for b in vlm-bench $CHECKS; do
   if [ -f ".devbin/$b.xz" ]; then
     python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
@@ -62,5 +65,27 @@ if [ "$BENCH" = 1 ]; then
     PYTHONUNBUFFERED=1 peak_mem "$OUT/hf.log" python3 benches/gpu/hf_baseline.py /tmp/bench-model /tmp/photo.png \
       --tokens "$TOKENS" --batches "$BATCHES" --runs "$RUNS" --json "$OUT/hf.json" 2>&1 | grep -v Warning | tee -a "$OUT/hf.log" || status=1
   fi
+fi
+if [ "$QUANT" = 1 ]; then
+  # Quantize each random checkpoint into a folder (timed), then load that folder and
+  # benchmark it; the peak is the card's memory counter (CUDA context included).
+  if [ -f .devbin/assets/Qwen2.5-VL-3B-config.json ] && [ ! -d .devbin/assets/Qwen2.5-VL-3B-Instruct ]; then
+    cp -r .devbin/assets/Qwen2.5-VL-7B-Instruct .devbin/assets/Qwen2.5-VL-3B-Instruct
+    cp .devbin/assets/Qwen2.5-VL-3B-config.json .devbin/assets/Qwen2.5-VL-3B-Instruct/config.json
+  fi
+  : > "$OUT/quant.log"
+  for spec in $QUANT_MODELS; do
+    name=${spec%%:*}; quants=${spec#*:}
+    echo "== random $name" | tee -a "$OUT/quant.log"
+    python3 benches/gpu/make_random_model.py ".devbin/assets/$name" "/tmp/rand-$name" 2>&1 | tail -1 | tee -a "$OUT/quant.log"
+    for q in ${quants//,/ }; do
+      save=(); [ "$q" != none ] && save=(--save-quantized "/tmp/q-$name-$q")
+      echo "== vlm-bench $name quant=$q" | tee -a "$OUT/quant.log"
+      peak_mem "$OUT/quant.log" /tmp/vlm-bench --model "/tmp/rand-$name" --quant "$q" "${save[@]}" \
+        --tokens "$TOKENS" --batches "$BATCHES" --runs 2 2>&1 | grep -v "^|---" | tee -a "$OUT/quant.log" || status=1
+      rm -rf "/tmp/q-$name-$q"
+    done
+    rm -rf "/tmp/rand-$name"
+  done
 fi
 exit $status

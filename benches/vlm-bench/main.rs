@@ -12,7 +12,8 @@ use std::time::Instant;
 use clap::Parser;
 use vlm_core::model::LoadOptions;
 use vlm_core::{
-    DTypeChoice, DeviceChoice, Generation, GenerationOptions, Image, Request, Sampling,
+    DTypeChoice, DeviceChoice, Generation, GenerationOptions, Image, Quantization, Request,
+    Sampling,
 };
 
 #[derive(Parser)]
@@ -47,6 +48,16 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// none, int8 or int4 (the language model; see docs/quantization.md).
+    #[arg(long, default_value = "none")]
+    quant: String,
+    /// The vision tower's quantization (default: the policy: int8 when quantizing).
+    #[arg(long)]
+    vision_quant: Option<String>,
+    /// Quantize into this folder first (timed), then benchmark the model loaded from it
+    /// (the load time reported is that folder's).
+    #[arg(long)]
+    save_quantized: Option<PathBuf>,
 }
 
 /// A deterministic photo-like image: smooth gradients, a few shapes and pixel noise, so
@@ -89,15 +100,41 @@ fn main() -> vlm_core::Result<()> {
     let load_opts = LoadOptions {
         device: DeviceChoice::parse(&args.device)?,
         dtype: DTypeChoice::parse(&args.dtype)?,
+        quantization: Quantization::parse(&args.quant)?,
+        vision_quantization: args
+            .vision_quant
+            .as_deref()
+            .map(Quantization::parse)
+            .transpose()?,
         ..Default::default()
     };
+    let mut source = args.model.clone();
+    if let Some(dst) = &args.save_quantized {
+        let t = Instant::now();
+        let report = vlm_models::save_quantized(&args.model, dst, &load_opts)?;
+        eprintln!(
+            "quantized {} → {} in {:.1} s: {} quantized + {} float tensors, {:.2} GB held, {:.2} GB file",
+            args.model,
+            dst.display(),
+            t.elapsed().as_secs_f64(),
+            report.info.quantized_tensors,
+            report.info.float_tensors,
+            report.info.weight_bytes as f64 / 1e9,
+            report.file_bytes as f64 / 1e9
+        );
+        source = dst.to_string_lossy().into_owned();
+    }
     let t = Instant::now();
-    let model = vlm_models::load(&args.model, &load_opts)?;
+    let model = vlm_models::load(&source, &load_opts)?;
     let load_s = t.elapsed().as_secs_f64();
     let info = model.info();
     eprintln!(
-        "loaded {} ({} params, {}) in {load_s:.2} s",
-        info.model_type, info.parameters, info.dtype
+        "loaded {} ({} params, {}, quant {}, {:.2} GB of weights) in {load_s:.2} s",
+        info.model_type,
+        info.parameters,
+        info.dtype,
+        info.quantization.as_str(),
+        info.weight_bytes as f64 / 1e9
     );
 
     let photo = synthetic_photo(args.width, args.height);

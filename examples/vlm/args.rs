@@ -51,6 +51,24 @@ pub enum Command {
         #[arg(long)]
         output: Option<std::path::PathBuf>,
     },
+    /// Quantize a model once into a folder that loads without quantizing again.
+    Quantize {
+        /// Model folder or hub id.
+        #[arg(long)]
+        model: String,
+        /// The quantized folder to write.
+        #[arg(long)]
+        output: std::path::PathBuf,
+        /// int8 or int4.
+        #[arg(long, default_value = "int4")]
+        quant: String,
+        /// The vision tower's quantization (default: int8).
+        #[arg(long)]
+        vision_quant: Option<String>,
+        /// Precision of the tensors that stay in float (f32, f16, bf16).
+        #[arg(long, default_value = "f16")]
+        dtype: String,
+    },
 }
 
 impl Command {
@@ -61,7 +79,7 @@ impl Command {
             | Command::Ask { common, .. }
             | Command::Relate { common, .. }
             | Command::Generate { common, .. } => Some(common),
-            Command::ConvertMinigpt4 { .. } => None,
+            Command::ConvertMinigpt4 { .. } | Command::Quantize { .. } => None,
         }
     }
 }
@@ -80,9 +98,12 @@ pub struct Common {
     /// auto, f32, f16 or bf16.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
-    /// none, int8 or int4.
+    /// none, int8 or int4 (the language model's linear layers; see docs/quantization.md).
     #[arg(long, default_value = "none")]
     pub quant: String,
+    /// The vision tower's quantization (default: int8 when --quant is int8 or int4).
+    #[arg(long)]
+    pub vision_quant: Option<String>,
     /// Most tokens to generate (default: the model's generation_config.json, else 512).
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
@@ -127,6 +148,11 @@ impl Common {
             device: DeviceChoice::parse(&self.device)?,
             dtype: DTypeChoice::parse(&self.dtype)?,
             quantization: Quantization::parse(&self.quant)?,
+            vision_quantization: self
+                .vision_quant
+                .as_deref()
+                .map(Quantization::parse)
+                .transpose()?,
             revision: None,
         })
     }

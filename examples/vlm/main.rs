@@ -6,6 +6,7 @@
 //! vlm relate --model DIR --image airport.jpg --image temple.jpg --image hotel.jpg
 //! vlm generate --model DIR --image a.jpg --raw-prompt "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Hi<|im_end|>\n<|im_start|>assistant\n"
 //! vlm convert-minigpt4 --model minigpt4-7b/
+//! vlm quantize --model Qwen/Qwen2.5-VL-7B-Instruct --quant int4 --output qwen2.5-vl-7b-int4/
 //! ```
 
 mod args;
@@ -68,13 +69,44 @@ fn run(cli: Cli) -> vlm_core::Result<()> {
             &Request::raw(images, raw_prompt.clone(), options),
             &mut print_piece,
         )?,
-        Command::ConvertMinigpt4 { .. } => unreachable!("conversions have no common options"),
+        Command::ConvertMinigpt4 { .. } | Command::Quantize { .. } => {
+            unreachable!("conversions have no common options")
+        }
     };
     report(&*model, &generation, common, stream);
     Ok(())
 }
 
 fn convert(command: &Command) -> vlm_core::Result<()> {
+    if let Command::Quantize {
+        model,
+        output,
+        quant,
+        vision_quant,
+        dtype,
+    } = command
+    {
+        let options = vlm_core::model::LoadOptions {
+            device: vlm_core::DeviceChoice::Cpu,
+            dtype: vlm_core::DTypeChoice::parse(dtype)?,
+            quantization: vlm_core::Quantization::parse(quant)?,
+            vision_quantization: vision_quant
+                .as_deref()
+                .map(vlm_core::Quantization::parse)
+                .transpose()?,
+            ..Default::default()
+        };
+        let report = vlm_models::save_quantized(model, output, &options)?;
+        println!(
+            "wrote {}: {} quantized and {} float tensors, {:.2} GB of weights ({:.2} GB file); load it with --model {}",
+            output.display(),
+            report.info.quantized_tensors,
+            report.info.float_tensors,
+            report.info.weight_bytes as f64 / 1e9,
+            report.file_bytes as f64 / 1e9,
+            output.display()
+        );
+    }
     if let Command::ConvertMinigpt4 { model, output } = command {
         let output = output
             .clone()

@@ -11,8 +11,13 @@ pub struct LoadOptions {
     pub device: DeviceChoice,
     /// Precision.
     pub dtype: DTypeChoice,
-    /// Weight quantization.
+    /// Weight quantization of the language model (and, by default, of the rest: see
+    /// `vision_quantization`).
     pub quantization: Quantization,
+    /// The vision tower's quantization; `None` follows the documented policy: float when
+    /// `quantization` is none, else int8 (4-bit vision towers are reported to describe
+    /// images wrongly).
+    pub vision_quantization: Option<Quantization>,
     /// Hub revision (branch, tag or commit) for hub ids.
     pub revision: Option<String>,
 }

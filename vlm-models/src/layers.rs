@@ -1,76 +1,114 @@
-//! Building blocks shared by the families: the linear-layer factory (where quantization
-//! will plug in, so that model code never branches on it), norms and activations.
+//! Building blocks shared by the families: linear layers (float or quantized, built by
+//! [`crate::quant::Quantizer`] so that model code never branches on quantization), norms,
+//! activations and attention.
 
+use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-/// A dense layer `y = x Wᵀ + b` with weights as stored in the checkpoint (`[out, in]`).
+/// A dense layer `y = x Wᵀ + b`, its weight in float (as stored in the checkpoint,
+/// `[out, in]`) or quantized.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
 }
 
-/// Loads `weight` (and `bias` when `bias`) from `vb`.
-pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    let weight = vb.get((out_dim, in_dim), "weight")?;
-    let bias = if bias {
-        Some(vb.get(out_dim, "bias")?)
-    } else {
-        None
-    };
-    Ok(Linear { weight, bias })
+#[derive(Debug, Clone)]
+enum Weight {
+    Float(Tensor),
+    Quant {
+        matmul: QMatMul,
+        out_dim: usize,
+        /// The dtype activations come in (and go out) with.
+        dtype: DType,
+    },
 }
 
-/// One layer computing several projections of the same input at once (q/k/v, gate/up):
-/// their weights (each times its factor, e.g. the attention scale folded into q) stacked
-/// along the output dimension. One launch reads all of them, instead of one each: at
-/// decode the small k/v projections alone ran at a tenth of the memory bandwidth.
-pub fn fused_linear(
-    in_dim: usize,
-    parts: &[(usize, f64, VarBuilder)],
-    bias: bool,
-) -> Result<Linear> {
-    let mut weights = Vec::with_capacity(parts.len());
-    let mut biases = Vec::with_capacity(parts.len());
-    for (out_dim, factor, vb) in parts {
-        let scale = |t: Tensor| if *factor == 1.0 { Ok(t) } else { t * *factor };
-        weights.push(scale(vb.get((*out_dim, in_dim), "weight")?)?);
-        if bias {
-            biases.push(scale(vb.get(*out_dim, "bias")?)?);
-        }
-    }
-    let bias = if bias {
-        Some(Tensor::cat(&biases, 0)?)
-    } else {
-        None
-    };
-    Ok(Linear {
-        weight: Tensor::cat(&weights, 0)?,
-        bias,
-    })
+/// A float layer reading `weight` (and `bias` when `bias`) from `vb`, for layers that stay
+/// in float whatever the quantization.
+pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    crate::quant::Quantizer::float().linear(in_dim, out_dim, bias, vb)
 }
 
 impl Linear {
-    /// A layer from tensors (used for tied LM heads).
+    /// A float layer from tensors.
     pub fn from_weights(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight: Weight::Float(weight),
+            bias,
+        }
+    }
+
+    /// A quantized layer whose activations are in `dtype`.
+    pub fn quantized(matmul: QMatMul, out_dim: usize, dtype: DType, bias: Option<Tensor>) -> Self {
+        Self {
+            weight: Weight::Quant {
+                matmul,
+                out_dim,
+                dtype,
+            },
+            bias,
+        }
+    }
+
+    /// Output width.
+    pub fn out_dim(&self) -> usize {
+        match &self.weight {
+            Weight::Float(w) => w.dim(0).unwrap_or(0),
+            Weight::Quant { out_dim, .. } => *out_dim,
+        }
+    }
+
+    /// The layer's compute dtype.
+    pub fn weight_dtype(&self) -> DType {
+        match &self.weight {
+            Weight::Float(w) => w.dtype(),
+            Weight::Quant { dtype, .. } => *dtype,
+        }
+    }
+
+    /// Whether the weight is quantized.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.weight, Weight::Quant { .. })
+    }
+
+    /// Bytes the weight and bias take on the device.
+    pub fn weight_bytes(&self) -> u64 {
+        let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let weight = match &self.weight {
+            Weight::Float(w) => size(w),
+            Weight::Quant { matmul, .. } => match matmul {
+                QMatMul::QTensor(q) => q.storage_size_in_bytes(),
+                QMatMul::Tensor(w) | QMatMul::TensorF16(w) => size(w),
+            },
+        };
+        (weight + self.bias.as_ref().map_or(0, size)) as u64
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // candle's matmul wants matching batch dims: fold leading dims into rows.
-        let dims = x.dims();
-        let rows: usize = dims[..dims.len() - 1].iter().product();
-        let x2 = x.reshape((rows, dims[dims.len() - 1]))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
+        let y = match &self.weight {
+            Weight::Float(weight) => {
+                // candle's matmul wants matching batch dims: fold leading dims into rows.
+                let dims = x.dims();
+                let rows: usize = dims[..dims.len() - 1].iter().product();
+                let x2 = x.reshape((rows, dims[dims.len() - 1]))?;
+                let mut y = x2.matmul(&weight.t()?)?;
+                if let Some(b) = &self.bias {
+                    y = y.broadcast_add(b)?;
+                }
+                let mut out_dims = dims.to_vec();
+                *out_dims.last_mut().expect("non-scalar input") = weight.dim(0)?;
+                return y.reshape(out_dims);
+            }
+            Weight::Quant { matmul, .. } => matmul.forward(&x.contiguous()?)?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
         }
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("non-scalar input") = self.weight.dim(0)?;
-        y.reshape(out_dims)
     }
 }
 
@@ -235,13 +273,6 @@ pub fn rotate_half(x: &Tensor) -> Result<Tensor> {
 /// `x * cos + rotate_half(x) * sin` with broadcasting.
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(cos)? + rotate_half(x)?.broadcast_mul(sin)?
-}
-
-impl Linear {
-    /// The weight's dtype (the layer's compute dtype).
-    pub fn weight_dtype(&self) -> DType {
-        self.weight.dtype()
-    }
 }
 
 /// Score added at masked positions. Finite, like transformers' dtype minimum, so that a

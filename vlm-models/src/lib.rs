@@ -13,9 +13,11 @@ pub mod blip2;
 pub mod layers;
 pub mod minigpt4;
 pub mod preprocess;
+pub mod quant;
+pub mod quantized_folder;
 pub mod qwen_vl;
 mod registry;
 pub mod weights;
 
-pub use registry::{load, load_dir, supported_model_types};
+pub use registry::{load, load_dir, save_quantized, supported_model_types};
 pub use vlm_core::model::LoadOptions;

@@ -1,11 +1,16 @@
 //! `load`: config.json's `model_type` → the family that handles it. Each family adds
 //! one line to [`FAMILIES`].
 
+use std::path::Path;
+
 use vlm_core::files::ModelDir;
 use vlm_core::model::LoadOptions;
 use vlm_core::{Error, Result, VisionLanguageModel};
 
-type Loader = fn(&ModelDir, &LoadOptions) -> Result<Box<dyn VisionLanguageModel>>;
+use crate::quantized_folder::{write_folder, LoadContext, SaveReport};
+
+type Loader =
+    fn(&ModelDir, &LoadOptions, Option<&LoadContext>) -> Result<Box<dyn VisionLanguageModel>>;
 
 /// (model types, loader) for every family.
 const FAMILIES: &[(&[&str], Loader)] = &[
@@ -37,16 +42,54 @@ pub fn load(path_or_id: &str, options: &LoadOptions) -> Result<Box<dyn VisionLan
 
 /// Loads from an already resolved folder.
 pub fn load_dir(dir: &ModelDir, options: &LoadOptions) -> Result<Box<dyn VisionLanguageModel>> {
+    load_dir_with(dir, options, None)
+}
+
+fn load_dir_with(
+    dir: &ModelDir,
+    options: &LoadOptions,
+    ctx: Option<&LoadContext>,
+) -> Result<Box<dyn VisionLanguageModel>> {
     let model_type = dir.model_type()?;
     for (types, loader) in FAMILIES {
         if types.contains(&model_type.as_str()) {
-            return loader(dir, options);
+            return loader(dir, options, ctx);
         }
     }
     Err(Error::UnsupportedModel {
         model_type,
         supported: supported_model_types(),
     })
+}
+
+/// Loads `path_or_id` with `options.quantization` (and `vision_quantization`) and writes
+/// a quantized folder to `dst`: model.gguf with every tensor the model reads (quantized
+/// ones in their GGML block types, the rest in the load dtype), quantization.json, and
+/// the source's config, tokenizer and processor files. Loading `dst` does not quantize
+/// again.
+///
+/// ```no_run
+/// use vlm_core::Quantization;
+/// let options = vlm_models::LoadOptions { quantization: Quantization::Int4, ..Default::default() };
+/// vlm_models::save_quantized("Qwen/Qwen2-VL-2B-Instruct", "qwen2-vl-2b-int4".as_ref(), &options)?;
+/// let model = vlm_models::load("qwen2-vl-2b-int4", &Default::default())?;
+/// # Ok::<(), vlm_core::Error>(())
+/// ```
+pub fn save_quantized(path_or_id: &str, dst: &Path, options: &LoadOptions) -> Result<SaveReport> {
+    let dir = ModelDir::resolve(path_or_id, options.revision.as_deref())?;
+    if dir
+        .path(crate::quantized_folder::QUANTIZATION_FILE)
+        .is_file()
+    {
+        return Err(Error::invalid_option(
+            "quant",
+            "the source is already a quantized folder; quantize the original checkpoint",
+        ));
+    }
+    let ctx = LoadContext::new(true);
+    let model = load_dir_with(&dir, options, Some(&ctx))?;
+    drop(model);
+    write_folder(&ctx, dir.root(), dst, options)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use pyo3::prelude::*;
 fn _vlm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(model::load, m)?)?;
+    m.add_function(wrap_pyfunction!(model::save_quantized, m)?)?;
     m.add_function(wrap_pyfunction!(model::supported_model_types, m)?)?;
     m.add_class::<model::Model>()?;
     m.add_class::<stream::TextStream>()?;

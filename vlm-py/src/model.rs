@@ -25,12 +25,14 @@ fn parse<T>(py: Python<'_>, parsed: vlm_core::Result<T>) -> PyResult<T> {
 ///
 /// device: "auto" (CUDA when built with it and present, else CPU), "cpu", "cuda", "cuda:N".
 /// dtype: "auto" (bf16 on CUDA, f32 on CPU), "f32", "f16", "bf16".
-/// quant: None, "int8" or "int4" (weight quantization of the linear layers).
+/// quant: None, "int8" or "int4" (the language model's linear layers; docs/quantization.md).
+/// vision_quant: the vision tower's quantization (default: "int8" when quant is set).
 /// revision: branch, tag or commit, for hub ids.
+/// A folder written by save_quantized() loads as it was saved.
 #[pyfunction]
 #[pyo3(
-    signature = (model, device=None, dtype=None, quant=None, *, revision=None),
-    text_signature = "(model, device='auto', dtype='auto', quant=None, *, revision=None)"
+    signature = (model, device=None, dtype=None, quant=None, *, vision_quant=None, revision=None),
+    text_signature = "(model, device='auto', dtype='auto', quant=None, *, vision_quant=None, revision=None)"
 )]
 pub fn load(
     py: Python<'_>,
@@ -38,24 +40,76 @@ pub fn load(
     device: Option<String>,
     dtype: Option<String>,
     quant: Option<String>,
+    vision_quant: Option<String>,
     revision: Option<String>,
 ) -> PyResult<Model> {
-    let path_or_id = model.into_os_string().into_string().map_err(|p| {
-        invalid_option(
-            py,
-            "model",
-            format!("{p:?} is not valid UTF-8; rename the folder or pass a hub id"),
-        )
-    })?;
-    let options = LoadOptions {
-        device: parse(py, DeviceChoice::parse(device.as_deref().unwrap_or("auto")))?,
-        dtype: parse(py, DTypeChoice::parse(dtype.as_deref().unwrap_or("auto")))?,
-        quantization: parse(py, Quantization::parse(quant.as_deref().unwrap_or("none")))?,
-        revision,
-    };
+    let path_or_id = utf8(py, model, "model")?;
+    let options = load_options(py, device, dtype, quant, vision_quant, revision)?;
     let inner = without_gil(py, || Ok(vlm_models::load(&path_or_id, &options)?))?;
     Ok(Model {
         inner: Arc::from(inner),
+    })
+}
+
+/// Quantizes a model once and writes a folder that load() reads without quantizing again
+/// (model.gguf, quantization.json, and the source's config and tokenizer files). Returns
+/// the bytes of weights the quantized model holds.
+#[pyfunction]
+#[pyo3(
+    signature = (model, output, quant="int4", *, vision_quant=None, dtype=None, revision=None),
+    text_signature = "(model, output, quant='int4', *, vision_quant=None, dtype='f16', revision=None)"
+)]
+pub fn save_quantized(
+    py: Python<'_>,
+    model: PathBuf,
+    output: PathBuf,
+    quant: &str,
+    vision_quant: Option<String>,
+    dtype: Option<String>,
+    revision: Option<String>,
+) -> PyResult<u64> {
+    let path_or_id = utf8(py, model, "model")?;
+    let options = load_options(
+        py,
+        Some("cpu".into()),
+        Some(dtype.unwrap_or_else(|| "f16".into())),
+        Some(quant.to_string()),
+        vision_quant,
+        revision,
+    )?;
+    let report = without_gil(py, || {
+        Ok(vlm_models::save_quantized(&path_or_id, &output, &options)?)
+    })?;
+    Ok(report.info.weight_bytes)
+}
+
+fn utf8(py: Python<'_>, path: PathBuf, what: &'static str) -> PyResult<String> {
+    path.into_os_string().into_string().map_err(|p| {
+        invalid_option(
+            py,
+            what,
+            format!("{p:?} is not valid UTF-8; rename the folder or pass a hub id"),
+        )
+    })
+}
+
+fn load_options(
+    py: Python<'_>,
+    device: Option<String>,
+    dtype: Option<String>,
+    quant: Option<String>,
+    vision_quant: Option<String>,
+    revision: Option<String>,
+) -> PyResult<LoadOptions> {
+    Ok(LoadOptions {
+        device: parse(py, DeviceChoice::parse(device.as_deref().unwrap_or("auto")))?,
+        dtype: parse(py, DTypeChoice::parse(dtype.as_deref().unwrap_or("auto")))?,
+        quantization: parse(py, Quantization::parse(quant.as_deref().unwrap_or("none")))?,
+        vision_quantization: match vision_quant.as_deref() {
+            Some(v) => Some(parse(py, Quantization::parse(v))?),
+            None => None,
+        },
+        revision,
     })
 }
 

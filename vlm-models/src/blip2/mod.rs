@@ -37,8 +37,9 @@ use vlm_core::{
 pub use config::{Blip2Config, TextConfig};
 pub use processor::{Blip2Inputs, Blip2Processor};
 
-use crate::layers::{attention_mask, linear, Linear};
-use crate::weights::{count_parameters, weights_err};
+use crate::layers::{attention_mask, Linear};
+use crate::quantized_folder::{LoadContext, Weights};
+use crate::weights::weights_err;
 use opt::Opt;
 use qformer::{QFormer, QFormerLayout};
 use t5::{T5State, T5};
@@ -63,7 +64,8 @@ pub struct Blip2 {
     defaults: GenerationDefaults,
     device: Device,
     dtype: DType,
-    parameters: u64,
+    quantization: Quantization,
+    ctx: LoadContext,
 }
 
 /// The intermediate results of the image path, for parity checks.
@@ -92,20 +94,12 @@ pub enum Blip2State {
 }
 
 /// `load()` entry point for the registry.
-pub fn load_boxed(dir: &ModelDir, options: &LoadOptions) -> Result<Box<dyn VisionLanguageModel>> {
-    Ok(Box::new(FamilyModel(Blip2::load(dir, options)?)))
-}
-
-/// Tensor names of the checkpoint, to find which layout it was saved in.
-fn tensor_names(files: &[std::path::PathBuf]) -> Result<HashSet<String>> {
-    let mut names = HashSet::new();
-    for f in files {
-        // SAFETY: read-only mapping; only the header is read.
-        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }
-            .map_err(|e| Error::bad_file(f, e))?;
-        names.extend(st.tensors().into_iter().map(|(n, _)| n));
-    }
-    Ok(names)
+pub fn load_boxed(
+    dir: &ModelDir,
+    options: &LoadOptions,
+    ctx: Option<&LoadContext>,
+) -> Result<Box<dyn VisionLanguageModel>> {
+    Ok(Box::new(FamilyModel(Blip2::load_with(dir, options, ctx)?)))
 }
 
 /// The prefix under which `suffix` is stored (`""` at the top level).
@@ -135,17 +129,17 @@ fn require_prefix(names: &HashSet<String>, suffix: &str, part: &str) -> Result<S
 }
 
 impl Blip2 {
-    /// Loads a checkpoint folder.
+    /// Loads a checkpoint folder (or a quantized folder saved from one).
     pub fn load(dir: &ModelDir, options: &LoadOptions) -> Result<Self> {
-        if options.quantization != Quantization::None {
-            return Err(Error::invalid_option(
-                "quant",
-                format!(
-                    "{} quantization is not implemented yet for BLIP-2; load with quant=none (see docs/quantization.md)",
-                    options.quantization.as_str()
-                ),
-            ));
-        }
+        Self::load_with(dir, options, None)
+    }
+
+    /// [`Self::load`], recording into `ctx` (to save a quantized folder).
+    pub fn load_with(
+        dir: &ModelDir,
+        options: &LoadOptions,
+        ctx: Option<&LoadContext>,
+    ) -> Result<Self> {
         let config_path = dir.require("config.json", "config.json describes the model")?;
         let text =
             std::fs::read_to_string(&config_path).map_err(|e| Error::bad_file(&config_path, e))?;
@@ -161,18 +155,20 @@ impl Blip2 {
         let defaults =
             GenerationDefaults::from_file(&dir.path("generation_config.json"), &fallback_eos)?;
 
-        let files = dir.safetensors()?;
-        let parameters = count_parameters(&files)?;
-        let names = tensor_names(&files)?;
-        // SAFETY: the files are memory-mapped read-only; modifying them while loaded is
-        // undefined behaviour, as with every mmap-based loader.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device) }
-            .map_err(weights_err)?;
+        let weights = Weights::open(dir, options, ctx, dtype, &device)?;
+        let names = weights.names.clone();
+        let vb = weights.vb.clone();
+        let (vision_q, text_q, head_q) = (
+            weights.quantizer(weights.policy.vision),
+            weights.quantizer(weights.policy.text),
+            weights.quantizer(weights.policy.head),
+        );
         let vision_prefix = require_prefix(&names, "embeddings.class_embedding", "vision tower")?;
         let vision = VisionTransformer::new(
             &config.vision,
             VitLayout::Transformers,
             at(&vb, &vision_prefix),
+            &vision_q,
         )
         .map_err(weights_err)?;
         // transformers keeps the Q-Former in f32 in every dtype (`_keep_in_fp32_modules`).
@@ -191,36 +187,38 @@ impl Blip2 {
             QFormerLayout::Transformers,
             query_tokens,
             at(&vb32, &qformer_prefix),
+            &vision_q,
         )
         .map_err(weights_err)?;
         let projection_prefix =
             require_prefix(&names, "language_projection.weight", "language projection")?;
-        let projection = linear(
-            config.qformer.hidden_size,
-            config.text_hidden_size(),
-            true,
-            at(&vb, &projection_prefix).pp("language_projection"),
-        )
-        .map_err(weights_err)?;
+        let projection = vision_q
+            .linear(
+                config.qformer.hidden_size,
+                config.text_hidden_size(),
+                true,
+                at(&vb, &projection_prefix).pp("language_projection"),
+            )
+            .map_err(weights_err)?;
         let lm = match &config.text {
             TextConfig::Opt(o) => {
                 let p = require_prefix(&names, "decoder.embed_tokens.weight", "OPT decoder")?;
                 let decoder = at(&vb, &p).pp("decoder");
-                let head_prefix = prefix_of(&names, "lm_head.weight");
-                let lm_head = match head_prefix {
-                    Some(h) if !o.tie_word_embeddings => Some(
-                        at(&vb, &h)
-                            .get((o.vocab_size, o.embed_dim()), "lm_head.weight")
-                            .map_err(weights_err)?,
-                    ),
+                let head = match prefix_of(&names, "lm_head.weight") {
+                    Some(h) if !o.tie_word_embeddings => Some(at(&vb, &h)),
                     _ => None,
                 };
-                LanguageModel::Opt(Opt::new(o, decoder, lm_head).map_err(weights_err)?)
+                LanguageModel::Opt(
+                    Opt::new(o, decoder, head, &text_q, &head_q).map_err(weights_err)?,
+                )
             }
             TextConfig::T5(t) => {
                 let p = require_prefix(&names, "encoder.final_layer_norm.weight", "T5 encoder")?;
                 let head = prefix_of(&names, "lm_head.weight").unwrap_or_default();
-                LanguageModel::T5(T5::new(t, at(&vb, &p), at(&vb, &head)).map_err(weights_err)?)
+                LanguageModel::T5(
+                    T5::new(t, at(&vb, &p), at(&vb, &head), &text_q, &head_q)
+                        .map_err(weights_err)?,
+                )
             }
         };
         Ok(Self {
@@ -233,7 +231,8 @@ impl Blip2 {
             defaults,
             device,
             dtype,
-            parameters,
+            quantization: weights.quantization,
+            ctx: weights.ctx,
         })
     }
 
@@ -387,11 +386,11 @@ impl Family for Blip2 {
                 TextConfig::Opt(_) => "blip-2 (opt)".into(),
                 TextConfig::T5(_) => "blip-2 (t5)".into(),
             },
-            parameters: self.parameters,
+            parameters: self.ctx.store.parameters(),
             dtype: format!("{:?}", self.dtype).to_lowercase(),
-            quantization: Quantization::None,
+            quantization: self.quantization,
             device: device_name(&self.device),
-            weight_bytes: self.parameters * self.dtype.size_in_bytes() as u64,
+            weight_bytes: self.ctx.weight_bytes(),
             max_images: Some(1),
             native_multi_image: false,
             max_context: self.config.max_context(),

@@ -11,7 +11,8 @@ use candle_nn::VarBuilder;
 use vlm_core::kv_cache::LayerKvCache;
 
 use super::config::OptConfig;
-use crate::layers::{attend, fused_linear, linear, split_heads, Act, LayerNorm, Linear};
+use crate::layers::{attend, split_heads, Act, LayerNorm, Linear};
+use crate::quant::Quantizer;
 
 /// transformers' `OPTLearnedPositionalEmbedding` offset: position p reads row p + 2.
 const POSITION_OFFSET: usize = 2;
@@ -44,9 +45,16 @@ pub struct Opt {
 }
 
 impl Opt {
-    /// Loads the decoder from `vd` (`language_model.model.decoder`); `lm_head` is the
-    /// untied head's weight `[vocab, embed_dim]` (None: tied to the embeddings).
-    pub fn new(cfg: &OptConfig, vd: VarBuilder, lm_head: Option<Tensor>) -> Result<Self> {
+    /// Loads the decoder from `vd` (`language_model.model.decoder`) and an untied head
+    /// from `head` (the prefix of `lm_head`; None: tied to the embeddings); `q` makes the
+    /// decoder's linear layers, `head_q` the head.
+    pub fn new(
+        cfg: &OptConfig,
+        vd: VarBuilder,
+        head: Option<VarBuilder>,
+        q: &Quantizer,
+        head_q: &Quantizer,
+    ) -> Result<Self> {
         let d = cfg.hidden_size;
         let e = cfg.embed_dim();
         let embed_tokens = vd.get((cfg.vocab_size, e), "embed_tokens.weight")?;
@@ -56,8 +64,8 @@ impl Opt {
         )?;
         let (project_in, project_out) = if e != d {
             (
-                Some(linear(e, d, false, vd.pp("project_in"))?),
-                Some(linear(d, e, false, vd.pp("project_out"))?),
+                Some(q.linear(e, d, false, vd.pp("project_in"))?),
+                Some(q.linear(d, e, false, vd.pp("project_out"))?),
             )
         } else {
             (None, None)
@@ -69,7 +77,7 @@ impl Opt {
                 let v = vd.pp("layers").pp(i);
                 let a = v.pp("self_attn");
                 Ok(Layer {
-                    qkv: fused_linear(
+                    qkv: q.fused(
                         d,
                         &[
                             (d, scale, a.pp("q_proj")),
@@ -78,10 +86,10 @@ impl Opt {
                         ],
                         bias,
                     )?,
-                    out_proj: linear(d, d, bias, a.pp("out_proj"))?,
+                    out_proj: q.linear(d, d, bias, a.pp("out_proj"))?,
                     attn_norm: LayerNorm::new(d, LAYER_NORM_EPS, v.pp("self_attn_layer_norm"))?,
-                    fc1: linear(d, cfg.ffn_dim, bias, v.pp("fc1"))?,
-                    fc2: linear(cfg.ffn_dim, d, bias, v.pp("fc2"))?,
+                    fc1: q.linear(d, cfg.ffn_dim, bias, v.pp("fc1"))?,
+                    fc2: q.linear(cfg.ffn_dim, d, bias, v.pp("fc2"))?,
                     ffn_norm: LayerNorm::new(d, LAYER_NORM_EPS, v.pp("final_layer_norm"))?,
                 })
             })
@@ -95,7 +103,25 @@ impl Opt {
         } else {
             None
         };
-        let lm_head = Linear::from_weights(lm_head.unwrap_or_else(|| embed_tokens.clone()), None);
+        let lm_head = match head {
+            Some(h) => head_q.linear(e, cfg.vocab_size, false, h.pp("lm_head"))?,
+            // Tied: the float head shares the embedding; a quantized one is its own copy.
+            None => head_q.computed(
+                &format!("{}.embed_tokens.weight#lm_head", vd.prefix()),
+                vec![],
+                e,
+                cfg.vocab_size,
+                &vd,
+                None,
+                |r| {
+                    if r.is_host() {
+                        r.at(&vd).get((cfg.vocab_size, e), "embed_tokens.weight")
+                    } else {
+                        Ok(embed_tokens.clone())
+                    }
+                },
+            )?,
+        };
         Ok(Self {
             embed_tokens,
             embed_positions,

@@ -11,7 +11,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::QFormerConfig;
-use crate::layers::{attend, linear, split_heads, Act, LayerNorm, Linear};
+use crate::layers::{attend, split_heads, Act, LayerNorm, Linear};
+use crate::quant::Quantizer;
 
 /// Which release's tensor names the weights use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,14 +35,20 @@ struct AttentionBlock {
 }
 
 impl AttentionBlock {
-    fn new(cfg: &QFormerConfig, kv_width: usize, inner: &str, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &QFormerConfig,
+        kv_width: usize,
+        inner: &str,
+        vb: VarBuilder,
+        q: &Quantizer,
+    ) -> Result<Self> {
         let d = cfg.hidden_size;
         let va = vb.pp(inner);
         Ok(Self {
-            query: linear(d, d, true, va.pp("query"))?,
-            key: linear(kv_width, d, true, va.pp("key"))?,
-            value: linear(kv_width, d, true, va.pp("value"))?,
-            dense: linear(d, d, true, vb.pp("output.dense"))?,
+            query: q.linear(d, d, true, va.pp("query"))?,
+            key: q.linear(kv_width, d, true, va.pp("key"))?,
+            value: q.linear(kv_width, d, true, va.pp("value"))?,
+            dense: q.linear(d, d, true, vb.pp("output.dense"))?,
             norm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("output.LayerNorm"))?,
             heads: cfg.num_attention_heads,
             scale: ((d / cfg.num_attention_heads) as f64).powf(-0.5),
@@ -95,6 +102,7 @@ impl QFormer {
         layout: QFormerLayout,
         query_tokens: Tensor,
         vb: VarBuilder,
+        q: &Quantizer,
     ) -> Result<Self> {
         let d = cfg.hidden_size;
         let (embed_norm, inner) = match layout {
@@ -118,20 +126,21 @@ impl QFormer {
                         cfg.encoder_hidden_size,
                         inner,
                         v.pp("crossattention"),
+                        q,
                     )?)
                 } else {
                     None
                 };
                 Ok(Layer {
-                    attention: AttentionBlock::new(cfg, d, inner, v.pp("attention"))?,
+                    attention: AttentionBlock::new(cfg, d, inner, v.pp("attention"), q)?,
                     cross_attention,
-                    intermediate: linear(
+                    intermediate: q.linear(
                         d,
                         cfg.intermediate_size,
                         true,
                         v.pp("intermediate_query.dense"),
                     )?,
-                    output: linear(cfg.intermediate_size, d, true, v.pp("output_query.dense"))?,
+                    output: q.linear(cfg.intermediate_size, d, true, v.pp("output_query.dense"))?,
                     output_norm: LayerNorm::new(
                         d,
                         cfg.layer_norm_eps,

@@ -13,7 +13,8 @@ use candle_nn::VarBuilder;
 use vlm_core::kv_cache::LayerKvCache;
 
 use super::config::T5Config;
-use crate::layers::{attend, linear, split_heads, Act, Linear, RmsNorm, MASKED};
+use crate::layers::{attend, split_heads, Act, Linear, RmsNorm, MASKED};
+use crate::quant::Quantizer;
 
 struct Attention {
     q: Linear,
@@ -24,13 +25,13 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &T5Config, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &T5Config, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         let inner = cfg.num_heads * cfg.d_kv;
         Ok(Self {
-            q: linear(cfg.d_model, inner, false, vb.pp("q"))?,
-            k: linear(cfg.d_model, inner, false, vb.pp("k"))?,
-            v: linear(cfg.d_model, inner, false, vb.pp("v"))?,
-            o: linear(inner, cfg.d_model, false, vb.pp("o"))?,
+            q: q.linear(cfg.d_model, inner, false, vb.pp("q"))?,
+            k: q.linear(cfg.d_model, inner, false, vb.pp("k"))?,
+            v: q.linear(cfg.d_model, inner, false, vb.pp("v"))?,
+            o: q.linear(inner, cfg.d_model, false, vb.pp("o"))?,
             heads: cfg.num_heads,
         })
     }
@@ -60,23 +61,23 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn new(cfg: &T5Config, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &T5Config, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         let (gated, act) = cfg
             .feed_forward()
             .map_err(|e| candle_core::Error::msg(e.to_string()))?;
         let (d, f) = (cfg.d_model, cfg.d_ff);
         let (wi, wi_gate) = if gated {
             (
-                linear(d, f, false, vb.pp("wi_0"))?,
-                Some(linear(d, f, false, vb.pp("wi_1"))?),
+                q.linear(d, f, false, vb.pp("wi_0"))?,
+                Some(q.linear(d, f, false, vb.pp("wi_1"))?),
             )
         } else {
-            (linear(d, f, false, vb.pp("wi"))?, None)
+            (q.linear(d, f, false, vb.pp("wi"))?, None)
         };
         Ok(Self {
             wi,
             wi_gate,
-            wo: linear(f, d, false, vb.pp("wo"))?,
+            wo: q.linear(f, d, false, vb.pp("wo"))?,
             act,
         })
     }
@@ -112,7 +113,13 @@ struct Stack {
 }
 
 impl Stack {
-    fn new(cfg: &T5Config, layers: usize, decoder: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &T5Config,
+        layers: usize,
+        decoder: bool,
+        vb: VarBuilder,
+        q: &Quantizer,
+    ) -> Result<Self> {
         let eps = cfg.layer_norm_epsilon;
         let d = cfg.d_model;
         let blocks = (0..layers)
@@ -120,7 +127,7 @@ impl Stack {
                 let v = vb.pp("block").pp(i).pp("layer");
                 let cross = if decoder {
                     Some((
-                        Attention::new(cfg, v.pp(1).pp("EncDecAttention"))?,
+                        Attention::new(cfg, v.pp(1).pp("EncDecAttention"), q)?,
                         RmsNorm::new(d, eps, v.pp(1).pp("layer_norm"))?,
                     ))
                 } else {
@@ -128,10 +135,10 @@ impl Stack {
                 };
                 let ff = if decoder { 2 } else { 1 };
                 Ok(Block {
-                    self_attn: Attention::new(cfg, v.pp(0).pp("SelfAttention"))?,
+                    self_attn: Attention::new(cfg, v.pp(0).pp("SelfAttention"), q)?,
                     self_norm: RmsNorm::new(d, eps, v.pp(0).pp("layer_norm"))?,
                     cross,
-                    ff: FeedForward::new(cfg, v.pp(ff).pp("DenseReluDense"))?,
+                    ff: FeedForward::new(cfg, v.pp(ff).pp("DenseReluDense"), q)?,
                     ff_norm: RmsNorm::new(d, eps, v.pp(ff).pp("layer_norm"))?,
                 })
             })
@@ -230,24 +237,45 @@ pub struct T5 {
 
 impl T5 {
     /// Loads from `vb` (the prefix of `shared`, `encoder` and `decoder`) and `head` (the
-    /// prefix of `lm_head`).
-    pub fn new(cfg: &T5Config, vb: VarBuilder, head: VarBuilder) -> Result<Self> {
+    /// prefix of `lm_head`); `q` makes the blocks' linear layers, `head_q` the head.
+    pub fn new(
+        cfg: &T5Config,
+        vb: VarBuilder,
+        head: VarBuilder,
+        q: &Quantizer,
+        head_q: &Quantizer,
+    ) -> Result<Self> {
         let shared = vb.get((cfg.vocab_size, cfg.d_model), "shared.weight")?;
         let decoder_layers = cfg.num_decoder_layers.unwrap_or(cfg.num_layers);
         // A saved lm_head is used whatever the tie flag says (transformers 5 writes
         // `tie_word_embeddings: true` next to an untied Flan-T5 head).
-        let lm_head = if head.contains_tensor("lm_head.weight") {
-            linear(cfg.d_model, cfg.vocab_size, false, head.pp("lm_head"))?
+        let (d, v) = (cfg.d_model, cfg.vocab_size);
+        let lm_head = if head_q.contains(&head, "lm_head.weight") {
+            head_q.linear(d, v, false, head.pp("lm_head"))?
         } else {
-            Linear::from_weights(shared.clone(), None)
+            head_q.computed(
+                &format!("{}.shared.weight#lm_head", vb.prefix()),
+                vec![],
+                d,
+                v,
+                &vb,
+                None,
+                |r| {
+                    if r.is_host() {
+                        r.at(&vb).get((v, d), "shared.weight")
+                    } else {
+                        Ok(shared.clone())
+                    }
+                },
+            )?
         };
         let logit_scale = cfg
             .scale_decoder_outputs
             .unwrap_or(cfg.tie_word_embeddings)
             .then(|| (cfg.d_model as f64).powf(-0.5));
         Ok(Self {
-            encoder: Stack::new(cfg, cfg.num_layers, false, vb.pp("encoder"))?,
-            decoder: Stack::new(cfg, decoder_layers, true, vb.pp("decoder"))?,
+            encoder: Stack::new(cfg, cfg.num_layers, false, vb.pp("encoder"), q)?,
+            decoder: Stack::new(cfg, decoder_layers, true, vb.pp("decoder"), q)?,
             shared,
             lm_head,
             logit_scale,

@@ -11,7 +11,8 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::VisionConfig;
-use crate::layers::{attend, linear, split_heads, Act, LayerNorm, Linear};
+use crate::layers::{attend, split_heads, Act, LayerNorm, Linear};
+use crate::quant::Quantizer;
 
 /// Which release's tensor names the weights use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +37,13 @@ struct Block {
 }
 
 impl Block {
-    fn new(cfg: &VisionConfig, layout: VitLayout, act: Act, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &VisionConfig,
+        layout: VitLayout,
+        act: Act,
+        vb: VarBuilder,
+        q: &Quantizer,
+    ) -> Result<Self> {
         let d = cfg.hidden_size;
         let (n1, attn, proj, n2) = match layout {
             VitLayout::Transformers => ("layer_norm1", "self_attn", "projection", "layer_norm2"),
@@ -45,14 +52,6 @@ impl Block {
         let eps = cfg.layer_norm_eps;
         let va = vb.pp(attn);
         let scale = ((d / cfg.num_attention_heads) as f64).powf(-0.5);
-        let weight = va.get((3 * d, d), "qkv.weight")?;
-        let weight = Tensor::cat(
-            &[
-                (weight.narrow(0, 0, d)? * scale)?,
-                weight.narrow(0, d, 2 * d)?,
-            ],
-            0,
-        )?;
         // Released checkpoints hold q_bias and v_bias; transformers 5 saves them already
         // joined (with zeros for k) as qkv.bias.
         let bias = if !cfg.qkv_bias {
@@ -68,13 +67,32 @@ impl Block {
             let v = va.get(d, "v_bias")?;
             Some(Tensor::cat(&[&q, &q.zeros_like()?, &v], 0)?)
         };
+        let source = format!("{}.qkv.weight", va.prefix());
+        let qkv = q.computed(
+            &format!("{source}#q_scaled({scale})"),
+            vec![source],
+            d,
+            3 * d,
+            &va,
+            bias,
+            |r| {
+                let weight = r.at(&va).get((3 * d, d), "qkv.weight")?;
+                Tensor::cat(
+                    &[
+                        (weight.narrow(0, 0, d)? * scale)?,
+                        weight.narrow(0, d, 2 * d)?,
+                    ],
+                    0,
+                )
+            },
+        )?;
         Ok(Self {
             norm1: LayerNorm::new(d, eps, vb.pp(n1))?,
-            qkv: Linear::from_weights(weight, bias),
-            proj: linear(d, d, true, va.pp(proj))?,
+            qkv,
+            proj: q.linear(d, d, true, va.pp(proj))?,
             norm2: LayerNorm::new(d, eps, vb.pp(n2))?,
-            fc1: linear(d, cfg.intermediate_size, true, vb.pp("mlp.fc1"))?,
-            fc2: linear(cfg.intermediate_size, d, true, vb.pp("mlp.fc2"))?,
+            fc1: q.linear(d, cfg.intermediate_size, true, vb.pp("mlp.fc1"))?,
+            fc2: q.linear(cfg.intermediate_size, d, true, vb.pp("mlp.fc2"))?,
             heads: cfg.num_attention_heads,
             act,
         })
@@ -109,8 +127,14 @@ pub struct VisionTransformer {
 }
 
 impl VisionTransformer {
-    /// Loads the ViT from `vb` (the `vision_model` / `visual_encoder` prefix).
-    pub fn new(cfg: &VisionConfig, layout: VitLayout, vb: VarBuilder) -> Result<Self> {
+    /// Loads the ViT from `vb` (the `vision_model` / `visual_encoder` prefix); `q` makes
+    /// the blocks' linear layers (the patch embedding stays in float).
+    pub fn new(
+        cfg: &VisionConfig,
+        layout: VitLayout,
+        vb: VarBuilder,
+        q: &Quantizer,
+    ) -> Result<Self> {
         let d = cfg.hidden_size;
         let (p, c) = (cfg.patch_size, cfg.num_channels);
         let act = Act::from_name(&cfg.hidden_act).map_err(candle_core::Error::msg)?;
@@ -132,7 +156,7 @@ impl VisionTransformer {
         let patch_weight = patch.get((d, c, p, p), "weight")?.reshape((d, c * p * p))?;
         let patch_bias = patch.get(d, "bias")?;
         let blocks = (0..cfg.num_hidden_layers)
-            .map(|i| Block::new(cfg, layout, act, blocks.pp(i)))
+            .map(|i| Block::new(cfg, layout, act, blocks.pp(i), q))
             .collect::<Result<Vec<_>>>()?;
         let post_layernorm = match layout {
             VitLayout::Transformers => Some(LayerNorm::new(

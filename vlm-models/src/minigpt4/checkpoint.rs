@@ -8,9 +8,8 @@
 //! the ViT's), then MiniGPT-4's own checkpoint (`llama_proj`). [`LayeredWeights`] keeps
 //! that order: a tensor is read from the last file (highest priority) that has it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use candle_core::pickle::PthTensors;
 use candle_core::safetensors::MmapedSafetensors;
@@ -211,65 +210,6 @@ impl SimpleBackend for LayeredWeights {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.find(name).is_some()
-    }
-}
-
-/// Counts the parameters a model actually reads (the release files hold more: BLIP-2's
-/// text Q-Former, its T5 projection), for `info()`.
-#[derive(Clone, Default)]
-pub struct LoadCounter {
-    seen: Arc<Mutex<HashMap<String, usize>>>,
-}
-
-impl LoadCounter {
-    /// `backend`, counting every tensor read through it.
-    pub fn wrap<B: SimpleBackend>(&self, backend: B) -> Counted<B> {
-        Counted {
-            inner: backend,
-            counter: self.clone(),
-        }
-    }
-
-    /// Elements of every distinct tensor read so far.
-    pub fn parameters(&self) -> u64 {
-        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.values().map(|&n| n as u64).sum()
-    }
-
-    fn record(&self, name: &str, t: &Tensor) {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.insert(name.to_string(), t.elem_count());
-    }
-}
-
-/// A backend whose reads a [`LoadCounter`] counts.
-pub struct Counted<B> {
-    inner: B,
-    counter: LoadCounter,
-}
-
-impl<B: SimpleBackend> SimpleBackend for Counted<B> {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let t = self.inner.get(s, name, h, dtype, dev)?;
-        self.counter.record(name, &t);
-        Ok(t)
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let t = self.inner.get_unchecked(name, dtype, dev)?;
-        self.counter.record(name, &t);
-        Ok(t)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.inner.contains_tensor(name)
     }
 }
 

@@ -35,14 +35,16 @@ use vlm_core::{
     Quantization, Request, Result, Sampling, VisionLanguageModel,
 };
 
-pub use checkpoint::{hf_folder_weights, LayeredWeights, LoadCounter, Source};
+pub use checkpoint::{hf_folder_weights, LayeredWeights, Source};
 pub use config::{MiniGpt4Config, Variant};
 pub use conversation::{Conversation, IMAGE_HERE};
 
 use crate::blip2::qformer::{QFormer, QFormerLayout};
 use crate::blip2::vision::{VisionTransformer, VitLayout};
-use crate::layers::{attention_mask, linear, Act, LayerNorm, Linear};
+use crate::layers::{attention_mask, Act, LayerNorm, Linear};
 use crate::preprocess::{Normalize, ResizeBackend};
+use crate::quant::{QuantPolicy, Quantizer};
+use crate::quantized_folder::{LoadContext, QUANTIZED_WEIGHTS};
 use crate::qwen_vl::config::TextConfig;
 use crate::qwen_vl::rope::MropeTables;
 use crate::qwen_vl::text::TextModel;
@@ -198,13 +200,20 @@ pub struct MiniGpt4 {
     defaults: GenerationDefaults,
     device: Device,
     dtype: DType,
-    parameters: u64,
     weight_files: Vec<PathBuf>,
+    quantization: Quantization,
+    ctx: LoadContext,
 }
 
 /// `load()` entry point for the registry.
-pub fn load_boxed(dir: &ModelDir, options: &LoadOptions) -> Result<Box<dyn VisionLanguageModel>> {
-    Ok(Box::new(FamilyModel(MiniGpt4::load(dir, options)?)))
+pub fn load_boxed(
+    dir: &ModelDir,
+    options: &LoadOptions,
+    ctx: Option<&LoadContext>,
+) -> Result<Box<dyn VisionLanguageModel>> {
+    Ok(Box::new(FamilyModel(MiniGpt4::load_with(
+        dir, options, ctx,
+    )?)))
 }
 
 /// A prompt split at each `<ImageHere>`, each text segment tokenized on its own (so each
@@ -306,17 +315,18 @@ pub fn convert_to_safetensors(dir: &Path, output: &Path) -> Result<usize> {
 }
 
 impl MiniGpt4 {
-    /// Loads a MiniGPT-4 folder (see [`config`] for its config.json).
+    /// Loads a MiniGPT-4 folder (see [`config`] for its config.json), or a quantized
+    /// folder saved from one.
     pub fn load(dir: &ModelDir, options: &LoadOptions) -> Result<Self> {
-        if options.quantization != Quantization::None {
-            return Err(Error::invalid_option(
-                "quant",
-                format!(
-                    "{} quantization is not implemented yet for MiniGPT-4; load with quant=none (see docs/quantization.md)",
-                    options.quantization.as_str()
-                ),
-            ));
-        }
+        Self::load_with(dir, options, None)
+    }
+
+    /// [`Self::load`], recording into `ctx` (to save a quantized folder).
+    pub fn load_with(
+        dir: &ModelDir,
+        options: &LoadOptions,
+        ctx: Option<&LoadContext>,
+    ) -> Result<Self> {
         let config_path = dir.require("config.json", "config.json names the MiniGPT-4 parts")?;
         let text =
             std::fs::read_to_string(&config_path).map_err(|e| Error::bad_file(&config_path, e))?;
@@ -350,13 +360,38 @@ impl MiniGpt4 {
             GenerationDefaults::from_file(&llm_dir.join("generation_config.json"), &[eos])?;
         demo_sampling(&mut defaults, config.variant);
 
-        let parts = part_weights(dir, &config)?;
-        let mut weight_files = parts.files();
-        let counter = LoadCounter::default();
-        let vb = VarBuilder::from_backend(Box::new(counter.wrap(parts)), dtype, device.clone());
+        let (ctx, saved) = match ctx {
+            Some(c) => (c.clone(), None),
+            None => LoadContext::for_dir(dir.root(), &device)?,
+        };
+        let (quantization, vision_quantization) = ctx.quantization(options);
+        let policy = QuantPolicy::new(quantization, vision_quantization);
+        let quantizer = |kind| Quantizer::new(kind, Some(ctx.store.clone()));
+        let (vision_q, text_q, head_q) = (
+            quantizer(policy.vision),
+            quantizer(policy.text),
+            quantizer(policy.head),
+        );
+        let mut weight_files = Vec::new();
+        let vb = match &saved {
+            Some(floats) => {
+                weight_files.push(dir.root().join(QUANTIZED_WEIGHTS));
+                VarBuilder::from_backend(
+                    Box::new(ctx.record(floats.clone())),
+                    dtype,
+                    device.clone(),
+                )
+            }
+            None => {
+                let parts = part_weights(dir, &config)?;
+                weight_files.extend(parts.files());
+                VarBuilder::from_backend(Box::new(ctx.record(parts)), dtype, device.clone())
+            }
+        };
         let vcfg = config.vision();
-        let vision = VisionTransformer::new(&vcfg, VitLayout::Eva, vb.pp("visual_encoder"))
-            .map_err(weights_err)?;
+        let vision =
+            VisionTransformer::new(&vcfg, VitLayout::Eva, vb.pp("visual_encoder"), &vision_q)
+                .map_err(weights_err)?;
         // The reference loads every file with strict=False, so a tensor no file holds keeps
         // its initial value. The LLaMA-2 release loads no BLIP-2 checkpoint and its own
         // holds only llama_proj: there ln_vision runs as initialised (weight 1, bias 0).
@@ -383,6 +418,7 @@ impl MiniGpt4 {
                     QFormerLayout::Lavis,
                     queries,
                     vb32.pp("Qformer.bert"),
+                    &vision_q,
                 )
                 .map_err(weights_err)?;
                 (Some(q), qcfg.hidden_size, config.num_query_tokens)
@@ -393,30 +429,38 @@ impl MiniGpt4 {
                 (vcfg.num_positions() - 1) / PATCHES_PER_TOKEN,
             ),
         };
-        let projection = linear(
-            projection_in,
-            text_config.hidden_size,
-            true,
-            vb.pp("llama_proj"),
-        )
-        .map_err(weights_err)?;
+        let projection = vision_q
+            .linear(
+                projection_in,
+                text_config.hidden_size,
+                true,
+                vb.pp("llama_proj"),
+            )
+            .map_err(weights_err)?;
 
-        let llm_files = hf_folder_weights(&llm_dir)?;
-        let mut llm_weights = LayeredWeights::default();
-        for f in &llm_files {
-            llm_weights.push(f.clone(), "")?;
-        }
-        weight_files.extend(llm_files);
-        let llm_vb =
-            VarBuilder::from_backend(Box::new(counter.wrap(llm_weights)), dtype, device.clone());
-        let llm = TextModel::new(&text_config, llm_vb.pp("model"), llm_vb).map_err(weights_err)?;
+        let llm_vb = match saved {
+            // One file holds both: the parts' names and the LLaMA names do not collide.
+            Some(floats) => {
+                VarBuilder::from_backend(Box::new(ctx.record(floats)), dtype, device.clone())
+            }
+            None => {
+                let llm_files = hf_folder_weights(&llm_dir)?;
+                let mut llm_weights = LayeredWeights::default();
+                for f in &llm_files {
+                    llm_weights.push(f.clone(), "")?;
+                }
+                weight_files.extend(llm_files);
+                VarBuilder::from_backend(Box::new(ctx.record(llm_weights)), dtype, device.clone())
+            }
+        };
+        let llm = TextModel::new(&text_config, llm_vb.pp("model"), llm_vb, &text_q, &head_q)
+            .map_err(weights_err)?;
         let rope = MropeTables::new(
             text_config.head_dim,
             text_config.rope_theta,
             text_config.mrope_section,
             false,
         );
-        let parameters = counter.parameters();
         Ok(Self {
             conversation: Conversation::of(config.variant),
             config,
@@ -441,8 +485,9 @@ impl MiniGpt4 {
             defaults,
             device,
             dtype,
-            parameters,
             weight_files,
+            quantization,
+            ctx,
         })
     }
 
@@ -617,11 +662,11 @@ impl Family for MiniGpt4 {
                 Variant::Vicuna0 => "minigpt4 (vicuna0)".into(),
                 Variant::Llama2 => "minigpt4 (llama2)".into(),
             },
-            parameters: self.parameters,
+            parameters: self.ctx.store.parameters(),
             dtype: format!("{:?}", self.dtype).to_lowercase(),
-            quantization: Quantization::None,
+            quantization: self.quantization,
             device: device_name(&self.device),
-            weight_bytes: self.parameters * self.dtype.size_in_bytes() as u64,
+            weight_bytes: self.ctx.weight_bytes(),
             max_images: None,
             native_multi_image: false,
             max_context: self.llm.config().max_position_embeddings,

@@ -23,7 +23,6 @@ pub mod vision;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
 use vlm_core::device::device_name;
 use vlm_core::files::ModelDir;
@@ -35,7 +34,8 @@ use vlm_core::{
 };
 
 use crate::layers::attention_mask;
-use crate::weights::{count_parameters, weights_err};
+use crate::quantized_folder::{LoadContext, Weights};
+use crate::weights::weights_err;
 pub use config::{QwenGeneration, QwenVlConfig};
 pub use processor::{QwenInputs, QwenProcessor, IMAGE_PLACEHOLDER};
 use rope::{rope_index, MropeTables, RopeIndex};
@@ -55,7 +55,9 @@ pub struct QwenVl {
     defaults: GenerationDefaults,
     device: Device,
     dtype: DType,
-    parameters: u64,
+    quantization: Quantization,
+    /// What the load read (for `info()`'s parameter and byte counts).
+    ctx: LoadContext,
 }
 
 /// Per-batch generation state: KV caches and where each sequence's positions continue.
@@ -86,22 +88,26 @@ impl PreparedQwen {
 }
 
 /// `load()` entry point for the registry.
-pub fn load_boxed(dir: &ModelDir, options: &LoadOptions) -> Result<Box<dyn VisionLanguageModel>> {
-    Ok(Box::new(FamilyModel(QwenVl::load(dir, options)?)))
+pub fn load_boxed(
+    dir: &ModelDir,
+    options: &LoadOptions,
+    ctx: Option<&LoadContext>,
+) -> Result<Box<dyn VisionLanguageModel>> {
+    Ok(Box::new(FamilyModel(QwenVl::load_with(dir, options, ctx)?)))
 }
 
 impl QwenVl {
-    /// Loads a checkpoint folder.
+    /// Loads a checkpoint folder (or a quantized folder saved from one).
     pub fn load(dir: &ModelDir, options: &LoadOptions) -> Result<Self> {
-        if options.quantization != Quantization::None {
-            return Err(Error::invalid_option(
-                "quant",
-                format!(
-                    "{} quantization is not implemented yet for Qwen-VL; load with quant=none (see docs/quantization.md)",
-                    options.quantization.as_str()
-                ),
-            ));
-        }
+        Self::load_with(dir, options, None)
+    }
+
+    /// [`Self::load`], recording into `ctx` (to save a quantized folder).
+    pub fn load_with(
+        dir: &ModelDir,
+        options: &LoadOptions,
+        ctx: Option<&LoadContext>,
+    ) -> Result<Self> {
         let config_path = dir.require("config.json", "config.json describes the model")?;
         let config_text =
             std::fs::read_to_string(&config_path).map_err(|e| Error::bad_file(&config_path, e))?;
@@ -115,22 +121,30 @@ impl QwenVl {
             &config.eos_token_ids,
         )?;
 
-        let files = dir.safetensors()?;
-        let parameters = count_parameters(&files)?;
-        // SAFETY: the files are memory-mapped read-only; modifying them while loaded is
-        // undefined behaviour, as with every mmap-based loader.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device) }
-            .map_err(weights_err)?;
+        let weights = Weights::open(dir, options, ctx, dtype, &device)?;
+        let vb = weights.vb.clone();
         let (visual_prefix, text_prefix) =
             if vb.contains_tensor("model.language_model.embed_tokens.weight") {
                 ("model.visual", "model.language_model")
             } else {
                 ("visual", "model")
             };
-        let vision = VisionTower::new(&config.vision, config.generation, vb.pp(visual_prefix))
-            .map_err(weights_err)?;
-        let text =
-            TextModel::new(&config.text, vb.pp(text_prefix), vb.clone()).map_err(weights_err)?;
+        let policy = weights.policy;
+        let vision = VisionTower::new(
+            &config.vision,
+            config.generation,
+            vb.pp(visual_prefix),
+            &weights.quantizer(policy.vision),
+        )
+        .map_err(weights_err)?;
+        let text = TextModel::new(
+            &config.text,
+            vb.pp(text_prefix),
+            vb.clone(),
+            &weights.quantizer(policy.text),
+            &weights.quantizer(policy.head),
+        )
+        .map_err(weights_err)?;
         let t = &config.text;
         let rope = MropeTables::new(
             t.head_dim,
@@ -147,7 +161,8 @@ impl QwenVl {
             defaults,
             device,
             dtype,
-            parameters,
+            quantization: weights.quantization,
+            ctx: weights.ctx,
         })
     }
 
@@ -329,11 +344,11 @@ impl Family for QwenVl {
         ModelInfo {
             family: "qwen_vl",
             model_type: self.config.model_type.clone(),
-            parameters: self.parameters,
+            parameters: self.ctx.store.parameters(),
             dtype: format!("{:?}", self.dtype).to_lowercase(),
-            quantization: Quantization::None,
+            quantization: self.quantization,
             device: device_name(&self.device),
-            weight_bytes: self.parameters * self.dtype.size_in_bytes() as u64,
+            weight_bytes: self.ctx.weight_bytes(),
             max_images: None,
             native_multi_image: true,
             max_context: self.config.text.max_position_embeddings,

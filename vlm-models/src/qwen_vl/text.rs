@@ -9,7 +9,8 @@ use candle_nn::{Embedding, VarBuilder};
 use vlm_core::kv_cache::LayerKvCache;
 
 use super::config::TextConfig;
-use crate::layers::{fused_linear, linear, softmax_f32_acc, Act, Linear, RmsNorm};
+use crate::layers::{softmax_f32_acc, Act, Linear, RmsNorm};
+use crate::quant::Quantizer;
 
 struct Attention {
     /// q, k and v in one projection; the attention scale 1/√d is folded into q (into
@@ -24,7 +25,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TextConfig, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let scale = (d as f64).powf(-0.5);
@@ -37,7 +38,7 @@ impl Attention {
         } else {
             (None, None, scale)
         };
-        let qkv = fused_linear(
+        let qkv = q.fused(
             h,
             &[
                 (nq * d, q_factor, vb.pp("q_proj")),
@@ -48,7 +49,7 @@ impl Attention {
         )?;
         Ok(Self {
             qkv,
-            o_proj: linear(nq * d, h, false, vb.pp("o_proj"))?,
+            o_proj: q.linear(nq * d, h, false, vb.pp("o_proj"))?,
             q_norm,
             k_norm,
             num_heads: nq,
@@ -120,15 +121,15 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TextConfig, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_up: fused_linear(
+            gate_up: q.fused(
                 h,
                 &[(i, 1.0, vb.pp("gate_proj")), (i, 1.0, vb.pp("up_proj"))],
                 false,
             )?,
-            down_proj: linear(i, h, false, vb.pp("down_proj"))?,
+            down_proj: q.linear(i, h, false, vb.pp("down_proj"))?,
             act: cfg.hidden_act,
             intermediate: i,
         })
@@ -152,20 +153,20 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TextConfig, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         Ok(Self {
             input_layernorm: RmsNorm::new(
                 cfg.hidden_size,
                 cfg.rms_norm_eps,
                 vb.pp("input_layernorm"),
             )?,
-            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            self_attn: Attention::new(cfg, vb.pp("self_attn"), q)?,
             post_attention_layernorm: RmsNorm::new(
                 cfg.hidden_size,
                 cfg.rms_norm_eps,
                 vb.pp("post_attention_layernorm"),
             )?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"), q)?,
         })
     }
 }
@@ -190,23 +191,34 @@ pub struct TextModel {
 
 impl TextModel {
     /// Loads the decoder from `vb` (which holds `embed_tokens`, `layers`, `norm`) and the LM
-    /// head from `head_vb` (`lm_head`), or ties it to the embedding.
-    pub fn new(cfg: &TextConfig, vb: VarBuilder, head_vb: VarBuilder) -> Result<Self> {
+    /// head from `head_vb` (`lm_head`), or ties it to the embedding; `q` makes the decoder's
+    /// linear layers and `head_q` the head (embeddings and norms stay in float).
+    pub fn new(
+        cfg: &TextConfig,
+        vb: VarBuilder,
+        head_vb: VarBuilder,
+        q: &Quantizer,
+        head_q: &Quantizer,
+    ) -> Result<Self> {
         let embed_w = vb.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
         let embed_tokens = Embedding::new(embed_w.clone(), cfg.hidden_size);
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::new(cfg, vb.pp(format!("layers.{i}"))))
+            .map(|i| DecoderLayer::new(cfg, vb.pp(format!("layers.{i}")), q))
             .collect::<Result<_>>()?;
         let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?;
-        let lm_head = if cfg.tie_word_embeddings && !head_vb.contains_tensor("lm_head.weight") {
-            Linear::from_weights(embed_w, None)
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let lm_head = if cfg.tie_word_embeddings && !head_q.contains(&head_vb, "lm_head.weight") {
+            // Tied: the float head shares the embedding; a quantized one is its own copy.
+            let name = format!("{}.embed_tokens.weight#lm_head", vb.prefix());
+            head_q.computed(&name, vec![], h, v, &vb, None, |r| {
+                if r.is_host() {
+                    r.at(&vb).get((v, h), "embed_tokens.weight")
+                } else {
+                    Ok(embed_w.clone())
+                }
+            })?
         } else {
-            linear(
-                cfg.hidden_size,
-                cfg.vocab_size,
-                false,
-                head_vb.pp("lm_head"),
-            )?
+            head_q.linear(h, v, false, head_vb.pp("lm_head"))?
         };
         Ok(Self {
             embed_tokens,

@@ -11,7 +11,8 @@ use candle_nn::VarBuilder;
 
 use super::config::{QwenGeneration, VisionConfig};
 use super::rope::{patch_coordinates, vision_rotary};
-use crate::layers::{apply_rope, linear, softmax_f32_acc, Act, LayerNorm, Linear, RmsNorm};
+use crate::layers::{apply_rope, softmax_f32_acc, Act, LayerNorm, Linear, RmsNorm};
+use crate::quant::Quantizer;
 
 enum Norm {
     Layer(LayerNorm),
@@ -49,23 +50,28 @@ enum Mlp {
 }
 
 impl Mlp {
-    fn new(cfg: &VisionConfig, generation: QwenGeneration, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &VisionConfig,
+        generation: QwenGeneration,
+        vb: VarBuilder,
+        q: &Quantizer,
+    ) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(match generation {
             QwenGeneration::Qwen2 => Mlp::Plain {
-                fc1: linear(h, i, true, vb.pp("fc1"))?,
-                fc2: linear(i, h, true, vb.pp("fc2"))?,
+                fc1: q.linear(h, i, true, vb.pp("fc1"))?,
+                fc2: q.linear(i, h, true, vb.pp("fc2"))?,
                 act: cfg.hidden_act,
             },
             QwenGeneration::Qwen3 => Mlp::Plain {
-                fc1: linear(h, i, true, vb.pp("linear_fc1"))?,
-                fc2: linear(i, h, true, vb.pp("linear_fc2"))?,
+                fc1: q.linear(h, i, true, vb.pp("linear_fc1"))?,
+                fc2: q.linear(i, h, true, vb.pp("linear_fc2"))?,
                 act: cfg.hidden_act,
             },
             QwenGeneration::Qwen25 => Mlp::Gated {
-                gate: linear(h, i, true, vb.pp("gate_proj"))?,
-                up: linear(h, i, true, vb.pp("up_proj"))?,
-                down: linear(i, h, true, vb.pp("down_proj"))?,
+                gate: q.linear(h, i, true, vb.pp("gate_proj"))?,
+                up: q.linear(h, i, true, vb.pp("up_proj"))?,
+                down: q.linear(i, h, true, vb.pp("down_proj"))?,
                 act: cfg.hidden_act,
             },
         })
@@ -94,11 +100,11 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &VisionConfig, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            qkv: linear(h, 3 * h, true, vb.pp("qkv"))?,
-            proj: linear(h, h, true, vb.pp("proj"))?,
+            qkv: q.linear(h, 3 * h, true, vb.pp("qkv"))?,
+            proj: q.linear(h, h, true, vb.pp("proj"))?,
             num_heads: cfg.num_heads,
             head_dim: h / cfg.num_heads,
         })
@@ -167,12 +173,17 @@ struct Block {
 }
 
 impl Block {
-    fn new(cfg: &VisionConfig, generation: QwenGeneration, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &VisionConfig,
+        generation: QwenGeneration,
+        vb: VarBuilder,
+        q: &Quantizer,
+    ) -> Result<Self> {
         Ok(Self {
             norm1: norm(generation, cfg.hidden_size, vb.pp("norm1"))?,
             norm2: norm(generation, cfg.hidden_size, vb.pp("norm2"))?,
-            attn: Attention::new(cfg, vb.pp("attn"))?,
-            mlp: Mlp::new(cfg, generation, vb.pp("mlp"))?,
+            attn: Attention::new(cfg, vb.pp("attn"), q)?,
+            mlp: Mlp::new(cfg, generation, vb.pp("mlp"), q)?,
         })
     }
 
@@ -206,6 +217,7 @@ impl PatchMerger {
         generation: QwenGeneration,
         postshuffle_norm: bool,
         vb: VarBuilder,
+        q: &Quantizer,
     ) -> Result<Self> {
         let merged_dim = cfg.hidden_size * cfg.spatial_merge_size * cfg.spatial_merge_size;
         let out = cfg.out_hidden_size;
@@ -220,15 +232,15 @@ impl PatchMerger {
                     NORM_EPS,
                     vb.pp("norm"),
                 )?),
-                fc1: linear(merged_dim, merged_dim, true, vb.pp("linear_fc1"))?,
-                fc2: linear(merged_dim, out, true, vb.pp("linear_fc2"))?,
+                fc1: q.linear(merged_dim, merged_dim, true, vb.pp("linear_fc1"))?,
+                fc2: q.linear(merged_dim, out, true, vb.pp("linear_fc2"))?,
                 postshuffle_norm,
                 merged_dim,
             },
             _ => Self {
                 norm: norm(generation, cfg.hidden_size, vb.pp("ln_q"))?,
-                fc1: linear(merged_dim, merged_dim, true, vb.pp("mlp.0"))?,
-                fc2: linear(merged_dim, out, true, vb.pp("mlp.2"))?,
+                fc1: q.linear(merged_dim, merged_dim, true, vb.pp("mlp.0"))?,
+                fc2: q.linear(merged_dim, out, true, vb.pp("mlp.2"))?,
                 postshuffle_norm: false,
                 merged_dim,
             },
@@ -265,8 +277,14 @@ pub struct VisionTower {
 }
 
 impl VisionTower {
-    /// Loads from the checkpoint's `visual.` prefix.
-    pub fn new(cfg: &VisionConfig, generation: QwenGeneration, vb: VarBuilder) -> Result<Self> {
+    /// Loads from the checkpoint's `visual.` prefix; `q` makes the linear layers (the
+    /// patch embedding stays in float).
+    pub fn new(
+        cfg: &VisionConfig,
+        generation: QwenGeneration,
+        vb: VarBuilder,
+        q: &Quantizer,
+    ) -> Result<Self> {
         let patch_dim = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size * cfg.patch_size;
         // Conv3d with stride == kernel over exactly one patch is a matmul.
         let conv_w = vb.get(
@@ -295,9 +313,9 @@ impl VisionTower {
             None
         };
         let blocks = (0..cfg.depth)
-            .map(|i| Block::new(cfg, generation, vb.pp(format!("blocks.{i}"))))
+            .map(|i| Block::new(cfg, generation, vb.pp(format!("blocks.{i}")), q))
             .collect::<Result<_>>()?;
-        let merger = PatchMerger::new(cfg, generation, false, vb.pp("merger"))?;
+        let merger = PatchMerger::new(cfg, generation, false, vb.pp("merger"), q)?;
         let deepstack_mergers = (0..cfg.deepstack_visual_indexes.len())
             .map(|i| {
                 PatchMerger::new(
@@ -305,6 +323,7 @@ impl VisionTower {
                     generation,
                     true,
                     vb.pp(format!("deepstack_merger_list.{i}")),
+                    q,
                 )
             })
             .collect::<Result<_>>()?;

@@ -29,6 +29,7 @@ from ._vlm import (
     VlmError,
     __version__,
     load,
+    save_quantized,
     supported_model_types,
 )
 
@@ -47,5 +48,6 @@ __all__ = [
     "VlmError",
     "__version__",
     "load",
+    "save_quantized",
     "supported_model_types",
 ]

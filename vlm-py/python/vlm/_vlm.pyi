@@ -22,6 +22,7 @@ __all__ = [
     "VlmError",
     "__version__",
     "load",
+    "save_quantized",
     "supported_model_types",
 ]
 
@@ -85,8 +86,18 @@ def load(
     dtype: str | None = "auto",
     quant: str | None = None,
     *,
+    vision_quant: str | None = None,
     revision: str | None = None,
 ) -> Model: ...
+def save_quantized(
+    model: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    quant: str = "int4",
+    *,
+    vision_quant: str | None = None,
+    dtype: str | None = "f16",
+    revision: str | None = None,
+) -> int: ...
 def supported_model_types() -> list[str]: ...
 
 @final

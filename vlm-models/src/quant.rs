@@ -1,0 +1,493 @@
+//! Quantization as a property of the linear layer: a [`Quantizer`] hands every model
+//! constructor its linear layers, full precision or quantized (GGML blocks through
+//! candle's `QMatMul`), so no model file branches on quantization.
+//!
+//! Weights are quantized one tensor at a time as they are read (on the host, rows split
+//! across threads), so peak host memory stays near the quantized model's size. A
+//! [`QuantStore`] records what was quantized (to save a quantized folder) or holds the
+//! tensors of a saved one (so loading it does not quantize again).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+use rayon::prelude::*;
+use vlm_core::Quantization;
+
+use crate::layers::Linear;
+
+/// How one group of linear layers is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuantKind {
+    /// In the model dtype.
+    #[default]
+    Float,
+    /// GGML Q8_0: blocks of 32 weights, one f16 scale (8.5 bits per weight).
+    Q8_0,
+    /// GGML Q4_K: super-blocks of 256 weights with 6-bit sub-block scales (4.5 bits per
+    /// weight); Q4_0, then Q8_0, for rows that do not divide into 256.
+    Q4K,
+}
+
+impl QuantKind {
+    /// The block type for a `[out, in]` weight, or None to keep it in float (rows that
+    /// do not divide into any block size).
+    pub fn ggml_for(self, in_dim: usize) -> Option<GgmlDType> {
+        match self {
+            Self::Float => None,
+            Self::Q4K if in_dim % 256 == 0 => Some(GgmlDType::Q4K),
+            Self::Q4K if in_dim % 32 == 0 => Some(GgmlDType::Q4_0),
+            _ if in_dim % 32 == 0 => Some(GgmlDType::Q8_0),
+            _ => None,
+        }
+    }
+}
+
+/// Which kind each part of a model gets for a user's choice. The vision tower and the LM
+/// head stay at 8 bits when the language model is at 4: 4-bit vision towers are reported
+/// to describe images wrongly, and the head's errors go straight into every logit (as
+/// llama.cpp's Q4_K_M keeps its output layer at 6 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QuantPolicy {
+    /// Decoder (and encoder) blocks of the language model.
+    pub text: QuantKind,
+    /// The vision tower, Q-Former and projections into the language model.
+    pub vision: QuantKind,
+    /// The LM head.
+    pub head: QuantKind,
+}
+
+impl QuantPolicy {
+    /// The policy for `text` (the language model) and an optional vision override.
+    pub fn new(text: Quantization, vision: Option<Quantization>) -> Self {
+        let kind = |q: Quantization| match q {
+            Quantization::None => QuantKind::Float,
+            Quantization::Int8 => QuantKind::Q8_0,
+            Quantization::Int4 => QuantKind::Q4K,
+        };
+        let text_kind = kind(text);
+        let eight = if text == Quantization::None {
+            QuantKind::Float
+        } else {
+            QuantKind::Q8_0
+        };
+        Self {
+            text: text_kind,
+            vision: vision.map_or(eight, kind),
+            head: eight,
+        }
+    }
+
+    /// True when nothing is quantized.
+    pub fn is_float(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// One float tensor a load read.
+#[derive(Clone)]
+struct FloatRead {
+    elems: usize,
+    bytes: usize,
+    /// Kept only when the load is to be saved.
+    tensor: Option<Tensor>,
+}
+
+/// What one load reads and makes: quantized tensors by name (those of a saved quantized
+/// folder, and those made while loading, with the float tensors they replaced), and the
+/// float tensors read (their sizes; the tensors themselves when the load is to be saved).
+#[derive(Default)]
+pub struct QuantStore {
+    saved: HashMap<String, Arc<QTensor>>,
+    made: Mutex<Vec<(String, Arc<QTensor>)>>,
+    used: Mutex<Vec<(String, Arc<QTensor>)>>,
+    consumed: Mutex<HashSet<String>>,
+    floats: Mutex<BTreeMap<String, FloatRead>>,
+    keep_floats: bool,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl QuantStore {
+    /// An empty store; `keep_floats` holds every float tensor read, for saving.
+    pub fn new(keep_floats: bool) -> Self {
+        Self {
+            keep_floats,
+            ..Self::default()
+        }
+    }
+
+    /// A store holding a saved folder's quantized tensors.
+    pub fn from_saved(saved: HashMap<String, Arc<QTensor>>) -> Self {
+        Self {
+            saved,
+            ..Self::default()
+        }
+    }
+
+    /// Names of a saved folder's quantized tensors.
+    pub fn saved_names(&self) -> Vec<String> {
+        self.saved.keys().cloned().collect()
+    }
+
+    /// The tensors quantized during this load, by name.
+    pub fn made(&self) -> Vec<(String, Arc<QTensor>)> {
+        locked(&self.made).clone()
+    }
+
+    /// Float tensors read (and not folded into quantized ones), with the tensors when
+    /// kept.
+    pub fn floats(&self) -> Vec<(String, Option<Tensor>)> {
+        locked(&self.floats)
+            .iter()
+            .map(|(n, f)| (n.clone(), f.tensor.clone()))
+            .collect()
+    }
+
+    /// Bytes of the weights the model holds: the float tensors it read (minus those
+    /// folded into quantized layers) and the quantized tensors.
+    pub fn weight_bytes(&self) -> u64 {
+        let floats: usize = locked(&self.floats).values().map(|f| f.bytes).sum();
+        let quant: usize = locked(&self.used)
+            .iter()
+            .map(|(_, q)| q.storage_size_in_bytes())
+            .sum();
+        (floats + quant) as u64
+    }
+
+    /// Parameters the model holds (float and quantized).
+    pub fn parameters(&self) -> u64 {
+        let floats: usize = locked(&self.floats).values().map(|f| f.elems).sum();
+        let quant: usize = locked(&self.used)
+            .iter()
+            .map(|(_, q)| q.shape().elem_count())
+            .sum();
+        (floats + quant) as u64
+    }
+
+    /// Records a float tensor the model read. The first read of a name is the model's: a
+    /// later one is the quantizer's host copy of a tensor the model also keeps in float (a
+    /// tied embedding becoming a quantized head), which must not replace it.
+    pub fn note_float(&self, name: &str, t: &Tensor) {
+        if locked(&self.consumed).contains(name) {
+            return;
+        }
+        locked(&self.floats)
+            .entry(name.to_string())
+            .or_insert_with(|| FloatRead {
+                elems: t.elem_count(),
+                bytes: t.elem_count() * t.dtype().size_in_bytes(),
+                tensor: self.keep_floats.then(|| t.clone()),
+            });
+    }
+
+    fn use_quantized(&self, name: &str, t: &Arc<QTensor>) {
+        locked(&self.used).push((name.to_string(), t.clone()));
+    }
+
+    fn record(&self, name: &str, t: &Arc<QTensor>, sources: Vec<String>) {
+        locked(&self.made).push((name.to_string(), t.clone()));
+        self.use_quantized(name, t);
+        let mut floats = locked(&self.floats);
+        for s in &sources {
+            floats.remove(s);
+        }
+        locked(&self.consumed).extend(sources);
+    }
+}
+
+/// Builds linear layers of one kind; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Quantizer {
+    kind: QuantKind,
+    store: Option<Arc<QuantStore>>,
+}
+
+impl Quantizer {
+    /// Full-precision layers, no store.
+    pub fn float() -> Self {
+        Self::default()
+    }
+
+    /// Layers of `kind`, sharing `store`.
+    pub fn new(kind: QuantKind, store: Option<Arc<QuantStore>>) -> Self {
+        Self { kind, store }
+    }
+
+    /// The same store with another kind (for the parts of a policy).
+    pub fn with_kind(&self, kind: QuantKind) -> Self {
+        Self {
+            kind,
+            store: self.store.clone(),
+        }
+    }
+
+    /// Whether `vb` holds `name`, as a float tensor or as a saved quantized one (a saved
+    /// quantized folder's float backend does not list the quantized tensors).
+    pub fn contains(&self, vb: &VarBuilder, name: &str) -> bool {
+        vb.contains_tensor(name)
+            || self.store.as_ref().is_some_and(|s| {
+                let full = if vb.prefix().is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{}.{name}", vb.prefix())
+                };
+                s.saved.contains_key(&full)
+            })
+    }
+
+    /// The kind this quantizer makes.
+    pub fn kind(&self) -> QuantKind {
+        self.kind
+    }
+
+    /// `y = x Wᵀ + b` with `weight` (and `bias` when `bias`) read from `vb`.
+    pub fn linear(
+        &self,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Linear> {
+        let bias = if bias {
+            Some(vb.get(out_dim, "bias")?)
+        } else {
+            None
+        };
+        let name = format!("{}.weight", vb.prefix());
+        self.build(&name, vec![name.clone()], in_dim, out_dim, &vb, bias, |r| {
+            r.at(&vb).get((out_dim, in_dim), "weight")
+        })
+    }
+
+    /// Several projections of the same input in one layer (q/k/v, gate/up): their
+    /// weights, each times its factor (e.g. the attention scale folded into q), stacked
+    /// along the output dimension. One launch reads all of them instead of one each.
+    pub fn fused(
+        &self,
+        in_dim: usize,
+        parts: &[(usize, f64, VarBuilder)],
+        bias: bool,
+    ) -> Result<Linear> {
+        let scale = |t: Tensor, f: f64| if f == 1.0 { Ok(t) } else { t * f };
+        let bias = if bias {
+            let b = parts
+                .iter()
+                .map(|(o, f, vb)| scale(vb.get(*o, "bias")?, *f))
+                .collect::<Result<Vec<_>>>()?;
+            Some(Tensor::cat(&b, 0)?)
+        } else {
+            None
+        };
+        let sources: Vec<String> = parts
+            .iter()
+            .map(|(_, _, vb)| format!("{}.weight", vb.prefix()))
+            .collect();
+        let factors: Vec<String> = parts.iter().map(|(_, f, _)| format!("{f}")).collect();
+        let name = format!("{}#fused({})", sources.join("+"), factors.join(","));
+        let out_dim = parts.iter().map(|(o, _, _)| o).sum();
+        let Some((_, _, first)) = parts.first() else {
+            candle_core::bail!("fused linear layer without parts")
+        };
+        self.build(&name, sources, in_dim, out_dim, first, bias, |r| {
+            let w = parts
+                .iter()
+                .map(|(o, f, vb)| scale(r.at(vb).get((*o, in_dim), "weight")?, *f))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&w, 0)
+        })
+    }
+
+    /// A layer whose weight the caller computes (a scaled or reshaped checkpoint
+    /// tensor, a tied embedding), reading through the given [`Reader`]. `name` must say
+    /// what was computed, so that a saved quantized folder maps it back; `sources` are the
+    /// checkpoint tensors it replaces.
+    #[allow(clippy::too_many_arguments)]
+    pub fn computed(
+        &self,
+        name: &str,
+        sources: Vec<String>,
+        in_dim: usize,
+        out_dim: usize,
+        vb: &VarBuilder,
+        bias: Option<Tensor>,
+        weight: impl FnOnce(Reader) -> Result<Tensor>,
+    ) -> Result<Linear> {
+        self.build(name, sources, in_dim, out_dim, vb, bias, weight)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        &self,
+        name: &str,
+        sources: Vec<String>,
+        in_dim: usize,
+        out_dim: usize,
+        vb: &VarBuilder,
+        bias: Option<Tensor>,
+        weight: impl FnOnce(Reader) -> Result<Tensor>,
+    ) -> Result<Linear> {
+        let device = vb.device().clone();
+        if let Some(saved) = self.store.as_ref().and_then(|s| s.saved.get(name)) {
+            if saved.shape().dims() != [out_dim, in_dim] {
+                candle_core::bail!(
+                    "quantized tensor {name} has shape {:?}, expected [{out_dim}, {in_dim}]",
+                    saved.shape().dims()
+                );
+            }
+            if let Some(store) = &self.store {
+                store.use_quantized(name, saved);
+            }
+            return Ok(Linear::quantized(
+                QMatMul::from_arc(saved.clone())?,
+                out_dim,
+                vb.dtype(),
+                bias,
+            ));
+        }
+        let Some(ggml) = self.kind.ggml_for(in_dim) else {
+            return Ok(Linear::from_weights(weight(Reader { host: false })?, bias));
+        };
+        let w = weight(Reader { host: true })?;
+        let q = Arc::new(quantize_rows(&w, ggml, &device)?);
+        drop(w);
+        if let Some(store) = &self.store {
+            store.record(name, &q, sources);
+        }
+        Ok(Linear::quantized(
+            QMatMul::from_arc(q)?,
+            out_dim,
+            vb.dtype(),
+            bias,
+        ))
+    }
+}
+
+/// How a weight is read: on the host in f32 when it is about to be quantized (the
+/// quantizer runs there), else in the model's dtype on its device.
+#[derive(Debug, Clone, Copy)]
+pub struct Reader {
+    host: bool,
+}
+
+impl Reader {
+    /// Whether weights are read to be quantized.
+    pub fn is_host(&self) -> bool {
+        self.host
+    }
+
+    /// `vb` as this reader reads.
+    pub fn at<'a>(&self, vb: &VarBuilder<'a>) -> VarBuilder<'a> {
+        if self.host {
+            vb.clone().set_device(Device::Cpu).set_dtype(DType::F32)
+        } else {
+            vb.clone()
+        }
+    }
+}
+
+/// `QTensor::quantize` of a host `[out, in]` f32 tensor, rows split across threads
+/// (candle's own runs on one thread: minutes for a 7B model), placed on `device`.
+pub fn quantize_rows(w: &Tensor, dtype: GgmlDType, device: &Device) -> Result<QTensor> {
+    let (rows, cols) = w.dims2()?;
+    // Own copies of the rows: `QTensor::quantize` reads a tensor's whole storage, so a
+    // narrowed view would quantize the full matrix.
+    let data = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = rows.div_ceil(threads * 4).max(1);
+    let starts: Vec<usize> = (0..rows).step_by(chunk).collect();
+    let parts = starts
+        .par_iter()
+        .map(|&start| {
+            let n = chunk.min(rows - start);
+            let rows_t = Tensor::from_slice(
+                &data[start * cols..(start + n) * cols],
+                (n, cols),
+                &Device::Cpu,
+            )?;
+            let q = QTensor::quantize(&rows_t, dtype)?;
+            Ok(q.data()?.into_owned())
+        })
+        .collect::<Result<Vec<Vec<u8>>>>()?;
+    let bytes = parts.concat();
+    qtensor_from_ggml(dtype, &bytes, vec![rows, cols], device)
+}
+
+/// A copy of `q` on the host (to write it to a file).
+pub fn to_host(q: &QTensor) -> Result<QTensor> {
+    let data = q.data()?;
+    qtensor_from_ggml(q.dtype(), &data, q.shape().dims().to_vec(), &Device::Cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Module;
+
+    /// Splitting rows across threads gives exactly candle's single-threaded bytes.
+    #[test]
+    fn parallel_quantization_is_bit_identical() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.02, (300, 512), &dev).unwrap();
+        for dt in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4K] {
+            let ours = quantize_rows(&w, dt, &dev).unwrap();
+            let theirs = QTensor::quantize(&w, dt).unwrap();
+            assert_eq!(ours.data().unwrap(), theirs.data().unwrap(), "{dt:?}");
+        }
+    }
+
+    /// Output error of one real-size layer (Qwen2.5-VL-7B's q_proj input width) with
+    /// random weights; the numbers are in docs/quantization.md.
+    #[test]
+    fn layer_output_error_by_block_type() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.02, (512, 3584), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (4, 3584), &dev).unwrap();
+        let exact = x.matmul(&w.t().unwrap()).unwrap();
+        let scale = exact
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        for (dt, bound) in [
+            (GgmlDType::Q8_0, 0.01),
+            (GgmlDType::Q4K, 0.08),
+            (GgmlDType::Q4_0, 0.10),
+        ] {
+            let mm = QMatMul::from_qtensor(quantize_rows(&w, dt, &dev).unwrap()).unwrap();
+            let got = mm.forward(&x).unwrap();
+            let err = (got - &exact)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                / scale;
+            eprintln!("{dt:?}: max |error| / max |output| = {err:.4}");
+            assert!(err < bound, "{dt:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn policy_keeps_vision_and_head_at_eight_bits_under_int4() {
+        let p = QuantPolicy::new(Quantization::Int4, None);
+        assert_eq!(
+            (p.text, p.vision, p.head),
+            (QuantKind::Q4K, QuantKind::Q8_0, QuantKind::Q8_0)
+        );
+        let p = QuantPolicy::new(Quantization::Int4, Some(Quantization::Int4));
+        assert_eq!(p.vision, QuantKind::Q4K);
+        assert!(QuantPolicy::new(Quantization::None, None).is_float());
+        assert_eq!(QuantKind::Q4K.ggml_for(1408), Some(GgmlDType::Q4_0));
+        assert_eq!(QuantKind::Q4K.ggml_for(3584), Some(GgmlDType::Q4K));
+        assert_eq!(QuantKind::Q8_0.ggml_for(30), None);
+    }
+}

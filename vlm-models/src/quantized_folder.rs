@@ -1,0 +1,415 @@
+//! Quantized folders: what a load reads is recorded so that a quantized model can be
+//! written once (`save_quantized`) and loaded again without quantizing (a GGUF file with
+//! every tensor the model reads, quantized ones in their GGML block types, next to the
+//! original config, tokenizer and processor files). Also counts the bytes a loaded model
+//! holds, for `info()`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+use vlm_core::model::LoadOptions;
+use vlm_core::{Error, Quantization, Result};
+
+use crate::quant::{QuantKind, QuantPolicy, QuantStore, Quantizer};
+use vlm_core::files::ModelDir;
+
+/// The weights file of a quantized folder.
+pub const QUANTIZED_WEIGHTS: &str = "model.gguf";
+/// The marker and description of a quantized folder.
+pub const QUANTIZATION_FILE: &str = "quantization.json";
+
+/// quantization.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantizationInfo {
+    /// The language model's quantization.
+    pub quantization: String,
+    /// The vision tower's.
+    pub vision: String,
+    /// Bytes of weights the model holds.
+    pub weight_bytes: u64,
+    /// Tensors stored quantized / in float.
+    pub quantized_tensors: usize,
+    /// Tensors stored in float.
+    pub float_tensors: usize,
+}
+
+impl QuantizationInfo {
+    /// The user-facing quantization of the language model.
+    pub fn quantization(&self) -> Quantization {
+        Quantization::parse(&self.quantization).unwrap_or_default()
+    }
+}
+
+/// Shared by the loaders of one model: the [`QuantStore`] of its quantized tensors and
+/// float reads, and quantization.json when the folder is a saved quantized one.
+#[derive(Clone, Default)]
+pub struct LoadContext {
+    /// Quantized tensors made or loaded, and float tensors read.
+    pub store: Arc<QuantStore>,
+    saved: Option<QuantizationInfo>,
+}
+
+impl LoadContext {
+    /// A context for an ordinary load; `keep` holds the float tensors for saving.
+    pub fn new(keep: bool) -> Self {
+        Self {
+            store: Arc::new(QuantStore::new(keep)),
+            saved: None,
+        }
+    }
+
+    /// The context of a model folder: a saved quantized folder's tensors when it is one.
+    pub fn for_dir(root: &Path, device: &Device) -> Result<(Self, Option<GgufFloats>)> {
+        let info_path = root.join(QUANTIZATION_FILE);
+        if !info_path.is_file() {
+            return Ok((Self::new(false), None));
+        }
+        let text =
+            std::fs::read_to_string(&info_path).map_err(|e| Error::bad_file(&info_path, e))?;
+        let info: QuantizationInfo =
+            serde_json::from_str(&text).map_err(|e| Error::bad_file(&info_path, e))?;
+        let gguf = root.join(QUANTIZED_WEIGHTS);
+        let (quantized, floats) = read_gguf(&gguf, device)?;
+        Ok((
+            Self {
+                store: Arc::new(QuantStore::from_saved(quantized)),
+                saved: Some(info),
+            },
+            Some(floats),
+        ))
+    }
+
+    /// The (language model, vision) quantization to load with: a saved folder loads as it
+    /// was saved, whatever the options ask.
+    pub fn quantization(&self, options: &LoadOptions) -> (Quantization, Option<Quantization>) {
+        match &self.saved {
+            Some(info) => (
+                info.quantization(),
+                Some(Quantization::parse(&info.vision).unwrap_or_default()),
+            ),
+            None => (options.quantization, options.vision_quantization),
+        }
+    }
+
+    /// quantization.json of a saved folder this context was loaded from.
+    pub fn saved(&self) -> Option<&QuantizationInfo> {
+        self.saved.as_ref()
+    }
+
+    /// `backend` with its reads recorded.
+    pub fn record<B: SimpleBackend>(&self, backend: B) -> Recorded<B> {
+        Recorded {
+            inner: backend,
+            store: self.store.clone(),
+        }
+    }
+
+    /// Bytes of the weights the model holds.
+    pub fn weight_bytes(&self) -> u64 {
+        self.store.weight_bytes()
+    }
+}
+
+/// A backend whose reads a [`LoadContext`] records.
+pub struct Recorded<B> {
+    inner: B,
+    store: Arc<QuantStore>,
+}
+
+impl<B: SimpleBackend> SimpleBackend for Recorded<B> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.inner.get(s, name, h, dtype, dev)?;
+        self.store.note_float(name, &t);
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self.inner.get_unchecked(name, dtype, dev)?;
+        self.store.note_float(name, &t);
+        Ok(t)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.inner.contains_tensor(name)
+    }
+}
+
+/// The float tensors of a quantized folder's GGUF file (cheap to clone).
+#[derive(Clone)]
+pub struct GgufFloats {
+    tensors: Arc<HashMap<String, Arc<QTensor>>>,
+}
+
+impl SimpleBackend for GgufFloats {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, dev)?;
+        if t.shape() == &s {
+            return Ok(t);
+        }
+        // GGUF holds at most 4 dimensions: longer shapes are saved flattened to 2.
+        if t.elem_count() == s.elem_count() && s.rank() > 4 {
+            return t.reshape(s);
+        }
+        candle_core::bail!(
+            "tensor {name} has shape {:?}, expected {:?}",
+            t.dims(),
+            s.dims()
+        )
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        match self.tensors.get(name) {
+            Some(q) => q.dequantize(&Device::Cpu)?.to_dtype(dtype)?.to_device(dev),
+            None => candle_core::bail!("tensor {name} is not in the quantized model file"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
+fn is_float(t: GgmlDType) -> bool {
+    matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+}
+
+/// Reads a GGUF file: quantized tensors onto `device`, float ones kept on the host.
+fn read_gguf(path: &Path, device: &Device) -> Result<(HashMap<String, Arc<QTensor>>, GgufFloats)> {
+    let bad = |e: candle_core::Error| Error::bad_file(path, vlm_core::error::candle_message(&e));
+    let mut reader = BufReader::new(File::open(path).map_err(|e| Error::bad_file(path, e))?);
+    let content = gguf_file::Content::read(&mut reader).map_err(bad)?;
+    let mut quantized = HashMap::new();
+    let mut floats = HashMap::new();
+    for (name, info) in &content.tensor_infos {
+        if is_float(info.ggml_dtype) {
+            let t = content
+                .tensor(&mut reader, name, &Device::Cpu)
+                .map_err(bad)?;
+            floats.insert(name.clone(), Arc::new(t));
+        } else {
+            let t = content.tensor(&mut reader, name, device).map_err(bad)?;
+            quantized.insert(name.clone(), Arc::new(t));
+        }
+    }
+    Ok((
+        quantized,
+        GgufFloats {
+            tensors: Arc::new(floats),
+        },
+    ))
+}
+
+/// A VarBuilder over safetensors `files`, or over a quantized folder's floats, recorded
+/// by `ctx`.
+pub fn open_weights(
+    files: &[PathBuf],
+    floats: Option<GgufFloats>,
+    dtype: DType,
+    device: &Device,
+    ctx: &LoadContext,
+) -> Result<VarBuilder<'static>> {
+    if let Some(f) = floats {
+        return Ok(VarBuilder::from_backend(
+            Box::new(ctx.record(f)),
+            dtype,
+            device.clone(),
+        ));
+    }
+    // SAFETY: the files are memory-mapped read-only; modifying them while loaded is
+    // undefined behaviour, as with every mmap-based loader.
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files) }
+        .map_err(|e| Error::Weights(vlm_core::error::candle_message(&e)))?;
+    Ok(VarBuilder::from_backend(
+        Box::new(ctx.record(st)),
+        dtype,
+        device.clone(),
+    ))
+}
+
+/// What `save_quantized` wrote.
+#[derive(Debug, Clone)]
+pub struct SaveReport {
+    /// quantization.json's content.
+    pub info: QuantizationInfo,
+    /// Bytes of model.gguf.
+    pub file_bytes: u64,
+}
+
+/// Writes the tensors `ctx` recorded into `dst` (model.gguf + quantization.json) and
+/// copies every non-weight file of `src` (configs, tokenizer, processor; sub-folders too).
+pub fn write_folder(
+    ctx: &LoadContext,
+    src: &Path,
+    dst: &Path,
+    options: &LoadOptions,
+) -> Result<SaveReport> {
+    std::fs::create_dir_all(dst).map_err(|e| Error::bad_file(dst, e))?;
+    copy_non_weights(src, dst)?;
+    let mut tensors: BTreeMap<String, QTensor> = BTreeMap::new();
+    for (name, t) in ctx.store.floats() {
+        let Some(t) = t else {
+            return Err(Error::Weights(format!(
+                "{name} was not kept: load with LoadContext::new(true) to save"
+            )));
+        };
+        let mut t = t.to_device(&Device::Cpu)?;
+        if t.rank() > 4 {
+            let d0 = t.dim(0)?;
+            t = t.reshape((d0, t.elem_count() / d0))?;
+        }
+        let ggml = match t.dtype() {
+            DType::F16 => GgmlDType::F16,
+            DType::BF16 => GgmlDType::BF16,
+            _ => GgmlDType::F32,
+        };
+        tensors.insert(name, QTensor::quantize(&t.contiguous()?, ggml)?);
+    }
+    let float_tensors = tensors.len();
+    let made = ctx.store.made();
+    for (name, q) in &made {
+        let host = crate::quant::to_host(q)?;
+        tensors.insert(name.clone(), host);
+    }
+    let info = QuantizationInfo {
+        quantization: options.quantization.as_str().to_string(),
+        vision: options
+            .vision_quantization
+            .unwrap_or(options.quantization)
+            .as_str()
+            .to_string(),
+        weight_bytes: ctx.weight_bytes(),
+        quantized_tensors: made.len(),
+        float_tensors,
+    };
+    let path = dst.join(QUANTIZED_WEIGHTS);
+    let mut file =
+        std::io::BufWriter::new(File::create(&path).map_err(|e| Error::bad_file(&path, e))?);
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let kind = gguf_file::Value::String(info.quantization.clone());
+    gguf_file::write(&mut file, &[("vlm.quantization", &kind)], &refs)
+        .map_err(|e| Error::bad_file(&path, e))?;
+    drop(file);
+    let text = serde_json::to_string_pretty(&info).map_err(|e| Error::bad_file(dst, e))?;
+    std::fs::write(dst.join(QUANTIZATION_FILE), text).map_err(|e| Error::bad_file(dst, e))?;
+    let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    Ok(SaveReport { info, file_bytes })
+}
+
+fn is_weight_file(name: &str) -> bool {
+    [".safetensors", ".bin", ".pth", ".pt", ".gguf"]
+        .iter()
+        .any(|ext| name.ends_with(ext))
+        || name.ends_with(".safetensors.index.json")
+        || name.ends_with(".bin.index.json")
+}
+
+fn copy_non_weights(src: &Path, dst: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(src).map_err(|e| Error::bad_file(src, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::bad_file(src, e))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let target = dst.join(&name);
+        if path.is_dir() {
+            std::fs::create_dir_all(&target).map_err(|e| Error::bad_file(&target, e))?;
+            copy_non_weights(&path, &target)?;
+        } else if !is_weight_file(&name) && name != QUANTIZATION_FILE {
+            std::fs::copy(&path, &target).map_err(|e| Error::bad_file(&target, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// How a family reads its weights: the VarBuilder (recorded), the load context and the
+/// quantization policy, for a plain folder or a saved quantized one.
+pub struct Weights {
+    /// Float tensors.
+    pub vb: VarBuilder<'static>,
+    /// Quantized tensors and what was read.
+    pub ctx: LoadContext,
+    /// Which part gets which kind.
+    pub policy: QuantPolicy,
+    /// The language model's quantization (what `info()` reports).
+    pub quantization: Quantization,
+    /// Every tensor name the weights hold (float and quantized), to detect layouts.
+    pub names: HashSet<String>,
+}
+
+impl Weights {
+    /// Opens the weights of `dir` (its safetensors, or its model.gguf when it is a saved
+    /// quantized folder). `ctx` is given when the load is to be saved.
+    pub fn open(
+        dir: &ModelDir,
+        options: &LoadOptions,
+        ctx: Option<&LoadContext>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let (ctx, floats) = match ctx {
+            Some(c) => (c.clone(), None),
+            None => LoadContext::for_dir(dir.root(), device)?,
+        };
+        let (quantization, vision) = ctx.quantization(options);
+        let files = if floats.is_some() {
+            vec![]
+        } else {
+            dir.safetensors()?
+        };
+        let names = match &floats {
+            Some(f) => f
+                .tensors
+                .keys()
+                .cloned()
+                .chain(ctx.store.saved_names())
+                .collect(),
+            None => tensor_names(&files)?,
+        };
+        let vb = open_weights(&files, floats, dtype, device, &ctx)?;
+        Ok(Self {
+            vb,
+            ctx,
+            policy: QuantPolicy::new(quantization, vision),
+            quantization,
+            names,
+        })
+    }
+
+    /// A quantizer of `kind` over this load's store.
+    pub fn quantizer(&self, kind: QuantKind) -> Quantizer {
+        Quantizer::new(kind, Some(self.ctx.store.clone()))
+    }
+}
+
+/// Tensor names of safetensors files (headers only).
+pub fn tensor_names(files: &[PathBuf]) -> Result<HashSet<String>> {
+    let mut names = HashSet::new();
+    for f in files {
+        // SAFETY: read-only mapping; only the header is read.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }
+            .map_err(|e| Error::bad_file(f, e))?;
+        names.extend(st.tensors().into_iter().map(|(n, _)| n));
+    }
+    Ok(names)
+}
