@@ -25,6 +25,30 @@ enum Weight {
     },
 }
 
+/// A token embedding table, float or quantized (rows dequantized on lookup).
+#[derive(Debug, Clone)]
+pub enum Embedding {
+    /// `[vocab, hidden]` in the model dtype.
+    Float(Tensor),
+    /// GGML blocks; looked-up rows come out in `dtype`.
+    Quant {
+        /// The table.
+        table: std::sync::Arc<candle_core::quantized::QTensor>,
+        /// The model dtype.
+        dtype: DType,
+    },
+}
+
+impl Embedding {
+    /// Rows of flat `ids`, `[n, hidden]`.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Float(w) => w.index_select(ids, 0),
+            Self::Quant { table, dtype } => table.embedding(ids)?.to_dtype(*dtype),
+        }
+    }
+}
+
 /// A float layer reading `weight` (and `bias` when `bias`) from `vb`, for layers that stay
 /// in float whatever the quantization.
 pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {

@@ -158,10 +158,11 @@ impl Blip2 {
         let weights = Weights::open(dir, options, ctx, dtype, &device)?;
         let names = weights.names.clone();
         let vb = weights.vb.clone();
-        let (vision_q, text_q, head_q) = (
+        let (vision_q, text_q, head_q, embed_q) = (
             weights.quantizer(weights.policy.vision),
             weights.quantizer(weights.policy.text),
             weights.quantizer(weights.policy.head),
+            weights.quantizer(weights.policy.embed),
         );
         let vision_prefix = require_prefix(&names, "embeddings.class_embedding", "vision tower")?;
         let vision = VisionTransformer::new(
@@ -209,14 +210,14 @@ impl Blip2 {
                     _ => None,
                 };
                 LanguageModel::Opt(
-                    Opt::new(o, decoder, head, &text_q, &head_q).map_err(weights_err)?,
+                    Opt::new(o, decoder, head, &text_q, &head_q, &embed_q).map_err(weights_err)?,
                 )
             }
             TextConfig::T5(t) => {
                 let p = require_prefix(&names, "encoder.final_layer_norm.weight", "T5 encoder")?;
                 let head = prefix_of(&names, "lm_head.weight").unwrap_or_default();
                 LanguageModel::T5(
-                    T5::new(t, at(&vb, &p), at(&vb, &head), &text_q, &head_q)
+                    T5::new(t, at(&vb, &p), at(&vb, &head), &text_q, &head_q, &embed_q)
                         .map_err(weights_err)?,
                 )
             }

@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 use vlm_core::kv_cache::LayerKvCache;
 
 use super::config::OptConfig;
-use crate::layers::{attend, split_heads, Act, LayerNorm, Linear};
+use crate::layers::{attend, split_heads, Act, Embedding, LayerNorm, Linear};
 use crate::quant::Quantizer;
 
 /// transformers' `OPTLearnedPositionalEmbedding` offset: position p reads row p + 2.
@@ -31,7 +31,7 @@ struct Layer {
 
 /// The OPT decoder with its LM head, immutable after loading.
 pub struct Opt {
-    embed_tokens: Tensor,
+    embed_tokens: Embedding,
     embed_positions: Tensor,
     project_in: Option<Linear>,
     project_out: Option<Linear>,
@@ -54,10 +54,17 @@ impl Opt {
         head: Option<VarBuilder>,
         q: &Quantizer,
         head_q: &Quantizer,
+        embed_q: &Quantizer,
     ) -> Result<Self> {
         let d = cfg.hidden_size;
         let e = cfg.embed_dim();
-        let embed_tokens = vd.get((cfg.vocab_size, e), "embed_tokens.weight")?;
+        // A tied head and the embedding are one tensor, at the head's kind.
+        let embed_tokens = if head.is_none() { head_q } else { embed_q }.embedding(
+            cfg.vocab_size,
+            e,
+            &vd,
+            "embed_tokens.weight",
+        )?;
         let embed_positions = vd.get(
             (cfg.max_position_embeddings + POSITION_OFFSET, d),
             "embed_positions.weight",
@@ -105,21 +112,9 @@ impl Opt {
         };
         let lm_head = match head {
             Some(h) => head_q.linear(e, cfg.vocab_size, false, h.pp("lm_head"))?,
-            // Tied: the float head shares the embedding; a quantized one is its own copy.
-            None => head_q.computed(
+            None => head_q.tied_head(
+                &embed_tokens,
                 &format!("{}.embed_tokens.weight#lm_head", vd.prefix()),
-                vec![],
-                e,
-                cfg.vocab_size,
-                &vd,
-                None,
-                |r| {
-                    if r.is_host() {
-                        r.at(&vd).get((cfg.vocab_size, e), "embed_tokens.weight")
-                    } else {
-                        Ok(embed_tokens.clone())
-                    }
-                },
             )?,
         };
         Ok(Self {
@@ -139,7 +134,7 @@ impl Opt {
 
     /// Token embeddings of flat `ids`, `[n, embed_dim]`.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        self.embed_tokens.index_select(ids, 0)
+        self.embed_tokens.forward(ids)
     }
 
     /// One KV cache per layer with room for `capacity` positions.

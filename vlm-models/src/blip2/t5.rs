@@ -13,7 +13,7 @@ use candle_nn::VarBuilder;
 use vlm_core::kv_cache::LayerKvCache;
 
 use super::config::T5Config;
-use crate::layers::{attend, split_heads, Act, Linear, RmsNorm, MASKED};
+use crate::layers::{attend, split_heads, Act, Embedding, Linear, RmsNorm, MASKED};
 use crate::quant::Quantizer;
 
 struct Attention {
@@ -224,7 +224,7 @@ pub struct T5State {
 
 /// The T5 encoder-decoder with its LM head, immutable after loading.
 pub struct T5 {
-    shared: Tensor,
+    shared: Embedding,
     encoder: Stack,
     decoder: Stack,
     lm_head: Linear,
@@ -244,30 +244,24 @@ impl T5 {
         head: VarBuilder,
         q: &Quantizer,
         head_q: &Quantizer,
+        embed_q: &Quantizer,
     ) -> Result<Self> {
-        let shared = vb.get((cfg.vocab_size, cfg.d_model), "shared.weight")?;
+        let untied = head_q.contains(&head, "lm_head.weight");
+        // A tied head and the embedding are one tensor, at the head's kind.
+        let shared = if untied { embed_q } else { head_q }.embedding(
+            cfg.vocab_size,
+            cfg.d_model,
+            &vb,
+            "shared.weight",
+        )?;
         let decoder_layers = cfg.num_decoder_layers.unwrap_or(cfg.num_layers);
         // A saved lm_head is used whatever the tie flag says (transformers 5 writes
         // `tie_word_embeddings: true` next to an untied Flan-T5 head).
         let (d, v) = (cfg.d_model, cfg.vocab_size);
-        let lm_head = if head_q.contains(&head, "lm_head.weight") {
+        let lm_head = if untied {
             head_q.linear(d, v, false, head.pp("lm_head"))?
         } else {
-            head_q.computed(
-                &format!("{}.shared.weight#lm_head", vb.prefix()),
-                vec![],
-                d,
-                v,
-                &vb,
-                None,
-                |r| {
-                    if r.is_host() {
-                        r.at(&vb).get((v, d), "shared.weight")
-                    } else {
-                        Ok(shared.clone())
-                    }
-                },
-            )?
+            head_q.tied_head(&shared, &format!("{}.shared.weight#lm_head", vb.prefix()))?
         };
         let logit_scale = cfg
             .scale_decoder_outputs
@@ -287,7 +281,7 @@ impl T5 {
 
     /// Token embeddings of flat `ids`, `[n, d_model]`.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        self.shared.index_select(ids, 0)
+        self.shared.forward(ids)
     }
 
     /// The first decoder input.

@@ -367,10 +367,11 @@ impl MiniGpt4 {
         let (quantization, vision_quantization) = ctx.quantization(options);
         let policy = QuantPolicy::new(quantization, vision_quantization);
         let quantizer = |kind| Quantizer::new(kind, Some(ctx.store.clone()));
-        let (vision_q, text_q, head_q) = (
+        let (vision_q, text_q, head_q, embed_q) = (
             quantizer(policy.vision),
             quantizer(policy.text),
             quantizer(policy.head),
+            quantizer(policy.embed),
         );
         let mut weight_files = Vec::new();
         let vb = match &saved {
@@ -453,8 +454,15 @@ impl MiniGpt4 {
                 VarBuilder::from_backend(Box::new(ctx.record(llm_weights)), dtype, device.clone())
             }
         };
-        let llm = TextModel::new(&text_config, llm_vb.pp("model"), llm_vb, &text_q, &head_q)
-            .map_err(weights_err)?;
+        let llm = TextModel::new(
+            &text_config,
+            llm_vb.pp("model"),
+            llm_vb,
+            &text_q,
+            &head_q,
+            &embed_q,
+        )
+        .map_err(weights_err)?;
         let rope = MropeTables::new(
             text_config.head_dim,
             text_config.rope_theta,

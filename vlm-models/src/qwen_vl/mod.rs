@@ -143,6 +143,7 @@ impl QwenVl {
             vb.clone(),
             &weights.quantizer(policy.text),
             &weights.quantizer(policy.head),
+            &weights.quantizer(policy.embed),
         )
         .map_err(weights_err)?;
         let t = &config.text;

@@ -5,11 +5,11 @@
 //! row dimension, so one matmul per group reads the cached K/V in place.
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Embedding, VarBuilder};
+use candle_nn::VarBuilder;
 use vlm_core::kv_cache::LayerKvCache;
 
 use super::config::TextConfig;
-use crate::layers::{softmax_f32_acc, Act, Linear, RmsNorm};
+use crate::layers::{softmax_f32_acc, Act, Embedding, Linear, RmsNorm};
 use crate::quant::Quantizer;
 
 struct Attention {
@@ -191,32 +191,28 @@ pub struct TextModel {
 
 impl TextModel {
     /// Loads the decoder from `vb` (which holds `embed_tokens`, `layers`, `norm`) and the LM
-    /// head from `head_vb` (`lm_head`), or ties it to the embedding; `q` makes the decoder's
-    /// linear layers and `head_q` the head (embeddings and norms stay in float).
+    /// head from `head_vb` (`lm_head`), or ties it to the embedding. `q` makes the decoder's
+    /// linear layers, `head_q` the head and `embed_q` the embedding table (a tied pair is
+    /// one tensor at the head's kind); norms stay in float.
     pub fn new(
         cfg: &TextConfig,
         vb: VarBuilder,
         head_vb: VarBuilder,
         q: &Quantizer,
         head_q: &Quantizer,
+        embed_q: &Quantizer,
     ) -> Result<Self> {
-        let embed_w = vb.get((cfg.vocab_size, cfg.hidden_size), "embed_tokens.weight")?;
-        let embed_tokens = Embedding::new(embed_w.clone(), cfg.hidden_size);
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let tied = cfg.tie_word_embeddings && !head_q.contains(&head_vb, "lm_head.weight");
+        let embed_tokens =
+            if tied { head_q } else { embed_q }.embedding(v, h, &vb, "embed_tokens.weight")?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::new(cfg, vb.pp(format!("layers.{i}")), q))
             .collect::<Result<_>>()?;
         let norm = RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?;
-        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
-        let lm_head = if cfg.tie_word_embeddings && !head_q.contains(&head_vb, "lm_head.weight") {
-            // Tied: the float head shares the embedding; a quantized one is its own copy.
+        let lm_head = if tied {
             let name = format!("{}.embed_tokens.weight#lm_head", vb.prefix());
-            head_q.computed(&name, vec![], h, v, &vb, None, |r| {
-                if r.is_host() {
-                    r.at(&vb).get((v, h), "embed_tokens.weight")
-                } else {
-                    Ok(embed_w.clone())
-                }
-            })?
+            head_q.tied_head(&embed_tokens, &name)?
         } else {
             head_q.linear(h, v, false, head_vb.pp("lm_head"))?
         };
