@@ -1,6 +1,7 @@
 """HF transformers baseline for vlm-bench: same model folder, same photo, same prompt
-("Describe this photo in detail." through the checkpoint's chat template), greedy, exactly
-N new tokens, SDPA attention, bf16.
+("Describe this photo in detail." through the checkpoint's chat template; for a checkpoint
+without one, i.e. BLIP-2, plain captioning with an empty prompt, as vlm's describe does),
+greedy, exactly N new tokens, SDPA attention, bf16.
 
     python3 hf_baseline.py MODEL_DIR PHOTO.png [--tokens 64] [--batches 8] [--runs 3]
 """
@@ -38,8 +39,11 @@ def main():
     load_s = time.time() - t
 
     image = Image.open(a.photo).convert("RGB")
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    if getattr(processor, "chat_template", None):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    else:
+        text = ""  # BLIP-2: captioning (the processor puts the image tokens and BOS in front)
     gen = dict(do_sample=False, repetition_penalty=1.0, temperature=None, top_p=None, top_k=None)
 
     def run(batch, new_tokens):
