@@ -74,7 +74,10 @@ def main():
         sync()
         t0 = time.time()
         with torch.no_grad():
-            model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+            if "image_grid_thw" in inputs:  # Qwen-VL
+                model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+            else:  # BLIP-2: ViT, Q-Former and projection
+                model.get_image_features(inputs["pixel_values"])
         sync()
         vis.append(time.time() - t0)
     decode_tps = (a.tokens - 1) / (per_photo - ttft)
