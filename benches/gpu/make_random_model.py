@@ -13,6 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText
 
 COPY = ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "chat_template.json",
+        "processor_config.json", "special_tokens_map.json", "added_tokens.json",
         "chat_template.jinja", "preprocessor_config.json", "generation_config.json", "config.json"]
 
 
