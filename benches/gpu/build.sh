@@ -44,6 +44,9 @@ if [ -d "$root/../shared/assets/qwen-vl" ]; then
   # Qwen2.5-VL-3B shares the 7B's tokenizer and processor files: run.sh assembles its folder.
   cp "$root/../shared/assets/qwen-vl/Qwen2.5-VL-3B-Instruct/config.json" .devbin/assets/Qwen2.5-VL-3B-config.json
 fi
+if [ -d "$root/../shared/assets/minigpt4/llama-tokenizer" ]; then
+  cp -r "$root/../shared/assets/minigpt4/llama-tokenizer" .devbin/assets/
+fi
 if [ -d "$root/../shared/assets/blip2/blip2-opt-2.7b" ]; then
   cp -r "$root/../shared/assets/blip2/blip2-opt-2.7b" .devbin/assets/
 fi

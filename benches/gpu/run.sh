@@ -66,6 +66,16 @@ if [ "$BENCH" = 1 ]; then
       --tokens "$TOKENS" --batches "$BATCHES" --runs "$RUNS" --json "$OUT/hf.json" 2>&1 | grep -v Warning | tee -a "$OUT/hf.log" || status=1
   fi
 fi
+if [ "${MINIGPT4:-0}" = 1 ]; then
+  # MiniGPT-4 from random release-layout files (no HF baseline exists: transformers does
+  # not run MiniGPT-4). The .pth files are read as released (fp16 ViT, unpickled).
+  echo "== random MiniGPT-4 7B" | tee "$OUT/minigpt4.log"
+  python3 benches/gpu/make_random_minigpt4.py .devbin/assets/llama-tokenizer/tokenizer.model /tmp/minigpt4 2>&1 \
+    | tail -1 | tee -a "$OUT/minigpt4.log"
+  peak_mem "$OUT/minigpt4.log" /tmp/vlm-bench --model /tmp/minigpt4 --tokens "$TOKENS" --batches "$BATCHES" \
+    --runs 2 2>&1 | grep -v "^|---" | tee -a "$OUT/minigpt4.log" || status=1
+fi
+
 if [ "$QUANT" = 1 ]; then
   # Quantize each random checkpoint into a folder (timed), then load that folder and
   # benchmark it; the peak is the card's memory counter (CUDA context included).
