@@ -181,7 +181,8 @@ impl SimpleBackend for GgufFloats {
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         match self.tensors.get(name) {
-            Some(q) => q.dequantize(&Device::Cpu)?.to_dtype(dtype)?.to_device(dev),
+            // Cast on the device (the host cast runs on one core).
+            Some(q) => q.dequantize(&Device::Cpu)?.to_device(dev)?.to_dtype(dtype),
             None => candle_core::bail!("tensor {name} is not in the quantized model file"),
         }
     }

@@ -70,13 +70,13 @@ impl Source {
         }
     }
 
-    fn load(&self, name: &str) -> candle_core::Result<Tensor> {
+    fn load(&self, name: &str, device: &Device) -> candle_core::Result<Tensor> {
         match self {
-            Self::Safetensors(st) => st.load(name, &Device::Cpu),
+            Self::Safetensors(st) => st.load(name, device),
             Self::Pth(shards) => {
                 for s in shards {
                     if let Some(t) = s.get(name)? {
-                        return Ok(t);
+                        return t.to_device(device);
                     }
                 }
                 candle_core::bail!("tensor {name} not found")
@@ -163,7 +163,7 @@ impl LayeredWeights {
             let (layer, inner) = self.find(&n).expect("listed names exist");
             let t = layer
                 .source
-                .load(inner)
+                .load(inner, &Device::Cpu)
                 .map_err(|e| Error::bad_file(&layer.file, e))?;
             out.insert(n, t);
         }
@@ -205,7 +205,8 @@ impl SimpleBackend for LayeredWeights {
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let (layer, inner) = self.find(name).ok_or_else(|| self.missing(name))?;
-        layer.source.load(inner)?.to_dtype(dtype)?.to_device(dev)
+        // Cast on the device: a host cast of a 7B model runs on one core for minutes.
+        layer.source.load(inner, dev)?.to_dtype(dtype)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
