@@ -323,7 +323,7 @@ impl Quantizer {
                         None,
                     ));
                 }
-                let host = w.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+                let host = w.to_device(&Device::Cpu)?;
                 let q = Arc::new(quantize_rows(&host, ggml, w.device())?);
                 if let Some(store) = &self.store {
                     store.record(name, &q, vec![]);
@@ -473,10 +473,11 @@ impl Reader {
         self.host
     }
 
-    /// `vb` as this reader reads.
+    /// `vb` as this reader reads: on the host, in the model dtype (usually the stored one,
+    /// so candle casts nothing; [`quantize_rows`] widens to f32 on all cores).
     pub fn at<'a>(&self, vb: &VarBuilder<'a>) -> VarBuilder<'a> {
         if self.host {
-            vb.clone().set_device(Device::Cpu).set_dtype(DType::F32)
+            vb.clone().set_device(Device::Cpu)
         } else {
             vb.clone()
         }
@@ -488,8 +489,22 @@ impl Reader {
 pub fn quantize_rows(w: &Tensor, dtype: GgmlDType, device: &Device) -> Result<QTensor> {
     let (rows, cols) = w.dims2()?;
     // Own copies of the rows: `QTensor::quantize` reads a tensor's whole storage, so a
-    // narrowed view would quantize the full matrix.
-    let data = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    // narrowed view would quantize the full matrix. Half-precision weights are widened here
+    // on all cores (candle's host cast runs on one: most of a 7B model's quantization time).
+    let flat = w.flatten_all()?;
+    let data: Vec<f32> = match flat.dtype() {
+        DType::BF16 => flat
+            .to_vec1::<half::bf16>()?
+            .par_chunks(1 << 16)
+            .flat_map_iter(|c| c.iter().map(|x| x.to_f32()))
+            .collect(),
+        DType::F16 => flat
+            .to_vec1::<half::f16>()?
+            .par_chunks(1 << 16)
+            .flat_map_iter(|c| c.iter().map(|x| x.to_f32()))
+            .collect(),
+        _ => flat.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+    };
     let threads = rayon::current_num_threads().max(1);
     let chunk = rows.div_ceil(threads * 4).max(1);
     let starts: Vec<usize> = (0..rows).step_by(chunk).collect();
@@ -551,6 +566,15 @@ mod tests {
             let theirs = QTensor::quantize(&w, dt).unwrap();
             assert_eq!(ours.data().unwrap(), theirs.data().unwrap(), "{dt:?}");
         }
+    }
+
+    /// Half-precision weights are widened exactly as candle's cast would.
+    #[test]
+    fn half_precision_rows_quantize_like_their_f32_widening() {
+        let w = normal((64, 256), 0.02, 5).to_dtype(DType::BF16).unwrap();
+        let ours = quantize_rows(&w, GgmlDType::Q4K, &Device::Cpu).unwrap();
+        let via_f32 = QTensor::quantize(&w.to_dtype(DType::F32).unwrap(), GgmlDType::Q4K).unwrap();
+        assert_eq!(ours.data().unwrap(), via_f32.data().unwrap());
     }
 
     /// Output error of one real-size layer (Qwen2.5-VL-7B's width, 3584) with seeded
