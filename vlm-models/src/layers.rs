@@ -19,7 +19,6 @@ enum Weight {
     Float(Tensor),
     Quant {
         matmul: QMatMul,
-        out_dim: usize,
         /// The dtype activations come in (and go out) with.
         dtype: DType,
     },
@@ -65,22 +64,10 @@ impl Linear {
     }
 
     /// A quantized layer whose activations are in `dtype`.
-    pub fn quantized(matmul: QMatMul, out_dim: usize, dtype: DType, bias: Option<Tensor>) -> Self {
+    pub fn quantized(matmul: QMatMul, dtype: DType, bias: Option<Tensor>) -> Self {
         Self {
-            weight: Weight::Quant {
-                matmul,
-                out_dim,
-                dtype,
-            },
+            weight: Weight::Quant { matmul, dtype },
             bias,
-        }
-    }
-
-    /// Output width.
-    pub fn out_dim(&self) -> usize {
-        match &self.weight {
-            Weight::Float(w) => w.dim(0).unwrap_or(0),
-            Weight::Quant { out_dim, .. } => *out_dim,
         }
     }
 
@@ -90,24 +77,6 @@ impl Linear {
             Weight::Float(w) => w.dtype(),
             Weight::Quant { dtype, .. } => *dtype,
         }
-    }
-
-    /// Whether the weight is quantized.
-    pub fn is_quantized(&self) -> bool {
-        matches!(self.weight, Weight::Quant { .. })
-    }
-
-    /// Bytes the weight and bias take on the device.
-    pub fn weight_bytes(&self) -> u64 {
-        let size = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-        let weight = match &self.weight {
-            Weight::Float(w) => size(w),
-            Weight::Quant { matmul, .. } => match matmul {
-                QMatMul::QTensor(q) => q.storage_size_in_bytes(),
-                QMatMul::Tensor(w) | QMatMul::TensorF16(w) => size(w),
-            },
-        };
-        (weight + self.bias.as_ref().map_or(0, size)) as u64
     }
 }
 

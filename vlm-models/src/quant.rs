@@ -243,14 +243,18 @@ impl Quantizer {
     /// quantized folder's float backend does not list the quantized tensors).
     pub fn contains(&self, vb: &VarBuilder, name: &str) -> bool {
         vb.contains_tensor(name)
-            || self.store.as_ref().is_some_and(|s| {
-                let full = if vb.prefix().is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{}.{name}", vb.prefix())
-                };
-                s.saved.contains_key(&full)
-            })
+            || self
+                .store
+                .as_ref()
+                .is_some_and(|s| s.saved.contains_key(&full_name(vb, name)))
+    }
+
+    /// A saved folder's quantized tensor `name`, counted as held by the model.
+    fn saved(&self, name: &str) -> Option<Arc<QTensor>> {
+        let store = self.store.as_ref()?;
+        let saved = store.saved.get(name)?;
+        store.use_quantized(name, saved);
+        Some(saved.clone())
     }
 
     /// The kind this quantizer makes.
@@ -266,20 +270,10 @@ impl Quantizer {
         vb: &VarBuilder,
         name: &str,
     ) -> Result<Embedding> {
-        let full = if vb.prefix().is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", vb.prefix())
-        };
+        let full = full_name(vb, name);
         let dtype = vb.dtype();
-        if let Some(saved) = self.store.as_ref().and_then(|s| s.saved.get(&full)) {
-            if let Some(store) = &self.store {
-                store.use_quantized(&full, saved);
-            }
-            return Ok(Embedding::Quant {
-                table: saved.clone(),
-                dtype,
-            });
+        if let Some(table) = self.saved(&full) {
+            return Ok(Embedding::Quant { table, dtype });
         }
         let Some(ggml) = self.kind.ggml_for(hidden) else {
             return Ok(Embedding::Float(vb.get((vocab, hidden), name)?));
@@ -298,42 +292,29 @@ impl Quantizer {
     /// quantized copy of the float table (named `name`).
     pub fn tied_head(&self, embedding: &Embedding, name: &str) -> Result<Linear> {
         match embedding {
-            Embedding::Quant { table, dtype } => {
-                let out = table.shape().dims()[0];
-                Ok(Linear::quantized(
-                    QMatMul::from_arc(table.clone())?,
-                    out,
-                    *dtype,
-                    None,
-                ))
-            }
+            Embedding::Quant { table, dtype } => Ok(Linear::quantized(
+                QMatMul::from_arc(table.clone())?,
+                *dtype,
+                None,
+            )),
             Embedding::Float(w) => {
                 let (out, hidden) = w.dims2()?;
-                let Some(ggml) = self.kind.ggml_for(hidden) else {
-                    return Ok(Linear::from_weights(w.clone(), None));
-                };
-                if let Some(saved) = self.store.as_ref().and_then(|s| s.saved.get(name)) {
-                    if let Some(store) = &self.store {
-                        store.use_quantized(name, saved);
-                    }
-                    return Ok(Linear::quantized(
-                        QMatMul::from_arc(saved.clone())?,
-                        out,
-                        w.dtype(),
-                        None,
-                    ));
-                }
-                let host = w.to_device(&Device::Cpu)?;
-                let q = Arc::new(quantize_rows(&host, ggml, w.device())?);
-                if let Some(store) = &self.store {
-                    store.record(name, &q, vec![]);
-                }
-                Ok(Linear::quantized(
-                    QMatMul::from_arc(q)?,
+                self.build(
+                    name,
+                    vec![],
+                    hidden,
                     out,
+                    w.device(),
                     w.dtype(),
                     None,
-                ))
+                    |r| {
+                        if r.is_host() {
+                            w.to_device(&Device::Cpu)
+                        } else {
+                            Ok(w.clone())
+                        }
+                    },
+                )
             }
         }
     }
@@ -352,9 +333,17 @@ impl Quantizer {
             None
         };
         let name = format!("{}.weight", vb.prefix());
-        self.build(&name, vec![name.clone()], in_dim, out_dim, &vb, bias, |r| {
-            r.at(&vb).get((out_dim, in_dim), "weight")
-        })
+        let (device, dtype) = (vb.device().clone(), vb.dtype());
+        self.build(
+            &name,
+            vec![name.clone()],
+            in_dim,
+            out_dim,
+            &device,
+            dtype,
+            bias,
+            |r| r.at(&vb).get((out_dim, in_dim), "weight"),
+        )
     }
 
     /// Several projections of the same input in one layer (q/k/v, gate/up): their
@@ -386,7 +375,8 @@ impl Quantizer {
         let Some((_, _, first)) = parts.first() else {
             candle_core::bail!("fused linear layer without parts")
         };
-        self.build(&name, sources, in_dim, out_dim, first, bias, |r| {
+        let (device, dtype) = (first.device().clone(), first.dtype());
+        self.build(&name, sources, in_dim, out_dim, &device, dtype, bias, |r| {
             let w = parts
                 .iter()
                 .map(|(o, f, vb)| scale(r.at(vb).get((*o, in_dim), "weight")?, *f))
@@ -410,7 +400,16 @@ impl Quantizer {
         bias: Option<Tensor>,
         weight: impl FnOnce(Reader) -> Result<Tensor>,
     ) -> Result<Linear> {
-        self.build(name, sources, in_dim, out_dim, vb, bias, weight)
+        self.build(
+            name,
+            sources,
+            in_dim,
+            out_dim,
+            vb.device(),
+            vb.dtype(),
+            bias,
+            weight,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -420,48 +419,35 @@ impl Quantizer {
         sources: Vec<String>,
         in_dim: usize,
         out_dim: usize,
-        vb: &VarBuilder,
+        device: &Device,
+        dtype: DType,
         bias: Option<Tensor>,
         weight: impl FnOnce(Reader) -> Result<Tensor>,
     ) -> Result<Linear> {
-        let device = vb.device().clone();
-        if let Some(saved) = self.store.as_ref().and_then(|s| s.saved.get(name)) {
+        if let Some(saved) = self.saved(name) {
             if saved.shape().dims() != [out_dim, in_dim] {
                 candle_core::bail!(
                     "quantized tensor {name} has shape {:?}, expected [{out_dim}, {in_dim}]",
                     saved.shape().dims()
                 );
             }
-            if let Some(store) = &self.store {
-                store.use_quantized(name, saved);
-            }
-            return Ok(Linear::quantized(
-                QMatMul::from_arc(saved.clone())?,
-                out_dim,
-                vb.dtype(),
-                bias,
-            ));
+            return Ok(Linear::quantized(QMatMul::from_arc(saved)?, dtype, bias));
         }
         let Some(ggml) = self.kind.ggml_for(in_dim) else {
             return Ok(Linear::from_weights(weight(Reader { host: false })?, bias));
         };
         let w = weight(Reader { host: true })?;
-        let q = Arc::new(quantize_rows(&w, ggml, &device)?);
+        let q = Arc::new(quantize_rows(&w, ggml, device)?);
         drop(w);
         if let Some(store) = &self.store {
             store.record(name, &q, sources);
         }
-        Ok(Linear::quantized(
-            QMatMul::from_arc(q)?,
-            out_dim,
-            vb.dtype(),
-            bias,
-        ))
+        Ok(Linear::quantized(QMatMul::from_arc(q)?, dtype, bias))
     }
 }
 
-/// How a weight is read: on the host in f32 when it is about to be quantized (the
-/// quantizer runs there), else in the model's dtype on its device.
+/// How a weight is read: on the host when it is about to be quantized (the quantizer runs
+/// there), else on the model's device; in the model's dtype either way.
 #[derive(Debug, Clone, Copy)]
 pub struct Reader {
     host: bool,
@@ -481,6 +467,15 @@ impl Reader {
         } else {
             vb.clone()
         }
+    }
+}
+
+/// `name` under `vb`'s prefix, as the checkpoint spells it.
+fn full_name(vb: &VarBuilder, name: &str) -> String {
+    if vb.prefix().is_empty() {
+        name.to_string()
+    } else {
+        format!("{}.{name}", vb.prefix())
     }
 }
 

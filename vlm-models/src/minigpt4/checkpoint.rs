@@ -18,69 +18,50 @@ use candle_nn::var_builder::SimpleBackend;
 use serde::Deserialize;
 use vlm_core::{Error, Result};
 
-/// One file (or set of shards) of tensors.
+/// One file of tensors.
 pub enum Source {
-    /// Memory-mapped safetensors files.
+    /// A memory-mapped safetensors file.
     Safetensors(MmapedSafetensors),
-    /// PyTorch zip checkpoints (each shard holds some of the names).
-    Pth(Vec<PthTensors>),
+    /// A PyTorch zip checkpoint.
+    Pth(PthTensors),
 }
 
 impl Source {
     /// Opens a `.safetensors`, `.pth` / `.bin` / `.pt` file. PyTorch state dicts nested
     /// under `'model'` (as LAVIS and MiniGPT-4 save them) are found automatically.
     pub fn open(path: &Path) -> Result<Self> {
-        Self::open_all(&[path.to_path_buf()])
-    }
-
-    /// Opens shards of one checkpoint (all of the same format).
-    pub fn open_all(paths: &[PathBuf]) -> Result<Self> {
-        let first = paths
-            .first()
-            .ok_or_else(|| Error::Weights("no weight files given".into()))?;
-        if first.extension().is_some_and(|e| e == "safetensors") {
-            // SAFETY: read-only memory mapping; modifying the files while loaded is
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            // SAFETY: read-only memory mapping; modifying the file while loaded is
             // undefined behaviour, as with every mmap-based loader.
-            let st = unsafe { MmapedSafetensors::multi(paths) }
-                .map_err(|e| Error::bad_file(first, e))?;
+            let st =
+                unsafe { MmapedSafetensors::new(path) }.map_err(|e| Error::bad_file(path, e))?;
             return Ok(Self::Safetensors(st));
         }
-        let mut shards = Vec::with_capacity(paths.len());
-        for p in paths {
-            shards.push(open_pth(p)?);
-        }
-        Ok(Self::Pth(shards))
+        Ok(Self::Pth(open_pth(path)?))
     }
 
     /// Every tensor name.
     pub fn names(&self) -> Vec<String> {
         match self {
             Self::Safetensors(st) => st.tensors().into_iter().map(|(n, _)| n).collect(),
-            Self::Pth(shards) => shards
-                .iter()
-                .flat_map(|s| s.tensor_infos().keys().cloned())
-                .collect(),
+            Self::Pth(t) => t.tensor_infos().keys().cloned().collect(),
         }
     }
 
     fn contains(&self, name: &str) -> bool {
         match self {
             Self::Safetensors(st) => st.get(name).is_ok(),
-            Self::Pth(shards) => shards.iter().any(|s| s.tensor_infos().contains_key(name)),
+            Self::Pth(t) => t.tensor_infos().contains_key(name),
         }
     }
 
     fn load(&self, name: &str, device: &Device) -> candle_core::Result<Tensor> {
         match self {
             Self::Safetensors(st) => st.load(name, device),
-            Self::Pth(shards) => {
-                for s in shards {
-                    if let Some(t) = s.get(name)? {
-                        return t.to_device(device);
-                    }
-                }
-                candle_core::bail!("tensor {name} not found")
-            }
+            Self::Pth(t) => match t.get(name)? {
+                Some(t) => t.to_device(device),
+                None => candle_core::bail!("tensor {name} not found"),
+            },
         }
     }
 }

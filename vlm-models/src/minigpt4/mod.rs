@@ -28,7 +28,6 @@ use serde::Deserialize;
 use tokenizers::Tokenizer;
 use vlm_core::device::device_name;
 use vlm_core::files::ModelDir;
-use vlm_core::kv_cache::LayerKvCache;
 use vlm_core::model::LoadOptions;
 use vlm_core::{
     Error, Family, FamilyModel, GenerationDefaults, Image, Language, ModelInfo, PrefillOutput,
@@ -47,7 +46,7 @@ use crate::quant::{QuantPolicy, Quantizer};
 use crate::quantized_folder::{LoadContext, QUANTIZED_WEIGHTS};
 use crate::qwen_vl::config::TextConfig;
 use crate::qwen_vl::rope::MropeTables;
-use crate::qwen_vl::text::TextModel;
+use crate::qwen_vl::text::{DecoderState, TextModel};
 use crate::weights::weights_err;
 use vlm_core::resize::PillowVersion;
 
@@ -164,12 +163,8 @@ pub struct MiniGpt4Inputs {
     pub prompt: String,
 }
 
-/// Per-batch generation state.
-pub struct MiniGpt4State {
-    caches: Vec<LayerKvCache>,
-    pad: Vec<usize>,
-    next_position: Vec<i64>,
-}
+/// Per-batch generation state (the LLaMA decoder's).
+pub type MiniGpt4State = DecoderState;
 
 /// The image path's intermediate results, for parity checks.
 pub struct ImageFeatures {
@@ -737,24 +732,7 @@ impl Family for MiniGpt4 {
     }
 
     fn decode(&self, tokens: &[u32], state: &mut MiniGpt4State) -> Result<Tensor> {
-        let b = tokens.len();
-        let ids = Tensor::from_vec(tokens.to_vec(), b, &self.device)?;
-        let embeds = self.llm.embed(&ids)?.unsqueeze(1)?;
-        let positions: Vec<[Vec<i64>; 3]> = state
-            .next_position
-            .iter()
-            .map(|&p| [vec![p], vec![p], vec![p]])
-            .collect();
-        let (cos, sin) = self.rope.tables(&positions, self.dtype, &self.device)?;
-        let kv_len = state.caches.first().map_or(0, |c| c.len()) + 1;
-        let mask = attention_mask(&state.pad, 1, kv_len, self.dtype, &self.device)?;
-        let hidden =
-            self.llm
-                .forward_hidden(embeds, &cos, &sin, mask.as_ref(), &mut state.caches, None)?;
-        for p in state.next_position.iter_mut() {
-            *p += 1;
-        }
-        Ok(self.llm.logits(&hidden.squeeze(1)?)?)
+        Ok(self.llm.decode_step(tokens, &self.rope, state)?)
     }
 
     fn relate_in_one_conversation(&self) -> bool {

@@ -26,7 +26,6 @@ use candle_core::{DType, Device, Tensor};
 use tokenizers::Tokenizer;
 use vlm_core::device::device_name;
 use vlm_core::files::ModelDir;
-use vlm_core::kv_cache::LayerKvCache;
 use vlm_core::model::LoadOptions;
 use vlm_core::{
     Error, Family, FamilyModel, GenerationDefaults, ModelInfo, PrefillOutput, Quantization,
@@ -39,7 +38,7 @@ use crate::weights::weights_err;
 pub use config::{QwenGeneration, QwenVlConfig};
 pub use processor::{QwenInputs, QwenProcessor, IMAGE_PLACEHOLDER};
 use rope::{rope_index, MropeTables, RopeIndex};
-use text::{DeepStack, TextModel};
+use text::{DecoderState, DeepStack, TextModel};
 use vision::{VisionOutput, VisionTower};
 
 /// The `model_type`s this family loads.
@@ -61,13 +60,7 @@ pub struct QwenVl {
 }
 
 /// Per-batch generation state: KV caches and where each sequence's positions continue.
-pub struct QwenState {
-    caches: Vec<LayerKvCache>,
-    /// Next M-RoPE position of each sequence (all three streams agree after the prompt).
-    next_position: Vec<i64>,
-    /// Left padding of each sequence in the cache.
-    pad: Vec<usize>,
-}
+pub type QwenState = DecoderState;
 
 /// Tokens and image patches of one request, with its 3-D positions.
 pub struct PreparedQwen {
@@ -398,23 +391,6 @@ impl Family for QwenVl {
     }
 
     fn decode(&self, tokens: &[u32], state: &mut QwenState) -> Result<Tensor> {
-        let b = tokens.len();
-        let ids = Tensor::from_vec(tokens.to_vec(), b, &self.device)?;
-        let embeds = self.text.embed(&ids)?.unsqueeze(1)?;
-        let positions: Vec<[Vec<i64>; 3]> = state
-            .next_position
-            .iter()
-            .map(|&p| [vec![p], vec![p], vec![p]])
-            .collect();
-        let (cos, sin) = self.rope.tables(&positions, self.dtype, &self.device)?;
-        let kv_len = state.caches.first().map_or(0, |c| c.len()) + 1;
-        let mask = attention_mask(&state.pad, 1, kv_len, self.dtype, &self.device)?;
-        let hidden =
-            self.text
-                .forward_hidden(embeds, &cos, &sin, mask.as_ref(), &mut state.caches, None)?;
-        for p in state.next_position.iter_mut() {
-            *p += 1;
-        }
-        Ok(self.text.logits(&hidden.squeeze(1)?)?)
+        Ok(self.text.decode_step(tokens, &self.rope, state)?)
     }
 }

@@ -9,7 +9,8 @@ use candle_nn::VarBuilder;
 use vlm_core::kv_cache::LayerKvCache;
 
 use super::config::TextConfig;
-use crate::layers::{softmax_f32_acc, Act, Embedding, Linear, RmsNorm};
+use super::rope::MropeTables;
+use crate::layers::{attention_mask, softmax_f32_acc, Act, Embedding, Linear, RmsNorm};
 use crate::quant::Quantizer;
 
 struct Attention {
@@ -180,6 +181,17 @@ pub struct DeepStack<'a> {
     pub features: &'a [Tensor],
 }
 
+/// Per-batch decoding state of a [`TextModel`]: KV caches and where each sequence's
+/// positions continue.
+pub struct DecoderState {
+    /// One per layer.
+    pub(crate) caches: Vec<LayerKvCache>,
+    /// Next position of each sequence (the three M-RoPE streams agree after the prompt).
+    pub(crate) next_position: Vec<i64>,
+    /// Left padding of each sequence in the cache.
+    pub(crate) pad: Vec<usize>,
+}
+
 /// The decoder stack, final norm and LM head.
 pub struct TextModel {
     embed_tokens: Embedding,
@@ -187,6 +199,8 @@ pub struct TextModel {
     norm: RmsNorm,
     lm_head: Linear,
     cfg: TextConfig,
+    dtype: DType,
+    device: candle_core::Device,
 }
 
 impl TextModel {
@@ -222,6 +236,8 @@ impl TextModel {
             norm,
             lm_head,
             cfg: cfg.clone(),
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
         })
     }
 
@@ -265,6 +281,32 @@ impl TextModel {
             }
         }
         self.norm.forward(&x)
+    }
+
+    /// One decode step: the last token of each sequence in, `[batch, vocab]` logits out.
+    pub fn decode_step(
+        &self,
+        tokens: &[u32],
+        rope: &MropeTables,
+        state: &mut DecoderState,
+    ) -> Result<Tensor> {
+        let (dtype, device) = (self.dtype, &self.device);
+        let ids = Tensor::from_vec(tokens.to_vec(), tokens.len(), device)?;
+        let embeds = self.embed(&ids)?.unsqueeze(1)?;
+        let positions: Vec<[Vec<i64>; 3]> = state
+            .next_position
+            .iter()
+            .map(|&p| [vec![p], vec![p], vec![p]])
+            .collect();
+        let (cos, sin) = rope.tables(&positions, dtype, device)?;
+        let kv_len = state.caches.first().map_or(0, |c| c.len()) + 1;
+        let mask = attention_mask(&state.pad, 1, kv_len, dtype, device)?;
+        let hidden =
+            self.forward_hidden(embeds, &cos, &sin, mask.as_ref(), &mut state.caches, None)?;
+        for p in state.next_position.iter_mut() {
+            *p += 1;
+        }
+        self.logits(&hidden.squeeze(1)?)
     }
 
     /// LM head over `[.., hidden]`.
