@@ -45,6 +45,21 @@ impl LayerKvCache {
         self.k.dim(2).unwrap_or(0)
     }
 
+    /// Claims the next `n` positions for a kernel that writes them in place. Returns the
+    /// whole caches, `[batch, kv_heads, capacity, head_dim]`, and the first claimed position.
+    pub fn claim(&mut self, n: usize) -> Result<(&Tensor, &Tensor, usize)> {
+        if self.len + n > self.capacity() {
+            return Err(crate::Error::Generation(format!(
+                "KV cache full: {} + {n} positions exceed the {} allocated",
+                self.len,
+                self.capacity()
+            )));
+        }
+        let start = self.len;
+        self.len += n;
+        Ok((&self.k, &self.v, start))
+    }
+
     /// Writes `k`, `v` (`[batch, kv_heads, n, head_dim]`) after the filled positions and
     /// returns views of everything cached, `[batch, kv_heads, len, head_dim]`.
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -89,5 +104,17 @@ mod tests {
             .unwrap();
         assert!(last.iter().all(|&x| x == 2.0));
         assert!(c.append(&b, &b).is_err());
+    }
+
+    #[test]
+    fn claims_positions_for_in_place_writers() {
+        let dev = Device::Cpu;
+        let mut c = LayerKvCache::new(1, 2, 4, 3, DType::F32, &dev).unwrap();
+        let a = Tensor::ones((1, 2, 3, 3), DType::F32, &dev).unwrap();
+        c.append(&a, &a).unwrap();
+        let (k, _, start) = c.claim(1).unwrap();
+        assert_eq!((k.dims(), start), (&[1, 2, 4, 3][..], 3));
+        assert_eq!(c.len(), 4);
+        assert!(c.claim(1).is_err());
     }
 }

@@ -80,8 +80,19 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+impl Linear {
+    /// `x Wᵀ` without the bias, for a kernel that adds it itself.
+    pub fn forward_unbiased(&self, x: &Tensor) -> Result<Tensor> {
+        self.project(x, false)
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    fn project(&self, x: &Tensor, with_bias: bool) -> Result<Tensor> {
+        let bias = self.bias.as_ref().filter(|_| with_bias);
         let y = match &self.weight {
             Weight::Float(weight) => {
                 // candle's matmul wants matching batch dims: fold leading dims into rows.
@@ -89,7 +100,7 @@ impl Module for Linear {
                 let rows: usize = dims[..dims.len() - 1].iter().product();
                 let x2 = x.reshape((rows, dims[dims.len() - 1]))?;
                 let mut y = x2.matmul(&weight.t()?)?;
-                if let Some(b) = &self.bias {
+                if let Some(b) = bias {
                     y = y.broadcast_add(b)?;
                 }
                 let mut out_dims = dims.to_vec();
@@ -98,10 +109,16 @@ impl Module for Linear {
             }
             Weight::Quant { matmul, .. } => matmul.forward(&x.contiguous()?)?,
         };
-        match &self.bias {
+        match bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.project(x, true)
     }
 }
 
@@ -125,6 +142,14 @@ impl RmsNorm {
 }
 
 impl RmsNorm {
+    /// The norm as a fused kernel takes it.
+    pub fn head_norm(&self) -> crate::kernels::HeadNorm<'_> {
+        crate::kernels::HeadNorm {
+            weight: &self.weight,
+            eps: self.eps,
+        }
+    }
+
     /// The same norm with its output multiplied by `factor` (folded into the weight).
     pub fn scaled(&self, factor: f64) -> Result<Self> {
         Ok(Self {

@@ -10,6 +10,8 @@
 //! | MiniGPT-4 (Vicuna v0, LLaMA-2-chat) | `minigpt4` | [`minigpt4`] |
 
 pub mod blip2;
+#[doc(hidden)]
+pub mod kernels;
 pub mod layers;
 pub mod minigpt4;
 pub mod preprocess;

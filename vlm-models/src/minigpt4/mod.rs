@@ -621,11 +621,7 @@ impl MiniGpt4 {
         let next_position = pad.iter().map(|&p| (len - p) as i64).collect();
         Ok((
             out,
-            MiniGpt4State {
-                caches,
-                pad,
-                next_position,
-            },
+            MiniGpt4State::new(caches, next_position, pad),
             image_time,
         ))
     }

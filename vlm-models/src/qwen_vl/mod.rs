@@ -304,15 +304,7 @@ impl QwenVl {
             .iter()
             .map(|p| p.inputs.input_ids.len() as i64 + p.rope.delta)
             .collect();
-        Ok((
-            out,
-            QwenState {
-                caches,
-                next_position,
-                pad,
-            },
-            vision_time,
-        ))
+        Ok((out, QwenState::new(caches, next_position, pad), vision_time))
     }
 
     /// Logits of every prompt position `[len, vocab]` of one request (for parity checks).

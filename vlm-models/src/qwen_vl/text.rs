@@ -10,8 +10,19 @@ use vlm_core::kv_cache::LayerKvCache;
 
 use super::config::TextConfig;
 use super::rope::MropeTables;
+use crate::kernels::{self, Heads};
 use crate::layers::{attention_mask, softmax_f32_acc, Act, Embedding, Linear, RmsNorm};
 use crate::quant::Quantizer;
+
+/// How a layer's attention sees which positions to attend.
+#[derive(Clone, Copy)]
+enum Masking<'a> {
+    /// An additive mask (none: causal over everything cached) for the unfused attention.
+    Additive(Option<&'a Tensor>),
+    /// One new token per sequence through the fused CUDA kernels, each sequence skipping
+    /// its left padding (`[batch]` u32; none: no padding).
+    FusedDecode { pad: Option<&'a Tensor> },
+}
 
 struct Attention {
     /// q, k and v in one projection; the attention scale 1/√d is folded into q (into
@@ -26,6 +37,60 @@ struct Attention {
 }
 
 impl Attention {
+    fn heads(&self) -> Heads {
+        Heads {
+            q: self.num_heads,
+            kv: self.num_kv_heads,
+            dim: self.head_dim,
+        }
+    }
+
+    /// The decode step through the fused kernels: the projection, two kernels, the output
+    /// projection.
+    fn forward_fused_decode(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        pad: Option<&Tensor>,
+        cache: &mut LayerKvCache,
+    ) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        let (k_cache, v_cache, pos) = cache
+            .claim(1)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let dtype = k_cache.dtype();
+        let qkv = self.qkv.forward_unbiased(x)?.to_dtype(dtype)?;
+        let bias = self.qkv.bias().map(|b| b.to_dtype(dtype)).transpose()?;
+        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
+        let heads = self.heads();
+        kernels::write_kv(
+            &qkv,
+            bias.as_ref(),
+            &cos,
+            &sin,
+            self.k_norm.as_ref().map(RmsNorm::head_norm),
+            &heads,
+            k_cache,
+            v_cache,
+            pos,
+        )?;
+        let out = kernels::decode_attention(
+            &qkv,
+            bias.as_ref(),
+            &cos,
+            &sin,
+            self.q_norm.as_ref().map(RmsNorm::head_norm),
+            &heads,
+            k_cache,
+            v_cache,
+            pos + 1,
+            pad,
+        )?;
+        self.o_proj
+            .forward(&out.reshape((b, 1, heads.q * heads.dim))?)
+    }
+
     fn new(cfg: &TextConfig, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
@@ -64,9 +129,15 @@ impl Attention {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
+        masking: Masking<'_>,
         cache: &mut LayerKvCache,
     ) -> Result<Tensor> {
+        let mask = match masking {
+            Masking::FusedDecode { pad } => {
+                return self.forward_fused_decode(x, cos, sin, pad, cache)
+            }
+            Masking::Additive(mask) => mask,
+        };
         let (b, l, _) = x.dims3()?;
         let d = self.head_dim;
         let (nq, nkv) = (self.num_heads, self.num_kv_heads);
@@ -119,6 +190,8 @@ struct Mlp {
     down_proj: Linear,
     act: Act,
     intermediate: usize,
+    /// silu(gate)·up in one CUDA kernel.
+    fused_silu: bool,
 }
 
 impl Mlp {
@@ -133,6 +206,8 @@ impl Mlp {
             down_proj: q.linear(i, h, false, vb.pp("down_proj"))?,
             act: cfg.hidden_act,
             intermediate: i,
+            fused_silu: cfg.hidden_act == Act::Silu
+                && kernels::silu_mul_available(vb.device(), vb.dtype()),
         })
     }
 }
@@ -140,6 +215,11 @@ impl Mlp {
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up.forward(x)?;
+        if self.fused_silu {
+            return self
+                .down_proj
+                .forward(&kernels::silu_mul(&gate_up, self.intermediate)?);
+        }
         let gate = gate_up.narrow(D::Minus1, 0, self.intermediate)?;
         let up = gate_up.narrow(D::Minus1, self.intermediate, self.intermediate)?;
         self.down_proj.forward(&(self.act.forward(&gate)? * up)?)
@@ -190,6 +270,32 @@ pub struct DecoderState {
     pub(crate) next_position: Vec<i64>,
     /// Left padding of each sequence in the cache.
     pub(crate) pad: Vec<usize>,
+    /// `pad` on the device as the fused kernels read it, made on the first fused step.
+    pad_on_device: Option<Tensor>,
+}
+
+impl DecoderState {
+    /// The state after a prompt: its caches, each sequence's next position and padding.
+    pub(crate) fn new(caches: Vec<LayerKvCache>, next_position: Vec<i64>, pad: Vec<usize>) -> Self {
+        Self {
+            caches,
+            next_position,
+            pad,
+            pad_on_device: None,
+        }
+    }
+
+    /// The padding as a `[batch]` u32 tensor, or none when no sequence is padded.
+    fn pad_on_device(&mut self, device: &candle_core::Device) -> Result<Option<Tensor>> {
+        if self.pad.iter().all(|&p| p == 0) {
+            return Ok(None);
+        }
+        if self.pad_on_device.is_none() {
+            let pad: Vec<u32> = self.pad.iter().map(|&p| p as u32).collect();
+            self.pad_on_device = Some(Tensor::new(pad, device)?);
+        }
+        Ok(self.pad_on_device.clone())
+    }
 }
 
 /// The decoder stack, final norm and LM head.
@@ -201,6 +307,8 @@ pub struct TextModel {
     cfg: TextConfig,
     dtype: DType,
     device: candle_core::Device,
+    /// Decode steps through the fused CUDA kernels.
+    fused_decode: bool,
 }
 
 impl TextModel {
@@ -238,6 +346,7 @@ impl TextModel {
             cfg: cfg.clone(),
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            fused_decode: kernels::available(vb.device(), vb.dtype(), cfg.head_dim),
         })
     }
 
@@ -257,6 +366,18 @@ impl TextModel {
         caches: &mut [LayerKvCache],
         deepstack: Option<DeepStack<'_>>,
     ) -> Result<Tensor> {
+        self.run_layers(embeds, cos, sin, Masking::Additive(mask), caches, deepstack)
+    }
+
+    fn run_layers(
+        &self,
+        embeds: Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        masking: Masking<'_>,
+        caches: &mut [LayerKvCache],
+        deepstack: Option<DeepStack<'_>>,
+    ) -> Result<Tensor> {
         let (b, l, h) = embeds.dims3()?;
         let mut x = embeds;
         for (i, (layer, cache)) in self.layers.iter().zip(caches.iter_mut()).enumerate() {
@@ -265,7 +386,7 @@ impl TextModel {
                 &layer.input_layernorm.forward(&x)?,
                 cos,
                 sin,
-                mask,
+                masking,
                 cache,
             )?;
             let x1 = (residual + attn)?;
@@ -299,10 +420,16 @@ impl TextModel {
             .map(|&p| [vec![p], vec![p], vec![p]])
             .collect();
         let (cos, sin) = rope.tables(&positions, dtype, device)?;
-        let kv_len = state.caches.first().map_or(0, |c| c.len()) + 1;
-        let mask = attention_mask(&state.pad, 1, kv_len, dtype, device)?;
-        let hidden =
-            self.forward_hidden(embeds, &cos, &sin, mask.as_ref(), &mut state.caches, None)?;
+        let hidden = if self.fused_decode {
+            let pad = state.pad_on_device(device)?;
+            let masking = Masking::FusedDecode { pad: pad.as_ref() };
+            self.run_layers(embeds, &cos, &sin, masking, &mut state.caches, None)?
+        } else {
+            let kv_len = state.caches.first().map_or(0, |c| c.len()) + 1;
+            let mask = attention_mask(&state.pad, 1, kv_len, dtype, device)?;
+            let masking = Masking::Additive(mask.as_ref());
+            self.run_layers(embeds, &cos, &sin, masking, &mut state.caches, None)?
+        };
         for p in state.next_position.iter_mut() {
             *p += 1;
         }

@@ -1,0 +1,54 @@
+//! With the `cuda` feature, compiles the fused decode kernels (src/kernels/decode.cu) to
+//! PTX with nvcc; the driver JIT-compiles that PTX for the card it runs on.
+//!
+//! nvcc is `$NVCC`, else `$CUDA_ROOT/bin/nvcc` / `$CUDA_HOME/bin/nvcc`, else `nvcc` on PATH.
+//! The virtual architecture is `compute_$CUDA_COMPUTE_CAP` (as candle-kernels reads it),
+//! default 80: PTX for compute_80 runs on every later card (Ampere, Ada, Hopper).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/kernels/decode.cu");
+    for var in ["NVCC", "CUDA_ROOT", "CUDA_HOME", "CUDA_COMPUTE_CAP"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return;
+    }
+    let nvcc = std::env::var_os("NVCC")
+        .map(PathBuf::from)
+        .or_else(|| {
+            ["CUDA_ROOT", "CUDA_HOME"].iter().find_map(|v| {
+                let p = PathBuf::from(std::env::var_os(v)?).join("bin/nvcc");
+                p.exists().then_some(p)
+            })
+        })
+        .unwrap_or_else(|| PathBuf::from("nvcc"));
+    let cap = std::env::var("CUDA_COMPUTE_CAP")
+        .ok()
+        .map(|c| c.trim().replace('.', ""))
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "80".into());
+    let out =
+        PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("decode.ptx");
+    let status = Command::new(&nvcc)
+        .args(["--ptx", "-O3", "-std=c++17"])
+        .arg(format!("--gpu-architecture=compute_{cap}"))
+        .arg("src/kernels/decode.cu")
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| {
+            panic!(
+                "the cuda feature compiles CUDA kernels with nvcc, and {} could not be run ({e}): \
+                 install the CUDA toolkit, or set NVCC or CUDA_ROOT",
+                nvcc.display()
+            )
+        });
+    assert!(
+        status.success(),
+        "nvcc failed on src/kernels/decode.cu ({status})"
+    );
+}

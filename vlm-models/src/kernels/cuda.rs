@@ -1,0 +1,357 @@
+//! Launching the kernels of `decode.cu`: device addresses of contiguous tensors, read
+//! under their storage locks, passed as raw pointers (the kernels take several inputs and
+//! write the KV cache in place, which candle's custom-op traits do not express).
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaStream, DevicePtr, LaunchConfig, PushKernelArg, SyncOnDrop,
+};
+use candle_core::cuda_backend::WrapErr;
+use candle_core::op::BackpropOp;
+use candle_core::{bail, CudaDevice, CudaStorage, DType, Result, Shape, Storage, Tensor};
+
+use super::{HeadNorm, Heads};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
+const MODULE: &str = "vlm_decode";
+
+fn suffix(dtype: DType) -> Result<&'static str> {
+    Ok(match dtype {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        d => bail!("the fused decode kernels take f32, bf16 or f16, not {d:?}"),
+    })
+}
+
+fn address<'a>(
+    s: &'a CudaStorage,
+    offset: usize,
+    stream: &'a CudaStream,
+) -> Result<(u64, SyncOnDrop<'a>)> {
+    let (ptr, sync, size) = match s.dtype() {
+        DType::F32 => {
+            let (p, g) = s.as_cuda_slice::<f32>()?.device_ptr(stream);
+            (p, g, 4)
+        }
+        DType::BF16 => {
+            let (p, g) = s.as_cuda_slice::<half::bf16>()?.device_ptr(stream);
+            (p, g, 2)
+        }
+        DType::F16 => {
+            let (p, g) = s.as_cuda_slice::<half::f16>()?.device_ptr(stream);
+            (p, g, 2)
+        }
+        DType::U32 => {
+            let (p, g) = s.as_cuda_slice::<u32>()?.device_ptr(stream);
+            (p, g, 4)
+        }
+        d => bail!("no fused kernel reads {d:?} tensors"),
+    };
+    Ok((ptr + (offset * size) as u64, sync))
+}
+
+/// Runs `launch` with the device addresses of `tensors` (0 for `None`), each contiguous
+/// and on CUDA, their storages locked until it returns.
+fn with_addresses<R>(
+    tensors: &[Option<&Tensor>],
+    launch: impl FnOnce(&CudaDevice, &[u64]) -> Result<R>,
+) -> Result<R> {
+    let locked = tensors
+        .iter()
+        .map(|t| {
+            t.map(|t| {
+                let (storage, layout) = t.storage_and_layout();
+                if !layout.is_contiguous() {
+                    bail!("fused kernel input {:?} is not contiguous", t.shape());
+                }
+                Ok((storage, layout.start_offset()))
+            })
+            .transpose()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let storages = locked
+        .iter()
+        .map(|l| match l {
+            Some((storage, offset)) => match &**storage {
+                Storage::Cuda(s) => Ok(Some((s, *offset))),
+                _ => bail!("the fused kernels run on CUDA tensors only"),
+            },
+            None => Ok(None),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let Some(device) = storages
+        .iter()
+        .flatten()
+        .map(|(s, _)| s.device.clone())
+        .next()
+    else {
+        bail!("a fused kernel got no tensor");
+    };
+    let stream = device.cuda_stream();
+    let mut syncs = Vec::with_capacity(storages.len());
+    let mut addresses = Vec::with_capacity(storages.len());
+    for s in &storages {
+        match s {
+            Some((s, offset)) => {
+                let (ptr, sync) = address(s, *offset, &stream)?;
+                addresses.push(ptr);
+                syncs.push(sync);
+            }
+            None => addresses.push(0),
+        }
+    }
+    let out = launch(&device, &addresses);
+    drop(syncs);
+    out
+}
+
+/// An uninitialised tensor for a kernel to fill.
+fn empty(like: &Tensor, shape: Shape) -> Result<Tensor> {
+    let candle_core::Device::Cuda(dev) = like.device() else {
+        bail!("the fused kernels run on CUDA tensors only");
+    };
+    let n = shape.elem_count();
+    // SAFETY: every element is written by the kernel the tensor is made for.
+    let storage = unsafe {
+        match like.dtype() {
+            DType::F32 => CudaStorage::wrap_cuda_slice(dev.alloc::<f32>(n)?, dev.clone()),
+            DType::BF16 => CudaStorage::wrap_cuda_slice(dev.alloc::<half::bf16>(n)?, dev.clone()),
+            DType::F16 => CudaStorage::wrap_cuda_slice(dev.alloc::<half::f16>(n)?, dev.clone()),
+            d => bail!("the fused decode kernels take f32, bf16 or f16, not {d:?}"),
+        }
+    };
+    Ok(Tensor::from_storage(
+        Storage::Cuda(storage),
+        shape,
+        BackpropOp::none(),
+        false,
+    ))
+}
+
+fn same_dtype(tensors: &[Option<&Tensor>], dtype: DType) -> Result<()> {
+    for t in tensors.iter().flatten() {
+        if t.dtype() != dtype {
+            bail!(
+                "fused kernel inputs must share one dtype: {:?} next to {dtype:?}",
+                t.dtype()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn silu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
+    let dims = gate_up.dims();
+    let Some((&last, lead)) = dims.split_last() else {
+        bail!("silu_mul needs a [.., 2·intermediate] tensor");
+    };
+    if last != 2 * inter {
+        bail!("silu_mul: last dim {last} is not 2 × {inter}");
+    }
+    let rows: usize = lead.iter().product();
+    let mut out_dims = lead.to_vec();
+    out_dims.push(inter);
+    let out = empty(gate_up, Shape::from_dims(&out_dims))?;
+    let name = format!("silu_mul_{}", suffix(gate_up.dtype())?);
+    with_addresses(&[Some(gate_up), Some(&out)], |dev, p| {
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let n = rows * inter;
+        let blocks = n.div_ceil(256).clamp(1, 65_535) as u32;
+        let (rows, inter) = (rows as u32, inter as u32);
+        let mut b = func.builder();
+        b.arg(&p[0]).arg(&p[1]).arg(&rows).arg(&inter);
+        // SAFETY: arguments match the kernel's signature; sizes checked above.
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Checks shared by both attention kernels; returns the batch.
+fn check_step(
+    qkv: &Tensor,
+    bias: Option<&Tensor>,
+    cos: &Tensor,
+    heads: &Heads,
+    k_cache: &Tensor,
+) -> Result<usize> {
+    let width = (heads.q + 2 * heads.kv) * heads.dim;
+    let b = qkv.dim(0)?;
+    if qkv.elem_count() != b * width {
+        bail!(
+            "fused decode: qkv {:?} is not [batch, {width}]",
+            qkv.shape()
+        );
+    }
+    if let Some(bias) = bias {
+        if bias.elem_count() != width {
+            bail!("fused decode: bias {:?} is not [{width}]", bias.shape());
+        }
+    }
+    if cos.elem_count() != b * heads.dim / 2 {
+        bail!(
+            "fused decode: rope table {:?} is not [batch, {}]",
+            cos.shape(),
+            heads.dim / 2
+        );
+    }
+    let (cb, ckv, _, cd) = k_cache.dims4()?;
+    if (cb, ckv, cd) != (b, heads.kv, heads.dim) || heads.q % heads.kv != 0 {
+        bail!(
+            "fused decode: cache {:?} does not match batch {b}, {} kv heads of {}",
+            k_cache.shape(),
+            heads.kv,
+            heads.dim
+        );
+    }
+    Ok(b)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn write_kv(
+    qkv: &Tensor,
+    bias: Option<&Tensor>,
+    cos: &Tensor,
+    sin: &Tensor,
+    k_norm: Option<HeadNorm<'_>>,
+    heads: &Heads,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    pos: usize,
+) -> Result<()> {
+    let b = check_step(qkv, bias, cos, heads, k_cache)?;
+    let cap = k_cache.dim(2)?;
+    if pos >= cap || v_cache.shape() != k_cache.shape() {
+        bail!(
+            "fused decode: position {pos} outside the cache {:?}",
+            k_cache.shape()
+        );
+    }
+    let dtype = k_cache.dtype();
+    let norm_w = k_norm.as_ref().map(|n| n.weight);
+    let all = [
+        Some(qkv),
+        bias,
+        Some(cos),
+        Some(sin),
+        norm_w,
+        Some(k_cache),
+        Some(v_cache),
+    ];
+    same_dtype(&all, dtype)?;
+    let eps = k_norm.map_or(0.0, |n| n.eps as f32);
+    let name = format!("kv_write_{}", suffix(dtype)?);
+    with_addresses(&all, |dev, p| {
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let (nq, nkv, d, cap, pos) = (
+            heads.q as i32,
+            heads.kv as i32,
+            heads.dim as i32,
+            cap as i32,
+            pos as i32,
+        );
+        let mut a = func.builder();
+        a.arg(&p[0])
+            .arg(&p[1])
+            .arg(&p[2])
+            .arg(&p[3])
+            .arg(&p[4])
+            .arg(&eps);
+        a.arg(&p[5]).arg(&p[6]);
+        a.arg(&nq).arg(&nkv).arg(&d).arg(&cap).arg(&pos);
+        let cfg = LaunchConfig {
+            grid_dim: (heads.kv as u32, b as u32, 1),
+            // Whole warps: the key norm reduces with full-warp shuffles.
+            block_dim: ((heads.dim as u32 / 2).max(32), 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match the kernel's signature; shapes checked above.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok(())
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn decode_attention(
+    qkv: &Tensor,
+    bias: Option<&Tensor>,
+    cos: &Tensor,
+    sin: &Tensor,
+    q_norm: Option<HeadNorm<'_>>,
+    heads: &Heads,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    kv_len: usize,
+    pad: Option<&Tensor>,
+) -> Result<Tensor> {
+    let b = check_step(qkv, bias, cos, heads, k_cache)?;
+    let cap = k_cache.dim(2)?;
+    if kv_len == 0 || kv_len > cap || v_cache.shape() != k_cache.shape() {
+        bail!(
+            "fused decode: {kv_len} positions in the cache {:?}",
+            k_cache.shape()
+        );
+    }
+    if let Some(pad) = pad {
+        if pad.dtype() != DType::U32 || pad.elem_count() != b {
+            bail!(
+                "fused decode: pad must be [batch] u32, got {:?}",
+                pad.shape()
+            );
+        }
+    }
+    let dtype = k_cache.dtype();
+    let norm_w = q_norm.as_ref().map(|n| n.weight);
+    let floats = [
+        Some(qkv),
+        bias,
+        Some(cos),
+        Some(sin),
+        norm_w,
+        Some(k_cache),
+        Some(v_cache),
+    ];
+    same_dtype(&floats, dtype)?;
+    let out = empty(k_cache, Shape::from_dims(&[b, heads.q * heads.dim]))?;
+    let eps = q_norm.map_or(0.0, |n| n.eps as f32);
+    let name = format!("decode_attention_{}_d{}", suffix(dtype)?, heads.dim);
+    let all = [
+        Some(qkv),
+        bias,
+        Some(cos),
+        Some(sin),
+        norm_w,
+        Some(k_cache),
+        Some(v_cache),
+        pad,
+        Some(&out),
+    ];
+    with_addresses(&all, |dev, p| {
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let (nq, nkv, cap, kv_len) = (heads.q as i32, heads.kv as i32, cap as i32, kv_len as i32);
+        let mut a = func.builder();
+        a.arg(&p[0])
+            .arg(&p[1])
+            .arg(&p[2])
+            .arg(&p[3])
+            .arg(&p[4])
+            .arg(&eps);
+        a.arg(&p[5]).arg(&p[6]).arg(&p[7]).arg(&p[8]);
+        a.arg(&nq).arg(&nkv).arg(&cap).arg(&kv_len);
+        let cfg = LaunchConfig {
+            grid_dim: (heads.q as u32, b as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match the kernel's signature; shapes checked above.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok(())
+    })?;
+    Ok(out)
+}

@@ -1,0 +1,285 @@
+// Fused kernels of the decoder step. At one new token per sequence candle issues one
+// launch per small op (bias, q/k norms, two RoPEs, two cache copies, the score matmul,
+// softmax, the value matmul, the head transpose, the activation and its product): on an
+// H100 the host spends longer issuing them than the GPU spends running them. These three
+// kernels replace ~15 launches per layer.
+//
+// Every kernel computes in f32 and rounds once on output. Pointers are raw device
+// addresses of contiguous tensors; optional inputs are null.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+  return __float2bfloat16(x);
+}
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
+
+// Eight consecutive elements (16- or 32-byte aligned) as f32.
+__device__ __forceinline__ void load8(const float *p, float *o) {
+  const float4 a = *reinterpret_cast<const float4 *>(p);
+  const float4 b = *reinterpret_cast<const float4 *>(p + 4);
+  o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w;
+  o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+}
+__device__ __forceinline__ void load8(const __nv_bfloat16 *p, float *o) {
+  const uint4 u = *reinterpret_cast<const uint4 *>(p);
+  const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    o[2 * i] = f.x;
+    o[2 * i + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void load8(const __half *p, float *o) {
+  const uint4 u = *reinterpret_cast<const uint4 *>(p);
+  const __half2 *h = reinterpret_cast<const __half2 *>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __half22float2(h[i]);
+    o[2 * i] = f.x;
+    o[2 * i + 1] = f.y;
+  }
+}
+
+// Sum over the block (blockDim.x a multiple of 32); every thread gets the total.
+__device__ float block_sum(float v) {
+  __shared__ float part[32];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // `part` may still be read by a previous call
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  float total = 0.f;
+  for (int w = 0; w < (int)(blockDim.x / 32); ++w) total += part[w];
+  return total;
+}
+
+// One head of the fused q/k/v projection's output made ready for attention: bias, the
+// optional per-head RMSNorm (Qwen3), then rotate-half RoPE. Thread i < d/2 holds the pair
+// (i, i + d/2); every thread of the block must call it (the norm reduces over the block).
+// Returns false for the threads that hold no pair.
+template <typename T>
+__device__ bool prepare_head(const T *src, const T *bias, const T *norm_w, float eps,
+                             const T *cos, const T *sin, int d, float &y1, float &y2) {
+  const int i = threadIdx.x, half = d / 2;
+  const bool mine = i < half;
+  float x1 = 0.f, x2 = 0.f;
+  if (mine) {
+    x1 = to_f(src[i]);
+    x2 = to_f(src[i + half]);
+    if (bias) {
+      x1 += to_f(bias[i]);
+      x2 += to_f(bias[i + half]);
+    }
+  }
+  if (norm_w) {
+    const float r = rsqrtf(block_sum(x1 * x1 + x2 * x2) / (float)d + eps);
+    if (mine) {
+      x1 *= r * to_f(norm_w[i]);
+      x2 *= r * to_f(norm_w[i + half]);
+    }
+  }
+  if (!mine) return false;
+  const float c = to_f(cos[i]), s = to_f(sin[i]);
+  y1 = x1 * c - x2 * s;
+  y2 = x2 * c + x1 * s;
+  return true;
+}
+
+// Writes the new token's key (bias, k-norm, RoPE) and value (bias) into the caches
+// [b, nkv, cap, d] at position `pos`. Grid (nkv, b), max(32, d/2) threads.
+// qkv [b, (nq + 2 nkv) d]; cos/sin [b, d/2].
+template <typename T>
+__device__ void kv_write(const T *qkv, const T *bias, const T *cos, const T *sin,
+                         const T *k_norm, float eps, T *k_cache, T *v_cache, int nq, int nkv,
+                         int d, int cap, int pos) {
+  const int kh = blockIdx.x, b = blockIdx.y, half = d / 2, i = threadIdx.x;
+  const T *row = qkv + (size_t)b * (nq + 2 * nkv) * d;
+  const int ko = (nq + kh) * d, vo = (nq + nkv + kh) * d;
+  const size_t dst = (((size_t)b * nkv + kh) * cap + pos) * d;
+  float y1, y2;
+  if (prepare_head(row + ko, bias ? bias + ko : nullptr, k_norm, eps, cos + (size_t)b * half,
+                   sin + (size_t)b * half, d, y1, y2)) {
+    k_cache[dst + i] = from_f<T>(y1);
+    k_cache[dst + i + half] = from_f<T>(y2);
+    float v1 = to_f(row[vo + i]), v2 = to_f(row[vo + i + half]);
+    if (bias) {
+      v1 += to_f(bias[vo + i]);
+      v2 += to_f(bias[vo + i + half]);
+    }
+    v_cache[dst + i] = from_f<T>(v1);
+    v_cache[dst + i + half] = from_f<T>(v2);
+  }
+}
+
+// Attention of one new query per sequence over the cache, GQA read in place (query head
+// h uses kv head h / (nq / nkv)); keys before pad[b] (left padding) are skipped.
+// Grid (nq, b), 256 threads. The query is prepared from qkv like the key (bias, q-norm,
+// RoPE; the 1/sqrt(d) scale is already in its weights) and rounded to T as the unfused
+// path stores it. Then D/8 threads share a key row, 256/(D/8) rows at a time, each row
+// group keeping an online softmax; the groups are merged at the end.
+// out [b, nq, d].
+template <typename T, int D>
+__device__ void decode_attention(const T *qkv, const T *bias, const T *cos, const T *sin,
+                                 const T *q_norm, float eps, const T *k_cache,
+                                 const T *v_cache, const uint32_t *pad, T *out, int nq,
+                                 int nkv, int cap, int kv_len) {
+  constexpr int G = D / 8;    // threads per key row
+  constexpr int R = 256 / G;  // rows in flight
+  __shared__ float qs[D];
+  __shared__ float gm[R], gl[R];
+  __shared__ float gacc[R][D];
+
+  const int h = blockIdx.x, b = blockIdx.y, tid = threadIdx.x, half = D / 2;
+  const int kh = h / (nq / nkv);
+  {
+    const T *row = qkv + (size_t)b * (nq + 2 * nkv) * D + (size_t)h * D;
+    float y1, y2;
+    if (prepare_head(row, bias ? bias + h * D : nullptr, q_norm, eps, cos + (size_t)b * half,
+                     sin + (size_t)b * half, D, y1, y2)) {
+      qs[tid] = to_f(from_f<T>(y1));
+      qs[tid + half] = to_f(from_f<T>(y2));
+    }
+  }
+  __syncthreads();
+
+  const int g = tid / G, lane = tid % G;
+  float q8[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) q8[j] = qs[lane * 8 + j];
+
+  const size_t base = ((size_t)b * nkv + kh) * cap * D + lane * 8;
+  const T *kb = k_cache + base;
+  const T *vb = v_cache + base;
+  const int start = pad ? (int)pad[b] : 0;
+  float m = -INFINITY, l = 0.f, acc[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) acc[j] = 0.f;
+
+  // Two rows per group per sweep so that four loads are in flight; every lane runs the
+  // same number of sweeps, as the shuffles need the whole warp.
+  for (int t0 = start; t0 < kv_len; t0 += 2 * R) {
+    const int ta = t0 + g, tb = t0 + g + R;
+    const bool va = ta < kv_len, vb_ok = tb < kv_len;
+    float ka[8], kb8[8], xa[8], xb[8];
+    if (va) {
+      load8(kb + (size_t)ta * D, ka);
+      load8(vb + (size_t)ta * D, xa);
+    }
+    if (vb_ok) {
+      load8(kb + (size_t)tb * D, kb8);
+      load8(vb + (size_t)tb * D, xb);
+    }
+    float sa = 0.f, sb = 0.f;
+    if (va) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) sa += q8[j] * ka[j];
+    }
+    if (vb_ok) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) sb += q8[j] * kb8[j];
+    }
+#pragma unroll
+    for (int o = G / 2; o > 0; o >>= 1) {
+      sa += __shfl_xor_sync(0xffffffffu, sa, o);
+      sb += __shfl_xor_sync(0xffffffffu, sb, o);
+    }
+    if (va) {
+      const float m_new = fmaxf(m, vb_ok ? fmaxf(sa, sb) : sa);
+      const float corr = expf(m - m_new);
+      const float pa = expf(sa - m_new);
+      const float pb = vb_ok ? expf(sb - m_new) : 0.f;
+      l = l * corr + pa + pb;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        acc[j] = acc[j] * corr + pa * xa[j] + (vb_ok ? pb * xb[j] : 0.f);
+      }
+      m = m_new;
+    }
+  }
+
+  if (lane == 0) {
+    gm[g] = m;
+    gl[g] = l;
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) gacc[g][lane * 8 + j] = acc[j];
+  __syncthreads();
+  if (tid < D) {
+    float mx = -INFINITY;
+    for (int r = 0; r < R; ++r) mx = fmaxf(mx, gm[r]);
+    float lsum = 0.f, a = 0.f;
+    for (int r = 0; r < R; ++r) {
+      if (gm[r] == -INFINITY) continue;  // a group that saw no key
+      const float w = expf(gm[r] - mx);
+      lsum += gl[r] * w;
+      a += gacc[r][tid] * w;
+    }
+    out[((size_t)b * nq + h) * D + tid] = from_f<T>(a / lsum);
+  }
+}
+
+// silu(gate) * up for gate_up [rows, 2 inter] (gate first) → [rows, inter].
+template <typename T>
+__device__ void silu_mul(const T *gate_up, T *out, uint32_t rows, uint32_t inter) {
+  const size_t n = (size_t)rows * inter;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (size_t)blockDim.x * gridDim.x) {
+    const size_t r = i / inter, c = i % inter;
+    const float g = to_f(gate_up[r * 2 * inter + c]);
+    const float u = to_f(gate_up[r * 2 * inter + inter + c]);
+    out[i] = from_f<T>(g / (1.f + expf(-g)) * u);
+  }
+}
+
+#define KV_WRITE(NAME, T)                                                                  \
+  extern "C" __global__ void NAME(const T *qkv, const T *bias, const T *cos, const T *sin, \
+                                  const T *k_norm, float eps, T *k_cache, T *v_cache,      \
+                                  int nq, int nkv, int d, int cap, int pos) {              \
+    kv_write<T>(qkv, bias, cos, sin, k_norm, eps, k_cache, v_cache, nq, nkv, d, cap, pos); \
+  }
+KV_WRITE(kv_write_f32, float)
+KV_WRITE(kv_write_bf16, __nv_bfloat16)
+KV_WRITE(kv_write_f16, __half)
+
+#define DECODE_ATTENTION(NAME, T, D)                                                       \
+  extern "C" __global__ void __launch_bounds__(256)                                        \
+      NAME(const T *qkv, const T *bias, const T *cos, const T *sin, const T *q_norm,       \
+           float eps, const T *k_cache, const T *v_cache, const uint32_t *pad, T *out,     \
+           int nq, int nkv, int cap, int kv_len) {                                         \
+    decode_attention<T, D>(qkv, bias, cos, sin, q_norm, eps, k_cache, v_cache, pad, out,   \
+                           nq, nkv, cap, kv_len);                                          \
+  }
+DECODE_ATTENTION(decode_attention_f32_d16, float, 16)
+DECODE_ATTENTION(decode_attention_f32_d32, float, 32)
+DECODE_ATTENTION(decode_attention_f32_d64, float, 64)
+DECODE_ATTENTION(decode_attention_f32_d128, float, 128)
+DECODE_ATTENTION(decode_attention_f32_d256, float, 256)
+DECODE_ATTENTION(decode_attention_bf16_d16, __nv_bfloat16, 16)
+DECODE_ATTENTION(decode_attention_bf16_d32, __nv_bfloat16, 32)
+DECODE_ATTENTION(decode_attention_bf16_d64, __nv_bfloat16, 64)
+DECODE_ATTENTION(decode_attention_bf16_d128, __nv_bfloat16, 128)
+DECODE_ATTENTION(decode_attention_bf16_d256, __nv_bfloat16, 256)
+DECODE_ATTENTION(decode_attention_f16_d16, __half, 16)
+DECODE_ATTENTION(decode_attention_f16_d32, __half, 32)
+DECODE_ATTENTION(decode_attention_f16_d64, __half, 64)
+DECODE_ATTENTION(decode_attention_f16_d128, __half, 128)
+DECODE_ATTENTION(decode_attention_f16_d256, __half, 256)
+
+#define SILU_MUL(NAME, T)                                                                  \
+  extern "C" __global__ void NAME(const T *gate_up, T *out, uint32_t rows, uint32_t inter) { \
+    silu_mul<T>(gate_up, out, rows, inter);                                                \
+  }
+SILU_MUL(silu_mul_f32, float)
+SILU_MUL(silu_mul_bf16, __nv_bfloat16)
+SILU_MUL(silu_mul_f16, __half)
