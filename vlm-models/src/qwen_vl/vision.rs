@@ -133,32 +133,13 @@ impl Attention {
             )?
             .to_dtype(dtype)
         };
-        let q = rot(qkv.i((.., 0))?)?.transpose(0, 1)?.contiguous()?; // [heads, n, d]
+        let scale = (self.head_dim as f64).powf(-0.5);
+        // The scale on q ([heads, n, d]) rather than on the scores ([heads, n, n]).
+        let q = (rot(qkv.i((.., 0))?)?.transpose(0, 1)? * scale)?.contiguous()?;
         let k = rot(qkv.i((.., 1))?)?.transpose(0, 1)?.contiguous()?;
         let v = qkv.i((.., 2))?.transpose(0, 1)?.contiguous()?;
-        let scale = (self.head_dim as f64).powf(-0.5);
-        let mut outs = Vec::with_capacity(segments.len());
-        // Windows of equal length that follow each other (most of an image's windows) go
-        // through one batched matmul instead of one launch sequence each.
-        for (start, len, count) in equal_runs(segments, SCORE_BUDGET / self.num_heads) {
-            let span = len * count;
-            let take = |t: &Tensor| -> Result<Tensor> {
-                t.narrow(1, start, span)?.contiguous()?.reshape((
-                    self.num_heads,
-                    count,
-                    len,
-                    self.head_dim,
-                ))
-            };
-            let (qs, ks, vs) = (take(&q)?, take(&k)?, take(&v)?);
-            let probs = softmax_f32_acc(&(qs.matmul(&ks.t()?)? * scale)?)?;
-            outs.push(
-                probs
-                    .matmul(&vs)?
-                    .reshape((self.num_heads, span, self.head_dim))?,
-            );
-        }
-        let out = Tensor::cat(&outs, 1)?
+        let out = attend_segments(&q, &k, &v, segments, SCORE_BUDGET)?;
+        let out = out
             .transpose(0, 1)?
             .reshape((n, self.num_heads * self.head_dim))?;
         self.proj.forward(&out)
@@ -457,11 +438,47 @@ impl Attention {
     }
 }
 
-/// Most attention scores (all heads) materialised at once by one batched window matmul:
-/// 2^27 f32 values are 512 MiB. Without a cap, a batch of 8 photos put 8 full-attention
-/// images (8 × 16 heads × 3996² scores) into one matmul and peaked at 37 GB (H100 run,
-/// 2026-11-27).
-const SCORE_BUDGET: usize = 1 << 27;
+/// Most attention scores materialised at once (heads × windows × len²): 2^25 values are
+/// 64 MiB in bf16. Without a cap a batch of 8 photos put 8 full-attention images (8 × 16
+/// heads × 3996² scores) into one matmul and peaked at 37 GB (H100 run 1, 2026-11-27); at
+/// 2^27 values per head, one photo's full attention still took all 16 heads at once, and
+/// Qwen2-VL-2B at int4 peaked at 3.9 GB on the card (run 13).
+const SCORE_BUDGET: usize = 1 << 25;
+
+/// Softmax attention of `q`, `k`, `v` (`[heads, n, d]`, q already scaled) within each
+/// `[start, end)` segment; returns `[heads, n, d]`. Windows of equal length that follow
+/// each other (most of an image's windows) go through one batched matmul instead of one
+/// launch sequence each; a large image's full attention goes a few heads at a time, so
+/// that at most `budget` scores exist at once.
+fn attend_segments(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    segments: &[(usize, usize)],
+    budget: usize,
+) -> Result<Tensor> {
+    let (heads, _, d) = q.dims3()?;
+    let mut outs = Vec::with_capacity(segments.len());
+    for (start, len, count) in equal_runs(segments, budget) {
+        let span = len * count;
+        let heads_at_once = (budget / (count * len * len)).clamp(1, heads);
+        let mut head_outs = Vec::new();
+        for h0 in (0..heads).step_by(heads_at_once) {
+            let hn = heads_at_once.min(heads - h0);
+            let take = |t: &Tensor| -> Result<Tensor> {
+                t.narrow(0, h0, hn)?
+                    .narrow(1, start, span)?
+                    .contiguous()?
+                    .reshape((hn, count, len, d))
+            };
+            let (qs, ks, vs) = (take(q)?, take(k)?, take(v)?);
+            let probs = softmax_f32_acc(&qs.matmul(&ks.t()?)?)?;
+            head_outs.push(probs.matmul(&vs)?.reshape((hn, span, d))?);
+        }
+        outs.push(Tensor::cat(&head_outs, 0)?);
+    }
+    Tensor::cat(&outs, 1)
+}
 
 /// Consecutive runs of equal-length, adjacent segments: (start, length, count), each run
 /// holding at most `max_scores` score values per head (always at least one segment).
@@ -552,6 +569,32 @@ mod tests {
             equal_runs(&segs, 16),
             vec![(0, 4, 1), (4, 4, 1), (8, 2, 2), (12, 4, 1)]
         );
+    }
+
+    #[test]
+    fn attention_split_by_the_score_budget_is_unchanged() {
+        let dev = candle_core::Device::Cpu;
+        let (heads, n, d) = (4, 20, 8);
+        let t = |seed: f64| {
+            Tensor::arange(0f32, (heads * n * d) as f32, &dev)
+                .and_then(|x| (x * seed)?.sin()?.reshape((heads, n, d)))
+                .unwrap()
+        };
+        let (q, k, v) = (t(0.37), t(0.91), t(1.73));
+        // two windows of 6 patches, then one segment of 8
+        let segs = [(0, 6), (6, 12), (12, 20)];
+        let whole = attend_segments(&q, &k, &v, &segs, 1 << 20).unwrap();
+        // 64 scores at once: the windows one at a time, the 8-patch segment a head at a time
+        let split = attend_segments(&q, &k, &v, &segs, 64).unwrap();
+        let diff = (whole - split)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-6, "{diff}");
     }
 
     #[test]
