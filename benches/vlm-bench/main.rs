@@ -6,14 +6,17 @@
 //! Meant for real-size configs with random weights (benches/gpu/make_random_model.py), so
 //! every number is about speed, never about answer quality.
 
+#[path = "../synthetic_photo.rs"]
+mod synthetic_photo;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
+use synthetic_photo::synthetic_photo;
 use vlm_core::model::LoadOptions;
 use vlm_core::{
-    DTypeChoice, DeviceChoice, Generation, GenerationOptions, Image, Quantization, Request,
-    Sampling,
+    DTypeChoice, DeviceChoice, Generation, GenerationOptions, Quantization, Request, Sampling,
 };
 
 #[derive(Parser)]
@@ -58,36 +61,6 @@ struct Args {
     /// (the load time reported is that folder's).
     #[arg(long)]
     save_quantized: Option<PathBuf>,
-}
-
-/// A deterministic photo-like image: smooth gradients, a few shapes and pixel noise, so
-/// resizing and the vision tower see realistic, non-constant data.
-fn synthetic_photo(width: u32, height: u32) -> Image {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut data = Vec::with_capacity((width * height * 3) as usize);
-    for y in 0..height {
-        for x in 0..width {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let noise = (state % 23) as i32 - 11;
-            let (fx, fy) = (x as f32 / width as f32, y as f32 / height as f32);
-            let disc = ((fx - 0.6).powi(2) + (fy - 0.4).powi(2)).sqrt() < 0.15;
-            let base = if disc {
-                [200.0, 60.0, 40.0]
-            } else {
-                [
-                    60.0 + 150.0 * fx,
-                    90.0 + 120.0 * fy,
-                    200.0 - 120.0 * fx * fy,
-                ]
-            };
-            for c in base {
-                data.push((c as i32 + noise).clamp(0, 255) as u8);
-            }
-        }
-    }
-    Image::from_rgb(width, height, data).expect("valid size")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
