@@ -3,7 +3,7 @@
 # (the GPU check). With a system CUDA (nvcc on PATH, CUDA_COMPUTE_CAP set) this is just
 # `cargo build --release --features cuda`; on a machine without CUDA it first installs the
 # CUDA 13.0 build toolchain from PyPI (../shared/gpu/cuda-toolchain.sh) when that exists.
-# Output: .devbin/{vlm-bench,qwen_parity,blip2_parity,minigpt4_parity,quantization}.xz plus the files
+# Output: .devbin/{vlm-bench,qwen_parity,blip2_parity,minigpt4_parity,quantization,kernels}.xz plus the files
 # run.sh needs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,7 +16,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/vlm-target-cuda}
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 cargo build --release --features cuda -p vlm-bench
 # The parity tests of every family are the GPU check.
-tests=(qwen_parity blip2_parity minigpt4_parity quantization)
+tests=(qwen_parity blip2_parity minigpt4_parity quantization kernels)
 args=()
 for t in "${tests[@]}"; do args+=(--test "$t"); done
 cargo test --release --features cuda -p vlm-models "${args[@]}" --no-run --message-format=json 2>/dev/null \

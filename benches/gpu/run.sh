@@ -14,7 +14,7 @@ TOKENS=${TOKENS:-64}; BATCHES=${BATCHES:-8}; RUNS=${RUNS:-3}
 CHECK=${CHECK:-1}; BENCH=${BENCH:-1}; BASELINE=${BASELINE:-1}
 status=0
 
-CHECKS=${CHECKS:-qwen_parity blip2_parity minigpt4_parity quantization}
+CHECKS=${CHECKS:-qwen_parity blip2_parity minigpt4_parity quantization kernels}
 QUANT=${QUANT:-0}
 # model:quantizations to benchmark with QUANT=1 (random real-size weights; "none" = bf16)
 QUANT_MODELS=${QUANT_MODELS:-"Qwen2.5-VL-7B-Instruct:int8,int4 Qwen2.5-VL-3B-Instruct:none,int4 blip2-opt-2.7b:none,int4"}
@@ -57,6 +57,12 @@ fi
 if [ "$BENCH" = 1 ]; then
   echo "== random $MODEL"
   python3 benches/gpu/make_random_model.py ".devbin/assets/$MODEL" /tmp/bench-model 2>&1 | tail -2
+  if [ "${UNFUSED_TOO:-0}" = 1 ]; then
+    # The same binary without the fused decode kernels: what they bring, on one card.
+    echo "== vlm-bench, VLM_FUSED_KERNELS=0"
+    VLM_FUSED_KERNELS=0 peak_mem "$OUT/vlm-bench-unfused.log" /tmp/vlm-bench --model /tmp/bench-model --tokens "$TOKENS" \
+      --batches "$BATCHES" --runs "$RUNS" 2>&1 | tee -a "$OUT/vlm-bench-unfused.log" || status=1
+  fi
   echo "== vlm-bench"
   peak_mem "$OUT/vlm-bench.log" /tmp/vlm-bench --model /tmp/bench-model --tokens "$TOKENS" --batches "$BATCHES" \
     --runs "$RUNS" --save-photo /tmp/photo.png --json "$OUT/vlm-bench.json" 2>&1 | tee -a "$OUT/vlm-bench.log" || status=1
@@ -83,6 +89,15 @@ if [ "$QUANT" = 1 ]; then
     cp -r .devbin/assets/Qwen2.5-VL-7B-Instruct .devbin/assets/Qwen2.5-VL-3B-Instruct
     cp .devbin/assets/Qwen2.5-VL-3B-config.json .devbin/assets/Qwen2.5-VL-3B-Instruct/config.json
   fi
+  # The 2B models: configs written from the published values (benches/gpu/configs), with
+  # the tokenizer and processor files of their family.
+  for cfg in benches/gpu/configs/*.json; do
+    name=$(basename "$cfg" .json)
+    case $name in Qwen3-VL-*) family=Qwen3-VL-8B-Instruct ;; *) family=Qwen2.5-VL-7B-Instruct ;; esac
+    if [ ! -d ".devbin/assets/$name" ] && [ -d ".devbin/assets/$family" ]; then
+      cp -r ".devbin/assets/$family" ".devbin/assets/$name" && cp "$cfg" ".devbin/assets/$name/config.json"
+    fi
+  done
   : > "$OUT/quant.log"
   for spec in $QUANT_MODELS; do
     name=${spec%%:*}; quants=${spec#*:}
