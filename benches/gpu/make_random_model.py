@@ -2,7 +2,7 @@
 seeded) next to the real config, tokenizer, preprocessor and chat-template files, so that
 vlm-bench and the HF baseline load the very same safetensors from local disk.
 
-    python3 make_random_model.py ASSET_DIR OUT_DIR [--dtype bfloat16] [--seed 0]
+    python3 make_random_model.py ASSET_DIR OUT_DIR [--dtype bfloat16] [--seed 0] [--device cuda]
 """
 import argparse
 import shutil
@@ -23,11 +23,12 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda", help="where the init runs (cpu: slower, no GPU needed)")
     a = ap.parse_args()
     t = time.time()
     config = AutoConfig.from_pretrained(a.assets)
     torch.manual_seed(a.seed)
-    with torch.device("cuda"):
+    with torch.device(a.device):
         model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, a.dtype))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
