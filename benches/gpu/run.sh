@@ -57,12 +57,13 @@ fi
 if [ "$BENCH" = 1 ]; then
   echo "== random $MODEL"
   python3 benches/gpu/make_random_model.py ".devbin/assets/$MODEL" /tmp/bench-model 2>&1 | tail -2
-  if [ "${UNFUSED_TOO:-0}" = 1 ]; then
-    # The same binary without the fused decode kernels: what they bring, on one card.
-    echo "== vlm-bench, VLM_FUSED_KERNELS=0"
-    VLM_FUSED_KERNELS=0 peak_mem "$OUT/vlm-bench-unfused.log" /tmp/vlm-bench --model /tmp/bench-model --tokens "$TOKENS" \
-      --batches "$BATCHES" --runs "$RUNS" 2>&1 | tee -a "$OUT/vlm-bench-unfused.log" || status=1
-  fi
+  # The same binary with environment switches, one run each (e.g. VARIANTS="VLM_FUSED_KERNELS=0
+  # VLM_GEMV=1"): what each kernel brings, measured on one card in one call.
+  for v in ${VARIANTS:-}; do
+    echo "== vlm-bench, $v" | tee -a "$OUT/vlm-bench-variants.log"
+    ( export "${v?}"; peak_mem "$OUT/vlm-bench-variants.log" /tmp/vlm-bench --model /tmp/bench-model \
+      --tokens "$TOKENS" --batches "$BATCHES" --runs "$RUNS" 2>&1 | tee -a "$OUT/vlm-bench-variants.log" ) || status=1
+  done
   echo "== vlm-bench"
   peak_mem "$OUT/vlm-bench.log" /tmp/vlm-bench --model /tmp/bench-model --tokens "$TOKENS" --batches "$BATCHES" \
     --runs "$RUNS" --save-photo /tmp/photo.png --json "$OUT/vlm-bench.json" 2>&1 | tee -a "$OUT/vlm-bench.log" || status=1

@@ -97,6 +97,17 @@ fn main() -> vlm_core::Result<()> {
         );
         source = dst.to_string_lossy().into_owned();
     }
+    // The driver's count of GPU memory in use: what the context alone takes, then weights.
+    let ordinal = match load_opts.device {
+        DeviceChoice::Cuda(n) => Some(n),
+        _ => None,
+    };
+    let mib = |stage: &str| {
+        if let Some((used, _)) = ordinal.and_then(vlm_core::device::gpu_memory) {
+            eprintln!("GPU memory in use {stage}: {} MiB", used >> 20);
+        }
+    };
+    mib("before loading (CUDA context)");
     let t = Instant::now();
     let model = vlm_models::load(&source, &load_opts)?;
     let load_s = t.elapsed().as_secs_f64();
@@ -139,6 +150,7 @@ fn main() -> vlm_core::Result<()> {
         assert_eq!(g.token_ids.len(), args.tokens, "forced length not honoured");
         gens.push(g);
     }
+    mib("after loading and the batch-1 runs");
     let per_photo_s = median(walls.clone());
     let pick = |f: &dyn Fn(&Generation) -> f64| median(gens.iter().map(f).collect());
     let image_ms = pick(&|g| g.timings.image_encode.as_secs_f64() * 1e3);

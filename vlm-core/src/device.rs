@@ -4,6 +4,26 @@ use candle_core::{DType, Device};
 
 use crate::{Error, Result};
 
+/// Memory in use on CUDA device `ordinal` as the driver counts it (every process's, this
+/// one's context included) and the card's total, in bytes. `None` in a build without CUDA
+/// or when the device cannot be opened.
+pub fn gpu_memory(ordinal: usize) -> Option<(usize, usize)> {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::{result, CudaContext};
+        // The primary context: the one candle's devices use.
+        let ctx = CudaContext::new(ordinal).ok()?;
+        ctx.bind_to_thread().ok()?;
+        let (free, total) = result::mem_get_info().ok()?;
+        Some((total - free, total))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = ordinal;
+        None
+    }
+}
+
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {

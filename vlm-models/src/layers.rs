@@ -99,10 +99,15 @@ impl Linear {
                 let dims = x.dims();
                 let rows: usize = dims[..dims.len() - 1].iter().product();
                 let x2 = x.reshape((rows, dims[dims.len() - 1]))?;
-                let mut y = x2.matmul(&weight.t()?)?;
-                if let Some(b) = bias {
-                    y = y.broadcast_add(b)?;
-                }
+                let y = if crate::kernels::gemv_applies(&x2, weight, bias) {
+                    crate::kernels::gemv(&x2, weight, bias)?
+                } else {
+                    let y = x2.matmul(&weight.t()?)?;
+                    match bias {
+                        Some(b) => y.broadcast_add(b)?,
+                        None => y,
+                    }
+                };
                 let mut out_dims = dims.to_vec();
                 *out_dims.last_mut().expect("non-scalar input") = weight.dim(0)?;
                 return y.reshape(out_dims);

@@ -1,6 +1,6 @@
 //! The fused CUDA decode kernels against a plain-Rust f32 reference of what the unfused
 //! path computes: bias, per-head RMSNorm, rotate-half RoPE, the cache write, GQA attention
-//! with left padding, silu·up. Real head sizes (the parity fixtures cover 16 through the
+//! with left padding, silu·up, and the few-row projection (gemv). Real head sizes (the parity fixtures cover 16 through the
 //! whole model), batches with padding, Qwen2 (bias) and Qwen3 (norms) layouts.
 //!
 //! CUDA only: part of the GPU check (`benches/gpu/run.sh`); ignored in CPU builds.
@@ -336,5 +336,53 @@ fn silu_mul_matches_the_reference() {
         let e = max_rel_err(&got, &want);
         println!("silu_mul {dtype:?} {rows}×{inter}: {e:.2e}");
         assert!(e < tol, "silu_mul {dtype:?} {rows}×{inter}: {e}");
+    }
+}
+
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn gemv_matches_the_reference() {
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    // (rows, k, n): the 7B's o_proj and down_proj shapes, a k that leaves lanes idle, and a
+    // column count that is not a multiple of the 8 columns of a block.
+    for (m, k, n) in [
+        (1, 3584, 3584),
+        (8, 18944, 64),
+        (3, 136, 37),
+        (5, 520, 1003),
+    ] {
+        for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-2), (DType::F16, 2e-3)] {
+            for with_bias in [false, true] {
+                let t = |v: Vec<f32>, shape: &[usize]| {
+                    Tensor::from_vec(v, shape, &dev)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap()
+                };
+                let back = |t: &Tensor| -> Vec<f32> {
+                    t.to_dtype(DType::F32)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap()
+                };
+                let (x, w) = (t(values(m * k, 11), &[m, k]), t(values(n * k, 12), &[n, k]));
+                let b = with_bias.then(|| t(values(n, 13), &[n]));
+                let got = back(&kernels::gemv(&x, &w, b.as_ref()).unwrap());
+                let (xs, ws) = (back(&x), back(&w));
+                let bs = b.as_ref().map(back);
+                let want: Vec<f32> = (0..m * n)
+                    .map(|i| {
+                        let (r, c) = (i / n, i % n);
+                        let dot: f32 = (0..k).map(|j| xs[r * k + j] * ws[c * k + j]).sum();
+                        dot + bs.as_ref().map_or(0.0, |b| b[c])
+                    })
+                    .collect();
+                let e = max_rel_err(&got, &want);
+                println!("gemv {dtype:?} m={m} k={k} n={n} bias={with_bias}: {e:.2e}");
+                assert!(e < tol, "gemv {dtype:?} m={m} k={k} n={n}: {e}");
+            }
+        }
     }
 }

@@ -355,3 +355,47 @@ pub(super) fn decode_attention(
     })?;
     Ok(out)
 }
+
+pub(super) fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (m, k) = x.dims2()?;
+    let (n, wk) = w.dims2()?;
+    if wk != k || !(1..=8).contains(&m) || k % 8 != 0 {
+        bail!(
+            "gemv: x {:?}, w {:?} (want m ≤ 8, k a multiple of 8)",
+            x.shape(),
+            w.shape()
+        );
+    }
+    if w.layout().start_offset() % 8 != 0 || x.layout().start_offset() % 8 != 0 {
+        bail!("gemv: operands must start on a 16-byte boundary");
+    }
+    if let Some(b) = bias {
+        if b.elem_count() != n {
+            bail!("gemv: bias {:?} is not [{n}]", b.shape());
+        }
+    }
+    let dtype = w.dtype();
+    same_dtype(&[Some(x), bias], dtype)?;
+    let out = empty(w, Shape::from_dims(&[m, n]))?;
+    let name = format!("gemv_{}_m{m}", suffix(dtype)?);
+    with_addresses(&[Some(x), Some(w), bias, Some(&out)], |dev, p| {
+        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let (n32, k32) = (n as i32, k as i32);
+        let mut a = func.builder();
+        a.arg(&p[0])
+            .arg(&p[1])
+            .arg(&p[2])
+            .arg(&p[3])
+            .arg(&n32)
+            .arg(&k32);
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match the kernel's signature; shapes checked above.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok(())
+    })?;
+    Ok(out)
+}

@@ -7,7 +7,10 @@
 //! - [`decode_attention`]: the same for the query, then attention over the cache with GQA
 //!   read in place and left padding skipped;
 //! - [`silu_mul`]: `silu(gate) · up` from the fused gate/up projection (every step,
-//!   prefill included).
+//!   prefill included);
+//! - [`gemv`]: `x Wᵀ + b` for up to 8 rows (a decode step's projections), one warp per
+//!   output column. **Opt-in (`VLM_GEMV=1`) until a GPU check has run it**: written and
+//!   compiled, with its test in `tests/kernels.rs`, after the last device time of its session.
 //!
 //! They exist with the `cuda` feature only; [`available`] says whether a model may use
 //! them, and the unfused path (the CPU path, and the reference in the GPU check) stays the
@@ -61,6 +64,36 @@ pub fn silu_mul_available(device: &Device, dtype: DType) -> bool {
         && device.is_cuda()
         && matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
         && !turned_off()
+}
+
+/// Whether [`gemv`] takes `x Wᵀ (+ bias)` for `x [m, k]` and a float weight `w [n, k]`: the
+/// fused kernels available, `VLM_GEMV=1`, m ≤ 8, k a multiple of 8, one dtype, `w`
+/// contiguous.
+pub fn gemv_applies(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var("VLM_GEMV").is_ok_and(|v| v.trim() == "1"));
+    let (Ok((m, k)), Ok((_, wk))) = (x.dims2(), w.dims2()) else {
+        return false;
+    };
+    on && silu_mul_available(w.device(), w.dtype())
+        && x.dtype() == w.dtype()
+        && bias.is_none_or(|b| b.dtype() == w.dtype())
+        && (1..=8).contains(&m)
+        && k == wk
+        && k % 8 == 0
+        && w.is_contiguous()
+        && w.layout().start_offset() % 8 == 0
+}
+
+/// `x Wᵀ (+ bias)` for `x [m ≤ 8, k]` and `w [n, k]` → `[m, n]`.
+pub fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    return cuda::gemv(&x.contiguous()?, w, bias);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (x, w, bias);
+        no_cuda()
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
