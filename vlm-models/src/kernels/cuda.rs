@@ -4,7 +4,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaStream, DevicePtr, LaunchConfig, PushKernelArg, SyncOnDrop,
+    CudaStream, DevicePtr, LaunchArgs, LaunchConfig, PushKernelArg, SyncOnDrop,
 };
 use candle_core::cuda_backend::WrapErr;
 use candle_core::op::BackpropOp;
@@ -173,14 +173,28 @@ pub(super) fn silu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
     Ok(out)
 }
 
-/// Checks shared by both attention kernels; returns the batch.
-fn check_step(
-    qkv: &Tensor,
-    bias: Option<&Tensor>,
-    cos: &Tensor,
+/// What both attention kernels read, checked: the batch, the cache's capacity, the dtype,
+/// the norm's epsilon and the tensors in the kernels' argument order (qkv, bias, cos, sin,
+/// norm weight, k cache, v cache).
+struct Step<'a> {
+    batch: usize,
+    cap: usize,
+    dtype: DType,
+    eps: f32,
+    inputs: [Option<&'a Tensor>; 7],
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_step<'a>(
+    qkv: &'a Tensor,
+    bias: Option<&'a Tensor>,
+    cos: &'a Tensor,
+    sin: &'a Tensor,
+    norm: Option<HeadNorm<'a>>,
     heads: &Heads,
-    k_cache: &Tensor,
-) -> Result<usize> {
+    k_cache: &'a Tensor,
+    v_cache: &'a Tensor,
+) -> Result<Step<'a>> {
     let width = (heads.q + 2 * heads.kv) * heads.dim;
     let b = qkv.dim(0)?;
     if qkv.elem_count() != b * width {
@@ -194,23 +208,50 @@ fn check_step(
             bail!("fused decode: bias {:?} is not [{width}]", bias.shape());
         }
     }
-    if cos.elem_count() != b * heads.dim / 2 {
+    if cos.elem_count() != b * heads.dim / 2 || sin.shape() != cos.shape() {
         bail!(
-            "fused decode: rope table {:?} is not [batch, {}]",
+            "fused decode: rope tables {:?} are not [batch, {}]",
             cos.shape(),
             heads.dim / 2
         );
     }
-    let (cb, ckv, _, cd) = k_cache.dims4()?;
-    if (cb, ckv, cd) != (b, heads.kv, heads.dim) || heads.q % heads.kv != 0 {
+    let (cb, ckv, cap, cd) = k_cache.dims4()?;
+    if (cb, ckv, cd) != (b, heads.kv, heads.dim)
+        || heads.q % heads.kv != 0
+        || v_cache.shape() != k_cache.shape()
+    {
         bail!(
-            "fused decode: cache {:?} does not match batch {b}, {} kv heads of {}",
+            "fused decode: caches {:?} do not match batch {b}, {} kv heads of {}",
             k_cache.shape(),
             heads.kv,
             heads.dim
         );
     }
-    Ok(b)
+    let dtype = k_cache.dtype();
+    let inputs = [
+        Some(qkv),
+        bias,
+        Some(cos),
+        Some(sin),
+        norm.as_ref().map(|n| n.weight),
+        Some(k_cache),
+        Some(v_cache),
+    ];
+    same_dtype(&inputs, dtype)?;
+    Ok(Step {
+        batch: b,
+        cap,
+        dtype,
+        eps: norm.map_or(0.0, |n| n.eps as f32),
+        inputs,
+    })
+}
+
+/// Pushes a [`Step`]'s seven addresses with the epsilon after the norm weight, as both
+/// kernels take them.
+fn push_step<'a>(a: &mut LaunchArgs<'a>, p: &'a [u64], eps: &'a f32) {
+    a.arg(&p[0]).arg(&p[1]).arg(&p[2]).arg(&p[3]).arg(&p[4]);
+    a.arg(eps).arg(&p[5]).arg(&p[6]);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -225,48 +266,23 @@ pub(super) fn write_kv(
     v_cache: &Tensor,
     pos: usize,
 ) -> Result<()> {
-    let b = check_step(qkv, bias, cos, heads, k_cache)?;
-    let cap = k_cache.dim(2)?;
-    if pos >= cap || v_cache.shape() != k_cache.shape() {
+    let step = check_step(qkv, bias, cos, sin, k_norm, heads, k_cache, v_cache)?;
+    if pos >= step.cap {
         bail!(
             "fused decode: position {pos} outside the cache {:?}",
             k_cache.shape()
         );
     }
-    let dtype = k_cache.dtype();
-    let norm_w = k_norm.as_ref().map(|n| n.weight);
-    let all = [
-        Some(qkv),
-        bias,
-        Some(cos),
-        Some(sin),
-        norm_w,
-        Some(k_cache),
-        Some(v_cache),
-    ];
-    same_dtype(&all, dtype)?;
-    let eps = k_norm.map_or(0.0, |n| n.eps as f32);
-    let name = format!("kv_write_{}", suffix(dtype)?);
-    with_addresses(&all, |dev, p| {
+    let name = format!("kv_write_{}", suffix(step.dtype)?);
+    with_addresses(&step.inputs, |dev, p| {
         let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
-        let (nq, nkv, d, cap, pos) = (
-            heads.q as i32,
-            heads.kv as i32,
-            heads.dim as i32,
-            cap as i32,
-            pos as i32,
-        );
+        let (nq, nkv, d) = (heads.q as i32, heads.kv as i32, heads.dim as i32);
+        let (cap, pos) = (step.cap as i32, pos as i32);
         let mut a = func.builder();
-        a.arg(&p[0])
-            .arg(&p[1])
-            .arg(&p[2])
-            .arg(&p[3])
-            .arg(&p[4])
-            .arg(&eps);
-        a.arg(&p[5]).arg(&p[6]);
+        push_step(&mut a, p, &step.eps);
         a.arg(&nq).arg(&nkv).arg(&d).arg(&cap).arg(&pos);
         let cfg = LaunchConfig {
-            grid_dim: (heads.kv as u32, b as u32, 1),
+            grid_dim: (heads.kv as u32, step.batch as u32, 1),
             // Whole warps: the key norm reduces with full-warp shuffles.
             block_dim: ((heads.dim as u32 / 2).max(32), 1, 1),
             shared_mem_bytes: 0,
@@ -290,9 +306,9 @@ pub(super) fn decode_attention(
     kv_len: usize,
     pad: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let b = check_step(qkv, bias, cos, heads, k_cache)?;
-    let cap = k_cache.dim(2)?;
-    if kv_len == 0 || kv_len > cap || v_cache.shape() != k_cache.shape() {
+    let step = check_step(qkv, bias, cos, sin, q_norm, heads, k_cache, v_cache)?;
+    let b = step.batch;
+    if kv_len == 0 || kv_len > step.cap {
         bail!(
             "fused decode: {kv_len} positions in the cache {:?}",
             k_cache.shape()
@@ -306,43 +322,17 @@ pub(super) fn decode_attention(
             );
         }
     }
-    let dtype = k_cache.dtype();
-    let norm_w = q_norm.as_ref().map(|n| n.weight);
-    let floats = [
-        Some(qkv),
-        bias,
-        Some(cos),
-        Some(sin),
-        norm_w,
-        Some(k_cache),
-        Some(v_cache),
-    ];
-    same_dtype(&floats, dtype)?;
     let out = empty(k_cache, Shape::from_dims(&[b, heads.q * heads.dim]))?;
-    let eps = q_norm.map_or(0.0, |n| n.eps as f32);
-    let name = format!("decode_attention_{}_d{}", suffix(dtype)?, heads.dim);
-    let all = [
-        Some(qkv),
-        bias,
-        Some(cos),
-        Some(sin),
-        norm_w,
-        Some(k_cache),
-        Some(v_cache),
-        pad,
-        Some(&out),
-    ];
+    let name = format!("decode_attention_{}_d{}", suffix(step.dtype)?, heads.dim);
+    let mut all = step.inputs.to_vec();
+    all.extend([pad, Some(&out)]);
     with_addresses(&all, |dev, p| {
         let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
-        let (nq, nkv, cap, kv_len) = (heads.q as i32, heads.kv as i32, cap as i32, kv_len as i32);
+        let (nq, nkv) = (heads.q as i32, heads.kv as i32);
+        let (cap, kv_len) = (step.cap as i32, kv_len as i32);
         let mut a = func.builder();
-        a.arg(&p[0])
-            .arg(&p[1])
-            .arg(&p[2])
-            .arg(&p[3])
-            .arg(&p[4])
-            .arg(&eps);
-        a.arg(&p[5]).arg(&p[6]).arg(&p[7]).arg(&p[8]);
+        push_step(&mut a, p, &step.eps);
+        a.arg(&p[7]).arg(&p[8]);
         a.arg(&nq).arg(&nkv).arg(&cap).arg(&kv_len);
         let cfg = LaunchConfig {
             grid_dim: (heads.q as u32, b as u32, 1),
