@@ -3,8 +3,8 @@
 # (the GPU check). With a system CUDA (nvcc on PATH, CUDA_COMPUTE_CAP set) this is just
 # `cargo build --release --features cuda`; on a machine without CUDA it first installs the
 # CUDA 13.0 build toolchain from PyPI (../shared/gpu/cuda-toolchain.sh) when that exists.
-# Output: .devbin/{vlm-bench,qwen_parity,blip2_parity,minigpt4_parity,quantization,kernels}.xz plus the files
-# run.sh needs.
+# Output: .devbin/{vlm-bench,gpu_check}.xz plus the files run.sh needs (about 35 MiB with the
+# assets: the device carries 64 MiB with the working tree).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -15,8 +15,9 @@ fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/vlm-target-cuda}
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 cargo build --release --features cuda -p vlm-bench
-# The parity tests of every family are the GPU check.
-tests=(qwen_parity blip2_parity minigpt4_parity quantization kernels)
+# The GPU check: every family's parity tests, the quantization and fused-kernel tests, in
+# one binary (tests/gpu_check.rs).
+tests=(gpu_check)
 args=()
 for t in "${tests[@]}"; do args+=(--test "$t"); done
 cargo test --release --features cuda -p vlm-models "${args[@]}" --no-run --message-format=json 2>/dev/null \
@@ -34,20 +35,25 @@ for t in "${tests[@]}"; do
   strip -o "/tmp/$t.stripped" "$bin" && xz -9 -T2 -c "/tmp/$t.stripped" > ".devbin/$t.xz"
 done
 [ -f "$root/../shared/gpu/device-env.sh" ] && cp "$root/../shared/gpu/device-env.sh" .devbin/
-# real-size configs and tokenizer files for the random checkpoints (not in the repo)
+# Real-size configs and tokenizer files for the random checkpoints (not in the repo), packed
+# with xz (the tokenizer JSON shrinks ~6×); run.sh unpacks them into .devbin/assets.
+assets=$(mktemp -d)
 if [ -d "$root/../shared/assets/qwen-vl" ]; then
-  mkdir -p .devbin/assets
-  cp -r "$root/../shared/assets/qwen-vl/Qwen2.5-VL-7B-Instruct" .devbin/assets/
-  mkdir -p .devbin/assets/Qwen3-VL-8B-Instruct
-  cp "$root/../shared/assets/qwen-vl/Qwen3-VL-8B-Instruct/"*.json .devbin/assets/Qwen3-VL-8B-Instruct/
-  cp "$root/../shared/assets/qwen-vl/Qwen2.5-VL-7B-Instruct/"{vocab.json,merges.txt} .devbin/assets/Qwen3-VL-8B-Instruct/
+  cp -r "$root/../shared/assets/qwen-vl/Qwen2.5-VL-7B-Instruct" "$assets/"
+  mkdir -p "$assets/Qwen3-VL-8B-Instruct"
+  cp "$root/../shared/assets/qwen-vl/Qwen3-VL-8B-Instruct/"*.json "$assets/Qwen3-VL-8B-Instruct/"
+  cp "$root/../shared/assets/qwen-vl/Qwen2.5-VL-7B-Instruct/"{vocab.json,merges.txt} "$assets/Qwen3-VL-8B-Instruct/"
   # Qwen2.5-VL-3B shares the 7B's tokenizer and processor files: run.sh assembles its folder.
-  cp "$root/../shared/assets/qwen-vl/Qwen2.5-VL-3B-Instruct/config.json" .devbin/assets/Qwen2.5-VL-3B-config.json
+  cp "$root/../shared/assets/qwen-vl/Qwen2.5-VL-3B-Instruct/config.json" "$assets/Qwen2.5-VL-3B-config.json"
 fi
 if [ -d "$root/../shared/assets/minigpt4/llama-tokenizer" ]; then
-  cp -r "$root/../shared/assets/minigpt4/llama-tokenizer" .devbin/assets/
+  cp -r "$root/../shared/assets/minigpt4/llama-tokenizer" "$assets/"
 fi
 if [ -d "$root/../shared/assets/blip2/blip2-opt-2.7b" ]; then
-  cp -r "$root/../shared/assets/blip2/blip2-opt-2.7b" .devbin/assets/
+  cp -r "$root/../shared/assets/blip2/blip2-opt-2.7b" "$assets/"
 fi
+rm -rf .devbin/assets
+chmod -R u+w "$assets"
+tar -cf - -C "$assets" . | xz -9 -T2 > .devbin/assets.tar.xz
+rm -rf "$assets"
 ls -la .devbin

@@ -14,7 +14,7 @@ TOKENS=${TOKENS:-64}; BATCHES=${BATCHES:-8}; RUNS=${RUNS:-3}
 CHECK=${CHECK:-1}; BENCH=${BENCH:-1}; BASELINE=${BASELINE:-1}
 status=0
 
-CHECKS=${CHECKS:-qwen_parity blip2_parity minigpt4_parity quantization kernels}
+CHECKS=${CHECKS:-gpu_check}
 QUANT=${QUANT:-0}
 # model:quantizations to benchmark with QUANT=1 (random real-size weights; "none" = bf16)
 QUANT_MODELS=${QUANT_MODELS:-"Qwen2.5-VL-7B-Instruct:int8,int4 Qwen2.5-VL-3B-Instruct:none,int4 blip2-opt-2.7b:none,int4"}
@@ -26,6 +26,9 @@ for b in vlm-bench $CHECKS; do
     gunzip -c ".devbin/$b.gz" > "/tmp/$b" && chmod +x "/tmp/$b"
   fi
 done
+if [ -f .devbin/assets.tar.xz ] && [ ! -d .devbin/assets ]; then
+  mkdir -p .devbin/assets && tar -xJf .devbin/assets.tar.xz -C .devbin/assets
+fi
 # shellcheck disable=SC1091
 [ -f .devbin/device-env.sh ] && . .devbin/device-env.sh /tmp/vlm-bench > "$OUT/device-env.log"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
