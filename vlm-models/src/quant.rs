@@ -479,45 +479,76 @@ fn full_name(vb: &VarBuilder, name: &str) -> String {
     }
 }
 
-/// `QTensor::quantize` of a host `[out, in]` f32 tensor, rows split across threads
-/// (candle's own runs on one thread: minutes for a 7B model), placed on `device`.
+/// `QTensor::quantize` of a host `[out, in]` tensor (f32, bf16 or f16), rows split across
+/// threads (candle's own runs on one thread: minutes for a 7B model), placed on `device`.
+/// Each thread widens its rows into a small f32 buffer and writes its blocks straight into
+/// the result: no copy of the whole tensor in f32, none of the blocks but the upload.
 pub fn quantize_rows(w: &Tensor, dtype: GgmlDType, device: &Device) -> Result<QTensor> {
+    use candle_core::quantized::k_quants::{BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0};
+    let w = w.contiguous()?;
+    match dtype {
+        GgmlDType::Q8_0 => quantize_blocks::<BlockQ8_0>(&w, device),
+        GgmlDType::Q4_0 => quantize_blocks::<BlockQ4_0>(&w, device),
+        GgmlDType::Q4K => quantize_blocks::<BlockQ4K>(&w, device),
+        GgmlDType::Q5K => quantize_blocks::<BlockQ5K>(&w, device),
+        GgmlDType::Q6K => quantize_blocks::<BlockQ6K>(&w, device),
+        _ => {
+            let q = QTensor::quantize(&w.to_dtype(DType::F32)?, dtype)?;
+            qtensor_from_ggml(dtype, &q.data()?, w.dims().to_vec(), device)
+        }
+    }
+}
+
+/// Contiguous `w` `[rows, cols]` in blocks of `B`, on `device`.
+fn quantize_blocks<B: candle_core::quantized::k_quants::GgmlType + Send>(
+    w: &Tensor,
+    device: &Device,
+) -> Result<QTensor> {
     let (rows, cols) = w.dims2()?;
-    // Own copies of the rows: `QTensor::quantize` reads a tensor's whole storage, so a
-    // narrowed view would quantize the full matrix. Half-precision weights are widened here
-    // on all cores (candle's host cast runs on one: most of a 7B model's quantization time).
-    let flat = w.flatten_all()?;
-    let data: Vec<f32> = match flat.dtype() {
-        DType::BF16 => flat
-            .to_vec1::<half::bf16>()?
-            .par_chunks(1 << 16)
-            .flat_map_iter(|c| c.iter().map(|x| x.to_f32()))
-            .collect(),
-        DType::F16 => flat
-            .to_vec1::<half::f16>()?
-            .par_chunks(1 << 16)
-            .flat_map_iter(|c| c.iter().map(|x| x.to_f32()))
-            .collect(),
-        _ => flat.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+    use candle_core::{CpuStorage, Storage};
+    if cols % B::BLCK_SIZE != 0 {
+        candle_core::bail!(
+            "{:?} needs rows of a multiple of {} values, not {cols}",
+            B::DTYPE,
+            B::BLCK_SIZE
+        );
+    }
+    let per_row = cols / B::BLCK_SIZE;
+    let mut blocks: Vec<B> = vec![B::zeros(); rows * per_row];
+    // Enough chunks for every thread to stay busy, few enough that buffers are reused.
+    let chunk_rows = rows
+        .div_ceil(rayon::current_num_threads().max(1) * 4)
+        .max(1);
+    let (storage, layout) = w.storage_and_layout();
+    let start = layout.start_offset();
+    let widen = |row0: usize, out: &mut [B]| {
+        let n = out.len() / per_row;
+        let range = start + row0 * cols..start + (row0 + n) * cols;
+        let buf: Vec<f32> = match &*storage {
+            Storage::Cpu(CpuStorage::F32(v)) => {
+                B::from_float(&v[range], out);
+                return Ok(());
+            }
+            Storage::Cpu(CpuStorage::BF16(v)) => v[range].iter().map(|x| x.to_f32()).collect(),
+            Storage::Cpu(CpuStorage::F16(v)) => v[range].iter().map(|x| x.to_f32()).collect(),
+            _ => candle_core::bail!("quantizing reads f32/bf16/f16 weights on the host"),
+        };
+        B::from_float(&buf, out);
+        Ok(())
     };
-    let threads = rayon::current_num_threads().max(1);
-    let chunk = rows.div_ceil(threads * 4).max(1);
-    let starts: Vec<usize> = (0..rows).step_by(chunk).collect();
-    let parts = starts
-        .par_iter()
-        .map(|&start| {
-            let n = chunk.min(rows - start);
-            let rows_t = Tensor::from_slice(
-                &data[start * cols..(start + n) * cols],
-                (n, cols),
-                &Device::Cpu,
-            )?;
-            let q = QTensor::quantize(&rows_t, dtype)?;
-            Ok(q.data()?.into_owned())
-        })
-        .collect::<Result<Vec<Vec<u8>>>>()?;
-    let bytes = parts.concat();
-    qtensor_from_ggml(dtype, &bytes, vec![rows, cols], device)
+    blocks
+        .par_chunks_mut(chunk_rows * per_row)
+        .enumerate()
+        .try_for_each(|(i, out)| widen(i * chunk_rows, out))?;
+    drop(storage);
+    // SAFETY: GGML blocks are plain `repr(C)` data; the bytes are read while `blocks` lives.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            blocks.as_ptr() as *const u8,
+            blocks.len() * std::mem::size_of::<B>(),
+        )
+    };
+    qtensor_from_ggml(B::DTYPE, bytes, vec![rows, cols], device)
 }
 
 /// A copy of `q` on the host (to write it to a file).
@@ -556,7 +587,12 @@ mod tests {
     fn parallel_quantization_is_bit_identical() {
         let dev = Device::Cpu;
         let w = normal((300, 512), 0.02, 7);
-        for dt in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4K] {
+        for dt in [
+            GgmlDType::Q8_0,
+            GgmlDType::Q4_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+        ] {
             let ours = quantize_rows(&w, dt, &dev).unwrap();
             let theirs = QTensor::quantize(&w, dt).unwrap();
             assert_eq!(ours.data().unwrap(), theirs.data().unwrap(), "{dt:?}");
