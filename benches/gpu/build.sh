@@ -43,8 +43,10 @@ if [ -d "$root/../shared/assets/qwen-vl" ]; then
   mkdir -p "$assets/Qwen3-VL-8B-Instruct"
   cp "$root/../shared/assets/qwen-vl/Qwen3-VL-8B-Instruct/"*.json "$assets/Qwen3-VL-8B-Instruct/"
   cp "$root/../shared/assets/qwen-vl/Qwen2.5-VL-7B-Instruct/"{vocab.json,merges.txt} "$assets/Qwen3-VL-8B-Instruct/"
-  # Qwen2.5-VL-3B shares the 7B's tokenizer and processor files: run.sh assembles its folder.
-  cp "$root/../shared/assets/qwen-vl/Qwen2.5-VL-3B-Instruct/config.json" "$assets/Qwen2.5-VL-3B-config.json"
+  # Qwen2.5-VL-3B shares the 7B's tokenizer and processor files: run.sh assembles its
+  # folder, as for the configs in benches/gpu/configs.
+  mkdir -p "$assets/configs"
+  cp "$root/../shared/assets/qwen-vl/Qwen2.5-VL-3B-Instruct/config.json" "$assets/configs/Qwen2.5-VL-3B-Instruct.json"
 fi
 if [ -d "$root/../shared/assets/minigpt4/llama-tokenizer" ]; then
   cp -r "$root/../shared/assets/minigpt4/llama-tokenizer" "$assets/"

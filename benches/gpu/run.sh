@@ -89,13 +89,10 @@ fi
 if [ "$QUANT" = 1 ]; then
   # Quantize each random checkpoint into a folder (timed), then load that folder and
   # benchmark it; the peak is the card's memory counter (CUDA context included).
-  if [ -f .devbin/assets/Qwen2.5-VL-3B-config.json ] && [ ! -d .devbin/assets/Qwen2.5-VL-3B-Instruct ]; then
-    cp -r .devbin/assets/Qwen2.5-VL-7B-Instruct .devbin/assets/Qwen2.5-VL-3B-Instruct
-    cp .devbin/assets/Qwen2.5-VL-3B-config.json .devbin/assets/Qwen2.5-VL-3B-Instruct/config.json
-  fi
-  # The 2B models: configs written from the published values (benches/gpu/configs), with
-  # the tokenizer and processor files of their family.
-  for cfg in benches/gpu/configs/*.json; do
+  # Models that share their family's tokenizer and processor files: the 2B configs written
+  # from the published values (benches/gpu/configs) and Qwen2.5-VL-3B's real config.
+  for cfg in benches/gpu/configs/*.json .devbin/assets/configs/*.json; do
+    [ -f "$cfg" ] || continue
     name=$(basename "$cfg" .json)
     case $name in Qwen3-VL-*) family=Qwen3-VL-8B-Instruct ;; *) family=Qwen2.5-VL-7B-Instruct ;; esac
     if [ ! -d ".devbin/assets/$name" ] && [ -d ".devbin/assets/$family" ]; then

@@ -121,11 +121,16 @@ impl ModelDir {
         }
     }
 
+    /// The text of a file of the folder; `what` says what it is for when it is missing.
+    pub fn read_text(&self, name: &str, what: &str) -> Result<String> {
+        let p = self.require(name, what)?;
+        std::fs::read_to_string(&p).map_err(|e| Error::bad_file(&p, e))
+    }
+
     /// Parses a JSON file of the folder.
     pub fn read_json<T: for<'de> Deserialize<'de>>(&self, name: &str, what: &str) -> Result<T> {
-        let p = self.require(name, what)?;
-        let text = std::fs::read_to_string(&p).map_err(|e| Error::bad_file(&p, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::bad_file(&p, e))
+        let text = self.read_text(name, what)?;
+        serde_json::from_str(&text).map_err(|e| Error::bad_file(self.path(name), e))
     }
 
     /// The config's `model_type`.

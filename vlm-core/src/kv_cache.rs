@@ -45,9 +45,7 @@ impl LayerKvCache {
         self.k.dim(2).unwrap_or(0)
     }
 
-    /// Claims the next `n` positions for a kernel that writes them in place. Returns the
-    /// whole caches, `[batch, kv_heads, capacity, head_dim]`, and the first claimed position.
-    pub fn claim(&mut self, n: usize) -> Result<(&Tensor, &Tensor, usize)> {
+    fn check_room(&self, n: usize) -> Result<()> {
         if self.len + n > self.capacity() {
             return Err(crate::Error::Generation(format!(
                 "KV cache full: {} + {n} positions exceed the {} allocated",
@@ -55,6 +53,13 @@ impl LayerKvCache {
                 self.capacity()
             )));
         }
+        Ok(())
+    }
+
+    /// Claims the next `n` positions for a kernel that writes them in place. Returns the
+    /// whole caches, `[batch, kv_heads, capacity, head_dim]`, and the first claimed position.
+    pub fn claim(&mut self, n: usize) -> Result<(&Tensor, &Tensor, usize)> {
+        self.check_room(n)?;
         let start = self.len;
         self.len += n;
         Ok((&self.k, &self.v, start))
@@ -64,13 +69,7 @@ impl LayerKvCache {
     /// returns views of everything cached, `[batch, kv_heads, len, head_dim]`.
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let n = k.dim(2)?;
-        if self.len + n > self.capacity() {
-            return Err(crate::Error::Generation(format!(
-                "KV cache full: {} + {n} positions exceed the {} allocated",
-                self.len,
-                self.capacity()
-            )));
-        }
+        self.check_room(n)?;
         self.k.slice_set(&k.contiguous()?, 2, self.len)?;
         self.v.slice_set(&v.contiguous()?, 2, self.len)?;
         self.len += n;

@@ -60,6 +60,16 @@ fn prepare(
     out
 }
 
+/// A tensor's values as f32, flattened.
+fn f32s(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
 fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
     got.iter()
@@ -98,14 +108,12 @@ fn run(case: &Case, dtype: DType, tol: f32) {
     };
     // What the kernels see is the input rounded to `dtype`: the reference starts there too.
     let round = |v: &[f32]| -> Vec<f32> {
-        Tensor::from_vec(v.to_vec(), v.len(), &Device::Cpu)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-            .to_vec1()
-            .unwrap()
+        f32s(
+            &Tensor::from_vec(v.to_vec(), v.len(), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap(),
+        )
     };
     let qkv_t = t(&qkv, &[b, 1, width]);
     let bias_t = bias.as_ref().map(|v| t(v, &[width]));
@@ -193,15 +201,7 @@ fn run(case: &Case, dtype: DType, tol: f32) {
         }
     }
 
-    let got = |t: &Tensor| -> Vec<f32> {
-        t.to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
-    let (got_k, got_v, got_out) = (got(&kc_t), got(&vc_t), got(&out));
+    let (got_k, got_v, got_out) = (f32s(&kc_t), f32s(&vc_t), f32s(&out));
     let what = format!(
         "{dtype:?} b={b} heads={nq}/{nkv} d={d} len={len} pad={:?} bias={} norms={}",
         case.pad, case.bias, case.norms
@@ -311,21 +311,8 @@ fn silu_mul_matches_the_reference() {
             .unwrap()
             .to_dtype(dtype)
             .unwrap();
-        let x: Vec<f32> = xt
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let got: Vec<f32> = kernels::silu_mul(&xt, inter)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let x = f32s(&xt);
+        let got = f32s(&kernels::silu_mul(&xt, inter).unwrap());
         let want: Vec<f32> = (0..rows * inter)
             .map(|i| {
                 let (r, c) = (i / inter, i % inter);
@@ -359,19 +346,11 @@ fn gemv_matches_the_reference() {
                         .to_dtype(dtype)
                         .unwrap()
                 };
-                let back = |t: &Tensor| -> Vec<f32> {
-                    t.to_dtype(DType::F32)
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1()
-                        .unwrap()
-                };
                 let (x, w) = (t(values(m * k, 11), &[m, k]), t(values(n * k, 12), &[n, k]));
                 let b = with_bias.then(|| t(values(n, 13), &[n]));
-                let got = back(&kernels::gemv(&x, &w, b.as_ref()).unwrap());
-                let (xs, ws) = (back(&x), back(&w));
-                let bs = b.as_ref().map(back);
+                let got = f32s(&kernels::gemv(&x, &w, b.as_ref()).unwrap());
+                let (xs, ws) = (f32s(&x), f32s(&w));
+                let bs = b.as_ref().map(f32s);
                 let want: Vec<f32> = (0..m * n)
                     .map(|i| {
                         let (r, c) = (i / n, i % n);

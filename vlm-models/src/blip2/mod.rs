@@ -140,10 +140,9 @@ impl Blip2 {
         options: &LoadOptions,
         ctx: Option<&LoadContext>,
     ) -> Result<Self> {
-        let config_path = dir.require("config.json", "config.json describes the model")?;
-        let text =
-            std::fs::read_to_string(&config_path).map_err(|e| Error::bad_file(&config_path, e))?;
-        let config = Blip2Config::from_json(&text)?;
+        let config = Blip2Config::from_json(
+            &dir.read_text("config.json", "config.json describes the model")?,
+        )?;
         let device = options.device.open()?;
         let dtype = options.dtype.resolve(&device);
         let processor =

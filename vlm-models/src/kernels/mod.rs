@@ -47,23 +47,20 @@ fn turned_off() -> bool {
     *OFF.get_or_init(|| std::env::var("VLM_FUSED_KERNELS").is_ok_and(|v| v.trim() == "0"))
 }
 
-/// Whether the fused kernels serve a decoder of `head_dim` in `dtype` on `device`: a CUDA
-/// build on a CUDA device, f32/bf16/f16, head sizes 16 to 256 in powers of two (the tiny
-/// test models have 16, so the GPU check runs the kernels against the goldens).
-pub fn available(device: &Device, dtype: DType, head_dim: usize) -> bool {
+/// Whether the kernels serve tensors in `dtype` on `device`: a CUDA build on a CUDA device,
+/// f32/bf16/f16, not turned off.
+pub fn enabled(device: &Device, dtype: DType) -> bool {
     cfg!(feature = "cuda")
         && device.is_cuda()
         && matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
-        && matches!(head_dim, 16 | 32 | 64 | 128 | 256)
         && !turned_off()
 }
 
-/// Whether [`silu_mul`] serves tensors in `dtype` on `device`.
-pub fn silu_mul_available(device: &Device, dtype: DType) -> bool {
-    cfg!(feature = "cuda")
-        && device.is_cuda()
-        && matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
-        && !turned_off()
+/// Whether the decode kernels serve a decoder of `head_dim` in `dtype` on `device`:
+/// [`enabled`], head sizes 16 to 256 in powers of two (the tiny test models have 16, so the
+/// GPU check runs the kernels against the goldens).
+pub fn available(device: &Device, dtype: DType, head_dim: usize) -> bool {
+    enabled(device, dtype) && matches!(head_dim, 16 | 32 | 64 | 128 | 256)
 }
 
 /// Whether [`gemv`] takes `x Wᵀ (+ bias)` for `x [m, k]` and a float weight `w [n, k]`: the
@@ -75,7 +72,7 @@ pub fn gemv_applies(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> bool {
     let (Ok((m, k)), Ok((_, wk))) = (x.dims2(), w.dims2()) else {
         return false;
     };
-    on && silu_mul_available(w.device(), w.dtype())
+    on && enabled(w.device(), w.dtype())
         && x.dtype() == w.dtype()
         && bias.is_none_or(|b| b.dtype() == w.dtype())
         && (1..=8).contains(&m)

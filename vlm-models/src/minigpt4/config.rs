@@ -86,6 +86,11 @@ pub struct MiniGpt4Config {
 }
 
 impl MiniGpt4Config {
+    /// The config.json of a MiniGPT-4 folder.
+    pub fn read(dir: &vlm_core::files::ModelDir) -> Result<Self> {
+        Self::from_json(&dir.read_text("config.json", "config.json names the MiniGPT-4 parts")?)
+    }
+
     /// Parses config.json text.
     pub fn from_json(text: &str) -> Result<Self> {
         let c: Self = serde_json::from_str(text).map_err(|e| Error::bad_file("config.json", e))?;

@@ -293,10 +293,7 @@ pub fn part_weights(dir: &ModelDir, config: &MiniGpt4Config) -> Result<LayeredWe
 /// Returns the number of tensors written. Point config.json's `"weights"` at the file.
 pub fn convert_to_safetensors(dir: &Path, output: &Path) -> Result<usize> {
     let dir = ModelDir::local(dir)?;
-    let config_path = dir.require("config.json", "config.json names the MiniGPT-4 parts")?;
-    let text =
-        std::fs::read_to_string(&config_path).map_err(|e| Error::bad_file(&config_path, e))?;
-    let config = MiniGpt4Config::from_json(&text)?;
+    let config = MiniGpt4Config::read(&dir)?;
     let tensors = part_weights(&dir, &config)?.collect(CONVERT_PREFIXES)?;
     if tensors.is_empty() {
         return Err(Error::Weights(
@@ -322,10 +319,7 @@ impl MiniGpt4 {
         options: &LoadOptions,
         ctx: Option<&LoadContext>,
     ) -> Result<Self> {
-        let config_path = dir.require("config.json", "config.json names the MiniGPT-4 parts")?;
-        let text =
-            std::fs::read_to_string(&config_path).map_err(|e| Error::bad_file(&config_path, e))?;
-        let config = MiniGpt4Config::from_json(&text)?;
+        let config = MiniGpt4Config::read(dir)?;
         let device = options.device.open()?;
         let dtype = options.dtype.resolve(&device);
 

@@ -101,10 +101,9 @@ impl QwenVl {
         options: &LoadOptions,
         ctx: Option<&LoadContext>,
     ) -> Result<Self> {
-        let config_path = dir.require("config.json", "config.json describes the model")?;
-        let config_text =
-            std::fs::read_to_string(&config_path).map_err(|e| Error::bad_file(&config_path, e))?;
-        let config = QwenVlConfig::from_json(&config_text)?;
+        let config = QwenVlConfig::from_json(
+            &dir.read_text("config.json", "config.json describes the model")?,
+        )?;
         let device = options.device.open()?;
         let dtype = options.dtype.resolve(&device);
 

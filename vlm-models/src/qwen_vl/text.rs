@@ -206,8 +206,7 @@ impl Mlp {
             down_proj: q.linear(i, h, false, vb.pp("down_proj"))?,
             act: cfg.hidden_act,
             intermediate: i,
-            fused_silu: cfg.hidden_act == Act::Silu
-                && kernels::silu_mul_available(vb.device(), vb.dtype()),
+            fused_silu: cfg.hidden_act == Act::Silu && kernels::enabled(vb.device(), vb.dtype()),
         })
     }
 }
