@@ -115,12 +115,14 @@ impl QwenVl {
 
         let weights = Weights::open(dir, options, ctx, dtype, &device)?;
         let vb = weights.vb.clone();
-        let (visual_prefix, text_prefix) =
-            if vb.contains_tensor("model.language_model.embed_tokens.weight") {
-                ("model.visual", "model.language_model")
-            } else {
-                ("visual", "model")
-            };
+        // The layout is told by a norm: norms stay in float, so a quantized folder (whose
+        // float backend sees only float tensors) answers as the original checkpoint does.
+        let (visual_prefix, text_prefix) = if vb.contains_tensor("model.language_model.norm.weight")
+        {
+            ("model.visual", "model.language_model")
+        } else {
+            ("visual", "model")
+        };
         let policy = weights.policy;
         let vision = VisionTower::new(
             &config.vision,
