@@ -61,6 +61,13 @@ struct Args {
     /// (the load time reported is that folder's).
     #[arg(long)]
     save_quantized: Option<PathBuf>,
+    /// Profile one describe call of `--profile-tokens` tokens after the warm-up: the CUDA
+    /// profiler is started before it and stopped after (for `ncu --profile-from-start off`),
+    /// and its wall-clock split is printed. Then exits.
+    #[arg(long)]
+    profile: bool,
+    #[arg(long, default_value_t = 2)]
+    profile_tokens: usize,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -140,6 +147,27 @@ fn main() -> vlm_core::Result<()> {
     model.generate(&model.describe_request(&photo, &forced(2))?)?;
     let first_call_s = t.elapsed().as_secs_f64();
 
+    if args.profile {
+        let request = model.describe_request(&photo, &forced(args.profile_tokens))?;
+        let ordinal = ordinal.unwrap_or(0);
+        let started = vlm_core::device::cuda_profiler(ordinal, true);
+        let t = Instant::now();
+        let g = model.generate(&request)?;
+        let wall = t.elapsed().as_secs_f64();
+        vlm_core::device::cuda_profiler(ordinal, false);
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "profiled call (profiler {}): {:.1} ms wall: preprocess {:.1} ms, image encode {:.1} ms, prefill {:.1} ms, {} decode steps {:.1} ms",
+            if started { "on" } else { "not attached" },
+            wall * 1e3,
+            ms(g.timings.preprocess),
+            ms(g.timings.image_encode),
+            ms(g.timings.prefill),
+            g.timings.decode_steps,
+            ms(g.timings.decode)
+        );
+        return Ok(());
+    }
     let request = model.describe_request(&photo, &forced(args.tokens))?;
     let mut walls = Vec::new();
     let mut gens: Vec<Generation> = Vec::new();
@@ -153,6 +181,7 @@ fn main() -> vlm_core::Result<()> {
     mib("after loading and the batch-1 runs");
     let per_photo_s = median(walls.clone());
     let pick = |f: &dyn Fn(&Generation) -> f64| median(gens.iter().map(f).collect());
+    let preprocess_ms = pick(&|g| g.timings.preprocess.as_secs_f64() * 1e3);
     let image_ms = pick(&|g| g.timings.image_encode.as_secs_f64() * 1e3);
     let prefill_ms = pick(&|g| g.timings.prefill.as_secs_f64() * 1e3);
     let decode_tps = pick(&|g| g.timings.decode_tokens_per_second());
@@ -169,10 +198,10 @@ fn main() -> vlm_core::Result<()> {
         rows.push((b, b as f64 / wall));
     }
 
-    println!("| model | device | dtype | load s | first call s | prompt tok | image ms | prefill ms | decode tok/s | s/photo (b=1) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| model | device | dtype | load s | first call s | prompt tok | preprocess ms | image ms | prefill ms | decode tok/s | s/photo (b=1) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {} | {} | {load_s:.2} | {first_call_s:.2} | {prompt_tokens} | {image_ms:.1} | {prefill_ms:.1} | {decode_tps:.1} | {per_photo_s:.3} |",
+        "| {} | {} | {} | {load_s:.2} | {first_call_s:.2} | {prompt_tokens} | {preprocess_ms:.1} | {image_ms:.1} | {prefill_ms:.1} | {decode_tps:.1} | {per_photo_s:.3} |",
         info.model_type, info.device, info.dtype
     );
     println!();
@@ -193,7 +222,7 @@ fn main() -> vlm_core::Result<()> {
             "parameters": info.parameters, "weight_bytes": info.weight_bytes,
             "image": [args.width, args.height], "tokens": args.tokens, "prompt_tokens": prompt_tokens,
             "load_s": load_s, "first_call_s": first_call_s, "per_photo_s": per_photo_s,
-            "per_photo_runs_s": walls, "image_encode_ms": image_ms, "prefill_ms": prefill_ms,
+            "per_photo_runs_s": walls, "preprocess_ms": preprocess_ms, "image_encode_ms": image_ms, "prefill_ms": prefill_ms,
             "decode_tokens_per_s": decode_tps,
             "throughput": rows.iter().map(|(b, p)| serde_json::json!({"batch": b, "photos_per_s": p})).collect::<Vec<_>>(),
             "price_per_hour": args.price_per_hour,

@@ -144,6 +144,7 @@ fn report(model: &dyn VisionLanguageModel, g: &Generation, common: &Common, stre
             "prompt_tokens": g.prompt_tokens,
             "finish_reason": format!("{:?}", g.finish_reason),
             "timings": {
+                "preprocess_ms": t.preprocess.as_secs_f64() * 1e3,
                 "image_encode_ms": t.image_encode.as_secs_f64() * 1e3,
                 "prefill_ms": t.prefill.as_secs_f64() * 1e3,
                 "decode_ms": t.decode.as_secs_f64() * 1e3,
@@ -160,9 +161,10 @@ fn report(model: &dyn VisionLanguageModel, g: &Generation, common: &Common, stre
     if common.verbose {
         let t = &g.timings;
         eprintln!(
-            "[{} prompt tokens, {} generated; image {:.0} ms, prefill {:.0} ms, decode {:.1} tok/s]",
+            "[{} prompt tokens, {} generated; preprocess {:.0} ms, image {:.0} ms, prefill {:.0} ms, decode {:.1} tok/s]",
             g.prompt_tokens,
             g.token_ids.len(),
+            t.preprocess.as_secs_f64() * 1e3,
             t.image_encode.as_secs_f64() * 1e3,
             t.prefill.as_secs_f64() * 1e3,
             t.decode_tokens_per_second()

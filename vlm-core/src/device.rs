@@ -24,6 +24,35 @@ pub fn gpu_memory(ordinal: usize) -> Option<(usize, usize)> {
     }
 }
 
+/// Starts (`true`) or stops collection by an attached CUDA profiler (Nsight Compute's
+/// `--profile-from-start off`), so that a profile holds only the region between. Returns
+/// whether the driver took the call: false in a build without CUDA.
+pub fn cuda_profiler(ordinal: usize, start: bool) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::{
+            profiler_start, profiler_stop, CudaContext,
+        };
+        let Ok(ctx) = CudaContext::new(ordinal) else {
+            return false;
+        };
+        if ctx.bind_to_thread().is_err() {
+            return false;
+        }
+        if start {
+            profiler_start()
+        } else {
+            profiler_stop()
+        }
+        .is_ok()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (ordinal, start);
+        false
+    }
+}
+
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {

@@ -129,7 +129,10 @@ pub enum FinishReason {
 /// Where the time of one generation went.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Timings {
-    /// Image preprocessing and the vision tower.
+    /// On the CPU: the prompt's tokens and the images' preprocessing (resize, normalise,
+    /// patchify); the requests of a batch are prepared in parallel.
+    pub preprocess: Duration,
+    /// The vision tower over the preprocessed images (pixels to the device included).
     pub image_encode: Duration,
     /// The language model over the prompt, up to the first token's logits.
     pub prefill: Duration,
@@ -150,9 +153,9 @@ impl Timings {
         }
     }
 
-    /// Time to first token.
+    /// Time to first token: preprocessing, the vision tower and prefill.
     pub fn time_to_first_token(&self) -> Duration {
-        self.image_encode + self.prefill
+        self.preprocess + self.image_encode + self.prefill
     }
 }
 

@@ -7,7 +7,9 @@ use vlm_core::{FinishReason, Generation, ModelInfo, Timings};
 /// Where the time of one generation went, in seconds.
 #[pyclass(frozen, get_all, module = "vlm", name = "Timings")]
 pub struct PyTimings {
-    /// Image preprocessing and the vision tower.
+    /// On the CPU: the prompt's tokens and the images' preprocessing.
+    preprocess: f64,
+    /// The vision tower.
     image_encode: f64,
     /// The language model over the prompt, up to the first token's logits.
     prefill: f64,
@@ -19,10 +21,10 @@ pub struct PyTimings {
 
 #[pymethods]
 impl PyTimings {
-    /// Seconds until the first token: image encoding plus prefill.
+    /// Seconds until the first token: preprocessing, image encoding and prefill.
     #[getter]
     fn time_to_first_token(&self) -> f64 {
-        self.image_encode + self.prefill
+        self.preprocess + self.image_encode + self.prefill
     }
 
     /// Decode speed in tokens per second (0.0 when there were no decode steps).
@@ -37,7 +39,8 @@ impl PyTimings {
 
     fn __repr__(&self) -> String {
         format!(
-            "Timings(image_encode={:.4}, prefill={:.4}, decode={:.4}, decode_steps={})",
+            "Timings(preprocess={:.4}, image_encode={:.4}, prefill={:.4}, decode={:.4}, decode_steps={})",
+            self.preprocess,
             self.image_encode, self.prefill, self.decode, self.decode_steps
         )
     }
@@ -46,6 +49,7 @@ impl PyTimings {
 impl From<Timings> for PyTimings {
     fn from(t: Timings) -> Self {
         PyTimings {
+            preprocess: t.preprocess.as_secs_f64(),
             image_encode: t.image_encode.as_secs_f64(),
             prefill: t.prefill.as_secs_f64(),
             decode: t.decode.as_secs_f64(),

@@ -99,10 +99,10 @@ def test_generate_result_object(qwen25, photo):
     assert "Generation(" in repr(out)
     t = out.timings
     assert isinstance(t, vlm.Timings)
-    for seconds in (t.image_encode, t.prefill, t.decode, t.time_to_first_token):
+    for seconds in (t.preprocess, t.image_encode, t.prefill, t.decode, t.time_to_first_token):
         assert isinstance(seconds, float) and 0.0 <= seconds < 60.0
-    assert t.image_encode > 0.0
-    assert t.time_to_first_token == pytest.approx(t.image_encode + t.prefill)
+    assert t.preprocess > 0.0 and t.image_encode > 0.0
+    assert t.time_to_first_token == pytest.approx(t.preprocess + t.image_encode + t.prefill)
     assert t.decode_steps == 11
     assert t.decode_tokens_per_second > 0
     assert "Timings(" in repr(t)
