@@ -21,6 +21,7 @@ pub mod image;
 pub mod kv_cache;
 pub mod model;
 pub mod options;
+pub mod parallel;
 pub mod quant;
 pub mod request;
 pub mod resize;

@@ -37,6 +37,8 @@
 
 use image::RgbImage;
 
+use crate::parallel::for_row_chunks;
+
 /// Channels of an `RgbImage` pixel.
 const CHANNELS: usize = 3;
 
@@ -211,17 +213,18 @@ pub fn resize_like_torchvision(
     let (src, src_w): (&[u8], usize) = if out_w != in_w {
         let coeffs = Coefficients::new(in_w, out_w, filter);
         let mut out = vec![0u8; out_w * in_h * CHANNELS];
-        for (line_in, line_out) in img
-            .as_raw()
-            .chunks_exact(in_w * CHANNELS)
-            .zip(out.chunks_exact_mut(out_w * CHANNELS))
-        {
-            for x in 0..out_w {
-                for c in 0..CHANNELS {
-                    line_out[x * CHANNELS + c] = coeffs.apply(x, |sx| line_in[sx * CHANNELS + c]);
+        let raw = img.as_raw();
+        for_row_chunks(&mut out, out_w * CHANNELS, |first, chunk| {
+            let lines_in = raw[first * in_w * CHANNELS..].chunks_exact(in_w * CHANNELS);
+            for (line_in, line_out) in lines_in.zip(chunk.chunks_exact_mut(out_w * CHANNELS)) {
+                for x in 0..out_w {
+                    for c in 0..CHANNELS {
+                        line_out[x * CHANNELS + c] =
+                            coeffs.apply(x, |sx| line_in[sx * CHANNELS + c]);
+                    }
                 }
             }
-        }
+        });
         horizontal = out;
         (&horizontal, out_w)
     } else {
@@ -233,11 +236,13 @@ pub fn resize_like_torchvision(
         let coeffs = Coefficients::new(in_h, out_h, filter);
         let row_len = src_w * CHANNELS;
         let mut out = vec![0u8; row_len * out_h];
-        for (y, line_out) in out.chunks_exact_mut(row_len).enumerate() {
-            for (k, value) in line_out.iter_mut().enumerate() {
-                *value = coeffs.apply(y, |sy| src[sy * row_len + k]);
+        for_row_chunks(&mut out, row_len, |first, chunk| {
+            for (y, line_out) in chunk.chunks_exact_mut(row_len).enumerate() {
+                for (k, value) in line_out.iter_mut().enumerate() {
+                    *value = coeffs.apply(first + y, |sy| src[sy * row_len + k]);
+                }
             }
-        }
+        });
         out
     } else {
         src.to_vec()

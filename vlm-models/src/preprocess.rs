@@ -1,6 +1,9 @@
 //! Resize, rescale and normalise an image into channel planes, matching one of
 //! transformers' two image backends exactly. Shared by every family's processor.
 
+use std::borrow::Cow;
+
+use image::RgbImage;
 use vlm_core::resize::{resize_like, Filter, PillowVersion};
 use vlm_core::resize_torch::{resize_like_torchvision, TorchFilter};
 use vlm_core::Image;
@@ -51,52 +54,59 @@ pub struct Normalize {
 }
 
 impl Normalize {
+    /// `image` resized to `width × height` (borrowed when it already has that size).
+    pub fn resize<'a>(&self, image: &'a Image, width: usize, height: usize) -> Cow<'a, RgbImage> {
+        if (image.width() as usize, image.height() as usize) == (width, height) {
+            return Cow::Borrowed(image.as_rgb());
+        }
+        let (w, h) = (width as u32, height as u32);
+        Cow::Owned(match (self.backend, self.bilinear) {
+            (ResizeBackend::Torchvision, false) => {
+                resize_like_torchvision(image.as_rgb(), w, h, TorchFilter::Bicubic)
+            }
+            (ResizeBackend::Torchvision, true) => {
+                resize_like_torchvision(image.as_rgb(), w, h, TorchFilter::Bilinear)
+            }
+            (ResizeBackend::Pil, false) => {
+                resize_like(image.as_rgb(), w, h, Filter::Bicubic, self.pillow)
+            }
+            (ResizeBackend::Pil, true) => {
+                resize_like(image.as_rgb(), w, h, Filter::Bilinear, self.pillow)
+            }
+        })
+    }
+
+    /// The normalised value of every 8-bit value of each channel, computed as the backend
+    /// computes it: `table[ch][v]`.
+    pub fn table(&self) -> [[f32; 256]; 3] {
+        let mut table = [[0f32; 256]; 3];
+        for (ch, row) in table.iter_mut().enumerate() {
+            for (v, out) in row.iter_mut().enumerate() {
+                *out = match self.backend {
+                    // torchvision fuses rescale into normalise: (x - mean/scale) / (std/scale), in f32
+                    ResizeBackend::Torchvision => {
+                        let inv = (1.0 / self.rescale_factor) as f32;
+                        (v as f32 - self.mean[ch] * inv) / (self.std[ch] * inv)
+                    }
+                    ResizeBackend::Pil => {
+                        (v as f32 * self.rescale_factor as f32 - self.mean[ch]) / self.std[ch]
+                    }
+                };
+            }
+        }
+        table
+    }
+
     /// Resizes `image` to `width × height` (skipped when it already has that size) and
     /// returns normalised planes `[3, height, width]`, row-major.
     pub fn planes(&self, image: &Image, width: usize, height: usize) -> Vec<f32> {
-        let resized;
-        let rgb = if (image.width() as usize, image.height() as usize) == (width, height) {
-            image.as_rgb()
-        } else {
-            let (w, h) = (width as u32, height as u32);
-            resized = match (self.backend, self.bilinear) {
-                (ResizeBackend::Torchvision, false) => {
-                    resize_like_torchvision(image.as_rgb(), w, h, TorchFilter::Bicubic)
-                }
-                (ResizeBackend::Torchvision, true) => {
-                    resize_like_torchvision(image.as_rgb(), w, h, TorchFilter::Bilinear)
-                }
-                (ResizeBackend::Pil, false) => {
-                    resize_like(image.as_rgb(), w, h, Filter::Bicubic, self.pillow)
-                }
-                (ResizeBackend::Pil, true) => {
-                    resize_like(image.as_rgb(), w, h, Filter::Bilinear, self.pillow)
-                }
-            };
-            &resized
-        };
+        let rgb = self.resize(image, width, height);
+        let table = self.table();
         let area = width * height;
         let mut planes = vec![0f32; 3 * area];
-        match self.backend {
-            // torchvision fuses rescale into normalise: (x - mean/scale) / (std/scale), in f32
-            ResizeBackend::Torchvision => {
-                let inv = (1.0 / self.rescale_factor) as f32;
-                let mean = self.mean.map(|m| m * inv);
-                let std = self.std.map(|s| s * inv);
-                for (i, px) in rgb.pixels().enumerate() {
-                    for ch in 0..3 {
-                        planes[ch * area + i] = (px.0[ch] as f32 - mean[ch]) / std[ch];
-                    }
-                }
-            }
-            ResizeBackend::Pil => {
-                let scale = self.rescale_factor as f32;
-                for (i, px) in rgb.pixels().enumerate() {
-                    for ch in 0..3 {
-                        planes[ch * area + i] =
-                            (px.0[ch] as f32 * scale - self.mean[ch]) / self.std[ch];
-                    }
-                }
+        for (i, px) in rgb.pixels().enumerate() {
+            for ch in 0..3 {
+                planes[ch * area + i] = table[ch][px.0[ch] as usize];
             }
         }
         planes

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use tokenizers::Tokenizer;
 use vlm_core::chat_template::ChatTemplate;
 use vlm_core::files::ModelDir;
+use vlm_core::parallel::for_row_chunks;
 use vlm_core::{Content, Error, Image, Prompt, Request, Result};
 
 /// transformers' Qwen2-VL defaults: at least 56×56 and at most 28·28·1280 pixels.
@@ -204,7 +205,7 @@ impl QwenProcessor {
             c.min_pixels(),
             c.max_pixels(),
         )?;
-        let planes = Normalize {
+        let normalize = Normalize {
             backend: c.backend(),
             // transformers 5's PIL backends run with current Pillow (13).
             pillow: PillowVersion::From13,
@@ -212,30 +213,42 @@ impl QwenProcessor {
             rescale_factor: c.rescale_factor,
             mean: c.image_mean,
             std: c.image_std,
-        }
-        .planes(image, w, h);
+        };
+        let rgb = normalize.resize(image, w, h);
+        let (rgb, table) = (rgb.as_raw(), normalize.table());
         let (p, m, tp) = (c.patch_size, c.merge_size, c.temporal_patch_size);
         let (gh, gw) = (h / p, w / p);
         let row_len = 3 * tp * p * p;
-        let mut out = Vec::with_capacity(gh * gw * row_len);
-        // order: merged block (bh, bw), patch in block (ih, iw), channel, frame, pixel (y, x)
-        for bh in 0..gh / m {
-            for bw in 0..gw / m {
+        let mut out = vec![0f32; gh * gw * row_len];
+        // order: merged block (bh, bw), patch in block (ih, iw), channel, frame, pixel (y, x);
+        // one merged block is m·m rows of `out`, and blocks are filled in parallel.
+        let blocks_per_row = gw / m;
+        for_row_chunks(&mut out, m * m * row_len, |first_block, chunk| {
+            for (k, block) in chunk.chunks_exact_mut(m * m * row_len).enumerate() {
+                let (bh, bw) = (
+                    (first_block + k) / blocks_per_row,
+                    (first_block + k) % blocks_per_row,
+                );
+                let mut values = block.iter_mut();
                 for ih in 0..m {
                     for iw in 0..m {
                         let (py, px) = ((bh * m + ih) * p, (bw * m + iw) * p);
-                        for ch in 0..3 {
+                        for (ch, lut) in table.iter().enumerate() {
                             for _frame in 0..tp {
                                 for y in 0..p {
-                                    let start = ch * h * w + (py + y) * w + px;
-                                    out.extend_from_slice(&planes[start..start + p]);
+                                    let start = ((py + y) * w + px) * 3 + ch;
+                                    for x in 0..p {
+                                        if let Some(v) = values.next() {
+                                            *v = lut[rgb[start + 3 * x] as usize];
+                                        }
+                                    }
                                 }
                             }
                         }
                     }
                 }
             }
-        }
+        });
         Ok(ImagePatches {
             pixel_values: out,
             grid_thw: [1, gh, gw],
