@@ -1,5 +1,6 @@
-//! With the `cuda` feature, compiles the fused decode kernels (src/kernels/decode.cu) to
-//! PTX with nvcc; the driver JIT-compiles that PTX for the card it runs on.
+//! With the `cuda` feature, compiles the fused kernels (src/kernels/decode.cu for the
+//! decoder step, src/kernels/vision.cu for the vision towers) to PTX with nvcc; the driver
+//! JIT-compiles that PTX for the card it runs on.
 //!
 //! nvcc is `$NVCC`, else `$CUDA_ROOT/bin/nvcc` / `$CUDA_HOME/bin/nvcc`, else `nvcc` on PATH.
 //! The virtual architecture is `compute_$CUDA_COMPUTE_CAP` (as candle-kernels reads it),
@@ -8,9 +9,15 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The kernel sources, each compiled to `$OUT_DIR/<name>.ptx`.
+const KERNEL_FILES: [&str; 3] = ["decode", "vision", "ops"];
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=src/kernels/decode.cu");
+    for file in KERNEL_FILES {
+        println!("cargo:rerun-if-changed=src/kernels/{file}.cu");
+    }
+    println!("cargo:rerun-if-changed=src/kernels/common.cuh");
     for var in ["NVCC", "CUDA_ROOT", "CUDA_HOME", "CUDA_COMPUTE_CAP"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -31,24 +38,23 @@ fn main() {
         .map(|c| c.trim().replace('.', ""))
         .filter(|c| !c.is_empty())
         .unwrap_or_else(|| "80".into());
-    let out =
-        PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("decode.ptx");
-    let status = Command::new(&nvcc)
-        .args(["--ptx", "-O3", "-std=c++17"])
-        .arg(format!("--gpu-architecture=compute_{cap}"))
-        .arg("src/kernels/decode.cu")
-        .arg("-o")
-        .arg(&out)
-        .status()
-        .unwrap_or_else(|e| {
-            panic!(
-                "the cuda feature compiles CUDA kernels with nvcc, and {} could not be run ({e}): \
-                 install the CUDA toolkit, or set NVCC or CUDA_ROOT",
-                nvcc.display()
-            )
-        });
-    assert!(
-        status.success(),
-        "nvcc failed on src/kernels/decode.cu ({status})"
-    );
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    for file in KERNEL_FILES {
+        let source = format!("src/kernels/{file}.cu");
+        let status = Command::new(&nvcc)
+            .args(["--ptx", "-O3", "-std=c++17"])
+            .arg(format!("--gpu-architecture=compute_{cap}"))
+            .arg(&source)
+            .arg("-o")
+            .arg(out_dir.join(format!("{file}.ptx")))
+            .status()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the cuda feature compiles CUDA kernels with nvcc, and {} could not be run ({e}): \
+                     install the CUDA toolkit, or set NVCC or CUDA_ROOT",
+                    nvcc.display()
+                )
+            });
+        assert!(status.success(), "nvcc failed on {source} ({status})");
+    }
 }

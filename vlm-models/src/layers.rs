@@ -71,6 +71,24 @@ impl Linear {
         }
     }
 
+    /// The same float layer with `[out, in]` grown to `[out_to, in_to]` by zeros (the
+    /// bias too): the extra outputs are 0 and extra inputs are ignored. `None` for a
+    /// quantized layer, whose blocks fix its shape.
+    pub fn zero_padded(&self, out_to: usize, in_to: usize) -> Result<Option<Self>> {
+        let Weight::Float(w) = &self.weight else {
+            return Ok(None);
+        };
+        let (out, inp) = w.dims2()?;
+        let w = w.pad_with_zeros(0, 0, out_to.saturating_sub(out))?;
+        let w = w.pad_with_zeros(1, 0, in_to.saturating_sub(inp))?;
+        let bias = self
+            .bias
+            .as_ref()
+            .map(|b| b.pad_with_zeros(0, 0, out_to.saturating_sub(out)))
+            .transpose()?;
+        Ok(Some(Self::from_weights(w, bias)))
+    }
+
     /// The layer's compute dtype.
     pub fn weight_dtype(&self) -> DType {
         match &self.weight {
@@ -104,7 +122,7 @@ impl Linear {
                 } else {
                     let y = x2.matmul(&weight.t()?)?;
                     match bias {
-                        Some(b) => y.broadcast_add(b)?,
+                        Some(b) => add_bias(&y, b)?,
                         None => y,
                     }
                 };
@@ -115,10 +133,19 @@ impl Linear {
             Weight::Quant { matmul, .. } => matmul.forward(&x.contiguous()?)?,
         };
         match bias {
-            Some(b) => y.broadcast_add(b),
+            Some(b) => add_bias(&y, b),
             None => Ok(y),
         }
     }
+}
+
+/// `y + bias` over the last dimension: our kernel on CUDA (candle's broadcast add takes
+/// ~15× the time of a pass over the bytes there, see kernels/ops.cu), candle's elsewhere.
+fn add_bias(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if crate::kernels::enabled(y.device(), y.dtype()) && bias.dtype() == y.dtype() {
+        return crate::kernels::add_bias(y, bias);
+    }
+    y.broadcast_add(bias)
 }
 
 impl Module for Linear {
@@ -234,10 +261,15 @@ impl Module for LayerNorm {
     }
 }
 
-/// Softmax over the last dimension with f32 accumulation. candle's CUDA kernel already
-/// accumulates half-precision inputs in f32, so only the CPU path (and f32 inputs) casts.
+/// Softmax over the last dimension with f32 accumulation: our kernel on CUDA, candle's
+/// elsewhere (its CUDA kernel also accumulates in f32, so only the CPU path casts).
 pub fn softmax_f32_acc(scores: &Tensor) -> Result<Tensor> {
     let dtype = scores.dtype();
+    if crate::kernels::enabled(scores.device(), dtype) {
+        // candle's kernel gives one warp a row: ~0.5 TB/s on the vision tower's rows of
+        // 3996 scores (run 14), a quarter of what a block per row reaches.
+        return crate::kernels::softmax(scores, None);
+    }
     if dtype == DType::F32 || scores.device().is_cuda() {
         return candle_nn::ops::softmax_last_dim(scores);
     }
@@ -304,20 +336,58 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// f16 and bf16 with room for the scores themselves, and exp(-3e4) is 0 in every dtype.
 pub(crate) const MASKED: f32 = -3.0e4;
 
-/// Additive attention mask `[b, 1, q_len, kv_len]` in `dtype` (the scores' dtype, so that
-/// no layer converts it again): sequence `i`'s first `pad[i]`
+/// Which keys each query sees in the attention softmax.
+#[derive(Debug, Clone)]
+pub enum AttentionMask {
+    /// Added to the scores (broadcastable to `[b, h, q, kv]`, in their dtype): the CPU
+    /// path, and position biases.
+    Additive(Tensor),
+    /// Causal after each sequence's left padding (`[b]` u32; none without padding),
+    /// computed inside the softmax kernel on CUDA instead of built, uploaded and added.
+    Causal {
+        /// Left padding per sequence.
+        pad: Option<Tensor>,
+    },
+}
+
+impl AttentionMask {
+    /// `softmax(scores + mask)` over the last dimension of `scores [b, h, q, kv]`.
+    pub fn softmax(&self, scores: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Additive(m) => softmax_f32_acc(&scores.broadcast_add(m)?),
+            Self::Causal { pad } => crate::kernels::softmax(
+                scores,
+                Some(&crate::kernels::CausalMask { pad: pad.as_ref() }),
+            ),
+        }
+    }
+}
+
+/// The attention mask of `pad.len()` left-padded sequences: sequence `i`'s first `pad[i]`
 /// key positions are padding, and query `j` (at absolute position `kv_len - q_len + j`)
-/// sees only keys up to itself. `None` when nothing is masked.
+/// sees only keys up to itself. `None` when nothing is masked. Where the CUDA kernels run,
+/// the softmax computes it ([`AttentionMask::Causal`]); elsewhere it is an additive
+/// `[b, 1, q_len, kv_len]` tensor in `dtype` (the scores' dtype, so that no layer converts
+/// it again).
 pub fn attention_mask(
     pad: &[usize],
     q_len: usize,
     kv_len: usize,
     dtype: DType,
     device: &candle_core::Device,
-) -> Result<Option<Tensor>> {
+) -> Result<Option<AttentionMask>> {
     let offset = kv_len - q_len;
     if q_len == 1 && pad.iter().all(|&p| p == 0) {
         return Ok(None);
+    }
+    if crate::kernels::enabled(device, dtype) {
+        let pad = if pad.iter().any(|&p| p > 0) {
+            let pad: Vec<u32> = pad.iter().map(|&p| p as u32).collect();
+            Some(Tensor::new(pad, device)?)
+        } else {
+            None
+        };
+        return Ok(Some(AttentionMask::Causal { pad }));
     }
     let mut m = vec![0f32; pad.len() * q_len * kv_len];
     for (b, &p) in pad.iter().enumerate() {
@@ -330,30 +400,28 @@ pub fn attention_mask(
             }
         }
     }
-    Ok(Some(
-        Tensor::from_vec(m, (pad.len(), 1, q_len, kv_len), device)?.to_dtype(dtype)?,
-    ))
+    let m = Tensor::from_vec(m, (pad.len(), 1, q_len, kv_len), device)?.to_dtype(dtype)?;
+    Ok(Some(AttentionMask::Additive(m)))
 }
 
 /// Softmax attention over heads: `softmax(q kᵀ · scale + mask) v` for `q [b, h, q, d]`,
-/// `k`/`v [b, h, kv, d]` and an additive `mask` broadcastable to `[b, h, q, kv]`.
-/// Returns `[b, q, h·d]`, the layout the output projection takes.
+/// `k`/`v [b, h, kv, d]`. Returns `[b, q, h·d]`, the layout the output projection takes.
 pub fn attend(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: Option<f64>,
-    mask: Option<&Tensor>,
+    mask: Option<&AttentionMask>,
 ) -> Result<Tensor> {
     let (b, h, l, d) = q.dims4()?;
     let mut scores = q.contiguous()?.matmul(&k.t()?.contiguous()?)?;
     if let Some(s) = scale {
         scores = (scores * s)?;
     }
-    if let Some(m) = mask {
-        scores = scores.broadcast_add(m)?;
-    }
-    let probs = softmax_f32_acc(&scores)?;
+    let probs = match mask {
+        Some(m) => m.softmax(&scores)?,
+        None => softmax_f32_acc(&scores)?,
+    };
     probs
         .matmul(&v.contiguous()?)?
         .transpose(1, 2)?

@@ -267,6 +267,17 @@ fn cases() -> Vec<Case> {
             bias: false,
             norms: false,
         },
+        // Keys split into slices for the card (decode_combine), a sequence padded to
+        // a third of them.
+        Case {
+            batch: 2,
+            heads: h(16, 2, 128),
+            cap: 1200,
+            len: 1100,
+            pad: vec![0, 700],
+            bias: true,
+            norms: false,
+        },
         Case {
             batch: 1,
             heads: h(4, 1, 32),
@@ -362,6 +373,290 @@ fn gemv_matches_the_reference() {
                 println!("gemv {dtype:?} m={m} k={k} n={n} bias={with_bias}: {e:.2e}");
                 assert!(e < tol, "gemv {dtype:?} m={m} k={k} n={n}: {e}");
             }
+        }
+    }
+}
+
+/// `[start, end)` ranges of segments of the given lengths, one after the other.
+fn segments_of(lengths: &[usize]) -> Vec<(usize, usize)> {
+    let mut start = 0;
+    lengths
+        .iter()
+        .map(|&l| {
+            start += l;
+            (start - l, start)
+        })
+        .collect()
+}
+
+/// Qwen2.5-VL's windows over a 1024×768 photo (1036×756 after smart_resize: 37×27 merge
+/// units, windows of 4×4 units): per row of windows nine of 64 patches and one of 16, the
+/// last row 48 and 12; 3996 patches in all.
+fn qwen25_window_lengths() -> Vec<usize> {
+    let mut l = Vec::new();
+    for _ in 0..6 {
+        l.extend([64; 9]);
+        l.push(16);
+    }
+    l.extend([48; 9]);
+    l.push(12);
+    l
+}
+
+fn run_vision(heads: usize, d: usize, lengths: &[usize], dtype: DType, tol: f32) {
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    let ranges = segments_of(lengths);
+    let n: usize = lengths.iter().sum();
+    let width = 3 * heads * d;
+    let t = |v: Vec<f32>, shape: &[usize], dt: DType| {
+        Tensor::from_vec(v, shape, &dev)
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap()
+    };
+    let qkv = t(values(n * width, 21), &[n, width], dtype);
+    let bias = t(values(width, 22), &[width], dtype);
+    // Rotary angles that differ between the halves of a row, as Qwen's 2-D rotary does.
+    let angles: Vec<f32> = values(n * d, 23).iter().map(|a| 4.0 * a).collect();
+    let cos = t(
+        angles.iter().map(|a| a.cos()).collect(),
+        &[n, d],
+        DType::F32,
+    );
+    let sin = t(
+        angles.iter().map(|a| a.sin()).collect(),
+        &[n, d],
+        DType::F32,
+    );
+    let scale = (d as f32).powf(-0.5);
+    let (q, k, v) = kernels::vision_qkv(&qkv, Some(&bias), &cos, &sin, heads, scale).unwrap();
+
+    // The reference, from the same rounded inputs, rounding where the unfused path stores.
+    let round = |v: Vec<f32>| -> Vec<f32> { f32s(&t(v, &[n * d], dtype).flatten_all().unwrap()) };
+    let (x, b, c, s) = (f32s(&qkv), f32s(&bias), f32s(&cos), f32s(&sin));
+    let half = d / 2;
+    let mut want = [
+        vec![0f32; n * heads * d],
+        vec![0f32; n * heads * d],
+        vec![0f32; n * heads * d],
+    ];
+    for r in 0..n {
+        for (which, w) in want.iter_mut().enumerate() {
+            for h in 0..heads {
+                let off = which * heads * d + h * d;
+                let xs: Vec<f32> = (0..d)
+                    .map(|i| x[r * width + off + i] + b[off + i])
+                    .collect();
+                for i in 0..d {
+                    let y = if which == 2 {
+                        xs[i]
+                    } else if i < half {
+                        xs[i] * c[r * d + i] - xs[i + half] * s[r * d + i]
+                    } else {
+                        xs[i] * c[r * d + i] + xs[i - half] * s[r * d + i]
+                    };
+                    w[(h * n + r) * d + i] = y;
+                }
+            }
+        }
+    }
+    let rounded: Vec<Vec<f32>> = want
+        .into_iter()
+        .map(|w| {
+            w.chunks(n * d)
+                .flat_map(|c| round(c.to_vec()))
+                .collect::<Vec<f32>>()
+        })
+        .collect();
+    let want_q = rounded[0]
+        .chunks(n * d)
+        .flat_map(|c| round(c.iter().map(|v| v * scale).collect()))
+        .collect::<Vec<f32>>();
+    let what = format!("{dtype:?} heads={heads} d={d} n={n}");
+    let (eq, ek, ev) = (
+        max_rel_err(&f32s(&q), &want_q),
+        max_rel_err(&f32s(&k), &rounded[1]),
+        max_rel_err(&f32s(&v), &rounded[2]),
+    );
+    println!("vision_qkv {what}: q {eq:.2e}, k {ek:.2e}, v {ev:.2e}");
+    assert!(
+        eq < tol && ek < tol && ev < tol,
+        "vision_qkv {what}: {eq} {ek} {ev} (tolerance {tol})"
+    );
+
+    let segments = kernels::Segments::new(&ranges, &dev).unwrap();
+    assert!(
+        segments.fit_kernel(d),
+        "{what}: the segments should fit the kernel"
+    );
+    let got = f32s(&kernels::segment_attention(&q, &k, &v, &segments).unwrap());
+    let (qs, ks, vs) = (f32s(&q), f32s(&k), f32s(&v));
+    let mut want_out = vec![0f32; n * heads * d];
+    for &(start, end) in &ranges {
+        for h in 0..heads {
+            let row = |t: &[f32], r: usize| t[(h * n + r) * d..(h * n + r + 1) * d].to_vec();
+            for i in start..end {
+                let qi = row(&qs, i);
+                let scores: Vec<f32> = (start..end)
+                    .map(|j| row(&ks, j).iter().zip(&qi).map(|(a, b)| a * b).sum())
+                    .collect();
+                let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = scores.iter().map(|x| (x - m).exp()).collect();
+                let z: f32 = e.iter().sum();
+                for (w, j) in e.iter().zip(start..end) {
+                    let vj = row(&vs, j);
+                    for c in 0..d {
+                        want_out[(i * heads + h) * d + c] += w / z * vj[c];
+                    }
+                }
+            }
+        }
+    }
+    let eo = max_rel_err(&got, &want_out);
+    println!(
+        "segment_attention {what}, {} segments: {eo:.2e}",
+        ranges.len()
+    );
+    assert!(eo < tol, "segment_attention {what}: {eo} (tolerance {tol})");
+}
+
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn vision_kernels_match_the_reference() {
+    let windows = qwen25_window_lengths();
+    for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 2e-2), (DType::F16, 3e-3)] {
+        // Qwen2.5-VL-7B's vision attention (16 heads of 80) over its windows.
+        run_vision(16, 80, &windows, dtype, tol);
+        // The tiny fixtures' head size, a one-patch segment, lengths that are not multiples
+        // of a warp, one longer than the kernel's 64 patches of the real windows.
+        run_vision(2, 16, &[1, 33, 200, 5, 64], dtype, tol);
+    }
+    // A whole image of 3996 patches does not fit; the matmul path takes it.
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    assert!(!kernels::Segments::new(&[(0, 3996)], &dev)
+        .unwrap()
+        .fit_kernel(80));
+}
+
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn add_bias_matches_the_reference() {
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    // The vision MLP's [3996, 3420], a decode row, and more rows than a grid's 65,535.
+    for (rows, n) in [(3996, 3420), (1, 4608), (70_000, 3)] {
+        for (dtype, tol) in [(DType::F32, 1e-6), (DType::BF16, 1e-2), (DType::F16, 2e-3)] {
+            let x = Tensor::from_vec(values(rows * n, 31), (rows, n), &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let b = Tensor::from_vec(values(n, 32), n, &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let got = f32s(&kernels::add_bias(&x, &b).unwrap());
+            let (xs, bs) = (f32s(&x), f32s(&b));
+            let want: Vec<f32> = (0..rows * n).map(|i| xs[i] + bs[i % n]).collect();
+            let e = max_rel_err(&got, &want);
+            println!("add_bias {dtype:?} {rows}×{n}: {e:.2e}");
+            assert!(e < tol, "add_bias {dtype:?} {rows}×{n}: {e}");
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn softmax_with_the_causal_mask_matches_the_additive_mask() {
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    // (batch, heads, queries, keys, padding): a prompt, a padded batch, a decode step over
+    // a cache, and rows of the vision tower's length without a mask.
+    for (b, h, q, kv, pad) in [
+        (1, 4, 37, 37, vec![0u32]),
+        (3, 2, 20, 20, vec![0, 5, 19]),
+        (2, 3, 1, 300, vec![0, 120]),
+        (1, 2, 7, 3996, vec![0]),
+    ] {
+        for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-2), (DType::F16, 2e-3)] {
+            let x = Tensor::from_vec(
+                values(b * h * q * kv, 41).iter().map(|v| 8.0 * v).collect(),
+                (b, h, q, kv),
+                &dev,
+            )
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+            let xs = f32s(&x);
+            let pad_t = Tensor::new(pad.clone(), &dev).unwrap();
+            let mask = kernels::CausalMask { pad: Some(&pad_t) };
+            let masked = f32s(&kernels::softmax(&x, Some(&mask)).unwrap());
+            let plain = f32s(&kernels::softmax(&x, None).unwrap());
+            let (mut want_masked, mut want_plain) = (Vec::new(), Vec::new());
+            for (r, row) in xs.chunks(kv).enumerate() {
+                let (bi, j) = (r / (h * q), r % q);
+                let soft = |s: Vec<f32>| {
+                    let m = s.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
+                    let z: f32 = e.iter().sum();
+                    e.into_iter().map(|x| x / z).collect::<Vec<f32>>()
+                };
+                let add: Vec<f32> = (0..kv)
+                    .map(|k| {
+                        let hidden = k < pad[bi] as usize || k > kv - q + j;
+                        row[k] + if hidden { -3.0e4 } else { 0.0 }
+                    })
+                    .collect();
+                want_masked.extend(soft(add));
+                want_plain.extend(soft(row.to_vec()));
+            }
+            // Rows of padding queries see no key: any finite distribution will do there.
+            let real = |v: &[f32]| -> Vec<f32> {
+                v.chunks(kv)
+                    .enumerate()
+                    .filter(|(r, _)| (r % q) + kv - q >= pad[r / (h * q)] as usize)
+                    .flat_map(|(_, c)| c.to_vec())
+                    .collect()
+            };
+            let what = format!("{dtype:?} b={b} h={h} q={q} kv={kv} pad={pad:?}");
+            let em = max_rel_err(&real(&masked), &real(&want_masked));
+            let ep = max_rel_err(&plain, &want_plain);
+            println!("softmax {what}: masked {em:.2e}, plain {ep:.2e}");
+            assert!(masked.iter().all(|v| v.is_finite()), "{what}: not finite");
+            assert!(em < tol && ep < tol, "softmax {what}: {em} {ep}");
+        }
+    }
+}
+
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn gated_silu_matches_the_reference() {
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    // Qwen2.5-VL's vision MLP (padded to 3424), and a shape without biases.
+    for (rows, n, biased) in [(3996, 3424, true), (7, 40, false)] {
+        for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-2), (DType::F16, 2e-3)] {
+            let t = |seed, shape: &[usize]| {
+                Tensor::from_vec(values(shape.iter().product(), seed), shape, &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let (g, u) = (t(51, &[rows, n]), t(52, &[rows, n]));
+            let (gb, ub) = (t(53, &[n]), t(54, &[n]));
+            let (gb, ub) = if biased {
+                (Some(&gb), Some(&ub))
+            } else {
+                (None, None)
+            };
+            let got = f32s(&kernels::gated_silu(&g, &u, gb, ub).unwrap());
+            let (gs, us) = (f32s(&g), f32s(&u));
+            let (gbs, ubs) = (gb.map(f32s), ub.map(f32s));
+            let want: Vec<f32> = (0..rows * n)
+                .map(|i| {
+                    let x = gs[i] + gbs.as_ref().map_or(0.0, |b| b[i % n]);
+                    x / (1.0 + (-x).exp()) * (us[i] + ubs.as_ref().map_or(0.0, |b| b[i % n]))
+                })
+                .collect();
+            let e = max_rel_err(&got, &want);
+            println!("gated_silu {dtype:?} {rows}×{n}: {e:.2e}");
+            assert!(e < tol, "gated_silu {dtype:?} {rows}×{n}: {e}");
         }
     }
 }

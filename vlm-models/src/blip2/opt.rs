@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 use vlm_core::kv_cache::LayerKvCache;
 
 use super::config::OptConfig;
-use crate::layers::{attend, split_heads, Act, Embedding, LayerNorm, Linear};
+use crate::layers::{attend, split_heads, Act, AttentionMask, Embedding, LayerNorm, Linear};
 use crate::quant::Quantizer;
 
 /// transformers' `OPTLearnedPositionalEmbedding` offset: position p reads row p + 2.
@@ -160,7 +160,7 @@ impl Opt {
         &self,
         embeds: &Tensor,
         positions: &[u32],
-        mask: Option<&Tensor>,
+        mask: Option<&AttentionMask>,
         caches: &mut [LayerKvCache],
     ) -> Result<Tensor> {
         let (b, l, _) = embeds.dims3()?;
@@ -194,7 +194,7 @@ impl Opt {
         &self,
         layer: &Layer,
         x: &Tensor,
-        mask: Option<&Tensor>,
+        mask: Option<&AttentionMask>,
         cache: &mut LayerKvCache,
     ) -> Result<Tensor> {
         let d = self.hidden;

@@ -13,7 +13,7 @@ use candle_nn::VarBuilder;
 use vlm_core::kv_cache::LayerKvCache;
 
 use super::config::T5Config;
-use crate::layers::{attend, split_heads, Act, Embedding, Linear, RmsNorm, MASKED};
+use crate::layers::{attend, split_heads, Act, AttentionMask, Embedding, Linear, RmsNorm, MASKED};
 use crate::quant::Quantizer;
 
 struct Attention {
@@ -47,7 +47,8 @@ impl Attention {
     /// T5 does not scale the scores (the 1/√d is folded into its initialisation).
     fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let q = split_heads(&self.q.forward(x)?, self.heads)?;
-        self.o.forward(&attend(&q, k, v, None, bias)?)
+        let bias = bias.map(|b| AttentionMask::Additive(b.clone()));
+        self.o.forward(&attend(&q, k, v, None, bias.as_ref())?)
     }
 }
 

@@ -1,4 +1,4 @@
-//! Launching the kernels of `decode.cu`: device addresses of contiguous tensors, read
+//! Launching the kernels of `decode.cu`, `vision.cu` and `ops.cu`: device addresses of contiguous tensors, read
 //! under their storage locks, passed as raw pointers (the kernels take several inputs and
 //! write the KV cache in place, which candle's custom-op traits do not express).
 
@@ -14,6 +14,10 @@ use super::{HeadNorm, Heads};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
 const MODULE: &str = "vlm_decode";
+const VISION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/vision.ptx"));
+const VISION_MODULE: &str = "vlm_vision";
+const OPS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/ops.ptx"));
+const OPS_MODULE: &str = "vlm_ops";
 
 fn suffix(dtype: DType) -> Result<&'static str> {
     Ok(match dtype {
@@ -106,19 +110,24 @@ fn with_addresses<R>(
     out
 }
 
-/// An uninitialised tensor for a kernel to fill.
+/// An uninitialised tensor for a kernel to fill, on `like`'s device in its dtype.
 fn empty(like: &Tensor, shape: Shape) -> Result<Tensor> {
+    empty_as(like, like.dtype(), shape)
+}
+
+/// [`empty`] in `dtype`.
+fn empty_as(like: &Tensor, dtype: DType, shape: Shape) -> Result<Tensor> {
     let candle_core::Device::Cuda(dev) = like.device() else {
         bail!("the fused kernels run on CUDA tensors only");
     };
     let n = shape.elem_count();
     // SAFETY: every element is written by the kernel the tensor is made for.
     let storage = unsafe {
-        match like.dtype() {
+        match dtype {
             DType::F32 => CudaStorage::wrap_cuda_slice(dev.alloc::<f32>(n)?, dev.clone()),
             DType::BF16 => CudaStorage::wrap_cuda_slice(dev.alloc::<half::bf16>(n)?, dev.clone()),
             DType::F16 => CudaStorage::wrap_cuda_slice(dev.alloc::<half::f16>(n)?, dev.clone()),
-            d => bail!("the fused decode kernels take f32, bf16 or f16, not {d:?}"),
+            d => bail!("the fused kernels write f32, bf16 or f16, not {d:?}"),
         }
     };
     Ok(Tensor::from_storage(
@@ -323,27 +332,62 @@ pub(super) fn decode_attention(
         }
     }
     let out = empty(k_cache, Shape::from_dims(&[b, heads.q * heads.dim]))?;
-    let name = format!("decode_attention_{}_d{}", suffix(step.dtype)?, heads.dim);
+    let splits = decode_splits(b * heads.q, kv_len);
+    // Each slice's unnormalised sum, max and total, merged by decode_combine.
+    let partial = if splits > 1 {
+        let n = b * heads.q * splits * (heads.dim + 2);
+        // Every slice of every head writes its d + 2 values before decode_combine reads them.
+        Some(empty_as(k_cache, DType::F32, Shape::from_dims(&[n]))?)
+    } else {
+        None
+    };
+    let suffix = suffix(step.dtype)?;
+    let name = format!("decode_attention_{suffix}_d{}", heads.dim);
     let mut all = step.inputs.to_vec();
-    all.extend([pad, Some(&out)]);
+    all.extend([pad, Some(&out), partial.as_ref()]);
     with_addresses(&all, |dev, p| {
         let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
         let (nq, nkv) = (heads.q as i32, heads.kv as i32);
         let (cap, kv_len) = (step.cap as i32, kv_len as i32);
         let mut a = func.builder();
         push_step(&mut a, p, &step.eps);
-        a.arg(&p[7]).arg(&p[8]);
+        a.arg(&p[7]).arg(&p[8]).arg(&p[9]);
         a.arg(&nq).arg(&nkv).arg(&cap).arg(&kv_len);
         let cfg = LaunchConfig {
-            grid_dim: (heads.q as u32, b as u32, 1),
+            grid_dim: (heads.q as u32, b as u32, splits as u32),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: arguments match the kernel's signature; shapes checked above.
         unsafe { a.launch(cfg) }.w()?;
+        if splits > 1 {
+            let func =
+                dev.get_or_load_custom_func(&format!("decode_combine_{suffix}"), MODULE, PTX)?;
+            let (d, splits) = (heads.dim as i32, splits as i32);
+            let mut a = func.builder();
+            a.arg(&p[9]).arg(&p[8]).arg(&nq).arg(&d).arg(&splits);
+            let cfg = LaunchConfig {
+                grid_dim: (heads.q as u32, b as u32, 1),
+                block_dim: (heads.dim as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: arguments match the kernel's signature; `partial` holds every slice.
+            unsafe { a.launch(cfg) }.w()?;
+        }
         Ok(())
     })?;
     Ok(out)
+}
+
+/// Key slices per head for [`decode_attention`]: enough blocks to cover the card about
+/// twice (an H100/H200 has 132 multiprocessors), each slice at least `MIN_KEYS` keys.
+fn decode_splits(heads: usize, kv_len: usize) -> usize {
+    const TARGET_BLOCKS: usize = 264;
+    const MIN_KEYS: usize = 128;
+    TARGET_BLOCKS
+        .div_ceil(heads.max(1))
+        .min(kv_len / MIN_KEYS)
+        .max(1)
 }
 
 pub(super) fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
@@ -387,5 +431,256 @@ pub(super) fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         unsafe { a.launch(cfg) }.w()?;
         Ok(())
     })?;
+    Ok(out)
+}
+
+pub(super) fn vision_qkv(
+    qkv: &Tensor,
+    bias: Option<&Tensor>,
+    cos: &Tensor,
+    sin: &Tensor,
+    heads: usize,
+    scale: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (n, width) = qkv.dims2()?;
+    if heads == 0 || width % (3 * heads) != 0 || (width / (3 * heads)) % 2 != 0 {
+        bail!(
+            "vision_qkv: qkv {:?} is not [n, 3 · {heads} heads · an even head size]",
+            qkv.shape()
+        );
+    }
+    let d = width / (3 * heads);
+    if let Some(b) = bias {
+        if b.elem_count() != width {
+            bail!("vision_qkv: bias {:?} is not [{width}]", b.shape());
+        }
+    }
+    same_dtype(&[bias], qkv.dtype())?;
+    for t in [cos, sin] {
+        if t.dtype() != DType::F32 || t.dims() != [n, d] {
+            bail!(
+                "vision_qkv: rope tables must be [{n}, {d}] f32, got {:?} {:?}",
+                t.shape(),
+                t.dtype()
+            );
+        }
+    }
+    let shape = || Shape::from_dims(&[heads, n, d]);
+    let (q, k, v) = (
+        empty(qkv, shape())?,
+        empty(qkv, shape())?,
+        empty(qkv, shape())?,
+    );
+    let name = format!("vision_qkv_{}", suffix(qkv.dtype())?);
+    let tensors = [
+        Some(qkv),
+        bias,
+        Some(cos),
+        Some(sin),
+        Some(&q),
+        Some(&k),
+        Some(&v),
+    ];
+    with_addresses(&tensors, |dev, p| {
+        let func = dev.get_or_load_custom_func(&name, VISION_MODULE, VISION_PTX)?;
+        let (n32, h32, d32) = (n as i32, heads as i32, d as i32);
+        let mut a = func.builder();
+        for ptr in p {
+            a.arg(ptr);
+        }
+        a.arg(&n32).arg(&h32).arg(&d32).arg(&scale);
+        let cfg = LaunchConfig {
+            grid_dim: (n as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match the kernel's signature; shapes checked above.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok(())
+    })?;
+    Ok((q, k, v))
+}
+
+pub(super) fn segment_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    segments: &super::Segments,
+) -> Result<Tensor> {
+    let (heads, n, d) = q.dims3()?;
+    if k.shape() != q.shape() || v.shape() != q.shape() {
+        bail!(
+            "segment_attention: q {:?}, k {:?} and v {:?} differ",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        );
+    }
+    if segments.rows != n {
+        bail!(
+            "segment_attention: the segments cover {} rows, q has {n}",
+            segments.rows
+        );
+    }
+    let shared = super::segment_attention_shared_bytes(segments.max_len, d);
+    if shared > super::SHARED_BYTES {
+        bail!(
+            "segment_attention: segments of {} rows of {d} need {shared} bytes of shared memory",
+            segments.max_len
+        );
+    }
+    same_dtype(&[Some(k), Some(v)], q.dtype())?;
+    let out = empty(q, Shape::from_dims(&[n, heads * d]))?;
+    let name = format!("segment_attention_{}", suffix(q.dtype())?);
+    let tensors = [
+        Some(q),
+        Some(k),
+        Some(v),
+        Some(&segments.bounds),
+        Some(&out),
+    ];
+    with_addresses(&tensors, |dev, p| {
+        let func = dev.get_or_load_custom_func(&name, VISION_MODULE, VISION_PTX)?;
+        let (n32, h32, d32) = (n as i32, heads as i32, d as i32);
+        let max_len = segments.max_len as i32;
+        let mut a = func.builder();
+        for ptr in p {
+            a.arg(ptr);
+        }
+        a.arg(&n32).arg(&h32).arg(&d32).arg(&max_len);
+        let cfg = LaunchConfig {
+            grid_dim: (segments.count as u32, heads as u32, 1),
+            block_dim: (super::SEGMENT_THREADS as u32, 1, 1),
+            shared_mem_bytes: shared as u32,
+        };
+        // SAFETY: arguments match the kernel's signature; shapes and the shared memory
+        // size checked above.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+pub(super) fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let n = bias.elem_count();
+    let dims = x.dims();
+    if dims.last() != Some(&n) || bias.rank() != 1 {
+        bail!(
+            "add_bias: bias {:?} does not match the last dim of {:?}",
+            bias.shape(),
+            x.shape()
+        );
+    }
+    same_dtype(&[Some(bias)], x.dtype())?;
+    let rows = x.elem_count() / n.max(1);
+    let out = empty(x, x.shape().clone())?;
+    let name = format!("add_bias_{}", suffix(x.dtype())?);
+    with_addresses(&[Some(x), Some(bias), Some(&out)], |dev, p| {
+        let func = dev.get_or_load_custom_func(&name, OPS_MODULE, OPS_PTX)?;
+        let (rows32, n32) = (rows as i32, n as i32);
+        let mut a = func.builder();
+        a.arg(&p[0]).arg(&p[1]).arg(&p[2]).arg(&rows32).arg(&n32);
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(256) as u32, rows.clamp(1, 65_535) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match the kernel's signature; shapes checked above.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+pub(super) fn softmax(x: &Tensor, mask: Option<&super::CausalMask<'_>>) -> Result<Tensor> {
+    let dims = x.dims();
+    let Some(&k) = dims.last() else {
+        bail!("softmax of a scalar");
+    };
+    let rows = x.elem_count() / k.max(1);
+    let (causal, q_len, rows_per_seq, offset) = match mask {
+        None => (0i32, 1i32, 1i32, 0i32),
+        Some(m) => {
+            let (b, h, q, kv) = x.dims4()?;
+            if q > kv {
+                bail!("causal softmax: {q} queries over {kv} keys");
+            }
+            if let Some(pad) = m.pad {
+                if pad.dtype() != DType::U32 || pad.elem_count() != b {
+                    bail!(
+                        "causal softmax: pad must be [{b}] u32, got {:?}",
+                        pad.shape()
+                    );
+                }
+            }
+            (1, q as i32, (h * q) as i32, (kv - q) as i32)
+        }
+    };
+    let out = empty(x, x.shape().clone())?;
+    let name = format!("softmax_rows_{}", suffix(x.dtype())?);
+    let pad = mask.and_then(|m| m.pad);
+    with_addresses(&[Some(x), Some(&out), pad], |dev, p| {
+        let func = dev.get_or_load_custom_func(&name, OPS_MODULE, OPS_PTX)?;
+        let k32 = k as i32;
+        let mut a = func.builder();
+        a.arg(&p[0]).arg(&p[1]).arg(&p[2]).arg(&k32);
+        a.arg(&causal).arg(&q_len).arg(&rows_per_seq).arg(&offset);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match the kernel's signature; shapes checked above.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+pub(super) fn gated_silu(
+    gate: &Tensor,
+    up: &Tensor,
+    gate_bias: Option<&Tensor>,
+    up_bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let Some(&n) = gate.dims().last() else {
+        bail!("gated_silu of a scalar");
+    };
+    if up.shape() != gate.shape() {
+        bail!(
+            "gated_silu: gate {:?} and up {:?} differ",
+            gate.shape(),
+            up.shape()
+        );
+    }
+    for b in [gate_bias, up_bias].into_iter().flatten() {
+        if b.elem_count() != n {
+            bail!("gated_silu: bias {:?} is not [{n}]", b.shape());
+        }
+    }
+    same_dtype(&[Some(up), gate_bias, up_bias], gate.dtype())?;
+    let rows = gate.elem_count() / n.max(1);
+    let out = empty(gate, gate.shape().clone())?;
+    let name = format!("gated_silu_{}", suffix(gate.dtype())?);
+    with_addresses(
+        &[Some(gate), Some(up), gate_bias, up_bias, Some(&out)],
+        |dev, p| {
+            let func = dev.get_or_load_custom_func(&name, OPS_MODULE, OPS_PTX)?;
+            let (rows32, n32) = (rows as i32, n as i32);
+            let mut a = func.builder();
+            for ptr in p {
+                a.arg(ptr);
+            }
+            a.arg(&rows32).arg(&n32);
+            let cfg = LaunchConfig {
+                grid_dim: (n.div_ceil(256) as u32, rows.clamp(1, 65_535) as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: arguments match the kernel's signature; shapes checked above.
+            unsafe { a.launch(cfg) }.w()?;
+            Ok(())
+        },
+    )?;
     Ok(out)
 }

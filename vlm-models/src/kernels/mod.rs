@@ -8,9 +8,20 @@
 //!   read in place and left padding skipped;
 //! - [`silu_mul`]: `silu(gate) · up` from the fused gate/up projection (every step,
 //!   prefill included);
-//! - [`gemv`]: `x Wᵀ + b` for up to 8 rows (a decode step's projections), one warp per
-//!   output column. **Opt-in (`VLM_GEMV=1`) until a GPU check has run it**: written and
-//!   compiled, with its test in `tests/kernels.rs`, after the last device time of its session.
+//! - [`gemv`]: `x Wᵀ + b` for a batch-1 decode step's projections (up to 8 rows with
+//!   `VLM_GEMV=1`), one warp per output column.
+//!
+//! For the Qwen-VL vision towers (`vision.cu`):
+//! - [`vision_qkv`]: the fused q/k/v projection split into heads, RoPE on q and k, the
+//!   scale on q;
+//! - [`segment_attention`]: attention within each short segment (Qwen2.5-VL's windows),
+//!   every segment and head in one launch.
+//!
+//! For every family's layers (`ops.cu`):
+//! - [`add_bias`]: a linear layer's bias (candle's broadcast add is slow on CUDA);
+//! - [`softmax`]: softmax over the last dimension, optionally with the causal and
+//!   left-padding masks computed in the kernel instead of added as a tensor;
+//! - [`gated_silu`]: `silu(gate + b) · (up + b)` from two unbiased projections.
 //!
 //! They exist with the `cuda` feature only; [`available`] says whether a model may use
 //! them, and the unfused path (the CPU path, and the reference in the GPU check) stays the
@@ -64,18 +75,27 @@ pub fn available(device: &Device, dtype: DType, head_dim: usize) -> bool {
 }
 
 /// Whether [`gemv`] takes `x Wᵀ (+ bias)` for `x [m, k]` and a float weight `w [n, k]`: the
-/// fused kernels available, `VLM_GEMV=1`, m ≤ 8, k a multiple of 8, one dtype, `w`
-/// contiguous.
+/// fused kernels available, one row (a batch-1 decode step; `VLM_GEMV=1` up to 8 rows,
+/// `VLM_GEMV=0` none), k a multiple of 8, one dtype, `w` contiguous. On an H200 (runs 14
+/// and 15) it decoded 3-5% faster than cuBLAS at one row and made batch-8 generation
+/// 15-30% slower, so more rows are opt-in.
 pub fn gemv_applies(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| std::env::var("VLM_GEMV").is_ok_and(|v| v.trim() == "1"));
+    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let max_rows =
+        *ROWS.get_or_init(
+            || match std::env::var("VLM_GEMV").as_deref().map(str::trim) {
+                Ok("0") => 0,
+                Ok("1") => 8,
+                _ => 1,
+            },
+        );
     let (Ok((m, k)), Ok((_, wk))) = (x.dims2(), w.dims2()) else {
         return false;
     };
-    on && enabled(w.device(), w.dtype())
+    enabled(w.device(), w.dtype())
         && x.dtype() == w.dtype()
         && bias.is_none_or(|b| b.dtype() == w.dtype())
-        && (1..=8).contains(&m)
+        && (1..=max_rows).contains(&m)
         && k == wk
         && k % 8 == 0
         && w.is_contiguous()
@@ -177,6 +197,150 @@ pub fn decode_attention(
         let _ = (
             qkv, bias, cos, sin, q_norm, heads, k_cache, v_cache, kv_len, pad,
         );
+        no_cuda()
+    }
+}
+
+/// Threads per block of [`segment_attention`] (four warps).
+const SEGMENT_THREADS: usize = 128;
+/// Shared memory a block may take without raising the function's limit.
+const SHARED_BYTES: usize = 48 * 1024;
+
+fn segment_attention_shared_bytes(max_len: usize, head_dim: usize) -> usize {
+    let warps = SEGMENT_THREADS / 32;
+    4 * (2 * max_len * (head_dim + 1) + warps * (head_dim + max_len))
+}
+
+/// Row segments `[start, end)` that follow each other from row 0 (an image's patches, or
+/// its windows), with their boundaries on the device for [`segment_attention`].
+pub struct Segments {
+    // Read by the CUDA launcher only.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    bounds: Tensor,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    rows: usize,
+    count: usize,
+    max_len: usize,
+}
+
+impl Segments {
+    /// Checks that `ranges` tile `0..end` in order and puts their boundaries on `device`.
+    pub fn new(ranges: &[(usize, usize)], device: &Device) -> Result<Self> {
+        let mut bounds = Vec::with_capacity(ranges.len() + 1);
+        bounds.push(0u32);
+        let mut end = 0;
+        for &(s, e) in ranges {
+            if s != end || e < s {
+                candle_core::bail!(
+                    "segments must follow each other from row 0: {s}..{e} after {end}"
+                );
+            }
+            end = e;
+            bounds.push(e as u32);
+        }
+        Ok(Self {
+            bounds: Tensor::new(bounds, device)?,
+            rows: end,
+            count: ranges.len(),
+            max_len: ranges.iter().map(|(s, e)| e - s).max().unwrap_or(0),
+        })
+    }
+
+    /// Whether [`segment_attention`] takes these segments at `head_dim`: the longest fits
+    /// in a block's shared memory (Qwen2.5-VL's windows of 64 patches at head size 80 do;
+    /// a whole image does not).
+    pub fn fit_kernel(&self, head_dim: usize) -> bool {
+        self.count > 0 && segment_attention_shared_bytes(self.max_len, head_dim) <= SHARED_BYTES
+    }
+}
+
+/// The vision attention's inputs from the fused projection `qkv [n, 3·heads·d]` (before
+/// its `bias`): q, k and v as `[heads, n, d]`, rotate-half RoPE on q and k from f32 tables
+/// `cos`/`sin [n, d]`, q multiplied by `scale`.
+pub fn vision_qkv(
+    qkv: &Tensor,
+    bias: Option<&Tensor>,
+    cos: &Tensor,
+    sin: &Tensor,
+    heads: usize,
+    scale: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    return cuda::vision_qkv(
+        &qkv.contiguous()?,
+        bias,
+        &cos.contiguous()?,
+        &sin.contiguous()?,
+        heads,
+        scale,
+    );
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (qkv, bias, cos, sin, heads, scale);
+        no_cuda()
+    }
+}
+
+/// Softmax attention of `q` (scaled), `k`, `v` (`[heads, n, d]`) within each of
+/// `segments` ([`Segments::fit_kernel`] must hold); returns `[n, heads·d]`.
+pub fn segment_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    segments: &Segments,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    return cuda::segment_attention(q, k, v, segments);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (q, k, v, segments);
+        no_cuda()
+    }
+}
+
+/// The masks [`softmax`] computes for attention scores `[b, h, q, kv]`: query j (at
+/// position kv − q + j) sees keys up to itself, after sequence b's first `pad[b]` keys.
+#[derive(Debug, Clone, Copy)]
+pub struct CausalMask<'a> {
+    /// Left padding per sequence, `[b]` u32; none when nothing is padded.
+    pub pad: Option<&'a Tensor>,
+}
+
+/// `x + bias` for `x [.., n]` and `bias [n]` of one dtype.
+pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    return cuda::add_bias(&x.contiguous()?, &bias.contiguous()?);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (x, bias);
+        no_cuda()
+    }
+}
+
+/// Softmax over the last dimension, in f32, rounded once; with `mask`, masked scores get
+/// the additive mask's value added first (so it computes what the unfused path does).
+pub fn softmax(x: &Tensor, mask: Option<&CausalMask<'_>>) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    return cuda::softmax(&x.contiguous()?, mask);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (x, mask);
+        no_cuda()
+    }
+}
+
+/// `silu(gate + gate_bias) · (up + up_bias)` for `gate`, `up [.., n]` and biases `[n]`.
+pub fn gated_silu(
+    gate: &Tensor,
+    up: &Tensor,
+    gate_bias: Option<&Tensor>,
+    up_bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    return cuda::gated_silu(&gate.contiguous()?, &up.contiguous()?, gate_bias, up_bias);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (gate, up, gate_bias, up_bias);
         no_cuda()
     }
 }

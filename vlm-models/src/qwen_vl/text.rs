@@ -11,14 +11,16 @@ use vlm_core::kv_cache::LayerKvCache;
 use super::config::TextConfig;
 use super::rope::MropeTables;
 use crate::kernels::{self, Heads};
-use crate::layers::{attention_mask, softmax_f32_acc, Act, Embedding, Linear, RmsNorm};
+use crate::layers::{
+    attention_mask, softmax_f32_acc, Act, AttentionMask, Embedding, Linear, RmsNorm,
+};
 use crate::quant::Quantizer;
 
 /// How a layer's attention sees which positions to attend.
 #[derive(Clone, Copy)]
 enum Masking<'a> {
-    /// An additive mask (none: causal over everything cached) for the unfused attention.
-    Additive(Option<&'a Tensor>),
+    /// A mask (none: everything cached is visible) for the unfused attention.
+    Additive(Option<&'a AttentionMask>),
     /// One new token per sequence through the fused CUDA kernels, each sequence skipping
     /// its left padding (`[batch]` u32; none: no padding).
     FusedDecode { pad: Option<&'a Tensor> },
@@ -169,11 +171,10 @@ impl Attention {
             .contiguous()?
             .reshape((b, self.num_kv_heads, rep * l, d))?;
         let scores = q.matmul(&k.t()?)?.reshape((b, self.num_heads, l, kv_len))?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
+        let probs = match mask {
+            Some(m) => m.softmax(&scores)?,
+            None => softmax_f32_acc(&scores)?,
         };
-        let probs = softmax_f32_acc(&scores)?;
         let probs = probs.reshape((b, self.num_kv_heads, rep * l, kv_len))?;
         let out = probs
             .matmul(&v)?
@@ -361,7 +362,7 @@ impl TextModel {
         embeds: Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
+        mask: Option<&AttentionMask>,
         caches: &mut [LayerKvCache],
         deepstack: Option<DeepStack<'_>>,
     ) -> Result<Tensor> {

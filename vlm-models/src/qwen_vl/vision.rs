@@ -11,6 +11,7 @@ use candle_nn::VarBuilder;
 
 use super::config::{QwenGeneration, VisionConfig};
 use super::rope::{patch_coordinates, vision_rotary};
+use crate::kernels::{self, Segments};
 use crate::layers::{apply_rope, softmax_f32_acc, Act, LayerNorm, Linear, RmsNorm};
 use crate::quant::Quantizer;
 
@@ -46,6 +47,8 @@ enum Mlp {
         up: Linear,
         down: Linear,
         act: Act,
+        /// Biases, SiLU and product in one CUDA kernel.
+        fused: bool,
     },
 }
 
@@ -68,13 +71,50 @@ impl Mlp {
                 fc2: q.linear(i, h, true, vb.pp("linear_fc2"))?,
                 act: cfg.hidden_act,
             },
-            QwenGeneration::Qwen25 => Mlp::Gated {
-                gate: q.linear(h, i, true, vb.pp("gate_proj"))?,
-                up: q.linear(h, i, true, vb.pp("up_proj"))?,
-                down: q.linear(i, h, true, vb.pp("down_proj"))?,
-                act: cfg.hidden_act,
-            },
+            QwenGeneration::Qwen25 => {
+                let gate = q.linear(h, i, true, vb.pp("gate_proj"))?;
+                let up = q.linear(h, i, true, vb.pp("up_proj"))?;
+                let down = q.linear(i, h, true, vb.pp("down_proj"))?;
+                let (gate, up, down) = pad_intermediate(gate, up, down, h, i)?;
+                Mlp::Gated {
+                    gate,
+                    up,
+                    down,
+                    act: cfg.hidden_act,
+                    fused: cfg.hidden_act == Act::Silu && kernels::enabled(vb.device(), vb.dtype()),
+                }
+            }
         })
+    }
+}
+
+/// Rows of a half-precision matrix a multiple of 8 elements long (16 bytes): cuBLAS's
+/// Hopper kernels need that alignment. Qwen2.5-VL's vision MLP is 3420 wide (6840-byte
+/// rows), and its three matmuls ran 170-195 µs each in Ampere-era kernels on an H200
+/// (ncu, run 14), ~3× the time of the aligned projections beside them.
+const ALIGN: usize = 8;
+
+/// The gated MLP with its intermediate width zero-padded to [`ALIGN`]: the padded gate and
+/// up outputs are 0, act(0)·0 = 0, and the padded down inputs see only those
+/// zeros, so the output is unchanged. Float layers only (quantized blocks fix the shape).
+fn pad_intermediate(
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    hidden: usize,
+    inter: usize,
+) -> Result<(Linear, Linear, Linear)> {
+    let to = inter.next_multiple_of(ALIGN);
+    if to == inter {
+        return Ok((gate, up, down));
+    }
+    match (
+        gate.zero_padded(to, hidden)?,
+        up.zero_padded(to, hidden)?,
+        down.zero_padded(hidden, to)?,
+    ) {
+        (Some(g), Some(u), Some(d)) => Ok((g, u, d)),
+        _ => Ok((gate, up, down)),
     }
 }
 
@@ -86,7 +126,20 @@ impl Module for Mlp {
                 gate,
                 up,
                 down,
+                fused: true,
+                ..
+            } => {
+                let dtype = x.dtype();
+                let g = gate.forward_unbiased(x)?.to_dtype(dtype)?;
+                let u = up.forward_unbiased(x)?.to_dtype(dtype)?;
+                down.forward(&kernels::gated_silu(&g, &u, gate.bias(), up.bias())?)
+            }
+            Mlp::Gated {
+                gate,
+                up,
+                down,
                 act,
+                ..
             } => down.forward(&(act.forward(&gate.forward(x)?)? * up.forward(x)?)?),
         }
     }
@@ -97,6 +150,23 @@ struct Attention {
     proj: Linear,
     num_heads: usize,
     head_dim: usize,
+    /// Through the vision kernels (CUDA): two launches per layer instead of ~130.
+    fused: bool,
+}
+
+/// Where attention may look in one kind of layer: each image, or each window.
+struct LayerSegments {
+    /// `[start, end)` patch ranges that follow each other from 0.
+    ranges: Vec<(usize, usize)>,
+    /// The same on the device, when the vision kernels run.
+    fused: Option<Segments>,
+}
+
+impl LayerSegments {
+    fn new(ranges: Vec<(usize, usize)>, fused: bool, device: &Device) -> Result<Self> {
+        let fused = fused.then(|| Segments::new(&ranges, device)).transpose()?;
+        Ok(Self { ranges, fused })
+    }
 }
 
 impl Attention {
@@ -107,17 +177,21 @@ impl Attention {
             proj: q.linear(h, h, true, vb.pp("proj"))?,
             num_heads: cfg.num_heads,
             head_dim: h / cfg.num_heads,
+            fused: kernels::enabled(vb.device(), vb.dtype()),
         })
     }
 
-    /// Attention within each `[start, end)` segment (an image, or a window).
+    /// Attention within each segment (an image, or a window).
     fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        segments: &[(usize, usize)],
+        segments: &LayerSegments,
     ) -> Result<Tensor> {
+        if self.fused {
+            return self.forward_fused(x, cos, sin, segments);
+        }
         let (n, _) = x.dims2()?;
         let dtype = x.dtype();
         let qkv = self
@@ -138,10 +212,35 @@ impl Attention {
         let q = (rot(qkv.i((.., 0))?)?.transpose(0, 1)? * scale)?.contiguous()?;
         let k = rot(qkv.i((.., 1))?)?.transpose(0, 1)?.contiguous()?;
         let v = qkv.i((.., 2))?.transpose(0, 1)?.contiguous()?;
-        let out = attend_segments(&q, &k, &v, segments, SCORE_BUDGET)?;
+        let out = attend_segments(&q, &k, &v, &segments.ranges, SCORE_BUDGET)?;
         let out = out
             .transpose(0, 1)?
             .reshape((n, self.num_heads * self.head_dim))?;
+        self.proj.forward(&out)
+    }
+
+    /// [`Self::forward`] through the vision kernels: q/k/v prepared in one launch, windows
+    /// attended in one more; a whole image (too long for the window kernel) goes through
+    /// the matmuls of the unfused path.
+    fn forward_fused(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        segments: &LayerSegments,
+    ) -> Result<Tensor> {
+        let (n, _) = x.dims2()?;
+        let dtype = x.dtype();
+        let qkv = self.qkv.forward_unbiased(x)?.to_dtype(dtype)?;
+        let bias = self.qkv.bias().map(|b| b.to_dtype(dtype)).transpose()?;
+        let scale = (self.head_dim as f64).powf(-0.5) as f32;
+        let (q, k, v) = kernels::vision_qkv(&qkv, bias.as_ref(), cos, sin, self.num_heads, scale)?;
+        let out = match &segments.fused {
+            Some(s) if s.fit_kernel(self.head_dim) => kernels::segment_attention(&q, &k, &v, s)?,
+            _ => attend_segments(&q, &k, &v, &segments.ranges, SCORE_BUDGET)?
+                .transpose(0, 1)?
+                .reshape((n, self.num_heads * self.head_dim))?,
+        };
         self.proj.forward(&out)
     }
 }
@@ -173,7 +272,7 @@ impl Block {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        segments: &[(usize, usize)],
+        segments: &LayerSegments,
     ) -> Result<Tensor> {
         let x = (x + self
             .attn
@@ -332,12 +431,20 @@ impl VisionTower {
         let head_dim = self.cfg.hidden_size / self.cfg.num_heads;
         let (mut cos, mut sin) =
             vision_rotary(grids, self.cfg.spatial_merge_size, head_dim, device)?;
-        let images = image_segments(grids);
+        let fused = self.blocks.first().is_some_and(|b| b.attn.fused);
+        let images = LayerSegments::new(image_segments(grids), fused, device)?;
 
-        let window =
-            (self.generation == QwenGeneration::Qwen25).then(|| window_index(grids, &self.cfg));
-        if let Some((index, _)) = &window {
-            // Reorder merge units so that each window is contiguous.
+        // Qwen2.5-VL: the order of merge units that makes each window contiguous.
+        let (window_order, windows) = if self.generation == QwenGeneration::Qwen25 {
+            let (index, ranges) = window_index(grids, &self.cfg);
+            (
+                Some(index),
+                Some(LayerSegments::new(ranges, fused, device)?),
+            )
+        } else {
+            (None, None)
+        };
+        if let Some(index) = &window_order {
             let unit = self.cfg.spatial_merge_size * self.cfg.spatial_merge_size;
             let rows = expand_units(index, unit);
             let rows = Tensor::from_vec(rows, index.len() * unit, device)?;
@@ -348,8 +455,8 @@ impl VisionTower {
 
         let mut deepstack = Vec::new();
         for (i, block) in self.blocks.iter().enumerate() {
-            let segments = match &window {
-                Some((_, windows)) if !self.cfg.fullatt_block_indexes.contains(&i) => windows,
+            let segments = match &windows {
+                Some(windows) if !self.cfg.fullatt_block_indexes.contains(&i) => windows,
                 _ => &images,
             };
             x = block.forward(&x, &cos, &sin, segments)?;
@@ -363,7 +470,7 @@ impl VisionTower {
             }
         }
         let mut embeds = self.merger.forward(&x)?;
-        if let Some((index, _)) = &window {
+        if let Some(index) = &window_order {
             // Undo the window order: merged token j came from unit index[j].
             let mut inverse = vec![0u32; index.len()];
             for (pos, &unit) in index.iter().enumerate() {
@@ -557,6 +664,12 @@ fn window_index(grids: &[[usize; 3]], cfg: &VisionConfig) -> (Vec<u32>, Vec<(usi
 mod tests {
     use super::*;
 
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+            .unwrap()
+    }
+
     #[test]
     fn equal_adjacent_segments_are_grouped() {
         let segs = [(0, 4), (4, 8), (8, 10), (10, 12), (12, 16)];
@@ -586,14 +699,41 @@ mod tests {
         let whole = attend_segments(&q, &k, &v, &segs, 1 << 20).unwrap();
         // 64 scores at once: the windows one at a time, the 8-patch segment a head at a time
         let split = attend_segments(&q, &k, &v, &segs, 64).unwrap();
-        let diff = (whole - split)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
+        let diff = max_abs_diff(&whole, &split);
+        assert!(diff < 1e-6, "{diff}");
+    }
+
+    #[test]
+    fn padding_the_gated_mlp_leaves_its_output_unchanged() {
+        let dev = candle_core::Device::Cpu;
+        let (h, i) = (16, 12);
+        let t = |seed: f64, shape: (usize, usize)| {
+            Tensor::arange(0f32, (shape.0 * shape.1) as f32, &dev)
+                .and_then(|x| (x * seed)?.sin()?.reshape(shape))
+                .unwrap()
+        };
+        let bias = |seed: f64, n: usize| t(seed, (1, n)).reshape(n).unwrap();
+        let layer = |w: Tensor, b: Tensor| Linear::from_weights(w, Some(b));
+        let (gate, up, down) = (
+            layer(t(0.3, (i, h)), bias(0.7, i)),
+            layer(t(0.5, (i, h)), bias(0.9, i)),
+            layer(t(1.1, (h, i)), bias(1.3, h)),
+        );
+        let mlp = |gate, up, down| Mlp::Gated {
+            gate,
+            up,
+            down,
+            act: Act::Silu,
+            fused: false,
+        };
+        let x = t(0.17, (5, h));
+        let want = mlp(gate.clone(), up.clone(), down.clone())
+            .forward(&x)
             .unwrap();
+        let (g, u, d) = pad_intermediate(gate, up, down, h, i).unwrap();
+        assert_eq!(g.forward(&x).unwrap().dims(), &[5, 16]);
+        let got = mlp(g, u, d).forward(&x).unwrap();
+        let diff = max_abs_diff(&want, &got);
         assert!(diff < 1e-6, "{diff}");
     }
 
