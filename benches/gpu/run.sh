@@ -4,11 +4,15 @@
 #      and f16;
 #   2. a random real-size checkpoint (make_random_model.py) written to local disk once;
 #   3. vlm-bench on it, then the HF transformers baseline on the same files and photo,
-#      each with nvidia-smi sampling the GPU memory in use.
-# Results (logs, JSON) go to $OUT (or ./bench-out).
+#      each with nvidia-smi sampling the GPU memory in use;
+#   4. with PROFILE=1, Nsight Compute's kernel times over one describe call.
+# Results (logs, JSON) go to $OUT (or ./bench-out), packed into results.tar.gz at the end
+# (a lent machine sends back at most 8 files).
 #   MODEL=Qwen2.5-VL-7B-Instruct TOKENS=64 BATCHES=8 CHECK=1 BENCH=1 benches/gpu/run.sh
 set -uo pipefail
 OUT=${OUT:-$PWD/bench-out}; mkdir -p "$OUT"
+pack() { (cd "$OUT" && tar -czf results.tar.gz --exclude results.tar.gz -- * 2>/dev/null); }
+trap pack EXIT
 MODEL=${MODEL:-Qwen2.5-VL-7B-Instruct}
 TOKENS=${TOKENS:-64}; BATCHES=${BATCHES:-8}; RUNS=${RUNS:-3}
 CHECK=${CHECK:-1}; BENCH=${BENCH:-1}; BASELINE=${BASELINE:-1}
@@ -16,7 +20,8 @@ status=0
 
 CHECKS=${CHECKS:-gpu_check}
 QUANT=${QUANT:-0}
-# model:quantizations to benchmark with QUANT=1 (random real-size weights; "none" = bf16)
+# model:quantizations to benchmark with QUANT=1 (random real-size weights; "none" = bf16;
+# "int4/int4" = language model / vision tower)
 QUANT_MODELS=${QUANT_MODELS:-"Qwen2.5-VL-7B-Instruct:int8,int4 Qwen2.5-VL-3B-Instruct:none,int4 blip2-opt-2.7b:none,int4"}
 for b in vlm-bench $CHECKS; do
   if [ -f ".devbin/$b.xz" ]; then
@@ -76,6 +81,20 @@ if [ "$BENCH" = 1 ]; then
       --tokens "$TOKENS" --batches "$BATCHES" --runs "$RUNS" --json "$OUT/hf.json" 2>&1 | grep -v Warning | tee -a "$OUT/hf.log" || status=1
   fi
 fi
+if [ "${PROFILE:-0}" = 1 ] && [ -d /tmp/bench-model ]; then
+  # GPU time per kernel over one describe call of PROFILE_TOKENS tokens (vlm-bench starts
+  # the CUDA profiler around it); its wall-clock split without ncu is vlm-bench's table.
+  ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
+  echo "== ncu ($ncu_bin), one describe call of ${PROFILE_TOKENS:-2} tokens" | tee "$OUT/profile.log"
+  /tmp/vlm-bench --model /tmp/bench-model --profile --profile-tokens "${PROFILE_TOKENS:-2}" 2>&1 | tee -a "$OUT/profile.log"
+  if [ -n "$ncu_bin" ]; then
+    timeout "${PROFILE_TIMEOUT:-240}" "$ncu_bin" --clock-control none --profile-from-start off \
+      --metrics gpu__time_duration.sum --csv --page raw \
+      /tmp/vlm-bench --model /tmp/bench-model --profile --profile-tokens "${PROFILE_TOKENS:-2}" > "$OUT/ncu.csv" 2>> "$OUT/profile.log"
+    python3 benches/gpu/ncu_summary.py "$OUT/ncu.csv" --top 30 | tee -a "$OUT/profile.log"
+  fi
+fi
+
 if [ "${MINIGPT4:-0}" = 1 ]; then
   # MiniGPT-4 from random release-layout files (no HF baseline exists: transformers does
   # not run MiniGPT-4). The .pth files are read as released (fp16 ViT, unpickled).
@@ -105,9 +124,11 @@ if [ "$QUANT" = 1 ]; then
     echo "== random $name" | tee -a "$OUT/quant.log"
     python3 benches/gpu/make_random_model.py ".devbin/assets/$name" "/tmp/rand-$name" 2>&1 | tail -1 | tee -a "$OUT/quant.log"
     for q in ${quants//,/ }; do
+      # "int4/int4": the language model's quantization / the vision tower's.
+      vision=(); case $q in */*) vision=(--vision-quant "${q#*/}"); q=${q%%/*} ;; esac
       save=(); [ "$q" != none ] && save=(--save-quantized "/tmp/q-$name-$q")
-      echo "== vlm-bench $name quant=$q" | tee -a "$OUT/quant.log"
-      peak_mem "$OUT/quant.log" /tmp/vlm-bench --model "/tmp/rand-$name" --quant "$q" "${save[@]}" \
+      echo "== vlm-bench $name quant=$q ${vision[*]}" | tee -a "$OUT/quant.log"
+      peak_mem "$OUT/quant.log" /tmp/vlm-bench --model "/tmp/rand-$name" --quant "$q" "${vision[@]}" "${save[@]}" \
         --tokens "$TOKENS" --batches "$BATCHES" --runs 2 2>&1 | grep -v "^|---" | tee -a "$OUT/quant.log" || status=1
       rm -rf "/tmp/q-$name-$q"
     done
