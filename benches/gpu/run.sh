@@ -103,6 +103,13 @@ if [ "${MINIGPT4:-0}" = 1 ]; then
     | tail -1 | tee -a "$OUT/minigpt4.log"
   peak_mem "$OUT/minigpt4.log" /tmp/vlm-bench --model /tmp/minigpt4 --tokens "$TOKENS" --batches "$BATCHES" \
     --runs 2 2>&1 | grep -v "^|---" | tee -a "$OUT/minigpt4.log" || status=1
+  # MINIGPT4_QUANT="int4 int8": the same files quantized into a folder (timed), loaded, run.
+  for q in ${MINIGPT4_QUANT:-}; do
+    echo "== vlm-bench MiniGPT-4 quant=$q" | tee -a "$OUT/minigpt4.log"
+    peak_mem "$OUT/minigpt4.log" /tmp/vlm-bench --model /tmp/minigpt4 --quant "$q" --save-quantized "/tmp/q-minigpt4-$q" \
+      --tokens "$TOKENS" --batches "$BATCHES" --runs 2 2>&1 | grep -v "^|---" | tee -a "$OUT/minigpt4.log" || status=1
+    rm -rf "/tmp/q-minigpt4-$q"
+  done
 fi
 
 if [ "$QUANT" = 1 ]; then
