@@ -3,20 +3,23 @@
 //! of an H200 host while its vision tower took 89 ms (run 14), so a photo's rows are
 //! split over the cores.
 
-/// Rows below which a chunk is not worth a thread (a spawn costs tens of µs).
-const MIN_ROWS_PER_THREAD: usize = 16;
+/// Elements below which a chunk is not worth a thread: a spawn costs tens of µs, and a
+/// model serving several requests at once already keeps the cores busy, so small images
+/// stay on their caller's thread (a 1024×768 photo's resize passes are ~2.4 M elements).
+const MIN_ELEMENTS_PER_THREAD: usize = 1 << 18;
 
-/// Threads for `rows` rows: one per core, at most one per [`MIN_ROWS_PER_THREAD`] rows.
-fn threads_for(rows: usize) -> usize {
+/// Threads for `elements` elements: one per core, at most one per
+/// [`MIN_ELEMENTS_PER_THREAD`].
+fn threads_for(elements: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    cores.min(rows / MIN_ROWS_PER_THREAD).max(1)
+    cores.min(elements / MIN_ELEMENTS_PER_THREAD).max(1)
 }
 
 /// Calls `f(first_row, chunk)` on consecutive chunks of whole rows of `row_len` elements
 /// of `out`, in parallel; `f` sees each row exactly once.
 pub fn for_row_chunks<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let rows = out.len() / row_len.max(1);
-    let threads = threads_for(rows);
+    let threads = threads_for(out.len()).min(rows.max(1));
     if threads <= 1 {
         f(0, out);
         return;
@@ -36,17 +39,27 @@ mod tests {
 
     #[test]
     fn every_row_is_visited_once_with_its_index() {
-        for rows in [0, 1, 15, 16, 17, 100, 1037] {
-            let mut v = vec![0usize; rows * 3];
-            for_row_chunks(&mut v, 3, |first, chunk| {
-                for (r, row) in chunk.chunks_mut(3).enumerate() {
+        // The last two are large enough to be split across threads.
+        for (rows, len) in [
+            (0, 3),
+            (1, 3),
+            (17, 3),
+            (1037, 3),
+            (3, 200_000),
+            (1037, 1000),
+        ] {
+            let mut v = vec![0usize; rows * len];
+            for_row_chunks(&mut v, len, |first, chunk| {
+                for (r, row) in chunk.chunks_mut(len).enumerate() {
                     for x in row {
                         *x += first + r + 1;
                     }
                 }
             });
-            let want: Vec<usize> = (0..rows).flat_map(|r| [r + 1; 3]).collect();
-            assert_eq!(v, want, "{rows} rows");
+            let want: Vec<usize> = (0..rows)
+                .flat_map(|r| std::iter::repeat_n(r + 1, len))
+                .collect();
+            assert_eq!(v, want, "{rows} rows of {len}");
         }
     }
 }
