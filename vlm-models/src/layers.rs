@@ -381,12 +381,7 @@ pub fn attention_mask(
         return Ok(None);
     }
     if crate::kernels::enabled(device, dtype) {
-        let pad = if pad.iter().any(|&p| p > 0) {
-            let pad: Vec<u32> = pad.iter().map(|&p| p as u32).collect();
-            Some(Tensor::new(pad, device)?)
-        } else {
-            None
-        };
+        let pad = padding_on_device(pad, device)?;
         return Ok(Some(AttentionMask::Causal { pad }));
     }
     let mut m = vec![0f32; pad.len() * q_len * kv_len];
@@ -402,6 +397,18 @@ pub fn attention_mask(
     }
     let m = Tensor::from_vec(m, (pad.len(), 1, q_len, kv_len), device)?.to_dtype(dtype)?;
     Ok(Some(AttentionMask::Additive(m)))
+}
+
+/// Left padding per sequence as the kernels read it (`[b]` u32); none when nothing is padded.
+pub(crate) fn padding_on_device(
+    pad: &[usize],
+    device: &candle_core::Device,
+) -> Result<Option<Tensor>> {
+    if pad.iter().all(|&p| p == 0) {
+        return Ok(None);
+    }
+    let pad: Vec<u32> = pad.iter().map(|&p| p as u32).collect();
+    Tensor::new(pad, device).map(Some)
 }
 
 /// Softmax attention over heads: `softmax(q kᵀ · scale + mask) v` for `q [b, h, q, d]`,

@@ -522,13 +522,14 @@ pub(super) fn segment_attention(
             segments.rows
         );
     }
-    let shared = super::segment_attention_shared_bytes(segments.max_len, d);
-    if shared > super::SHARED_BYTES {
+    if !segments.fit_kernel(d) {
         bail!(
-            "segment_attention: segments of {} rows of {d} need {shared} bytes of shared memory",
+            "segment_attention: {} segments of up to {} rows of {d} do not fit a block's shared memory",
+            segments.count,
             segments.max_len
         );
     }
+    let shared = super::segment_attention_shared_bytes(segments.max_len, d);
     same_dtype(&[Some(k), Some(v)], q.dtype())?;
     let out = empty(q, Shape::from_dims(&[n, heads * d]))?;
     let name = format!("segment_attention_{}", suffix(q.dtype())?);
@@ -561,6 +562,16 @@ pub(super) fn segment_attention(
     Ok(out)
 }
 
+/// The launch of the column-wise kernels of ops.cu over `[rows, n]`: a thread per column,
+/// a block row per row up to the grid's limit (the kernels stride over the rest).
+fn columns_by_rows(rows: usize, n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256) as u32, rows.clamp(1, 65_535) as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 pub(super) fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let n = bias.elem_count();
     let dims = x.dims();
@@ -580,13 +591,8 @@ pub(super) fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let (rows32, n32) = (rows as i32, n as i32);
         let mut a = func.builder();
         a.arg(&p[0]).arg(&p[1]).arg(&p[2]).arg(&rows32).arg(&n32);
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(256) as u32, rows.clamp(1, 65_535) as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // SAFETY: arguments match the kernel's signature; shapes checked above.
-        unsafe { a.launch(cfg) }.w()?;
+        unsafe { a.launch(columns_by_rows(rows, n)) }.w()?;
         Ok(())
     })?;
     Ok(out)
@@ -672,13 +678,8 @@ pub(super) fn gated_silu(
                 a.arg(ptr);
             }
             a.arg(&rows32).arg(&n32);
-            let cfg = LaunchConfig {
-                grid_dim: (n.div_ceil(256) as u32, rows.clamp(1, 65_535) as u32, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
             // SAFETY: arguments match the kernel's signature; shapes checked above.
-            unsafe { a.launch(cfg) }.w()?;
+            unsafe { a.launch(columns_by_rows(rows, n)) }.w()?;
             Ok(())
         },
     )?;

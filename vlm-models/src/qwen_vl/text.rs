@@ -12,7 +12,8 @@ use super::config::TextConfig;
 use super::rope::MropeTables;
 use crate::kernels::{self, Heads};
 use crate::layers::{
-    attention_mask, softmax_f32_acc, Act, AttentionMask, Embedding, Linear, RmsNorm,
+    attention_mask, padding_on_device, softmax_f32_acc, Act, AttentionMask, Embedding, Linear,
+    RmsNorm,
 };
 use crate::quant::Quantizer;
 
@@ -287,12 +288,8 @@ impl DecoderState {
 
     /// The padding as a `[batch]` u32 tensor, or none when no sequence is padded.
     fn pad_on_device(&mut self, device: &candle_core::Device) -> Result<Option<Tensor>> {
-        if self.pad.iter().all(|&p| p == 0) {
-            return Ok(None);
-        }
         if self.pad_on_device.is_none() {
-            let pad: Vec<u32> = self.pad.iter().map(|&p| p as u32).collect();
-            self.pad_on_device = Some(Tensor::new(pad, device)?);
+            self.pad_on_device = padding_on_device(&self.pad, device)?;
         }
         Ok(self.pad_on_device.clone())
     }

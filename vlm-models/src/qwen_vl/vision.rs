@@ -212,11 +212,8 @@ impl Attention {
         let q = (rot(qkv.i((.., 0))?)?.transpose(0, 1)? * scale)?.contiguous()?;
         let k = rot(qkv.i((.., 1))?)?.transpose(0, 1)?.contiguous()?;
         let v = qkv.i((.., 2))?.transpose(0, 1)?.contiguous()?;
-        let out = attend_segments(&q, &k, &v, &segments.ranges, SCORE_BUDGET)?;
-        let out = out
-            .transpose(0, 1)?
-            .reshape((n, self.num_heads * self.head_dim))?;
-        self.proj.forward(&out)
+        self.proj
+            .forward(&attend_to_rows(&q, &k, &v, &segments.ranges)?)
     }
 
     /// [`Self::forward`] through the vision kernels: q/k/v prepared in one launch, windows
@@ -229,7 +226,6 @@ impl Attention {
         sin: &Tensor,
         segments: &LayerSegments,
     ) -> Result<Tensor> {
-        let (n, _) = x.dims2()?;
         let dtype = x.dtype();
         let qkv = self.qkv.forward_unbiased(x)?.to_dtype(dtype)?;
         let bias = self.qkv.bias().map(|b| b.to_dtype(dtype)).transpose()?;
@@ -237,9 +233,7 @@ impl Attention {
         let (q, k, v) = kernels::vision_qkv(&qkv, bias.as_ref(), cos, sin, self.num_heads, scale)?;
         let out = match &segments.fused {
             Some(s) if s.fit_kernel(self.head_dim) => kernels::segment_attention(&q, &k, &v, s)?,
-            _ => attend_segments(&q, &k, &v, &segments.ranges, SCORE_BUDGET)?
-                .transpose(0, 1)?
-                .reshape((n, self.num_heads * self.head_dim))?,
+            _ => attend_to_rows(&q, &k, &v, &segments.ranges)?,
         };
         self.proj.forward(&out)
     }
@@ -585,6 +579,20 @@ fn attend_segments(
         outs.push(Tensor::cat(&head_outs, 0)?);
     }
     Tensor::cat(&outs, 1)
+}
+
+/// [`attend_segments`] within [`SCORE_BUDGET`], returned as `[n, heads·d]`, the layout
+/// the output projection reads.
+fn attend_to_rows(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    segments: &[(usize, usize)],
+) -> Result<Tensor> {
+    let (heads, n, d) = q.dims3()?;
+    attend_segments(q, k, v, segments, SCORE_BUDGET)?
+        .transpose(0, 1)?
+        .reshape((n, heads * d))
 }
 
 /// Consecutive runs of equal-length, adjacent segments: (start, length, count), each run
