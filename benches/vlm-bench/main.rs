@@ -70,6 +70,18 @@ struct Args {
     profile_tokens: usize,
 }
 
+/// One throughput row: a batch's photos/s and its wall time split as `Timings` does
+/// (preprocess, image encode, prefill, decode; ms for the whole batch).
+struct BatchRow {
+    batch: usize,
+    photos_per_s: f64,
+    split_ms: [f64; 4],
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -155,7 +167,6 @@ fn main() -> vlm_core::Result<()> {
         let g = model.generate(&request)?;
         let wall = t.elapsed().as_secs_f64();
         vlm_core::device::cuda_profiler(ordinal, false);
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
         println!(
             "profiled call (profiler {}): {:.1} ms wall: preprocess {:.1} ms, image encode {:.1} ms, prefill {:.1} ms, {} decode steps {:.1} ms",
             if started { "on" } else { "not attached" },
@@ -187,7 +198,17 @@ fn main() -> vlm_core::Result<()> {
     let decode_tps = pick(&|g| g.timings.decode_tokens_per_second());
     let prompt_tokens = gens[0].prompt_tokens;
 
-    let mut rows = vec![(1usize, 1.0 / per_photo_s)];
+    // Per batch: photos/s and where the batch's wall time went (one `Timings` per batch).
+    let mut rows = vec![BatchRow {
+        batch: 1,
+        photos_per_s: 1.0 / per_photo_s,
+        split_ms: [
+            preprocess_ms,
+            image_ms,
+            prefill_ms,
+            median(gens.iter().map(|g| ms(g.timings.decode)).collect()),
+        ],
+    }];
     for &b in args.batches.iter().filter(|&&b| b > 1) {
         let requests: Vec<Request> = (0..b).map(|_| request.clone()).collect();
         model.generate_batch(&requests[..b.min(2)])?; // warm the batched shapes
@@ -195,7 +216,17 @@ fn main() -> vlm_core::Result<()> {
         let outs = model.generate_batch(&requests)?;
         let wall = t.elapsed().as_secs_f64();
         assert!(outs.iter().all(|g| g.token_ids.len() == args.tokens));
-        rows.push((b, b as f64 / wall));
+        let tm = &outs[0].timings;
+        rows.push(BatchRow {
+            batch: b,
+            photos_per_s: b as f64 / wall,
+            split_ms: [
+                ms(tm.preprocess),
+                ms(tm.image_encode),
+                ms(tm.prefill),
+                ms(tm.decode),
+            ],
+        });
     }
 
     println!("| model | device | dtype | load s | first call s | prompt tok | preprocess ms | image ms | prefill ms | decode tok/s | s/photo (b=1) |");
@@ -206,14 +237,17 @@ fn main() -> vlm_core::Result<()> {
     );
     println!();
     println!(
-        "| batch | photos/s | cost per 1,000 photos at {:.2}/h |",
+        "| batch | photos/s | cost per 1,000 photos at {:.2}/h | batch ms: preprocess | image | prefill | decode |",
         args.price_per_hour
     );
-    println!("|---|---|---|");
-    for (b, pps) in &rows {
+    println!("|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let [pre, img, fill, dec] = r.split_ms;
         println!(
-            "| {b} | {pps:.2} | {:.3} |",
-            args.price_per_hour * 1000.0 / pps / 3600.0
+            "| {} | {:.2} | {:.3} | {pre:.1} | {img:.1} | {fill:.1} | {dec:.1} |",
+            r.batch,
+            r.photos_per_s,
+            args.price_per_hour * 1000.0 / r.photos_per_s / 3600.0
         );
     }
     if let Some(path) = &args.json {
@@ -224,7 +258,11 @@ fn main() -> vlm_core::Result<()> {
             "load_s": load_s, "first_call_s": first_call_s, "per_photo_s": per_photo_s,
             "per_photo_runs_s": walls, "preprocess_ms": preprocess_ms, "image_encode_ms": image_ms, "prefill_ms": prefill_ms,
             "decode_tokens_per_s": decode_tps,
-            "throughput": rows.iter().map(|(b, p)| serde_json::json!({"batch": b, "photos_per_s": p})).collect::<Vec<_>>(),
+            "throughput": rows.iter().map(|r| serde_json::json!({
+                "batch": r.batch, "photos_per_s": r.photos_per_s,
+                "preprocess_ms": r.split_ms[0], "image_encode_ms": r.split_ms[1],
+                "prefill_ms": r.split_ms[2], "decode_ms": r.split_ms[3],
+            })).collect::<Vec<_>>(),
             "price_per_hour": args.price_per_hour,
         });
         std::fs::write(
