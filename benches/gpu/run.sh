@@ -85,12 +85,13 @@ if [ "${PROFILE:-0}" = 1 ] && [ -d /tmp/bench-model ]; then
   # GPU time per kernel over one describe call of PROFILE_TOKENS tokens (vlm-bench starts
   # the CUDA profiler around it); its wall-clock split without ncu is vlm-bench's table.
   ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
-  echo "== ncu ($ncu_bin), one describe call of ${PROFILE_TOKENS:-2} tokens" | tee "$OUT/profile.log"
-  /tmp/vlm-bench --model /tmp/bench-model --profile --profile-tokens "${PROFILE_TOKENS:-2}" 2>&1 | tee -a "$OUT/profile.log"
+  prof=(--profile --profile-tokens "${PROFILE_TOKENS:-2}" --profile-batch "${PROFILE_BATCH:-1}")
+  echo "== ncu ($ncu_bin), one describe call of ${PROFILE_BATCH:-1} photo(s), ${PROFILE_TOKENS:-2} tokens" | tee "$OUT/profile.log"
+  /tmp/vlm-bench --model /tmp/bench-model "${prof[@]}" 2>&1 | tee -a "$OUT/profile.log"
   if [ -n "$ncu_bin" ]; then
     timeout "${PROFILE_TIMEOUT:-240}" "$ncu_bin" --clock-control none --profile-from-start off \
       --metrics gpu__time_duration.sum --csv --page raw \
-      /tmp/vlm-bench --model /tmp/bench-model --profile --profile-tokens "${PROFILE_TOKENS:-2}" > "$OUT/ncu.csv" 2>> "$OUT/profile.log"
+      /tmp/vlm-bench --model /tmp/bench-model "${prof[@]}" > "$OUT/ncu.csv" 2>> "$OUT/profile.log"
     python3 benches/gpu/ncu_summary.py "$OUT/ncu.csv" --top 30 | tee -a "$OUT/profile.log"
   fi
 fi
@@ -137,6 +138,14 @@ if [ "$QUANT" = 1 ]; then
       echo "== vlm-bench $name quant=$q ${vision[*]}" | tee -a "$OUT/quant.log"
       peak_mem "$OUT/quant.log" /tmp/vlm-bench --model "/tmp/rand-$name" --quant "$q" "${vision[@]}" "${save[@]}" \
         --tokens "$TOKENS" --batches "$BATCHES" --runs 2 2>&1 | grep -v "^|---" | tee -a "$OUT/quant.log" || status=1
+      # QUANT_VARIANTS="VLM_CUDA_GRAPH=0": the saved folder again with each switch (one call,
+      # one card, the same quantized weights).
+      for v in ${QUANT_VARIANTS:-}; do
+        [ "$q" != none ] || continue
+        echo "== vlm-bench $name quant=$q ${vision[*]}, $v" | tee -a "$OUT/quant.log"
+        ( export "${v?}"; peak_mem "$OUT/quant.log" /tmp/vlm-bench --model "/tmp/q-$name-$q" \
+          --tokens "$TOKENS" --batches "$BATCHES" --runs 2 2>&1 | grep -v "^|---" | tee -a "$OUT/quant.log" ) || status=1
+      done
       rm -rf "/tmp/q-$name-$q"
     done
     rm -rf "/tmp/rand-$name"

@@ -68,6 +68,9 @@ struct Args {
     profile: bool,
     #[arg(long, default_value_t = 2)]
     profile_tokens: usize,
+    /// Photos in the profiled call (one batch).
+    #[arg(long, default_value_t = 1)]
+    profile_batch: usize,
 }
 
 /// One throughput row: a batch's photos/s and its wall time split as `Timings` does
@@ -161,14 +164,21 @@ fn main() -> vlm_core::Result<()> {
 
     if args.profile {
         let request = model.describe_request(&photo, &forced(args.profile_tokens))?;
+        let requests: Vec<Request> = (0..args.profile_batch.max(1))
+            .map(|_| request.clone())
+            .collect();
+        if requests.len() > 1 {
+            model.generate_batch(&requests)?; // warm the batched shapes
+        }
         let ordinal = ordinal.unwrap_or(0);
         let started = vlm_core::device::cuda_profiler(ordinal, true);
         let t = Instant::now();
-        let g = model.generate(&request)?;
+        let g = model.generate_batch(&requests)?.swap_remove(0);
         let wall = t.elapsed().as_secs_f64();
         vlm_core::device::cuda_profiler(ordinal, false);
         println!(
-            "profiled call (profiler {}): {:.1} ms wall: preprocess {:.1} ms, image encode {:.1} ms, prefill {:.1} ms, {} decode steps {:.1} ms",
+            "profiled call of {} photo(s) (profiler {}): {:.1} ms wall: preprocess {:.1} ms, image encode {:.1} ms, prefill {:.1} ms, {} decode steps {:.1} ms",
+            requests.len(),
             if started { "on" } else { "not attached" },
             wall * 1e3,
             ms(g.timings.preprocess),
@@ -229,6 +239,11 @@ fn main() -> vlm_core::Result<()> {
         });
     }
 
+    let graphs = vlm_models::kernels::graph_stats();
+    eprintln!(
+        "decode steps as CUDA graphs: {} captured, {} replayed, {} captures failed",
+        graphs.captured, graphs.replayed, graphs.failed
+    );
     println!("| model | device | dtype | load s | first call s | prompt tok | preprocess ms | image ms | prefill ms | decode tok/s | s/photo (b=1) |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
@@ -264,6 +279,7 @@ fn main() -> vlm_core::Result<()> {
                 "prefill_ms": r.split_ms[2], "decode_ms": r.split_ms[3],
             })).collect::<Vec<_>>(),
             "price_per_hour": args.price_per_hour,
+            "decode_graphs": {"captured": graphs.captured, "replayed": graphs.replayed, "failed": graphs.failed},
         });
         std::fs::write(
             path,

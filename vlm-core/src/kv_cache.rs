@@ -65,6 +65,12 @@ impl LayerKvCache {
         Ok((&self.k, &self.v, start))
     }
 
+    /// Forgets the positions after the first `len` (claimed by a step that did not run);
+    /// they stay allocated and are written again.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Writes `k`, `v` (`[batch, kv_heads, n, head_dim]`) after the filled positions and
     /// returns views of everything cached, `[batch, kv_heads, len, head_dim]`.
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -115,5 +121,7 @@ mod tests {
         assert_eq!((k.dims(), start), (&[1, 2, 4, 3][..], 3));
         assert_eq!(c.len(), 4);
         assert!(c.claim(1).is_err());
+        c.truncate(3);
+        assert_eq!(c.claim(1).unwrap().2, 3);
     }
 }

@@ -89,6 +89,11 @@ impl Linear {
         Ok(Some(Self::from_weights(w, bias)))
     }
 
+    /// Whether the weight is quantized.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.weight, Weight::Quant { .. })
+    }
+
     /// The layer's compute dtype.
     pub fn weight_dtype(&self) -> DType {
         match &self.weight {
@@ -130,7 +135,20 @@ impl Linear {
                 *out_dims.last_mut().expect("non-scalar input") = weight.dim(0)?;
                 return y.reshape(out_dims);
             }
-            Weight::Quant { matmul, .. } => matmul.forward(&x.contiguous()?)?,
+            Weight::Quant { matmul, .. } => {
+                let x = x.contiguous()?;
+                let fast = match matmul {
+                    QMatMul::QTensor(w) => crate::kernels::quant_matvec(&x, w)?,
+                    _ => None,
+                };
+                match fast {
+                    Some(y) => y,
+                    None => {
+                        crate::kernels::note_shared_quant_scratch(x.device());
+                        matmul.forward(&x)?
+                    }
+                }
+            }
         };
         match bias {
             Some(b) => add_bias(&y, b),

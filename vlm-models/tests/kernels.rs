@@ -6,7 +6,7 @@
 //! CUDA only: part of the GPU check (`benches/gpu/run.sh`); ignored in CPU builds.
 
 use candle_core::{DType, Device, Tensor};
-use vlm_models::kernels::{self, HeadNorm, Heads};
+use vlm_models::kernels::{self, CacheLen, HeadNorm, Heads};
 
 struct Case {
     batch: usize,
@@ -127,6 +127,12 @@ fn run(case: &Case, dtype: DType, tol: f32) {
         w.as_ref().map(|weight| HeadNorm { weight, eps: 1e-6 })
     }
 
+    // The kernels read the length from the device (a replayed graph's steps differ).
+    let len_t = Tensor::new(&[len as u32 + 1], &dev).unwrap();
+    let cache_len = CacheLen {
+        on_device: &len_t,
+        value: len + 1,
+    };
     kernels::write_kv(
         &qkv_t,
         bias_t.as_ref(),
@@ -136,7 +142,7 @@ fn run(case: &Case, dtype: DType, tol: f32) {
         &case.heads,
         &kc_t,
         &vc_t,
-        len,
+        cache_len,
     )
     .unwrap();
     let out = kernels::decode_attention(
@@ -148,7 +154,7 @@ fn run(case: &Case, dtype: DType, tol: f32) {
         &case.heads,
         &kc_t,
         &vc_t,
-        len + 1,
+        cache_len,
         Some(&pad_t),
     )
     .unwrap();

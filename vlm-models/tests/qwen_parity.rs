@@ -333,3 +333,58 @@ fn placeholder_count_must_match_images() {
     );
     assert!(matches!(empty, Err(vlm_core::Error::EmptyQuestion)));
 }
+
+/// On CUDA, decode steps after the second are replays of a captured graph: they must give
+/// what eager steps give (tokens, and logits to rounding) for single requests and a padded
+/// batch, and must have run. Elsewhere there are no graphs to compare.
+#[test]
+fn decode_graphs_replay_what_eager_steps_compute() {
+    if !matches!(cpu_f32().device, DeviceChoice::Cuda(_)) {
+        eprintln!("not on CUDA (VLM_TEST_DEVICE): no decode graphs to check");
+        return;
+    }
+    use vlm_models::kernels::{graph_stats, set_graphs};
+    for v in VARIANTS {
+        let fx = fixture(v);
+        let model = vlm_models::load(fx.dir.join("model").to_str().unwrap(), &cpu_f32()).unwrap();
+        let opts = GenerationOptions {
+            return_logits: true,
+            ..GenerationOptions::greedy(12)
+        };
+        let requests: Vec<Request> = fx
+            .cases
+            .iter()
+            .map(|c| request(&fx, c, opts.clone()))
+            .collect();
+        let run = |graphs: bool| {
+            set_graphs(Some(graphs));
+            let one = model.generate(&requests[0]).unwrap();
+            let batch = model.generate_batch(&requests).unwrap();
+            set_graphs(None);
+            (one, batch)
+        };
+        let (eager, eager_batch) = run(false);
+        let before = graph_stats();
+        let (graph, graph_batch) = run(true);
+        let after = graph_stats();
+        assert_eq!(after.failed, before.failed, "{v}: a capture failed");
+        assert!(
+            after.replayed > before.replayed,
+            "{v}: no decode step was replayed from a graph"
+        );
+        assert_eq!(graph.token_ids, eager.token_ids, "{v}: tokens");
+        let logits = |g: &vlm_core::Generation| {
+            let steps = g.logits.clone().unwrap();
+            let vocab = steps[0].len();
+            Tensor::from_vec(steps.concat(), (steps.len(), vocab), &Device::Cpu).unwrap()
+        };
+        let e = rel_err(&logits(&graph), &logits(&eager));
+        assert!(
+            e <= 1e-5,
+            "{v}: graph logits rel err {e} against eager steps"
+        );
+        for (g, e) in graph_batch.iter().zip(&eager_batch) {
+            assert_eq!(g.token_ids, e.token_ids, "{v}: batched tokens");
+        }
+    }
+}

@@ -10,7 +10,7 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::op::BackpropOp;
 use candle_core::{bail, CudaDevice, CudaStorage, DType, Result, Shape, Storage, Tensor};
 
-use super::{HeadNorm, Heads};
+use super::{CacheLen, HeadNorm, Heads};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
 const MODULE: &str = "vlm_decode";
@@ -19,7 +19,7 @@ const VISION_MODULE: &str = "vlm_vision";
 const OPS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/ops.ptx"));
 const OPS_MODULE: &str = "vlm_ops";
 
-fn suffix(dtype: DType) -> Result<&'static str> {
+pub(super) fn suffix(dtype: DType) -> Result<&'static str> {
     Ok(match dtype {
         DType::F32 => "f32",
         DType::BF16 => "bf16",
@@ -57,7 +57,7 @@ fn address<'a>(
 
 /// Runs `launch` with the device addresses of `tensors` (0 for `None`), each contiguous
 /// and on CUDA, their storages locked until it returns.
-fn with_addresses<R>(
+pub(super) fn with_addresses<R>(
     tensors: &[Option<&Tensor>],
     launch: impl FnOnce(&CudaDevice, &[u64]) -> Result<R>,
 ) -> Result<R> {
@@ -111,7 +111,7 @@ fn with_addresses<R>(
 }
 
 /// An uninitialised tensor for a kernel to fill, on `like`'s device in its dtype.
-fn empty(like: &Tensor, shape: Shape) -> Result<Tensor> {
+pub(super) fn empty(like: &Tensor, shape: Shape) -> Result<Tensor> {
     empty_as(like, like.dtype(), shape)
 }
 
@@ -273,23 +273,20 @@ pub(super) fn write_kv(
     heads: &Heads,
     k_cache: &Tensor,
     v_cache: &Tensor,
-    pos: usize,
+    len: CacheLen<'_>,
 ) -> Result<()> {
     let step = check_step(qkv, bias, cos, sin, k_norm, heads, k_cache, v_cache)?;
-    if pos >= step.cap {
-        bail!(
-            "fused decode: position {pos} outside the cache {:?}",
-            k_cache.shape()
-        );
-    }
+    check_len(&len, step.cap, k_cache)?;
     let name = format!("kv_write_{}", suffix(step.dtype)?);
-    with_addresses(&step.inputs, |dev, p| {
+    let mut all = step.inputs.to_vec();
+    all.push(Some(len.on_device));
+    with_addresses(&all, |dev, p| {
         let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
         let (nq, nkv, d) = (heads.q as i32, heads.kv as i32, heads.dim as i32);
-        let (cap, pos) = (step.cap as i32, pos as i32);
+        let cap = step.cap as i32;
         let mut a = func.builder();
         push_step(&mut a, p, &step.eps);
-        a.arg(&nq).arg(&nkv).arg(&d).arg(&cap).arg(&pos);
+        a.arg(&nq).arg(&nkv).arg(&d).arg(&cap).arg(&p[7]);
         let cfg = LaunchConfig {
             grid_dim: (heads.kv as u32, step.batch as u32, 1),
             // Whole warps: the key norm reduces with full-warp shuffles.
@@ -312,17 +309,12 @@ pub(super) fn decode_attention(
     heads: &Heads,
     k_cache: &Tensor,
     v_cache: &Tensor,
-    kv_len: usize,
+    len: CacheLen<'_>,
     pad: Option<&Tensor>,
 ) -> Result<Tensor> {
     let step = check_step(qkv, bias, cos, sin, q_norm, heads, k_cache, v_cache)?;
     let b = step.batch;
-    if kv_len == 0 || kv_len > step.cap {
-        bail!(
-            "fused decode: {kv_len} positions in the cache {:?}",
-            k_cache.shape()
-        );
-    }
+    check_len(&len, step.cap, k_cache)?;
     if let Some(pad) = pad {
         if pad.dtype() != DType::U32 || pad.elem_count() != b {
             bail!(
@@ -332,7 +324,8 @@ pub(super) fn decode_attention(
         }
     }
     let out = empty(k_cache, Shape::from_dims(&[b, heads.q * heads.dim]))?;
-    let splits = decode_splits(b * heads.q, kv_len);
+    // From the capacity, not the length: a replayed graph keeps its launch shape.
+    let splits = decode_splits(b * heads.q, step.cap);
     // Each slice's unnormalised sum, max and total, merged by decode_combine.
     let partial = if splits > 1 {
         let n = b * heads.q * splits * (heads.dim + 2);
@@ -344,15 +337,15 @@ pub(super) fn decode_attention(
     let suffix = suffix(step.dtype)?;
     let name = format!("decode_attention_{suffix}_d{}", heads.dim);
     let mut all = step.inputs.to_vec();
-    all.extend([pad, Some(&out), partial.as_ref()]);
+    all.extend([pad, Some(&out), partial.as_ref(), Some(len.on_device)]);
     with_addresses(&all, |dev, p| {
         let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
         let (nq, nkv) = (heads.q as i32, heads.kv as i32);
-        let (cap, kv_len) = (step.cap as i32, kv_len as i32);
+        let cap = step.cap as i32;
         let mut a = func.builder();
         push_step(&mut a, p, &step.eps);
         a.arg(&p[7]).arg(&p[8]).arg(&p[9]);
-        a.arg(&nq).arg(&nkv).arg(&cap).arg(&kv_len);
+        a.arg(&nq).arg(&nkv).arg(&cap).arg(&p[10]);
         let cfg = LaunchConfig {
             grid_dim: (heads.q as u32, b as u32, splits as u32),
             block_dim: (256, 1, 1),
@@ -379,8 +372,28 @@ pub(super) fn decode_attention(
     Ok(out)
 }
 
+/// The step's cache length: `[1]` u32 on the device, within the cache on the host.
+fn check_len(len: &CacheLen<'_>, cap: usize, k_cache: &Tensor) -> Result<()> {
+    if len.on_device.dtype() != DType::U32 || len.on_device.elem_count() != 1 {
+        bail!(
+            "fused decode: the cache length must be a [1] u32 tensor, got {:?} {:?}",
+            len.on_device.dtype(),
+            len.on_device.shape()
+        );
+    }
+    if len.value == 0 || len.value > cap {
+        bail!(
+            "fused decode: {} positions in the cache {:?}",
+            len.value,
+            k_cache.shape()
+        );
+    }
+    Ok(())
+}
+
 /// Key slices per head for [`decode_attention`]: enough blocks to cover the card about
-/// twice (an H100/H200 has 132 multiprocessors), each slice at least `MIN_KEYS` keys.
+/// twice (an H100/H200 has 132 multiprocessors), each slice at least `MIN_KEYS` keys of
+/// a full cache.
 fn decode_splits(heads: usize, kv_len: usize) -> usize {
     const TARGET_BLOCKS: usize = 264;
     const MIN_KEYS: usize = 128;

@@ -32,6 +32,10 @@ use candle_core::{DType, Device, Result, Tensor};
 
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "cuda")]
+mod graph;
+#[cfg(feature = "cuda")]
+mod quant_matvec;
 
 /// Head counts and size of a decoder's attention.
 #[derive(Debug, Clone, Copy)]
@@ -129,8 +133,20 @@ pub fn silu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
     }
 }
 
+/// The cache length after a decode step's write, as the decode kernels take it: they read
+/// it from the device (`[1]` u32) when they run, so that a step captured in a CUDA graph
+/// and replayed writes and attends where each step's value says; `value` is the same on
+/// the host, for the bounds checks at launch.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheLen<'a> {
+    /// `[1]` u32 on the kernels' device.
+    pub on_device: &'a Tensor,
+    /// The value it holds when the kernels are launched.
+    pub value: usize,
+}
+
 /// Writes the new token's key and value into `k_cache`/`v_cache` (`[b, kv, cap, dim]`) at
-/// position `pos`, from the fused projection `qkv` (`[b, (q + 2 kv)·dim]`, before its
+/// position `len - 1`, from the fused projection `qkv` (`[b, (q + 2 kv)·dim]`, before its
 /// `bias`), with the key's RoPE (`cos`/`sin` `[b, dim/2]`) and optional norm.
 #[allow(clippy::too_many_arguments)]
 pub fn write_kv(
@@ -142,7 +158,7 @@ pub fn write_kv(
     heads: &Heads,
     k_cache: &Tensor,
     v_cache: &Tensor,
-    pos: usize,
+    len: CacheLen<'_>,
 ) -> Result<()> {
     #[cfg(feature = "cuda")]
     return cuda::write_kv(
@@ -154,17 +170,17 @@ pub fn write_kv(
         heads,
         k_cache,
         v_cache,
-        pos,
+        len,
     );
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (qkv, bias, cos, sin, k_norm, heads, k_cache, v_cache, pos);
+        let _ = (qkv, bias, cos, sin, k_norm, heads, k_cache, v_cache, len);
         no_cuda()
     }
 }
 
 /// Attention of the new token's query (prepared from `qkv` like the key in [`write_kv`];
-/// its scale is in the weights) over the first `kv_len` cached positions, skipping the
+/// its scale is in the weights) over the first `len` cached positions, skipping the
 /// first `pad[b]` (`[b]` u32) of each sequence. Returns `[b, q·dim]`.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_attention(
@@ -176,7 +192,7 @@ pub fn decode_attention(
     heads: &Heads,
     k_cache: &Tensor,
     v_cache: &Tensor,
-    kv_len: usize,
+    len: CacheLen<'_>,
     pad: Option<&Tensor>,
 ) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
@@ -189,14 +205,228 @@ pub fn decode_attention(
         heads,
         k_cache,
         v_cache,
-        kv_len,
+        len,
         pad,
     );
     #[cfg(not(feature = "cuda"))]
     {
         let _ = (
-            qkv, bias, cos, sin, q_norm, heads, k_cache, v_cache, kv_len, pad,
+            qkv, bias, cos, sin, q_norm, heads, k_cache, v_cache, len, pad,
         );
+        no_cuda()
+    }
+}
+
+/// Rows [`quant_matvec`] takes at most.
+pub const QUANT_MATVEC_ROWS: usize = 8;
+
+/// `x Wᵀ` for a quantized `w` and `x [.., k]` of at most 8 rows on CUDA (a decode step's
+/// projections), with the activations' scratch owned by the calling thread (candle's
+/// own path shares one per device; see quant_matvec.rs). `None`: the shapes, block type
+/// or device are not these kernels', use candle's matmul.
+pub fn quant_matvec(x: &Tensor, w: &candle_core::quantized::QTensor) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        if turned_off() || !quant_matvec::applies(x, w) {
+            return Ok(None);
+        }
+        quant_matvec::matvec(x, w).map(Some)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (x, w);
+        Ok(None)
+    }
+}
+
+thread_local! {
+    /// Set when candle's quantized matmul ran on CUDA on this thread (see
+    /// [`note_shared_quant_scratch`]).
+    static SHARED_QUANT_SCRATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Records that candle's own quantized matmul ran on CUDA: it uses a scratch shared by
+/// every thread that another thread may replace, so a CUDA graph must not capture it.
+pub fn note_shared_quant_scratch(device: &Device) {
+    if device.is_cuda() {
+        SHARED_QUANT_SCRATCH.with(|s| s.set(true));
+    }
+}
+
+/// What the decode-step graphs did in this process, for tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GraphStats {
+    /// Steps captured.
+    pub captured: usize,
+    /// Steps replayed from a capture.
+    pub replayed: usize,
+    /// Captures that failed (those requests went on without graphs).
+    pub failed: usize,
+}
+
+mod graph_counters {
+    use std::sync::atomic::{AtomicU8, AtomicUsize};
+    pub static CAPTURED: AtomicUsize = AtomicUsize::new(0);
+    pub static REPLAYED: AtomicUsize = AtomicUsize::new(0);
+    pub static FAILED: AtomicUsize = AtomicUsize::new(0);
+    /// 0: from `VLM_CUDA_GRAPH`; 1: on; 2: off.
+    pub static SWITCH: AtomicU8 = AtomicU8::new(0);
+}
+
+/// The counters of [`GraphStats`].
+pub fn graph_stats() -> GraphStats {
+    use std::sync::atomic::Ordering::Relaxed;
+    GraphStats {
+        captured: graph_counters::CAPTURED.load(Relaxed),
+        replayed: graph_counters::REPLAYED.load(Relaxed),
+        failed: graph_counters::FAILED.load(Relaxed),
+    }
+}
+
+/// Turns decode-step graphs on or off for the whole process from now on (`None`: as
+/// `VLM_CUDA_GRAPH` says), e.g. to compare both paths in one test.
+pub fn set_graphs(on: Option<bool>) {
+    let v = match on {
+        None => 0,
+        Some(true) => 1,
+        Some(false) => 2,
+    };
+    graph_counters::SWITCH.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether decode steps on `device` are captured as CUDA graphs and replayed: where the
+/// fused decode kernels run, unless `VLM_CUDA_GRAPH=0` or [`set_graphs`] says otherwise.
+pub fn graphs_enabled(device: &Device) -> bool {
+    static ENV_OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = match graph_counters::SWITCH.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            !*ENV_OFF.get_or_init(|| std::env::var("VLM_CUDA_GRAPH").is_ok_and(|v| v.trim() == "0"))
+        }
+    };
+    on && enabled(device, DType::F32)
+}
+
+/// A decode step captured as a CUDA graph, replayed for later steps (see graph.rs).
+pub struct StepGraph {
+    #[cfg(feature = "cuda")]
+    graph: graph::Graph,
+}
+
+impl StepGraph {
+    /// Captures the work `body` enqueues on `device` (it does not run: replay it) into a
+    /// graph that leaves `body`'s result in `out`, which must have its shape and dtype. On
+    /// failure nothing is kept, the failure is counted and, the first time, reported on
+    /// stderr; the caller goes on without a graph.
+    pub fn capture(
+        device: &Device,
+        out: Tensor,
+        body: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<Self> {
+        use std::sync::atomic::Ordering::Relaxed;
+        SHARED_QUANT_SCRATCH.with(|s| s.set(false));
+        #[cfg(feature = "cuda")]
+        let captured = graph::capture(device, out, body).and_then(|graph| {
+            if SHARED_QUANT_SCRATCH.with(|s| s.get()) {
+                candle_core::bail!(
+                    "the step has quantized projections of more than 8 rows, whose scratch \
+                     candle shares between threads"
+                );
+            }
+            Ok(Self { graph })
+        });
+        #[cfg(not(feature = "cuda"))]
+        let captured: Result<Self> = {
+            let _ = (device, out, body);
+            no_cuda()
+        };
+        match &captured {
+            Ok(_) => graph_counters::CAPTURED.fetch_add(1, Relaxed),
+            Err(e) => {
+                if graph_counters::FAILED.fetch_add(1, Relaxed) == 0 {
+                    eprintln!(
+                        "vlm: capturing a decode step as a CUDA graph failed ({e}); \
+                         decoding without graphs (VLM_CUDA_GRAPH=0 skips the attempt)"
+                    );
+                }
+                0
+            }
+        };
+        captured
+    }
+
+    /// Runs the captured step; returns its logits.
+    pub fn replay(&self) -> Result<Tensor> {
+        graph_counters::REPLAYED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        #[cfg(feature = "cuda")]
+        return self.graph.replay();
+        #[cfg(not(feature = "cuda"))]
+        no_cuda()
+    }
+}
+
+/// Kept alive around an eager decode step before a capture: candle then keeps the small
+/// layout uploads its kernels make, which the capture reuses (it cannot upload).
+pub struct UploadCache {
+    #[cfg(feature = "cuda")]
+    _guard: Option<Box<dyn std::any::Any>>,
+}
+
+impl UploadCache {
+    /// On for CUDA devices.
+    pub fn new(device: &Device) -> Self {
+        #[cfg(feature = "cuda")]
+        return Self {
+            _guard: match device {
+                Device::Cuda(dev) => Some(Box::new(dev.enable_cuda_graph_htod_cache())),
+                _ => None,
+            },
+        };
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = device;
+            Self {}
+        }
+    }
+}
+
+/// Writes `values` into the contiguous CUDA tensor `t` in place, converted to its dtype
+/// (f32, bf16, f16): the inputs a captured graph reads.
+pub fn upload_f32(t: &Tensor, values: &[f32]) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    return match t.dtype() {
+        DType::F32 => graph::upload(t, values),
+        DType::BF16 => graph::upload(
+            t,
+            &values
+                .iter()
+                .map(|&v| half::bf16::from_f32(v))
+                .collect::<Vec<_>>(),
+        ),
+        DType::F16 => graph::upload(
+            t,
+            &values
+                .iter()
+                .map(|&v| half::f16::from_f32(v))
+                .collect::<Vec<_>>(),
+        ),
+        d => candle_core::bail!("upload_f32 into a {d:?} tensor"),
+    };
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (t, values);
+        no_cuda()
+    }
+}
+
+/// [`upload_f32`] for a u32 tensor.
+pub fn upload_u32(t: &Tensor, values: &[u32]) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    return graph::upload(t, values);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (t, values);
         no_cuda()
     }
 }

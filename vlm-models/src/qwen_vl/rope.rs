@@ -125,6 +125,23 @@ impl MropeTables {
         }
     }
 
+    /// The cos and sin rows of one decode step, `[positions.len(), head_dim / 2]` each,
+    /// flat: after the prompt the three M-RoPE streams agree, so one position per
+    /// sequence.
+    pub fn step_rows(&self, positions: &[i64]) -> (Vec<f32>, Vec<f32>) {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            for f in &self.inv_freq {
+                let (s, c) = (p as f32 * f).sin_cos();
+                cos.push(c);
+                sin.push(s);
+            }
+        }
+        (cos, sin)
+    }
+
     /// `positions[b][s][l]` → (cos, sin) `[batch, len, head_dim / 2]`.
     // `l` indexes whichever of the three streams each slot uses, so it stays an index.
     #[allow(clippy::needless_range_loop)]

@@ -10,7 +10,7 @@ use vlm_core::kv_cache::LayerKvCache;
 
 use super::config::TextConfig;
 use super::rope::MropeTables;
-use crate::kernels::{self, Heads};
+use crate::kernels::{self, CacheLen, Heads, StepGraph, UploadCache};
 use crate::layers::{
     attention_mask, padding_on_device, softmax_f32_acc, Act, AttentionMask, Embedding, Linear,
     RmsNorm,
@@ -23,8 +23,12 @@ enum Masking<'a> {
     /// A mask (none: everything cached is visible) for the unfused attention.
     Additive(Option<&'a AttentionMask>),
     /// One new token per sequence through the fused CUDA kernels, each sequence skipping
-    /// its left padding (`[batch]` u32; none: no padding).
-    FusedDecode { pad: Option<&'a Tensor> },
+    /// its left padding (`[batch]` u32; none: no padding); `len` is the caches' length
+    /// after this step.
+    FusedDecode {
+        pad: Option<&'a Tensor>,
+        len: CacheLen<'a>,
+    },
 }
 
 struct Attention {
@@ -56,12 +60,19 @@ impl Attention {
         cos: &Tensor,
         sin: &Tensor,
         pad: Option<&Tensor>,
+        len: CacheLen<'_>,
         cache: &mut LayerKvCache,
     ) -> Result<Tensor> {
         let b = x.dim(0)?;
         let (k_cache, v_cache, pos) = cache
             .claim(1)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        if pos + 1 != len.value {
+            candle_core::bail!(
+                "decode step: the cache holds {pos} positions, the step says {}",
+                len.value - 1
+            );
+        }
         let dtype = k_cache.dtype();
         let qkv = self.qkv.forward_unbiased(x)?.to_dtype(dtype)?;
         let bias = self.qkv.bias().map(|b| b.to_dtype(dtype)).transpose()?;
@@ -76,7 +87,7 @@ impl Attention {
             &heads,
             k_cache,
             v_cache,
-            pos,
+            len,
         )?;
         let out = kernels::decode_attention(
             &qkv,
@@ -87,7 +98,7 @@ impl Attention {
             &heads,
             k_cache,
             v_cache,
-            pos + 1,
+            len,
             pad,
         )?;
         self.o_proj
@@ -136,8 +147,8 @@ impl Attention {
         cache: &mut LayerKvCache,
     ) -> Result<Tensor> {
         let mask = match masking {
-            Masking::FusedDecode { pad } => {
-                return self.forward_fused_decode(x, cos, sin, pad, cache)
+            Masking::FusedDecode { pad, len } => {
+                return self.forward_fused_decode(x, cos, sin, pad, len, cache)
             }
             Masking::Additive(mask) => mask,
         };
@@ -273,6 +284,35 @@ pub struct DecoderState {
     pub(crate) pad: Vec<usize>,
     /// `pad` on the device as the fused kernels read it, made on the first fused step.
     pad_on_device: Option<Tensor>,
+    /// The fused steps' input buffers and graph, made on the first fused step.
+    step: Option<FusedStep>,
+}
+
+/// What a fused decode step reads from the device, written before each step, and the step
+/// captured as a CUDA graph once one eager step has run (kernels/graph.rs): every step of
+/// a request then has the same addresses, only these buffers' contents change.
+struct FusedStep {
+    /// `[batch + 1]` u32: the token ids, then the caches' length after the step.
+    ids_len: Tensor,
+    /// `[2, batch, 1, head_dim / 2]` in the model dtype: the cos rows, then the sin rows.
+    rope: Tensor,
+    /// Shape and dtype of the eager steps' logits (the graph's output buffer).
+    logits: Option<(Vec<usize>, DType)>,
+    graph: Option<StepGraph>,
+    /// A capture failed: this request goes on without a graph.
+    no_graph: bool,
+}
+
+impl FusedStep {
+    fn new(batch: usize, half: usize, dtype: DType, device: &candle_core::Device) -> Result<Self> {
+        Ok(Self {
+            ids_len: Tensor::zeros(batch + 1, DType::U32, device)?,
+            rope: Tensor::zeros((2, batch, 1, half), dtype, device)?,
+            logits: None,
+            graph: None,
+            no_graph: false,
+        })
+    }
 }
 
 impl DecoderState {
@@ -283,6 +323,7 @@ impl DecoderState {
             next_position,
             pad,
             pad_on_device: None,
+            step: None,
         }
     }
 
@@ -408,6 +449,13 @@ impl TextModel {
         rope: &MropeTables,
         state: &mut DecoderState,
     ) -> Result<Tensor> {
+        if self.fused_decode {
+            let logits = self.fused_decode_step(tokens, rope, state)?;
+            for p in state.next_position.iter_mut() {
+                *p += 1;
+            }
+            return Ok(logits);
+        }
         let (dtype, device) = (self.dtype, &self.device);
         let ids = Tensor::from_vec(tokens.to_vec(), tokens.len(), device)?;
         let embeds = self.embed(&ids)?.unsqueeze(1)?;
@@ -417,20 +465,105 @@ impl TextModel {
             .map(|&p| [vec![p], vec![p], vec![p]])
             .collect();
         let (cos, sin) = rope.tables(&positions, dtype, device)?;
-        let hidden = if self.fused_decode {
-            let pad = state.pad_on_device(device)?;
-            let masking = Masking::FusedDecode { pad: pad.as_ref() };
-            self.run_layers(embeds, &cos, &sin, masking, &mut state.caches, None)?
-        } else {
-            let kv_len = state.caches.first().map_or(0, |c| c.len()) + 1;
-            let mask = attention_mask(&state.pad, 1, kv_len, dtype, device)?;
-            let masking = Masking::Additive(mask.as_ref());
-            self.run_layers(embeds, &cos, &sin, masking, &mut state.caches, None)?
-        };
+        let kv_len = state.caches.first().map_or(0, |c| c.len()) + 1;
+        let mask = attention_mask(&state.pad, 1, kv_len, dtype, device)?;
+        let masking = Masking::Additive(mask.as_ref());
+        let hidden = self.run_layers(embeds, &cos, &sin, masking, &mut state.caches, None)?;
         for p in state.next_position.iter_mut() {
             *p += 1;
         }
         self.logits(&hidden.squeeze(1)?)
+    }
+
+    /// A step through the fused kernels: its inputs written to the step's buffers, then
+    /// the step run eagerly, captured as a CUDA graph (the second step) or replayed.
+    fn fused_decode_step(
+        &self,
+        tokens: &[u32],
+        rope: &MropeTables,
+        state: &mut DecoderState,
+    ) -> Result<Tensor> {
+        let device = &self.device;
+        let b = tokens.len();
+        let pad = state.pad_on_device(device)?;
+        let DecoderState {
+            caches,
+            next_position,
+            step,
+            ..
+        } = state;
+        let len = caches.first().map_or(0, |c| c.len()) + 1;
+        let step = match step {
+            Some(s) => s,
+            None => step.insert(FusedStep::new(
+                b,
+                self.cfg.head_dim / 2,
+                self.dtype,
+                device,
+            )?),
+        };
+        let mut ids_len = tokens.to_vec();
+        ids_len.push(len as u32);
+        kernels::upload_u32(&step.ids_len, &ids_len)?;
+        let (cos, sin) = rope.step_rows(next_position);
+        kernels::upload_f32(&step.rope, &[cos, sin].concat())?;
+
+        if let Some(graph) = &step.graph {
+            // The graph writes each cache's next position; the host keeps the count.
+            for cache in caches.iter_mut() {
+                cache
+                    .claim(1)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            }
+            return graph.replay();
+        }
+        let ids = step.ids_len.narrow(0, 0, b)?;
+        let len_t = step.ids_len.narrow(0, b, 1)?;
+        let (cos, sin) = (step.rope.get(0)?, step.rope.get(1)?);
+        let body = |caches: &mut [LayerKvCache]| -> Result<Tensor> {
+            let embeds = self.embed(&ids)?.unsqueeze(1)?;
+            let len = CacheLen {
+                on_device: &len_t,
+                value: len,
+            };
+            let masking = Masking::FusedDecode {
+                pad: pad.as_ref(),
+                len,
+            };
+            let hidden = self.run_layers(embeds, &cos, &sin, masking, caches, None)?;
+            self.logits(&hidden.squeeze(1)?)
+        };
+        // Quantized projections of more than 8 rows go through candle's matmul, whose
+        // scratch a graph must not hold (kernels::note_shared_quant_scratch).
+        let quantized = self
+            .layers
+            .first()
+            .is_some_and(|l| l.mlp.down_proj.is_quantized());
+        let graphs = kernels::graphs_enabled(device)
+            && !step.no_graph
+            && !(quantized && b > kernels::QUANT_MATVEC_ROWS);
+        if let (true, Some((dims, dtype))) = (graphs, &step.logits) {
+            let out = Tensor::zeros(dims.as_slice(), *dtype, device)?;
+            match StepGraph::capture(device, out, || body(caches)) {
+                Ok(graph) => {
+                    let logits = graph.replay()?;
+                    step.graph = Some(graph);
+                    return Ok(logits);
+                }
+                Err(_) => {
+                    // Nothing ran: forget what the capture claimed and run it eagerly.
+                    for cache in caches.iter_mut() {
+                        cache.truncate(len - 1);
+                    }
+                    step.no_graph = true;
+                }
+            }
+        }
+        // The eager step before a capture keeps candle's small uploads for it.
+        let _uploads = graphs.then(|| UploadCache::new(device));
+        let logits = body(caches)?;
+        step.logits = Some((logits.dims().to_vec(), logits.dtype()));
+        Ok(logits)
     }
 
     /// LM head over `[.., hidden]`.

@@ -1,0 +1,193 @@
+//! Quantized projections of a decode step (≤ 8 rows) through candle's MMVQ kernels, with
+//! the Q8_1 scratch for the activations owned by the calling thread.
+//!
+//! candle's own path keeps one scratch per device behind a process-wide mutex and grows it
+//! by replacing it: a decode step captured in a CUDA graph would keep the old address after
+//! another thread's longer prompt grew it, and two threads' streams share it unordered. A
+//! scratch per thread is ordered by that thread's stream, and a graph holds an `Arc` of the
+//! one it was captured with ([`pinned_workspace`]), so it outlives any growth.
+
+use std::cell::RefCell;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr};
+use candle_core::cuda_backend::kernels::ffi;
+use candle_core::cuda_backend::DeviceId;
+use candle_core::quantized::cuda::MATRIX_ROW_PADDING;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{bail, DType, Result, Shape, Tensor};
+
+/// Rows a call takes (the MMVQ kernels' limit).
+const MAX_ROWS: usize = super::QUANT_MATVEC_ROWS;
+/// Q8_1 block: 32 values, two halves (scale, sum) and 32 bytes.
+const Q8_1_VALUES: usize = 32;
+const Q8_1_BYTES: usize = 36;
+
+struct Workspace {
+    device: DeviceId,
+    slice: Arc<CudaSlice<u8>>,
+    /// Bumped whenever the scratch is replaced by a larger one.
+    generation: u64,
+}
+
+thread_local! {
+    static WORKSPACE: RefCell<Option<Workspace>> = const { RefCell::new(None) };
+}
+
+/// The calling thread's scratch on `dev`, at least `bytes` long.
+fn workspace(dev: &candle_core::CudaDevice, bytes: usize) -> Result<Arc<CudaSlice<u8>>> {
+    WORKSPACE.with(|w| {
+        let mut w = w.borrow_mut();
+        let fits = w
+            .as_ref()
+            .is_some_and(|ws| ws.device == dev.id() && ws.slice.len() >= bytes);
+        if !fits {
+            let generation = w.as_ref().map_or(0, |ws| ws.generation + 1);
+            // Grown in steps, so that the few sizes of one model settle it at once.
+            let bytes = bytes.next_power_of_two().max(64 * 1024);
+            // SAFETY: the quantize kernel writes every byte a matmul reads.
+            let slice = Arc::new(unsafe { dev.alloc::<u8>(bytes)? });
+            *w = Some(Workspace {
+                device: dev.id(),
+                slice,
+                generation,
+            });
+        }
+        Ok(w.as_ref().map(|ws| ws.slice.clone()).expect("set above"))
+    })
+}
+
+/// The calling thread's scratch and how often it has been replaced: a CUDA graph captured
+/// between two equal generations holds the scratch's address and keeps it alive.
+pub(super) fn pinned_workspace() -> (Option<Arc<CudaSlice<u8>>>, u64) {
+    WORKSPACE.with(|w| {
+        w.borrow()
+            .as_ref()
+            .map_or((None, 0), |ws| (Some(ws.slice.clone()), ws.generation))
+    })
+}
+
+type Launcher = unsafe extern "C" fn(
+    *const c_void,
+    *const c_void,
+    *mut c_void,
+    i32,
+    i32,
+    i32,
+    i32,
+    i32,
+    *mut c_void,
+);
+type Quantizer = unsafe extern "C" fn(*const c_void, *mut c_void, i32, i32, i32, *mut c_void);
+
+fn kernels(w: GgmlDType, x: DType) -> Option<(Quantizer, Launcher)> {
+    use GgmlDType as G;
+    Some(match x {
+        DType::BF16 => (
+            ffi::launch_mmvq_gguf_quantize_q8_1_bf16 as Quantizer,
+            match w {
+                G::Q4_0 => ffi::launch_mmvq_gguf_q4_0_bf16_plain as Launcher,
+                G::Q8_0 => ffi::launch_mmvq_gguf_q8_0_bf16_plain,
+                G::Q4K => ffi::launch_mmvq_gguf_q4_k_bf16_plain,
+                G::Q5K => ffi::launch_mmvq_gguf_q5_k_bf16_plain,
+                G::Q6K => ffi::launch_mmvq_gguf_q6_k_bf16_plain,
+                _ => return None,
+            },
+        ),
+        DType::F16 => (
+            ffi::launch_mmvq_gguf_quantize_q8_1_f16 as Quantizer,
+            match w {
+                G::Q4_0 => ffi::launch_mmvq_gguf_q4_0_f16_plain as Launcher,
+                G::Q8_0 => ffi::launch_mmvq_gguf_q8_0_f16_plain,
+                G::Q4K => ffi::launch_mmvq_gguf_q4_k_f16_plain,
+                G::Q5K => ffi::launch_mmvq_gguf_q5_k_f16_plain,
+                G::Q6K => ffi::launch_mmvq_gguf_q6_k_f16_plain,
+                _ => return None,
+            },
+        ),
+        DType::F32 => (
+            ffi::launch_mmvq_gguf_quantize_q8_1_f32 as Quantizer,
+            match w {
+                G::Q4_0 => ffi::launch_mmvq_gguf_q4_0_f32_plain as Launcher,
+                G::Q8_0 => ffi::launch_mmvq_gguf_q8_0_f32_plain,
+                G::Q4K => ffi::launch_mmvq_gguf_q4_k_f32_plain,
+                G::Q5K => ffi::launch_mmvq_gguf_q5_k_f32_plain,
+                G::Q6K => ffi::launch_mmvq_gguf_q6_k_f32_plain,
+                _ => return None,
+            },
+        ),
+        _ => return None,
+    })
+}
+
+/// Whether [`matvec`] takes `x [.., k]` against `w`: on CUDA, ≤ 8 rows, a block type and
+/// activation dtype these kernels have.
+pub(super) fn applies(x: &Tensor, w: &QTensor) -> bool {
+    let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
+    x.device().is_cuda()
+        && (1..=MAX_ROWS).contains(&rows)
+        && w.shape()
+            .dims2()
+            .is_ok_and(|(_, k)| x.dims().last() == Some(&k))
+        && kernels(w.dtype(), x.dtype()).is_some()
+}
+
+/// `x Wᵀ` for `x [.., k]` (≤ 8 rows, see [`applies`]) → `[.., n]` in `x`'s dtype.
+pub(super) fn matvec(x: &Tensor, w: &QTensor) -> Result<Tensor> {
+    let (n, k) = w.shape().dims2()?;
+    let dims = x.dims();
+    let rows = x.elem_count() / k.max(1);
+    let Some((quantize, launch)) = kernels(w.dtype(), x.dtype()) else {
+        bail!(
+            "no MMVQ kernel for {:?} weights and {:?} activations",
+            w.dtype(),
+            x.dtype()
+        );
+    };
+    if dims.last() != Some(&k) || !(1..=MAX_ROWS).contains(&rows) {
+        bail!("quantized matvec: x {:?} against [{n}, {k}]", x.shape());
+    }
+    let candle_core::Device::Cuda(dev) = x.device() else {
+        bail!("the quantized matvec runs on CUDA tensors only");
+    };
+    let x = x.contiguous()?;
+    let k_padded = k.div_ceil(MATRIX_ROW_PADDING) * MATRIX_ROW_PADDING;
+    let blocks_per_row = k_padded / Q8_1_VALUES;
+    let scratch = workspace(dev, rows * blocks_per_row * Q8_1_BYTES)?;
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("checked above") = n;
+    let out = super::cuda::empty(&x, Shape::from_dims(&out_dims))?;
+    super::cuda::with_addresses(&[Some(&x), Some(&out)], |dev, p| {
+        let stream = dev.cuda_stream();
+        let (scratch_ptr, _sync) = scratch.device_ptr(&stream);
+        let weights = w.device_ptr()? as *const c_void;
+        let cu_stream = stream.cu_stream() as *mut c_void;
+        // SAFETY: the pointers are live device buffers of the sizes computed above (the
+        // weights as candle stores them, padded rows included); both launches are ordered
+        // on this thread's stream, the scratch being this thread's.
+        unsafe {
+            quantize(
+                p[0] as *const c_void,
+                scratch_ptr as *mut c_void,
+                k as i32,
+                k_padded as i32,
+                rows as i32,
+                cu_stream,
+            );
+            launch(
+                weights,
+                scratch_ptr as *const c_void,
+                p[1] as *mut c_void,
+                k as i32,
+                n as i32,
+                blocks_per_row as i32,
+                n as i32,
+                rows as i32,
+                cu_stream,
+            );
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
