@@ -12,7 +12,11 @@ if ! command -v nvcc >/dev/null && [ -f "$root/../shared/gpu/cuda-toolchain.sh" 
   # shellcheck disable=SC1091
   source "$root/../shared/gpu/cuda-toolchain.sh"
 fi
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/vlm-target-cuda}
+# One target directory per checkout: cargo's artifacts of workspace members do not depend
+# on the checkout's path, so two checkouts sharing a directory took each other's build
+# script output as fresh (2026-12-03: a binary with the other checkout's PTX, whose kernel
+# signatures no longer matched the host code: illegal addresses on the GPU).
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target/cuda}
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 cargo build --release --features cuda -p vlm-bench
 # The GPU check: every family's parity tests, the quantization and fused-kernel tests, in

@@ -138,7 +138,7 @@ if [ "$QUANT" = 1 ]; then
       echo "== vlm-bench $name quant=$q ${vision[*]}" | tee -a "$OUT/quant.log"
       peak_mem "$OUT/quant.log" /tmp/vlm-bench --model "/tmp/rand-$name" --quant "$q" "${vision[@]}" "${save[@]}" \
         --tokens "$TOKENS" --batches "$BATCHES" --runs 2 2>&1 | grep -v "^|---" | tee -a "$OUT/quant.log" || status=1
-      # QUANT_VARIANTS="VLM_CUDA_GRAPH=0": the saved folder again with each switch (one call,
+      # QUANT_VARIANTS="VLM_CUDA_GRAPH=1": the saved folder again with each switch (one call,
       # one card, the same quantized weights).
       for v in ${QUANT_VARIANTS:-}; do
         [ "$q" != none ] || continue

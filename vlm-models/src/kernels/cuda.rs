@@ -277,16 +277,23 @@ pub(super) fn write_kv(
 ) -> Result<()> {
     let step = check_step(qkv, bias, cos, sin, k_norm, heads, k_cache, v_cache)?;
     check_len(&len, step.cap, k_cache)?;
-    let name = format!("kv_write_{}", suffix(step.dtype)?);
+    // kv_write_dev reads the length from the device (a captured step), kv_write takes it.
+    let dev_len = if len.on_device.is_some() { "dev_" } else { "" };
+    let name = format!("kv_write_{dev_len}{}", suffix(step.dtype)?);
     let mut all = step.inputs.to_vec();
-    all.push(Some(len.on_device));
+    all.push(len.on_device);
     with_addresses(&all, |dev, p| {
         let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
         let (nq, nkv, d) = (heads.q as i32, heads.kv as i32, heads.dim as i32);
-        let cap = step.cap as i32;
+        let (cap, pos) = (step.cap as i32, len.value as i32 - 1);
         let mut a = func.builder();
         push_step(&mut a, p, &step.eps);
-        a.arg(&nq).arg(&nkv).arg(&d).arg(&cap).arg(&p[7]);
+        a.arg(&nq).arg(&nkv).arg(&d).arg(&cap);
+        if len.on_device.is_some() {
+            a.arg(&p[7]);
+        } else {
+            a.arg(&pos);
+        }
         let cfg = LaunchConfig {
             grid_dim: (heads.kv as u32, step.batch as u32, 1),
             // Whole warps: the key norm reduces with full-warp shuffles.
@@ -324,8 +331,16 @@ pub(super) fn decode_attention(
         }
     }
     let out = empty(k_cache, Shape::from_dims(&[b, heads.q * heads.dim]))?;
-    // From the capacity, not the length: a replayed graph keeps its launch shape.
-    let splits = decode_splits(b * heads.q, step.cap);
+    // A captured step's slices follow the capacity, not the length: replays keep the
+    // launch shape.
+    let splits = decode_splits(
+        b * heads.q,
+        if len.on_device.is_some() {
+            step.cap
+        } else {
+            len.value
+        },
+    );
     // Each slice's unnormalised sum, max and total, merged by decode_combine.
     let partial = if splits > 1 {
         let n = b * heads.q * splits * (heads.dim + 2);
@@ -335,17 +350,23 @@ pub(super) fn decode_attention(
         None
     };
     let suffix = suffix(step.dtype)?;
-    let name = format!("decode_attention_{suffix}_d{}", heads.dim);
+    let dev_len = if len.on_device.is_some() { "_dev" } else { "" };
+    let name = format!("decode_attention_{suffix}_d{}{dev_len}", heads.dim);
     let mut all = step.inputs.to_vec();
-    all.extend([pad, Some(&out), partial.as_ref(), Some(len.on_device)]);
+    all.extend([pad, Some(&out), partial.as_ref(), len.on_device]);
     with_addresses(&all, |dev, p| {
         let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
         let (nq, nkv) = (heads.q as i32, heads.kv as i32);
-        let cap = step.cap as i32;
+        let (cap, kv_len) = (step.cap as i32, len.value as i32);
         let mut a = func.builder();
         push_step(&mut a, p, &step.eps);
         a.arg(&p[7]).arg(&p[8]).arg(&p[9]);
-        a.arg(&nq).arg(&nkv).arg(&cap).arg(&p[10]);
+        a.arg(&nq).arg(&nkv).arg(&cap);
+        if len.on_device.is_some() {
+            a.arg(&p[10]);
+        } else {
+            a.arg(&kv_len);
+        }
         let cfg = LaunchConfig {
             grid_dim: (heads.q as u32, b as u32, splits as u32),
             block_dim: (256, 1, 1),
@@ -372,14 +393,16 @@ pub(super) fn decode_attention(
     Ok(out)
 }
 
-/// The step's cache length: `[1]` u32 on the device, within the cache on the host.
+/// The step's cache length: within the cache, and on the device a `[1]` u32.
 fn check_len(len: &CacheLen<'_>, cap: usize, k_cache: &Tensor) -> Result<()> {
-    if len.on_device.dtype() != DType::U32 || len.on_device.elem_count() != 1 {
-        bail!(
-            "fused decode: the cache length must be a [1] u32 tensor, got {:?} {:?}",
-            len.on_device.dtype(),
-            len.on_device.shape()
-        );
+    if let Some(t) = len.on_device {
+        if t.dtype() != DType::U32 || t.elem_count() != 1 {
+            bail!(
+                "fused decode: the cache length must be a [1] u32 tensor, got {:?} {:?}",
+                t.dtype(),
+                t.shape()
+            );
+        }
     }
     if len.value == 0 || len.value > cap {
         bail!(
@@ -392,8 +415,8 @@ fn check_len(len: &CacheLen<'_>, cap: usize, k_cache: &Tensor) -> Result<()> {
 }
 
 /// Key slices per head for [`decode_attention`]: enough blocks to cover the card about
-/// twice (an H100/H200 has 132 multiprocessors), each slice at least `MIN_KEYS` keys of
-/// a full cache.
+/// twice (an H100/H200 has 132 multiprocessors), each slice at least `MIN_KEYS` keys (of
+/// `kv_len`: the length, or for a captured step the capacity).
 fn decode_splits(heads: usize, kv_len: usize) -> usize {
     const TARGET_BLOCKS: usize = 264;
     const MIN_KEYS: usize = 128;

@@ -42,16 +42,13 @@ __device__ bool prepare_head(const T *src, const T *bias, const T *norm_w, float
 }
 
 // Writes the new token's key (bias, k-norm, RoPE) and value (bias) into the caches
-// [b, nkv, cap, d] at position len[0] - 1. Grid (nkv, b), max(32, d/2) threads.
-// qkv [b, (nq + 2 nkv) d]; cos/sin [b, d/2]. The length is read from device memory so that
-// a decode step captured in a CUDA graph writes where each replay's step says.
+// [b, nkv, cap, d] at position `pos`. Grid (nkv, b), max(32, d/2) threads.
+// qkv [b, (nq + 2 nkv) d]; cos/sin [b, d/2].
 template <typename T>
 __device__ void kv_write(const T *qkv, const T *bias, const T *cos, const T *sin,
                          const T *k_norm, float eps, T *k_cache, T *v_cache, int nq, int nkv,
-                         int d, int cap, const uint32_t *len) {
+                         int d, int cap, int pos) {
   const int kh = blockIdx.x, b = blockIdx.y, half = d / 2, i = threadIdx.x;
-  const int pos = (int)len[0] - 1;
-  if (pos < 0 || pos >= cap) return;  // the host checks; never write outside the cache
   const T *row = qkv + (size_t)b * (nq + 2 * nkv) * d;
   const int ko = (nq + kh) * d, vo = (nq + nkv + kh) * d;
   const size_t dst = (((size_t)b * nkv + kh) * cap + pos) * d;
@@ -85,8 +82,7 @@ template <typename T, int D>
 __device__ void decode_attention(const T *qkv, const T *bias, const T *cos, const T *sin,
                                  const T *q_norm, float eps, const T *k_cache,
                                  const T *v_cache, const uint32_t *pad, T *out,
-                                 float *partial, int nq, int nkv, int cap,
-                                 const uint32_t *len) {
+                                 float *partial, int nq, int nkv, int cap, int kv_len) {
   constexpr int G = D / 8;    // threads per key row
   constexpr int R = 256 / G;  // rows in flight
   __shared__ float qs[D];
@@ -115,8 +111,6 @@ __device__ void decode_attention(const T *qkv, const T *bias, const T *cos, cons
   const size_t base = ((size_t)b * nkv + kh) * cap * D + lane * 8;
   const T *kb = k_cache + base;
   const T *vb = v_cache + base;
-  // Read from device memory, like kv_write's position (a replayed graph's steps differ).
-  const int kv_len = min((int)len[0], cap);
   const int first = pad ? (int)pad[b] : 0;
   const int chunk = (kv_len - first + splits - 1) / splits;
   const int start = first + split * chunk;
@@ -293,20 +287,43 @@ GEMV_ALL_ROWS(__half, f16)
 #define KV_WRITE(NAME, T)                                                                  \
   extern "C" __global__ void NAME(const T *qkv, const T *bias, const T *cos, const T *sin, \
                                   const T *k_norm, float eps, T *k_cache, T *v_cache,      \
-                                  int nq, int nkv, int d, int cap, const uint32_t *len) {  \
-    kv_write<T>(qkv, bias, cos, sin, k_norm, eps, k_cache, v_cache, nq, nkv, d, cap, len); \
+                                  int nq, int nkv, int d, int cap, int pos) {              \
+    kv_write<T>(qkv, bias, cos, sin, k_norm, eps, k_cache, v_cache, nq, nkv, d, cap, pos); \
   }
 KV_WRITE(kv_write_f32, float)
 KV_WRITE(kv_write_bf16, __nv_bfloat16)
 KV_WRITE(kv_write_f16, __half)
 
+// The same with the cache length after the write read from device memory (len[0]), for a
+// step captured in a CUDA graph: each replay writes where that step's buffer says. The
+// test is uniform over the block, so returning before the block-wide norm is safe.
+#define KV_WRITE_DEV(NAME, T)                                                              \
+  extern "C" __global__ void NAME(const T *qkv, const T *bias, const T *cos, const T *sin, \
+                                  const T *k_norm, float eps, T *k_cache, T *v_cache,      \
+                                  int nq, int nkv, int d, int cap, const uint32_t *len) {  \
+    const int pos = (int)len[0] - 1;                                                       \
+    if (pos < 0 || pos >= cap) return;                                                     \
+    kv_write<T>(qkv, bias, cos, sin, k_norm, eps, k_cache, v_cache, nq, nkv, d, cap, pos); \
+  }
+KV_WRITE_DEV(kv_write_dev_f32, float)
+KV_WRITE_DEV(kv_write_dev_bf16, __nv_bfloat16)
+KV_WRITE_DEV(kv_write_dev_f16, __half)
+
 #define DECODE_ATTENTION(NAME, T, D)                                                       \
   extern "C" __global__ void __launch_bounds__(256)                                        \
       NAME(const T *qkv, const T *bias, const T *cos, const T *sin, const T *q_norm,       \
            float eps, const T *k_cache, const T *v_cache, const uint32_t *pad, T *out,     \
-           float *partial, int nq, int nkv, int cap, const uint32_t *len) {                \
+           float *partial, int nq, int nkv, int cap, int kv_len) {                         \
     decode_attention<T, D>(qkv, bias, cos, sin, q_norm, eps, k_cache, v_cache, pad, out,   \
-                           partial, nq, nkv, cap, len);                                    \
+                           partial, nq, nkv, cap, kv_len);                                 \
+  }                                                                                        \
+  /* The length from device memory, as KV_WRITE_DEV. */                                    \
+  extern "C" __global__ void __launch_bounds__(256)                                        \
+      NAME##_dev(const T *qkv, const T *bias, const T *cos, const T *sin, const T *q_norm, \
+                 float eps, const T *k_cache, const T *v_cache, const uint32_t *pad,       \
+                 T *out, float *partial, int nq, int nkv, int cap, const uint32_t *len) {  \
+    decode_attention<T, D>(qkv, bias, cos, sin, q_norm, eps, k_cache, v_cache, pad, out,   \
+                           partial, nq, nkv, cap, min((int)len[0], cap));                  \
   }
 DECODE_ATTENTION(decode_attention_f32_d16, float, 16)
 DECODE_ATTENTION(decode_attention_f32_d32, float, 32)

@@ -133,15 +133,15 @@ pub fn silu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
     }
 }
 
-/// The cache length after a decode step's write, as the decode kernels take it: they read
-/// it from the device (`[1]` u32) when they run, so that a step captured in a CUDA graph
-/// and replayed writes and attends where each step's value says; `value` is the same on
-/// the host, for the bounds checks at launch.
+/// The cache length after a decode step's write, as the decode kernels take it: `value`
+/// from the host, or, for a step captured in a CUDA graph, read by the kernels from
+/// `on_device` when they run, so that each replay writes and attends where that step's
+/// buffer says (`value` is then what it holds at capture, for the bounds checks).
 #[derive(Debug, Clone, Copy)]
 pub struct CacheLen<'a> {
-    /// `[1]` u32 on the kernels' device.
-    pub on_device: &'a Tensor,
-    /// The value it holds when the kernels are launched.
+    /// `[1]` u32 on the kernels' device, for a captured step.
+    pub on_device: Option<&'a Tensor>,
+    /// The length now.
     pub value: usize,
 }
 
@@ -222,12 +222,14 @@ pub const QUANT_MATVEC_ROWS: usize = 8;
 
 /// `x Wᵀ` for a quantized `w` and `x [.., k]` of at most 8 rows on CUDA (a decode step's
 /// projections), with the activations' scratch owned by the calling thread (candle's
-/// own path shares one per device; see quant_matvec.rs). `None`: the shapes, block type
-/// or device are not these kernels', use candle's matmul.
+/// own path shares one per device; see quant_matvec.rs). `None`: graphs are off, or the
+/// shapes, block type or device are not these kernels': use candle's matmul.
 pub fn quant_matvec(x: &Tensor, w: &candle_core::quantized::QTensor) -> Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
     {
-        if turned_off() || !quant_matvec::applies(x, w) {
+        // Only with graphs (which need the per-thread scratch) until the GPU check has
+        // run it; candle's path otherwise.
+        if !graphs_enabled(x.device()) || !quant_matvec::applies(x, w) {
             return Ok(None);
         }
         quant_matvec::matvec(x, w).map(Some)
@@ -295,15 +297,14 @@ pub fn set_graphs(on: Option<bool>) {
 }
 
 /// Whether decode steps on `device` are captured as CUDA graphs and replayed: where the
-/// fused decode kernels run, unless `VLM_CUDA_GRAPH=0` or [`set_graphs`] says otherwise.
+/// fused decode kernels run, with `VLM_CUDA_GRAPH=1` or [`set_graphs`]. Off by default
+/// until the GPU check has run them (docs/benchmarks.md, 2026-12-03).
 pub fn graphs_enabled(device: &Device) -> bool {
-    static ENV_OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static ENV_ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = match graph_counters::SWITCH.load(std::sync::atomic::Ordering::Relaxed) {
         1 => true,
         2 => false,
-        _ => {
-            !*ENV_OFF.get_or_init(|| std::env::var("VLM_CUDA_GRAPH").is_ok_and(|v| v.trim() == "0"))
-        }
+        _ => *ENV_ON.get_or_init(|| std::env::var("VLM_CUDA_GRAPH").is_ok_and(|v| v.trim() == "1")),
     };
     on && enabled(device, DType::F32)
 }
@@ -347,7 +348,7 @@ impl StepGraph {
                 if graph_counters::FAILED.fetch_add(1, Relaxed) == 0 {
                     eprintln!(
                         "vlm: capturing a decode step as a CUDA graph failed ({e}); \
-                         decoding without graphs (VLM_CUDA_GRAPH=0 skips the attempt)"
+                         decoding without graphs (unset VLM_CUDA_GRAPH to skip the attempt)"
                     );
                 }
                 0

@@ -449,14 +449,23 @@ impl TextModel {
         rope: &MropeTables,
         state: &mut DecoderState,
     ) -> Result<Tensor> {
-        if self.fused_decode {
-            let logits = self.fused_decode_step(tokens, rope, state)?;
+        let (dtype, device) = (self.dtype, &self.device);
+        // Quantized projections of more than 8 rows go through candle's matmul, whose
+        // scratch a graph must not hold (kernels::note_shared_quant_scratch).
+        let quantized = self
+            .layers
+            .first()
+            .is_some_and(|l| l.mlp.down_proj.is_quantized());
+        if self.fused_decode
+            && kernels::graphs_enabled(device)
+            && !(quantized && tokens.len() > kernels::QUANT_MATVEC_ROWS)
+        {
+            let logits = self.graph_decode_step(tokens, rope, state)?;
             for p in state.next_position.iter_mut() {
                 *p += 1;
             }
             return Ok(logits);
         }
-        let (dtype, device) = (self.dtype, &self.device);
         let ids = Tensor::from_vec(tokens.to_vec(), tokens.len(), device)?;
         let embeds = self.embed(&ids)?.unsqueeze(1)?;
         let positions: Vec<[Vec<i64>; 3]> = state
@@ -466,18 +475,31 @@ impl TextModel {
             .collect();
         let (cos, sin) = rope.tables(&positions, dtype, device)?;
         let kv_len = state.caches.first().map_or(0, |c| c.len()) + 1;
-        let mask = attention_mask(&state.pad, 1, kv_len, dtype, device)?;
-        let masking = Masking::Additive(mask.as_ref());
-        let hidden = self.run_layers(embeds, &cos, &sin, masking, &mut state.caches, None)?;
+        let hidden = if self.fused_decode {
+            let pad = state.pad_on_device(device)?;
+            let masking = Masking::FusedDecode {
+                pad: pad.as_ref(),
+                len: CacheLen {
+                    on_device: None,
+                    value: kv_len,
+                },
+            };
+            self.run_layers(embeds, &cos, &sin, masking, &mut state.caches, None)?
+        } else {
+            let mask = attention_mask(&state.pad, 1, kv_len, dtype, device)?;
+            let masking = Masking::Additive(mask.as_ref());
+            self.run_layers(embeds, &cos, &sin, masking, &mut state.caches, None)?
+        };
         for p in state.next_position.iter_mut() {
             *p += 1;
         }
         self.logits(&hidden.squeeze(1)?)
     }
 
-    /// A step through the fused kernels: its inputs written to the step's buffers, then
-    /// the step run eagerly, captured as a CUDA graph (the second step) or replayed.
-    fn fused_decode_step(
+    /// A fused step for CUDA graphs (`VLM_CUDA_GRAPH=1`): its inputs written to the step's
+    /// device buffers, then the step run eagerly (the first), captured as a graph (the
+    /// second) or replayed (the rest).
+    fn graph_decode_step(
         &self,
         tokens: &[u32],
         rope: &MropeTables,
@@ -523,7 +545,7 @@ impl TextModel {
         let body = |caches: &mut [LayerKvCache]| -> Result<Tensor> {
             let embeds = self.embed(&ids)?.unsqueeze(1)?;
             let len = CacheLen {
-                on_device: &len_t,
+                on_device: Some(&len_t),
                 value: len,
             };
             let masking = Masking::FusedDecode {
@@ -533,16 +555,7 @@ impl TextModel {
             let hidden = self.run_layers(embeds, &cos, &sin, masking, caches, None)?;
             self.logits(&hidden.squeeze(1)?)
         };
-        // Quantized projections of more than 8 rows go through candle's matmul, whose
-        // scratch a graph must not hold (kernels::note_shared_quant_scratch).
-        let quantized = self
-            .layers
-            .first()
-            .is_some_and(|l| l.mlp.down_proj.is_quantized());
-        let graphs = kernels::graphs_enabled(device)
-            && !step.no_graph
-            && !(quantized && b > kernels::QUANT_MATVEC_ROWS);
-        if let (true, Some((dims, dtype))) = (graphs, &step.logits) {
+        if let (false, Some((dims, dtype))) = (step.no_graph, &step.logits) {
             let out = Tensor::zeros(dims.as_slice(), *dtype, device)?;
             match StepGraph::capture(device, out, || body(caches)) {
                 Ok(graph) => {
@@ -560,7 +573,7 @@ impl TextModel {
             }
         }
         // The eager step before a capture keeps candle's small uploads for it.
-        let _uploads = graphs.then(|| UploadCache::new(device));
+        let _uploads = (!step.no_graph).then(|| UploadCache::new(device));
         let logits = body(caches)?;
         step.logits = Some((logits.dims().to_vec(), logits.dtype()));
         Ok(logits)
