@@ -89,7 +89,9 @@ impl DeviceChoice {
             Self::Cpu => Ok(Device::Cpu),
             Self::Auto => {
                 if candle_core::utils::cuda_is_available() {
-                    Device::new_cuda(0).or(Ok(Device::Cpu))
+                    let device = Device::new_cuda(0).unwrap_or(Device::Cpu);
+                    keep_pool_memory(&device);
+                    Ok(device)
                 } else {
                     Ok(Device::Cpu)
                 }
@@ -100,13 +102,57 @@ impl DeviceChoice {
                         "this build of vlm has no CUDA support: rebuild with `--features cuda` (Python: pip install with the cuda option), or use device=cpu".into(),
                     ));
                 }
-                Device::new_cuda(n).map_err(|e| {
+                let device = Device::new_cuda(n).map_err(|e| {
                     Error::Device(format!(
                         "cannot open cuda:{n} ({e}); check nvidia-smi and CUDA_VISIBLE_DEVICES"
                     ))
-                })
+                })?;
+                keep_pool_memory(&device);
+                Ok(device)
             }
         }
+    }
+}
+
+/// With `VLM_CUDA_POOL_KEEP=1`, tells the driver to keep the memory that stream-ordered frees
+/// return to the device's pool (candle allocates every tensor with `cuMemAllocAsync`). By
+/// default the pool gives it all back to the OS at each synchronisation, which a decode
+/// step does once per token and the vision tower and prefill allocate hundreds of MB after,
+/// so each of those allocations maps fresh pages. Opt-in until measured on a GPU (predicted:
+/// batch-8 vision and prefill faster; the process then holds its peak, as PyTorch's caching
+/// allocator does). Returns whether the setting took.
+pub fn keep_pool_memory(device: &Device) -> bool {
+    if !std::env::var("VLM_CUDA_POOL_KEEP").is_ok_and(|v| v.trim() == "1") {
+        return false;
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::{result, sys};
+        let Device::Cuda(dev) = device else {
+            return false;
+        };
+        let stream = dev.cuda_stream();
+        let ctx = stream.context();
+        if ctx.bind_to_thread().is_err() {
+            return false;
+        }
+        let mut keep: u64 = u64::MAX;
+        // SAFETY: the device comes from an open context; the attribute takes a u64.
+        unsafe {
+            result::device::get_mem_pool(ctx.cu_device()).is_ok_and(|pool| {
+                result::mem_pool::set_attribute(
+                    pool,
+                    sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    (&mut keep as *mut u64).cast(),
+                )
+                .is_ok()
+            })
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = device;
+        false
     }
 }
 
