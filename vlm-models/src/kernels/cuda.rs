@@ -278,7 +278,8 @@ pub(super) fn write_kv(
     let step = check_step(qkv, bias, cos, sin, k_norm, heads, k_cache, v_cache)?;
     check_len(&len, step.cap, k_cache)?;
     // kv_write_dev reads the length from the device (a captured step), kv_write takes it.
-    let dev_len = if len.on_device.is_some() { "dev_" } else { "" };
+    let captured = len.on_device.is_some();
+    let dev_len = if captured { "dev_" } else { "" };
     let name = format!("kv_write_{dev_len}{}", suffix(step.dtype)?);
     let mut all = step.inputs.to_vec();
     all.push(len.on_device);
@@ -289,7 +290,7 @@ pub(super) fn write_kv(
         let mut a = func.builder();
         push_step(&mut a, p, &step.eps);
         a.arg(&nq).arg(&nkv).arg(&d).arg(&cap);
-        if len.on_device.is_some() {
+        if captured {
             a.arg(&p[7]);
         } else {
             a.arg(&pos);
@@ -333,14 +334,8 @@ pub(super) fn decode_attention(
     let out = empty(k_cache, Shape::from_dims(&[b, heads.q * heads.dim]))?;
     // A captured step's slices follow the capacity, not the length: replays keep the
     // launch shape.
-    let splits = decode_splits(
-        b * heads.q,
-        if len.on_device.is_some() {
-            step.cap
-        } else {
-            len.value
-        },
-    );
+    let captured = len.on_device.is_some();
+    let splits = decode_splits(b * heads.q, if captured { step.cap } else { len.value });
     // Each slice's unnormalised sum, max and total, merged by decode_combine.
     let partial = if splits > 1 {
         let n = b * heads.q * splits * (heads.dim + 2);
@@ -350,7 +345,7 @@ pub(super) fn decode_attention(
         None
     };
     let suffix = suffix(step.dtype)?;
-    let dev_len = if len.on_device.is_some() { "_dev" } else { "" };
+    let dev_len = if captured { "_dev" } else { "" };
     let name = format!("decode_attention_{suffix}_d{}{dev_len}", heads.dim);
     let mut all = step.inputs.to_vec();
     all.extend([pad, Some(&out), partial.as_ref(), len.on_device]);
@@ -362,7 +357,7 @@ pub(super) fn decode_attention(
         push_step(&mut a, p, &step.eps);
         a.arg(&p[7]).arg(&p[8]).arg(&p[9]);
         a.arg(&nq).arg(&nkv).arg(&cap);
-        if len.on_device.is_some() {
+        if captured {
             a.arg(&p[10]);
         } else {
             a.arg(&kv_len);

@@ -129,28 +129,32 @@ impl MropeTables {
     /// flat: after the prompt the three M-RoPE streams agree, so one position per
     /// sequence.
     pub fn step_rows(&self, positions: &[i64]) -> (Vec<f32>, Vec<f32>) {
-        let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(positions.len() * half);
-        let mut sin = Vec::with_capacity(positions.len() * half);
-        for &p in positions {
-            for f in &self.inv_freq {
-                let (s, c) = (p as f32 * f).sin_cos();
-                cos.push(c);
-                sin.push(s);
-            }
-        }
-        (cos, sin)
+        let positions: Vec<[Vec<i64>; 3]> = positions
+            .iter()
+            .map(|&p| [vec![p], vec![p], vec![p]])
+            .collect();
+        self.host_tables(&positions)
     }
 
     /// `positions[b][s][l]` → (cos, sin) `[batch, len, head_dim / 2]`.
-    // `l` indexes whichever of the three streams each slot uses, so it stays an index.
-    #[allow(clippy::needless_range_loop)]
     pub fn tables(
         &self,
         positions: &[[Vec<i64>; 3]],
         dtype: DType,
         device: &Device,
     ) -> Result<(Tensor, Tensor)> {
+        let (cos, sin) = self.host_tables(positions);
+        let len = positions.first().map_or(0, |p| p[0].len());
+        let shape = (positions.len(), len, self.inv_freq.len());
+        let cos = Tensor::from_vec(cos, shape, device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, shape, device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+
+    /// [`Self::tables`] on the host, in f32, flat.
+    // `l` indexes whichever of the three streams each slot uses, so it stays an index.
+    #[allow(clippy::needless_range_loop)]
+    fn host_tables(&self, positions: &[[Vec<i64>; 3]]) -> (Vec<f32>, Vec<f32>) {
         let batch = positions.len();
         let len = positions.first().map_or(0, |p| p[0].len());
         let half = self.inv_freq.len();
@@ -167,10 +171,7 @@ impl MropeTables {
                 }
             }
         }
-        let shape = (batch, len, half);
-        let cos = Tensor::from_vec(cos, shape, device)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, shape, device)?.to_dtype(dtype)?;
-        Ok((cos, sin))
+        (cos, sin)
     }
 }
 
