@@ -11,10 +11,14 @@ use std::process::Command;
 
 /// The kernel sources, each compiled to `$OUT_DIR/<name>.ptx`.
 const KERNEL_FILES: [&str; 3] = ["decode", "vision", "ops"];
+/// Kernels on the tensor cores' mma.sync (compute capability 8.0 and above), built with
+/// the `vlm_flash` cfg set when the target architecture has them.
+const MMA_FILES: [&str; 1] = ["attention"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    for file in KERNEL_FILES {
+    println!("cargo::rustc-check-cfg=cfg(vlm_flash)");
+    for file in KERNEL_FILES.iter().chain(&MMA_FILES) {
         println!("cargo:rerun-if-changed=src/kernels/{file}.cu");
     }
     println!("cargo:rerun-if-changed=src/kernels/common.cuh");
@@ -39,7 +43,12 @@ fn main() {
         .filter(|c| !c.is_empty())
         .unwrap_or_else(|| "80".into());
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for file in KERNEL_FILES {
+    let mma = cap.parse::<u32>().is_ok_and(|c| c >= 80);
+    if mma {
+        println!("cargo:rustc-cfg=vlm_flash");
+    }
+    let files = KERNEL_FILES.iter().chain(MMA_FILES.iter().filter(|_| mma));
+    for file in files {
         let source = format!("src/kernels/{file}.cu");
         let status = Command::new(&nvcc)
             .args(["--ptx", "-O3", "-std=c++17"])

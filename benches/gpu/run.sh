@@ -20,6 +20,8 @@ status=0
 
 CHECKS=${CHECKS:-gpu_check}
 QUANT=${QUANT:-0}
+# Batches of the QUANT=1 runs (QUANT_BATCHES=1: the peak memory of batch 1 alone).
+QUANT_BATCHES=${QUANT_BATCHES:-$BATCHES}
 # model:quantizations to benchmark with QUANT=1 (random real-size weights; "none" = bf16;
 # "int4/int4" = language model / vision tower)
 QUANT_MODELS=${QUANT_MODELS:-"Qwen2.5-VL-7B-Instruct:int8,int4 Qwen2.5-VL-3B-Instruct:none,int4 blip2-opt-2.7b:none,int4"}
@@ -43,24 +45,36 @@ peak_mem() {
   local log=$1; shift
   ( while :; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; sleep 0.05; done ) > "$log.mem" &
   local sampler=$!
-  "$@"; local rc=$?
+  timeout -k 5 "${STEP_TIMEOUT:-300}" "$@"; local rc=$?
   kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
   echo "peak GPU memory used: $(sort -n "$log.mem" | tail -1) MiB" | tee -a "$log"
   rm -f "$log.mem"  # only 8 files come back from the device
   return $rc
 }
 
+# A kernel fault can leave a test binary hung after its panic (run 19 lost a whole call so):
+# every pass has a time limit.
+CHECK_TIMEOUT=${CHECK_TIMEOUT:-180}
+check_pass() {  # dtype log [VAR=value]
+  local dt=$1 log=$2; shift 2
+  for t in $CHECKS; do
+    echo "== GPU check, $t, cuda $dt $*" | tee -a "$log"
+    ( [ $# -gt 0 ] && export "$@"; VLM_TEST_DEVICE=cuda VLM_TEST_DTYPE=$dt VLM_FIXTURES=$PWD/vlm-models/tests/fixtures \
+      timeout -k 5 "$CHECK_TIMEOUT" "/tmp/$t" --test-threads 1 ) >> "$log" 2>&1 || { status=1; echo "FAILED or timed out ($t, $dt $*)" | tee -a "$log"; }
+  done
+  grep -E "== GPU|test result|mismatch|rel err|panicked|FAILED" "$log" | head -40
+}
 if [ "$CHECK" = 1 ]; then
   for dt in f32 bf16 f16; do
     : > "$OUT/check-$dt.log"  # one log per dtype: only 8 files come back from the device
-    for t in $CHECKS; do
-      echo "== GPU check, $t, cuda $dt" | tee -a "$OUT/check-$dt.log"
-      VLM_TEST_DEVICE=cuda VLM_TEST_DTYPE=$dt VLM_FIXTURES=$PWD/vlm-models/tests/fixtures \
-        "/tmp/$t" --test-threads 1 >> "$OUT/check-$dt.log" 2>&1 || status=1
-    done
-    grep -E "== GPU|test result|mismatch|rel err|panicked" "$OUT/check-$dt.log" | head -40
+    check_pass "$dt" "$OUT/check-$dt.log"
   done
 fi
+# CHECK_VARIANTS="VLM_CUDA_GRAPH=1": the f32 check again under each switch (its log joins
+# check-f32.log: only 8 files come back).
+for v in ${CHECK_VARIANTS:-}; do
+  check_pass f32 "$OUT/check-f32.log" "$v"
+done
 
 if [ "$BENCH" = 1 ]; then
   echo "== random $MODEL"
@@ -81,7 +95,8 @@ if [ "$BENCH" = 1 ]; then
       --tokens "$TOKENS" --batches "$BATCHES" --runs "$RUNS" --json "$OUT/hf.json" 2>&1 | grep -v Warning | tee -a "$OUT/hf.log" || status=1
   fi
 fi
-if [ "${PROFILE:-0}" = 1 ] && [ -d /tmp/bench-model ]; then
+if [ "${PROFILE:-0}" = 1 ]; then
+  [ -d /tmp/bench-model ] || python3 benches/gpu/make_random_model.py ".devbin/assets/$MODEL" /tmp/bench-model 2>&1 | tail -2
   # GPU time per kernel over one describe call of PROFILE_TOKENS tokens (vlm-bench starts
   # the CUDA profiler around it); its wall-clock split without ncu is vlm-bench's table.
   ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
@@ -130,25 +145,30 @@ if [ "$QUANT" = 1 ]; then
   for spec in $QUANT_MODELS; do
     name=${spec%%:*}; quants=${spec#*:}
     echo "== random $name" | tee -a "$OUT/quant.log"
-    python3 benches/gpu/make_random_model.py ".devbin/assets/$name" "/tmp/rand-$name" 2>&1 | tail -1 | tee -a "$OUT/quant.log"
+    src=/tmp/rand-$name
+    if [ "$name" = "$MODEL" ] && [ -d /tmp/bench-model ]; then
+      src=/tmp/bench-model  # BENCH=1 wrote this model's checkpoint already (~40 s saved)
+    else
+      python3 benches/gpu/make_random_model.py ".devbin/assets/$name" "$src" 2>&1 | tail -1 | tee -a "$OUT/quant.log"
+    fi
     for q in ${quants//,/ }; do
       # "int4/int4": the language model's quantization / the vision tower's.
       vision=(); case $q in */*) vision=(--vision-quant "${q#*/}"); q=${q%%/*} ;; esac
       save=(); [ "$q" != none ] && save=(--save-quantized "/tmp/q-$name-$q")
       echo "== vlm-bench $name quant=$q ${vision[*]}" | tee -a "$OUT/quant.log"
-      peak_mem "$OUT/quant.log" /tmp/vlm-bench --model "/tmp/rand-$name" --quant "$q" "${vision[@]}" "${save[@]}" \
-        --tokens "$TOKENS" --batches "$BATCHES" --runs 2 2>&1 | grep -v "^|---" | tee -a "$OUT/quant.log" || status=1
+      peak_mem "$OUT/quant.log" /tmp/vlm-bench --model "$src" --quant "$q" "${vision[@]}" "${save[@]}" \
+        --tokens "$TOKENS" --batches "$QUANT_BATCHES" --runs 2 2>&1 | grep -v "^|---" | tee -a "$OUT/quant.log" || status=1
       # QUANT_VARIANTS="VLM_CUDA_GRAPH=1": the saved folder again with each switch (one call,
       # one card, the same quantized weights).
       for v in ${QUANT_VARIANTS:-}; do
         [ "$q" != none ] || continue
         echo "== vlm-bench $name quant=$q ${vision[*]}, $v" | tee -a "$OUT/quant.log"
         ( export "${v?}"; peak_mem "$OUT/quant.log" /tmp/vlm-bench --model "/tmp/q-$name-$q" \
-          --tokens "$TOKENS" --batches "$BATCHES" --runs 2 2>&1 | grep -v "^|---" | tee -a "$OUT/quant.log" ) || status=1
+          --tokens "$TOKENS" --batches "$QUANT_BATCHES" --runs 2 2>&1 | grep -v "^|---" | tee -a "$OUT/quant.log" ) || status=1
       done
       rm -rf "/tmp/q-$name-$q"
     done
-    rm -rf "/tmp/rand-$name"
+    [ "$src" = /tmp/bench-model ] || rm -rf "$src"
   done
 fi
 exit $status

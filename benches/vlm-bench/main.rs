@@ -71,12 +71,19 @@ struct Args {
     /// Photos in the profiled call (one batch).
     #[arg(long, default_value_t = 1)]
     profile_batch: usize,
+    /// Per batch size above 1, also time a library of this many batches through
+    /// `generate_batches`, which prepares each batch while the device runs the one
+    /// before (0: not measured).
+    #[arg(long, default_value_t = 4)]
+    library_batches: usize,
 }
 
 /// One throughput row: a batch's photos/s and its wall time split as `Timings` does
 /// (preprocess, image encode, prefill, decode; ms for the whole batch).
 struct BatchRow {
     batch: usize,
+    /// Batches run one after another through `generate_batches` (1: one batch alone).
+    batches: usize,
     photos_per_s: f64,
     split_ms: [f64; 4],
 }
@@ -211,6 +218,7 @@ fn main() -> vlm_core::Result<()> {
     // Per batch: photos/s and where the batch's wall time went (one `Timings` per batch).
     let mut rows = vec![BatchRow {
         batch: 1,
+        batches: 1,
         photos_per_s: 1.0 / per_photo_s,
         split_ms: [
             preprocess_ms,
@@ -229,6 +237,7 @@ fn main() -> vlm_core::Result<()> {
         let tm = &outs[0].timings;
         rows.push(BatchRow {
             batch: b,
+            batches: 1,
             photos_per_s: b as f64 / wall,
             split_ms: [
                 ms(tm.preprocess),
@@ -237,6 +246,28 @@ fn main() -> vlm_core::Result<()> {
                 ms(tm.decode),
             ],
         });
+        // A library: every batch after the first is prepared while the one before runs.
+        let k = args.library_batches;
+        if k > 0 {
+            let library: Vec<Request> = (0..b * k).map(|_| request.clone()).collect();
+            let t = Instant::now();
+            let outs = model.generate_batches(&library, b, &mut |_| {})?;
+            let wall = t.elapsed().as_secs_f64();
+            assert!(outs.iter().all(|g| g.token_ids.len() == args.tokens));
+            // The split of the last batch: its preprocessing overlapped the batch before.
+            let tm = &outs[outs.len() - 1].timings;
+            rows.push(BatchRow {
+                batch: b,
+                batches: k,
+                photos_per_s: library.len() as f64 / wall,
+                split_ms: [
+                    ms(tm.preprocess),
+                    ms(tm.image_encode),
+                    ms(tm.prefill),
+                    ms(tm.decode),
+                ],
+            });
+        }
     }
 
     let graphs = vlm_models::kernels::graph_stats();
@@ -258,9 +289,13 @@ fn main() -> vlm_core::Result<()> {
     println!("|---|---|---|---|---|---|---|");
     for r in &rows {
         let [pre, img, fill, dec] = r.split_ms;
+        let batch = if r.batches > 1 {
+            format!("{} × {} (pipelined)", r.batch, r.batches)
+        } else {
+            r.batch.to_string()
+        };
         println!(
-            "| {} | {:.2} | {:.3} | {pre:.1} | {img:.1} | {fill:.1} | {dec:.1} |",
-            r.batch,
+            "| {batch} | {:.2} | {:.3} | {pre:.1} | {img:.1} | {fill:.1} | {dec:.1} |",
             r.photos_per_s,
             args.price_per_hour * 1000.0 / r.photos_per_s / 3600.0
         );
@@ -274,7 +309,7 @@ fn main() -> vlm_core::Result<()> {
             "per_photo_runs_s": walls, "preprocess_ms": preprocess_ms, "image_encode_ms": image_ms, "prefill_ms": prefill_ms,
             "decode_tokens_per_s": decode_tps,
             "throughput": rows.iter().map(|r| serde_json::json!({
-                "batch": r.batch, "photos_per_s": r.photos_per_s,
+                "batch": r.batch, "batches": r.batches, "photos_per_s": r.photos_per_s,
                 "preprocess_ms": r.split_ms[0], "image_encode_ms": r.split_ms[1],
                 "prefill_ms": r.split_ms[2], "decode_ms": r.split_ms[3],
             })).collect::<Vec<_>>(),

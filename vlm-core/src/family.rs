@@ -6,10 +6,10 @@ use std::time::Duration;
 use candle_core::Tensor;
 use tokenizers::Tokenizer;
 
-use crate::generate::run_generation;
+use crate::generate::{run_generation, run_prepared, Prepared};
 use crate::{
-    Error, Generation, GenerationDefaults, GenerationOptions, Image, Language, ModelInfo, Request,
-    Result, VisionLanguageModel,
+    Error, Generation, GenerationDefaults, GenerationOptions, Image, Language, ModelInfo,
+    PreparedBatch, Request, Result, VisionLanguageModel,
 };
 
 /// What `prefill` returns.
@@ -27,7 +27,7 @@ pub struct PrefillOutput<S> {
 /// forward passes.
 pub trait Family: Send + Sync + 'static {
     /// One prepared sequence (tokens, preprocessed images, positions).
-    type Inputs: Send;
+    type Inputs: Send + 'static;
     /// Mutable state of one batch being generated.
     type State: Send;
 
@@ -126,6 +126,29 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
             return Ok(vec![]);
         }
         run_generation(&self.0, requests, None)
+    }
+
+    fn prepare_batch(&self, requests: Vec<Request>) -> Result<PreparedBatch> {
+        let inputs: Prepared<F> = Prepared::new(&self.0, &requests)?;
+        Ok(PreparedBatch {
+            requests,
+            inputs: Box::new(inputs),
+        })
+    }
+
+    fn run_batch(&self, batch: PreparedBatch) -> Result<Vec<Generation>> {
+        let PreparedBatch { requests, inputs } = batch;
+        let inputs = inputs.downcast::<Prepared<F>>().map_err(|_| {
+            Error::Generation(
+                "this batch was prepared by a model of another family: run it with the model \
+                 whose prepare_batch made it"
+                    .into(),
+            )
+        })?;
+        if requests.is_empty() {
+            return Ok(vec![]);
+        }
+        run_prepared(&self.0, &requests, *inputs, None)
     }
 
     fn describe_request(&self, image: &Image, options: &GenerationOptions) -> Result<Request> {

@@ -1,6 +1,6 @@
 //! The one generation loop: prepare → prefill → pick → decode step → stop → text.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Tensor};
 
@@ -35,15 +35,52 @@ impl Sequence<'_> {
 pub fn run_generation<F: Family>(
     family: &F,
     requests: &[Request],
+    on_text: Option<&mut dyn FnMut(&str)>,
+) -> Result<Vec<Generation>> {
+    let prepared = Prepared::new(family, requests)?;
+    run_prepared(family, requests, prepared, on_text)
+}
+
+/// A batch's requests after `Family::prepare` (the CPU part: templates, tokens, image
+/// preprocessing), ready for the device.
+pub struct Prepared<F: Family> {
+    inputs: Vec<F::Inputs>,
+    time: Duration,
+}
+
+impl<F: Family> Prepared<F> {
+    /// Prepares every request (see [`prepare_all`]), timed.
+    pub fn new(family: &F, requests: &[Request]) -> Result<Self> {
+        let t = Instant::now();
+        let inputs = prepare_all(family, requests)?;
+        Ok(Self {
+            inputs,
+            time: t.elapsed(),
+        })
+    }
+}
+
+/// Runs a batch prepared from `requests` (which give each sequence its options).
+pub fn run_prepared<F: Family>(
+    family: &F,
+    requests: &[Request],
+    prepared: Prepared<F>,
     mut on_text: Option<&mut dyn FnMut(&str)>,
 ) -> Result<Vec<Generation>> {
     let defaults = family.generation_defaults();
     let info = family.info();
     let tokenizer = family.tokenizer();
-
-    let t_prepare = Instant::now();
-    let prepared = prepare_all(family, requests)?;
-    let prepare_time = t_prepare.elapsed();
+    let Prepared {
+        inputs: prepared,
+        time: prepare_time,
+    } = prepared;
+    if prepared.len() != requests.len() {
+        return Err(Error::Generation(format!(
+            "{} prepared inputs for {} requests",
+            prepared.len(),
+            requests.len()
+        )));
+    }
     let mut inputs = Vec::with_capacity(requests.len());
     let mut seqs = Vec::with_capacity(requests.len());
     for (i, (request, prepared)) in requests.iter().zip(prepared).enumerate() {

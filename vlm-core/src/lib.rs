@@ -34,7 +34,7 @@ pub use device::{DTypeChoice, DeviceChoice};
 pub use error::{Error, ErrorKind, Result};
 pub use family::{Family, FamilyModel, PrefillOutput};
 pub use image::{Image, ImageError, ImageLimits};
-pub use model::{ModelInfo, VisionLanguageModel};
+pub use model::{ModelInfo, PreparedBatch, VisionLanguageModel};
 pub use options::{GenerationDefaults, GenerationOptions, Language, Sampling};
 pub use quant::Quantization;
 pub use request::{Content, FinishReason, Generation, Message, Prompt, Request, Role, Timings};

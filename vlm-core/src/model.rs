@@ -1,7 +1,10 @@
 //! The public face of every model: [`VisionLanguageModel`].
 
+use std::any::Any;
+
 use crate::{
-    DTypeChoice, DeviceChoice, Generation, GenerationOptions, Image, Quantization, Request, Result,
+    DTypeChoice, DeviceChoice, Error, Generation, GenerationOptions, Image, Quantization, Request,
+    Result,
 };
 
 /// How to load a model.
@@ -83,6 +86,47 @@ pub trait VisionLanguageModel: Send + Sync {
     /// one-at-a-time generation gives.
     fn generate_batch(&self, requests: &[Request]) -> Result<Vec<Generation>>;
 
+    /// The CPU half of [`Self::generate_batch`]: chat templates, tokens and image
+    /// preprocessing. Its result runs with [`Self::run_batch`]; preparing the next batch on
+    /// another thread while the device runs this one keeps the GPU busy
+    /// ([`Self::generate_batches`] does so).
+    fn prepare_batch(&self, requests: Vec<Request>) -> Result<PreparedBatch>;
+
+    /// Runs a batch from [`Self::prepare_batch`] of this model.
+    fn run_batch(&self, batch: PreparedBatch) -> Result<Vec<Generation>>;
+
+    /// Runs many requests, `batch_size` per forward pass, each batch prepared on another
+    /// thread while the device runs the one before; `on_done(n)` is called as each batch
+    /// finishes with the number of requests done so far. Results are in request order.
+    fn generate_batches(
+        &self,
+        requests: &[Request],
+        batch_size: usize,
+        on_done: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Generation>> {
+        let mut chunks = requests.chunks(batch_size.max(1)).map(<[Request]>::to_vec);
+        let mut out = Vec::with_capacity(requests.len());
+        std::thread::scope(|scope| {
+            let mut next = chunks.next().map(|c| self.prepare_batch(c)).transpose()?;
+            while let Some(batch) = next.take() {
+                let worker = chunks
+                    .next()
+                    .map(|c| scope.spawn(move || self.prepare_batch(c)));
+                let done = self.run_batch(batch);
+                // Joined before any error returns: the worker's batch is dropped with it.
+                let prepared = worker.map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(Error::Generation("preparing a batch panicked".into()))
+                    })
+                });
+                out.extend(done?);
+                on_done(out.len());
+                next = prepared.transpose()?;
+            }
+            Ok(out)
+        })
+    }
+
     /// The request `describe` runs (the family's wording in `options.language`).
     fn describe_request(&self, image: &Image, options: &GenerationOptions) -> Result<Request>;
 
@@ -139,16 +183,42 @@ pub trait VisionLanguageModel: Send + Sync {
         batch_size: usize,
         on_done: &mut dyn FnMut(usize),
     ) -> Result<Vec<String>> {
-        let batch_size = batch_size.max(1);
-        let mut out = Vec::with_capacity(images.len());
-        for chunk in images.chunks(batch_size) {
-            let requests = chunk
-                .iter()
-                .map(|img| self.describe_request(img, options))
-                .collect::<Result<Vec<_>>>()?;
-            out.extend(self.generate_batch(&requests)?.into_iter().map(|g| g.text));
-            on_done(out.len());
-        }
-        Ok(out)
+        let requests = images
+            .iter()
+            .map(|img| self.describe_request(img, options))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self
+            .generate_batches(&requests, batch_size, on_done)?
+            .into_iter()
+            .map(|g| g.text)
+            .collect())
+    }
+}
+
+/// Requests whose CPU work is done ([`VisionLanguageModel::prepare_batch`]), waiting for
+/// the device ([`VisionLanguageModel::run_batch`] of the same model).
+pub struct PreparedBatch {
+    pub(crate) requests: Vec<Request>,
+    /// The family's prepared inputs (`generate::Prepared<F>`).
+    pub(crate) inputs: Box<dyn Any + Send>,
+}
+
+impl PreparedBatch {
+    /// How many requests the batch holds.
+    pub fn len(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Whether the batch holds no request.
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+}
+
+impl std::fmt::Debug for PreparedBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedBatch")
+            .field("requests", &self.requests.len())
+            .finish_non_exhaustive()
     }
 }

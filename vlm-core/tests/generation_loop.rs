@@ -208,6 +208,65 @@ fn batch_sequences_finish_independently_and_match_single_runs() {
 }
 
 #[test]
+fn batches_prepared_ahead_give_what_each_batch_gives_in_order() {
+    let m = model(1000);
+    let scripts = ["a b", "b c d", "c <eos>", "d d d", "a"];
+    let requests: Vec<Request> = scripts
+        .iter()
+        .map(|s| Request::raw(vec![], *s, GenerationOptions::greedy(3)))
+        .collect();
+    let mut done = Vec::new();
+    let got = m
+        .generate_batches(&requests, 2, &mut |n| done.push(n))
+        .unwrap();
+    assert_eq!(done, vec![2, 4, 5]);
+    let expected: Vec<Vec<u32>> = requests
+        .chunks(2)
+        .flat_map(|c| m.generate_batch(c).unwrap())
+        .map(|g| g.token_ids)
+        .collect();
+    assert_eq!(
+        got.iter().map(|g| g.token_ids.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    assert_eq!(got[2].token_ids, vec![2]);
+    assert!(m.generate_batches(&[], 2, &mut |_| {}).unwrap().is_empty());
+}
+
+#[test]
+fn a_batch_that_fails_to_prepare_stops_the_run_after_the_batches_before_it() {
+    let m = model(1000);
+    let mut requests: Vec<Request> = (0..4)
+        .map(|_| Request::raw(vec![], "a b", GenerationOptions::greedy(2)))
+        .collect();
+    // The scripted family prepares raw prompts only.
+    requests[3] = Request::chat(vec![], "hello", GenerationOptions::greedy(2));
+    let mut done = Vec::new();
+    let err = m
+        .generate_batches(&requests, 2, &mut |n| done.push(n))
+        .unwrap_err();
+    assert!(err.to_string().contains("raw prompts"), "{err}");
+    assert_eq!(
+        done,
+        vec![2],
+        "the first batch ran while the second was prepared"
+    );
+}
+
+#[test]
+fn a_prepared_batch_runs_as_generate_would() {
+    let m = model(1000);
+    let requests = vec![Request::raw(vec![], "b a", GenerationOptions::greedy(2))];
+    let batch = m.prepare_batch(requests.clone()).unwrap();
+    assert_eq!(batch.len(), 1);
+    let ran = m.run_batch(batch).unwrap();
+    assert_eq!(
+        ran[0].token_ids,
+        m.generate(&requests[0]).unwrap().token_ids
+    );
+}
+
+#[test]
 fn streamed_pieces_add_up_to_the_text() {
     let m = model(1000);
     let mut pieces = Vec::new();

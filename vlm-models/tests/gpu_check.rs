@@ -4,6 +4,10 @@
 //! 64 MiB a lent GPU machine carries, so the check and the benchmarks run in one call.
 //! Built only with the `cuda` feature; on the CPU each file runs as its own test target.
 
+// Each file declares `mod common` for its own target; gathered here, common/mod.rs is
+// loaded once per file, which is what those files need.
+#![allow(clippy::duplicate_mod)]
+
 #[path = "blip2_parity.rs"]
 mod blip2_parity;
 #[path = "kernels.rs"]

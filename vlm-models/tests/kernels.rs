@@ -526,6 +526,205 @@ fn run_vision(heads: usize, d: usize, lengths: &[usize], dtype: DType, tol: f32)
         ranges.len()
     );
     assert!(eo < tol, "segment_attention {what}: {eo} (tolerance {tol})");
+    if kernels::flash_applies(&dev, dtype, d) {
+        let got = f32s(&kernels::segment_flash_attention(&q, &k, &v, &segments).unwrap());
+        let ef = max_rel_err(&got, &want_out);
+        println!("segment_flash_attention {what}: {ef:.2e}");
+        assert!(
+            ef < tol,
+            "segment_flash_attention {what}: {ef} (tolerance {tol})"
+        );
+    }
+}
+
+/// Softmax attention within `ranges` of q (scaled), k, v `[heads, n, d]`, in f32:
+/// `[n, heads, d]`.
+fn segment_reference(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    heads: usize,
+    n: usize,
+    d: usize,
+    ranges: &[(usize, usize)],
+) -> Vec<f32> {
+    let mut out = vec![0f32; n * heads * d];
+    for &(start, end) in ranges {
+        for h in 0..heads {
+            let row = |t: &[f32], r: usize| -> Vec<f32> {
+                t[(h * n + r) * d..(h * n + r + 1) * d].to_vec()
+            };
+            for i in start..end {
+                let qi = row(q, i);
+                let scores: Vec<f32> = (start..end)
+                    .map(|j| row(k, j).iter().zip(&qi).map(|(a, b)| a * b).sum())
+                    .collect();
+                let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = scores.iter().map(|x| (x - m).exp()).collect();
+                let z: f32 = e.iter().sum();
+                for (w, j) in e.iter().zip(start..end) {
+                    for c in 0..d {
+                        out[(i * heads + h) * d + c] += w / z * v[(h * n + j) * d + c];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The flash kernel over whole images (segments longer than a block's 64 rows and
+/// not multiples of it), at the head sizes of Qwen2/2.5-VL (80) and Qwen3-VL (72).
+fn run_segment_flash(heads: usize, d: usize, lengths: &[usize], dtype: DType, tol: f32) {
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    let n: usize = lengths.iter().sum();
+    let ranges = segments_of(lengths);
+    let t = |seed: u64, scale: f32| {
+        let v: Vec<f32> = values(heads * n * d, seed)
+            .iter()
+            .map(|x| x * scale)
+            .collect();
+        Tensor::from_vec(v, (heads, n, d), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    };
+    // Scores of a few units: softmax rows that are neither flat nor one-hot.
+    let (q, k, v) = (t(31, 0.6), t(32, 0.6), t(33, 1.0));
+    let want = segment_reference(&f32s(&q), &f32s(&k), &f32s(&v), heads, n, d, &ranges);
+    let segments = kernels::Segments::new(&ranges, &dev).unwrap();
+    let got = f32s(&kernels::segment_flash_attention(&q, &k, &v, &segments).unwrap());
+    let e = max_rel_err(&got, &want);
+    println!("segment_flash_attention {dtype:?} heads={heads} d={d} lengths={lengths:?}: {e:.2e}");
+    assert!(
+        e < tol,
+        "segment_flash_attention {dtype:?} d={d} {lengths:?}: {e} (tolerance {tol})"
+    );
+}
+
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn segment_flash_attention_matches_the_reference() {
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    for (dtype, tol) in [(DType::BF16, 2e-2), (DType::F16, 3e-3)] {
+        if !kernels::flash_applies(&dev, dtype, 80) {
+            println!("flash attention not built for this card: skipped");
+            return;
+        }
+        // A whole 1024×768 photo (3996 patches) next to a small one, and odd lengths.
+        run_segment_flash(2, 80, &[3996, 130], dtype, tol);
+        run_segment_flash(3, 72, &[1, 64, 65, 200], dtype, tol);
+        run_segment_flash(2, 16, &[7, 129], dtype, tol);
+    }
+}
+
+/// One prefill through [`kernels::prefill_flash_attention`] against an f32 reference: `b`
+/// sequences of `l` queries after `offset` cached positions, padding `pad`, GQA `heads` over
+/// `kv_heads`, K/V read as views of a cache with room for `cap` positions.
+#[allow(clippy::too_many_arguments)]
+fn run_prefill_flash(
+    b: usize,
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+    l: usize,
+    offset: usize,
+    pad: &[u32],
+    dtype: DType,
+    tol: f32,
+) {
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    let kv_len = offset + l;
+    let cap = kv_len + 24;
+    let q_vals: Vec<f32> = values(b * heads * l * d, 41)
+        .iter()
+        .map(|x| x * 0.6)
+        .collect();
+    let q = Tensor::from_vec(q_vals, (b, heads, l, d), &dev)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
+    let cache = |seed: u64, scale: f32| {
+        let v: Vec<f32> = values(b * kv_heads * cap * d, seed)
+            .iter()
+            .map(|x| x * scale)
+            .collect();
+        Tensor::from_vec(v, (b, kv_heads, cap, d), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    };
+    let (kc, vc) = (cache(42, 0.6), cache(43, 1.0));
+    let (k, v) = (
+        kc.narrow(2, 0, kv_len).unwrap(),
+        vc.narrow(2, 0, kv_len).unwrap(),
+    );
+    let pad_t = pad
+        .iter()
+        .any(|&p| p > 0)
+        .then(|| Tensor::new(pad, &dev).unwrap());
+    let got = f32s(&kernels::prefill_flash_attention(&q, &k, &v, pad_t.as_ref()).unwrap());
+
+    let (qs, ks, vs) = (f32s(&q), f32s(&kc), f32s(&vc));
+    let rep = heads / kv_heads;
+    let mut want = vec![0f32; b * l * heads * d];
+    let mut visible_rows = 0;
+    for s in 0..b {
+        for h in 0..heads {
+            let hk = h / rep;
+            for i in 0..l {
+                let lo = pad[s] as usize;
+                let hi = offset + i; // inclusive
+                if lo > hi {
+                    continue; // a padding query sees nothing: zeros
+                }
+                visible_rows += 1;
+                let qi = &qs[((s * heads + h) * l + i) * d..][..d];
+                let key = |t: &[f32], j: usize| -> Vec<f32> {
+                    t[((s * kv_heads + hk) * cap + j) * d..][..d].to_vec()
+                };
+                let scores: Vec<f32> = (lo..=hi)
+                    .map(|j| key(&ks, j).iter().zip(qi).map(|(a, b)| a * b).sum())
+                    .collect();
+                let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = scores.iter().map(|x| (x - m).exp()).collect();
+                let z: f32 = e.iter().sum();
+                for (w, j) in e.iter().zip(lo..=hi) {
+                    let vj = key(&vs, j);
+                    for c in 0..d {
+                        want[((s * l + i) * heads + h) * d + c] += w / z * vj[c];
+                    }
+                }
+            }
+        }
+    }
+    assert!(visible_rows > 0);
+    let e = max_rel_err(&got, &want);
+    let what =
+        format!("{dtype:?} b={b} heads={heads}/{kv_heads} d={d} l={l} offset={offset} pad={pad:?}");
+    println!("prefill_flash_attention {what}: {e:.2e}");
+    assert!(
+        e < tol,
+        "prefill_flash_attention {what}: {e} (tolerance {tol})"
+    );
+}
+
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn prefill_flash_attention_matches_the_reference() {
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    for (dtype, tol) in [(DType::BF16, 2e-2), (DType::F16, 3e-3)] {
+        if !kernels::flash_applies(&dev, dtype, 128) {
+            println!("flash attention not built for this card: skipped");
+            return;
+        }
+        // Qwen2.5-VL-7B's 28 query heads over 4 kv heads, one sequence of 150 tokens.
+        run_prefill_flash(1, 28, 4, 128, 150, 0, &[0], dtype, tol);
+        // A padded batch after cached positions (a second turn); a pad longer than a tile.
+        run_prefill_flash(3, 4, 2, 128, 100, 5, &[0, 7, 70], dtype, tol);
+        // The tiny fixtures' head size.
+        run_prefill_flash(2, 4, 2, 16, 33, 0, &[3, 0], dtype, tol);
+    }
 }
 
 #[test]

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use vlm_core::model::LoadOptions;
-use vlm_core::{DTypeChoice, DeviceChoice, Quantization, VisionLanguageModel};
+use vlm_core::{DTypeChoice, DeviceChoice, PreparedBatch, Quantization, VisionLanguageModel};
 
 use crate::convert::{
     decode_all, generation_options, image_source, image_sources, prompt_arg, reject_single_image,
     single_image, ImageSource,
 };
-use crate::errors::{invalid_option, to_pyerr, without_gil};
+use crate::errors::{catch, invalid_option, panic_message, to_pyerr, without_gil, Failure};
 use crate::stream::{StreamJob, TextStream};
 use crate::types::{info_dict, PyGeneration};
 
@@ -281,7 +281,8 @@ impl Model {
 
     /// Describes many photos, batch_size per forward pass; returns the descriptions in
     /// order. images: any iterable of images (e.g. sorted(Path("photos").glob("*.jpg"))),
-    /// decoded batch_size at a time. progress=True shows a tqdm bar when tqdm is installed.
+    /// decoded batch_size at a time: the next batch is decoded and preprocessed while the
+    /// model runs the current one. progress=True shows a tqdm bar when tqdm is installed.
     #[pyo3(signature = (images, batch_size=8, progress=false, *, language=None, **gen))]
     fn describe_batch(
         &self,
@@ -306,28 +307,54 @@ impl Model {
         let mut items = images.try_iter()?;
         let mut out = Vec::with_capacity(total.unwrap_or(0));
         let model = &*self.inner;
-        loop {
-            // Only one batch of images is decoded at a time: a folder of 10,000 photos
-            // never sits in memory as pixels.
-            let chunk = items
+        // Only one batch of images beyond the running one is decoded at a time: a folder of
+        // 10,000 photos never sits in memory as pixels.
+        let mut next_chunk = || -> PyResult<Vec<ImageSource>> {
+            items
                 .by_ref()
                 .take(batch_size)
                 .map(|item| image_source(&item?))
-                .collect::<PyResult<Vec<ImageSource>>>()?;
-            if chunk.is_empty() {
-                break;
-            }
-            let n = chunk.len();
-            let texts = without_gil(py, || {
-                let images = decode_all(chunk)?;
-                Ok(model.describe_batch(&images, &options, batch_size, &mut |_| {})?)
+                .collect()
+        };
+        // The CPU work of a batch (file decoding, chat template, image preprocessing), done
+        // on another thread while the device runs the batch before it.
+        let prepare = |sources: Vec<ImageSource>| -> Result<PreparedBatch, Failure> {
+            let requests = decode_all(sources)?
+                .iter()
+                .map(|image| model.describe_request(image, &options))
+                .collect::<vlm_core::Result<Vec<_>>>()?;
+            Ok(model.prepare_batch(requests)?)
+        };
+        let first = next_chunk()?;
+        let mut current = if first.is_empty() {
+            None
+        } else {
+            Some(without_gil(py, || prepare(first))?)
+        };
+        while let Some(batch) = current.take() {
+            let n = batch.len();
+            let sources = next_chunk()?;
+            let (texts, next) = without_gil(py, || {
+                Ok(std::thread::scope(|scope| {
+                    let worker =
+                        (!sources.is_empty()).then(|| scope.spawn(|| catch(|| prepare(sources))));
+                    let texts = model.run_batch(batch);
+                    let next = worker.map(|w| {
+                        w.join().unwrap_or_else(|payload| {
+                            Err(Failure::Panic(panic_message(payload.as_ref())))
+                        })
+                    });
+                    (texts, next)
+                }))
             })?;
-            out.extend(texts);
+            let texts = parse(py, texts)?;
+            out.extend(texts.into_iter().map(|g| g.text));
             if let Some(bar) = &bar {
                 bar.update(py, n)?;
             }
             // Ctrl-C between batches.
             py.check_signals()?;
+            current = next.transpose().map_err(|f| to_pyerr(py, f))?;
         }
         Ok(out)
     }

@@ -292,6 +292,9 @@ def test_describe_batch_argument_errors(qwen25, photo):
         qwen25.describe_batch([photo], batch_size=0)
     with pytest.raises(vlm.ImageNotFoundError):
         qwen25.describe_batch([photo, photo.with_name("missing.png")])
+    # Found while the batch before it runs (each batch is read ahead), raised all the same.
+    with pytest.raises(vlm.ImageNotFoundError):
+        qwen25.describe_batch([photo, photo, photo.with_name("missing.png")], batch_size=1, max_new_tokens=2)
 
 
 def test_describe_takes_one_image(qwen25, photo):

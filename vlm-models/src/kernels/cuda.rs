@@ -18,6 +18,10 @@ const VISION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/vision.ptx"));
 const VISION_MODULE: &str = "vlm_vision";
 const OPS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/ops.ptx"));
 const OPS_MODULE: &str = "vlm_ops";
+#[cfg(vlm_flash)]
+const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
+#[cfg(vlm_flash)]
+const ATTENTION_MODULE: &str = "vlm_attention";
 
 pub(super) fn suffix(dtype: DType) -> Result<&'static str> {
     Ok(match dtype {
@@ -61,12 +65,22 @@ pub(super) fn with_addresses<R>(
     tensors: &[Option<&Tensor>],
     launch: impl FnOnce(&CudaDevice, &[u64]) -> Result<R>,
 ) -> Result<R> {
+    with_addresses_of(tensors, true, launch)
+}
+
+/// [`with_addresses`]; with `contiguous` false, a strided tensor's address is that of its
+/// first element (the kernel takes its strides).
+fn with_addresses_of<R>(
+    tensors: &[Option<&Tensor>],
+    contiguous: bool,
+    launch: impl FnOnce(&CudaDevice, &[u64]) -> Result<R>,
+) -> Result<R> {
     let locked = tensors
         .iter()
         .map(|t| {
             t.map(|t| {
                 let (storage, layout) = t.storage_and_layout();
-                if !layout.is_contiguous() {
+                if contiguous && !layout.is_contiguous() {
                     bail!("fused kernel input {:?} is not contiguous", t.shape());
                 }
                 Ok((storage, layout.start_offset()))
@@ -715,4 +729,207 @@ pub(super) fn gated_silu(
         },
     )?;
     Ok(out)
+}
+
+/// Strides (elements) of a `[sequence, head, row, d]` operand of the flash kernel.
+#[cfg(vlm_flash)]
+type FlashStrides = [i64; 3];
+
+/// The strides of `t`'s three leading dims (`[a, b, rows, d]` or, with `a` absent, `[b,
+/// rows, d]`), checked for the kernel's 16-byte loads: d contiguous, every stride and the
+/// start a multiple of 8 elements.
+#[cfg(vlm_flash)]
+fn flash_strides(t: &Tensor, name: &str) -> Result<FlashStrides> {
+    let layout = t.layout();
+    let stride = layout.stride();
+    let dims = t.dims();
+    let aligned = stride.last() == Some(&1)
+        && layout.start_offset() % 8 == 0
+        && stride[..stride.len() - 1].iter().all(|s| s % 8 == 0)
+        && dims.last().is_some_and(|d| d % 8 == 0);
+    if !aligned {
+        bail!(
+            "flash attention: {name} {:?} (strides {stride:?}) is not laid out in rows of whole 16-byte chunks",
+            t.shape()
+        );
+    }
+    Ok(match stride.len() {
+        4 => [stride[0] as i64, stride[1] as i64, stride[2] as i64],
+        3 => [0, stride[0] as i64, stride[1] as i64],
+        r => bail!("flash attention: {name} has rank {r}, not 3 or 4"),
+    })
+}
+
+/// The padded head size the flash kernels are instantiated for.
+#[cfg(vlm_flash)]
+fn flash_width(d: usize) -> Result<usize> {
+    Ok(match d {
+        1..=64 => 64,
+        65..=80 => 80,
+        81..=128 => 128,
+        _ => bail!("flash attention takes head sizes up to 128, not {d}"),
+    })
+}
+
+/// What one flash launch reads besides its tensors.
+#[cfg(vlm_flash)]
+struct FlashLaunch {
+    grid: (u32, u32, u32),
+    q_len: i32,
+    kv_len: i32,
+    rep: i32,
+    causal: bool,
+    d: usize,
+    strides: [FlashStrides; 4],
+}
+
+#[cfg(vlm_flash)]
+fn launch_flash(tensors: [Option<&Tensor>; 6], spec: FlashLaunch) -> Result<()> {
+    let dtype = tensors[0].map(|t| t.dtype()).unwrap_or(DType::F32);
+    if !matches!(dtype, DType::BF16 | DType::F16) {
+        bail!("flash attention runs in bf16 or f16, not {dtype:?}");
+    }
+    let name = format!(
+        "flash_attention_{}_d{}",
+        suffix(dtype)?,
+        flash_width(spec.d)?
+    );
+    with_addresses_of(&tensors, false, |dev, p| {
+        let func = dev.get_or_load_custom_func(&name, ATTENTION_MODULE, ATTENTION_PTX)?;
+        let (causal, d, scale) = (i32::from(spec.causal), spec.d as i32, 1f32);
+        let mut a = func.builder();
+        for ptr in p {
+            a.arg(ptr);
+        }
+        a.arg(&spec.q_len)
+            .arg(&spec.kv_len)
+            .arg(&spec.rep)
+            .arg(&causal)
+            .arg(&d)
+            .arg(&scale);
+        for s in &spec.strides {
+            a.arg(&s[0]).arg(&s[1]).arg(&s[2]);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: spec.grid,
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match the kernel's signature; the strides and head size were
+        // checked for its loads, the grid covers only rows that exist.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok(())
+    })
+}
+
+#[cfg(vlm_flash)]
+pub(super) fn segment_flash_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    segments: &super::Segments,
+) -> Result<Tensor> {
+    let (heads, n, d) = q.dims3()?;
+    if k.shape() != q.shape() || v.shape() != q.shape() {
+        bail!(
+            "segment_flash_attention: q {:?}, k {:?} and v {:?} differ",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        );
+    }
+    if segments.rows != n {
+        bail!(
+            "segment_flash_attention: the segments cover {} rows, q has {n}",
+            segments.rows
+        );
+    }
+    same_dtype(&[Some(k), Some(v)], q.dtype())?;
+    let out = empty(q, Shape::from_dims(&[n, heads, d]))?;
+    if segments.count == 0 || segments.max_len == 0 {
+        return out.reshape((n, heads * d));
+    }
+    let spec = FlashLaunch {
+        grid: (
+            segments.max_len.div_ceil(64) as u32,
+            segments.count as u32,
+            heads as u32,
+        ),
+        q_len: n as i32,
+        kv_len: n as i32,
+        rep: 1,
+        causal: false,
+        d,
+        strides: [
+            flash_strides(q, "q")?,
+            flash_strides(k, "k")?,
+            flash_strides(v, "v")?,
+            // out [n, heads, d] read as [head, row, d]
+            [0, d as i64, (heads * d) as i64],
+        ],
+    };
+    launch_flash(
+        [
+            Some(q),
+            Some(k),
+            Some(v),
+            Some(&out),
+            Some(&segments.bounds),
+            None,
+        ],
+        spec,
+    )?;
+    out.reshape((n, heads * d))
+}
+
+#[cfg(vlm_flash)]
+pub(super) fn prefill_flash_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    pad: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, heads, l, d) = q.dims4()?;
+    let (kb, kv_heads, kv_len, kd) = k.dims4()?;
+    if v.dims4()? != (kb, kv_heads, kv_len, kd) || kb != b || kd != d {
+        bail!(
+            "prefill_flash_attention: q {:?}, k {:?} and v {:?} do not fit together",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        );
+    }
+    if kv_heads == 0 || heads % kv_heads != 0 || kv_len < l {
+        bail!(
+            "prefill_flash_attention: {heads} query heads over {kv_heads} kv heads, {l} queries over {kv_len} keys"
+        );
+    }
+    if let Some(p) = pad {
+        if p.dims() != [b] || p.dtype() != DType::U32 {
+            bail!(
+                "prefill_flash_attention: pad must be [{b}] u32, not {:?} {:?}",
+                p.shape(),
+                p.dtype()
+            );
+        }
+    }
+    same_dtype(&[Some(k), Some(v)], q.dtype())?;
+    let out = empty(q, Shape::from_dims(&[b, l, heads, d]))?;
+    let spec = FlashLaunch {
+        grid: (l.div_ceil(64) as u32, b as u32, heads as u32),
+        q_len: l as i32,
+        kv_len: kv_len as i32,
+        rep: (heads / kv_heads) as i32,
+        causal: true,
+        d,
+        strides: [
+            flash_strides(q, "q")?,
+            flash_strides(k, "k")?,
+            flash_strides(v, "v")?,
+            // out [b, l, heads, d] read as [sequence, head, row, d]
+            [(l * heads * d) as i64, d as i64, (heads * d) as i64],
+        ],
+    };
+    launch_flash([Some(q), Some(k), Some(v), Some(&out), None, pad], spec)?;
+    out.reshape((b, l, heads * d))
 }

@@ -17,6 +17,13 @@
 //! - [`segment_attention`]: attention within each short segment (Qwen2.5-VL's windows),
 //!   every segment and head in one launch.
 //!
+//! On the tensor cores (`attention.cu`, cards of compute capability 8.0 and above, bf16
+//! and f16):
+//! - [`segment_flash_attention`]: attention within segments of any length (a whole image,
+//!   or its windows) without materialising the scores;
+//! - [`prefill_flash_attention`]: the decoder's causal prefill over the KV cache, GQA
+//!   read in place, left padding skipped.
+//!
 //! For every family's layers (`ops.cu`):
 //! - [`add_bias`]: a linear layer's bias (candle's broadcast add is slow on CUDA);
 //! - [`softmax`]: softmax over the last dimension, optionally with the causal and
@@ -297,14 +304,17 @@ pub fn set_graphs(on: Option<bool>) {
 }
 
 /// Whether decode steps on `device` are captured as CUDA graphs and replayed: where the
-/// fused decode kernels run, with `VLM_CUDA_GRAPH=1` or [`set_graphs`]. Off by default
-/// until the GPU check has run them (docs/benchmarks.md, 2026-12-03).
+/// fused decode kernels run, unless `VLM_CUDA_GRAPH=0` or [`set_graphs`] says otherwise.
+/// On an H200 (run 21, docs/benchmarks.md) they decoded Qwen2.5-VL-7B at 218 instead of
+/// 196 tok/s in bf16 and 309 instead of 254 at int4.
 pub fn graphs_enabled(device: &Device) -> bool {
     static ENV_ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = match graph_counters::SWITCH.load(std::sync::atomic::Ordering::Relaxed) {
         1 => true,
         2 => false,
-        _ => *ENV_ON.get_or_init(|| std::env::var("VLM_CUDA_GRAPH").is_ok_and(|v| v.trim() == "1")),
+        _ => {
+            *ENV_ON.get_or_init(|| !std::env::var("VLM_CUDA_GRAPH").is_ok_and(|v| v.trim() == "0"))
+        }
     };
     on && enabled(device, DType::F32)
 }
@@ -348,7 +358,7 @@ impl StepGraph {
                 if graph_counters::FAILED.fetch_add(1, Relaxed) == 0 {
                     eprintln!(
                         "vlm: capturing a decode step as a CUDA graph failed ({e}); \
-                         decoding without graphs (unset VLM_CUDA_GRAPH to skip the attempt)"
+                         decoding without graphs (VLM_CUDA_GRAPH=0 skips the attempt)"
                     );
                 }
                 0
@@ -535,6 +545,68 @@ pub fn segment_attention(
 pub struct CausalMask<'a> {
     /// Left padding per sequence, `[b]` u32; none when nothing is padded.
     pub pad: Option<&'a Tensor>,
+}
+
+/// Whether [`segment_flash_attention`] and [`prefill_flash_attention`] take `dtype` and
+/// `head_dim` on `device`: [`enabled`], bf16 or f16 (f32 keeps the unfused path, the
+/// reference), head sizes that are multiples of 8 up to 128, a build for compute
+/// capability 8.0 or above. `VLM_FLASH_ATTENTION=0` turns them off (to measure them with
+/// one binary).
+pub fn flash_applies(device: &Device, dtype: DType, head_dim: usize) -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    cfg!(vlm_flash)
+        && enabled(device, dtype)
+        && matches!(dtype, DType::BF16 | DType::F16)
+        && head_dim % 8 == 0
+        && (8..=128).contains(&head_dim)
+        && !*OFF.get_or_init(|| std::env::var("VLM_FLASH_ATTENTION").is_ok_and(|v| v.trim() == "0"))
+}
+
+/// Softmax attention of `q` (scaled), `k`, `v` (`[heads, n, d]`) within each of
+/// `segments`, of any length, on the tensor cores ([`flash_applies`] must hold); returns
+/// `[n, heads·d]` as [`segment_attention`] does.
+pub fn segment_flash_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    segments: &Segments,
+) -> Result<Tensor> {
+    #[cfg(all(feature = "cuda", vlm_flash))]
+    return cuda::segment_flash_attention(q, k, v, segments);
+    #[cfg(not(all(feature = "cuda", vlm_flash)))]
+    {
+        let _ = (q, k, v, segments);
+        no_flash()
+    }
+}
+
+/// A prefill's causal attention on the tensor cores ([`flash_applies`] must hold): `q`
+/// `[b, heads, l, d]` (scaled), `k`, `v` `[b, kv_heads, kv_len, d]` (views of the KV
+/// cache: rows may be strided), query head h reading kv head h / (heads / kv_heads).
+/// Query i, at position kv_len − l + i, sees the keys up to itself after sequence b's
+/// first `pad[b]` (`[b]` u32; none: no padding). Returns `[b, l, heads·d]`, the layout
+/// the output projection reads.
+pub fn prefill_flash_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    pad: Option<&Tensor>,
+) -> Result<Tensor> {
+    #[cfg(all(feature = "cuda", vlm_flash))]
+    return cuda::prefill_flash_attention(q, k, v, pad);
+    #[cfg(not(all(feature = "cuda", vlm_flash)))]
+    {
+        let _ = (q, k, v, pad);
+        no_flash()
+    }
+}
+
+#[cfg(not(all(feature = "cuda", vlm_flash)))]
+fn no_flash<T>() -> Result<T> {
+    candle_core::bail!(
+        "flash attention needs a build with the cuda feature for compute capability 8.0 or \
+         above (CUDA_COMPUTE_CAP)"
+    )
 }
 
 /// `x + bias` for `x [.., n]` and `bias [n]` of one dtype.

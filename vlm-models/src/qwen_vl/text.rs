@@ -176,6 +176,14 @@ impl Attention {
             .append(&k, &v)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let kv_len = k.dim(2)?;
+        if let Some(AttentionMask::Causal { pad }) = mask {
+            if l > 1 && kernels::flash_applies(x.device(), q.dtype(), d) {
+                // Scores never materialised: [b, heads, l, kv_len] per layer at batch 8 is
+                // 28 × 8 × 1026² values (run 21's profile: most of the prefill's softmax).
+                let out = kernels::prefill_flash_attention(&q, &k, &v, pad.as_ref())?;
+                return self.o_proj.forward(&out);
+            }
+        }
 
         let rep = self.num_heads / self.num_kv_heads;
         // [b, heads, l, d] → [b, kv_heads, rep·l, d]: query head h uses kv head h / rep.
@@ -496,7 +504,7 @@ impl TextModel {
         self.logits(&hidden.squeeze(1)?)
     }
 
-    /// A fused step for CUDA graphs (`VLM_CUDA_GRAPH=1`): its inputs written to the step's
+    /// A fused step for CUDA graphs (on unless `VLM_CUDA_GRAPH=0`): its inputs written to the step's
     /// device buffers, then the step run eagerly (the first), captured as a graph (the
     /// second) or replayed (the rest).
     fn graph_decode_step(

@@ -152,6 +152,8 @@ struct Attention {
     head_dim: usize,
     /// Through the vision kernels (CUDA): two launches per layer instead of ~130.
     fused: bool,
+    /// Attention on the tensor cores for every segment, whole images included (bf16/f16).
+    flash: bool,
 }
 
 /// Where attention may look in one kind of layer: each image, or each window.
@@ -178,6 +180,7 @@ impl Attention {
             num_heads: cfg.num_heads,
             head_dim: h / cfg.num_heads,
             fused: kernels::enabled(vb.device(), vb.dtype()),
+            flash: kernels::flash_applies(vb.device(), vb.dtype(), h / cfg.num_heads),
         })
     }
 
@@ -217,8 +220,8 @@ impl Attention {
     }
 
     /// [`Self::forward`] through the vision kernels: q/k/v prepared in one launch, windows
-    /// attended in one more; a whole image (too long for the window kernel) goes through
-    /// the matmuls of the unfused path.
+    /// attended in one more; a whole image goes through the flash kernel in bf16/f16, else
+    /// (too long for the window kernel) through the matmuls of the unfused path.
     fn forward_fused(
         &self,
         x: &Tensor,
@@ -232,6 +235,7 @@ impl Attention {
         let scale = (self.head_dim as f64).powf(-0.5) as f32;
         let (q, k, v) = kernels::vision_qkv(&qkv, bias.as_ref(), cos, sin, self.num_heads, scale)?;
         let out = match &segments.fused {
+            Some(s) if self.flash => kernels::segment_flash_attention(&q, &k, &v, s)?,
             Some(s) if s.fit_kernel(self.head_dim) => kernels::segment_attention(&q, &k, &v, s)?,
             _ => attend_to_rows(&q, &k, &v, &segments.ranges)?,
         };

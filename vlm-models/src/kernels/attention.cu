@@ -1,0 +1,274 @@
+// Attention over long rows on the tensor cores, without materialising the scores: the
+// vision towers' full attention within each image (and their windows), and the language
+// model's causal prefill with GQA read in place from the KV cache.
+//
+// Unfused, a 1024×768 photo's full attention writes 16 heads × 3942² bf16 scores per
+// layer and reads them back twice (softmax, then the product with V); a batch-8 prefill
+// does the same with 28 heads × 1026² per sequence and layer. Profiled at batch 8 (H200,
+// 2026-12-04), those score matmuls and softmaxes took ~120 of the call's 482 ms of GPU time.
+//
+// One block takes 64 query rows of one head (4 warps, 16 rows each) and walks the visible
+// keys in tiles of 64 staged in shared memory: scores with mma.sync m16n8k16 (bf16 or f16
+// in, f32 accumulated), an online softmax in f32 registers, the probabilities rounded to
+// the input type and multiplied with V by the same instruction. The fragment layouts are
+// PTX's (ISA, "Matrix Fragments for mma.m16n8k16"): lane = 4·g + t holds rows g and g + 8
+// of the accumulators, columns 2t and 2t + 1 of each 8-wide tile; an accumulator tile of
+// scores is, re-packed in place, the A operand of the product with V.
+//
+// Built only for compute capability 8.0 and above (build.rs); the f32 path stays the
+// unfused one.
+
+#include "common.cuh"
+
+namespace {
+
+constexpr int ROWS = 64;   // query rows per block
+constexpr int KEYS = 64;   // keys per shared-memory tile
+constexpr int THREADS = 128;
+
+template <typename T> struct Mma;
+template <> struct Mma<__nv_bfloat16> {
+  static __device__ __forceinline__ void run(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&h);
+  }
+};
+template <> struct Mma<__half> {
+  static __device__ __forceinline__ void run(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&h);
+  }
+};
+
+__device__ __forceinline__ uint32_t pack_raw(uint16_t lo, uint16_t hi) {
+  return (uint32_t)lo | ((uint32_t)hi << 16);
+}
+
+// Rows [row0, row0 + ROWS) of a [rows, d] matrix with row stride `stride` (elements) into
+// shared memory [ROWS][DP + 8], zero outside rows [lo, hi) and columns ≥ d. Eight
+// elements (16 bytes) per load: d, the strides and the base are multiples of 8.
+template <typename T, int DP>
+__device__ __forceinline__ void stage(T (*dst)[DP + 8], const T *src, long long stride, int row0,
+                                      int lo, int hi, int d) {
+  constexpr int CHUNKS = DP / 8;
+  for (int e = threadIdx.x; e < ROWS * CHUNKS; e += THREADS) {
+    const int r = e / CHUNKS, c = (e % CHUNKS) * 8;
+    const int row = row0 + r;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (row >= lo && row < hi && c < d)
+      val = *reinterpret_cast<const uint4 *>(src + (long long)row * stride + c);
+    *reinterpret_cast<uint4 *>(&dst[r][c]) = val;
+  }
+}
+
+}  // namespace
+
+// Softmax attention of q against k, v with `scale` applied to the scores.
+//
+// Sequence (or segment) y = blockIdx.y, query head h = blockIdx.z, query rows
+// 64·blockIdx.x onward. With `bounds` (u32 [segments + 1]): one sequence of rows, segment
+// y is rows [bounds[y], bounds[y + 1]) of queries and keys alike. Without: sequence y has
+// `q_len` queries and `kv_len` keys; with `causal`, query i (at position kv_len − q_len + i)
+// sees keys up to itself, after the first pad[y] (pad may be null). Query head h reads
+// key/value head h / rep. Element (y, h, row) of x is at x + y·sb + h·sh + row·sr, d
+// contiguous elements per row. A row that sees no key gets zeros.
+template <typename T, int DP>
+__device__ void flash_attention(const T *q, const T *k, const T *v, T *out,
+                                const uint32_t *bounds, const uint32_t *pad, int q_len, int kv_len,
+                                int rep, int causal, int d, float scale, long long q_sb,
+                                long long q_sh, long long q_sr, long long k_sb, long long k_sh,
+                                long long k_sr, long long v_sb, long long v_sh, long long v_sr,
+                                long long o_sb, long long o_sh, long long o_sr) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  __shared__ __align__(16) T ks[KEYS][DP + 8];
+  __shared__ __align__(16) T vs[KEYS][DP + 8];
+  constexpr int DK = DP / 16;  // k-steps of the score product
+  constexpr int DN = DP / 8;   // 8-wide column tiles of the output
+
+  const int y = blockIdx.y, h = blockIdx.z, hk = h / rep;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  int q_lo, q_hi, k_lo, k_hi, offset;
+  const T *qb = q + (long long)h * q_sh;
+  const T *kb = k + (long long)hk * k_sh;
+  const T *vb = v + (long long)hk * v_sh;
+  T *ob = out + (long long)h * o_sh;
+  if (bounds) {
+    q_lo = k_lo = (int)bounds[y];
+    q_hi = k_hi = (int)bounds[y + 1];
+    offset = 0;
+  } else {
+    q_lo = 0;
+    q_hi = q_len;
+    k_lo = pad ? (int)pad[y] : 0;
+    k_hi = kv_len;
+    offset = kv_len - q_len;
+    qb += y * q_sb;
+    kb += y * k_sb;
+    vb += y * v_sb;
+    ob += y * o_sb;
+  }
+  const int row0 = q_lo + blockIdx.x * ROWS;
+  if (row0 >= q_hi) return;
+  // Keys past the block's last visible one are never loaded.
+  int k_end = k_hi;
+  if (causal) k_end = min(k_end, min(row0 + ROWS, q_hi) - 1 + offset + 1);
+  // Key tiles start at k_lo (segments) or at 0 (the cache: padding is masked per key).
+  const int k_first = bounds ? k_lo : 0;
+
+  // This warp's 16 query rows as A fragments, zero past the rows or columns.
+  const int r_a = row0 + warp * 16 + g, r_b = r_a + 8;
+  uint32_t qa[DK][4];
+#pragma unroll
+  for (int kk = 0; kk < DK; ++kk) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = (i & 1) ? r_b : r_a;
+      const int c = kk * 16 + 2 * t + ((i & 2) ? 8 : 0);
+      qa[kk][i] = (r < q_hi && c < d)
+                      ? *reinterpret_cast<const uint32_t *>(qb + (long long)r * q_sr + c)
+                      : 0u;
+    }
+  }
+
+  float o[DN][4];
+#pragma unroll
+  for (int n = 0; n < DN; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  // Running max (in log2 units) and this lane's share of the sum, rows g and g + 8.
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;
+  const float scale2 = scale * 1.4426950408889634f;
+  const int lim_a = causal ? r_a + offset : 0x7fffffff, lim_b = causal ? r_b + offset : 0x7fffffff;
+
+  for (int j0 = k_first; j0 < k_end; j0 += KEYS) {
+    __syncthreads();  // the tiles may still be read for the previous keys
+    stage<T, DP>(ks, kb, k_sr, j0, k_lo, k_end, d);
+    stage<T, DP>(vs, vb, v_sr, j0, k_lo, k_end, d);
+    __syncthreads();
+
+    float s[KEYS / 8][4];
+#pragma unroll
+    for (int n = 0; n < KEYS / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < DK; ++kk) {
+#pragma unroll
+      for (int n = 0; n < KEYS / 8; ++n) {
+        uint32_t b[2];
+        b[0] = *reinterpret_cast<const uint32_t *>(&ks[n * 8 + g][kk * 16 + 2 * t]);
+        b[1] = *reinterpret_cast<const uint32_t *>(&ks[n * 8 + g][kk * 16 + 8 + 2 * t]);
+        Mma<T>::run(s[n], qa[kk], b);
+      }
+    }
+
+    // Mask, then the online softmax: new maxima, the old sums and outputs rescaled.
+    float mx_a = m_a, mx_b = m_b;
+#pragma unroll
+    for (int n = 0; n < KEYS / 8; ++n) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int key = j0 + n * 8 + 2 * t + (i & 1);
+        const int lim = (i & 2) ? lim_b : lim_a;
+        const bool visible = key >= k_lo && key < k_end && key <= lim;
+        s[n][i] = visible ? s[n][i] * scale2 : -INFINITY;
+      }
+      mx_a = fmaxf(mx_a, fmaxf(s[n][0], s[n][1]));
+      mx_b = fmaxf(mx_b, fmaxf(s[n][2], s[n][3]));
+    }
+#pragma unroll
+    for (int o2 = 1; o2 < 4; o2 <<= 1) {
+      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, o2));
+      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, o2));
+    }
+    // A row with nothing visible yet keeps max −inf: exp2 of (−inf − 0) is 0, no NaN.
+    const float base_a = mx_a == -INFINITY ? 0.f : mx_a;
+    const float base_b = mx_b == -INFINITY ? 0.f : mx_b;
+    const float alpha_a = exp2f(m_a - base_a), alpha_b = exp2f(m_b - base_b);
+    m_a = mx_a;
+    m_b = mx_b;
+    l_a *= alpha_a;
+    l_b *= alpha_b;
+#pragma unroll
+    for (int n = 0; n < DN; ++n) {
+      o[n][0] *= alpha_a;
+      o[n][1] *= alpha_a;
+      o[n][2] *= alpha_b;
+      o[n][3] *= alpha_b;
+    }
+    uint32_t p[KEYS / 16][4];
+#pragma unroll
+    for (int n = 0; n < KEYS / 8; ++n) {
+      const float e0 = exp2f(s[n][0] - base_a), e1 = exp2f(s[n][1] - base_a);
+      const float e2 = exp2f(s[n][2] - base_b), e3 = exp2f(s[n][3] - base_b);
+      l_a += e0 + e1;
+      l_b += e2 + e3;
+      // Scores of keys 16c .. 16c + 15 become the A operand: tile 2c gives registers 0
+      // and 1 (keys 2t, 2t + 1), tile 2c + 1 registers 2 and 3 (keys 8 + 2t, 9 + 2t).
+      p[n / 2][(n & 1) * 2 + 0] = Mma<T>::pack(e0, e1);
+      p[n / 2][(n & 1) * 2 + 1] = Mma<T>::pack(e2, e3);
+    }
+
+    // o += p · V: V's rows are keys, so a B fragment (two keys of one column per
+    // register) is gathered from two rows.
+    const uint16_t(*vraw)[DP + 8] = reinterpret_cast<const uint16_t(*)[DP + 8]>(vs);
+#pragma unroll
+    for (int c = 0; c < KEYS / 16; ++c) {
+#pragma unroll
+      for (int n = 0; n < DN; ++n) {
+        const int col = n * 8 + g, key = c * 16 + 2 * t;
+        uint32_t b[2];
+        b[0] = pack_raw(vraw[key][col], vraw[key + 1][col]);
+        b[1] = pack_raw(vraw[key + 8][col], vraw[key + 9][col]);
+        Mma<T>::run(o[n], p[c], b);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int o2 = 1; o2 < 4; o2 <<= 1) {
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, o2);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, o2);
+  }
+  const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
+#pragma unroll
+  for (int n = 0; n < DN; ++n) {
+    const int c = n * 8 + 2 * t;
+    if (c >= d) continue;
+    if (r_a < q_hi)
+      *reinterpret_cast<uint32_t *>(ob + (long long)r_a * o_sr + c) =
+          Mma<T>::pack(o[n][0] * inv_a, o[n][1] * inv_a);
+    if (r_b < q_hi)
+      *reinterpret_cast<uint32_t *>(ob + (long long)r_b * o_sr + c) =
+          Mma<T>::pack(o[n][2] * inv_b, o[n][3] * inv_b);
+  }
+#endif
+}
+
+#define FLASH_ATTENTION(NAME, T, DP)                                                         \
+  extern "C" __global__ void __launch_bounds__(THREADS)                                      \
+      NAME(const T *q, const T *k, const T *v, T *out, const uint32_t *bounds,               \
+           const uint32_t *pad, int q_len, int kv_len, int rep, int causal, int d,           \
+           float scale, long long q_sb, long long q_sh, long long q_sr, long long k_sb,      \
+           long long k_sh, long long k_sr, long long v_sb, long long v_sh, long long v_sr,   \
+           long long o_sb, long long o_sh, long long o_sr) {                                 \
+    flash_attention<T, DP>(q, k, v, out, bounds, pad, q_len, kv_len, rep, causal, d, scale,  \
+                           q_sb, q_sh, q_sr, k_sb, k_sh, k_sr, v_sb, v_sh, v_sr, o_sb, o_sh, \
+                           o_sr);                                                            \
+  }
+FLASH_ATTENTION(flash_attention_bf16_d64, __nv_bfloat16, 64)
+FLASH_ATTENTION(flash_attention_bf16_d80, __nv_bfloat16, 80)
+FLASH_ATTENTION(flash_attention_bf16_d128, __nv_bfloat16, 128)
+FLASH_ATTENTION(flash_attention_f16_d64, __half, 64)
+FLASH_ATTENTION(flash_attention_f16_d80, __half, 80)
+FLASH_ATTENTION(flash_attention_f16_d128, __half, 128)
