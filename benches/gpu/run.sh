@@ -70,7 +70,7 @@ if [ "$CHECK" = 1 ]; then
     check_pass "$dt" "$OUT/check-$dt.log"
   done
 fi
-# CHECK_VARIANTS="VLM_CUDA_GRAPH=1": the f32 check again under each switch (its log joins
+# CHECK_VARIANTS="VLM_CUDA_GRAPH=0": the f32 check again under each switch (its log joins
 # check-f32.log: only 8 files come back).
 for v in ${CHECK_VARIANTS:-}; do
   check_pass f32 "$OUT/check-f32.log" "$v"
@@ -158,7 +158,7 @@ if [ "$QUANT" = 1 ]; then
       echo "== vlm-bench $name quant=$q ${vision[*]}" | tee -a "$OUT/quant.log"
       peak_mem "$OUT/quant.log" /tmp/vlm-bench --model "$src" --quant "$q" "${vision[@]}" "${save[@]}" \
         --tokens "$TOKENS" --batches "$QUANT_BATCHES" --runs 2 2>&1 | grep -v "^|---" | tee -a "$OUT/quant.log" || status=1
-      # QUANT_VARIANTS="VLM_CUDA_GRAPH=1": the saved folder again with each switch (one call,
+      # QUANT_VARIANTS="VLM_CUDA_GRAPH=0": the saved folder again with each switch (one call,
       # one card, the same quantized weights).
       for v in ${QUANT_VARIANTS:-}; do
         [ "$q" != none ] || continue

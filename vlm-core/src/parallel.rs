@@ -18,8 +18,21 @@ fn threads_for(elements: usize) -> usize {
 /// Calls `f(first_row, chunk)` on consecutive chunks of whole rows of `row_len` elements
 /// of `out`, in parallel; `f` sees each row exactly once.
 pub fn for_row_chunks<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    for_row_chunks_weighted(out, row_len, 1, f);
+}
+
+/// [`for_row_chunks`] for elements that each cost `cost` times a plain pass's (e.g. a
+/// downscaling resize reads a wide window per output value): the thread count follows the
+/// work, not the output size. A 1024×768 photo shrunk to BLIP-2's 224×224 writes only 150 k
+/// values per pass, and counted as plain elements its resize ran on one thread.
+pub fn for_row_chunks_weighted<T: Send>(
+    out: &mut [T],
+    row_len: usize,
+    cost: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
     let rows = out.len() / row_len.max(1);
-    let threads = threads_for(out.len()).min(rows.max(1));
+    let threads = threads_for(out.len().saturating_mul(cost.max(1))).min(rows.max(1));
     if threads <= 1 {
         f(0, out);
         return;

@@ -37,7 +37,7 @@
 
 use image::RgbImage;
 
-use crate::parallel::for_row_chunks;
+use crate::parallel::for_row_chunks_weighted;
 
 /// Channels of an `RgbImage` pixel.
 const CHANNELS: usize = 3;
@@ -104,6 +104,12 @@ struct Coefficients {
 }
 
 impl Coefficients {
+    /// Work per output value relative to an upscaling bicubic pass (5 taps): a downscale
+    /// reads `scale` times as many.
+    fn cost(&self) -> usize {
+        (self.stride / 5).max(1)
+    }
+
     /// Torch's weights for resampling `in_size` samples to `out_size` (both > 0).
     fn new(in_size: usize, out_size: usize, filter: TorchFilter) -> Self {
         let scale = in_size as f64 / out_size as f64;
@@ -214,7 +220,7 @@ pub fn resize_like_torchvision(
         let coeffs = Coefficients::new(in_w, out_w, filter);
         let mut out = vec![0u8; out_w * in_h * CHANNELS];
         let raw = img.as_raw();
-        for_row_chunks(&mut out, out_w * CHANNELS, |first, chunk| {
+        for_row_chunks_weighted(&mut out, out_w * CHANNELS, coeffs.cost(), |first, chunk| {
             let lines_in = raw[first * in_w * CHANNELS..].chunks_exact(in_w * CHANNELS);
             for (line_in, line_out) in lines_in.zip(chunk.chunks_exact_mut(out_w * CHANNELS)) {
                 for x in 0..out_w {
@@ -236,7 +242,7 @@ pub fn resize_like_torchvision(
         let coeffs = Coefficients::new(in_h, out_h, filter);
         let row_len = src_w * CHANNELS;
         let mut out = vec![0u8; row_len * out_h];
-        for_row_chunks(&mut out, row_len, |first, chunk| {
+        for_row_chunks_weighted(&mut out, row_len, coeffs.cost(), |first, chunk| {
             for (y, line_out) in chunk.chunks_exact_mut(row_len).enumerate() {
                 for (k, value) in line_out.iter_mut().enumerate() {
                     *value = coeffs.apply(first + y, |sy| src[sy * row_len + k]);

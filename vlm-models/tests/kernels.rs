@@ -498,28 +498,7 @@ fn run_vision(heads: usize, d: usize, lengths: &[usize], dtype: DType, tol: f32)
         "{what}: the segments should fit the kernel"
     );
     let got = f32s(&kernels::segment_attention(&q, &k, &v, &segments).unwrap());
-    let (qs, ks, vs) = (f32s(&q), f32s(&k), f32s(&v));
-    let mut want_out = vec![0f32; n * heads * d];
-    for &(start, end) in &ranges {
-        for h in 0..heads {
-            let row = |t: &[f32], r: usize| t[(h * n + r) * d..(h * n + r + 1) * d].to_vec();
-            for i in start..end {
-                let qi = row(&qs, i);
-                let scores: Vec<f32> = (start..end)
-                    .map(|j| row(&ks, j).iter().zip(&qi).map(|(a, b)| a * b).sum())
-                    .collect();
-                let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let e: Vec<f32> = scores.iter().map(|x| (x - m).exp()).collect();
-                let z: f32 = e.iter().sum();
-                for (w, j) in e.iter().zip(start..end) {
-                    let vj = row(&vs, j);
-                    for c in 0..d {
-                        want_out[(i * heads + h) * d + c] += w / z * vj[c];
-                    }
-                }
-            }
-        }
-    }
+    let want_out = segment_reference(&f32s(&q), &f32s(&k), &f32s(&v), heads, n, d, &ranges);
     let eo = max_rel_err(&got, &want_out);
     println!(
         "segment_attention {what}, {} segments: {eo:.2e}",

@@ -546,16 +546,19 @@ pub(super) fn vision_qkv(
     Ok((q, k, v))
 }
 
-pub(super) fn segment_attention(
+/// `(heads, n, d)` of segment attention's `q`, `k`, `v` (`[heads, n, d]`, one dtype), checked
+/// against each other and `segments`.
+fn segment_operands(
+    name: &str,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     segments: &super::Segments,
-) -> Result<Tensor> {
+) -> Result<(usize, usize, usize)> {
     let (heads, n, d) = q.dims3()?;
     if k.shape() != q.shape() || v.shape() != q.shape() {
         bail!(
-            "segment_attention: q {:?}, k {:?} and v {:?} differ",
+            "{name}: q {:?}, k {:?} and v {:?} differ",
             q.shape(),
             k.shape(),
             v.shape()
@@ -563,10 +566,21 @@ pub(super) fn segment_attention(
     }
     if segments.rows != n {
         bail!(
-            "segment_attention: the segments cover {} rows, q has {n}",
+            "{name}: the segments cover {} rows, q has {n}",
             segments.rows
         );
     }
+    same_dtype(&[Some(k), Some(v)], q.dtype())?;
+    Ok((heads, n, d))
+}
+
+pub(super) fn segment_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    segments: &super::Segments,
+) -> Result<Tensor> {
+    let (heads, n, d) = segment_operands("segment_attention", q, k, v, segments)?;
     if !segments.fit_kernel(d) {
         bail!(
             "segment_attention: {} segments of up to {} rows of {d} do not fit a block's shared memory",
@@ -575,7 +589,6 @@ pub(super) fn segment_attention(
         );
     }
     let shared = super::segment_attention_shared_bytes(segments.max_len, d);
-    same_dtype(&[Some(k), Some(v)], q.dtype())?;
     let out = empty(q, Shape::from_dims(&[n, heads * d]))?;
     let name = format!("segment_attention_{}", suffix(q.dtype())?);
     let tensors = [
@@ -829,22 +842,7 @@ pub(super) fn segment_flash_attention(
     v: &Tensor,
     segments: &super::Segments,
 ) -> Result<Tensor> {
-    let (heads, n, d) = q.dims3()?;
-    if k.shape() != q.shape() || v.shape() != q.shape() {
-        bail!(
-            "segment_flash_attention: q {:?}, k {:?} and v {:?} differ",
-            q.shape(),
-            k.shape(),
-            v.shape()
-        );
-    }
-    if segments.rows != n {
-        bail!(
-            "segment_flash_attention: the segments cover {} rows, q has {n}",
-            segments.rows
-        );
-    }
-    same_dtype(&[Some(k), Some(v)], q.dtype())?;
+    let (heads, n, d) = segment_operands("segment_flash_attention", q, k, v, segments)?;
     let out = empty(q, Shape::from_dims(&[n, heads, d]))?;
     if segments.count == 0 || segments.max_len == 0 {
         return out.reshape((n, heads * d));
