@@ -138,7 +138,10 @@ impl Linear {
             Weight::Quant { matmul, .. } => {
                 let x = x.contiguous()?;
                 let fast = match matmul {
-                    QMatMul::QTensor(w) => crate::kernels::quant_matvec(&x, w)?,
+                    QMatMul::QTensor(w) => match crate::kernels::quant_matvec(&x, w)? {
+                        Some(y) => Some(y),
+                        None => crate::kernels::quantized_gemm(&x, w)?,
+                    },
                     _ => None,
                 };
                 match fast {

@@ -294,3 +294,71 @@ fn tied_embedding_is_counted_once_in_half_precision() {
     assert_eq!(saved.weight_bytes, report.info.weight_bytes);
     std::fs::remove_dir_all(&dst).unwrap();
 }
+
+/// The dequantize-then-GEMM path for many-row quantized projections on CUDA
+/// (`VLM_QUANT_GEMM_ROWS`, opt-in) against candle's quantized matmul: the same tokens'
+/// first-step logits within a few percent of each other (candle's MMQ also rounds the
+/// activations to 8 bits), and each within the family's bound of the float reference.
+#[test]
+fn dequantized_gemm_agrees_with_the_quantized_matmul() {
+    if !matches!(options(Quantization::None).device, DeviceChoice::Cuda(_)) {
+        eprintln!("not on CUDA (VLM_TEST_DEVICE): the dequantized GEMM runs on CUDA only");
+        return;
+    }
+    use vlm_models::kernels::{quant_gemm_calls, set_quant_gemm_rows};
+    let mut failures = vec![];
+    for fam in families() {
+        for (q, bound) in [
+            (Quantization::Int8, INT8_BOUND),
+            (Quantization::Int4, INT4_BOUND),
+        ] {
+            let model =
+                vlm_models::load(fam.dir.join("model").to_str().unwrap(), &options(q)).unwrap();
+            // Every case's first-step logits, one row each.
+            let first = |rows: usize| {
+                set_quant_gemm_rows(Some(rows));
+                let firsts: Vec<Vec<f32>> = requests(&fam)
+                    .into_iter()
+                    .map(|(_, req, _)| model.generate(&req).unwrap().logits.unwrap().swap_remove(0))
+                    .collect();
+                set_quant_gemm_rows(None);
+                let vocab = firsts[0].len();
+                Tensor::from_vec(firsts.concat(), (firsts.len(), vocab), &Device::Cpu).unwrap()
+            };
+            let mmq = first(0);
+            let before = quant_gemm_calls();
+            let gemm = first(9);
+            if quant_gemm_calls() == before {
+                failures.push(format!(
+                    "{} {}: no projection took the GEMM",
+                    fam.name,
+                    q.as_str()
+                ));
+            }
+            let e = rel_err(&gemm, &mmq);
+            eprintln!(
+                "{} {}: dequantized GEMM vs quantized matmul rel err {e:.4}",
+                fam.name,
+                q.as_str()
+            );
+            if e > 0.1 {
+                failures.push(format!(
+                    "{} {}: rel err {e} between the paths",
+                    fam.name,
+                    q.as_str()
+                ));
+            }
+            set_quant_gemm_rows(Some(9));
+            let (err, _, _) = measure(&fam, q);
+            set_quant_gemm_rows(None);
+            if err > bound {
+                failures.push(format!(
+                    "{} {} through the GEMM: rel err {err} > {bound} against the float reference",
+                    fam.name,
+                    q.as_str()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
