@@ -49,7 +49,7 @@ pub struct Prepared<F: Family> {
 }
 
 impl<F: Family> Prepared<F> {
-    /// Prepares every request (see [`prepare_all`]), timed.
+    /// Prepares every request (on up to one thread per core), timed.
     pub fn new(family: &F, requests: &[Request]) -> Result<Self> {
         let t = Instant::now();
         let inputs = prepare_all(family, requests)?;
