@@ -17,6 +17,7 @@ use synthetic_photo::synthetic_photo;
 use vlm_core::model::LoadOptions;
 use vlm_core::{
     DTypeChoice, DeviceChoice, Generation, GenerationOptions, Quantization, Request, Sampling,
+    Timings,
 };
 
 #[derive(Parser)]
@@ -90,6 +91,16 @@ struct BatchRow {
 
 fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// A batch's wall time split as `BatchRow::split_ms` holds it.
+fn split_ms(t: &Timings) -> [f64; 4] {
+    [
+        ms(t.preprocess),
+        ms(t.image_encode),
+        ms(t.prefill),
+        ms(t.decode),
+    ]
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -234,17 +245,11 @@ fn main() -> vlm_core::Result<()> {
         let outs = model.generate_batch(&requests)?;
         let wall = t.elapsed().as_secs_f64();
         assert!(outs.iter().all(|g| g.token_ids.len() == args.tokens));
-        let tm = &outs[0].timings;
         rows.push(BatchRow {
             batch: b,
             batches: 1,
             photos_per_s: b as f64 / wall,
-            split_ms: [
-                ms(tm.preprocess),
-                ms(tm.image_encode),
-                ms(tm.prefill),
-                ms(tm.decode),
-            ],
+            split_ms: split_ms(&outs[0].timings),
         });
         // A library: every batch after the first is prepared while the one before runs.
         let k = args.library_batches;
@@ -254,18 +259,12 @@ fn main() -> vlm_core::Result<()> {
             let outs = model.generate_batches(&library, b, &mut |_| {})?;
             let wall = t.elapsed().as_secs_f64();
             assert!(outs.iter().all(|g| g.token_ids.len() == args.tokens));
-            // The split of the last batch: its preprocessing overlapped the batch before.
-            let tm = &outs[outs.len() - 1].timings;
             rows.push(BatchRow {
                 batch: b,
                 batches: k,
                 photos_per_s: library.len() as f64 / wall,
-                split_ms: [
-                    ms(tm.preprocess),
-                    ms(tm.image_encode),
-                    ms(tm.prefill),
-                    ms(tm.decode),
-                ],
+                // The last batch's: its preprocessing overlapped the batch before.
+                split_ms: split_ms(&outs[outs.len() - 1].timings),
             });
         }
     }

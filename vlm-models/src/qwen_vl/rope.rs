@@ -163,45 +163,25 @@ impl MropeTables {
         // A prompt's positions are small integers, most repeated across the three streams
         // and the batch: each value's sin_cos once (8 prompts of ~1000 tokens were 0.5 M
         // sin_cos on the host while the GPU waited), where that is fewer.
-        let max = positions
+        let (min, max) = positions
             .iter()
             .flat_map(|p| p.iter().flatten())
-            .copied()
-            .max()
-            .unwrap_or(0);
-        let min = positions
-            .iter()
-            .flat_map(|p| p.iter().flatten())
-            .copied()
-            .min()
-            .unwrap_or(0);
-        if min >= 0 && (max as usize) < batch * len / 2 {
-            let values = max as usize + 1;
-            let mut table = vec![(0f32, 0f32); values * half];
-            for v in 0..values {
-                for j in 0..half {
-                    table[v * half + j] = (v as f32 * self.inv_freq[j]).sin_cos();
-                }
-            }
-            for (b, pos) in positions.iter().enumerate() {
-                for l in 0..len {
-                    let row = (b * len + l) * half;
-                    for j in 0..half {
-                        let p = pos[self.stream_of_slot[j]][l] as usize;
-                        let (s, c) = table[p * half + j];
-                        cos[row + j] = c;
-                        sin[row + j] = s;
-                    }
-                }
-            }
-            return (cos, sin);
-        }
+            .fold((0i64, 0i64), |(lo, hi), &p| (lo.min(p), hi.max(p)));
+        let table: Option<Vec<(f32, f32)>> =
+            (min >= 0 && (max as usize) < batch * len / 2).then(|| {
+                (0..=max as usize)
+                    .flat_map(|v| self.inv_freq.iter().map(move |f| (v as f32 * f).sin_cos()))
+                    .collect()
+            });
+        let sin_cos = |p: i64, j: usize| match &table {
+            Some(t) => t[p as usize * half + j],
+            None => (p as f32 * self.inv_freq[j]).sin_cos(),
+        };
         for (b, pos) in positions.iter().enumerate() {
             for l in 0..len {
                 let row = (b * len + l) * half;
                 for j in 0..half {
-                    let p = pos[self.stream_of_slot[j]][l] as f32;
-                    let (s, c) = (p * self.inv_freq[j]).sin_cos();
+                    let (s, c) = sin_cos(pos[self.stream_of_slot[j]][l], j);
                     cos[row + j] = c;
                     sin[row + j] = s;
                 }
