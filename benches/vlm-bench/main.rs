@@ -43,6 +43,12 @@ struct Args {
     width: u32,
     #[arg(long, default_value_t = 768)]
     height: u32,
+    /// Qwen-VL pixel budget: largest image area (default: the checkpoint's).
+    #[arg(long)]
+    max_pixels: Option<usize>,
+    /// Qwen-VL pixel budget: smallest image area (default: the checkpoint's).
+    #[arg(long)]
+    min_pixels: Option<usize>,
     /// Price of the GPU per hour, for the cost column.
     #[arg(long, default_value_t = 5.8)]
     price_per_hour: f64,
@@ -119,6 +125,8 @@ fn main() -> vlm_core::Result<()> {
             .as_deref()
             .map(Quantization::parse)
             .transpose()?,
+        min_pixels: args.min_pixels,
+        max_pixels: args.max_pixels,
         ..Default::default()
     };
     let mut source = args.model.clone();
@@ -256,7 +264,10 @@ fn main() -> vlm_core::Result<()> {
         if k > 0 {
             let library: Vec<Request> = (0..b * k).map(|_| request.clone()).collect();
             let t = Instant::now();
-            let outs = model.generate_batches(&library, b, &mut |_| {})?;
+            let outs = model
+                .generate_batches(&mut library.iter().cloned().map(Ok), b, &mut |_| {})
+                .into_iter()
+                .collect::<vlm_core::Result<Vec<_>>>()?;
             let wall = t.elapsed().as_secs_f64();
             assert!(outs.iter().all(|g| g.token_ids.len() == args.tokens));
             rows.push(BatchRow {
@@ -304,6 +315,7 @@ fn main() -> vlm_core::Result<()> {
             "model_type": info.model_type, "device": info.device, "dtype": info.dtype,
             "parameters": info.parameters, "weight_bytes": info.weight_bytes,
             "image": [args.width, args.height], "tokens": args.tokens, "prompt_tokens": prompt_tokens,
+            "min_pixels": args.min_pixels, "max_pixels": args.max_pixels,
             "load_s": load_s, "first_call_s": first_call_s, "per_photo_s": per_photo_s,
             "per_photo_runs_s": walls, "preprocess_ms": preprocess_ms, "image_encode_ms": image_ms, "prefill_ms": prefill_ms,
             "decode_tokens_per_s": decode_tps,

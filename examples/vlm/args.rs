@@ -104,6 +104,17 @@ pub struct Common {
     /// The vision tower's quantization (default: int8 when --quant is int8 or int4).
     #[arg(long)]
     pub vision_quant: Option<String>,
+    /// Largest image area in pixels (Qwen-VL's max_pixels; default: the checkpoint's).
+    /// A 12 MP phone photo is ~15,500 image tokens by default; 1003520 (1280 tokens)
+    /// is the album budget docs/models.md recommends. BLIP-2 and MiniGPT-4 take 224×224.
+    #[arg(long)]
+    pub max_pixels: Option<usize>,
+    /// Smallest image area in pixels (Qwen-VL's min_pixels; default: the checkpoint's).
+    #[arg(long)]
+    pub min_pixels: Option<usize>,
+    /// Keep this many MB of image encodings to reuse for the same photo (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub image_cache_mb: u64,
     /// Most tokens to generate (default: the model's generation_config.json, else 512).
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
@@ -154,6 +165,9 @@ impl Common {
                 .map(Quantization::parse)
                 .transpose()?,
             revision: None,
+            min_pixels: self.min_pixels,
+            max_pixels: self.max_pixels,
+            image_cache_bytes: self.image_cache_mb << 20,
         })
     }
 
@@ -177,7 +191,7 @@ impl Common {
             seed: self.seed,
             stop_strings: self.stop.clone(),
             language: Language::parse(&self.language)?,
-            return_logits: false,
+            ..GenerationOptions::default()
         })
     }
 }

@@ -149,6 +149,7 @@ fn report(model: &dyn VisionLanguageModel, g: &Generation, common: &Common, stre
                 "prefill_ms": t.prefill.as_secs_f64() * 1e3,
                 "decode_ms": t.decode.as_secs_f64() * 1e3,
                 "decode_tokens_per_s": t.decode_tokens_per_second(),
+                "image_cache_hits": t.image_cache_hits,
             },
             "model": model.info().model_type,
         });

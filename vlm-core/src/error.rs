@@ -18,6 +18,8 @@ pub enum ErrorKind {
     Device,
     /// Anything that failed while running a model that was loaded fine.
     Runtime,
+    /// The caller stopped the call ([`crate::CancelFlag`]).
+    Cancelled,
 }
 
 /// Everything that can go wrong in `vlm`.
@@ -152,6 +154,10 @@ pub enum Error {
     /// Generation stopped for a reason other than bad input.
     #[error("generation failed: {0}")]
     Generation(String),
+
+    /// The call's [`crate::CancelFlag`] was set (Ctrl-C in Python).
+    #[error("cancelled: the call was stopped before it finished; the model is unharmed and takes the next call")]
+    Cancelled,
 }
 
 impl Error {
@@ -176,6 +182,19 @@ impl Error {
             Device(_) => ErrorKind::Device,
             Candle(e) if is_device_error(e) => ErrorKind::Device,
             Candle(_) | Generation(_) => ErrorKind::Runtime,
+            Cancelled => ErrorKind::Cancelled,
+        }
+    }
+
+    /// An error for another request of the same failed batch: the same message and
+    /// [`ErrorKind`] (errors are not `Clone`: they hold the sources' errors).
+    pub fn for_another_request(&self) -> Error {
+        match self.kind() {
+            ErrorKind::Cancelled => Error::Cancelled,
+            ErrorKind::Device => Error::Device(self.to_string()),
+            ErrorKind::BadInput => Error::invalid_option("request", self.to_string()),
+            ErrorKind::ModelFiles => Error::Weights(self.to_string()),
+            _ => Error::Generation(self.to_string()),
         }
     }
 

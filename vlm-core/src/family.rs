@@ -8,7 +8,7 @@ use tokenizers::Tokenizer;
 
 use crate::generate::{run_generation, run_prepared, Prepared};
 use crate::{
-    Error, Generation, GenerationDefaults, GenerationOptions, Image, Language, ModelInfo,
+    CacheStats, Error, Generation, GenerationDefaults, GenerationOptions, Image, Language, ModelInfo,
     PreparedBatch, Request, Result, VisionLanguageModel,
 };
 
@@ -20,6 +20,9 @@ pub struct PrefillOutput<S> {
     pub state: S,
     /// Time spent in the vision tower (part of the prefill call).
     pub image_encode: Duration,
+    /// Per sequence, its images whose encoding came from the image cache or from an
+    /// earlier copy of the same photo in the batch (empty: none).
+    pub image_cache_hits: Vec<usize>,
 }
 
 /// A model family as the generation loop sees it. The loop owns sampling, stopping,
@@ -33,6 +36,10 @@ pub trait Family: Send + Sync + 'static {
 
     /// What was loaded.
     fn info(&self) -> ModelInfo;
+    /// The image cache's counters (zero when the family has none or it is off).
+    fn cache_stats(&self) -> CacheStats {
+        CacheStats::default()
+    }
     /// For detokenizing the output.
     fn tokenizer(&self) -> &Tokenizer;
     /// generation_config.json.
@@ -128,27 +135,48 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
         run_generation(&self.0, requests, None)
     }
 
+    fn cache_stats(&self) -> CacheStats {
+        self.0.cache_stats()
+    }
+
     fn prepare_batch(&self, requests: Vec<Request>) -> Result<PreparedBatch> {
         let inputs: Prepared<F> = Prepared::new(&self.0, &requests)?;
         Ok(PreparedBatch {
-            requests,
+            slots: requests.iter().map(|_| None).collect(),
             inputs: Box::new(inputs),
         })
     }
 
-    fn run_batch(&self, batch: PreparedBatch) -> Result<Vec<Generation>> {
-        let PreparedBatch { requests, inputs } = batch;
-        let inputs = inputs.downcast::<Prepared<F>>().map_err(|_| {
-            Error::Generation(
+    fn prepare_items(&self, items: Vec<Result<Request>>) -> PreparedBatch {
+        let (inputs, slots) = Prepared::<F>::from_items(&self.0, items);
+        PreparedBatch {
+            slots,
+            inputs: Box::new(inputs),
+        }
+    }
+
+    fn run_items(&self, batch: PreparedBatch) -> Vec<Result<Generation>> {
+        let PreparedBatch { slots, inputs } = batch;
+        let mut results = match inputs.downcast::<Prepared<F>>() {
+            Ok(inputs) => run_prepared(&self.0, *inputs, None),
+            Err(_) => Err(Error::Generation(
                 "this batch was prepared by a model of another family: run it with the model \
                  whose prepare_batch made it"
                     .into(),
-            )
-        })?;
-        if requests.is_empty() {
-            return Ok(vec![]);
+            )),
         }
-        run_prepared(&self.0, &requests, *inputs, None)
+        .map(|g| g.into_iter().map(Ok).collect::<Vec<_>>().into_iter());
+        slots
+            .into_iter()
+            .map(|slot| match (slot, &mut results) {
+                (Some(e), _) => Err(e),
+                (None, Ok(done)) => done.next().unwrap_or_else(|| {
+                    Err(Error::Generation("a request of the batch gave no result".into()))
+                }),
+                // The whole batch failed on the device: each of its requests gets the error.
+                (None, Err(e)) => Err(e.for_another_request()),
+            })
+            .collect()
     }
 
     fn describe_request(&self, image: &Image, options: &GenerationOptions) -> Result<Request> {

@@ -38,62 +38,111 @@ pub fn run_generation<F: Family>(
     on_text: Option<&mut dyn FnMut(&str)>,
 ) -> Result<Vec<Generation>> {
     let prepared = Prepared::new(family, requests)?;
-    run_prepared(family, requests, prepared, on_text)
+    run_prepared(family, prepared, on_text)
+}
+
+/// One request after `Family::prepare`, with its options checked and resolved.
+struct PreparedItem<F: Family> {
+    inputs: F::Inputs,
+    options: ResolvedOptions,
 }
 
 /// A batch's requests after `Family::prepare` (the CPU part: templates, tokens, image
 /// preprocessing), ready for the device.
 pub struct Prepared<F: Family> {
-    inputs: Vec<F::Inputs>,
+    items: Vec<PreparedItem<F>>,
     time: Duration,
 }
 
 impl<F: Family> Prepared<F> {
-    /// Prepares every request (on up to one thread per core), timed.
+    /// Prepares every request (on up to one thread per core), timed; the first request
+    /// that fails fails the batch.
     pub fn new(family: &F, requests: &[Request]) -> Result<Self> {
         let t = Instant::now();
-        let inputs = prepare_all(family, requests)?;
+        let refs: Vec<&Request> = requests.iter().collect();
+        let items = prepare_all(family, &refs)
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            inputs,
+            items,
             time: t.elapsed(),
         })
     }
+
+    /// Prepares the requests among `items` and keeps every failure in its place: the
+    /// second value has one entry per item, `Some(error)` where that item failed (its own
+    /// error, or one while preparing it), `None` where it is in the batch.
+    pub fn from_items(family: &F, items: Vec<Result<Request>>) -> (Self, Vec<Option<Error>>) {
+        let t = Instant::now();
+        let refs: Vec<&Request> = items.iter().filter_map(|i| i.as_ref().ok()).collect();
+        let mut prepared = prepare_all(family, &refs).into_iter();
+        let mut kept = Vec::with_capacity(refs.len());
+        let mut slots = Vec::with_capacity(items.len());
+        for item in items {
+            let outcome = item.and_then(|_| {
+                prepared.next().unwrap_or_else(|| {
+                    Err(Error::Generation("a request was not prepared".into()))
+                })
+            });
+            match outcome {
+                Ok(p) => {
+                    kept.push(p);
+                    slots.push(None);
+                }
+                Err(e) => slots.push(Some(e)),
+            }
+        }
+        let batch = Self {
+            items: kept,
+            time: t.elapsed(),
+        };
+        (batch, slots)
+    }
+
+    /// Requests in the batch.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether no request is in the batch.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
 }
 
-/// Runs a batch prepared from `requests` (which give each sequence its options).
+/// Checks one request's options, prepares it and checks that it fits the context.
+fn prepare_one<F: Family>(family: &F, request: &Request) -> Result<PreparedItem<F>> {
+    // Options first: a wrong option should not cost an image's preprocessing.
+    let options = request.options.resolve(family.generation_defaults())?;
+    let inputs = family.prepare(request)?;
+    let tokens = family.input_ids(&inputs).len();
+    let max = family.info().max_context;
+    if tokens + options.max_new_tokens > max {
+        return Err(Error::PromptTooLong {
+            tokens,
+            new_tokens: options.max_new_tokens,
+            max,
+        });
+    }
+    Ok(PreparedItem { inputs, options })
+}
+
+/// Runs a prepared batch.
 pub fn run_prepared<F: Family>(
     family: &F,
-    requests: &[Request],
     prepared: Prepared<F>,
     mut on_text: Option<&mut dyn FnMut(&str)>,
 ) -> Result<Vec<Generation>> {
-    let defaults = family.generation_defaults();
-    let info = family.info();
     let tokenizer = family.tokenizer();
     let Prepared {
-        inputs: prepared,
+        items,
         time: prepare_time,
     } = prepared;
-    if prepared.len() != requests.len() {
-        return Err(Error::Generation(format!(
-            "{} prepared inputs for {} requests",
-            prepared.len(),
-            requests.len()
-        )));
-    }
-    let mut inputs = Vec::with_capacity(requests.len());
-    let mut seqs = Vec::with_capacity(requests.len());
-    for (i, (request, prepared)) in requests.iter().zip(prepared).enumerate() {
-        let options = request.options.resolve(defaults)?;
+    let mut inputs = Vec::with_capacity(items.len());
+    let mut seqs = Vec::with_capacity(items.len());
+    for (i, PreparedItem { inputs: prepared, options }) in items.into_iter().enumerate() {
         let ids = family.input_ids(&prepared).to_vec();
         let history = family.penalty_history(&prepared);
-        if ids.len() + options.max_new_tokens > info.max_context {
-            return Err(Error::PromptTooLong {
-                tokens: ids.len(),
-                new_tokens: options.max_new_tokens,
-                max: info.max_context,
-            });
-        }
         let decode: Decoder = Box::new(move |ids: &[u32]| {
             tokenizer
                 .decode(ids, true)
@@ -110,6 +159,13 @@ pub fn run_prepared<F: Family>(
             options,
         });
         inputs.push(prepared);
+    }
+    if seqs.is_empty() {
+        return Ok(vec![]);
+    }
+    let cancelled = |seqs: &[Sequence<'_>]| seqs.iter().any(|s| s.options.cancelled());
+    if cancelled(&seqs) {
+        return Err(Error::Cancelled);
     }
 
     let t_prefill = Instant::now();
@@ -132,8 +188,14 @@ pub fn run_prepared<F: Family>(
         ..Timings::default()
     };
 
+    let image_cache_hits = prefill.image_cache_hits;
+
     let t_decode = Instant::now();
     for step in 0..max_steps {
+        // Between steps, so that a cancelled call ends within one step's time.
+        if cancelled(&seqs) {
+            return Err(Error::Cancelled);
+        }
         let picked = pick_tokens(&mut seqs, &logits)?;
         for (seq, &token) in seqs.iter_mut().zip(&picked) {
             if seq.finish.is_some() {
@@ -170,7 +232,7 @@ pub fn run_prepared<F: Family>(
     timings.decode = t_decode.elapsed();
 
     let mut out = Vec::with_capacity(seqs.len());
-    for mut seq in seqs {
+    for (i, mut seq) in seqs.into_iter().enumerate() {
         let rest = seq.stream.finish()?;
         if let Some(cb) = on_text.as_deref_mut() {
             if !rest.is_empty() {
@@ -182,44 +244,53 @@ pub fn run_prepared<F: Family>(
             token_ids: seq.generated,
             prompt_tokens: seq.prompt_tokens,
             finish_reason: seq.finish.unwrap_or(FinishReason::Length),
-            timings,
+            timings: Timings {
+                image_cache_hits: image_cache_hits.get(i).copied().unwrap_or(0),
+                ..timings
+            },
             logits: seq.logits,
         });
     }
     Ok(out)
 }
 
-/// `family.prepare` of every request, in order. A batch's requests are prepared on up to
+/// [`prepare_one`] of every request, in order. A batch's requests are prepared on up to
 /// one thread per core: image preprocessing is CPU work that would otherwise run one photo
 /// after another on one core while the GPU waits (a 1024×768 photo takes tens of ms).
-fn prepare_all<F: Family>(family: &F, requests: &[Request]) -> Result<Vec<F::Inputs>> {
+fn prepare_all<F: Family>(family: &F, requests: &[&Request]) -> Vec<Result<PreparedItem<F>>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(requests.len());
     if threads <= 1 {
-        return requests.iter().map(|r| family.prepare(r)).collect();
+        return requests.iter().map(|r| prepare_one(family, r)).collect();
     }
     let per_thread = requests.len().div_ceil(threads);
     std::thread::scope(|scope| {
         let workers: Vec<_> = requests
             .chunks(per_thread)
             .map(|chunk| {
-                scope.spawn(move || {
+                let worker = scope.spawn(move || {
                     chunk
                         .iter()
-                        .map(|r| family.prepare(r))
-                        .collect::<Result<Vec<_>>>()
-                })
+                        .map(|r| prepare_one(family, r))
+                        .collect::<Vec<_>>()
+                });
+                (chunk.len(), worker)
             })
             .collect();
         let mut out = Vec::with_capacity(requests.len());
-        for worker in workers {
-            let part = worker
-                .join()
-                .map_err(|_| Error::Generation("preparing a request panicked".into()))??;
-            out.extend(part);
+        for (n, worker) in workers {
+            match worker.join() {
+                Ok(part) => out.extend(part),
+                Err(_) => out.extend((0..n).map(|_| {
+                    Err(Error::Generation(
+                        "preparing a request panicked; this is a bug in vlm: please report it"
+                            .into(),
+                    ))
+                })),
+            }
         }
-        Ok(out)
+        out
     })
 }
 

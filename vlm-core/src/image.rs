@@ -188,6 +188,8 @@ pub struct Image {
     // Shared: requests clone images (a batch of describe calls, relate), and a 12 MP photo
     // is 36 MB of pixels.
     rgb: std::sync::Arc<RgbImage>,
+    /// [`Image::content_hash`], computed once and shared by clones.
+    hash: std::sync::Arc<std::sync::OnceLock<[u8; 32]>>,
 }
 
 impl Image {
@@ -280,7 +282,7 @@ impl Image {
             });
         }
         match RgbImage::from_raw(width, height, data) {
-            Some(rgb) => Ok(Image { rgb: rgb.into() }),
+            Some(rgb) => Ok(Image::wrap(rgb)),
             // Unreachable after the length check; reported rather than unwrapped.
             None => Err(ImageError::BufferSize {
                 width,
@@ -289,6 +291,42 @@ impl Image {
                 expected,
             }),
         }
+    }
+
+    fn wrap(rgb: RgbImage) -> Image {
+        Image {
+            rgb: rgb.into(),
+            hash: Default::default(),
+        }
+    }
+
+    /// BLAKE3 of the decoded pixels and their size: equal for the same picture however
+    /// it was encoded or named, computed once per image (clones share it). The image
+    /// cache keys on it.
+    ///
+    /// ```
+    /// use vlm_core::Image;
+    ///
+    /// let a = Image::from_rgb(2, 1, vec![255, 0, 0, 0, 0, 255])?;
+    /// let b = Image::from_rgb(2, 1, vec![255, 0, 0, 0, 0, 255])?;
+    /// let c = Image::from_rgb(1, 2, vec![255, 0, 0, 0, 0, 255])?;
+    /// assert_eq!(a.content_hash(), b.content_hash());
+    /// assert_ne!(a.content_hash(), c.content_hash());
+    /// # Ok::<(), vlm_core::ImageError>(())
+    /// ```
+    pub fn content_hash(&self) -> [u8; 32] {
+        *self.hash.get_or_init(|| {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(&self.width().to_le_bytes());
+            hasher.update(&self.height().to_le_bytes());
+            // A 12 MP photo is 36 MB: hashed on every core, it costs a few ms.
+            if self.rgb.as_raw().len() >= 1 << 22 {
+                hasher.update_rayon(self.rgb.as_raw());
+            } else {
+                hasher.update(self.rgb.as_raw());
+            }
+            *hasher.finalize().as_bytes()
+        })
     }
 
     /// Width in pixels, after EXIF orientation.
@@ -557,9 +595,7 @@ fn decode<R: BufRead + Seek>(
     let mut upright = DynamicImage::ImageRgb8(to_rgb8(decoded));
     // Rotating after the RGB8 conversion moves 3 bytes a pixel instead of up to 8.
     upright.apply_orientation(orientation);
-    Ok(Image {
-        rgb: upright.into_rgb8().into(),
-    })
+    Ok(Image::wrap(upright.into_rgb8()))
 }
 
 /// Converts any decoded colour type to RGB8 the way PIL's `convert("RGB")` does for

@@ -11,6 +11,8 @@
 //! everything that changes while generating (KV cache, positions) lives in per-request
 //! state created by the generation loop, so one model serves many threads at once.
 
+pub mod cache_stats;
+pub mod cancel;
 pub mod chat_template;
 pub mod device;
 pub mod error;
@@ -30,11 +32,13 @@ pub mod sampling;
 pub mod sentencepiece;
 pub mod stream;
 
+pub use cache_stats::CacheStats;
+pub use cancel::CancelFlag;
 pub use device::{DTypeChoice, DeviceChoice};
 pub use error::{Error, ErrorKind, Result};
 pub use family::{Family, FamilyModel, PrefillOutput};
 pub use image::{Image, ImageError, ImageLimits};
-pub use model::{ModelInfo, PreparedBatch, VisionLanguageModel};
+pub use model::{LoadOptions, ModelInfo, PreparedBatch, VisionLanguageModel};
 pub use options::{GenerationDefaults, GenerationOptions, Language, Sampling};
 pub use quant::Quantization;
 pub use request::{Content, FinishReason, Generation, Message, Prompt, Request, Role, Timings};

@@ -3,8 +3,8 @@
 use std::any::Any;
 
 use crate::{
-    DTypeChoice, DeviceChoice, Error, Generation, GenerationOptions, Image, Quantization, Request,
-    Result,
+    CacheStats, DTypeChoice, DeviceChoice, Error, Generation, GenerationOptions, Image,
+    Quantization, Request, Result,
 };
 
 /// How to load a model.
@@ -23,6 +23,18 @@ pub struct LoadOptions {
     pub vision_quantization: Option<Quantization>,
     /// Hub revision (branch, tag or commit) for hub ids.
     pub revision: Option<String>,
+    /// Smallest image area in pixels for every call of this model (Qwen-VL's
+    /// `min_pixels`); a call's [`GenerationOptions::min_pixels`] overrides it. `None`:
+    /// the checkpoint's preprocessor_config.json.
+    pub min_pixels: Option<usize>,
+    /// Largest image area in pixels for every call of this model (Qwen-VL's
+    /// `max_pixels`: a 12 MP phone photo is ~15,500 image tokens at the released
+    /// default; docs/models.md recommends a budget for album use). A call's
+    /// [`GenerationOptions::max_pixels`] overrides it.
+    pub max_pixels: Option<usize>,
+    /// Bytes of vision-tower outputs kept to reuse for the same photo (an LRU, on the
+    /// model's device); 0, the default, turns the cache off.
+    pub image_cache_bytes: u64,
 }
 
 /// What a loaded model is.
@@ -49,6 +61,10 @@ pub struct ModelInfo {
     pub native_multi_image: bool,
     /// Longest sequence (prompt + generated tokens) the model takes.
     pub max_context: usize,
+    /// `[height, width]` every image is resized to when the family's input size is fixed
+    /// (BLIP-2, MiniGPT-4: 224×224); such families ignore pixel budgets. `None`: the
+    /// size follows the image and the pixel budget (Qwen-VL).
+    pub fixed_image_size: Option<[usize; 2]>,
 }
 
 /// A vision-language model: describe a photo, answer a question about it, relate several.
@@ -89,42 +105,106 @@ pub trait VisionLanguageModel: Send + Sync {
     /// The CPU half of [`Self::generate_batch`]: chat templates, tokens and image
     /// preprocessing. Its result runs with [`Self::run_batch`]; preparing the next batch on
     /// another thread while the device runs this one keeps the GPU busy
-    /// ([`Self::generate_batches`] does so).
+    /// ([`Self::generate_batches`] does so). The first request that fails fails the batch.
     fn prepare_batch(&self, requests: Vec<Request>) -> Result<PreparedBatch>;
 
-    /// Runs a batch from [`Self::prepare_batch`] of this model.
-    fn run_batch(&self, batch: PreparedBatch) -> Result<Vec<Generation>>;
+    /// [`Self::prepare_batch`] that keeps each failure in its place: an item that is an
+    /// error, or fails to prepare (an option out of range, a prompt too long), holds its
+    /// error and the others form the batch. Run it with [`Self::run_items`].
+    fn prepare_items(&self, items: Vec<Result<Request>>) -> PreparedBatch;
 
-    /// Runs many requests, `batch_size` per forward pass, each batch prepared on another
-    /// thread while the device runs the one before; `on_done(n)` is called as each batch
-    /// finishes with the number of requests done so far. Results are in request order.
+    /// Runs a batch from [`Self::prepare_items`] (or [`Self::prepare_batch`]) of this model:
+    /// one result per item, in order. When the device run fails, each request of the batch
+    /// gets that error.
+    fn run_items(&self, batch: PreparedBatch) -> Vec<Result<Generation>>;
+
+    /// Runs a batch from [`Self::prepare_batch`] of this model; the first error fails it.
+    fn run_batch(&self, batch: PreparedBatch) -> Result<Vec<Generation>> {
+        self.run_items(batch).into_iter().collect()
+    }
+
+    /// The image cache's counters since load (all zero with the cache off).
+    fn cache_stats(&self) -> CacheStats {
+        CacheStats::default()
+    }
+
+    /// Runs many requests, `batch_size` per forward pass, and hands each result to
+    /// `on_result(index, result)` in input order as its batch finishes, so a library of any
+    /// size runs in the memory of two batches.
+    ///
+    /// `requests` is pulled lazily, one batch ahead, on another thread: the next batch is
+    /// read and preprocessed while the device runs the one before. An item that is an
+    /// error, or fails to prepare, gets its error in its own slot and the others complete.
+    /// A batch whose requests carry a set [`crate::CancelFlag`] ends with
+    /// [`Error::Cancelled`] and nothing more is pulled.
+    fn generate_each(
+        &self,
+        requests: &mut (dyn Iterator<Item = Result<Request>> + Send),
+        batch_size: usize,
+        on_result: &mut dyn FnMut(usize, Result<Generation>),
+    ) {
+        let batch_size = batch_size.max(1);
+        let pull = |requests: &mut (dyn Iterator<Item = Result<Request>> + Send)| {
+            let chunk: Vec<_> = (0..batch_size).map_while(|_| requests.next()).collect();
+            (!chunk.is_empty()).then(|| self.prepare_items(chunk))
+        };
+        let mut next = pull(requests);
+        let mut index = 0;
+        while let Some(batch) = next.take() {
+            // One scope per batch: the worker borrows `requests` only while this batch runs.
+            let (done, prepared) = std::thread::scope(|scope| {
+                let worker = scope.spawn(|| pull(requests));
+                let done = self.run_items(batch);
+                (done, worker.join())
+            });
+            let cancelled = done
+                .iter()
+                .any(|r| matches!(r, Err(Error::Cancelled)));
+            for result in done {
+                on_result(index, result);
+                index += 1;
+            }
+            if cancelled {
+                return;
+            }
+            next = match prepared {
+                Ok(next) => next,
+                Err(_) => {
+                    on_result(
+                        index,
+                        Err(Error::Generation(
+                            "preparing a batch panicked; this is a bug in vlm: please report it"
+                                .into(),
+                        )),
+                    );
+                    return;
+                }
+            };
+        }
+    }
+
+    /// Runs many requests, `batch_size` per forward pass (see [`Self::generate_each`]);
+    /// `on_done(n)` is called as each batch finishes with the number of requests done so
+    /// far. One result per request, in order: a request that fails holds its error and
+    /// the others complete.
     fn generate_batches(
         &self,
-        requests: &[Request],
+        requests: &mut (dyn Iterator<Item = Result<Request>> + Send),
         batch_size: usize,
         on_done: &mut dyn FnMut(usize),
-    ) -> Result<Vec<Generation>> {
-        let mut chunks = requests.chunks(batch_size.max(1)).map(<[Request]>::to_vec);
-        let mut out = Vec::with_capacity(requests.len());
-        std::thread::scope(|scope| {
-            let mut next = chunks.next().map(|c| self.prepare_batch(c)).transpose()?;
-            while let Some(batch) = next.take() {
-                let worker = chunks
-                    .next()
-                    .map(|c| scope.spawn(move || self.prepare_batch(c)));
-                let done = self.run_batch(batch);
-                // Joined before any error returns: the worker's batch is dropped with it.
-                let prepared = worker.map(|w| {
-                    w.join().unwrap_or_else(|_| {
-                        Err(Error::Generation("preparing a batch panicked".into()))
-                    })
-                });
-                out.extend(done?);
-                on_done(out.len());
-                next = prepared.transpose()?;
+    ) -> Vec<Result<Generation>> {
+        let mut out = Vec::new();
+        let batch_size = batch_size.max(1);
+        self.generate_each(requests, batch_size, &mut |i, result| {
+            out.push(result);
+            if (i + 1) % batch_size == 0 {
+                on_done(i + 1);
             }
-            Ok(out)
-        })
+        });
+        if out.len() % batch_size != 0 {
+            on_done(out.len());
+        }
+        out
     }
 
     /// The request `describe` runs (the family's wording in `options.language`).
@@ -174,51 +254,81 @@ pub trait VisionLanguageModel: Send + Sync {
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation>;
 
-    /// Describes many photos, `batch_size` per forward pass; `on_done(i)` is called as each
-    /// batch finishes with the number of photos done so far.
+    /// Describes many photos, `batch_size` per forward pass (see [`Self::generate_batches`]):
+    /// one result per photo, in order; a photo that failed to load (an `Err` item) or to
+    /// preprocess holds its error and the others complete.
+    ///
+    /// ```no_run
+    /// use vlm_core::{GenerationOptions, Image, VisionLanguageModel};
+    ///
+    /// fn caption_folder(model: &dyn VisionLanguageModel) -> std::io::Result<()> {
+    ///     let paths: Vec<_> = std::fs::read_dir("photos")?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    ///     // Decoded lazily, one batch ahead of the device.
+    ///     let mut photos = paths.iter().map(|p| Image::open(p).map_err(Into::into));
+    ///     let opts = GenerationOptions::greedy(64);
+    ///     let results = model.describe_batch(&mut photos, &opts, 8, &mut |n| eprintln!("{n} done"));
+    ///     for (path, result) in paths.iter().zip(results) {
+    ///         match result {
+    ///             Ok(g) => println!("{}: {}", path.display(), g.text),
+    ///             Err(e) => eprintln!("{}: {e}", path.display()),
+    ///         }
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
     fn describe_batch(
         &self,
-        images: &[Image],
+        images: &mut (dyn Iterator<Item = Result<Image>> + Send),
         options: &GenerationOptions,
         batch_size: usize,
         on_done: &mut dyn FnMut(usize),
-    ) -> Result<Vec<String>> {
-        let requests = images
-            .iter()
-            .map(|img| self.describe_request(img, options))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(self
-            .generate_batches(&requests, batch_size, on_done)?
-            .into_iter()
-            .map(|g| g.text)
-            .collect())
+    ) -> Vec<Result<Generation>> {
+        let mut requests =
+            images.map(|image| image.and_then(|image| self.describe_request(&image, options)));
+        self.generate_batches(&mut requests, batch_size, on_done)
+    }
+
+    /// Answers one question per photo, `batch_size` per forward pass: items are
+    /// `(photo, question)` pairs; results as in [`Self::describe_batch`].
+    fn ask_batch(
+        &self,
+        items: &mut (dyn Iterator<Item = Result<(Image, String)>> + Send),
+        options: &GenerationOptions,
+        batch_size: usize,
+        on_done: &mut dyn FnMut(usize),
+    ) -> Vec<Result<Generation>> {
+        let mut requests = items.map(|item| {
+            item.and_then(|(image, question)| self.ask_request(&image, &question, options))
+        });
+        self.generate_batches(&mut requests, batch_size, on_done)
     }
 }
 
 /// Requests whose CPU work is done ([`VisionLanguageModel::prepare_batch`]), waiting for
 /// the device ([`VisionLanguageModel::run_batch`] of the same model).
 pub struct PreparedBatch {
-    pub(crate) requests: Vec<Request>,
+    /// One per item: `None` where the item is in `inputs`, its error where it failed.
+    pub(crate) slots: Vec<Option<Error>>,
     /// The family's prepared inputs (`generate::Prepared<F>`).
     pub(crate) inputs: Box<dyn Any + Send>,
 }
 
 impl PreparedBatch {
-    /// How many requests the batch holds.
+    /// How many items the batch holds (failed ones included).
     pub fn len(&self) -> usize {
-        self.requests.len()
+        self.slots.len()
     }
 
-    /// Whether the batch holds no request.
+    /// Whether the batch holds no item.
     pub fn is_empty(&self) -> bool {
-        self.requests.is_empty()
+        self.slots.is_empty()
     }
 }
 
 impl std::fmt::Debug for PreparedBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PreparedBatch")
-            .field("requests", &self.requests.len())
+            .field("items", &self.slots.len())
             .finish_non_exhaustive()
     }
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::{Error, Result};
+use crate::{CancelFlag, Error, Result};
 
 /// Used when neither the caller nor generation_config.json says how many tokens to make:
 /// long enough for a detailed photo description, short enough to bound a batch job.
@@ -90,6 +90,17 @@ pub struct GenerationOptions {
     /// Keep the logits of every step in [`crate::Generation::logits`] (for tests and
     /// analysis; costs one vocabulary-sized copy per token).
     pub return_logits: bool,
+    /// Smallest area, in pixels, an image of this call is resized to: `min_pixels` of
+    /// Qwen-VL's `smart_resize`. `None`: the model's load option, else the checkpoint's
+    /// preprocessor_config.json. Families with a fixed input size (BLIP-2, MiniGPT-4:
+    /// 224×224, see [`crate::ModelInfo::fixed_image_size`]) ignore pixel budgets.
+    pub min_pixels: Option<usize>,
+    /// Largest area, in pixels, an image of this call is resized to: `max_pixels` of
+    /// Qwen-VL's `smart_resize`, the knob that bounds the image tokens (a merged token
+    /// covers 28×28 pixels on Qwen2/2.5-VL, 32×32 on Qwen3-VL). `None`: as `min_pixels`.
+    pub max_pixels: Option<usize>,
+    /// Stops the call when set from another thread ([`crate::Error::Cancelled`]).
+    pub cancel: Option<CancelFlag>,
 }
 
 impl GenerationOptions {
@@ -170,6 +181,7 @@ impl GenerationOptions {
                 .collect(),
             eos_token_ids: defaults.eos_token_ids.clone(),
             return_logits: self.return_logits,
+            cancel: self.cancel.clone(),
         })
     }
 }
@@ -193,6 +205,15 @@ pub struct ResolvedOptions {
     pub eos_token_ids: Vec<u32>,
     /// See [`GenerationOptions::return_logits`].
     pub return_logits: bool,
+    /// See [`GenerationOptions::cancel`].
+    pub cancel: Option<CancelFlag>,
+}
+
+impl ResolvedOptions {
+    /// Whether this call's [`CancelFlag`] was set.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(CancelFlag::is_cancelled)
+    }
 }
 
 /// A model's own defaults, read from generation_config.json.

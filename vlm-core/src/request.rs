@@ -140,6 +140,9 @@ pub struct Timings {
     pub decode: Duration,
     /// Tokens produced by the decode steps (excludes the first token, which prefill gives).
     pub decode_steps: usize,
+    /// This request's images whose vision-tower output was reused from the model's image
+    /// cache (or from the same photo earlier in the batch) instead of being encoded.
+    pub image_cache_hits: usize,
 }
 
 impl Timings {

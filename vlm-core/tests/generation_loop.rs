@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use tokenizers::models::wordlevel::WordLevel;
 use tokenizers::Tokenizer;
 use vlm_core::{
-    Error, Family, FamilyModel, FinishReason, GenerationDefaults, GenerationOptions, ModelInfo,
+    CancelFlag, Error, ErrorKind, Family, FamilyModel, FinishReason, GenerationDefaults, GenerationOptions, ModelInfo,
     PrefillOutput, Quantization, Request, Result, Sampling, VisionLanguageModel,
 };
 
@@ -24,6 +24,8 @@ struct Scripted {
     tokenizer: Tokenizer,
     defaults: GenerationDefaults,
     max_context: usize,
+    /// Sets the flag at this decode step, as another thread would (Ctrl-C).
+    cancel_at: std::sync::Mutex<Option<(usize, CancelFlag)>>,
 }
 
 struct Prepared {
@@ -67,6 +69,7 @@ impl Family for Scripted {
             max_images: Some(0),
             native_multi_image: false,
             max_context: self.max_context,
+            fixed_image_size: None,
         }
     }
 
@@ -104,6 +107,7 @@ impl Family for Scripted {
             logits: logits_for(&scripts, 0)?,
             state: State { scripts, step: 0 },
             image_encode: Duration::ZERO,
+            image_cache_hits: vec![],
         })
     }
 
@@ -114,6 +118,11 @@ impl Family for Scripted {
             "one token per sequence, finished ones included"
         );
         state.step += 1;
+        if let Some((step, flag)) = &*self.cancel_at.lock().unwrap() {
+            if *step == state.step {
+                flag.cancel();
+            }
+        }
         logits_for(&state.scripts, state.step)
     }
 }
@@ -137,6 +146,7 @@ fn model(max_context: usize) -> FamilyModel<Scripted> {
         tokenizer,
         defaults,
         max_context,
+        cancel_at: Default::default(),
     })
 }
 
@@ -216,9 +226,15 @@ fn batches_prepared_ahead_give_what_each_batch_gives_in_order() {
         .map(|s| Request::raw(vec![], *s, GenerationOptions::greedy(3)))
         .collect();
     let mut done = Vec::new();
-    let got = m
-        .generate_batches(&requests, 2, &mut |n| done.push(n))
-        .unwrap();
+    let got: Vec<_> = m
+        .generate_batches(
+            &mut requests.clone().into_iter().map(Ok),
+            2,
+            &mut |n| done.push(n),
+        )
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
     assert_eq!(done, vec![2, 4, 5]);
     let expected: Vec<Vec<u32>> = requests
         .chunks(2)
@@ -230,27 +246,93 @@ fn batches_prepared_ahead_give_what_each_batch_gives_in_order() {
         expected
     );
     assert_eq!(got[2].token_ids, vec![2]);
-    assert!(m.generate_batches(&[], 2, &mut |_| {}).unwrap().is_empty());
+    assert!(m
+        .generate_batches(&mut std::iter::empty(), 2, &mut |_| {})
+        .is_empty());
 }
 
 #[test]
-fn a_batch_that_fails_to_prepare_stops_the_run_after_the_batches_before_it() {
+fn a_batch_of_ten_with_two_broken_items_gives_eight_results_and_two_errors_in_order() {
     let m = model(1000);
-    let mut requests: Vec<Request> = (0..4)
-        .map(|_| Request::raw(vec![], "a b", GenerationOptions::greedy(2)))
+    let items: Vec<Result<Request>> = (0..10)
+        .map(|i| match i {
+            // A photo that failed to load before it became a request ...
+            3 => Err(Error::Image(vlm_core::ImageError::ZeroSize {
+                input: "broken.jpg".into(),
+                width: 0,
+                height: 0,
+            })),
+            // ... and one the family cannot prepare (the scripted family takes raw prompts).
+            8 => Ok(Request::chat(vec![], "hello", GenerationOptions::greedy(2))),
+            _ => Ok(Request::raw(vec![], "a b", GenerationOptions::greedy(2))),
+        })
         .collect();
-    // The scripted family prepares raw prompts only.
-    requests[3] = Request::chat(vec![], "hello", GenerationOptions::greedy(2));
     let mut done = Vec::new();
+    let got = m.generate_batches(&mut items.into_iter(), 4, &mut |n| done.push(n));
+    assert_eq!(done, vec![4, 8, 10]);
+    assert_eq!(got.len(), 10);
+    for (i, r) in got.iter().enumerate() {
+        match (i, r) {
+            (3, Err(e)) => assert_eq!(e.kind(), ErrorKind::BadInput, "{e}"),
+            (8, Err(e)) => assert!(e.to_string().contains("raw prompts"), "{e}"),
+            (_, Ok(g)) => assert_eq!(g.token_ids, vec![0, 1]),
+            (i, other) => panic!("item {i}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn items_are_pulled_one_batch_ahead_of_the_device() {
+    let m = model(1000);
+    let pulled = std::sync::atomic::AtomicUsize::new(0);
+    let mut items = (0..100).map(|_| {
+        pulled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Request::raw(vec![], "a", GenerationOptions::greedy(1)))
+    });
+    let mut first_seen_after = None;
+    m.generate_each(&mut items, 5, &mut |i, r| {
+        r.unwrap();
+        if i == 0 {
+            first_seen_after = Some(pulled.load(std::sync::atomic::Ordering::SeqCst));
+        }
+    });
+    // The first batch, and at most the one prepared while it ran.
+    assert!(first_seen_after.unwrap() <= 10, "{first_seen_after:?}");
+    assert_eq!(pulled.load(std::sync::atomic::Ordering::SeqCst), 100);
+}
+
+#[test]
+fn a_cancelled_call_stops_between_decode_steps_and_the_model_stays_usable() {
+    let m = model(1000);
+    let flag = CancelFlag::new();
+    *m.family().cancel_at.lock().unwrap() = Some((2, flag.clone()));
+    let opts = GenerationOptions {
+        cancel: Some(flag.clone()),
+        ..GenerationOptions::greedy(6)
+    };
     let err = m
-        .generate_batches(&requests, 2, &mut |n| done.push(n))
+        .generate(&Request::raw(vec![], "a b c d a b", opts.clone()))
         .unwrap_err();
-    assert!(err.to_string().contains("raw prompts"), "{err}");
-    assert_eq!(
-        done,
-        vec![2],
-        "the first batch ran while the second was prepared"
-    );
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Cancelled);
+
+    // A batch job stops after the batch that was cancelled: nothing more is pulled.
+    let pulled = std::sync::atomic::AtomicUsize::new(0);
+    let mut items = (0..20).map(|_| {
+        pulled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Request::raw(vec![], "a b c d a b", opts.clone()))
+    });
+    let got = m.generate_batches(&mut items, 2, &mut |_| {});
+    assert!(got.iter().all(|r| matches!(r, Err(Error::Cancelled))), "{got:?}");
+    assert!(got.len() <= 2, "{}", got.len());
+    assert!(pulled.load(std::sync::atomic::Ordering::SeqCst) <= 4);
+
+    // The same model, a call without the flag: unharmed.
+    *m.family().cancel_at.lock().unwrap() = None;
+    let g = m
+        .generate(&Request::raw(vec![], "a b c", GenerationOptions::greedy(3)))
+        .unwrap();
+    assert_eq!(g.token_ids, vec![0, 1, 2]);
 }
 
 #[test]

@@ -110,13 +110,13 @@ pub fn single_image(py: Python<'_>, obj: &Bound<'_, PyAny>, what: &str) -> PyRes
     Ok(sources.remove(0))
 }
 
-/// The argument of `describe_batch` must be a collection of images, not one image.
-pub fn reject_single_image(obj: &Bound<'_, PyAny>) -> PyResult<()> {
+/// The argument of a batch call must be a collection of items, not one image.
+pub fn reject_single_image(obj: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
     if is_path_like(obj)? || obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<PyByteArray>()
     {
         return Err(PyTypeError::new_err(format!(
-            "describe_batch takes an iterable of images (e.g. a list of paths), not a single \
-             {}; use describe for one image",
+            "{method} takes an iterable of items (e.g. a list of paths), not a single \
+             {}; use describe or ask for one image",
             obj.get_type().name()?
         )));
     }
@@ -134,6 +134,8 @@ pub const GENERATION_KWARGS: &[&str] = &[
     "repetition_penalty",
     "seed",
     "stop",
+    "max_pixels",
+    "min_pixels",
 ];
 
 fn describe_type(value: &Bound<'_, PyAny>) -> String {
@@ -203,7 +205,11 @@ pub fn generation_options(
     gen: Option<&Bound<'_, PyDict>>,
     language: Option<&str>,
 ) -> PyResult<GenerationOptions> {
-    let mut options = GenerationOptions::default();
+    // Every call can be stopped with Ctrl-C (errors::interruptible sets the flag).
+    let mut options = GenerationOptions {
+        cancel: Some(vlm_core::CancelFlag::new()),
+        ..GenerationOptions::default()
+    };
     if let Some(language) = language {
         options.language = Language::parse(language).map_err(|e| to_pyerr(py, e.into()))?;
     }
@@ -241,6 +247,8 @@ pub fn generation_options(
             }
             "seed" => options.seed = int_option(&value, "seed", "in 0..2**64")?,
             "stop" => options.stop_strings = stop_option(&value)?,
+            "max_pixels" => options.max_pixels = Some(int_option(&value, "max_pixels", ">= 1")?),
+            "min_pixels" => options.min_pixels = Some(int_option(&value, "min_pixels", ">= 0")?),
             other => return Err(unknown_kwarg(method, other)),
         }
     }

@@ -54,6 +54,11 @@ class DeviceError(VlmError):
     """The device is not available: CUDA not compiled in or not present, out of memory."""
     __module__ = "vlm"
 
+class CancelledError(VlmError):
+    """The call was stopped through its cancellation flag before it finished (Ctrl-C
+    raises KeyboardInterrupt instead); the model is unharmed."""
+    __module__ = "vlm"
+
 class GenerationError(VlmError):
     """Running a model that loaded fine failed. Internal errors (Rust panics) are raised
     as this class too; they are bugs: please report them."""
@@ -69,6 +74,7 @@ pub const EXCEPTION_NAMES: &[&str] = &[
     "ModelFilesError",
     "ModelFileNotFoundError",
     "DeviceError",
+    "CancelledError",
     "GenerationError",
 ];
 
@@ -151,6 +157,7 @@ fn class_name(failure: &Failure) -> (&'static str, Option<PathBuf>) {
             ErrorKind::ModelFiles => ("ModelFilesError", None),
             ErrorKind::Device => ("DeviceError", None),
             ErrorKind::Runtime => ("GenerationError", None),
+            ErrorKind::Cancelled => ("CancelledError", None),
             // A kind added to vlm-core later still raises a vlm exception.
             _ => ("VlmError", None),
         },
@@ -200,6 +207,57 @@ pub fn without_gil<T: Send>(
     work: impl FnOnce() -> Result<T, Failure> + Send,
 ) -> PyResult<T> {
     py.detach(|| catch(work)).map_err(|f| to_pyerr(py, f))
+}
+
+/// Runs `work` on a helper thread with the GIL released while this thread watches for
+/// Ctrl-C: Python runs signal handlers only on its main thread, between bytecodes, so a
+/// thread blocked in Rust would not see one until the work ends. On an interrupt (any
+/// exception a signal handler raises) `cancel` is set, the work stops at its next check
+/// (between decode steps), and the handler's exception is raised; the model stays usable.
+pub fn interruptible<T: Send>(
+    py: Python<'_>,
+    cancel: Option<&vlm_core::CancelFlag>,
+    work: impl FnOnce() -> Result<T, Failure> + Send,
+) -> PyResult<T> {
+    let Some(cancel) = cancel else {
+        return without_gil(py, work);
+    };
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("vlm-call".into())
+            .spawn_scoped(scope, move || {
+                // Fails only if this call already returned; nobody waits then.
+                let _ = tx.send(catch(work));
+            });
+        if let Err(e) = spawned {
+            let message = format!("cannot start a thread for the call: {e}");
+            return Err(to_pyerr(py, Failure::Vlm(Error::Generation(message))));
+        }
+        let mut rx = rx;
+        loop {
+            let (back, got) = py.detach(move || {
+                let got = rx.recv_timeout(crate::batch::SIGNAL_POLL);
+                (rx, got)
+            });
+            rx = back;
+            match got {
+                Ok(result) => return result.map_err(|f| to_pyerr(py, f)),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(interrupt) = py.check_signals() {
+                        cancel.cancel();
+                        // Wait for the work to stop, so nothing of this call outlives it.
+                        let _ = py.detach(move || rx.recv());
+                        return Err(interrupt);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let message = "the call's thread ended without a result".to_string();
+                    return Err(to_pyerr(py, Failure::Panic(message)));
+                }
+            }
+        }
+    })
 }
 
 /// The text of a panic payload (`panic!` with a literal gives `&str`, with a format

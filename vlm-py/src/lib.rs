@@ -8,6 +8,7 @@
 //! PIL images and numpy arrays are converted to RGB bytes by the pure-Python helper
 //! `vlm/_images.py`, so neither library is needed to build or import `vlm`.
 
+mod batch;
 mod convert;
 mod errors;
 mod model;
@@ -25,6 +26,7 @@ fn _vlm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(model::supported_model_types, m)?)?;
     m.add_class::<model::Model>()?;
     m.add_class::<stream::TextStream>()?;
+    m.add_class::<batch::BatchResults>()?;
     m.add_class::<types::PyGeneration>()?;
     m.add_class::<types::PyTimings>()?;
     errors::add_exceptions(m)?;

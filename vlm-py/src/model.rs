@@ -7,15 +7,15 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use vlm_core::model::LoadOptions;
-use vlm_core::{DTypeChoice, DeviceChoice, PreparedBatch, Quantization, VisionLanguageModel};
+use vlm_core::{DTypeChoice, DeviceChoice, Quantization, VisionLanguageModel};
 
+use crate::batch::{self, BatchResults, Job, OnError, Task};
 use crate::convert::{
-    decode_all, generation_options, image_source, image_sources, prompt_arg, reject_single_image,
-    single_image, ImageSource,
+    decode_all, generation_options, image_sources, prompt_arg, reject_single_image, single_image,
 };
-use crate::errors::{catch, invalid_option, panic_message, to_pyerr, without_gil, Failure};
+use crate::errors::{interruptible, invalid_option, to_pyerr, without_gil};
 use crate::stream::{StreamJob, TextStream};
-use crate::types::{info_dict, PyGeneration};
+use crate::types::{cache_stats_dict, info_dict, PyGeneration};
 
 fn parse<T>(py: Python<'_>, parsed: vlm_core::Result<T>) -> PyResult<T> {
     parsed.map_err(|e| to_pyerr(py, e.into()))
@@ -28,12 +28,18 @@ fn parse<T>(py: Python<'_>, parsed: vlm_core::Result<T>) -> PyResult<T> {
 /// quant: None, "int8" or "int4" (the language model's linear layers; docs/quantization.md).
 /// vision_quant: the vision tower's quantization (default: "int8" when quant is set).
 /// revision: branch, tag or commit, for hub ids.
+/// max_pixels / min_pixels: Qwen-VL's pixel budget for every call (default: the
+/// checkpoint's; a call's own max_pixels= overrides it). A 12 MP phone photo is ~15,500
+/// image tokens at the released default; docs/models.md recommends a budget for albums.
+/// image_cache_mb: MB of image encodings kept on the device so that a second call about
+/// the same photo skips the vision tower (0: off).
 /// A folder written by save_quantized() loads as it was saved.
 #[pyfunction]
 #[pyo3(
-    signature = (model, device=None, dtype=None, quant=None, *, vision_quant=None, revision=None),
-    text_signature = "(model, device='auto', dtype='auto', quant=None, *, vision_quant=None, revision=None)"
+    signature = (model, device=None, dtype=None, quant=None, *, vision_quant=None, revision=None, max_pixels=None, min_pixels=None, image_cache_mb=0),
+    text_signature = "(model, device='auto', dtype='auto', quant=None, *, vision_quant=None, revision=None, max_pixels=None, min_pixels=None, image_cache_mb=0)"
 )]
+#[allow(clippy::too_many_arguments)]
 pub fn load(
     py: Python<'_>,
     model: PathBuf,
@@ -42,9 +48,15 @@ pub fn load(
     quant: Option<String>,
     vision_quant: Option<String>,
     revision: Option<String>,
+    max_pixels: Option<usize>,
+    min_pixels: Option<usize>,
+    image_cache_mb: u64,
 ) -> PyResult<Model> {
     let path_or_id = utf8(py, model, "model")?;
-    let options = load_options(py, device, dtype, quant, vision_quant, revision)?;
+    let mut options = load_options(py, device, dtype, quant, vision_quant, revision)?;
+    options.max_pixels = max_pixels;
+    options.min_pixels = min_pixels;
+    options.image_cache_bytes = image_cache_mb.saturating_mul(1 << 20);
     let inner = without_gil(py, || Ok(vlm_models::load(&path_or_id, &options)?))?;
     Ok(Model {
         inner: Arc::from(inner),
@@ -110,6 +122,7 @@ fn load_options(
             None => None,
         },
         revision,
+        ..LoadOptions::default()
     })
 }
 
@@ -149,7 +162,9 @@ impl Model {
         let source = single_image(py, image, "describe")?;
         let options = generation_options(py, "describe", gen, language.as_deref())?;
         let model = &*self.inner;
-        without_gil(py, || Ok(model.describe(&source.decode()?, &options)?))
+        interruptible(py, options.cancel.as_ref(), || {
+            Ok(model.describe(&source.decode()?, &options)?)
+        })
     }
 
     /// Answers a question about a photo; the answer's language follows the question.
@@ -164,7 +179,7 @@ impl Model {
         let source = single_image(py, image, "ask")?;
         let options = generation_options(py, "ask", gen, None)?;
         let model = &*self.inner;
-        without_gil(py, || {
+        interruptible(py, options.cancel.as_ref(), || {
             Ok(model.ask(&source.decode()?, &question, &options)?)
         })
     }
@@ -183,7 +198,7 @@ impl Model {
         let sources = image_sources(Some(images))?;
         let options = generation_options(py, "relate", gen, language.as_deref())?;
         let model = &*self.inner;
-        without_gil(py, || {
+        interruptible(py, options.cancel.as_ref(), || {
             let images = decode_all(sources)?;
             Ok(model.relate(&images, instruction.as_deref(), &options)?)
         })
@@ -209,7 +224,8 @@ impl Model {
         let mut options = generation_options(py, "generate", gen, None)?;
         options.return_logits = return_logits;
         let model = &*self.inner;
-        let generation = without_gil(py, || {
+        let cancel = options.cancel.clone();
+        let generation = interruptible(py, cancel.as_ref(), || {
             let request = prompt.into_request(decode_all(sources)?, options);
             Ok(model.generate(&request)?)
         })?;
@@ -280,10 +296,16 @@ impl Model {
     }
 
     /// Describes many photos, batch_size per forward pass; returns the descriptions in
-    /// order. images: any iterable of images (e.g. sorted(Path("photos").glob("*.jpg"))),
-    /// decoded batch_size at a time: the next batch is decoded and preprocessed while the
-    /// model runs the current one. progress=True shows a tqdm bar when tqdm is installed.
-    #[pyo3(signature = (images, batch_size=8, progress=false, *, language=None, **gen))]
+    /// order. images: any iterable of images (e.g. sorted(Path("photos").glob("*.jpg")), or
+    /// a generator over a million paths: it is read one batch ahead, so memory stays
+    /// bounded); the next batch is decoded and preprocessed while the model runs the
+    /// current one. on_error="raise" raises the first failure; "return" puts the exception
+    /// object in the failed photo's place and the others complete. An exception of the
+    /// iterable itself comes after the items before it ran (see docs/python.md).
+    /// full=True returns Generation objects instead of text. progress=True shows a tqdm
+    /// bar when tqdm is installed. Ctrl-C stops the call within one decode step.
+    #[pyo3(signature = (images, batch_size=8, progress=false, *, language=None, on_error="raise", full=false, **gen))]
+    #[allow(clippy::too_many_arguments)]
     fn describe_batch(
         &self,
         py: Python<'_>,
@@ -291,72 +313,71 @@ impl Model {
         batch_size: usize,
         progress: bool,
         language: Option<String>,
+        on_error: &str,
+        full: bool,
         gen: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Vec<String>> {
-        reject_single_image(images)?;
-        if batch_size == 0 {
-            return Err(invalid_option(py, "batch_size", "must be at least 1"));
-        }
-        let options = generation_options(py, "describe_batch", gen, language.as_deref())?;
-        let total = images.len().ok();
-        let bar = if progress {
-            ProgressBar::open(py, total)?
-        } else {
-            None
-        };
-        let mut items = images.try_iter()?;
-        let mut out = Vec::with_capacity(total.unwrap_or(0));
-        let model = &*self.inner;
-        // Only one batch of images beyond the running one is decoded at a time: a folder of
-        // 10,000 photos never sits in memory as pixels.
-        let mut next_chunk = || -> PyResult<Vec<ImageSource>> {
-            items
-                .by_ref()
-                .take(batch_size)
-                .map(|item| image_source(&item?))
-                .collect()
-        };
-        // The CPU work of a batch (file decoding, chat template, image preprocessing), done
-        // on another thread while the device runs the batch before it.
-        let prepare = |sources: Vec<ImageSource>| -> Result<PreparedBatch, Failure> {
-            let requests = decode_all(sources)?
-                .iter()
-                .map(|image| model.describe_request(image, &options))
-                .collect::<vlm_core::Result<Vec<_>>>()?;
-            Ok(model.prepare_batch(requests)?)
-        };
-        let first = next_chunk()?;
-        let mut current = if first.is_empty() {
-            None
-        } else {
-            Some(without_gil(py, || prepare(first))?)
-        };
-        while let Some(batch) = current.take() {
-            let n = batch.len();
-            let sources = next_chunk()?;
-            let (texts, next) = without_gil(py, || {
-                Ok(std::thread::scope(|scope| {
-                    let worker =
-                        (!sources.is_empty()).then(|| scope.spawn(|| catch(|| prepare(sources))));
-                    let texts = model.run_batch(batch);
-                    let next = worker.map(|w| {
-                        w.join().unwrap_or_else(|payload| {
-                            Err(Failure::Panic(panic_message(payload.as_ref())))
-                        })
-                    });
-                    (texts, next)
-                }))
-            })?;
-            let texts = parse(py, texts)?;
-            out.extend(texts.into_iter().map(|g| g.text));
-            if let Some(bar) = &bar {
-                bar.update(py, n)?;
-            }
-            // Ctrl-C between batches.
-            py.check_signals()?;
-            current = next.transpose().map_err(|f| to_pyerr(py, f))?;
-        }
-        Ok(out)
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        self.run_list(
+            py,
+            "describe_batch",
+            Task::Describe,
+            images,
+            batch_size,
+            progress,
+            language,
+            on_error,
+            full,
+            gen,
+        )
+    }
+
+    /// Answers one question per photo, batch_size per forward pass: items is any iterable
+    /// of (image, question) pairs; results and options as in describe_batch.
+    #[pyo3(signature = (items, batch_size=8, progress=false, *, on_error="raise", full=false, **gen))]
+    #[allow(clippy::too_many_arguments)]
+    fn ask_batch(
+        &self,
+        py: Python<'_>,
+        items: &Bound<'_, PyAny>,
+        batch_size: usize,
+        progress: bool,
+        on_error: &str,
+        full: bool,
+        gen: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        self.run_list(
+            py, "ask_batch", Task::Ask, items, batch_size, progress, None, on_error, full, gen,
+        )
+    }
+
+    /// Like describe_batch (task="describe", items are images) or ask_batch (task="ask",
+    /// items are (image, question) pairs), but returns an iterator that yields each result
+    /// in input order as soon as its batch finishes, so results can be saved while the rest
+    /// runs. close() (or dropping the iterator) stops the job.
+    #[pyo3(signature = (items, task="describe", *, batch_size=8, language=None, on_error="raise", full=false, **gen))]
+    #[allow(clippy::too_many_arguments)]
+    fn map(
+        &self,
+        py: Python<'_>,
+        items: &Bound<'_, PyAny>,
+        task: &str,
+        batch_size: usize,
+        language: Option<String>,
+        on_error: &str,
+        full: bool,
+        gen: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<BatchResults> {
+        let task = Task::parse(task)
+            .ok_or_else(|| invalid_option(py, "task", "use \"describe\" or \"ask\""))?;
+        let (job, on_error) =
+            self.start_job(py, "map", task, items, batch_size, language, on_error, gen)?;
+        Ok(BatchResults::new(job, on_error, full))
+    }
+
+    /// The image cache's counters since load: hits, misses, bytes, entries and
+    /// capacity_bytes (all 0 when the model was loaded without image_cache_mb).
+    fn cache_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        cache_stats_dict(py, &self.inner.cache_stats())
     }
 
     fn __repr__(&self) -> String {
@@ -368,12 +389,69 @@ impl Model {
     }
 }
 
-/// A tqdm bar, closed when dropped (also when describe_batch raises).
+impl Model {
+    /// Checks a batch call's arguments and starts its job.
+    #[allow(clippy::too_many_arguments)]
+    fn start_job(
+        &self,
+        py: Python<'_>,
+        method: &str,
+        task: Task,
+        items: &Bound<'_, PyAny>,
+        batch_size: usize,
+        language: Option<String>,
+        on_error: &str,
+        gen: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<(Job, OnError)> {
+        reject_single_image(items, method)?;
+        if batch_size == 0 {
+            return Err(invalid_option(py, "batch_size", "must be at least 1"));
+        }
+        let on_error = OnError::parse(on_error).ok_or_else(|| {
+            invalid_option(py, "on_error", "use \"raise\" or \"return\"")
+        })?;
+        let options = generation_options(py, method, gen, language.as_deref())?;
+        let job = Job::start(py, Arc::clone(&self.inner), items, task, options, batch_size)?;
+        Ok((job, on_error))
+    }
+
+    /// describe_batch and ask_batch: a job run to the end into a list.
+    #[allow(clippy::too_many_arguments)]
+    fn run_list(
+        &self,
+        py: Python<'_>,
+        method: &str,
+        task: Task,
+        items: &Bound<'_, PyAny>,
+        batch_size: usize,
+        progress: bool,
+        language: Option<String>,
+        on_error: &str,
+        full: bool,
+        gen: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        let total = items.len().ok();
+        let (job, on_error) =
+            self.start_job(py, method, task, items, batch_size, language, on_error, gen)?;
+        let bar = if progress {
+            ProgressBar::open(py, total, method)?
+        } else {
+            None
+        };
+        let mut tick = |py: Python<'_>| match &bar {
+            Some(bar) => bar.update(py, 1),
+            None => Ok(()),
+        };
+        batch::collect(py, job, on_error, full, &mut tick)
+    }
+}
+
+/// A tqdm bar, closed when dropped (also when a batch call raises).
 struct ProgressBar(Py<PyAny>);
 
 impl ProgressBar {
     /// The bar, or None (with a warning) when tqdm is not installed.
-    fn open(py: Python<'_>, total: Option<usize>) -> PyResult<Option<Self>> {
+    fn open(py: Python<'_>, total: Option<usize>, what: &str) -> PyResult<Option<Self>> {
         let tqdm = match py.import("tqdm.auto") {
             Ok(m) => m,
             Err(_) => {
@@ -389,7 +467,7 @@ impl ProgressBar {
         };
         let kwargs = PyDict::new(py);
         kwargs.set_item("total", total)?;
-        kwargs.set_item("desc", PyString::new(py, "describe"))?;
+        kwargs.set_item("desc", PyString::new(py, what))?;
         kwargs.set_item("unit", "photo")?;
         let bar = tqdm.getattr("tqdm")?.call((), Some(&kwargs))?;
         Ok(Some(ProgressBar(bar.unbind())))

@@ -17,6 +17,9 @@ pub struct PyTimings {
     decode: f64,
     /// Tokens produced by the decode steps (the first token comes from prefill).
     decode_steps: usize,
+    /// This call's images whose encoding came from the image cache (or an earlier copy
+    /// of the same photo in the batch).
+    image_cache_hits: usize,
 }
 
 #[pymethods]
@@ -39,9 +42,9 @@ impl PyTimings {
 
     fn __repr__(&self) -> String {
         format!(
-            "Timings(preprocess={:.4}, image_encode={:.4}, prefill={:.4}, decode={:.4}, decode_steps={})",
+            "Timings(preprocess={:.4}, image_encode={:.4}, prefill={:.4}, decode={:.4}, decode_steps={}, image_cache_hits={})",
             self.preprocess,
-            self.image_encode, self.prefill, self.decode, self.decode_steps
+            self.image_encode, self.prefill, self.decode, self.decode_steps, self.image_cache_hits
         )
     }
 }
@@ -54,6 +57,7 @@ impl From<Timings> for PyTimings {
             prefill: t.prefill.as_secs_f64(),
             decode: t.decode.as_secs_f64(),
             decode_steps: t.decode_steps,
+            image_cache_hits: t.image_cache_hits,
         }
     }
 }
@@ -127,5 +131,20 @@ pub fn info_dict<'py>(py: Python<'py>, info: &ModelInfo) -> PyResult<Bound<'py, 
     d.set_item("max_images", info.max_images)?;
     d.set_item("native_multi_image", info.native_multi_image)?;
     d.set_item("max_context", info.max_context)?;
+    d.set_item("fixed_image_size", info.fixed_image_size.map(|[h, w]| (h, w)))?;
+    Ok(d)
+}
+
+/// `Model.cache_stats()`: a plain dict.
+pub fn cache_stats_dict<'py>(
+    py: Python<'py>,
+    stats: &vlm_core::CacheStats,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("hits", stats.hits)?;
+    d.set_item("misses", stats.misses)?;
+    d.set_item("bytes", stats.bytes)?;
+    d.set_item("entries", stats.entries)?;
+    d.set_item("capacity_bytes", stats.capacity_bytes)?;
     Ok(d)
 }

@@ -37,6 +37,7 @@ use vlm_core::{
 pub use config::{Blip2Config, TextConfig};
 pub use processor::{Blip2Inputs, Blip2Processor};
 
+use crate::image_cache::{self, Features, ImageCache, Plan};
 use crate::layers::{attention_mask, Linear};
 use crate::quantized_folder::{LoadContext, Weights};
 use crate::weights::weights_err;
@@ -66,6 +67,8 @@ pub struct Blip2 {
     dtype: DType,
     quantization: Quantization,
     ctx: LoadContext,
+    /// Q-Former outputs projected into the language model, kept for reuse.
+    cache: Option<ImageCache>,
 }
 
 /// The intermediate results of the image path, for parity checks.
@@ -233,6 +236,7 @@ impl Blip2 {
             dtype,
             quantization: weights.quantization,
             ctx: weights.ctx,
+            cache: ImageCache::new(options.image_cache_bytes),
         })
     }
 
@@ -264,21 +268,11 @@ impl Blip2 {
     /// Embeddings of left-padded prompts `[b, len, width]`: image slots take the image
     /// embeddings, every other position its token's embedding. Returns them with each
     /// sequence's padding.
-    fn prompt_embeds(&self, batch: &[&Blip2Inputs]) -> Result<(Tensor, Vec<usize>)> {
+    fn prompt_embeds(&self, batch: &[&Blip2Inputs]) -> Result<(Tensor, Vec<usize>, Vec<usize>)> {
         let b = batch.len();
         let len = batch.iter().map(|p| p.input_ids.len()).max().unwrap_or(0);
         let pad: Vec<usize> = batch.iter().map(|p| len - p.input_ids.len()).collect();
-        let images: Vec<&[f32]> = batch
-            .iter()
-            .filter_map(|p| p.pixel_values.as_deref())
-            .collect();
-        let image_embeds = if images.is_empty() {
-            None
-        } else {
-            let e = self.image_features(&images)?.embeds;
-            let (n, q, d) = e.dims3()?;
-            Some(e.reshape((n * q, d))?)
-        };
+        let (image_embeds, hits) = self.image_embeds(batch)?;
         let mut ids = Vec::with_capacity(b * len);
         let mut source = Vec::with_capacity(b * len);
         let mut image_row = (b * len) as u32;
@@ -309,7 +303,46 @@ impl Blip2 {
         let embeds = table
             .index_select(&Tensor::from_vec(source, b * len, &self.device)?, 0)?
             .reshape((b, len, width))?;
-        Ok((embeds, pad))
+        Ok((embeds, pad, hits))
+    }
+
+    /// The image embeddings of a batch's requests that have an image, `[images·queries,
+    /// width]`, each distinct photo encoded once (or taken from the cache); and per
+    /// request, whether its image reused an encoding (1) or not (0).
+    fn image_embeds(&self, batch: &[&Blip2Inputs]) -> Result<(Option<Tensor>, Vec<usize>)> {
+        let with_image: Vec<&Blip2Inputs> =
+            batch.iter().copied().filter(|p| p.image_slots > 0).collect();
+        let mut hits = vec![0; batch.len()];
+        if with_image.is_empty() {
+            return Ok((None, hits));
+        }
+        let plan = Plan::new(with_image.iter().map(|p| (p.cached.as_ref(), p.key)));
+        let pixels = |i: usize| with_image[i].pixel_values.as_deref().unwrap_or_default();
+        if self.cache.is_none() && plan.encodes_all_in_order() {
+            let images: Vec<&[f32]> = (0..with_image.len()).map(pixels).collect();
+            let e = self.image_features(&images)?.embeds;
+            let (n, q, d) = e.dims3()?;
+            return Ok((Some(e.reshape((n * q, d))?), hits));
+        }
+        let mut reused = plan.reused.iter();
+        for (hit, p) in hits.iter_mut().zip(batch) {
+            if p.image_slots > 0 {
+                *hit = usize::from(reused.next().copied().unwrap_or(false));
+            }
+        }
+        let images: Vec<&[f32]> = plan.encode.iter().map(|&i| pixels(i)).collect();
+        let encoded = if images.is_empty() {
+            vec![]
+        } else {
+            let e = self.image_features(&images)?.embeds;
+            (0..images.len())
+                .map(|i| Ok(vec![e.get(i)?]))
+                .collect::<Result<Vec<Features>>>()?
+        };
+        let keys: Vec<_> = with_image.iter().map(|p| p.key).collect();
+        let per_image = plan.assemble(encoded, &keys, self.cache.as_ref())?;
+        let embeds = image_cache::concat(&per_image)?.into_iter().next();
+        Ok((embeds, hits))
     }
 
     /// OPT: final hidden states of every prompt position `[b, len, width]` and the state
@@ -318,9 +351,9 @@ impl Blip2 {
         &self,
         batch: &[&Blip2Inputs],
         max_new_tokens: usize,
-    ) -> Result<(Tensor, Blip2State, Duration)> {
+    ) -> Result<(Tensor, Blip2State, Duration, Vec<usize>)> {
         let t_image = Instant::now();
-        let (embeds, pad) = self.prompt_embeds(batch)?;
+        let (embeds, pad, hits) = self.prompt_embeds(batch)?;
         if batch.iter().any(|p| p.pixel_values.is_some()) {
             self.device.synchronize()?;
         }
@@ -345,13 +378,14 @@ impl Blip2 {
                         next_position,
                     },
                     image_time,
+                    hits,
                 ))
             }
             LanguageModel::T5(m) => {
                 let mask = T5::padding_mask(&pad, len, self.dtype, &self.device)?;
                 let encoded = m.encode(&embeds, mask.as_ref())?;
                 let state = m.start_decoder(&encoded, mask, max_new_tokens + 1)?;
-                Ok((encoded, Blip2State::T5(state), image_time))
+                Ok((encoded, Blip2State::T5(state), image_time, hits))
             }
         }
     }
@@ -360,7 +394,7 @@ impl Blip2 {
     /// prompt position), T5 `[1, vocab]` (the first decoder step). Also returns T5's
     /// encoder output `[len, width]`.
     pub fn prompt_logits(&self, inputs: &Blip2Inputs) -> Result<(Tensor, Option<Tensor>)> {
-        let (hidden, mut state, _) = self.forward_prompts(&[inputs], 1)?;
+        let (hidden, mut state, _, _) = self.forward_prompts(&[inputs], 1)?;
         match (&self.lm, &mut state) {
             (LanguageModel::Opt(m), _) => {
                 Ok((m.logits(&hidden.squeeze(0)?)?.to_dtype(DType::F32)?, None))
@@ -394,7 +428,12 @@ impl Family for Blip2 {
             max_images: Some(1),
             native_multi_image: false,
             max_context: self.config.max_context(),
+            fixed_image_size: Some(self.processor.image_size().into()),
         }
+    }
+
+    fn cache_stats(&self) -> vlm_core::CacheStats {
+        image_cache::stats(self.cache.as_ref())
     }
 
     fn tokenizer(&self) -> &Tokenizer {
@@ -406,7 +445,7 @@ impl Family for Blip2 {
     }
 
     fn prepare(&self, request: &Request) -> Result<Blip2Inputs> {
-        self.processor.process(request)
+        self.processor.process_with(request, self.cache.as_ref())
     }
 
     fn input_ids<'a>(&self, inputs: &'a Blip2Inputs) -> &'a [u32] {
@@ -427,7 +466,8 @@ impl Family for Blip2 {
         batch: &[&Blip2Inputs],
         max_new_tokens: usize,
     ) -> Result<PrefillOutput<Blip2State>> {
-        let (hidden, mut state, image_encode) = self.forward_prompts(batch, max_new_tokens)?;
+        let (hidden, mut state, image_encode, image_cache_hits) =
+            self.forward_prompts(batch, max_new_tokens)?;
         let logits = match (&self.lm, &mut state) {
             (LanguageModel::Opt(m), _) => {
                 // Left padding puts every sequence's last prompt token in the last column.
@@ -444,6 +484,7 @@ impl Family for Blip2 {
             logits,
             state,
             image_encode,
+            image_cache_hits,
         })
     }
 

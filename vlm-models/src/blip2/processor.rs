@@ -9,6 +9,7 @@
 //! text, joined by spaces; a user turn with an image and no text is plain captioning
 //! (an empty prompt).
 
+use crate::image_cache::{Features, ImageCache, ImageKey};
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 use vlm_core::files::ModelDir;
@@ -57,8 +58,13 @@ pub struct Blip2Inputs {
     /// Leading positions of `input_ids` that take the image embeddings (0 or
     /// `num_query_tokens`).
     pub image_slots: usize,
-    /// The image as `[3, height, width]` planes, when there is one.
+    /// The image as `[3, height, width]` planes, when there is one and its encoding was
+    /// not found in the image cache.
     pub pixel_values: Option<Vec<f32>>,
+    /// The image's encoding from the model's image cache (preprocessing was skipped).
+    pub cached: Option<Features>,
+    /// The image's cache key (`None` with the cache off or without an image).
+    pub key: Option<ImageKey>,
     /// The prompt text after the image.
     pub prompt: String,
 }
@@ -177,6 +183,15 @@ impl Blip2Processor {
 
     /// Tokenizes a request and preprocesses its image (BLIP-2 takes at most one).
     pub fn process(&self, request: &Request) -> Result<Blip2Inputs> {
+        self.process_with(request, None)
+    }
+
+    /// [`Self::process`]; an image whose encoding `cache` holds is not preprocessed.
+    pub fn process_with(
+        &self,
+        request: &Request,
+        cache: Option<&ImageCache>,
+    ) -> Result<Blip2Inputs> {
         if request.images.len() > 1 {
             return Err(Error::TooManyImages {
                 given: request.images.len(),
@@ -201,8 +216,16 @@ impl Blip2Processor {
             .tokenizer
             .encode(prompt.as_str(), true)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let pixel_values = request.images.first().map(|img| self.preprocess(img));
-        let image_slots = if pixel_values.is_some() {
+        let (h, w) = self.image_size();
+        let key = cache
+            .zip(request.images.first())
+            .map(|(_, img)| ImageKey::new(img, [h, w]));
+        let cached = cache.zip(key.as_ref()).and_then(|(c, k)| c.get(k));
+        let pixel_values = match cached {
+            Some(_) => None,
+            None => request.images.first().map(|img| self.preprocess(img)),
+        };
+        let image_slots = if !request.images.is_empty() {
             self.num_query_tokens
         } else {
             0
@@ -213,6 +236,8 @@ impl Blip2Processor {
             input_ids,
             image_slots,
             pixel_values,
+            cached,
+            key,
             prompt,
         })
     }

@@ -38,6 +38,7 @@ pub use checkpoint::{hf_folder_weights, LayeredWeights, Source};
 pub use config::{MiniGpt4Config, Variant};
 pub use conversation::{Conversation, IMAGE_HERE};
 
+use crate::image_cache::{self, Features, ImageCache, ImageKey, Plan};
 use crate::blip2::qformer::{QFormer, QFormerLayout};
 use crate::blip2::vision::{VisionTransformer, VitLayout};
 use crate::layers::{attention_mask, Act, LayerNorm, Linear};
@@ -154,8 +155,12 @@ impl LlamaConfig {
 pub struct MiniGpt4Inputs {
     /// Token ids of each text segment between images (BOS starts the first).
     pub segments: Vec<Vec<u32>>,
-    /// Each image as `[3, size, size]` planes.
+    /// Each image as `[3, size, size]` planes (empty for an image found in the cache).
     pub images: Vec<Vec<f32>>,
+    /// Per image, its encoding from the model's image cache (preprocessing skipped).
+    pub cached: Vec<Option<Features>>,
+    /// Per image, its cache key (`None` with the cache off).
+    pub keys: Vec<Option<ImageKey>>,
     /// The prompt laid out as the language model sees it, with `0` at image positions
     /// (its length is the prompt's length in embeddings).
     pub input_ids: Vec<u32>,
@@ -198,6 +203,8 @@ pub struct MiniGpt4 {
     weight_files: Vec<PathBuf>,
     quantization: Quantization,
     ctx: LoadContext,
+    /// What enters the language model per image, kept for reuse.
+    cache: Option<ImageCache>,
 }
 
 /// `load()` entry point for the registry.
@@ -485,6 +492,7 @@ impl MiniGpt4 {
             weight_files,
             quantization,
             ctx,
+            cache: ImageCache::new(options.image_cache_bytes),
         })
     }
 
@@ -545,23 +553,15 @@ impl MiniGpt4 {
         &self,
         batch: &[&MiniGpt4Inputs],
         max_new_tokens: usize,
-    ) -> Result<(Tensor, MiniGpt4State, Duration)> {
+    ) -> Result<(Tensor, MiniGpt4State, Duration, Vec<usize>)> {
         let b = batch.len();
         let len = batch.iter().map(|p| p.input_ids.len()).max().unwrap_or(0);
         let pad: Vec<usize> = batch.iter().map(|p| len - p.input_ids.len()).collect();
         let t_image = Instant::now();
-        let images: Vec<&[f32]> = batch
-            .iter()
-            .flat_map(|p| p.images.iter().map(Vec::as_slice))
-            .collect();
-        let image_rows = if images.is_empty() {
-            None
-        } else {
-            let e = self.image_features(&images)?.embeds;
-            let (n, t, d) = e.dims3()?;
+        let (image_rows, hits) = self.image_rows(batch)?;
+        if image_rows.is_some() {
             self.device.synchronize()?;
-            Some(e.reshape((n * t, d))?)
-        };
+        }
         let image_time = t_image.elapsed();
 
         let mut ids = Vec::with_capacity(b * len);
@@ -617,12 +617,56 @@ impl MiniGpt4 {
             out,
             MiniGpt4State::new(caches, next_position, pad),
             image_time,
+            hits,
         ))
+    }
+
+    /// What the batch's images put into the language model, `[images·tokens, hidden]`,
+    /// each distinct photo encoded once (or taken from the cache); and per request, how
+    /// many of its images reused an encoding.
+    fn image_rows(&self, batch: &[&MiniGpt4Inputs]) -> Result<(Option<Tensor>, Vec<usize>)> {
+        let mut hits = vec![0; batch.len()];
+        let all: Vec<(&[f32], Option<&Features>, Option<ImageKey>)> = batch
+            .iter()
+            .flat_map(|p| {
+                p.images
+                    .iter()
+                    .zip(&p.cached)
+                    .zip(&p.keys)
+                    .map(|((px, c), k)| (px.as_slice(), c.as_ref(), *k))
+            })
+            .collect();
+        if all.is_empty() {
+            return Ok((None, hits));
+        }
+        let plan = Plan::new(all.iter().map(|&(_, c, k)| (c, k)));
+        if self.cache.is_none() && plan.encodes_all_in_order() {
+            let images: Vec<&[f32]> = all.iter().map(|a| a.0).collect();
+            let e = self.image_features(&images)?.embeds;
+            let (n, t, d) = e.dims3()?;
+            return Ok((Some(e.reshape((n * t, d))?), hits));
+        }
+        let mut reused = plan.reused.iter();
+        for (hit, p) in hits.iter_mut().zip(batch) {
+            *hit = reused.by_ref().take(p.images.len()).filter(|&&r| r).count();
+        }
+        let images: Vec<&[f32]> = plan.encode.iter().map(|&i| all[i].0).collect();
+        let encoded = if images.is_empty() {
+            vec![]
+        } else {
+            let e = self.image_features(&images)?.embeds;
+            (0..images.len())
+                .map(|i| Ok(vec![e.get(i)?]))
+                .collect::<Result<Vec<Features>>>()?
+        };
+        let keys: Vec<_> = all.iter().map(|a| a.2).collect();
+        let per_image = plan.assemble(encoded, &keys, self.cache.as_ref())?;
+        Ok((image_cache::concat(&per_image)?.into_iter().next(), hits))
     }
 
     /// Logits of every prompt position `[len, vocab]` of one request (parity checks).
     pub fn prompt_logits(&self, inputs: &MiniGpt4Inputs) -> Result<Tensor> {
-        let (hidden, _, _) = self.forward_prompts(&[inputs], 1)?;
+        let (hidden, _, _, _) = self.forward_prompts(&[inputs], 1)?;
         Ok(self.llm.logits(&hidden.squeeze(0)?)?.to_dtype(DType::F32)?)
     }
 }
@@ -663,7 +707,12 @@ impl Family for MiniGpt4 {
             max_images: None,
             native_multi_image: false,
             max_context: self.llm.config().max_position_embeddings,
+            fixed_image_size: Some([self.config.image_size; 2]),
         }
+    }
+
+    fn cache_stats(&self) -> vlm_core::CacheStats {
+        image_cache::stats(self.cache.as_ref())
     }
 
     fn tokenizer(&self) -> &Tokenizer {
@@ -677,7 +726,20 @@ impl Family for MiniGpt4 {
     fn prepare(&self, request: &Request) -> Result<MiniGpt4Inputs> {
         let prompt = self.conversation.prompt(request)?;
         let segments = self.tokenize_segments(&prompt)?;
-        let images: Vec<Vec<f32>> = request.images.iter().map(|i| self.preprocess(i)).collect();
+        let s = self.config.image_size;
+        let mut images = Vec::with_capacity(request.images.len());
+        let mut cached = Vec::with_capacity(request.images.len());
+        let mut keys = Vec::with_capacity(request.images.len());
+        for image in &request.images {
+            let key = self.cache.as_ref().map(|_| ImageKey::new(image, [s, s]));
+            let found = self.cache.as_ref().zip(key.as_ref()).and_then(|(c, k)| c.get(k));
+            images.push(match found {
+                Some(_) => vec![],
+                None => self.preprocess(image),
+            });
+            cached.push(found);
+            keys.push(key);
+        }
         let mut input_ids = Vec::new();
         for (i, seg) in segments.iter().enumerate() {
             if i > 0 {
@@ -688,6 +750,8 @@ impl Family for MiniGpt4 {
         Ok(MiniGpt4Inputs {
             segments,
             images,
+            cached,
+            keys,
             input_ids,
             prompt,
         })
@@ -708,7 +772,8 @@ impl Family for MiniGpt4 {
         batch: &[&MiniGpt4Inputs],
         max_new_tokens: usize,
     ) -> Result<PrefillOutput<MiniGpt4State>> {
-        let (hidden, state, image_encode) = self.forward_prompts(batch, max_new_tokens)?;
+        let (hidden, state, image_encode, image_cache_hits) =
+            self.forward_prompts(batch, max_new_tokens)?;
         let len = hidden.dim(1)?;
         // Left padding puts every sequence's last prompt token in the last column.
         let logits = self
@@ -718,6 +783,7 @@ impl Family for MiniGpt4 {
             logits,
             state,
             image_encode,
+            image_cache_hits,
         })
     }
 

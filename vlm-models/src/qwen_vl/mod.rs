@@ -32,11 +32,13 @@ use vlm_core::{
     Request, Result, VisionLanguageModel,
 };
 
+use crate::image_cache::{self, Features, ImageCache, Plan};
 use crate::layers::attention_mask;
 use crate::quantized_folder::{LoadContext, Weights};
 use crate::weights::weights_err;
 pub use config::{QwenGeneration, QwenVlConfig};
-pub use processor::{QwenInputs, QwenProcessor, IMAGE_PLACEHOLDER};
+use processor::ImagePatches;
+pub use processor::{PixelBudget, QwenInputs, QwenProcessor, IMAGE_PLACEHOLDER};
 use rope::{rope_index, MropeTables, RopeIndex};
 use text::{DecoderState, DeepStack, TextModel};
 use vision::{VisionOutput, VisionTower};
@@ -57,6 +59,10 @@ pub struct QwenVl {
     quantization: Quantization,
     /// What the load read (for `info()`'s parameter and byte counts).
     ctx: LoadContext,
+    /// `LoadOptions`' pixel budget (a request's own overrides it).
+    budget: PixelBudget,
+    /// Vision-tower outputs kept for reuse (`LoadOptions::image_cache_bytes`).
+    cache: Option<ImageCache>,
 }
 
 /// Per-batch generation state: KV caches and where each sequence's positions continue.
@@ -108,6 +114,12 @@ impl QwenVl {
         let dtype = options.dtype.resolve(&device);
 
         let processor = QwenProcessor::from_model_dir(dir, config.image_token_id)?;
+        let budget = PixelBudget {
+            min_pixels: options.min_pixels,
+            max_pixels: options.max_pixels,
+        };
+        // A wrong budget fails the load, not the first photo.
+        processor.pixel_range(budget)?;
         let defaults = GenerationDefaults::from_file(
             &dir.path("generation_config.json"),
             &config.eos_token_ids,
@@ -158,6 +170,8 @@ impl QwenVl {
             dtype,
             quantization: weights.quantization,
             ctx: weights.ctx,
+            budget,
+            cache: ImageCache::new(options.image_cache_bytes),
         })
     }
 
@@ -171,12 +185,51 @@ impl QwenVl {
         &self.processor
     }
 
-    /// Runs the vision tower over the images of `inputs` (in order).
-    pub fn encode_images(&self, inputs: &[&QwenInputs]) -> Result<Option<VisionOutput>> {
-        let images: Vec<_> = inputs.iter().flat_map(|i| i.images.iter()).collect();
+    /// Runs the vision tower over the images of `inputs` (in order): each image's
+    /// encoding from the cache when its request found it there, each distinct photo
+    /// encoded once. Also returns, per request, how many of its images reused an encoding.
+    pub fn encode_images(
+        &self,
+        inputs: &[&QwenInputs],
+    ) -> Result<(Option<VisionOutput>, Vec<usize>)> {
+        let images: Vec<&ImagePatches> = inputs.iter().flat_map(|i| i.images.iter()).collect();
+        let no_hits = vec![0; inputs.len()];
         if images.is_empty() {
-            return Ok(None);
+            return Ok((None, no_hits));
         }
+        let plan = Plan::new(images.iter().map(|i| (i.cached.as_ref(), i.key)));
+        if self.cache.is_none() && plan.encodes_all_in_order() {
+            return Ok((Some(self.run_vision(&images)?), no_hits));
+        }
+        let mut hits = Vec::with_capacity(inputs.len());
+        let mut reused = plan.reused.iter();
+        for input in inputs {
+            hits.push(reused.by_ref().take(input.images.len()).filter(|&&r| r).count());
+        }
+        let to_encode: Vec<&ImagePatches> = plan.encode.iter().map(|&i| images[i]).collect();
+        let encoded = if to_encode.is_empty() {
+            vec![]
+        } else {
+            let out = self.run_vision(&to_encode)?;
+            self.split_per_image(&out, &to_encode)?
+        };
+        let keys: Vec<_> = images.iter().map(|i| i.key).collect();
+        let per_image = plan.assemble(encoded, &keys, self.cache.as_ref())?;
+        let mut joined = image_cache::concat(&per_image)?.into_iter();
+        let embeds = joined.next().ok_or_else(|| {
+            Error::Generation("the image encodings hold no embedding tensor".into())
+        })?;
+        Ok((
+            Some(VisionOutput {
+                embeds,
+                deepstack: joined.collect(),
+            }),
+            hits,
+        ))
+    }
+
+    /// The vision tower over `images`' patches, in one pass.
+    fn run_vision(&self, images: &[&ImagePatches]) -> Result<VisionOutput> {
         let row =
             images[0].pixel_values.len() / (images[0].grid_thw.iter().product::<usize>()).max(1);
         // Each photo's ~19 MB of patches goes to the device from where the processor left
@@ -194,7 +247,24 @@ impl QwenVl {
             _ => Tensor::cat(&parts, 0)?,
         };
         let grids: Vec<[usize; 3]> = images.iter().map(|i| i.grid_thw).collect();
-        Ok(Some(self.vision.forward(&pixels, &grids)?))
+        Ok(self.vision.forward(&pixels, &grids)?)
+    }
+
+    /// A batch's vision output cut into each image's tensors (embeddings, then DeepStack).
+    fn split_per_image(&self, out: &VisionOutput, images: &[&ImagePatches]) -> Result<Vec<Features>> {
+        let mut start = 0;
+        images
+            .iter()
+            .map(|i| {
+                let n = self.processor.tokens_per_image(i.grid_thw);
+                let features = std::iter::once(&out.embeds)
+                    .chain(&out.deepstack)
+                    .map(|t| t.narrow(0, start, n))
+                    .collect::<candle_core::Result<Features>>()?;
+                start += n;
+                Ok(features)
+            })
+            .collect()
     }
 
     /// Runs the prompts through vision and the decoder. Returns the final hidden states
@@ -204,7 +274,7 @@ impl QwenVl {
         &self,
         batch: &[&PreparedQwen],
         max_new_tokens: usize,
-    ) -> Result<(Tensor, QwenState, Duration)> {
+    ) -> Result<(Tensor, QwenState, Duration, Vec<usize>)> {
         let b = batch.len();
         let len = batch
             .iter()
@@ -264,7 +334,7 @@ impl QwenVl {
 
         let t_vision = Instant::now();
         let inputs: Vec<&QwenInputs> = batch.iter().map(|p| &p.inputs).collect();
-        let vision = self.encode_images(&inputs)?;
+        let (vision, image_cache_hits) = self.encode_images(&inputs)?;
         if vision.is_some() {
             self.device.synchronize()?;
         }
@@ -314,12 +384,17 @@ impl QwenVl {
             .iter()
             .map(|p| p.inputs.input_ids.len() as i64 + p.rope.delta)
             .collect();
-        Ok((out, QwenState::new(caches, next_position, pad), vision_time))
+        Ok((
+            out,
+            QwenState::new(caches, next_position, pad),
+            vision_time,
+            image_cache_hits,
+        ))
     }
 
     /// Logits of every prompt position `[len, vocab]` of one request (for parity checks).
     pub fn prompt_logits(&self, prepared: &PreparedQwen) -> Result<Tensor> {
-        let (hidden, _, _) = self.forward_prompts(&[prepared], 1)?;
+        let (hidden, _, _, _) = self.forward_prompts(&[prepared], 1)?;
         Ok(self
             .text
             .logits(&hidden.squeeze(0)?)?
@@ -328,7 +403,7 @@ impl QwenVl {
 
     /// Image embeddings (and DeepStack features) of one request (for parity checks).
     pub fn image_features(&self, prepared: &PreparedQwen) -> Result<Option<VisionOutput>> {
-        self.encode_images(&[&prepared.inputs])
+        Ok(self.encode_images(&[&prepared.inputs])?.0)
     }
 }
 
@@ -348,7 +423,12 @@ impl Family for QwenVl {
             max_images: None,
             native_multi_image: true,
             max_context: self.config.text.max_position_embeddings,
+            fixed_image_size: None,
         }
+    }
+
+    fn cache_stats(&self) -> vlm_core::CacheStats {
+        image_cache::stats(self.cache.as_ref())
     }
 
     fn tokenizer(&self) -> &Tokenizer {
@@ -360,7 +440,9 @@ impl Family for QwenVl {
     }
 
     fn prepare(&self, request: &Request) -> Result<PreparedQwen> {
-        let inputs = self.processor.process(request)?;
+        let inputs = self
+            .processor
+            .process_with(request, self.budget, self.cache.as_ref())?;
         let grids: Vec<[usize; 3]> = inputs.images.iter().map(|i| i.grid_thw).collect();
         let rope = rope_index(
             &inputs.input_ids,
@@ -380,7 +462,8 @@ impl Family for QwenVl {
         batch: &[&PreparedQwen],
         max_new_tokens: usize,
     ) -> Result<PrefillOutput<QwenState>> {
-        let (hidden, state, image_encode) = self.forward_prompts(batch, max_new_tokens)?;
+        let (hidden, state, image_encode, image_cache_hits) =
+            self.forward_prompts(batch, max_new_tokens)?;
         let len = hidden.dim(1)?;
         // Left padding puts every sequence's last prompt token in the last column.
         let last = hidden.narrow(1, len - 1, 1)?.squeeze(1)?;
@@ -389,6 +472,7 @@ impl Family for QwenVl {
             logits,
             state,
             image_encode,
+            image_cache_hits,
         })
     }
 

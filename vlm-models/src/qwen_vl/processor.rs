@@ -15,6 +15,8 @@ use vlm_core::files::ModelDir;
 use vlm_core::parallel::for_row_chunks;
 use vlm_core::{Content, Error, Image, Prompt, Request, Result};
 
+use crate::image_cache::{Features, ImageCache, ImageKey};
+
 /// transformers' Qwen2-VL defaults: at least 56×56 and at most 28·28·1280 pixels.
 const DEFAULT_MIN_PIXELS: usize = 56 * 56;
 const DEFAULT_MAX_PIXELS: usize = 28 * 28 * 1280;
@@ -91,6 +93,26 @@ impl PreprocessorConfig {
     }
 }
 
+/// A pixel budget as the caller gave it: `None` fields fall back to the next level
+/// (request → load options → preprocessor_config.json).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PixelBudget {
+    /// Smallest area in pixels.
+    pub min_pixels: Option<usize>,
+    /// Largest area in pixels.
+    pub max_pixels: Option<usize>,
+}
+
+impl PixelBudget {
+    /// This budget where it is set, `fallback` elsewhere.
+    pub fn or(self, fallback: PixelBudget) -> PixelBudget {
+        PixelBudget {
+            min_pixels: self.min_pixels.or(fallback.min_pixels),
+            max_pixels: self.max_pixels.or(fallback.max_pixels),
+        }
+    }
+}
+
 /// Target size (height, width) for an image: both multiples of `factor`, area within
 /// `[min_pixels, max_pixels]`, aspect ratio kept as well as possible. Python's `round`
 /// (half to even) is part of the reference behaviour.
@@ -129,6 +151,11 @@ pub struct ImagePatches {
     pub pixel_values: Vec<f32>,
     /// `[t, h, w]` in patches.
     pub grid_thw: [usize; 3],
+    /// The image's encoding, found in the model's image cache when the request was
+    /// prepared (`pixel_values` is then empty: preprocessing was skipped).
+    pub cached: Option<Features>,
+    /// The image's cache key (`None` with the cache off).
+    pub key: Option<ImageKey>,
 }
 
 /// Prompt tokens and image patches of one request.
@@ -194,17 +221,63 @@ impl QwenProcessor {
         &self.tokenizer
     }
 
-    /// Resizes, normalises and patchifies one image.
-    pub fn preprocess(&self, image: &Image) -> Result<ImagePatches> {
+    /// The `(min_pixels, max_pixels)` an image is resized within: `budget` where set,
+    /// else preprocessor_config.json's. A budget that cannot hold one merged patch
+    /// group, or whose minimum exceeds its maximum, is an error naming the option.
+    pub fn pixel_range(&self, budget: PixelBudget) -> Result<(usize, usize)> {
         let c = &self.config;
         let factor = c.patch_size * c.merge_size;
-        let (h, w) = smart_resize(
+        let min = budget.min_pixels.unwrap_or_else(|| c.min_pixels());
+        let max = budget.max_pixels.unwrap_or_else(|| c.max_pixels());
+        if max < factor * factor {
+            return Err(Error::invalid_option(
+                "max_pixels",
+                format!(
+                    "{max} pixels cannot hold one {factor}×{factor} patch group of this model; \
+                     use at least {}",
+                    factor * factor
+                ),
+            ));
+        }
+        if min > max {
+            let whose = if budget.min_pixels.is_some() {
+                "set"
+            } else {
+                "the checkpoint's preprocessor_config.json default"
+            };
+            return Err(Error::invalid_option(
+                "min_pixels",
+                format!(
+                    "min_pixels {min} ({whose}) is larger than max_pixels {max}: \
+                     lower min_pixels (at most {max}) or raise max_pixels"
+                ),
+            ));
+        }
+        Ok((min, max))
+    }
+
+    /// The `(height, width)` an image is resized to within `range`.
+    pub fn resized_size(&self, image: &Image, range: (usize, usize)) -> Result<(usize, usize)> {
+        let c = &self.config;
+        smart_resize(
             image.height() as usize,
             image.width() as usize,
-            factor,
-            c.min_pixels(),
-            c.max_pixels(),
-        )?;
+            c.patch_size * c.merge_size,
+            range.0,
+            range.1,
+        )
+    }
+
+    /// Resizes, normalises and patchifies one image with the checkpoint's pixel budget.
+    pub fn preprocess(&self, image: &Image) -> Result<ImagePatches> {
+        let range = self.pixel_range(PixelBudget::default())?;
+        let (h, w) = self.resized_size(image, range)?;
+        Ok(self.patchify(image, h, w))
+    }
+
+    /// Resizes `image` to `h`×`w`, normalises it and cuts it into patches.
+    fn patchify(&self, image: &Image, h: usize, w: usize) -> ImagePatches {
+        let c = &self.config;
         let normalize = Normalize {
             backend: c.backend(),
             // transformers 5's PIL backends run with current Pillow (13).
@@ -249,10 +322,38 @@ impl QwenProcessor {
                 }
             }
         });
-        Ok(ImagePatches {
+        ImagePatches {
             pixel_values: out,
             grid_thw: [1, gh, gw],
-        })
+            cached: None,
+            key: None,
+        }
+    }
+
+    /// One image of a request: its encoding from `cache` when there, else its patches.
+    fn image_input(
+        &self,
+        image: &Image,
+        range: (usize, usize),
+        cache: Option<&ImageCache>,
+    ) -> Result<ImagePatches> {
+        let (h, w) = self.resized_size(image, range)?;
+        let Some(cache) = cache else {
+            return Ok(self.patchify(image, h, w));
+        };
+        let key = ImageKey::new(image, [h, w]);
+        if let Some(features) = cache.get(&key) {
+            let p = self.config.patch_size;
+            return Ok(ImagePatches {
+                pixel_values: vec![],
+                grid_thw: [1, h / p, w / p],
+                cached: Some(features),
+                key: Some(key),
+            });
+        }
+        let mut patches = self.patchify(image, h, w);
+        patches.key = Some(key);
+        Ok(patches)
     }
 
     /// Merged tokens an image of this grid becomes.
@@ -282,8 +383,26 @@ impl QwenProcessor {
         }
     }
 
-    /// Tokenizes a request and preprocesses its images.
+    /// Tokenizes a request and preprocesses its images with the checkpoint's budget.
     pub fn process(&self, request: &Request) -> Result<QwenInputs> {
+        self.process_with(request, PixelBudget::default(), None)
+    }
+
+    /// Tokenizes a request and preprocesses its images within the request's pixel budget,
+    /// else `load_budget`, else the checkpoint's; images whose encoding `cache` holds are
+    /// not preprocessed.
+    pub fn process_with(
+        &self,
+        request: &Request,
+        load_budget: PixelBudget,
+        cache: Option<&ImageCache>,
+    ) -> Result<QwenInputs> {
+        let budget = PixelBudget {
+            min_pixels: request.options.min_pixels,
+            max_pixels: request.options.max_pixels,
+        }
+        .or(load_budget);
+        let range = self.pixel_range(budget)?;
         if let Prompt::Chat(messages) = &request.prompt {
             let has_text = messages
                 .iter()
@@ -310,7 +429,7 @@ impl QwenProcessor {
         let images = request
             .images
             .iter()
-            .map(|img| self.preprocess(img))
+            .map(|img| self.image_input(img, range, cache))
             .collect::<Result<Vec<_>>>()?;
         let extra: usize = images
             .iter()
