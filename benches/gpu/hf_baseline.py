@@ -29,12 +29,17 @@ def main():
     ap.add_argument("--batches", default="8")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json")
+    ap.add_argument("--max-pixels", type=int, help="Qwen-VL pixel budget (default: the checkpoint's)")
+    ap.add_argument("--min-pixels", type=int)
     a = ap.parse_args()
 
     t = time.time()
     model = AutoModelForImageTextToText.from_pretrained(a.model, dtype=torch.bfloat16, attn_implementation="sdpa",
                                                         device_map="cuda")
-    processor = AutoProcessor.from_pretrained(a.model)
+    # A budget given to from_pretrained reaches the image processor's size; at call time
+    # transformers 5.17 applies min/max_pixels only when both are given.
+    budget = {k: v for k, v in (("max_pixels", a.max_pixels), ("min_pixels", a.min_pixels)) if v}
+    processor = AutoProcessor.from_pretrained(a.model, **budget)
     sync()
     load_s = time.time() - t
 

@@ -128,11 +128,9 @@ if [ "${MINIGPT4:-0}" = 1 ]; then
   done
 fi
 
-if [ "$QUANT" = 1 ]; then
-  # Quantize each random checkpoint into a folder (timed), then load that folder and
-  # benchmark it; the peak is the card's memory counter (CUDA context included).
-  # Models that share their family's tokenizer and processor files: the 2B configs written
-  # from the published values (benches/gpu/configs) and Qwen2.5-VL-3B's real config.
+# Models that share their family's tokenizer and processor files: the 2B configs written
+# from the published values (benches/gpu/configs) and Qwen2.5-VL-3B's real config.
+config_only_assets() {
   for cfg in benches/gpu/configs/*.json .devbin/assets/configs/*.json; do
     [ -f "$cfg" ] || continue
     name=$(basename "$cfg" .json)
@@ -141,6 +139,40 @@ if [ "$QUANT" = 1 ]; then
       cp -r ".devbin/assets/$family" ".devbin/assets/$name" && cp "$cfg" ".devbin/assets/$name/config.json"
     fi
   done
+}
+
+if [ "${PHONE:-0}" = 1 ]; then
+  # 12 MP phone photos (4032x3024): each model at the checkpoint's default pixel budget and
+  # at the album budget docs/models.md recommends ("name:quant:max_pixels"; quant as in
+  # QUANT_MODELS). PHONE_BASELINE=1 adds HF transformers at both budgets (bf16 specs only).
+  config_only_assets
+  : > "$OUT/phone.log"
+  for spec in ${PHONE_MODELS:-"Qwen2.5-VL-7B-Instruct:none:1003520 Qwen3-VL-2B-Instruct:int4/int4:1310720"}; do
+    name=${spec%%:*}; rest=${spec#*:}; q=${rest%%:*}; budget=${rest#*:}
+    vision=(); case $q in */*) vision=(--vision-quant "${q#*/}"); q=${q%%/*} ;; esac
+    src=/tmp/rand-$name
+    if [ "$name" = "$MODEL" ] && [ -d /tmp/bench-model ]; then src=/tmp/bench-model; fi
+    [ -d "$src" ] || python3 benches/gpu/make_random_model.py ".devbin/assets/$name" "$src" 2>&1 | tail -1 | tee -a "$OUT/phone.log"
+    for b in default "$budget"; do
+      px=(); [ "$b" != default ] && px=(--max-pixels "$b")
+      echo "== vlm-bench $name quant=$q ${vision[*]} 4032x3024 max_pixels=$b" | tee -a "$OUT/phone.log"
+      peak_mem "$OUT/phone.log" /tmp/vlm-bench --model "$src" --quant "$q" "${vision[@]}" --width 4032 --height 3024 \
+        "${px[@]}" --save-photo /tmp/phone.png --tokens "$TOKENS" --batches "${PHONE_BATCHES:-1}" --runs 2 2>&1 \
+        | grep -v "^|---" | tee -a "$OUT/phone.log" || status=1
+      if [ "${PHONE_BASELINE:-0}" = 1 ] && [ "$q" = none ]; then
+        echo "== HF transformers $name 4032x3024 max_pixels=$b" | tee -a "$OUT/phone.log"
+        PYTHONUNBUFFERED=1 peak_mem "$OUT/phone.log" python3 benches/gpu/hf_baseline.py "$src" /tmp/phone.png \
+          "${px[@]}" --tokens "$TOKENS" --batches 1 --runs 2 2>&1 | grep -v Warning | tee -a "$OUT/phone.log" || status=1
+      fi
+    done
+    [ "$src" = /tmp/bench-model ] || rm -rf "$src"
+  done
+fi
+
+if [ "$QUANT" = 1 ]; then
+  # Quantize each random checkpoint into a folder (timed), then load that folder and
+  # benchmark it; the peak is the card's memory counter (CUDA context included).
+  config_only_assets
   : > "$OUT/quant.log"
   for spec in $QUANT_MODELS; do
     name=${spec%%:*}; quants=${spec#*:}

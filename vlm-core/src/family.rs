@@ -8,8 +8,8 @@ use tokenizers::Tokenizer;
 
 use crate::generate::{run_generation, run_prepared, Prepared};
 use crate::{
-    CacheStats, Error, Generation, GenerationDefaults, GenerationOptions, Image, Language, ModelInfo,
-    PreparedBatch, Request, Result, VisionLanguageModel,
+    CacheStats, Error, Generation, GenerationDefaults, GenerationOptions, Image, Language,
+    ModelInfo, PreparedBatch, Request, Result, VisionLanguageModel,
 };
 
 /// What `prefill` returns.
@@ -171,7 +171,9 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
             .map(|slot| match (slot, &mut results) {
                 (Some(e), _) => Err(e),
                 (None, Ok(done)) => done.next().unwrap_or_else(|| {
-                    Err(Error::Generation("a request of the batch gave no result".into()))
+                    Err(Error::Generation(
+                        "a request of the batch gave no result".into(),
+                    ))
                 }),
                 // The whole batch failed on the device: each of its requests gets the error.
                 (None, Err(e)) => Err(e.for_another_request()),

@@ -80,9 +80,9 @@ impl<F: Family> Prepared<F> {
         let mut slots = Vec::with_capacity(items.len());
         for item in items {
             let outcome = item.and_then(|_| {
-                prepared.next().unwrap_or_else(|| {
-                    Err(Error::Generation("a request was not prepared".into()))
-                })
+                prepared
+                    .next()
+                    .unwrap_or_else(|| Err(Error::Generation("a request was not prepared".into())))
             });
             match outcome {
                 Ok(p) => {
@@ -140,7 +140,14 @@ pub fn run_prepared<F: Family>(
     } = prepared;
     let mut inputs = Vec::with_capacity(items.len());
     let mut seqs = Vec::with_capacity(items.len());
-    for (i, PreparedItem { inputs: prepared, options }) in items.into_iter().enumerate() {
+    for (
+        i,
+        PreparedItem {
+            inputs: prepared,
+            options,
+        },
+    ) in items.into_iter().enumerate()
+    {
         let ids = family.input_ids(&prepared).to_vec();
         let history = family.penalty_history(&prepared);
         let decode: Decoder = Box::new(move |ids: &[u32]| {

@@ -157,9 +157,7 @@ pub trait VisionLanguageModel: Send + Sync {
                 let done = self.run_items(batch);
                 (done, worker.join())
             });
-            let cancelled = done
-                .iter()
-                .any(|r| matches!(r, Err(Error::Cancelled)));
+            let cancelled = done.iter().any(|r| matches!(r, Err(Error::Cancelled)));
             for result in done {
                 on_result(index, result);
                 index += 1;

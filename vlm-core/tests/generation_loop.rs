@@ -9,8 +9,9 @@ use candle_core::{Device, Tensor};
 use tokenizers::models::wordlevel::WordLevel;
 use tokenizers::Tokenizer;
 use vlm_core::{
-    CancelFlag, Error, ErrorKind, Family, FamilyModel, FinishReason, GenerationDefaults, GenerationOptions, ModelInfo,
-    PrefillOutput, Quantization, Request, Result, Sampling, VisionLanguageModel,
+    CancelFlag, Error, ErrorKind, Family, FamilyModel, FinishReason, GenerationDefaults,
+    GenerationOptions, ModelInfo, PrefillOutput, Quantization, Request, Result, Sampling,
+    VisionLanguageModel,
 };
 
 const VOCAB: &[&str] = &["a", "b", "c", "d", "<eos>", "[UNK]"];
@@ -227,11 +228,9 @@ fn batches_prepared_ahead_give_what_each_batch_gives_in_order() {
         .collect();
     let mut done = Vec::new();
     let got: Vec<_> = m
-        .generate_batches(
-            &mut requests.clone().into_iter().map(Ok),
-            2,
-            &mut |n| done.push(n),
-        )
+        .generate_batches(&mut requests.clone().into_iter().map(Ok), 2, &mut |n| {
+            done.push(n)
+        })
         .into_iter()
         .map(|r| r.unwrap())
         .collect();
@@ -323,7 +322,10 @@ fn a_cancelled_call_stops_between_decode_steps_and_the_model_stays_usable() {
         Ok(Request::raw(vec![], "a b c d a b", opts.clone()))
     });
     let got = m.generate_batches(&mut items, 2, &mut |_| {});
-    assert!(got.iter().all(|r| matches!(r, Err(Error::Cancelled))), "{got:?}");
+    assert!(
+        got.iter().all(|r| matches!(r, Err(Error::Cancelled))),
+        "{got:?}"
+    );
     assert!(got.len() <= 2, "{}", got.len());
     assert!(pulled.load(std::sync::atomic::Ordering::SeqCst) <= 4);
 

@@ -160,7 +160,9 @@ pub struct Plan {
 impl Plan {
     /// Plans a batch whose images are `(cached encoding, key)` pairs in order; images
     /// without a key (cache off) are always encoded.
-    pub fn new<'a>(images: impl IntoIterator<Item = (Option<&'a Features>, Option<ImageKey>)>) -> Self {
+    pub fn new<'a>(
+        images: impl IntoIterator<Item = (Option<&'a Features>, Option<ImageKey>)>,
+    ) -> Self {
         let mut plan = Plan {
             encode: vec![],
             sources: vec![],
@@ -218,7 +220,10 @@ impl Plan {
             cache.record(self.batch_reuses(), self.encode.len());
             for (&i, features) in self.encode.iter().zip(&encoded) {
                 if let Some(key) = keys.get(i).copied().flatten() {
-                    let kept = features.iter().map(owned).collect::<candle_core::Result<_>>()?;
+                    let kept = features
+                        .iter()
+                        .map(owned)
+                        .collect::<candle_core::Result<_>>()?;
                     cache.insert(key, kept);
                 }
             }
@@ -269,7 +274,10 @@ mod tests {
         }
         assert!(cache.get(&key(0)).is_some()); // 0 is now the most recent
         cache.insert(key(3), features(2, 3.0));
-        assert!(cache.get(&key(1)).is_none(), "1 was the least recently used");
+        assert!(
+            cache.get(&key(1)).is_none(),
+            "1 was the least recently used"
+        );
         assert!(cache.get(&key(0)).is_some());
         let s = cache.stats();
         assert_eq!((s.entries, s.bytes, s.capacity_bytes), (3, 96, 100));
@@ -308,7 +316,14 @@ mod tests {
         let out = plan.assemble(encoded, &k, Some(&cache)).unwrap();
         let firsts: Vec<f32> = out
             .iter()
-            .map(|f| f[0].to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0])
+            .map(|f| {
+                f[0].to_dtype(DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()[0]
+            })
             .collect();
         assert_eq!(firsts, vec![1.0, 2.0, 1.0, 7.0, 4.0]);
         // Keyed encodings were kept; the unkeyed one was not.

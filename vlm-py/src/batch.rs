@@ -101,7 +101,11 @@ impl Items {
             };
             Some(self.parse(&item).map_err(|e| {
                 Error::invalid_option(
-                    if self.task == Task::Ask { "items" } else { "images" },
+                    if self.task == Task::Ask {
+                        "items"
+                    } else {
+                        "images"
+                    },
                     e.to_string(),
                 )
             }))

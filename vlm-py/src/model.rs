@@ -346,7 +346,16 @@ impl Model {
         gen: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Vec<Py<PyAny>>> {
         self.run_list(
-            py, "ask_batch", Task::Ask, items, batch_size, progress, None, on_error, full, gen,
+            py,
+            "ask_batch",
+            Task::Ask,
+            items,
+            batch_size,
+            progress,
+            None,
+            on_error,
+            full,
+            gen,
         )
     }
 
@@ -407,11 +416,17 @@ impl Model {
         if batch_size == 0 {
             return Err(invalid_option(py, "batch_size", "must be at least 1"));
         }
-        let on_error = OnError::parse(on_error).ok_or_else(|| {
-            invalid_option(py, "on_error", "use \"raise\" or \"return\"")
-        })?;
+        let on_error = OnError::parse(on_error)
+            .ok_or_else(|| invalid_option(py, "on_error", "use \"raise\" or \"return\""))?;
         let options = generation_options(py, method, gen, language.as_deref())?;
-        let job = Job::start(py, Arc::clone(&self.inner), items, task, options, batch_size)?;
+        let job = Job::start(
+            py,
+            Arc::clone(&self.inner),
+            items,
+            task,
+            options,
+            batch_size,
+        )?;
         Ok((job, on_error))
     }
 

@@ -131,7 +131,10 @@ pub fn info_dict<'py>(py: Python<'py>, info: &ModelInfo) -> PyResult<Bound<'py, 
     d.set_item("max_images", info.max_images)?;
     d.set_item("native_multi_image", info.native_multi_image)?;
     d.set_item("max_context", info.max_context)?;
-    d.set_item("fixed_image_size", info.fixed_image_size.map(|[h, w]| (h, w)))?;
+    d.set_item(
+        "fixed_image_size",
+        info.fixed_image_size.map(|[h, w]| (h, w)),
+    )?;
     Ok(d)
 }
 

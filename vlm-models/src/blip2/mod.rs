@@ -310,8 +310,11 @@ impl Blip2 {
     /// width]`, each distinct photo encoded once (or taken from the cache); and per
     /// request, whether its image reused an encoding (1) or not (0).
     fn image_embeds(&self, batch: &[&Blip2Inputs]) -> Result<(Option<Tensor>, Vec<usize>)> {
-        let with_image: Vec<&Blip2Inputs> =
-            batch.iter().copied().filter(|p| p.image_slots > 0).collect();
+        let with_image: Vec<&Blip2Inputs> = batch
+            .iter()
+            .copied()
+            .filter(|p| p.image_slots > 0)
+            .collect();
         let mut hits = vec![0; batch.len()];
         if with_image.is_empty() {
             return Ok((None, hits));

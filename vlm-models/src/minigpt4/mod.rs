@@ -38,9 +38,9 @@ pub use checkpoint::{hf_folder_weights, LayeredWeights, Source};
 pub use config::{MiniGpt4Config, Variant};
 pub use conversation::{Conversation, IMAGE_HERE};
 
-use crate::image_cache::{self, Features, ImageCache, ImageKey, Plan};
 use crate::blip2::qformer::{QFormer, QFormerLayout};
 use crate::blip2::vision::{VisionTransformer, VitLayout};
+use crate::image_cache::{self, Features, ImageCache, ImageKey, Plan};
 use crate::layers::{attention_mask, Act, LayerNorm, Linear};
 use crate::preprocess::{Normalize, ResizeBackend};
 use crate::quant::{QuantPolicy, Quantizer};
@@ -732,7 +732,11 @@ impl Family for MiniGpt4 {
         let mut keys = Vec::with_capacity(request.images.len());
         for image in &request.images {
             let key = self.cache.as_ref().map(|_| ImageKey::new(image, [s, s]));
-            let found = self.cache.as_ref().zip(key.as_ref()).and_then(|(c, k)| c.get(k));
+            let found = self
+                .cache
+                .as_ref()
+                .zip(key.as_ref())
+                .and_then(|(c, k)| c.get(k));
             images.push(match found {
                 Some(_) => vec![],
                 None => self.preprocess(image),

@@ -204,7 +204,13 @@ impl QwenVl {
         let mut hits = Vec::with_capacity(inputs.len());
         let mut reused = plan.reused.iter();
         for input in inputs {
-            hits.push(reused.by_ref().take(input.images.len()).filter(|&&r| r).count());
+            hits.push(
+                reused
+                    .by_ref()
+                    .take(input.images.len())
+                    .filter(|&&r| r)
+                    .count(),
+            );
         }
         let to_encode: Vec<&ImagePatches> = plan.encode.iter().map(|&i| images[i]).collect();
         let encoded = if to_encode.is_empty() {
@@ -251,7 +257,11 @@ impl QwenVl {
     }
 
     /// A batch's vision output cut into each image's tensors (embeddings, then DeepStack).
-    fn split_per_image(&self, out: &VisionOutput, images: &[&ImagePatches]) -> Result<Vec<Features>> {
+    fn split_per_image(
+        &self,
+        out: &VisionOutput,
+        images: &[&ImagePatches],
+    ) -> Result<Vec<Features>> {
         let mut start = 0;
         images
             .iter()

@@ -486,5 +486,62 @@ mod tests {
             (1120, 896)
         );
         assert!(smart_resize(10, 2500, 28, 3136, 12_845_056).is_err());
+        // A 4032×3024 phone photo: the released defaults and the album budget of
+        // docs/models.md (1,280 tokens of 28×28, or 32×32 on Qwen3-VL).
+        assert_eq!(
+            smart_resize(3024, 4032, 28, 3136, 12_845_056).unwrap(),
+            (3024, 4032) // 216×288 patches: 15,552 tokens
+        );
+        assert_eq!(
+            smart_resize(3024, 4032, 28, 3136, 1_003_520).unwrap(),
+            (840, 1148) // 60×82 patches: 1,230 tokens
+        );
+        assert_eq!(
+            smart_resize(3024, 4032, 32, 65536, 16_777_216).unwrap(),
+            (3008, 4032) // 188×252 patches: 11,844 tokens
+        );
+        assert_eq!(
+            smart_resize(3024, 4032, 32, 65536, 1_310_720).unwrap(),
+            (960, 1312) // 60×82 patches: 1,230 tokens
+        );
+    }
+
+    #[test]
+    fn budgets_that_cannot_work_name_the_option() {
+        let config: PreprocessorConfig = serde_json::from_str(
+            r#"{"patch_size": 14, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+                "min_pixels": 3136, "max_pixels": 12845056}"#,
+        )
+        .unwrap();
+        let tokenizer = Tokenizer::new(tokenizers::models::bpe::BPE::default());
+        let p = QwenProcessor::new(config, tokenizer, None, 0).unwrap();
+        assert_eq!(
+            p.pixel_range(PixelBudget::default()).unwrap(),
+            (3136, 12_845_056)
+        );
+        let only_max = PixelBudget {
+            max_pixels: Some(1_003_520),
+            ..Default::default()
+        };
+        assert_eq!(p.pixel_range(only_max).unwrap(), (3136, 1_003_520));
+        let tiny = PixelBudget {
+            max_pixels: Some(783),
+            ..Default::default()
+        };
+        let e = p.pixel_range(tiny).unwrap_err().to_string();
+        assert!(e.contains("max_pixels") && e.contains("784"), "{e}");
+        let crossed = PixelBudget {
+            min_pixels: Some(20_000),
+            max_pixels: Some(10_000),
+        };
+        let e = p.pixel_range(crossed).unwrap_err().to_string();
+        assert!(e.contains("min_pixels") && e.contains("10000"), "{e}");
+        // The checkpoint's own minimum above the caller's maximum says whose it was.
+        let below_default_min = PixelBudget {
+            max_pixels: Some(1000),
+            ..Default::default()
+        };
+        let e = p.pixel_range(below_default_min).unwrap_err().to_string();
+        assert!(e.contains("preprocessor_config.json"), "{e}");
     }
 }

@@ -15,6 +15,8 @@ See docs/python.md for a walk-through.
 """
 
 from ._vlm import (
+    BatchResults,
+    CancelledError,
     DeviceError,
     Generation,
     GenerationError,
@@ -34,6 +36,8 @@ from ._vlm import (
 )
 
 __all__ = [
+    "BatchResults",
+    "CancelledError",
     "DeviceError",
     "Generation",
     "GenerationError",

@@ -8,6 +8,8 @@ from typing import Any, Literal, Protocol, TypedDict, Union, final
 from typing_extensions import TypeAlias, Unpack
 
 __all__ = [
+    "BatchResults",
+    "CancelledError",
     "DeviceError",
     "Generation",
     "GenerationError",
@@ -65,6 +67,8 @@ class _GenerationOptions(TypedDict, total=False):
     repetition_penalty: float | None
     seed: int | None
     stop: str | Sequence[str] | None
+    max_pixels: int | None
+    min_pixels: int | None
 
 class _ModelInfo(TypedDict):
     """Model.info."""
@@ -79,6 +83,16 @@ class _ModelInfo(TypedDict):
     max_images: int | None
     native_multi_image: bool
     max_context: int
+    fixed_image_size: tuple[int, int] | None
+
+class _CacheStats(TypedDict):
+    """Model.cache_stats()."""
+
+    hits: int
+    misses: int
+    bytes: int
+    entries: int
+    capacity_bytes: int
 
 def load(
     model: str | os.PathLike[str],
@@ -88,6 +102,9 @@ def load(
     *,
     vision_quant: str | None = None,
     revision: str | None = None,
+    max_pixels: int | None = None,
+    min_pixels: int | None = None,
+    image_cache_mb: int = 0,
 ) -> Model: ...
 def save_quantized(
     model: str | os.PathLike[str],
@@ -142,8 +159,41 @@ class Model:
         progress: bool = False,
         *,
         language: str | None = None,
+        on_error: Literal["raise", "return"] = "raise",
+        full: bool = False,
         **gen: Unpack[_GenerationOptions],
-    ) -> list[str]: ...
+    ) -> list[Any]: ...
+    def ask_batch(
+        self,
+        items: Iterable[tuple[_ImageInput, str]],
+        batch_size: int = 8,
+        progress: bool = False,
+        *,
+        on_error: Literal["raise", "return"] = "raise",
+        full: bool = False,
+        **gen: Unpack[_GenerationOptions],
+    ) -> list[Any]: ...
+    def map(
+        self,
+        items: Iterable[Any],
+        task: Literal["describe", "ask"] = "describe",
+        *,
+        batch_size: int = 8,
+        language: str | None = None,
+        on_error: Literal["raise", "return"] = "raise",
+        full: bool = False,
+        **gen: Unpack[_GenerationOptions],
+    ) -> BatchResults: ...
+    def cache_stats(self) -> _CacheStats: ...
+
+@final
+class BatchResults:
+    """Results of Model.map in input order: str (Generation with full=True), or with
+    on_error="return" the exception of a failed item."""
+
+    def __iter__(self) -> BatchResults: ...
+    def __next__(self) -> Any: ...
+    def close(self) -> None: ...
 
 @final
 class TextStream:
@@ -183,6 +233,8 @@ class Timings:
     @property
     def decode_steps(self) -> int: ...
     @property
+    def image_cache_hits(self) -> int: ...
+    @property
     def time_to_first_token(self) -> float: ...
     @property
     def decode_tokens_per_second(self) -> float: ...
@@ -194,4 +246,5 @@ class ImageNotFoundError(ImageError, FileNotFoundError): ...
 class ModelFilesError(VlmError): ...
 class ModelFileNotFoundError(ModelFilesError, FileNotFoundError): ...
 class DeviceError(VlmError): ...
+class CancelledError(VlmError): ...
 class GenerationError(VlmError): ...
