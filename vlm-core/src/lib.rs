@@ -13,6 +13,7 @@
 
 pub mod chat_template;
 pub mod device;
+pub mod devices;
 pub mod error;
 pub mod family;
 pub mod files;
@@ -31,6 +32,7 @@ pub mod sentencepiece;
 pub mod stream;
 
 pub use device::{DTypeChoice, DeviceChoice};
+pub use devices::{cuda_available, devices, DeviceInfo, DeviceKind};
 pub use error::{Error, ErrorKind, Result};
 pub use family::{Family, FamilyModel, PrefillOutput};
 pub use image::{Image, ImageError, ImageLimits};
