@@ -173,6 +173,17 @@ pub fn keep_pool_memory(device: &Device) -> bool {
     }
 }
 
+/// As `--device` spells it: `auto`, `cpu`, `cuda:N`.
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 /// Floating-point precision of weights and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DTypeChoice {
@@ -214,6 +225,18 @@ impl DTypeChoice {
     }
 }
 
+/// As `--dtype` spells it: `auto`, `f32`, `f16`, `bf16`.
+impl std::fmt::Display for DTypeChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::BF16 => "bf16",
+        })
+    }
+}
+
 /// The device's name as `info()` reports it.
 pub fn device_name(device: &Device) -> String {
     match device.location() {
@@ -235,6 +258,9 @@ mod tests {
             DeviceChoice::parse("cuda:3").unwrap(),
             DeviceChoice::Cuda(3)
         );
+        for spelled in ["auto", "cpu", "cuda:3"] {
+            assert_eq!(DeviceChoice::parse(spelled).unwrap().to_string(), spelled);
+        }
         let err = DeviceChoice::parse("cuda:x").unwrap_err().to_string();
         assert!(err.contains("cuda:N"), "{err}");
     }
