@@ -219,14 +219,17 @@ fn read_gguf(path: &Path, device: &Device) -> Result<(HashMap<String, Arc<QTenso
     let progress = Progress::new("reading", content.tensor_infos.len() as u64);
     for (name, info) in &content.tensor_infos {
         let started = Instant::now();
-        let (target, on) = if is_float(info.ggml_dtype) {
-            (&mut floats, &Device::Cpu)
+        if is_float(info.ggml_dtype) {
+            // Counted as read when the model takes it (dequantized onto its device).
+            let t = content
+                .tensor(&mut reader, name, &Device::Cpu)
+                .map_err(bad)?;
+            floats.insert(name.clone(), Arc::new(t));
         } else {
-            (&mut quantized, device)
-        };
-        let t = content.tensor(&mut reader, name, on).map_err(bad)?;
-        load_log::tensor_read(t.storage_size_in_bytes() as u64, started.elapsed());
-        target.insert(name.clone(), Arc::new(t));
+            let t = content.tensor(&mut reader, name, device).map_err(bad)?;
+            load_log::tensor_read(t.storage_size_in_bytes() as u64, started.elapsed());
+            quantized.insert(name.clone(), Arc::new(t));
+        }
         progress.inc();
     }
     Ok((
@@ -440,8 +443,9 @@ impl Weights {
         };
         tracing::info!(
             target: TARGET,
-            "weights: {source}, {} tensors, read as {dtype:?} onto {}",
+            "weights: {source}, {} tensors, read as {} onto {}",
             names.len(),
+            dtype.as_str(),
             vlm_core::device::device_name(device)
         );
         load_log::weights_opened(names.len());

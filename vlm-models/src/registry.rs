@@ -56,7 +56,7 @@ fn load_dir_with(
         if types.contains(&model_type.as_str()) {
             tracing::info!(
                 target: load_log::TARGET,
-                "loading {model_type} from {} (device {}, dtype {}, quantization {})",
+                "loading {model_type} from {} (asked for device {}, dtype {}, quantization {})",
                 dir.root().display(),
                 options.device,
                 options.dtype,

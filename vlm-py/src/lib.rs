@@ -23,9 +23,11 @@ fn _vlm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Rust log records (vlm's tracing events arrive as such) go to Python's `logging`,
     // under loggers named after their target: "vlm.load", "vlm.device", "vlm.kernels".
     // Levels are not cached, so `logging.getLogger("vlm").setLevel(...)` takes effect at
-    // once. A second module in the process may already have installed a logger: keep it.
+    // once. Trace events (per layer, per request) stay in Rust: each record that passes
+    // this filter takes the GIL. A second module in the process may already have
+    // installed a logger: keep it.
     if let Ok(logger) = pyo3_log::Logger::new(m.py(), pyo3_log::Caching::Loggers) {
-        let _ = logger.install();
+        let _ = logger.filter(log::LevelFilter::Debug).install();
     }
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(devices::cuda_available, m)?)?;

@@ -21,6 +21,8 @@ __all__ = [
     "Timings",
     "VlmError",
     "__version__",
+    "cuda_available",
+    "devices",
     "load",
     "save_quantized",
     "supported_model_types",
@@ -66,6 +68,15 @@ class _GenerationOptions(TypedDict, total=False):
     seed: int | None
     stop: str | Sequence[str] | None
 
+class _DeviceInfo(TypedDict):
+    """One entry of devices()."""
+
+    index: int
+    name: str
+    kind: Literal["cpu", "cuda"]
+    total_memory: int | None
+    free_memory: int | None
+
 class _ModelInfo(TypedDict):
     """Model.info."""
 
@@ -99,6 +110,8 @@ def save_quantized(
     revision: str | None = None,
 ) -> int: ...
 def supported_model_types() -> list[str]: ...
+def cuda_available() -> bool: ...
+def devices() -> list[_DeviceInfo]: ...
 
 @final
 class Model:
