@@ -68,6 +68,15 @@ pub enum Command {
         /// Precision of the tensors that stay in float (f32, f16, bf16).
         #[arg(long, default_value = "f16")]
         dtype: String,
+        /// Log each step and its time to stderr.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// List the devices this build can run on (the CPU and every visible CUDA GPU), with memory.
+    Devices {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -79,7 +88,9 @@ impl Command {
             | Command::Ask { common, .. }
             | Command::Relate { common, .. }
             | Command::Generate { common, .. } => Some(common),
-            Command::ConvertMinigpt4 { .. } | Command::Quantize { .. } => None,
+            Command::ConvertMinigpt4 { .. }
+            | Command::Quantize { .. }
+            | Command::Devices { .. } => None,
         }
     }
 }
@@ -148,7 +159,7 @@ pub struct Common {
     /// Print the answer at the end instead of streaming it.
     #[arg(long)]
     pub no_stream: bool,
-    /// Print token counts and timings to stderr.
+    /// Print token counts and timings to stderr, and log each load step and its time.
     #[arg(long, short)]
     pub verbose: bool,
 }

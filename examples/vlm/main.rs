@@ -7,9 +7,14 @@
 //! vlm generate --model DIR --image a.jpg --raw-prompt "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Hi<|im_end|>\n<|im_start|>assistant\n"
 //! vlm convert-minigpt4 --model minigpt4-7b/
 //! vlm quantize --model Qwen/Qwen2.5-VL-7B-Instruct --quant int4 --output qwen2.5-vl-7b-int4/
+//! vlm devices [--json]
 //! ```
+//!
+//! Warnings go to stderr (`-v`: also each load step and its time; `RUST_LOG` overrides).
 
 mod args;
+mod devices;
+mod logging;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -21,12 +26,21 @@ use args::{Cli, Command, Common};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    logging::init(verbose(&cli.command));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether `-v` was given (the generating commands and `quantize` take it).
+fn verbose(command: &Command) -> bool {
+    match command {
+        Command::Quantize { verbose, .. } => *verbose,
+        other => other.common().is_some_and(|c| c.verbose),
     }
 }
 
@@ -69,8 +83,8 @@ fn run(cli: Cli) -> vlm_core::Result<()> {
             &Request::raw(images, raw_prompt.clone(), options),
             &mut print_piece,
         )?,
-        Command::ConvertMinigpt4 { .. } | Command::Quantize { .. } => {
-            unreachable!("conversions have no common options")
+        Command::ConvertMinigpt4 { .. } | Command::Quantize { .. } | Command::Devices { .. } => {
+            unreachable!("conversions and devices have no common options")
         }
     };
     report(&*model, &generation, common, stream);
@@ -78,12 +92,16 @@ fn run(cli: Cli) -> vlm_core::Result<()> {
 }
 
 fn convert(command: &Command) -> vlm_core::Result<()> {
+    if let Command::Devices { json } = command {
+        devices::print(*json);
+    }
     if let Command::Quantize {
         model,
         output,
         quant,
         vision_quant,
         dtype,
+        ..
     } = command
     {
         let options = vlm_core::model::LoadOptions {

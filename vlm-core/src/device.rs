@@ -87,15 +87,19 @@ impl DeviceChoice {
     pub fn open(self) -> Result<Device> {
         match self {
             Self::Cpu => Ok(Device::Cpu),
-            Self::Auto => {
-                if candle_core::utils::cuda_is_available() {
-                    let device = Device::new_cuda(0).unwrap_or(Device::Cpu);
+            Self::Auto => match auto_cuda() {
+                Ok(device) => {
+                    tracing::debug!(target: "vlm::device", "device=auto: running on cuda:0");
                     keep_pool_memory(&device);
                     Ok(device)
-                } else {
+                }
+                Err(reason) => {
+                    // A silent fallback made a CUDA build on a machine whose driver was
+                    // missing look like a 50x slower GPU; say it once per load.
+                    tracing::warn!(target: "vlm::device", "device=auto runs on the CPU: {reason}");
                     Ok(Device::Cpu)
                 }
-            }
+            },
             Self::Cuda(n) => {
                 if !candle_core::utils::cuda_is_available() {
                     return Err(Error::Device(
@@ -112,6 +116,19 @@ impl DeviceChoice {
             }
         }
     }
+}
+
+/// CUDA device 0 for `device=auto`, or why it cannot be used (what to do about it included).
+fn auto_cuda() -> std::result::Result<Device, String> {
+    if !candle_core::utils::cuda_is_available() {
+        return Err(crate::devices::cuda_unavailable_reason().unwrap_or_default());
+    }
+    Device::new_cuda(0).map_err(|e| {
+        format!(
+            "no CUDA device is visible ({}); check nvidia-smi and CUDA_VISIBLE_DEVICES",
+            crate::error::candle_message(&e)
+        )
+    })
 }
 
 /// With `VLM_CUDA_POOL_KEEP=1`, tells the driver to keep the memory that stream-ordered frees
@@ -156,6 +173,17 @@ pub fn keep_pool_memory(device: &Device) -> bool {
     }
 }
 
+/// As `--device` spells it: `auto`, `cpu`, `cuda:N`.
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 /// Floating-point precision of weights and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DTypeChoice {
@@ -197,6 +225,18 @@ impl DTypeChoice {
     }
 }
 
+/// As `--dtype` spells it: `auto`, `f32`, `f16`, `bf16`.
+impl std::fmt::Display for DTypeChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::BF16 => "bf16",
+        })
+    }
+}
+
 /// The device's name as `info()` reports it.
 pub fn device_name(device: &Device) -> String {
     match device.location() {
@@ -218,6 +258,9 @@ mod tests {
             DeviceChoice::parse("cuda:3").unwrap(),
             DeviceChoice::Cuda(3)
         );
+        for spelled in ["auto", "cpu", "cuda:3"] {
+            assert_eq!(DeviceChoice::parse(spelled).unwrap().to_string(), spelled);
+        }
         let err = DeviceChoice::parse("cuda:x").unwrap_err().to_string();
         assert!(err.contains("cuda:N"), "{err}");
     }
@@ -227,6 +270,50 @@ mod tests {
         assert_eq!(DTypeChoice::Auto.resolve(&Device::Cpu), DType::F32);
         assert_eq!(DTypeChoice::parse("bfloat16").unwrap(), DTypeChoice::BF16);
         assert!(DTypeChoice::parse("int4").is_err());
+    }
+
+    /// Runs `f` with a subscriber that writes every event at debug and above to a string.
+    fn logged(f: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = buffer.0.lock().unwrap().clone();
+        String::from_utf8(text).unwrap()
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn auto_on_a_cpu_build_warns_why_it_runs_on_the_cpu() {
+        let log = logged(|| {
+            assert!(matches!(DeviceChoice::Auto.open().unwrap(), Device::Cpu));
+        });
+        assert!(log.contains("WARN"), "{log}");
+        assert!(log.contains("vlm::device"), "{log}");
+        assert!(
+            log.contains("device=auto runs on the CPU") && log.contains("--features cuda"),
+            "{log}"
+        );
+        let quiet = logged(|| {
+            DeviceChoice::Cpu.open().unwrap();
+        });
+        assert!(quiet.is_empty(), "{quiet}");
     }
 
     #[cfg(not(feature = "cuda"))]

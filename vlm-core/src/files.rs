@@ -68,6 +68,12 @@ impl ModelDir {
             repo: repo_id.to_string(),
             message: e.to_string(),
         };
+        // A first download of a 7B model takes minutes with no other sign of life.
+        tracing::info!(
+            target: "vlm::load",
+            "fetching {repo_id} from the Hugging Face hub (files already in the hub cache are not downloaded again)"
+        );
+        let started = std::time::Instant::now();
         let api = hf_hub::api::sync::ApiBuilder::from_env()
             .build()
             .map_err(|e| hub_err(&e))?;
@@ -95,6 +101,12 @@ impl ModelDir {
             }
         }
         let root = config.parent().map(Path::to_path_buf).unwrap_or_default();
+        tracing::info!(
+            target: "vlm::load",
+            "{repo_id} is in {} ({:.1} s)",
+            root.display(),
+            started.elapsed().as_secs_f64()
+        );
         Ok(Self { root })
     }
 

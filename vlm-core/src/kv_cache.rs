@@ -23,6 +23,14 @@ impl LayerKvCache {
         device: &Device,
     ) -> Result<Self> {
         let shape = (batch, kv_heads, capacity, head_dim);
+        // Per layer and request, hence trace: with RUST_LOG=vlm::cache=trace it shows
+        // what a long max_new_tokens or a large batch costs in memory before any OOM.
+        tracing::trace!(
+            target: "vlm::cache",
+            "KV cache: {batch} sequence(s) x {capacity} positions x {kv_heads} heads x {head_dim}, {dtype:?} on {}: {} bytes for keys and values",
+            crate::device::device_name(device),
+            2 * batch * kv_heads * capacity * head_dim * dtype.size_in_bytes()
+        );
         Ok(Self {
             k: Tensor::zeros(shape, dtype, device)?,
             v: Tensor::zeros(shape, dtype, device)?,

@@ -14,8 +14,10 @@ pub mod image_cache;
 #[doc(hidden)]
 pub mod kernels;
 pub mod layers;
+mod load_log;
 pub mod minigpt4;
 pub mod preprocess;
+mod progress;
 pub mod quant;
 pub mod quantized_folder;
 pub mod qwen_vl;

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
@@ -279,7 +280,9 @@ impl Quantizer {
             return Ok(Embedding::Float(vb.get((vocab, hidden), name)?));
         };
         let host = Reader { host: true }.at(vb).get((vocab, hidden), name)?;
+        let started = Instant::now();
         let q = Arc::new(quantize_rows(&host, ggml, vb.device())?);
+        crate::load_log::quantized(&full, started.elapsed());
         drop(host);
         if let Some(store) = &self.store {
             store.record(&full, &q, vec![full.clone()]);
@@ -437,7 +440,9 @@ impl Quantizer {
             return Ok(Linear::from_weights(weight(Reader { host: false })?, bias));
         };
         let w = weight(Reader { host: true })?;
+        let started = Instant::now();
         let q = Arc::new(quantize_rows(&w, ggml, device)?);
+        crate::load_log::quantized(name, started.elapsed());
         drop(w);
         if let Some(store) = &self.store {
             store.record(name, &q, sources);

@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Shape, Tensor};
@@ -18,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use vlm_core::model::LoadOptions;
 use vlm_core::{Error, Quantization, Result};
 
+use crate::load_log::{self, TARGET};
+use crate::progress::Progress;
 use crate::quant::{QuantKind, QuantPolicy, QuantStore, Quantizer};
 use vlm_core::files::ModelDir;
 
@@ -124,6 +127,14 @@ pub struct Recorded<B> {
     store: Arc<QuantStore>,
 }
 
+impl<B> Recorded<B> {
+    fn note(&self, name: &str, t: &Tensor, started: Instant) {
+        self.store.note_float(name, t);
+        let bytes = (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+        load_log::tensor_read(bytes, started.elapsed());
+    }
+}
+
 impl<B: SimpleBackend> SimpleBackend for Recorded<B> {
     fn get(
         &self,
@@ -133,14 +144,16 @@ impl<B: SimpleBackend> SimpleBackend for Recorded<B> {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
+        let started = Instant::now();
         let t = self.inner.get(s, name, h, dtype, dev)?;
-        self.store.note_float(name, &t);
+        self.note(name, &t, started);
         Ok(t)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let started = Instant::now();
         let t = self.inner.get_unchecked(name, dtype, dev)?;
-        self.store.note_float(name, &t);
+        self.note(name, &t, started);
         Ok(t)
     }
 
@@ -203,16 +216,21 @@ fn read_gguf(path: &Path, device: &Device) -> Result<(HashMap<String, Arc<QTenso
     let content = gguf_file::Content::read(&mut reader).map_err(bad)?;
     let mut quantized = HashMap::new();
     let mut floats = HashMap::new();
+    let progress = Progress::new("reading", content.tensor_infos.len() as u64);
     for (name, info) in &content.tensor_infos {
+        let started = Instant::now();
         if is_float(info.ggml_dtype) {
+            // Counted as read when the model takes it (dequantized onto its device).
             let t = content
                 .tensor(&mut reader, name, &Device::Cpu)
                 .map_err(bad)?;
             floats.insert(name.clone(), Arc::new(t));
         } else {
             let t = content.tensor(&mut reader, name, device).map_err(bad)?;
+            load_log::tensor_read(t.storage_size_in_bytes() as u64, started.elapsed());
             quantized.insert(name.clone(), Arc::new(t));
         }
+        progress.inc();
     }
     Ok((
         quantized,
@@ -266,10 +284,16 @@ pub fn write_folder(
     dst: &Path,
     options: &LoadOptions,
 ) -> Result<SaveReport> {
+    let started = Instant::now();
+    tracing::info!(target: TARGET, "writing the quantized folder {}", dst.display());
     std::fs::create_dir_all(dst).map_err(|e| Error::bad_file(dst, e))?;
     copy_non_weights(src, dst)?;
     let mut tensors: BTreeMap<String, QTensor> = BTreeMap::new();
-    for (name, t) in ctx.store.floats() {
+    let floats = ctx.store.floats();
+    let made = ctx.store.made();
+    let progress = Progress::new("saving", (floats.len() + made.len()) as u64);
+    progress.set_message("float tensors");
+    for (name, t) in floats {
         let Some(t) = t else {
             return Err(Error::Weights(format!(
                 "{name} was not kept: load with LoadContext::new(true) to save"
@@ -286,13 +310,22 @@ pub fn write_folder(
             _ => GgmlDType::F32,
         };
         tensors.insert(name, QTensor::quantize(&t.contiguous()?, ggml)?);
+        progress.inc();
     }
     let float_tensors = tensors.len();
-    let made = ctx.store.made();
+    progress.set_message("quantized tensors");
     for (name, q) in &made {
         let host = crate::quant::to_host(q)?;
         tensors.insert(name.clone(), host);
+        progress.inc();
     }
+    tracing::debug!(
+        target: TARGET,
+        "{float_tensors} float and {} quantized tensors gathered on the host in {:.2} s",
+        made.len(),
+        started.elapsed().as_secs_f64()
+    );
+    progress.set_message("writing model.gguf");
     let info = QuantizationInfo {
         quantization: options.quantization.as_str().to_string(),
         vision: options
@@ -315,6 +348,13 @@ pub fn write_folder(
     let text = serde_json::to_string_pretty(&info).map_err(|e| Error::bad_file(dst, e))?;
     std::fs::write(dst.join(QUANTIZATION_FILE), text).map_err(|e| Error::bad_file(dst, e))?;
     let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    tracing::info!(
+        target: TARGET,
+        "wrote {} ({:.2} GB) in {:.2} s",
+        path.display(),
+        file_bytes as f64 / 1e9,
+        started.elapsed().as_secs_f64()
+    );
     Ok(SaveReport { info, file_bytes })
 }
 
@@ -387,6 +427,28 @@ impl Weights {
                 .collect(),
             None => tensor_names(&files)?,
         };
+        let source = if floats.is_some() {
+            format!(
+                "{} (a saved quantized folder: quantization {}, vision {})",
+                dir.path(QUANTIZED_WEIGHTS).display(),
+                quantization.as_str(),
+                vision.unwrap_or(quantization).as_str()
+            )
+        } else {
+            format!(
+                "{} safetensors file(s) in {}",
+                files.len(),
+                dir.root().display()
+            )
+        };
+        tracing::info!(
+            target: TARGET,
+            "weights: {source}, {} tensors, read as {} onto {}",
+            names.len(),
+            dtype.as_str(),
+            vlm_core::device::device_name(device)
+        );
+        load_log::weights_opened(names.len());
         let vb = open_weights(&files, floats, dtype, device, &ctx)?;
         Ok(Self {
             vb,

@@ -7,6 +7,7 @@ use vlm_core::files::ModelDir;
 use vlm_core::model::LoadOptions;
 use vlm_core::{Error, Result, VisionLanguageModel};
 
+use crate::load_log::{self, LoadLog};
 use crate::quantized_folder::{write_folder, LoadContext, SaveReport};
 
 type Loader =
@@ -53,7 +54,18 @@ fn load_dir_with(
     let model_type = dir.model_type()?;
     for (types, loader) in FAMILIES {
         if types.contains(&model_type.as_str()) {
-            return loader(dir, options, ctx);
+            tracing::info!(
+                target: load_log::TARGET,
+                "loading {model_type} from {} (asked for device {}, dtype {}, quantization {})",
+                dir.root().display(),
+                options.device,
+                options.dtype,
+                options.quantization.as_str(),
+            );
+            let log = LoadLog::start();
+            let model = loader(dir, options, ctx)?;
+            log.finish(&model.info());
+            return Ok(model);
         }
     }
     Err(Error::UnsupportedModel {

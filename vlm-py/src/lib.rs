@@ -10,6 +10,7 @@
 
 mod batch;
 mod convert;
+mod devices;
 mod errors;
 mod model;
 mod stream;
@@ -20,7 +21,18 @@ use pyo3::prelude::*;
 /// Native half of the vlm package; use `import vlm`, not this module.
 #[pymodule]
 fn _vlm(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Rust log records (vlm's tracing events arrive as such) go to Python's `logging`,
+    // under loggers named after their target: "vlm.load", "vlm.device", "vlm.kernels".
+    // Levels are not cached, so `logging.getLogger("vlm").setLevel(...)` takes effect at
+    // once. Trace events (per layer, per request) stay in Rust: each record that passes
+    // this filter takes the GIL. A second module in the process may already have
+    // installed a logger: keep it.
+    if let Ok(logger) = pyo3_log::Logger::new(m.py(), pyo3_log::Caching::Loggers) {
+        let _ = logger.filter(log::LevelFilter::Debug).install();
+    }
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(devices::cuda_available, m)?)?;
+    m.add_function(wrap_pyfunction!(devices::devices, m)?)?;
     m.add_function(wrap_pyfunction!(model::load, m)?)?;
     m.add_function(wrap_pyfunction!(model::save_quantized, m)?)?;
     m.add_function(wrap_pyfunction!(model::supported_model_types, m)?)?;

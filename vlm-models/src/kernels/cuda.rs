@@ -23,6 +23,45 @@ const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.pt
 #[cfg(vlm_flash)]
 const ATTENTION_MODULE: &str = "vlm_attention";
 
+/// `dev.get_or_load_custom_func(name, module, ptx)?`, logging the first load of each of our
+/// modules on each device (see [`note_first_load`]). A macro because candle does not export
+/// the function type it returns.
+macro_rules! custom_func {
+    ($dev:expr, $name:expr, $module:expr, $ptx:expr) => {{
+        let dev: &CudaDevice = $dev;
+        let started = std::time::Instant::now();
+        let func = dev.get_or_load_custom_func($name, $module, $ptx)?;
+        note_first_load(dev, $module, started);
+        func
+    }};
+}
+
+/// Logs (target `vlm::kernels`, info) the first time `module` was loaded on `dev`: the
+/// driver JIT-compiles our PTX for the card then, which took 22 s on a fresh machine and
+/// otherwise looks like a hung first request. Later processes hit the driver's compute
+/// cache.
+fn note_first_load(dev: &CudaDevice, module: &'static str, started: std::time::Instant) {
+    static LOADED: std::sync::Mutex<Vec<(candle_core::cuda_backend::DeviceId, &str)>> =
+        std::sync::Mutex::new(Vec::new());
+    let key = (dev.id(), module);
+    let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    if loaded.contains(&key) {
+        return;
+    }
+    loaded.push(key);
+    drop(loaded);
+    use candle_core::backend::BackendDevice;
+    let location = match dev.location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        other => format!("{other:?}"),
+    };
+    tracing::info!(
+        target: "vlm::kernels",
+        "loaded vlm's {module} CUDA kernels on {location} in {:.2} s (the first load in a process has the driver JIT-compile their PTX for this GPU, 22 s on a fresh machine; later ones come from its compute cache, ~/.nv/ComputeCache)",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 pub(super) fn suffix(dtype: DType) -> Result<&'static str> {
     Ok(match dtype {
         DType::F32 => "f32",
@@ -178,7 +217,7 @@ pub(super) fn silu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
     let out = empty(gate_up, Shape::from_dims(&out_dims))?;
     let name = format!("silu_mul_{}", suffix(gate_up.dtype())?);
     with_addresses(&[Some(gate_up), Some(&out)], |dev, p| {
-        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let func = custom_func!(dev, &name, MODULE, PTX);
         let n = rows * inter;
         let blocks = n.div_ceil(256).clamp(1, 65_535) as u32;
         let (rows, inter) = (rows as u32, inter as u32);
@@ -298,7 +337,7 @@ pub(super) fn write_kv(
     let mut all = step.inputs.to_vec();
     all.push(len.on_device);
     with_addresses(&all, |dev, p| {
-        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let func = custom_func!(dev, &name, MODULE, PTX);
         let (nq, nkv, d) = (heads.q as i32, heads.kv as i32, heads.dim as i32);
         let (cap, pos) = (step.cap as i32, len.value as i32 - 1);
         let mut a = func.builder();
@@ -364,7 +403,7 @@ pub(super) fn decode_attention(
     let mut all = step.inputs.to_vec();
     all.extend([pad, Some(&out), partial.as_ref(), len.on_device]);
     with_addresses(&all, |dev, p| {
-        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let func = custom_func!(dev, &name, MODULE, PTX);
         let (nq, nkv) = (heads.q as i32, heads.kv as i32);
         let (cap, kv_len) = (step.cap as i32, len.value as i32);
         let mut a = func.builder();
@@ -384,8 +423,7 @@ pub(super) fn decode_attention(
         // SAFETY: arguments match the kernel's signature; shapes checked above.
         unsafe { a.launch(cfg) }.w()?;
         if splits > 1 {
-            let func =
-                dev.get_or_load_custom_func(&format!("decode_combine_{suffix}"), MODULE, PTX)?;
+            let func = custom_func!(dev, &format!("decode_combine_{suffix}"), MODULE, PTX);
             let (d, splits) = (heads.dim as i32, splits as i32);
             let mut a = func.builder();
             a.arg(&p[9]).arg(&p[8]).arg(&nq).arg(&d).arg(&splits);
@@ -458,7 +496,7 @@ pub(super) fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let out = empty(w, Shape::from_dims(&[m, n]))?;
     let name = format!("gemv_{}_m{m}", suffix(dtype)?);
     with_addresses(&[Some(x), Some(w), bias, Some(&out)], |dev, p| {
-        let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+        let func = custom_func!(dev, &name, MODULE, PTX);
         let (n32, k32) = (n as i32, k as i32);
         let mut a = func.builder();
         a.arg(&p[0])
@@ -527,7 +565,7 @@ pub(super) fn vision_qkv(
         Some(&v),
     ];
     with_addresses(&tensors, |dev, p| {
-        let func = dev.get_or_load_custom_func(&name, VISION_MODULE, VISION_PTX)?;
+        let func = custom_func!(dev, &name, VISION_MODULE, VISION_PTX);
         let (n32, h32, d32) = (n as i32, heads as i32, d as i32);
         let mut a = func.builder();
         for ptr in p {
@@ -599,7 +637,7 @@ pub(super) fn segment_attention(
         Some(&out),
     ];
     with_addresses(&tensors, |dev, p| {
-        let func = dev.get_or_load_custom_func(&name, VISION_MODULE, VISION_PTX)?;
+        let func = custom_func!(dev, &name, VISION_MODULE, VISION_PTX);
         let (n32, h32, d32) = (n as i32, heads as i32, d as i32);
         let max_len = segments.max_len as i32;
         let mut a = func.builder();
@@ -645,7 +683,7 @@ pub(super) fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let out = empty(x, x.shape().clone())?;
     let name = format!("add_bias_{}", suffix(x.dtype())?);
     with_addresses(&[Some(x), Some(bias), Some(&out)], |dev, p| {
-        let func = dev.get_or_load_custom_func(&name, OPS_MODULE, OPS_PTX)?;
+        let func = custom_func!(dev, &name, OPS_MODULE, OPS_PTX);
         let (rows32, n32) = (rows as i32, n as i32);
         let mut a = func.builder();
         a.arg(&p[0]).arg(&p[1]).arg(&p[2]).arg(&rows32).arg(&n32);
@@ -684,7 +722,7 @@ pub(super) fn softmax(x: &Tensor, mask: Option<&super::CausalMask<'_>>) -> Resul
     let name = format!("softmax_rows_{}", suffix(x.dtype())?);
     let pad = mask.and_then(|m| m.pad);
     with_addresses(&[Some(x), Some(&out), pad], |dev, p| {
-        let func = dev.get_or_load_custom_func(&name, OPS_MODULE, OPS_PTX)?;
+        let func = custom_func!(dev, &name, OPS_MODULE, OPS_PTX);
         let k32 = k as i32;
         let mut a = func.builder();
         a.arg(&p[0]).arg(&p[1]).arg(&p[2]).arg(&k32);
@@ -729,7 +767,7 @@ pub(super) fn gated_silu(
     with_addresses(
         &[Some(gate), Some(up), gate_bias, up_bias, Some(&out)],
         |dev, p| {
-            let func = dev.get_or_load_custom_func(&name, OPS_MODULE, OPS_PTX)?;
+            let func = custom_func!(dev, &name, OPS_MODULE, OPS_PTX);
             let (rows32, n32) = (rows as i32, n as i32);
             let mut a = func.builder();
             for ptr in p {
@@ -808,7 +846,7 @@ fn launch_flash(tensors: [Option<&Tensor>; 6], spec: FlashLaunch) -> Result<()> 
         flash_width(spec.d)?
     );
     with_addresses_of(&tensors, false, |dev, p| {
-        let func = dev.get_or_load_custom_func(&name, ATTENTION_MODULE, ATTENTION_PTX)?;
+        let func = custom_func!(dev, &name, ATTENTION_MODULE, ATTENTION_PTX);
         let (causal, d, scale) = (i32::from(spec.causal), spec.d as i32, 1f32);
         let mut a = func.builder();
         for ptr in p {

@@ -11,6 +11,8 @@ Describe a photo, ask about it, relate several photos::
 
 Images are file paths, encoded bytes, PIL images or numpy uint8 arrays (H x W x 3).
 Every call releases the GIL while the model runs. Errors derive from vlm.VlmError.
+Loading logs what runs where (and device="auto" warns when it falls back to the CPU)
+through the standard ``logging`` module, on loggers named "vlm.*".
 See docs/python.md for a walk-through.
 """
 
@@ -30,6 +32,8 @@ from ._vlm import (
     Timings,
     VlmError,
     __version__,
+    cuda_available,
+    devices,
     load,
     save_quantized,
     supported_model_types,
@@ -51,6 +55,8 @@ __all__ = [
     "Timings",
     "VlmError",
     "__version__",
+    "cuda_available",
+    "devices",
     "load",
     "save_quantized",
     "supported_model_types",

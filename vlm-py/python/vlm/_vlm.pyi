@@ -23,6 +23,8 @@ __all__ = [
     "Timings",
     "VlmError",
     "__version__",
+    "cuda_available",
+    "devices",
     "load",
     "save_quantized",
     "supported_model_types",
@@ -70,6 +72,15 @@ class _GenerationOptions(TypedDict, total=False):
     max_pixels: int | None
     min_pixels: int | None
 
+class _DeviceInfo(TypedDict):
+    """One entry of devices()."""
+
+    index: int
+    name: str
+    kind: Literal["cpu", "cuda"]
+    total_memory: int | None
+    free_memory: int | None
+
 class _ModelInfo(TypedDict):
     """Model.info."""
 
@@ -116,6 +127,8 @@ def save_quantized(
     revision: str | None = None,
 ) -> int: ...
 def supported_model_types() -> list[str]: ...
+def cuda_available() -> bool: ...
+def devices() -> list[_DeviceInfo]: ...
 
 @final
 class Model:
