@@ -11,15 +11,6 @@
 //! album serve --db album.db --port 8080
 //! ```
 
-mod captioner;
-mod db;
-mod exif;
-mod export;
-mod index;
-mod scan;
-mod search;
-mod serve;
-mod trips;
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -33,11 +24,12 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use vlm_core::{Language, Quantization};
 
-use captioner::{CaptionOptions, Captioner};
-use trips::TripRules;
+use vlm_album::captioner::{CaptionOptions, Captioner};
+use vlm_album::trips::TripRules;
+use vlm_album::{db, export, index, search, serve, trips};
 
 #[derive(Parser)]
-#[command(name = "album", version, about = "A smart photo album: caption, search and tell the stories of your photos")]
+#[command(name = "album", version, args_override_self = true, about = "A smart photo album: caption, search and tell the stories of your photos")]
 struct Cli {
     /// The album database (SQLite); created if missing.
     #[arg(long, global = true, default_value = "album.db")]
