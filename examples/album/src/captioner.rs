@@ -5,7 +5,9 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use vlm_core::{Generation, GenerationOptions, Image, Language, Quantization, Request, VisionLanguageModel};
+use vlm_core::{
+    Generation, GenerationOptions, Image, Language, Quantization, Request, VisionLanguageModel,
+};
 
 use crate::db::{Output, Setting};
 
@@ -14,7 +16,8 @@ use crate::db::{Output, Setting};
 const PROMPTS_VERSION: u32 = 1;
 
 const TAGS_PROMPT_EN: &str = "List 3-8 short tags for this photo, comma-separated.";
-const TEXT_PROMPT_EN: &str = "Transcribe any text visible in the photo; answer NONE if there is none.";
+const TEXT_PROMPT_EN: &str =
+    "Transcribe any text visible in the photo; answer NONE if there is none.";
 const TAGS_PROMPT_ZH: &str = "为这张照片列出3到8个简短的标签，用逗号分隔。";
 const TEXT_PROMPT_ZH: &str = "转写照片中可见的文字；如果没有文字，回答“无”。";
 /// Most tags kept per photo, matching the 3-8 the prompt asks for.
@@ -73,6 +76,9 @@ pub fn language_code(language: Language) -> &'static str {
     }
 }
 
+/// One generation's answer and its share of the batch's wall time in seconds.
+type Answer = (Generation, f64);
+
 /// One photo to describe in one language.
 pub struct Job<'a> {
     pub image: &'a Image,
@@ -107,7 +113,7 @@ impl Captioner {
     pub fn run(&mut self, jobs: &[Job]) -> Vec<Result<Output, String>> {
         // Three requests per job, in order: caption, tags, visible text.
         let mut requests: Vec<(usize, Request)> = Vec::new();
-        let mut outcomes: Vec<Result<Vec<Option<(Generation, f64)>>, String>> =
+        let mut outcomes: Vec<Result<Vec<Option<Answer>>, String>> =
             jobs.iter().map(|_| Ok(vec![None, None, None])).collect();
         for (j, job) in jobs.iter().enumerate() {
             match self.requests(job) {
@@ -138,13 +144,10 @@ impl Captioner {
                 }
             }
         }
-        outcomes
-            .into_iter()
-            .map(|o| o.and_then(|parts| output(parts)))
-            .collect()
+        outcomes.into_iter().map(|o| o.and_then(output)).collect()
     }
 
-    fn one(&mut self, request: &Request) -> Result<(Generation, f64), String> {
+    fn one(&mut self, request: &Request) -> Result<Answer, String> {
         let started = Instant::now();
         self.calls += 1;
         match self.model.generate_batch(std::slice::from_ref(request)) {
@@ -178,9 +181,10 @@ impl Captioner {
     }
 }
 
-fn output(parts: Vec<Option<(Generation, f64)>>) -> Result<Output, String> {
-    let [Some(caption), Some(tags), Some(text)]: [Option<(Generation, f64)>; 3] =
-        parts.try_into().map_err(|_| "internal: wrong number of answers".to_string())?
+fn output(parts: Vec<Option<Answer>>) -> Result<Output, String> {
+    let [Some(caption), Some(tags), Some(text)]: [Option<Answer>; 3] = parts
+        .try_into()
+        .map_err(|_| "internal: wrong number of answers".to_string())?
     else {
         return Err("the model gave no answer for part of this photo".into());
     };
@@ -214,7 +218,7 @@ pub fn parse_tags(answer: &str) -> Vec<String> {
     for tag in answer.split([',', '\u{ff0c}', '、', ';', '\u{ff1b}', '\n']) {
         let tag = tag
             .trim()
-            .trim_start_matches(|c: char| c == '-' || c == '*' || c == '#')
+            .trim_start_matches(['-', '*', '#'])
             .trim_end_matches(['.', '。'])
             .trim();
         if !tag.is_empty() && !tags.iter().any(|t| t == tag) {

@@ -241,7 +241,12 @@ pub fn insert_result(conn: &Connection, hash: &str, s: &Setting, o: &Output) -> 
     Ok(())
 }
 
-pub fn record_error(conn: &Connection, path: &str, hash: Option<&str>, message: &str) -> Result<()> {
+pub fn record_error(
+    conn: &Connection,
+    path: &str,
+    hash: Option<&str>,
+    message: &str,
+) -> Result<()> {
     conn.execute(
         "INSERT OR REPLACE INTO errors (path, hash, message) VALUES (?1, ?2, ?3)",
         params![path, hash, message],
@@ -297,7 +302,13 @@ pub fn photos(conn: &Connection, limit: usize) -> Result<Vec<PhotoRow>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-pub fn save_story(conn: &Connection, trip_key: &str, photos: &[String], model: &str, story: &str) -> Result<()> {
+pub fn save_story(
+    conn: &Connection,
+    trip_key: &str,
+    photos: &[String],
+    model: &str,
+    story: &str,
+) -> Result<()> {
     conn.execute(
         "INSERT OR REPLACE INTO stories (trip_key, photos, model, story) VALUES (?1, ?2, ?3, ?4)",
         params![trip_key, serde_json::to_string(photos)?, model, story],
@@ -307,13 +318,19 @@ pub fn save_story(conn: &Connection, trip_key: &str, photos: &[String], model: &
 
 pub fn story(conn: &Connection, trip_key: &str) -> Result<Option<String>> {
     Ok(conn
-        .query_row("SELECT story FROM stories WHERE trip_key = ?1", [trip_key], |r| r.get(0))
+        .query_row(
+            "SELECT story FROM stories WHERE trip_key = ?1",
+            [trip_key],
+            |r| r.get(0),
+        )
         .optional()?)
 }
 
 pub fn thumbnail(conn: &Connection, hash: &str) -> Result<Option<Vec<u8>>> {
     Ok(conn
-        .query_row("SELECT jpeg FROM thumbnails WHERE hash = ?1", [hash], |r| r.get(0))
+        .query_row("SELECT jpeg FROM thumbnails WHERE hash = ?1", [hash], |r| {
+            r.get(0)
+        })
         .optional()?)
 }
 

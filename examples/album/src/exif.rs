@@ -56,7 +56,8 @@ fn ascii(f: &Field) -> Option<String> {
 /// EXIF writes `2024:05:01 10:00:00`; SQLite and people read `2024-05-01 10:00:00`.
 fn exif_time(s: &str) -> Option<String> {
     let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
     if !(digits(0..4) && digits(5..7) && digits(8..10) && digits(11..13) && digits(14..16)) {
         return None;
     }

@@ -43,7 +43,9 @@ pub fn export(conn: &Connection, format: &str, out: &mut dyn Write) -> Result<us
         let tags: String = r.get(15)?;
         Ok(Row {
             hash: r.get(0)?,
-            paths: paths.map(|p| p.lines().map(String::from).collect()).unwrap_or_default(),
+            paths: paths
+                .map(|p| p.lines().map(String::from).collect())
+                .unwrap_or_default(),
             bytes: r.get(2)?,
             width: r.get(3)?,
             height: r.get(4)?,
@@ -57,7 +59,11 @@ pub fn export(conn: &Connection, format: &str, out: &mut dyn Write) -> Result<us
             language: r.get(12)?,
             options: r.get(13)?,
             caption: r.get(14)?,
-            tags: tags.split(", ").filter(|t| !t.is_empty()).map(String::from).collect(),
+            tags: tags
+                .split(", ")
+                .filter(|t| !t.is_empty())
+                .map(String::from)
+                .collect(),
             photo_text: r.get(16)?,
             seconds: r.get(17)?,
         })
@@ -72,9 +78,24 @@ pub fn export(conn: &Connection, format: &str, out: &mut dyn Write) -> Result<us
     } else {
         let mut csv = csv::Writer::from_writer(out);
         csv.write_record([
-            "hash", "paths", "bytes", "width", "height", "taken_at", "lat", "lon", "camera",
-            "orientation", "model", "quant", "language", "options", "caption", "tags",
-            "photo_text", "seconds",
+            "hash",
+            "paths",
+            "bytes",
+            "width",
+            "height",
+            "taken_at",
+            "lat",
+            "lon",
+            "camera",
+            "orientation",
+            "model",
+            "quant",
+            "language",
+            "options",
+            "caption",
+            "tags",
+            "photo_text",
+            "seconds",
         ])?;
         let text = |v: Option<String>| v.unwrap_or_default();
         let num = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();

@@ -100,7 +100,10 @@ pub fn run(
         };
         commit(conn, &batch, outputs, options, &mut summary)?;
         bar.inc(chunk.len() as u64);
-        bar.set_message(format!("cached {}, failed {}", summary.cached, summary.failed));
+        bar.set_message(format!(
+            "cached {}, failed {}",
+            summary.cached, summary.failed
+        ));
         if let Some(pause) = pause {
             std::thread::sleep(pause);
         }
@@ -124,9 +127,11 @@ fn prepare(conn: &Connection, paths: &[PathBuf], options: &CaptionOptions) -> Re
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) => {
-                batch
-                    .errors
-                    .push((shown.clone(), None, format!("cannot read {shown}: {e}; check its permissions")));
+                batch.errors.push((
+                    shown.clone(),
+                    None,
+                    format!("cannot read {shown}: {e}; check its permissions"),
+                ));
                 continue;
             }
         };
@@ -148,7 +153,10 @@ fn prepare(conn: &Connection, paths: &[PathBuf], options: &CaptionOptions) -> Re
         let image = match Image::from_bytes(&bytes) {
             Ok(image) => image,
             Err(e) => {
-                let message = format!("{shown}: {}", e.to_string().replacen("the image data", "the file", 1));
+                let message = format!(
+                    "{shown}: {}",
+                    e.to_string().replacen("the image data", "the file", 1)
+                );
                 batch.errors.push((shown, Some(hash), message));
                 continue;
             }
@@ -220,7 +228,8 @@ fn commit(
             db::add_path(&tx, path, hash)?;
             summary.cached += 1;
         } else {
-            let message = format!("{path}: has the same content as a photo that failed in this batch");
+            let message =
+                format!("{path}: has the same content as a photo that failed in this batch");
             db::record_error(&tx, path, Some(hash), &message)?;
             summary.failed += 1;
         }
@@ -238,9 +247,9 @@ fn progress_bar(len: u64) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template(
-        "{bar:30} {pos}/{len} photos, {per_sec}, ETA {eta} ({msg})",
-    ) {
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:30} {pos}/{len} photos, {per_sec}, ETA {eta} ({msg})")
+    {
         bar.set_style(style);
     }
     bar

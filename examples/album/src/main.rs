@@ -11,7 +11,6 @@
 //! album serve --db album.db --port 8080
 //! ```
 
-
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -29,7 +28,12 @@ use vlm_album::trips::TripRules;
 use vlm_album::{db, export, index, search, serve, trips};
 
 #[derive(Parser)]
-#[command(name = "album", version, args_override_self = true, about = "A smart photo album: caption, search and tell the stories of your photos")]
+#[command(
+    name = "album",
+    version,
+    args_override_self = true,
+    about = "A smart photo album: caption, search and tell the stories of your photos"
+)]
 struct Cli {
     /// The album database (SQLite); created if missing.
     #[arg(long, global = true, default_value = "album.db")]
@@ -146,7 +150,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Err(e) => e,
     };
     match cli.command {
-        Command::Index { dirs, model, language, batch_size, json } => {
+        Command::Index {
+            dirs,
+            model,
+            language,
+            batch_size,
+            json,
+        } => {
             let options = caption_options(&model, &language, batch_size)?;
             let stop = interrupt_flag()?;
             let summary = index::run(&mut conn, &dirs, &options, &stop).map_err(explain)?;
@@ -155,10 +165,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 println!(
                     "{} processed, {} cached, {} failed, {} skipped in {:.1} s ({} model calls)",
-                    summary.processed, summary.cached, summary.failed, summary.skipped, summary.seconds, summary.model_calls
+                    summary.processed,
+                    summary.cached,
+                    summary.failed,
+                    summary.skipped,
+                    summary.seconds,
+                    summary.model_calls
                 );
                 if summary.failed > 0 {
-                    println!("see why with: sqlite3 {} 'SELECT path, message FROM errors'", cli.db.display());
+                    println!(
+                        "see why with: sqlite3 {} 'SELECT path, message FROM errors'",
+                        cli.db.display()
+                    );
                 }
             }
             if summary.interrupted {
@@ -174,7 +192,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("no photo matches \"{query}\"");
             }
             for h in hits.iter().filter(|_| !json) {
-                println!("{}\t{:.3}\t{}", h.path, h.score, h.snippet.replace('\n', " "));
+                println!(
+                    "{}\t{:.3}\t{}",
+                    h.path,
+                    h.score,
+                    h.snippet.replace('\n', " ")
+                );
             }
         }
         Command::Trips { rules, json } => {
@@ -183,25 +206,49 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string(&trips)?);
             }
             for t in trips.iter().filter(|_| !json) {
-                println!("#{} {}  {} – {}  {} photos", t.number, t.key, t.start, t.end, t.photos.len());
+                println!(
+                    "#{} {}  {} – {}  {} photos",
+                    t.number,
+                    t.key,
+                    t.start,
+                    t.end,
+                    t.photos.len()
+                );
                 if let Some(story) = &t.story {
                     println!("    {}", story.replace('\n', "\n    "));
                 }
             }
         }
-        Command::Story { trip_id, model, rules, language, photos } => {
+        Command::Story {
+            trip_id,
+            model,
+            rules,
+            language,
+            photos,
+        } => {
             let trip = trips::find(trips::trips(&conn, &rules).map_err(explain)?, &trip_id)?;
             let options = caption_options(&model, &language, 1)?;
             let language = *options.languages.first().context("pass one --language")?;
             let mut captioner = Captioner::load(&options)?;
-            let story = trips::tell(&conn, &mut captioner, &trip, photos, language, &options.model_id())
-                .map_err(explain)?;
-            println!("#{} {} ({} – {})\n{story}", trip.number, trip.key, trip.start, trip.end);
+            let story = trips::tell(
+                &conn,
+                &mut captioner,
+                &trip,
+                photos,
+                language,
+                &options.model_id(),
+            )
+            .map_err(explain)?;
+            println!(
+                "#{} {} ({} – {})\n{story}",
+                trip.number, trip.key, trip.start, trip.end
+            );
         }
         Command::Export { format, output } => {
             let mut out: Box<dyn Write> = match &output {
                 Some(path) => Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
                 )),
                 None => Box::new(std::io::stdout().lock()),
             };
@@ -216,9 +263,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn caption_options(model: &ModelArgs, languages: &str, batch_size: usize) -> Result<CaptionOptions> {
+fn caption_options(
+    model: &ModelArgs,
+    languages: &str,
+    batch_size: usize,
+) -> Result<CaptionOptions> {
     let mut parsed = Vec::new();
-    for code in languages.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+    for code in languages
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
         let language = match Language::parse(code)? {
             Language::Auto => anyhow::bail!("--language needs en or zh, not auto"),
             l => l,
@@ -227,9 +282,15 @@ fn caption_options(model: &ModelArgs, languages: &str, batch_size: usize) -> Res
             parsed.push(language);
         }
     }
-    anyhow::ensure!(!parsed.is_empty(), "--language is empty; pass en, zh or en,zh");
+    anyhow::ensure!(
+        !parsed.is_empty(),
+        "--language is empty; pass en, zh or en,zh"
+    );
     anyhow::ensure!(batch_size > 0, "--batch-size must be at least 1");
-    anyhow::ensure!(model.max_new_tokens > 0, "--max-new-tokens must be at least 1");
+    anyhow::ensure!(
+        model.max_new_tokens > 0,
+        "--max-new-tokens must be at least 1"
+    );
     Ok(CaptionOptions {
         model: model.model.clone(),
         quant: Quantization::parse(&model.quant)?,

@@ -6,7 +6,9 @@ use anyhow::{bail, Result};
 use walkdir::WalkDir;
 
 /// File endings of the formats `vlm_core::Image` decodes.
-const PHOTO_EXTENSIONS: &[&str] = &["jpg", "jpeg", "jpe", "png", "webp", "gif", "bmp", "tif", "tiff"];
+const PHOTO_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "jpe", "png", "webp", "gif", "bmp", "tif", "tiff",
+];
 
 #[derive(Debug, Default)]
 pub struct Scan {
@@ -22,13 +24,19 @@ pub fn scan(roots: &[PathBuf]) -> Result<Scan> {
     let mut scan = Scan::default();
     for root in roots {
         if !root.exists() {
-            bail!("{} does not exist; pass folders of photos to index", root.display());
+            bail!(
+                "{} does not exist; pass folders of photos to index",
+                root.display()
+            );
         }
         for entry in WalkDir::new(root).follow_links(true) {
             let entry = match entry {
                 Ok(entry) => entry,
                 Err(e) => {
-                    let path = e.path().map(Path::to_path_buf).unwrap_or_else(|| root.clone());
+                    let path = e
+                        .path()
+                        .map(Path::to_path_buf)
+                        .unwrap_or_else(|| root.clone());
                     let reason = match e.loop_ancestor() {
                         Some(a) => format!("symlink loop back to {}", a.display()),
                         None => format!("cannot read: {e}"),
@@ -50,7 +58,10 @@ pub fn scan(roots: &[PathBuf]) -> Result<Scan> {
                     .unwrap_or_else(|| "files without an extension are".into());
                 scan.skipped.push((
                     path,
-                    format!("not a photo: {kind} not indexed (photos are {})", vlm_core::image::SUPPORTED_FORMATS),
+                    format!(
+                        "not a photo: {kind} not indexed (photos are {})",
+                        vlm_core::image::SUPPORTED_FORMATS
+                    ),
                 ));
             }
         }

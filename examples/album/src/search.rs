@@ -89,12 +89,17 @@ fn hit(r: &rusqlite::Row) -> rusqlite::Result<Hit> {
 /// The match in brackets with a little context, as FTS5's snippet() marks it.
 fn around(text: &str, query: &str) -> String {
     let lower = text.to_lowercase();
-    let Some(at) = lower.find(&query.to_lowercase()).filter(|_| lower.len() == text.len()) else {
+    let Some(at) = lower
+        .find(&query.to_lowercase())
+        .filter(|_| lower.len() == text.len())
+    else {
         return text.chars().take(SNIPPET_CONTEXT * 4).collect();
     };
     let before: String = {
         let chars: Vec<char> = text[..at].chars().collect();
-        chars[chars.len().saturating_sub(SNIPPET_CONTEXT)..].iter().collect()
+        chars[chars.len().saturating_sub(SNIPPET_CONTEXT)..]
+            .iter()
+            .collect()
     };
     let rest = &text[at..];
     let found: String = rest.chars().take(query.chars().count()).collect();

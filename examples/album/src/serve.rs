@@ -68,7 +68,10 @@ pub fn serve(db: PathBuf, busy: Duration, host: IpAddr, port: u16, rules: TripRu
         let listener = tokio::net::TcpListener::bind((host, port))
             .await
             .with_context(|| format!("cannot listen on {host}:{port}; pick another --port"))?;
-        eprintln!("album: open http://{} (Ctrl-C stops)", listener.local_addr()?);
+        eprintln!(
+            "album: open http://{} (Ctrl-C stops)",
+            listener.local_addr()?
+        );
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -143,7 +146,8 @@ pub fn make_thumbnail(bytes: &[u8]) -> Result<Vec<u8>> {
         rgb
     };
     let mut jpeg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, THUMB_QUALITY).encode_image(&small)?;
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, THUMB_QUALITY)
+        .encode_image(&small)?;
     Ok(jpeg)
 }
 
@@ -175,7 +179,12 @@ li.hit img{{width:80px;vertical-align:middle;margin-right:.5rem}}
         esc(q)
     );
     if !q.trim().is_empty() {
-        let _ = write!(h, r#"<section id="results"><h2>{} results for “{}”</h2><ol>"#, hits.len(), esc(q));
+        let _ = write!(
+            h,
+            r#"<section id="results"><h2>{} results for “{}”</h2><ol>"#,
+            hits.len(),
+            esc(q)
+        );
         for hit in hits {
             let _ = write!(
                 h,
@@ -192,7 +201,10 @@ li.hit img{{width:80px;vertical-align:middle;margin-right:.5rem}}
     h.push_str(r#"<section id="trips"><h2>Trips</h2>"#);
     for t in trips {
         let story = t.story.as_deref().map(esc).unwrap_or_else(|| {
-            format!("No story yet: run <code>album story {}</code>.", esc(&t.key))
+            format!(
+                "No story yet: run <code>album story {}</code>.",
+                esc(&t.key)
+            )
         });
         let _ = write!(
             h,

@@ -72,7 +72,8 @@ pub fn trips(conn: &Connection, rules: &TripRules) -> Result<Vec<Trip>> {
         let (photo, time) = row?;
         let place = photo.lat.zip(photo.lon);
         let gap = time.saturating_sub(last_time) as f64 > rules.gap_hours * 3600.0;
-        let jump = matches!((last_place, place), (Some(a), Some(b)) if haversine_km(a, b) > rules.max_km);
+        let jump =
+            matches!((last_place, place), (Some(a), Some(b)) if haversine_km(a, b) > rules.max_km);
         if gap || jump || groups.is_empty() {
             groups.push(Vec::new());
             last_place = None;
@@ -93,11 +94,24 @@ pub fn trips(conn: &Connection, rules: &TripRules) -> Result<Vec<Trip>> {
                 first.taken_at.get(..10).unwrap_or("").replace('-', ""),
                 first.hash.get(..8).unwrap_or(&first.hash)
             );
-            Some((i + 1, key, first.taken_at.clone(), last.taken_at.clone(), photos))
+            Some((
+                i + 1,
+                key,
+                first.taken_at.clone(),
+                last.taken_at.clone(),
+                photos,
+            ))
         })
         .map(|(number, key, start, end, photos)| {
             let story = db::story(conn, &key)?;
-            Ok(Trip { number, key, start, end, photos, story })
+            Ok(Trip {
+                number,
+                key,
+                start,
+                end,
+                photos,
+                story,
+            })
         })
         .collect()
 }

@@ -20,7 +20,11 @@ fn second_run_is_all_cached_and_a_renamed_copy_adds_a_path() {
     assert_eq!(first["processed"], N, "{first}");
     assert_eq!(first["cached"], 0);
     assert_eq!(first["failed"], 0);
-    assert_eq!(first["model_calls"], 3 * N, "caption, tags and text per photo");
+    assert_eq!(
+        first["model_calls"],
+        3 * N,
+        "caption, tags and text per photo"
+    );
     assert_eq!(count(&db, "SELECT COUNT(*) FROM results"), N);
     // EXIF made it in.
     assert_eq!(
@@ -56,10 +60,20 @@ fn another_language_processes_only_what_it_lacks() {
     assert_eq!(zh["model_calls"], 3 * N, "only the Chinese requests run");
     let again = index(&db, &[&photos], &["--language", "en,zh"]);
     assert_eq!(again["model_calls"], 0, "{again}");
-    let longer = index(&db, &[&photos], &["--language", "en", "--max-new-tokens", "7"]);
-    assert_eq!(longer["processed"], N, "another option set is another result");
+    let longer = index(
+        &db,
+        &[&photos],
+        &["--language", "en", "--max-new-tokens", "7"],
+    );
+    assert_eq!(
+        longer["processed"], N,
+        "another option set is another result"
+    );
     assert_eq!(count(&db, "SELECT COUNT(*) FROM results"), 3 * N);
-    assert_eq!(count(&db, "SELECT COUNT(DISTINCT language) FROM results"), 2);
+    assert_eq!(
+        count(&db, "SELECT COUNT(DISTINCT language) FROM results"),
+        2
+    );
 }
 
 #[test]
@@ -77,7 +91,9 @@ fn kill_9_mid_run_then_rerun_gives_every_photo_once() {
     loop {
         let done = if db.exists() {
             rusqlite::Connection::open(&db)
-                .and_then(|c| c.query_row("SELECT COUNT(*) FROM results", [], |r| r.get::<_, i64>(0)))
+                .and_then(|c| {
+                    c.query_row("SELECT COUNT(*) FROM results", [], |r| r.get::<_, i64>(0))
+                })
                 .unwrap_or(0)
         } else {
             0
@@ -91,7 +107,10 @@ fn kill_9_mid_run_then_rerun_gives_every_photo_once() {
     child.kill().expect("SIGKILL");
     child.wait().expect("reap");
     let partial = count(&db, "SELECT COUNT(*) FROM results");
-    assert!(partial > 0 && partial < N, "killed after the first batch, {partial} rows");
+    assert!(
+        partial > 0 && partial < N,
+        "killed after the first batch, {partial} rows"
+    );
 
     let rerun = index(&db, &[&photos], &[]);
     assert_eq!(rerun["processed"], N - partial, "{rerun}");
@@ -120,11 +139,19 @@ fn ctrl_c_finishes_the_batch_and_exits_cleanly() {
         .expect("kill -INT");
     assert!(status.success());
     let out = child.wait_with_output().expect("wait");
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary JSON");
     assert_eq!(summary["interrupted"], true);
     let saved = count(&db, "SELECT COUNT(*) FROM results");
-    assert_eq!(summary["processed"], saved, "what it says it saved is saved");
+    assert_eq!(
+        summary["processed"], saved,
+        "what it says it saved is saved"
+    );
     assert!(saved < N);
     let rerun = index(&db, &[&photos], &[]);
     assert_eq!(rerun["processed"], N - saved, "{rerun}");
@@ -139,7 +166,10 @@ fn broken_files_are_recorded_and_the_rest_indexed() {
     let good = jpeg(99);
     write(&photos.join("truncated.jpg"), &good[..good.len() / 3]);
     write(&photos.join("empty.jpg"), b"");
-    write(&photos.join("not-really.png"), b"plain text in a png's clothes");
+    write(
+        &photos.join("not-really.png"),
+        b"plain text in a png's clothes",
+    );
     write(&photos.join("notes.txt"), b"shopping list");
     write(&photos.join("no-exif.jpg"), &jpeg(100));
     let db = dir.join("album.db");
@@ -151,23 +181,48 @@ fn broken_files_are_recorded_and_the_rest_indexed() {
     for name in ["truncated.jpg", "empty.jpg", "not-really.png"] {
         let conn = rusqlite::Connection::open(&db).expect("db");
         let message: String = conn
-            .query_row("SELECT message FROM errors WHERE path LIKE ?1", [format!("%/{name}")], |r| r.get(0))
+            .query_row(
+                "SELECT message FROM errors WHERE path LIKE ?1",
+                [format!("%/{name}")],
+                |r| r.get(0),
+            )
             .unwrap_or_else(|e| panic!("{name} not in errors: {e}"));
         assert!(message.contains(name), "{message}");
     }
     let conn = rusqlite::Connection::open(&db).expect("db");
     let reason: String = conn
-        .query_row("SELECT reason FROM skipped WHERE path LIKE '%/notes.txt'", [], |r| r.get(0))
+        .query_row(
+            "SELECT reason FROM skipped WHERE path LIKE '%/notes.txt'",
+            [],
+            |r| r.get(0),
+        )
         .expect("notes.txt skipped");
     assert!(reason.contains("not a photo"), "{reason}");
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM photos WHERE taken_at IS NULL"), 1, "no-exif.jpg indexed");
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM photos WHERE hash IN (SELECT hash FROM errors)"), 0, "no half rows");
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM photos WHERE taken_at IS NULL"),
+        1,
+        "no-exif.jpg indexed"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM photos WHERE hash IN (SELECT hash FROM errors)"
+        ),
+        0,
+        "no half rows"
+    );
 
     // Fixing a file clears its error.
     write(&photos.join("empty.jpg"), &jpeg(101));
     let fixed = index(&db, &[&photos], &[]);
     assert_eq!(fixed["processed"], 1, "{fixed}");
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM errors WHERE path LIKE '%/empty.jpg'"), 0);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM errors WHERE path LIKE '%/empty.jpg'"
+        ),
+        0
+    );
 }
 
 #[test]
@@ -177,12 +232,26 @@ fn symlink_loops_and_read_only_folders_are_survived() {
     let photos = dir.join("photos");
     trip_library(&photos);
     std::os::unix::fs::symlink(&photos, photos.join("beijing/loop")).expect("symlink");
-    std::fs::set_permissions(photos.join("shanghai"), std::fs::Permissions::from_mode(0o555)).expect("chmod");
+    std::fs::set_permissions(
+        photos.join("shanghai"),
+        std::fs::Permissions::from_mode(0o555),
+    )
+    .expect("chmod");
     let db = dir.join("album.db");
     let summary = index(&db, &[&photos], &[]);
-    std::fs::set_permissions(photos.join("shanghai"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(
+        photos.join("shanghai"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
     assert_eq!(summary["processed"], N, "{summary}");
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM skipped WHERE reason LIKE 'symlink loop%'"), 1);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM skipped WHERE reason LIKE 'symlink loop%'"
+        ),
+        1
+    );
 }
 
 #[test]
@@ -215,7 +284,36 @@ fn a_database_from_a_newer_album_is_refused() {
     rusqlite::Connection::open(&db)
         .and_then(|c| c.pragma_update(None, "user_version", 99))
         .expect("db");
-    let out = album().args(["search", "x", "--db"]).arg(&db).output().expect("run");
+    let out = album()
+        .args(["search", "x", "--db"])
+        .arg(&db)
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("newer album"));
+}
+
+#[test]
+fn a_photo_the_model_refuses_fails_alone() {
+    let dir = temp_dir("refused");
+    let photos = dir.join("photos");
+    trip_library(&photos);
+    // Qwen refuses images more than 200:1; its batch is retried one request at a time.
+    image::RgbImage::new(1, 400)
+        .save(photos.join("beijing/thin.png"))
+        .expect("write PNG");
+    let db = dir.join("album.db");
+    let summary = index(&db, &[&photos], &["--batch-size", "4"]);
+    assert_eq!(summary["processed"], N, "{summary}");
+    assert_eq!(summary["failed"], 1);
+    let conn = rusqlite::Connection::open(&db).expect("db");
+    let message: String = conn
+        .query_row(
+            "SELECT message FROM errors WHERE path LIKE '%/thin.png'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("thin.png in errors");
+    assert!(message.contains("200:1"), "{message}");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM results"), N);
 }

@@ -19,7 +19,9 @@ fn search(db: &Path, query: &str) -> Vec<serde_json::Value> {
 }
 
 fn paths(hits: &[serde_json::Value]) -> Vec<String> {
-    hits.iter().map(|h| h["path"].as_str().unwrap_or_default().to_string()).collect()
+    hits.iter()
+        .map(|h| h["path"].as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 /// The first `n` characters of the longest text the model stored for some photo.
@@ -32,7 +34,12 @@ fn stored_text(db: &Path, language: &str, n: usize) -> (String, String) {
         )
         .expect("query");
     let rows = stmt
-        .query_map([language], |r| Ok((r.get::<_, String>(0)?, [r.get::<_, String>(1)?, r.get(2)?, r.get(3)?])))
+        .query_map([language], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                [r.get::<_, String>(1)?, r.get(2)?, r.get(3)?],
+            ))
+        })
         .expect("rows");
     let (path, text) = rows
         .flatten()
@@ -40,7 +47,10 @@ fn stored_text(db: &Path, language: &str, n: usize) -> (String, String) {
         .max_by_key(|(_, t)| t.trim().chars().count())
         .expect("some result");
     let chars: Vec<char> = text.trim().chars().collect();
-    assert!(chars.len() >= 3, "the tiny model wrote too little to search: {text:?}");
+    assert!(
+        chars.len() >= 3,
+        "the tiny model wrote too little to search: {text:?}"
+    );
     (path, chars[..n.min(chars.len())].iter().collect())
 }
 
@@ -55,15 +65,24 @@ fn search_finds_photos_by_what_the_model_wrote() {
     for language in ["en", "zh"] {
         let (path, query) = stored_text(&db, language, 4);
         let hits = search(&db, &query);
-        assert!(paths(&hits).contains(&path), "{language} query {query:?} missed {path}: {hits:?}");
-        assert!(hits.iter().all(|h| h["score"].is_number() && h["snippet"].is_string()));
+        assert!(
+            paths(&hits).contains(&path),
+            "{language} query {query:?} missed {path}: {hits:?}"
+        );
+        assert!(hits
+            .iter()
+            .all(|h| h["score"].is_number() && h["snippet"].is_string()));
     }
 
     // Known Chinese text through the app's own writer: a 3-character query uses the
     // trigram index, a 2-character one the LIKE fallback.
     let conn = db::open(&db, std::time::Duration::from_secs(5)).expect("db");
     let hash: String = conn
-        .query_row("SELECT hash FROM paths WHERE path LIKE '%/shanghai/d.jpg'", [], |r| r.get(0))
+        .query_row(
+            "SELECT hash FROM paths WHERE path LIKE '%/shanghai/d.jpg'",
+            [],
+            |r| r.get(0),
+        )
         .expect("d.jpg indexed");
     let setting = Setting {
         model: "test".into(),
@@ -80,8 +99,14 @@ fn search_finds_photos_by_what_the_model_wrote() {
     for query in ["外滩看日落", "看日落", "外滩", "sunset"] {
         let hits = search(&db, query);
         let found = paths(&hits);
-        assert!(found.iter().any(|p| p.ends_with("shanghai/d.jpg")), "{query}: {hits:?}");
-        assert!(hits[0]["snippet"].as_str().is_some_and(|s| s.contains('[')), "{hits:?}");
+        assert!(
+            found.iter().any(|p| p.ends_with("shanghai/d.jpg")),
+            "{query}: {hits:?}"
+        );
+        assert!(
+            hits[0]["snippet"].as_str().is_some_and(|s| s.contains('[')),
+            "{hits:?}"
+        );
     }
     assert!(search(&db, "外滩看日出").is_empty());
 
@@ -114,7 +139,15 @@ fn trips_group_by_time_and_place_and_get_a_story() {
             .as_array()
             .expect("photos")
             .iter()
-            .map(|p| p["path"].as_str().unwrap_or_default().rsplit('/').next().unwrap_or_default().to_string())
+            .map(|p| {
+                p["path"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
             .collect()
     };
     assert_eq!(names(&default[0]), ["a.jpg", "b.jpg", "c.jpg"]);
@@ -122,24 +155,50 @@ fn trips_group_by_time_and_place_and_get_a_story() {
     // With no time limit the 1,070 km jump still splits them; with no distance limit
     // and no time limit there is one trip.
     assert_eq!(trips(&["--gap-hours", "100000"]).len(), 2);
-    assert_eq!(trips(&["--gap-hours", "100000", "--max-km", "5000"]).len(), 1);
+    assert_eq!(
+        trips(&["--gap-hours", "100000", "--max-km", "5000"]).len(),
+        1
+    );
     // A 4-hour limit splits Beijing's 11:30 → 16:00 and Shanghai's 13:00 → 18:00.
     assert_eq!(trips(&["--gap-hours", "4"]).len(), 4);
 
     let key = default[1]["key"].as_str().expect("key").to_string();
     let mut cmd = album();
-    cmd.args(["story", "2", "--photos", "2", "--max-new-tokens", "6", "--db"]).arg(&db).arg("--model").arg(model());
+    cmd.args([
+        "story",
+        "2",
+        "--photos",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--db",
+    ])
+    .arg(&db)
+    .arg("--model")
+    .arg(model());
     let printed = ok(cmd);
     assert!(printed.contains(&key), "{printed}");
     let after = trips(&[]);
     assert!(after[1]["story"].is_string(), "{after:?}");
     assert!(after[0]["story"].is_null());
     let conn = rusqlite::Connection::open(&db).expect("db");
-    let used: String = conn.query_row("SELECT photos FROM stories", [], |r| r.get(0)).expect("story row");
-    assert_eq!(serde_json::from_str::<Vec<String>>(&used).expect("hashes").len(), 2, "first and last photo");
+    let used: String = conn
+        .query_row("SELECT photos FROM stories", [], |r| r.get(0))
+        .expect("story row");
+    assert_eq!(
+        serde_json::from_str::<Vec<String>>(&used)
+            .expect("hashes")
+            .len(),
+        2,
+        "first and last photo"
+    );
 
     let mut missing = album();
-    missing.args(["story", "9", "--db"]).arg(&db).arg("--model").arg(model());
+    missing
+        .args(["story", "9", "--db"])
+        .arg(&db)
+        .arg("--model")
+        .arg(model());
     let out = missing.output().expect("run");
     assert!(String::from_utf8_lossy(&out.stderr).contains("album trips"));
 }
@@ -162,27 +221,57 @@ fn export_jsonl_and_csv_parse_back() {
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
     assert_eq!(rows.len(), 2 * N);
-    assert!(rows.iter().all(|r| r["paths"].is_array() && r["tags"].is_array() && r["caption"].is_string()));
-    assert!(rows.iter().any(|r| r["taken_at"] == "2024-05-10 10:00:00" && r["language"] == "zh"));
+    assert!(rows
+        .iter()
+        .all(|r| r["paths"].is_array() && r["tags"].is_array() && r["caption"].is_string()));
+    assert!(rows
+        .iter()
+        .any(|r| r["taken_at"] == "2024-05-10 10:00:00" && r["language"] == "zh"));
 
     let csv_text = export("csv");
     let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
     let headers = reader.headers().expect("header").clone();
-    for column in ["hash", "paths", "taken_at", "lat", "lon", "caption", "tags", "photo_text", "language"] {
-        assert!(headers.iter().any(|h| h == column), "{column} missing from {headers:?}");
+    for column in [
+        "hash",
+        "paths",
+        "taken_at",
+        "lat",
+        "lon",
+        "caption",
+        "tags",
+        "photo_text",
+        "language",
+    ] {
+        assert!(
+            headers.iter().any(|h| h == column),
+            "{column} missing from {headers:?}"
+        );
     }
     let records: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("CSV row")).collect();
     assert_eq!(records.len(), 2 * N);
     for (record, json) in records.iter().zip(&rows) {
         assert_eq!(record.get(0), json["hash"].as_str());
-        assert_eq!(record.get(14), json["caption"].as_str(), "captions survive CSV quoting");
+        assert_eq!(
+            record.get(14),
+            json["caption"].as_str(),
+            "captions survive CSV quoting"
+        );
     }
 
     let file = dir.join("out.jsonl");
     let mut cmd = album();
-    cmd.args(["export", "--db"]).arg(&db).arg("--output").arg(&file);
+    cmd.args(["export", "--db"])
+        .arg(&db)
+        .arg("--output")
+        .arg(&file);
     ok(cmd);
-    assert_eq!(std::fs::read_to_string(&file).expect("file").lines().count(), 2 * N);
+    assert_eq!(
+        std::fs::read_to_string(&file)
+            .expect("file")
+            .lines()
+            .count(),
+        2 * N
+    );
 }
 
 /// The first released schema, written here by hand as an old album would have left it.
@@ -211,12 +300,21 @@ const SCHEMA_V1: &str = "
 fn a_v1_database_is_migrated_and_keeps_its_photos() {
     let dir = temp_dir("migrate");
     let db = dir.join("album.db");
-    rusqlite::Connection::open(&db).and_then(|c| c.execute_batch(SCHEMA_V1)).expect("v1 db");
+    rusqlite::Connection::open(&db)
+        .and_then(|c| c.execute_batch(SCHEMA_V1))
+        .expect("v1 db");
 
     let hits = search(&db, "lighthouse");
-    assert_eq!(paths(&hits), ["/old/lighthouse.jpg"], "old rows are searchable after the migration");
+    assert_eq!(
+        paths(&hits),
+        ["/old/lighthouse.jpg"],
+        "old rows are searchable after the migration"
+    );
     assert_eq!(count(&db, "PRAGMA user_version"), db::SCHEMA_VERSION as i64);
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM results WHERE timings = '{}'"), 1);
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM results WHERE timings = '{}'"),
+        1
+    );
 
     // And the migrated database takes new photos.
     let photos = dir.join("photos");

@@ -37,7 +37,11 @@ fn served_album(name: &str) -> (Server, u16) {
     index(&db_path, &[&photos], &[]);
     let conn = db::open(&db_path, Duration::from_secs(5)).expect("db");
     let hash: String = conn
-        .query_row("SELECT hash FROM paths WHERE path LIKE '%/beijing/b.jpg'", [], |r| r.get(0))
+        .query_row(
+            "SELECT hash FROM paths WHERE path LIKE '%/beijing/b.jpg'",
+            [],
+            |r| r.get(0),
+        )
         .expect("b.jpg indexed");
     let setting = Setting {
         model: "test".into(),
@@ -62,7 +66,10 @@ fn served_album(name: &str) -> (Server, u16) {
     let server = Server(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "album serve did not listen within 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "album serve did not listen within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     (server, port)
@@ -71,12 +78,22 @@ fn served_album(name: &str) -> (Server, u16) {
 /// A plain HTTP/1.1 GET; returns the status line and the body.
 fn get(port: u16, path: &str) -> (String, Vec<u8>) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("send");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read");
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("headers end");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("headers end");
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    (head.lines().next().unwrap_or_default().to_string(), raw[split + 4..].to_vec())
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        raw[split + 4..].to_vec(),
+    )
 }
 
 #[test]
@@ -85,34 +102,54 @@ fn the_json_api_and_thumbnails_answer() {
     let (status, body) = get(port, "/api/search?q=Forbidden%20City");
     assert!(status.contains("200"), "{status}");
     let hits: Vec<serde_json::Value> = serde_json::from_slice(&body).expect("JSON");
-    assert!(hits[0]["path"].as_str().is_some_and(|p| p.ends_with("beijing/b.jpg")), "{hits:?}");
+    assert!(
+        hits[0]["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("beijing/b.jpg")),
+        "{hits:?}"
+    );
 
     let hash = hits[0]["hash"].as_str().expect("hash");
     let (status, jpeg) = get(port, &format!("/thumb/{hash}"));
     assert!(status.contains("200"), "{status}");
     let thumb = image::load_from_memory(&jpeg).expect("a JPEG thumbnail");
-    assert_eq!((thumb.width(), thumb.height()), (48, 32), "small photos are not enlarged");
+    assert_eq!(
+        (thumb.width(), thumb.height()),
+        (48, 32),
+        "small photos are not enlarged"
+    );
     let (status, _) = get(port, "/thumb/nosuchhash");
     assert!(status.contains("404"), "{status}");
 }
 
 fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|bin| {
-        Command::new(bin)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|bin| {
+            Command::new(bin)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
 }
 
 fn dump_dom(browser: &str, url: &str, profile: &Path) -> String {
     let out = Command::new(browser)
-        .args(["--headless", "--disable-gpu", "--no-sandbox", "--disable-dev-shm-usage"])
+        .args([
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            "--disable-dev-shm-usage",
+        ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(["--virtual-time-budget=5000", "--dump-dom", url])
         .output()
         .expect("run chromium");
-    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
@@ -130,15 +167,38 @@ fn a_headless_browser_finds_a_photo() {
     let profile = temp_dir("browser-profile");
 
     // Server-rendered results.
-    let dom = dump_dom(browser, &format!("http://127.0.0.1:{port}/?q=Forbidden"), &profile);
-    let results = dom.split("id=\"results\"").nth(1).expect("a results section");
+    let dom = dump_dom(
+        browser,
+        &format!("http://127.0.0.1:{port}/?q=Forbidden"),
+        &profile,
+    );
+    let results = dom
+        .split("id=\"results\"")
+        .nth(1)
+        .expect("a results section");
     assert!(results.contains("beijing/b.jpg"), "{dom}");
-    assert!(results.contains("[Forbidden]"), "snippet marks the match: {dom}");
+    assert!(
+        results.contains("[Forbidden]"),
+        "snippet marks the match: {dom}"
+    );
     assert!(dom.contains("class=\"trip\""), "trips are listed");
-    assert!(dom.contains("Kites over the Forbidden City"), "captions under thumbnails");
+    assert!(
+        dom.contains("Kites over the Forbidden City"),
+        "captions under thumbnails"
+    );
 
     // The search box's live results, fetched by the page's script from /api/search.
-    let dom = dump_dom(browser, &format!("http://127.0.0.1:{port}/#live=Kites"), &profile);
-    let live = dom.split("id=\"live-results\"").nth(1).expect("live results list");
-    assert!(live.contains("class=\"live-hit\"") && live.contains("beijing/b.jpg"), "{dom}");
+    let dom = dump_dom(
+        browser,
+        &format!("http://127.0.0.1:{port}/#live=Kites"),
+        &profile,
+    );
+    let live = dom
+        .split("id=\"live-results\"")
+        .nth(1)
+        .expect("live results list");
+    assert!(
+        live.contains("class=\"live-hit\"") && live.contains("beijing/b.jpg"),
+        "{dom}"
+    );
 }

@@ -24,12 +24,14 @@ pub const TRIP_PHOTOS: &[(&str, &str, (f64, f64))] = &[
 ];
 
 pub fn model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../vlm-models/tests/fixtures/qwen/qwen2_5_vl/model")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../vlm-models/tests/fixtures/qwen/qwen2_5_vl/model")
 }
 
 /// A fresh, empty folder for one test.
 pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("album-{name}-{}", std::process::id()));
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("album-{name}-{}", std::process::id()));
     if dir.exists() {
         make_writable(&dir);
         std::fs::remove_dir_all(&dir).expect("clear old test folder");
@@ -50,8 +52,14 @@ fn make_writable(dir: &Path) {
 /// A small JPEG whose pixels depend on `seed` (so every photo has its own hash).
 pub fn jpeg(seed: u32) -> Vec<u8> {
     let img = RgbImage::from_fn(48, 32, |x, y| {
-        let v = seed.wrapping_mul(2_654_435_761).wrapping_add(x * 7 + y * 13);
-        Rgb([(v % 251) as u8, (v / 3 % 241) as u8, (seed * 40 % 256) as u8])
+        let v = seed
+            .wrapping_mul(2_654_435_761)
+            .wrapping_add(x * 7 + y * 13);
+        Rgb([
+            (v % 251) as u8,
+            (v / 3 % 241) as u8,
+            (seed * 40 % 256) as u8,
+        ])
     });
     let mut out = Vec::new();
     JpegEncoder::new_with_quality(&mut out, 90)
@@ -68,9 +76,18 @@ pub fn with_exif(jpeg: &[u8], time: &str, (lat, lon): (f64, f64)) -> Vec<u8> {
         let m = (d - d.floor()) * 60.0;
         let s = (m - m.floor()) * 60.0;
         Value::Rational(vec![
-            Rational { num: d.floor() as u32, denom: 1 },
-            Rational { num: m.floor() as u32, denom: 1 },
-            Rational { num: (s * 1000.0).round() as u32, denom: 1000 },
+            Rational {
+                num: d.floor() as u32,
+                denom: 1,
+            },
+            Rational {
+                num: m.floor() as u32,
+                denom: 1,
+            },
+            Rational {
+                num: (s * 1000.0).round() as u32,
+                denom: 1000,
+            },
         ])
     };
     let ascii = |s: &str| Value::Ascii(vec![s.as_bytes().to_vec()]);
@@ -79,12 +96,22 @@ pub fn with_exif(jpeg: &[u8], time: &str, (lat, lon): (f64, f64)) -> Vec<u8> {
         (Tag::Model, ascii("T1")),
         (Tag::Orientation, Value::Short(vec![1])),
         (Tag::DateTimeOriginal, ascii(time)),
-        (Tag::GPSLatitudeRef, ascii(if lat < 0.0 { "S" } else { "N" })),
+        (
+            Tag::GPSLatitudeRef,
+            ascii(if lat < 0.0 { "S" } else { "N" }),
+        ),
         (Tag::GPSLatitude, dms(lat)),
-        (Tag::GPSLongitudeRef, ascii(if lon < 0.0 { "W" } else { "E" })),
+        (
+            Tag::GPSLongitudeRef,
+            ascii(if lon < 0.0 { "W" } else { "E" }),
+        ),
         (Tag::GPSLongitude, dms(lon)),
     ]
-    .map(|(tag, value)| Field { tag, ifd_num: In::PRIMARY, value });
+    .map(|(tag, value)| Field {
+        tag,
+        ifd_num: In::PRIMARY,
+        value,
+    });
     let mut writer = Writer::new();
     for f in &fields {
         writer.push_field(f);
@@ -105,7 +132,10 @@ pub fn with_exif(jpeg: &[u8], time: &str, (lat, lon): (f64, f64)) -> Vec<u8> {
 /// Writes the two trips' photos under `dir`.
 pub fn trip_library(dir: &Path) {
     for (i, (name, time, place)) in TRIP_PHOTOS.iter().enumerate() {
-        write(&dir.join(name), &with_exif(&jpeg(i as u32 + 1), time, *place));
+        write(
+            &dir.join(name),
+            &with_exif(&jpeg(i as u32 + 1), time, *place),
+        );
     }
 }
 
@@ -123,7 +153,12 @@ pub fn album() -> Command {
 /// `album index` with the tiny model, short answers and small batches.
 pub fn index_cmd(db: &Path, dirs: &[&Path], extra: &[&str]) -> Command {
     let mut cmd = album();
-    cmd.arg("index").args(dirs).arg("--db").arg(db).arg("--model").arg(model());
+    cmd.arg("index")
+        .args(dirs)
+        .arg("--db")
+        .arg(db)
+        .arg("--model")
+        .arg(model());
     cmd.args(["--max-new-tokens", "6", "--batch-size", "2", "--json"]);
     cmd.args(extra);
     cmd
