@@ -7,14 +7,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rusqlite::Connection;
 use serde::Serialize;
-use vlm_core::Image;
+use vlm_core::{Image, Language};
 
 use crate::captioner::{CaptionOptions, Captioner, Job};
-use crate::db::{self, PhotoMeta};
+use crate::db::{self, PhotoMeta, Setting};
 use crate::{exif, scan};
 
 /// Tests set this to hold the indexer after each commit, long enough to kill it there.
@@ -38,7 +38,7 @@ struct Pending {
     hash: String,
     meta: PhotoMeta,
     image: Image,
-    languages: Vec<vlm_core::Language>,
+    languages: Vec<Language>,
 }
 
 /// What one batch will write.
@@ -74,8 +74,14 @@ pub fn run(
         .and_then(|v| v.parse().ok())
         .map(Duration::from_millis);
     let mut captioner: Option<Captioner> = None;
+    // Computed once: a model folder's key is its canonical path.
+    let settings: Vec<(Language, Setting)> = options
+        .languages
+        .iter()
+        .map(|&l| (l, options.setting(l)))
+        .collect();
     for chunk in found.photos.chunks(options.batch_size.max(1)) {
-        let batch = prepare(conn, chunk, options)?;
+        let batch = prepare(conn, chunk, &settings)?;
         let outputs = if batch.pending.is_empty() {
             Vec::new()
         } else {
@@ -83,7 +89,7 @@ pub fn run(
                 Some(m) => m,
                 None => captioner.insert(Captioner::load(options)?),
             };
-            let keys: Vec<(usize, vlm_core::Language)> = batch
+            let keys: Vec<(usize, Language)> = batch
                 .pending
                 .iter()
                 .enumerate()
@@ -98,7 +104,7 @@ pub fn run(
                 .collect();
             keys.into_iter().zip(model.run(&jobs)).collect()
         };
-        commit(conn, &batch, outputs, options, &mut summary)?;
+        commit(conn, &batch, outputs, &settings, &mut summary)?;
         bar.inc(chunk.len() as u64);
         bar.set_message(format!(
             "cached {}, failed {}",
@@ -119,7 +125,11 @@ pub fn run(
 }
 
 /// Reads and hashes each file; decodes only photos that still need the model.
-fn prepare(conn: &Connection, paths: &[PathBuf], options: &CaptionOptions) -> Result<Batch> {
+fn prepare(
+    conn: &Connection,
+    paths: &[PathBuf],
+    settings: &[(Language, Setting)],
+) -> Result<Batch> {
     let mut batch = Batch::default();
     let mut in_batch: HashMap<String, usize> = HashMap::new();
     for path in paths {
@@ -141,9 +151,9 @@ fn prepare(conn: &Connection, paths: &[PathBuf], options: &CaptionOptions) -> Re
             continue;
         }
         let mut languages = Vec::new();
-        for &language in &options.languages {
-            if !db::has_result(conn, &hash, &options.setting(language))? {
-                languages.push(language);
+        for (language, setting) in settings {
+            if !db::has_result(conn, &hash, setting)? {
+                languages.push(*language);
             }
         }
         if languages.is_empty() && db::photo_exists(conn, &hash)? {
@@ -188,13 +198,13 @@ fn prepare(conn: &Connection, paths: &[PathBuf], options: &CaptionOptions) -> Re
 fn commit(
     conn: &mut Connection,
     batch: &Batch,
-    outputs: Vec<((usize, vlm_core::Language), Result<db::Output, String>)>,
-    options: &CaptionOptions,
+    outputs: Vec<((usize, Language), Result<db::Output, String>)>,
+    settings: &[(Language, Setting)],
     summary: &mut Summary,
 ) -> Result<()> {
     let tx = conn.transaction()?;
     let mut failure: HashMap<usize, String> = HashMap::new();
-    let mut made: HashMap<usize, Vec<(vlm_core::Language, db::Output)>> = HashMap::new();
+    let mut made: HashMap<usize, Vec<(Language, db::Output)>> = HashMap::new();
     for ((i, language), result) in outputs {
         match result {
             Ok(out) => made.entry(i).or_default().push((language, out)),
@@ -211,7 +221,12 @@ fn commit(
             db::insert_photo(&tx, &p.hash, &p.meta)?;
             db::add_path(&tx, &p.path, &p.hash)?;
             for (language, out) in &outs {
-                db::insert_result(&tx, &p.hash, &options.setting(*language), out)?;
+                let setting = settings
+                    .iter()
+                    .find(|(l, _)| l == language)
+                    .map(|(_, s)| s)
+                    .context("internal: an answer in a language that was not asked for")?;
+                db::insert_result(&tx, &p.hash, setting, out)?;
             }
             stored.insert(p.hash.clone());
         }
