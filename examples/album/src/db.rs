@@ -62,6 +62,10 @@ const MIGRATIONS: &[&str] = &[
         trip_key TEXT PRIMARY KEY, photos TEXT NOT NULL, model TEXT NOT NULL,
         story TEXT NOT NULL, created_at TEXT NOT NULL DEFAULT (datetime('now')));
      CREATE TABLE thumbnails (hash TEXT PRIMARY KEY, jpeg BLOB NOT NULL);",
+    // v3: each path's size and mtime when it was hashed, so a re-run skips reading
+    // unchanged files (as git's index does).
+    "ALTER TABLE paths ADD COLUMN size INTEGER;
+     ALTER TABLE paths ADD COLUMN mtime_ns INTEGER;",
 ];
 
 /// The schema version this build writes.
@@ -208,12 +212,45 @@ pub fn insert_photo(conn: &Connection, hash: &str, m: &PhotoMeta) -> Result<()> 
     Ok(())
 }
 
+/// A file's size and modification time: unchanged, its content hash is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub size: i64,
+    pub mtime_ns: i64,
+}
+
+impl FileStamp {
+    pub fn of(meta: &std::fs::Metadata) -> Option<Self> {
+        let since_epoch = meta
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
+        Some(Self {
+            size: i64::try_from(meta.len()).ok()?,
+            mtime_ns: i64::try_from(since_epoch.as_nanos()).ok()?,
+        })
+    }
+}
+
+/// The hash stored for `path` if the file still has the size and mtime it had then.
+pub fn stamped_hash(conn: &Connection, path: &str, stamp: &FileStamp) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT hash FROM paths WHERE path = ?1 AND size = ?2 AND mtime_ns = ?3",
+            params![path, stamp.size, stamp.mtime_ns],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 /// Records that `path` holds `hash` now (a moved or edited file re-points its path).
-pub fn add_path(conn: &Connection, path: &str, hash: &str) -> Result<()> {
+pub fn add_path(conn: &Connection, path: &str, hash: &str, stamp: Option<FileStamp>) -> Result<()> {
     conn.execute(
-        "INSERT INTO paths (path, hash) VALUES (?1, ?2)
-         ON CONFLICT(path) DO UPDATE SET hash = excluded.hash, seen_at = datetime('now')",
-        params![path, hash],
+        "INSERT INTO paths (path, hash, size, mtime_ns) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(path) DO UPDATE SET hash = excluded.hash, size = excluded.size,
+             mtime_ns = excluded.mtime_ns, seen_at = datetime('now')",
+        params![path, hash, stamp.map(|s| s.size), stamp.map(|s| s.mtime_ns)],
     )?;
     conn.execute("DELETE FROM errors WHERE path = ?1", [path])?;
     conn.execute("DELETE FROM skipped WHERE path = ?1", [path])?;
@@ -300,6 +337,14 @@ pub fn photos(conn: &Connection, limit: usize) -> Result<Vec<PhotoRow>> {
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn undated_count(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM photos WHERE taken_at IS NULL",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 pub fn save_story(

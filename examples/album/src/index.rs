@@ -1,7 +1,7 @@
 //! `album index`: find photos, skip what the album already knows, caption the rest, and
 //! commit each batch in one transaction so an interrupted run loses at most one batch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,11 +14,14 @@ use serde::Serialize;
 use vlm_core::{Image, Language};
 
 use crate::captioner::{CaptionOptions, Captioner, Job};
-use crate::db::{self, PhotoMeta, Setting};
+use crate::db::{self, FileStamp, PhotoMeta, Setting};
 use crate::{exif, scan};
 
 /// Tests set this to hold the indexer after each commit, long enough to kill it there.
 const PAUSE_ENV: &str = "ALBUM_TEST_PAUSE_AFTER_BATCH_MS";
+/// Most files in one transaction when they are all indexed already, so progress and
+/// Ctrl-C stay responsive while a re-run walks a large library.
+const MAX_FILES_PER_BATCH: usize = 512;
 
 #[derive(Debug, Default, Serialize)]
 pub struct Summary {
@@ -36,6 +39,7 @@ pub struct Summary {
 struct Pending {
     path: String,
     hash: String,
+    stamp: Option<FileStamp>,
     meta: PhotoMeta,
     image: Image,
     languages: Vec<Language>,
@@ -46,7 +50,7 @@ struct Pending {
 struct Batch {
     pending: Vec<Pending>,
     /// Paths whose content is already fully indexed (or pending in this batch).
-    known: Vec<(String, String)>,
+    known: Vec<(String, String, Option<FileStamp>)>,
     errors: Vec<(String, Option<String>, String)>,
 }
 
@@ -80,8 +84,12 @@ pub fn run(
         .iter()
         .map(|&l| (l, options.setting(l)))
         .collect();
-    for chunk in found.photos.chunks(options.batch_size.max(1)) {
-        let batch = prepare(conn, chunk, &settings)?;
+    let mut files = found.photos.iter();
+    loop {
+        let (batch, taken) = prepare(conn, &mut files, options.batch_size.max(1), &settings)?;
+        if taken == 0 {
+            break;
+        }
         let outputs = if batch.pending.is_empty() {
             Vec::new()
         } else {
@@ -105,7 +113,7 @@ pub fn run(
             keys.into_iter().zip(model.run(&jobs)).collect()
         };
         commit(conn, &batch, outputs, &settings, &mut summary)?;
-        bar.inc(chunk.len() as u64);
+        bar.inc(taken as u64);
         bar.set_message(format!(
             "cached {}, failed {}",
             summary.cached, summary.failed
@@ -124,50 +132,51 @@ pub fn run(
     Ok(summary)
 }
 
-/// Reads and hashes each file; decodes only photos that still need the model.
+/// Takes files until `batch_size` photos need the model: reads and hashes each (unless
+/// its path, size and mtime are unchanged since the last run), and decodes only photos
+/// that still need the model. Returns the batch and how many files it took.
 fn prepare(
     conn: &Connection,
-    paths: &[PathBuf],
+    files: &mut std::slice::Iter<PathBuf>,
+    batch_size: usize,
     settings: &[(Language, Setting)],
-) -> Result<Batch> {
+) -> Result<(Batch, usize)> {
     let mut batch = Batch::default();
-    let mut in_batch: HashMap<String, usize> = HashMap::new();
-    for path in paths {
+    let mut in_batch = HashSet::new();
+    let mut taken = 0;
+    while batch.pending.len() < batch_size && taken < MAX_FILES_PER_BATCH {
+        let Some(path) = files.next() else { break };
+        taken += 1;
         let shown = path.display().to_string();
+        let stamp = std::fs::metadata(path).ok().and_then(|m| FileStamp::of(&m));
+        if let Some(hash) = stamp.and_then(|s| db::stamped_hash(conn, &shown, &s).transpose()) {
+            let hash = hash?;
+            if missing(conn, &hash, settings)?.is_empty() && db::photo_exists(conn, &hash)? {
+                batch.known.push((shown, hash, stamp));
+                continue;
+            }
+        }
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) => {
-                batch.errors.push((
-                    shown.clone(),
-                    None,
-                    format!("cannot read {shown}: {e}; check its permissions"),
-                ));
+                let message = format!("cannot read {shown}: {e}; check its permissions");
+                batch.errors.push((shown, None, message));
                 continue;
             }
         };
         let hash = blake3::hash(&bytes).to_hex().to_string();
-        if in_batch.contains_key(&hash) {
-            batch.known.push((shown, hash));
-            continue;
-        }
-        let mut languages = Vec::new();
-        for (language, setting) in settings {
-            if !db::has_result(conn, &hash, setting)? {
-                languages.push(*language);
-            }
-        }
-        if languages.is_empty() && db::photo_exists(conn, &hash)? {
-            batch.known.push((shown, hash));
+        let languages = missing(conn, &hash, settings)?;
+        if in_batch.contains(&hash) || (languages.is_empty() && db::photo_exists(conn, &hash)?) {
+            batch.known.push((shown, hash, stamp));
             continue;
         }
         let image = match Image::from_bytes(&bytes) {
             Ok(image) => image,
             Err(e) => {
-                let message = format!(
-                    "{shown}: {}",
-                    e.to_string().replacen("the image data", "the file", 1)
-                );
-                batch.errors.push((shown, Some(hash), message));
+                let e = e.to_string().replacen("the image data", "the file", 1);
+                batch
+                    .errors
+                    .push((shown.clone(), Some(hash), format!("{shown}: {e}")));
                 continue;
             }
         };
@@ -182,16 +191,32 @@ fn prepare(
             camera: info.camera,
             orientation: info.orientation,
         };
-        in_batch.insert(hash.clone(), batch.pending.len());
+        in_batch.insert(hash.clone());
         batch.pending.push(Pending {
             path: shown,
             hash,
+            stamp,
             meta,
             image,
             languages,
         });
     }
-    Ok(batch)
+    Ok((batch, taken))
+}
+
+/// The languages whose result this photo lacks under the run's settings.
+fn missing(
+    conn: &Connection,
+    hash: &str,
+    settings: &[(Language, Setting)],
+) -> Result<Vec<Language>> {
+    let mut languages = Vec::new();
+    for (language, setting) in settings {
+        if !db::has_result(conn, hash, setting)? {
+            languages.push(*language);
+        }
+    }
+    Ok(languages)
 }
 
 /// Writes the whole batch or nothing.
@@ -219,7 +244,7 @@ fn commit(
         // A photo whose every language failed gets no row; a re-run tries it again.
         if !outs.is_empty() {
             db::insert_photo(&tx, &p.hash, &p.meta)?;
-            db::add_path(&tx, &p.path, &p.hash)?;
+            db::add_path(&tx, &p.path, &p.hash, p.stamp)?;
             for (language, out) in &outs {
                 let setting = settings
                     .iter()
@@ -238,9 +263,9 @@ fn commit(
             None => summary.processed += 1,
         }
     }
-    for (path, hash) in &batch.known {
+    for (path, hash, stamp) in &batch.known {
         if db::photo_exists(&tx, hash)? {
-            db::add_path(&tx, path, hash)?;
+            db::add_path(&tx, path, hash, *stamp)?;
             summary.cached += 1;
         } else {
             let message =

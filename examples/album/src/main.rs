@@ -72,7 +72,7 @@ enum Command {
         /// Languages of the captions, comma-separated (en, zh).
         #[arg(long, default_value = "en")]
         language: String,
-        /// Generation requests per forward pass; one batch of photos is one transaction.
+        /// Photos that need the model per transaction, and requests per forward pass.
         #[arg(long, default_value_t = 4)]
         batch_size: usize,
         /// Print one JSON summary at the end.
@@ -217,6 +217,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if let Some(story) = &t.story {
                     println!("    {}", story.replace('\n', "\n    "));
                 }
+            }
+            let undated = db::undated_count(&conn).map_err(explain)?;
+            if !json && undated > 0 {
+                println!("({undated} photos have no EXIF time and are in no trip)");
             }
         }
         Command::Story {

@@ -33,6 +33,7 @@ pub fn search(conn: &Connection, query: &str, limit: usize) -> Result<Vec<Hit>> 
     // One line per photo: its best-scoring setting (photos have a row per language).
     let mut seen = std::collections::HashSet::new();
     hits.retain(|h| seen.insert(h.hash.clone()));
+    hits.truncate(limit);
     Ok(hits)
 }
 

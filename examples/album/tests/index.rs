@@ -46,6 +46,37 @@ fn second_run_is_all_cached_and_a_renamed_copy_adds_a_path() {
         count(&db, "SELECT COUNT(*) FROM paths WHERE hash = (SELECT hash FROM paths WHERE path LIKE '%/renamed.jpg')"),
         2
     );
+
+    // An edited file is a new photo at the same path.
+    let edited = photos.join("beijing/a.jpg");
+    write(
+        &edited,
+        &with_exif(&jpeg(500), "2024:05:01 09:00:00", BEIJING),
+    );
+    let fourth = index(&db, &[&photos], &[]);
+    assert_eq!(fourth["processed"], 1, "{fourth}");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM photos"), N + 1);
+
+    // Unchanged size and mtime mean unchanged content, as for git: a re-run does not
+    // even read such files. Shown by swapping content behind the album's back.
+    let stamp = std::fs::metadata(&edited)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let mut swapped = std::fs::read(&edited).expect("read");
+    let near_end = swapped.len() - 3;
+    swapped[near_end] ^= 0xff;
+    write(&edited, &swapped);
+    std::fs::File::options()
+        .write(true)
+        .open(&edited)
+        .and_then(|f| f.set_modified(stamp))
+        .expect("restore mtime");
+    let fifth = index(&db, &[&photos], &[]);
+    assert_eq!(
+        (fifth["processed"].clone(), fifth["cached"].clone()),
+        (0.into(), (N + 1).into()),
+        "{fifth}"
+    );
 }
 
 #[test]
