@@ -111,35 +111,36 @@ impl Captioner {
     /// Captions, tags and reads each job's photo. A failure is the job's alone: a batch
     /// that fails is retried one request at a time, so one bad photo cannot sink the rest.
     pub fn run(&mut self, jobs: &[Job]) -> Vec<Result<Output, String>> {
-        // Three requests per job, in order: caption, tags, visible text.
-        let mut requests: Vec<(usize, Request)> = Vec::new();
-        let mut outcomes: Vec<Result<Vec<Option<Answer>>, String>> =
-            jobs.iter().map(|_| Ok(vec![None, None, None])).collect();
+        // Three requests per job, in order: caption, tags, visible text. `owner[i]` is the
+        // job of `requests[i]`.
+        let (mut requests, mut owner) = (Vec::new(), Vec::new());
+        let mut outcomes: Vec<Result<Vec<Answer>, String>> =
+            jobs.iter().map(|_| Ok(Vec::new())).collect();
         for (j, job) in jobs.iter().enumerate() {
             match self.requests(job) {
-                Ok(rs) => requests.extend(rs.into_iter().map(|r| (j, r))),
+                Ok(rs) => {
+                    owner.extend(std::iter::repeat_n(j, rs.len()));
+                    requests.extend(rs);
+                }
                 Err(e) => outcomes[j] = Err(format!("{e:#}")),
             }
         }
-        let mut slot = vec![0usize; jobs.len()];
-        for chunk in requests.chunks(self.options.batch_size.max(1)) {
-            let batch: Vec<Request> = chunk.iter().map(|(_, r)| r.clone()).collect();
+        let size = self.options.batch_size.max(1);
+        for (batch, owners) in requests.chunks(size).zip(owner.chunks(size)) {
             let started = Instant::now();
             self.calls += batch.len();
-            let results = match self.model.generate_batch(&batch) {
-                Ok(gens) => {
-                    let share = started.elapsed().as_secs_f64() / gens.len().max(1) as f64;
+            let answers: Vec<Result<Answer, String>> = match self.model.generate_batch(batch) {
+                Ok(gens) if gens.len() == batch.len() => {
+                    let share = started.elapsed().as_secs_f64() / batch.len() as f64;
                     gens.into_iter().map(|g| Ok((g, share))).collect()
                 }
-                Err(_) => batch.iter().map(|r| self.one(r)).collect::<Vec<_>>(),
+                _ => batch.iter().map(|r| self.one(r)).collect(),
             };
-            for ((j, _), result) in chunk.iter().zip(results) {
-                let k = slot[*j];
-                slot[*j] += 1;
-                if let Ok(parts) = &mut outcomes[*j] {
-                    match result {
-                        Ok(g) => parts[k] = Some(g),
-                        Err(e) => outcomes[*j] = Err(e),
+            for (&j, answer) in owners.iter().zip(answers) {
+                if let Ok(parts) = &mut outcomes[j] {
+                    match answer {
+                        Ok(a) => parts.push(a),
+                        Err(e) => outcomes[j] = Err(e),
                     }
                 }
             }
@@ -181,11 +182,8 @@ impl Captioner {
     }
 }
 
-fn output(parts: Vec<Option<Answer>>) -> Result<Output, String> {
-    let [Some(caption), Some(tags), Some(text)]: [Option<Answer>; 3] = parts
-        .try_into()
-        .map_err(|_| "internal: wrong number of answers".to_string())?
-    else {
+fn output(parts: Vec<Answer>) -> Result<Output, String> {
+    let Ok([caption, tags, text]) = <[Answer; 3]>::try_from(parts) else {
         return Err("the model gave no answer for part of this photo".into());
     };
     let timing = |g: &Generation| {

@@ -238,7 +238,6 @@ fn commit(
             }
         }
     }
-    let mut stored = std::collections::HashSet::new();
     for (i, p) in batch.pending.iter().enumerate() {
         let outs = made.remove(&i).unwrap_or_default();
         // A photo whose every language failed gets no row; a re-run tries it again.
@@ -253,7 +252,6 @@ fn commit(
                     .context("internal: an answer in a language that was not asked for")?;
                 db::insert_result(&tx, &p.hash, setting, out)?;
             }
-            stored.insert(p.hash.clone());
         }
         match failure.remove(&i) {
             Some(e) => {
