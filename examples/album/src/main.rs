@@ -110,7 +110,7 @@ enum Command {
     },
     /// Write every photo and its captions as JSON lines or CSV.
     Export {
-        #[arg(long, default_value = "jsonl")]
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "csv"])]
         format: String,
         /// File to write (default: standard output).
         #[arg(long)]

@@ -107,6 +107,27 @@ fn another_language_processes_only_what_it_lacks() {
     );
 }
 
+/// Polls (as another reader would) until the indexer has committed its first batch.
+fn wait_for_first_commit(db: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = if db.exists() {
+            rusqlite::Connection::open(db)
+                .and_then(|c| {
+                    c.query_row("SELECT COUNT(*) FROM results", [], |r| r.get::<_, i64>(0))
+                })
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        if done > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no batch committed in 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn kill_9_mid_run_then_rerun_gives_every_photo_once() {
     let dir = temp_dir("kill");
@@ -118,23 +139,7 @@ fn kill_9_mid_run_then_rerun_gives_every_photo_once() {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut child = cmd.spawn().expect("spawn album");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let done = if db.exists() {
-            rusqlite::Connection::open(&db)
-                .and_then(|c| {
-                    c.query_row("SELECT COUNT(*) FROM results", [], |r| r.get::<_, i64>(0))
-                })
-                .unwrap_or(0)
-        } else {
-            0
-        };
-        if done > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no batch committed in 60 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_first_commit(&db);
     child.kill().expect("SIGKILL");
     child.wait().expect("reap");
     let partial = count(&db, "SELECT COUNT(*) FROM results");
@@ -163,7 +168,7 @@ fn ctrl_c_finishes_the_batch_and_exits_cleanly() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let child = cmd.spawn().expect("spawn album");
-    std::thread::sleep(Duration::from_millis(700));
+    wait_for_first_commit(&db);
     let status = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
