@@ -131,11 +131,31 @@ enum Command {
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
+        // `album export | head` closing the pipe early is the reader's choice, not an error.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind);
+        let json = cause
+            .downcast_ref::<serde_json::Error>()
+            .and_then(|j| j.io_error_kind());
+        let csv = cause
+            .downcast_ref::<csv::Error>()
+            .and_then(|c| match c.kind() {
+                csv::ErrorKind::Io(io) => Some(io.kind()),
+                _ => None,
+            });
+        [io, json, csv].contains(&Some(std::io::ErrorKind::BrokenPipe))
+    })
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
