@@ -1,5 +1,5 @@
-//! Every call the album makes into vlm lives here, so a change of the library's API
-//! (pixel budgets, streaming batches with per-item errors) touches this file only.
+//! Every call the album makes into vlm lives here, so another model or another library
+//! version touches this file only.
 
 use std::path::Path;
 use std::time::Instant;
@@ -20,6 +20,8 @@ const TEXT_PROMPT_EN: &str =
     "Transcribe any text visible in the photo; answer NONE if there is none.";
 const TAGS_PROMPT_ZH: &str = "为这张照片列出3到8个简短的标签，用逗号分隔。";
 const TEXT_PROMPT_ZH: &str = "转写照片中可见的文字；如果没有文字，回答“无”。";
+/// Room for the encodings of a few batches of photos (each read three times).
+const IMAGE_CACHE_BYTES: u64 = 512 << 20;
 /// Most tags kept per photo, matching the 3-8 the prompt asks for.
 const MAX_TAGS: usize = 8;
 
@@ -96,7 +98,10 @@ impl Captioner {
     pub fn load(options: &CaptionOptions) -> Result<Self> {
         let load = vlm_models::LoadOptions {
             quantization: options.quant,
-            // The pixel budget goes here once LoadOptions has `max_pixels`: options.max_pixels.
+            max_pixels: options.max_pixels,
+            // Caption, tags and text are three calls about one photo: with the cache, the
+            // vision tower encodes it once (a phone photo's encoding is a few MB).
+            image_cache_bytes: IMAGE_CACHE_BYTES,
             ..Default::default()
         };
         let model = vlm_models::load(&options.model, &load)
@@ -108,8 +113,8 @@ impl Captioner {
         })
     }
 
-    /// Captions, tags and reads each job's photo. A failure is the job's alone: a batch
-    /// that fails is retried one request at a time, so one bad photo cannot sink the rest.
+    /// Captions, tags and reads each job's photo. A failure is the job's alone: the
+    /// library's batch path keeps each request's error in its own slot.
     pub fn run(&mut self, jobs: &[Job]) -> Vec<Result<Output, String>> {
         // Three requests per job, in order: caption, tags, visible text. `owner[i]` is the
         // job of `requests[i]`.
@@ -126,36 +131,28 @@ impl Captioner {
             }
         }
         let size = self.options.batch_size.max(1);
-        for (batch, owners) in requests.chunks(size).zip(owner.chunks(size)) {
-            let started = Instant::now();
-            self.calls += batch.len();
-            let answers: Vec<Result<Answer, String>> = match self.model.generate_batch(batch) {
-                Ok(gens) if gens.len() == batch.len() => {
-                    let share = started.elapsed().as_secs_f64() / batch.len() as f64;
-                    gens.into_iter().map(|g| Ok((g, share))).collect()
-                }
-                _ => batch.iter().map(|r| self.one(r)).collect(),
-            };
-            for (&j, answer) in owners.iter().zip(answers) {
-                if let Ok(parts) = &mut outcomes[j] {
-                    match answer {
-                        Ok(a) => parts.push(a),
-                        Err(e) => outcomes[j] = Err(e),
-                    }
+        self.calls += requests.len();
+        let started = Instant::now();
+        let mut last = (0, 0.0);
+        let mut finished_at = Vec::with_capacity(requests.len());
+        let results =
+            self.model
+                .generate_batches(&mut requests.into_iter().map(Ok), size, &mut |done| {
+                    // Each request's share of its batch's wall time.
+                    let now = started.elapsed().as_secs_f64();
+                    let share = (now - last.1) / (done - last.0).max(1) as f64;
+                    finished_at.extend(std::iter::repeat_n(share, done - last.0));
+                    last = (done, now);
+                });
+        for ((&j, result), share) in owner.iter().zip(results).zip(finished_at) {
+            if let Ok(parts) = &mut outcomes[j] {
+                match result {
+                    Ok(g) => parts.push((g, share)),
+                    Err(e) => outcomes[j] = Err(format!("the model failed on this photo: {e}")),
                 }
             }
         }
         outcomes.into_iter().map(|o| o.and_then(output)).collect()
-    }
-
-    fn one(&mut self, request: &Request) -> Result<Answer, String> {
-        let started = Instant::now();
-        self.calls += 1;
-        match self.model.generate_batch(std::slice::from_ref(request)) {
-            Ok(mut g) if g.len() == 1 => Ok((g.remove(0), started.elapsed().as_secs_f64())),
-            Ok(_) => Err("the model returned no result for the photo".into()),
-            Err(e) => Err(format!("the model failed on this photo: {e}")),
-        }
     }
 
     fn requests(&self, job: &Job) -> Result<Vec<Request>> {
@@ -194,6 +191,7 @@ fn output(parts: Vec<Answer>) -> Result<Output, String> {
             "prefill_ms": t.prefill.as_secs_f64() * 1e3,
             "decode_ms": t.decode.as_secs_f64() * 1e3,
             "new_tokens": g.token_ids.len(),
+            "image_cache_hits": t.image_cache_hits,
         })
     };
     Ok(Output {

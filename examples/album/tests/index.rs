@@ -107,6 +107,34 @@ fn another_language_processes_only_what_it_lacks() {
     );
 }
 
+#[test]
+fn a_pixel_budget_reaches_the_model_and_is_its_own_setting() {
+    let dir = temp_dir("budget");
+    let photos = dir.join("photos");
+    trip_library(&photos);
+    let db = dir.join("album.db");
+    index(&db, &[&photos], &["--language", "en"]);
+    // 4 merged tokens (56×56): a different encoding, so a result of its own.
+    let small = index(
+        &db,
+        &[&photos],
+        &["--language", "en", "--max-pixels", "3136"],
+    );
+    assert_eq!(small["processed"], N, "{small}");
+    let timings = count(
+        &db,
+        "SELECT COUNT(*) FROM results WHERE options LIKE '%\"max_pixels\":3136%'",
+    );
+    assert_eq!(timings, N);
+    // The model itself checks the budget: one that cannot hold a patch group is refused.
+    let out = index_cmd(&db, &[&photos], &["--language", "zh", "--max-pixels", "10"])
+        .output()
+        .expect("run album");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_pixels"), "{err}");
+}
+
 /// Polls (as another reader would) until the indexer has committed its first batch.
 fn wait_for_first_commit(db: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
