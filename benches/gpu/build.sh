@@ -18,7 +18,7 @@ fi
 # signatures no longer matched the host code: illegal addresses on the GPU).
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target/cuda}
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
-cargo build --release --features cuda -p vlm-bench
+cargo build --release --features cuda -p vlm-bench -p vlm-album
 # The GPU check: every family's parity tests, the quantization and fused-kernel tests, in
 # one binary (tests/gpu_check.rs).
 tests=(gpu_check)
@@ -34,6 +34,7 @@ mkdir -p .devbin
 # xz: half of gzip's size, and the device carries at most 64 MiB with the working tree.
 rm -f .devbin/*.gz
 xz -9 -T2 -c "$CARGO_TARGET_DIR/release/vlm-bench" > .devbin/vlm-bench.xz
+xz -9 -T2 -c "$CARGO_TARGET_DIR/release/album" > .devbin/album.xz
 for t in "${tests[@]}"; do
   bin=$(awk -v t="$t" '$1 == t {print $2}' /tmp/vlm-test-bins.txt | tail -1)
   strip -o "/tmp/$t.stripped" "$bin" && xz -9 -T2 -c "/tmp/$t.stripped" > ".devbin/$t.xz"

@@ -25,7 +25,7 @@ QUANT_BATCHES=${QUANT_BATCHES:-$BATCHES}
 # model:quantizations to benchmark with QUANT=1 (random real-size weights; "none" = bf16;
 # "int4/int4" = language model / vision tower)
 QUANT_MODELS=${QUANT_MODELS:-"Qwen2.5-VL-7B-Instruct:int8,int4 Qwen2.5-VL-3B-Instruct:none,int4 blip2-opt-2.7b:none,int4"}
-for b in vlm-bench $CHECKS; do
+for b in vlm-bench album $CHECKS; do
   if [ -f ".devbin/$b.xz" ]; then
     python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
       ".devbin/$b.xz" "/tmp/$b" && chmod +x "/tmp/$b"
@@ -167,6 +167,34 @@ if [ "${PHONE:-0}" = 1 ]; then
     done
     [ "$src" = /tmp/bench-model ] || rm -rf "$src"
   done
+fi
+
+if [ "${ALBUM:-0}" = 1 ]; then
+  # The album example over ALBUM_PHOTOS generated phone photos (4032x3024 JPEGs) with a
+  # random real-size Qwen2.5-VL-7B at int4 (quantized at load, timed inside the first run),
+  # the recommended pixel budget, then the same command again: every photo cached.
+  n=${ALBUM_PHOTOS:-500}
+  echo "== album: $n photos" | tee "$OUT/album.log"
+  python3 benches/gpu/make_photos.py /tmp/album-photos "$n" 2>&1 | tail -1 | tee -a "$OUT/album.log"
+  [ -d /tmp/bench-model ] || python3 benches/gpu/make_random_model.py ".devbin/assets/$MODEL" /tmp/bench-model 2>&1 | tail -2
+  args=(index /tmp/album-photos --db /tmp/album.db --model /tmp/bench-model --quant "${ALBUM_QUANT:-int4}"
+        --language "${ALBUM_LANGUAGE:-en}" --max-pixels "${ALBUM_MAX_PIXELS:-1003520}"
+        --batch-size "${ALBUM_BATCH:-8}" --max-new-tokens "${ALBUM_TOKENS:-32}" --json)
+  for pass in first again; do
+    echo "== album index, $pass run" | tee -a "$OUT/album.log"
+    start=$(date +%s%N)
+    STEP_TIMEOUT=${ALBUM_TIMEOUT:-420} peak_mem "$OUT/album.log" /tmp/album "${args[@]}" 2>&1 | tail -3 | tee -a "$OUT/album.log" || status=1
+    echo "wall: $(( ($(date +%s%N) - start) / 1000000 )) ms (load and quantization included)" | tee -a "$OUT/album.log"
+  done
+  python3 - <<'PY' 2>&1 | tee -a "$OUT/album.log"
+import json, sqlite3
+db = sqlite3.connect("/tmp/album.db")
+print("photos:", db.execute("SELECT COUNT(*) FROM photos").fetchone()[0],
+      "results:", db.execute("SELECT COUNT(*) FROM results").fetchone()[0],
+      "errors:", db.execute("SELECT COUNT(*) FROM errors").fetchone()[0])
+row = db.execute("SELECT timings FROM results LIMIT 1").fetchone()
+print("one photo's timings:", row[0] if row else None)
+PY
 fi
 
 if [ "$QUANT" = 1 ]; then

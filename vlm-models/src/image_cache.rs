@@ -239,6 +239,13 @@ impl Plan {
     }
 }
 
+/// A batch's `[images, tokens, width]` encoding as one [`Features`] per image.
+pub fn per_image(batch: &Tensor) -> Result<Vec<Features>> {
+    (0..batch.dim(0)?)
+        .map(|i| Ok(vec![batch.get(i)?]))
+        .collect()
+}
+
 /// Joins per-image encodings into one tensor per feature (image tokens on dimension 0):
 /// the layout the vision tower gives for a batch.
 pub fn concat(per_image: &[Features]) -> Result<Features> {

@@ -37,7 +37,7 @@ use vlm_core::{
 pub use config::{Blip2Config, TextConfig};
 pub use processor::{Blip2Inputs, Blip2Processor};
 
-use crate::image_cache::{self, Features, ImageCache, Plan};
+use crate::image_cache::{self, ImageCache, Plan};
 use crate::layers::{attention_mask, Linear};
 use crate::quantized_folder::{LoadContext, Weights};
 use crate::weights::weights_err;
@@ -337,10 +337,7 @@ impl Blip2 {
         let encoded = if images.is_empty() {
             vec![]
         } else {
-            let e = self.image_features(&images)?.embeds;
-            (0..images.len())
-                .map(|i| Ok(vec![e.get(i)?]))
-                .collect::<Result<Vec<Features>>>()?
+            image_cache::per_image(&self.image_features(&images)?.embeds)?
         };
         let keys: Vec<_> = with_image.iter().map(|p| p.key).collect();
         let per_image = plan.assemble(encoded, &keys, self.cache.as_ref())?;

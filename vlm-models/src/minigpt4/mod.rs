@@ -654,10 +654,7 @@ impl MiniGpt4 {
         let encoded = if images.is_empty() {
             vec![]
         } else {
-            let e = self.image_features(&images)?.embeds;
-            (0..images.len())
-                .map(|i| Ok(vec![e.get(i)?]))
-                .collect::<Result<Vec<Features>>>()?
+            image_cache::per_image(&self.image_features(&images)?.embeds)?
         };
         let keys: Vec<_> = all.iter().map(|a| a.2).collect();
         let per_image = plan.assemble(encoded, &keys, self.cache.as_ref())?;
