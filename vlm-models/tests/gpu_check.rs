@@ -10,6 +10,8 @@
 
 #[path = "blip2_parity.rs"]
 mod blip2_parity;
+#[path = "image_cache.rs"]
+mod image_cache;
 #[path = "kernels.rs"]
 mod kernels;
 #[path = "minigpt4_parity.rs"]
