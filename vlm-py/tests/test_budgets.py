@@ -54,7 +54,7 @@ def test_call_budget_matches_reference(variant, name):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_call_budget_overrides_load_budget(variant):
     c = budget_case(variant, "large_single")
-    tight = budget_case(variant, "one_group")
+    tight = budget_case(variant, "one_group_single")
     model = vlm.load(FIXTURES / variant / "model", device="cpu", dtype="f32", **budget_kwargs(tight))
     check(c, model.generate(case_images(variant, c), c["messages"], **budget_kwargs(c), **GREEDY8))
     check(tight, model.generate(case_images(variant, tight), tight["messages"], **GREEDY8))
