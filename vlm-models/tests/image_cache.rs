@@ -110,7 +110,10 @@ fn a_cache_hit_gives_the_tokens_of_a_miss_in_every_family() {
             assert_eq!(batch[1].token_ids, want_other, "{name}: batch, same photo");
             assert_eq!(batch[2].token_ids, want_describe, "{name}: batch, cached");
         }
-        assert_eq!(batch[0].token_ids, batch[1].token_ids, "{name}: one encoding, two uses");
+        assert_eq!(
+            batch[0].token_ids, batch[1].token_ids,
+            "{name}: one encoding, two uses"
+        );
         let hits: Vec<usize> = batch.iter().map(|g| g.timings.image_cache_hits).collect();
         assert_eq!(hits, vec![0, 1, 1], "{name}");
         let s = cached.cache_stats();
