@@ -7,7 +7,7 @@
 //! loop checks between decode steps.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -179,7 +179,9 @@ impl Job {
             shared: Arc::clone(&shared),
             finished: false,
         };
-        let (tx, rx) = channel();
+        // Bounded: a consumer slower than the model (a loop that saves each result) holds
+        // the job back instead of letting results and pulled items pile up.
+        let (tx, rx) = sync_channel(2 * batch_size.max(1));
         let spawned = std::thread::Builder::new()
             .name("vlm-batch".into())
             .spawn(move || {
