@@ -248,9 +248,15 @@ pub fn quant_matvec(x: &Tensor, w: &candle_core::quantized::QTensor) -> Result<O
     }
 }
 
+/// The default of [`quant_gemm_rows`]: prefills and batches (hundreds of rows and more) take
+/// the dequantized GEMM, decode steps (a row per sequence) keep the quantized matvec. Run 28
+/// (H200, Qwen2.5-VL-7B int4, 1024×768): 0.398 → 0.337 s per photo, batch 8 3.84 → 6.04
+/// photos/s, peak 9,361 → 8,273 MiB; decode unchanged.
+const DEFAULT_QUANT_GEMM_ROWS: usize = 64;
+
 /// Rows from which a quantized projection on CUDA dequantizes its weight and runs a float
-/// GEMM: `VLM_QUANT_GEMM_ROWS=N` (at least 9; unset or 0: never), or
-/// [`set_quant_gemm_rows`]. Opt-in until the GPU check has run it.
+/// GEMM: `VLM_QUANT_GEMM_ROWS=N` (at least 9; 0: never; unset: 64), or
+/// [`set_quant_gemm_rows`].
 fn quant_gemm_rows() -> Option<usize> {
     use std::sync::atomic::Ordering::Relaxed;
     static ENV: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -260,7 +266,7 @@ fn quant_gemm_rows() -> Option<usize> {
             std::env::var("VLM_QUANT_GEMM_ROWS")
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
+                .unwrap_or(DEFAULT_QUANT_GEMM_ROWS)
         })
     } else {
         set
