@@ -21,6 +21,33 @@ use crate::errors::{panic_message, to_pyerr, Failure};
 /// How often a waiting call looks for Ctrl-C.
 pub const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
+/// The next message of `rx`, waited for with the GIL released while this thread looks
+/// for Ctrl-C every [`SIGNAL_POLL`] (Python runs signal handlers only on its main thread,
+/// between bytecodes, so a thread blocked in Rust would not see one): `Ok(None)` once the
+/// sender is gone, `Err` with the handler's exception (KeyboardInterrupt) on an interrupt.
+/// The receiver comes back for the next wait.
+pub fn recv_or_interrupt<T: Send>(
+    py: Python<'_>,
+    mut rx: Receiver<T>,
+) -> (Receiver<T>, PyResult<Option<T>>) {
+    loop {
+        let (back, got) = py.detach(move || {
+            let got = rx.recv_timeout(SIGNAL_POLL);
+            (rx, got)
+        });
+        rx = back;
+        match got {
+            Ok(message) => return (rx, Ok(Some(message))),
+            Err(RecvTimeoutError::Disconnected) => return (rx, Ok(None)),
+            Err(RecvTimeoutError::Timeout) => {
+                if let Err(interrupt) = py.check_signals() {
+                    return (rx, Err(interrupt));
+                }
+            }
+        }
+    }
+}
+
 /// What each item of a batch job is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Task {
@@ -217,27 +244,19 @@ impl Job {
     /// The next result, waiting with the GIL released; `Ok(None)` at the end. Ctrl-C
     /// cancels the job and raises KeyboardInterrupt.
     pub fn next(&mut self, py: Python<'_>) -> PyResult<Option<Result<Generation, Failure>>> {
-        loop {
-            let Some(rx) = lock(&self.rx).take() else {
-                return Ok(None);
-            };
-            let (rx, got) = py.detach(move || {
-                let got = rx.recv_timeout(SIGNAL_POLL);
-                (rx, got)
-            });
-            match got {
-                Ok(Message::Result(r)) => {
-                    *lock(&self.rx) = Some(rx);
-                    return Ok(Some(r));
-                }
-                Ok(Message::Finished) | Err(RecvTimeoutError::Disconnected) => return Ok(None),
-                Err(RecvTimeoutError::Timeout) => {
-                    *lock(&self.rx) = Some(rx);
-                    if let Err(interrupt) = py.check_signals() {
-                        self.stop();
-                        return Err(interrupt);
-                    }
-                }
+        let Some(rx) = lock(&self.rx).take() else {
+            return Ok(None);
+        };
+        let (rx, got) = recv_or_interrupt(py, rx);
+        match got {
+            Ok(Some(Message::Result(r))) => {
+                *lock(&self.rx) = Some(rx);
+                Ok(Some(r))
+            }
+            Ok(Some(Message::Finished) | None) => Ok(None),
+            Err(interrupt) => {
+                self.stop();
+                Err(interrupt)
             }
         }
     }

@@ -210,10 +210,9 @@ pub fn without_gil<T: Send>(
 }
 
 /// Runs `work` on a helper thread with the GIL released while this thread watches for
-/// Ctrl-C: Python runs signal handlers only on its main thread, between bytecodes, so a
-/// thread blocked in Rust would not see one until the work ends. On an interrupt (any
-/// exception a signal handler raises) `cancel` is set, the work stops at its next check
-/// (between decode steps), and the handler's exception is raised; the model stays usable.
+/// Ctrl-C ([`crate::batch::recv_or_interrupt`]). On an interrupt (any exception a signal
+/// handler raises) `cancel` is set, the work stops at its next check (between decode
+/// steps), and the handler's exception is raised; the model stays usable.
 pub fn interruptible<T: Send>(
     py: Python<'_>,
     cancel: Option<&vlm_core::CancelFlag>,
@@ -234,27 +233,18 @@ pub fn interruptible<T: Send>(
             let message = format!("cannot start a thread for the call: {e}");
             return Err(to_pyerr(py, Failure::Vlm(Error::Generation(message))));
         }
-        let mut rx = rx;
-        loop {
-            let (back, got) = py.detach(move || {
-                let got = rx.recv_timeout(crate::batch::SIGNAL_POLL);
-                (rx, got)
-            });
-            rx = back;
-            match got {
-                Ok(result) => return result.map_err(|f| to_pyerr(py, f)),
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if let Err(interrupt) = py.check_signals() {
-                        cancel.cancel();
-                        // Wait for the work to stop, so nothing of this call outlives it.
-                        let _ = py.detach(move || rx.recv());
-                        return Err(interrupt);
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    let message = "the call's thread ended without a result".to_string();
-                    return Err(to_pyerr(py, Failure::Panic(message)));
-                }
+        let (rx, got) = crate::batch::recv_or_interrupt(py, rx);
+        match got {
+            Ok(Some(result)) => result.map_err(|f| to_pyerr(py, f)),
+            Ok(None) => {
+                let message = "the call's thread ended without a result".to_string();
+                Err(to_pyerr(py, Failure::Panic(message)))
+            }
+            Err(interrupt) => {
+                cancel.cancel();
+                // Wait for the work to stop, so nothing of this call outlives it.
+                let _ = py.detach(move || rx.recv());
+                Err(interrupt)
             }
         }
     })
