@@ -139,14 +139,6 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
         self.0.cache_stats()
     }
 
-    fn prepare_batch(&self, requests: Vec<Request>) -> Result<PreparedBatch> {
-        let inputs: Prepared<F> = Prepared::new(&self.0, &requests)?;
-        Ok(PreparedBatch {
-            slots: requests.iter().map(|_| None).collect(),
-            inputs: Box::new(inputs),
-        })
-    }
-
     fn prepare_items(&self, items: Vec<Result<Request>>) -> PreparedBatch {
         let (inputs, slots) = Prepared::<F>::from_items(&self.0, items);
         PreparedBatch {
@@ -165,12 +157,12 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
                     .into(),
             )),
         }
-        .map(|g| g.into_iter().map(Ok).collect::<Vec<_>>().into_iter());
+        .map(Vec::into_iter);
         slots
             .into_iter()
             .map(|slot| match (slot, &mut results) {
                 (Some(e), _) => Err(e),
-                (None, Ok(done)) => done.next().unwrap_or_else(|| {
+                (None, Ok(done)) => done.next().map(Ok).unwrap_or_else(|| {
                     Err(Error::Generation(
                         "a request of the batch gave no result".into(),
                     ))

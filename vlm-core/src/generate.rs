@@ -98,25 +98,15 @@ impl<F: Family> Prepared<F> {
         };
         (batch, slots)
     }
-
-    /// Requests in the batch.
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    /// Whether no request is in the batch.
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
 }
 
-/// Checks one request's options, prepares it and checks that it fits the context.
-fn prepare_one<F: Family>(family: &F, request: &Request) -> Result<PreparedItem<F>> {
+/// Checks one request's options, prepares it and checks that it fits the context of
+/// `max` tokens.
+fn prepare_one<F: Family>(family: &F, request: &Request, max: usize) -> Result<PreparedItem<F>> {
     // Options first: a wrong option should not cost an image's preprocessing.
     let options = request.options.resolve(family.generation_defaults())?;
     let inputs = family.prepare(request)?;
     let tokens = family.input_ids(&inputs).len();
-    let max = family.info().max_context;
     if tokens + options.max_new_tokens > max {
         return Err(Error::PromptTooLong {
             tokens,
@@ -265,11 +255,15 @@ pub fn run_prepared<F: Family>(
 /// one thread per core: image preprocessing is CPU work that would otherwise run one photo
 /// after another on one core while the GPU waits (a 1024×768 photo takes tens of ms).
 fn prepare_all<F: Family>(family: &F, requests: &[&Request]) -> Vec<Result<PreparedItem<F>>> {
+    let max = family.info().max_context;
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(requests.len());
     if threads <= 1 {
-        return requests.iter().map(|r| prepare_one(family, r)).collect();
+        return requests
+            .iter()
+            .map(|r| prepare_one(family, r, max))
+            .collect();
     }
     let per_thread = requests.len().div_ceil(threads);
     std::thread::scope(|scope| {
@@ -279,7 +273,7 @@ fn prepare_all<F: Family>(family: &F, requests: &[&Request]) -> Vec<Result<Prepa
                 let worker = scope.spawn(move || {
                     chunk
                         .iter()
-                        .map(|r| prepare_one(family, r))
+                        .map(|r| prepare_one(family, r, max))
                         .collect::<Vec<_>>()
                 });
                 (chunk.len(), worker)

@@ -106,7 +106,13 @@ pub trait VisionLanguageModel: Send + Sync {
     /// preprocessing. Its result runs with [`Self::run_batch`]; preparing the next batch on
     /// another thread while the device runs this one keeps the GPU busy
     /// ([`Self::generate_batches`] does so). The first request that fails fails the batch.
-    fn prepare_batch(&self, requests: Vec<Request>) -> Result<PreparedBatch>;
+    fn prepare_batch(&self, requests: Vec<Request>) -> Result<PreparedBatch> {
+        let mut batch = self.prepare_items(requests.into_iter().map(Ok).collect());
+        match batch.slots.iter_mut().find_map(Option::take) {
+            Some(first_error) => Err(first_error),
+            None => Ok(batch),
+        }
+    }
 
     /// [`Self::prepare_batch`] that keeps each failure in its place: an item that is an
     /// error, or fails to prepare (an option out of range, a prompt too long), holds its

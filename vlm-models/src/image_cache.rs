@@ -197,6 +197,19 @@ impl Plan {
         self.encode.len() == self.sources.len()
     }
 
+    /// Per request, how many of its images reused an encoding, for requests holding
+    /// `images_per_request` images each, in batch order.
+    pub fn reuses_per_request(
+        &self,
+        images_per_request: impl IntoIterator<Item = usize>,
+    ) -> Vec<usize> {
+        let mut reused = self.reused.iter();
+        images_per_request
+            .into_iter()
+            .map(|n| reused.by_ref().take(n).filter(|&&r| r).count())
+            .collect()
+    }
+
     /// Images that reused an encoding, but only those found in this batch (cache hits were
     /// counted at lookup).
     pub fn batch_reuses(&self) -> usize {
@@ -317,6 +330,7 @@ mod tests {
         assert_eq!(plan.encode, vec![0, 1, 4]);
         assert_eq!(plan.reused, vec![false, false, true, true, false]);
         assert_eq!(plan.batch_reuses(), 1);
+        assert_eq!(plan.reuses_per_request([2, 0, 3]), vec![0, 0, 2]);
         assert!(!plan.encodes_all_in_order());
         let cache = ImageCache::new(1 << 20).unwrap();
         let encoded = vec![features(1, 1.0), features(2, 2.0), features(1, 4.0)];

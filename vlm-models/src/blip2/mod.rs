@@ -315,9 +315,9 @@ impl Blip2 {
             .copied()
             .filter(|p| p.image_slots > 0)
             .collect();
-        let mut hits = vec![0; batch.len()];
+        let no_hits = vec![0; batch.len()];
         if with_image.is_empty() {
-            return Ok((None, hits));
+            return Ok((None, no_hits));
         }
         let plan = Plan::new(with_image.iter().map(|p| (p.cached.as_ref(), p.key)));
         let pixels = |i: usize| with_image[i].pixel_values.as_deref().unwrap_or_default();
@@ -325,14 +325,9 @@ impl Blip2 {
             let images: Vec<&[f32]> = (0..with_image.len()).map(pixels).collect();
             let e = self.image_features(&images)?.embeds;
             let (n, q, d) = e.dims3()?;
-            return Ok((Some(e.reshape((n * q, d))?), hits));
+            return Ok((Some(e.reshape((n * q, d))?), no_hits));
         }
-        let mut reused = plan.reused.iter();
-        for (hit, p) in hits.iter_mut().zip(batch) {
-            if p.image_slots > 0 {
-                *hit = usize::from(reused.next().copied().unwrap_or(false));
-            }
-        }
+        let hits = plan.reuses_per_request(batch.iter().map(|p| usize::from(p.image_slots > 0)));
         let images: Vec<&[f32]> = plan.encode.iter().map(|&i| pixels(i)).collect();
         let encoded = if images.is_empty() {
             vec![]

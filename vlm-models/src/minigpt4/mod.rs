@@ -625,7 +625,7 @@ impl MiniGpt4 {
     /// each distinct photo encoded once (or taken from the cache); and per request, how
     /// many of its images reused an encoding.
     fn image_rows(&self, batch: &[&MiniGpt4Inputs]) -> Result<(Option<Tensor>, Vec<usize>)> {
-        let mut hits = vec![0; batch.len()];
+        let no_hits = vec![0; batch.len()];
         let all: Vec<(&[f32], Option<&Features>, Option<ImageKey>)> = batch
             .iter()
             .flat_map(|p| {
@@ -637,19 +637,16 @@ impl MiniGpt4 {
             })
             .collect();
         if all.is_empty() {
-            return Ok((None, hits));
+            return Ok((None, no_hits));
         }
         let plan = Plan::new(all.iter().map(|&(_, c, k)| (c, k)));
         if self.cache.is_none() && plan.encodes_all_in_order() {
             let images: Vec<&[f32]> = all.iter().map(|a| a.0).collect();
             let e = self.image_features(&images)?.embeds;
             let (n, t, d) = e.dims3()?;
-            return Ok((Some(e.reshape((n * t, d))?), hits));
+            return Ok((Some(e.reshape((n * t, d))?), no_hits));
         }
-        let mut reused = plan.reused.iter();
-        for (hit, p) in hits.iter_mut().zip(batch) {
-            *hit = reused.by_ref().take(p.images.len()).filter(|&&r| r).count();
-        }
+        let hits = plan.reuses_per_request(batch.iter().map(|p| p.images.len()));
         let images: Vec<&[f32]> = plan.encode.iter().map(|&i| all[i].0).collect();
         let encoded = if images.is_empty() {
             vec![]

@@ -201,17 +201,7 @@ impl QwenVl {
         if self.cache.is_none() && plan.encodes_all_in_order() {
             return Ok((Some(self.run_vision(&images)?), no_hits));
         }
-        let mut hits = Vec::with_capacity(inputs.len());
-        let mut reused = plan.reused.iter();
-        for input in inputs {
-            hits.push(
-                reused
-                    .by_ref()
-                    .take(input.images.len())
-                    .filter(|&&r| r)
-                    .count(),
-            );
-        }
+        let hits = plan.reuses_per_request(inputs.iter().map(|i| i.images.len()));
         let to_encode: Vec<&ImagePatches> = plan.encode.iter().map(|&i| images[i]).collect();
         let encoded = if to_encode.is_empty() {
             vec![]
