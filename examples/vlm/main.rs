@@ -49,7 +49,7 @@ fn run(cli: Cli) -> vlm_core::Result<()> {
         return convert(&cli.command);
     };
     let options = common.generation_options()?;
-    let model = vlm_models::load(&common.model, &common.load_options()?)?;
+    let model = vlm_core::load(&common.model, &common.load_options()?)?;
     let images = common
         .image
         .iter()
@@ -114,7 +114,7 @@ fn convert(command: &Command) -> vlm_core::Result<()> {
                 .transpose()?,
             ..Default::default()
         };
-        let report = vlm_models::save_quantized(model, output, &options)?;
+        let report = vlm_core::save_quantized(model, output, &options)?;
         println!(
             "wrote {}: {} quantized and {} float tensors, {:.2} GB of weights ({:.2} GB file); load it with --model {}",
             output.display(),
@@ -129,7 +129,7 @@ fn convert(command: &Command) -> vlm_core::Result<()> {
         let output = output
             .clone()
             .unwrap_or_else(|| model.join("minigpt4.safetensors"));
-        let n = vlm_models::minigpt4::convert_to_safetensors(model, &output)?;
+        let n = vlm_core::minigpt4::convert_to_safetensors(model, &output)?;
         println!(
             "wrote {n} tensors to {}; set \"weights\": \"{}\" in {}/config.json (the .pth entries can then go)",
             output.display(),

@@ -1,47 +1,43 @@
 //! # vlm-core
 //!
-//! The model-independent half of `vlm`: the [`VisionLanguageModel`] trait with its
-//! `describe` / `ask` / `relate` surface, typed requests and options, decoded
-//! [`Image`]s, the one generation loop every family shares, and the error type.
+//! Vision-language models on [candle](https://github.com/huggingface/candle): describe a
+//! photo, answer a question about it, or tell the story of several, with Qwen2-VL,
+//! Qwen2.5-VL, Qwen3-VL, BLIP-2 or MiniGPT-4, on the CPU or a CUDA GPU (feature `cuda`),
+//! in f32/bf16/f16 or quantized to Int8/Int4.
 //!
-//! Model families live in `vlm-models`; `vlm_models::load` returns a
-//! `Box<dyn VisionLanguageModel>`.
+//! This is the one crate an app adds. It holds the contract (the
+//! [`VisionLanguageModel`] trait, [`Request`]s and [`GenerationOptions`], decoded
+//! [`Image`]s, [`Generation`]s and the [`Error`] type) and [`load`], which reads a model
+//! folder (or a Hugging Face hub id) and picks the family.
 //!
-//! Design (see docs/architecture.md): a loaded model is immutable and `Send + Sync`;
-//! everything that changes while generating (KV cache, positions) lives in per-request
-//! state created by the generation loop, so one model serves many threads at once.
+//! ```no_run
+//! use vlm_core::{GenerationOptions, Image, LoadOptions, VisionLanguageModel};
+//!
+//! fn main() -> vlm_core::Result<()> {
+//!     let model = vlm_core::load("Qwen/Qwen2.5-VL-3B-Instruct", &LoadOptions::default())?;
+//!     let photo = Image::open("dinner.jpg")?;
+//!     let caption = model.describe(&photo, &GenerationOptions::default())?;
+//!     println!("{caption}");
+//!     Ok(())
+//! }
+//! ```
+//!
+//! A loaded model is immutable and `Send + Sync`: share it across threads (`Arc`) and
+//! call it from each; per-request state lives in the generation loop.
+//!
+//! Behind this crate, `vlm-contract` holds the contract and `vlm-models` the model
+//! families; their internals are not part of the public API.
 
-pub mod cache_stats;
-pub mod cancel;
-pub mod chat_template;
-pub mod device;
-pub mod devices;
-pub mod error;
-pub mod family;
-pub mod files;
-pub mod generate;
-pub mod image;
-pub mod kv_cache;
-pub mod model;
-pub mod options;
-pub mod parallel;
-pub mod quant;
-pub mod request;
-pub mod resize;
-pub mod resize_torch;
-pub mod sampling;
-pub mod sentencepiece;
-pub mod stream;
+pub use vlm_contract::*;
+pub use vlm_models::{load, load_dir, save_quantized, supported_model_types};
 
-pub use cache_stats::CacheStats;
-pub use cancel::CancelFlag;
-pub use device::{DTypeChoice, DeviceChoice};
-pub use devices::{cuda_available, devices, DeviceInfo, DeviceKind};
-pub use error::{Error, ErrorKind, Result};
-pub use family::{Family, FamilyModel, PrefillOutput};
-pub use image::{Image, ImageError, ImageLimits};
-pub use model::{LoadOptions, ModelInfo, PreparedBatch, VisionLanguageModel};
-pub use options::{GenerationDefaults, GenerationOptions, Language, Sampling};
-pub use quant::Quantization;
-pub use request::{Content, FinishReason, Generation, Message, Prompt, Request, Role, Timings};
-pub use sentencepiece::{sentencepiece_tokenizer, SentencePieceModel};
+/// What [`save_quantized`] wrote.
+pub use vlm_models::quantized_folder::SaveReport;
+
+/// candle, whose `Device`, `DType` and `Tensor` appear in a few advanced signatures.
+pub use candle_core as candle;
+
+/// MiniGPT-4's release checkpoints (`.pth`) and their conversion to safetensors.
+pub mod minigpt4 {
+    pub use vlm_models::minigpt4::convert_to_safetensors;
+}

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use candle_core::Tensor;
 use lru::LruCache;
-use vlm_core::{CacheStats, Image, Result};
+use vlm_contract::{CacheStats, Image, Result};
 
 /// What identifies one image's encoding within one model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

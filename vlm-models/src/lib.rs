@@ -1,7 +1,7 @@
 //! # vlm-models
 //!
 //! The model families of `vlm`, each in its own folder behind
-//! [`vlm_core::Family`], and [`load`], which reads config.json and picks the family.
+//! [`vlm_contract::Family`], and [`load`], which reads config.json and picks the family.
 //!
 //! | family | model types | folder |
 //! |---|---|---|
@@ -25,4 +25,4 @@ mod registry;
 pub mod weights;
 
 pub use registry::{load, load_dir, save_quantized, supported_model_types};
-pub use vlm_core::model::LoadOptions;
+pub use vlm_contract::model::LoadOptions;

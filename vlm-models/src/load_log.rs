@@ -12,7 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use vlm_core::ModelInfo;
+use vlm_contract::ModelInfo;
 
 use crate::progress::Progress;
 

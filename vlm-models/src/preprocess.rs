@@ -4,9 +4,9 @@
 use std::borrow::Cow;
 
 use image::RgbImage;
-use vlm_core::resize::{resize_like, Filter, PillowVersion};
-use vlm_core::resize_torch::{resize_like_torchvision, TorchFilter};
-use vlm_core::Image;
+use vlm_contract::resize::{resize_like, Filter, PillowVersion};
+use vlm_contract::resize_torch::{resize_like_torchvision, TorchFilter};
+use vlm_contract::Image;
 
 /// PIL's resample code for bilinear.
 pub const PIL_BILINEAR: u32 = 2;

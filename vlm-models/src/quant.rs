@@ -15,7 +15,7 @@ use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, Q
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
-use vlm_core::Quantization;
+use vlm_contract::Quantization;
 
 use crate::layers::{Embedding, Linear};
 

@@ -16,13 +16,13 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
-use vlm_core::model::LoadOptions;
-use vlm_core::{Error, Quantization, Result};
+use vlm_contract::model::LoadOptions;
+use vlm_contract::{Error, Quantization, Result};
 
 use crate::load_log::{self, TARGET};
 use crate::progress::Progress;
 use crate::quant::{QuantKind, QuantPolicy, QuantStore, Quantizer};
-use vlm_core::files::ModelDir;
+use vlm_contract::files::ModelDir;
 
 /// The weights file of a quantized folder.
 pub const QUANTIZED_WEIGHTS: &str = "model.gguf";
@@ -211,7 +211,8 @@ fn is_float(t: GgmlDType) -> bool {
 
 /// Reads a GGUF file: quantized tensors onto `device`, float ones kept on the host.
 fn read_gguf(path: &Path, device: &Device) -> Result<(HashMap<String, Arc<QTensor>>, GgufFloats)> {
-    let bad = |e: candle_core::Error| Error::bad_file(path, vlm_core::error::candle_message(&e));
+    let bad =
+        |e: candle_core::Error| Error::bad_file(path, vlm_contract::error::candle_message(&e));
     let mut reader = BufReader::new(File::open(path).map_err(|e| Error::bad_file(path, e))?);
     let content = gguf_file::Content::read(&mut reader).map_err(bad)?;
     let mut quantized = HashMap::new();
@@ -259,7 +260,7 @@ pub fn open_weights(
     // SAFETY: the files are memory-mapped read-only; modifying them while loaded is
     // undefined behaviour, as with every mmap-based loader.
     let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files) }
-        .map_err(|e| Error::Weights(vlm_core::error::candle_message(&e)))?;
+        .map_err(|e| Error::Weights(vlm_contract::error::candle_message(&e)))?;
     Ok(VarBuilder::from_backend(
         Box::new(ctx.record(st)),
         dtype,
@@ -446,7 +447,7 @@ impl Weights {
             "weights: {source}, {} tensors, read as {} onto {}",
             names.len(),
             dtype.as_str(),
-            vlm_core::device::device_name(device)
+            vlm_contract::device::device_name(device)
         );
         load_log::weights_opened(names.len());
         let vb = open_weights(&files, floats, dtype, device, &ctx)?;

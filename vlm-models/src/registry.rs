@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use vlm_core::files::ModelDir;
-use vlm_core::model::LoadOptions;
-use vlm_core::{Error, Result, VisionLanguageModel};
+use vlm_contract::files::ModelDir;
+use vlm_contract::model::LoadOptions;
+use vlm_contract::{Error, Result, VisionLanguageModel};
 
 use crate::load_log::{self, LoadLog};
 use crate::quantized_folder::{write_folder, LoadContext, SaveReport};
@@ -34,7 +34,7 @@ pub fn supported_model_types() -> Vec<&'static str> {
 /// ```no_run
 /// let model = vlm_models::load("Qwen/Qwen2.5-VL-3B-Instruct", &vlm_models::LoadOptions::default())?;
 /// println!("{:?}", model.info());
-/// # Ok::<(), vlm_core::Error>(())
+/// # Ok::<(), vlm_contract::Error>(())
 /// ```
 pub fn load(path_or_id: &str, options: &LoadOptions) -> Result<Box<dyn VisionLanguageModel>> {
     let dir = ModelDir::resolve(path_or_id, options.revision.as_deref())?;
@@ -81,11 +81,11 @@ fn load_dir_with(
 /// again.
 ///
 /// ```no_run
-/// use vlm_core::Quantization;
+/// use vlm_contract::Quantization;
 /// let options = vlm_models::LoadOptions { quantization: Quantization::Int4, ..Default::default() };
 /// vlm_models::save_quantized("Qwen/Qwen2-VL-2B-Instruct", "qwen2-vl-2b-int4".as_ref(), &options)?;
 /// let model = vlm_models::load("qwen2-vl-2b-int4", &Default::default())?;
-/// # Ok::<(), vlm_core::Error>(())
+/// # Ok::<(), vlm_contract::Error>(())
 /// ```
 pub fn save_quantized(path_or_id: &str, dst: &Path, options: &LoadOptions) -> Result<SaveReport> {
     let dir = ModelDir::resolve(path_or_id, options.revision.as_deref())?;

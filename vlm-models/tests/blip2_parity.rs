@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use serde_json::Value;
-use vlm_core::files::ModelDir;
-use vlm_core::{Family, GenerationOptions, Image, Request};
+use vlm_contract::files::ModelDir;
+use vlm_contract::{Family, GenerationOptions, Image, Request};
 use vlm_models::blip2::Blip2;
 
 mod common;
@@ -250,7 +250,7 @@ fn relate_captions_each_photo_then_relates_them() {
     let two = Request::raw(vec![a, b], "", GenerationOptions::greedy(2));
     assert!(matches!(
         model.generate(&two),
-        Err(vlm_core::Error::TooManyImages { given: 2, max: 1 })
+        Err(vlm_contract::Error::TooManyImages { given: 2, max: 1 })
     ));
 }
 

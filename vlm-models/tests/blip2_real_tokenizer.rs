@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use vlm_core::files::ModelDir;
-use vlm_core::{GenerationOptions, Image, Request};
+use vlm_contract::files::ModelDir;
+use vlm_contract::{GenerationOptions, Image, Request};
 use vlm_models::blip2::{Blip2Config, Blip2Processor, TextConfig};
 
 fn assets() -> Option<PathBuf> {

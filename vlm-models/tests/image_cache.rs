@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use vlm_core::model::LoadOptions;
-use vlm_core::{GenerationOptions, Image, VisionLanguageModel};
+use vlm_contract::model::LoadOptions;
+use vlm_contract::{GenerationOptions, Image, VisionLanguageModel};
 
 mod common;
 use common::{cpu_f32, full_precision};
@@ -43,7 +43,7 @@ fn load(dir: &Path, options: &LoadOptions) -> Box<dyn VisionLanguageModel> {
     vlm_models::load(dir.to_str().unwrap(), options).unwrap()
 }
 
-fn tokens(model: &dyn VisionLanguageModel, request: &vlm_core::Request) -> Vec<u32> {
+fn tokens(model: &dyn VisionLanguageModel, request: &vlm_contract::Request) -> Vec<u32> {
     model.generate(request).unwrap().token_ids
 }
 
@@ -174,5 +174,5 @@ fn a_zero_byte_cache_is_off_not_an_error() {
             .unwrap();
         assert_eq!(g.timings.image_cache_hits, 0);
     }
-    assert_eq!(model.cache_stats(), vlm_core::CacheStats::default());
+    assert_eq!(model.cache_stats(), vlm_contract::CacheStats::default());
 }

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use serde_json::Value;
-use vlm_core::files::ModelDir;
-use vlm_core::{Family, GenerationOptions, Image, Request};
+use vlm_contract::files::ModelDir;
+use vlm_contract::{Family, GenerationOptions, Image, Request};
 use vlm_models::minigpt4::MiniGpt4;
 
 mod common;

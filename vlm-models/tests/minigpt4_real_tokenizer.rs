@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use vlm_core::{GenerationOptions, Image, Request};
+use vlm_contract::{GenerationOptions, Image, Request};
 use vlm_models::minigpt4::{load_tokenizer, tokenize_segments, Conversation, Variant};
 
 fn assets() -> Option<PathBuf> {

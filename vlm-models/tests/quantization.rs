@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use serde_json::Value;
-use vlm_core::model::LoadOptions;
-use vlm_core::{
+use vlm_contract::model::LoadOptions;
+use vlm_contract::{
     DTypeChoice, DeviceChoice, GenerationOptions, Image, Prompt, Quantization, Request,
 };
 

@@ -14,9 +14,9 @@ use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use serde_json::Value;
-use vlm_core::files::ModelDir;
-use vlm_core::model::LoadOptions;
-use vlm_core::{ErrorKind, Family, GenerationOptions, Image, Prompt, Request};
+use vlm_contract::files::ModelDir;
+use vlm_contract::model::LoadOptions;
+use vlm_contract::{ErrorKind, Family, GenerationOptions, Image, Prompt, Request};
 use vlm_models::qwen_vl::{QwenInputs, QwenVl};
 
 mod common;
@@ -166,7 +166,7 @@ fn check_inputs(f: &mut Failures, fx: &Fixture, case: &Value, inputs: &QwenInput
     });
 }
 
-fn load_qwen(fx: &Fixture, options: &LoadOptions) -> vlm_core::Result<QwenVl> {
+fn load_qwen(fx: &Fixture, options: &LoadOptions) -> vlm_contract::Result<QwenVl> {
     QwenVl::load(&ModelDir::local(&fx.model_dir()).unwrap(), options)
 }
 
@@ -270,7 +270,7 @@ fn check_generate(variant: &'static str) {
 }
 
 /// A bad-input error that says which option is wrong.
-fn check_budget_error(f: &mut Failures, label: &str, result: vlm_core::Result<()>) {
+fn check_budget_error(f: &mut Failures, label: &str, result: vlm_contract::Result<()>) {
     match result {
         Ok(()) => {
             f.0.push(format!("{label}: accepted, want a bad-input error"))

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use serde_json::Value;
-use vlm_core::files::ModelDir;
-use vlm_core::{DeviceChoice, Family, GenerationOptions, Image, Prompt, Request};
+use vlm_contract::files::ModelDir;
+use vlm_contract::{DeviceChoice, Family, GenerationOptions, Image, Prompt, Request};
 use vlm_models::qwen_vl::QwenVl;
 
 mod common;
@@ -323,7 +323,7 @@ fn placeholder_count_must_match_images() {
     );
     let err = model.generate(&req).unwrap_err();
     assert!(
-        matches!(err, vlm_core::Error::PlaceholderMismatch { .. }),
+        matches!(err, vlm_contract::Error::PlaceholderMismatch { .. }),
         "{err}"
     );
     let empty = model.ask(
@@ -331,7 +331,7 @@ fn placeholder_count_must_match_images() {
         "  ",
         &GenerationOptions::greedy(2),
     );
-    assert!(matches!(empty, Err(vlm_core::Error::EmptyQuestion)));
+    assert!(matches!(empty, Err(vlm_contract::Error::EmptyQuestion)));
 }
 
 /// On CUDA, decode steps after the second are replays of a captured graph: they must give
@@ -373,7 +373,7 @@ fn decode_graphs_replay_what_eager_steps_compute() {
             "{v}: no decode step was replayed from a graph"
         );
         assert_eq!(graph.token_ids, eager.token_ids, "{v}: tokens");
-        let logits = |g: &vlm_core::Generation| {
+        let logits = |g: &vlm_contract::Generation| {
             let steps = g.logits.clone().unwrap();
             let vocab = steps[0].len();
             Tensor::from_vec(steps.concat(), (steps.len(), vocab), &Device::Cpu).unwrap()

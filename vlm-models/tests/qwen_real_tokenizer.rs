@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use vlm_core::files::ModelDir;
-use vlm_core::{GenerationOptions, Image, Prompt, Request};
+use vlm_contract::files::ModelDir;
+use vlm_contract::{GenerationOptions, Image, Prompt, Request};
 
 mod common;
 use common::messages;

@@ -3,7 +3,7 @@
 //! The native module `vlm._vlm` behind the Python package `vlm` (python/vlm/__init__.py
 //! re-exports it). Thin by design (docs/architecture.md, "The boundary with Python is
 //! thin"): it turns Python values into Rust values, releases the GIL, calls
-//! `vlm_models` / `vlm_core`, and maps errors onto exception classes.
+//! `vlm_core`, and maps errors onto exception classes.
 //!
 //! PIL images and numpy arrays are converted to RGB bytes by the pure-Python helper
 //! `vlm/_images.py`, so neither library is needed to build or import `vlm`.

@@ -57,7 +57,7 @@ pub fn load(
     options.max_pixels = max_pixels;
     options.min_pixels = min_pixels;
     options.image_cache_bytes = image_cache_mb.saturating_mul(1 << 20);
-    let inner = without_gil(py, || Ok(vlm_models::load(&path_or_id, &options)?))?;
+    let inner = without_gil(py, || Ok(vlm_core::load(&path_or_id, &options)?))?;
     Ok(Model {
         inner: Arc::from(inner),
     })
@@ -90,7 +90,7 @@ pub fn save_quantized(
         revision,
     )?;
     let report = without_gil(py, || {
-        Ok(vlm_models::save_quantized(&path_or_id, &output, &options)?)
+        Ok(vlm_core::save_quantized(&path_or_id, &output, &options)?)
     })?;
     Ok(report.info.weight_bytes)
 }
@@ -129,7 +129,7 @@ fn load_options(
 /// Every config.json model_type that load() handles.
 #[pyfunction]
 pub fn supported_model_types() -> Vec<&'static str> {
-    vlm_models::supported_model_types()
+    vlm_core::supported_model_types()
 }
 
 /// A loaded vision-language model. Get one with vlm.load().

@@ -96,7 +96,7 @@ pub struct Captioner {
 
 impl Captioner {
     pub fn load(options: &CaptionOptions) -> Result<Self> {
-        let load = vlm_models::LoadOptions {
+        let load = vlm_core::LoadOptions {
             quantization: options.quant,
             max_pixels: options.max_pixels,
             // Caption, tags and text are three calls about one photo: with the cache, the
@@ -104,7 +104,7 @@ impl Captioner {
             image_cache_bytes: IMAGE_CACHE_BYTES,
             ..Default::default()
         };
-        let model = vlm_models::load(&options.model, &load)
+        let model = vlm_core::load(&options.model, &load)
             .with_context(|| format!("loading the model {}", options.model))?;
         Ok(Self {
             model,

@@ -4,7 +4,7 @@
 //! transformers' default (the BLIP-2 ViT-g/14 and BERT-base Q-Former sizes).
 
 use serde::Deserialize;
-use vlm_core::{Error, Result};
+use vlm_contract::{Error, Result};
 
 use crate::layers::Act;
 

@@ -25,11 +25,11 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
-use vlm_core::device::device_name;
-use vlm_core::files::ModelDir;
-use vlm_core::kv_cache::LayerKvCache;
-use vlm_core::model::LoadOptions;
-use vlm_core::{
+use vlm_contract::device::device_name;
+use vlm_contract::files::ModelDir;
+use vlm_contract::kv_cache::LayerKvCache;
+use vlm_contract::model::LoadOptions;
+use vlm_contract::{
     Error, Family, FamilyModel, GenerationDefaults, Language, ModelInfo, PrefillOutput,
     Quantization, Request, Result, VisionLanguageModel,
 };
@@ -427,7 +427,7 @@ impl Family for Blip2 {
         }
     }
 
-    fn cache_stats(&self) -> vlm_core::CacheStats {
+    fn cache_stats(&self) -> vlm_contract::CacheStats {
         image_cache::stats(self.cache.as_ref())
     }
 

@@ -12,11 +12,11 @@
 use crate::image_cache::{Features, ImageCache, ImageKey};
 use serde::Deserialize;
 use tokenizers::Tokenizer;
-use vlm_core::files::ModelDir;
-use vlm_core::{Content, Error, Image, Prompt, Request, Result, Role};
+use vlm_contract::files::ModelDir;
+use vlm_contract::{Content, Error, Image, Prompt, Request, Result, Role};
 
 use crate::preprocess::{Normalize, ResizeBackend, PIL_BICUBIC, PIL_BILINEAR};
-use vlm_core::resize::PillowVersion;
+use vlm_contract::resize::PillowVersion;
 
 #[derive(Deserialize)]
 struct Size {
@@ -246,7 +246,7 @@ impl Blip2Processor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vlm_core::{GenerationOptions, Message};
+    use vlm_contract::{GenerationOptions, Message};
 
     #[test]
     fn conversations_become_question_answer_prompts() {

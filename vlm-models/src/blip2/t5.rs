@@ -10,7 +10,7 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use vlm_core::kv_cache::LayerKvCache;
+use vlm_contract::kv_cache::LayerKvCache;
 
 use super::config::T5Config;
 use crate::layers::{attend, split_heads, Act, AttentionMask, Embedding, Linear, RmsNorm, MASKED};

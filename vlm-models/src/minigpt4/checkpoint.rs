@@ -16,7 +16,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use serde::Deserialize;
-use vlm_core::{Error, Result};
+use vlm_contract::{Error, Result};
 
 /// One file of tensors.
 pub enum Source {

@@ -19,7 +19,7 @@
 //! `.pth` files. Paths are relative to the folder.
 
 use serde::Deserialize;
-use vlm_core::{Error, Result};
+use vlm_contract::{Error, Result};
 
 use crate::blip2::config::{QFormerConfig, VisionConfig};
 
@@ -87,7 +87,7 @@ pub struct MiniGpt4Config {
 
 impl MiniGpt4Config {
     /// The config.json of a MiniGPT-4 folder.
-    pub fn read(dir: &vlm_core::files::ModelDir) -> Result<Self> {
+    pub fn read(dir: &vlm_contract::files::ModelDir) -> Result<Self> {
         Self::from_json(&dir.read_text("config.json", "config.json names the MiniGPT-4 parts")?)
     }
 

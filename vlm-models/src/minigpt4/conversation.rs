@@ -7,7 +7,7 @@
 //! segment is tokenized on its own (so each gets SentencePiece's leading-space marker),
 //! BOS only on the first, and the image embeddings go between the segments.
 
-use vlm_core::{Content, Error, Prompt, Request, Result, Role};
+use vlm_contract::{Content, Error, Prompt, Request, Result, Role};
 
 use super::config::Variant;
 
@@ -134,7 +134,7 @@ impl Conversation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vlm_core::{GenerationOptions, Image};
+    use vlm_contract::{GenerationOptions, Image};
 
     fn image() -> Image {
         Image::from_rgb(2, 2, vec![0; 12]).unwrap()

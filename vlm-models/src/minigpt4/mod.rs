@@ -26,10 +26,10 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 use tokenizers::Tokenizer;
-use vlm_core::device::device_name;
-use vlm_core::files::ModelDir;
-use vlm_core::model::LoadOptions;
-use vlm_core::{
+use vlm_contract::device::device_name;
+use vlm_contract::files::ModelDir;
+use vlm_contract::model::LoadOptions;
+use vlm_contract::{
     Error, Family, FamilyModel, GenerationDefaults, Image, Language, ModelInfo, PrefillOutput,
     Quantization, Request, Result, Sampling, VisionLanguageModel,
 };
@@ -49,7 +49,7 @@ use crate::qwen_vl::config::TextConfig;
 use crate::qwen_vl::rope::MropeTables;
 use crate::qwen_vl::text::{DecoderState, TextModel};
 use crate::weights::weights_err;
-use vlm_core::resize::PillowVersion;
+use vlm_contract::resize::PillowVersion;
 
 /// The `model_type` of a MiniGPT-4 folder's config.json.
 pub const MODEL_TYPES: &[&str] = &["minigpt4"];
@@ -244,7 +244,7 @@ pub fn tokenize_segments(tokenizer: &Tokenizer, bos: u32, prompt: &str) -> Resul
 pub fn load_tokenizer(llm: &Path) -> Result<Tokenizer> {
     let model = llm.join("tokenizer.model");
     if model.is_file() {
-        let mut tokenizer = vlm_core::sentencepiece::sentencepiece_tokenizer(&model)?;
+        let mut tokenizer = vlm_contract::sentencepiece::sentencepiece_tokenizer(&model)?;
         // transformers' slow LlamaTokenizer (MiniGPT-4's) turns `<s>` / `</s>` written in
         // the text into the BOS / EOS ids, and CONV_VISION_LLama2 writes `<s>[INST] `.
         tokenizer.set_encode_special_tokens(false);
@@ -705,7 +705,7 @@ impl Family for MiniGpt4 {
         }
     }
 
-    fn cache_stats(&self) -> vlm_core::CacheStats {
+    fn cache_stats(&self) -> vlm_contract::CacheStats {
         image_cache::stats(self.cache.as_ref())
     }
 

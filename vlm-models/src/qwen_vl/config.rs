@@ -6,7 +6,7 @@
 //! settings under `rope_scaling` or `rope_parameters`. We read all of them.
 
 use serde_json::Value;
-use vlm_core::{Error, Result};
+use vlm_contract::{Error, Result};
 
 use crate::layers::Act;
 

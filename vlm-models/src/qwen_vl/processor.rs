@@ -10,10 +10,10 @@
 
 use serde::Deserialize;
 use tokenizers::Tokenizer;
-use vlm_core::chat_template::ChatTemplate;
-use vlm_core::files::ModelDir;
-use vlm_core::parallel::for_row_chunks;
-use vlm_core::{Content, Error, Image, Prompt, Request, Result};
+use vlm_contract::chat_template::ChatTemplate;
+use vlm_contract::files::ModelDir;
+use vlm_contract::parallel::for_row_chunks;
+use vlm_contract::{Content, Error, Image, Prompt, Request, Result};
 
 use crate::image_cache::{Features, ImageCache, ImageKey};
 
@@ -24,7 +24,7 @@ const DEFAULT_MAX_PIXELS: usize = 28 * 28 * 1280;
 const MAX_ASPECT_RATIO: f64 = 200.0;
 pub use crate::preprocess::ResizeBackend;
 use crate::preprocess::{Normalize, PIL_BICUBIC, PIL_BILINEAR};
-use vlm_core::resize::PillowVersion;
+use vlm_contract::resize::PillowVersion;
 
 /// Placeholder of one image in a raw Qwen prompt.
 pub const IMAGE_PLACEHOLDER: &str = "<|vision_start|><|image_pad|><|vision_end|>";

@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
-use vlm_core::kv_cache::LayerKvCache;
+use vlm_contract::kv_cache::LayerKvCache;
 
 use super::config::TextConfig;
 use super::rope::MropeTables;

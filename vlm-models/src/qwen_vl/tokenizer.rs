@@ -5,8 +5,8 @@
 
 use serde_json::{json, Value};
 use tokenizers::Tokenizer;
-use vlm_core::files::ModelDir;
-use vlm_core::{Error, Result};
+use vlm_contract::files::ModelDir;
+use vlm_contract::{Error, Result};
 
 /// The pre-tokenizer regex of Qwen2 and later (tokenizer.json's `Split` pattern).
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";

@@ -4,8 +4,8 @@
 
 use candle_core::{DType, Tensor};
 use serde_json::Value;
-use vlm_core::model::LoadOptions;
-use vlm_core::{Content, DTypeChoice, DeviceChoice, Message, Role};
+use vlm_contract::model::LoadOptions;
+use vlm_contract::{Content, DTypeChoice, DeviceChoice, Message, Role};
 
 /// HF chat messages (`{"role", "content": str | [{"type": "image"|"text", ...}]}`) as ours.
 pub fn messages(v: &Value) -> Vec<Message> {

@@ -143,7 +143,7 @@ pub enum ImageError {
 /// Override one field and keep the others:
 ///
 /// ```
-/// use vlm_core::image::ImageLimits;
+/// use vlm_contract::image::ImageLimits;
 ///
 /// let strict = ImageLimits { max_pixels: 4096 * 4096, ..ImageLimits::default() };
 /// assert!(strict.max_pixels < ImageLimits::default().max_pixels);
@@ -251,7 +251,7 @@ impl Image {
     /// [`ImageError::ZeroSize`] when either size is 0.
     ///
     /// ```
-    /// use vlm_core::image::{Image, ImageError};
+    /// use vlm_contract::image::{Image, ImageError};
     ///
     /// // 2x1: a red pixel, then a blue one.
     /// let img = Image::from_rgb(2, 1, vec![255, 0, 0, 0, 0, 255])?;
@@ -305,14 +305,14 @@ impl Image {
     /// cache keys on it.
     ///
     /// ```
-    /// use vlm_core::Image;
+    /// use vlm_contract::Image;
     ///
     /// let a = Image::from_rgb(2, 1, vec![255, 0, 0, 0, 0, 255])?;
     /// let b = Image::from_rgb(2, 1, vec![255, 0, 0, 0, 0, 255])?;
     /// let c = Image::from_rgb(1, 2, vec![255, 0, 0, 0, 0, 255])?;
     /// assert_eq!(a.content_hash(), b.content_hash());
     /// assert_ne!(a.content_hash(), c.content_hash());
-    /// # Ok::<(), vlm_core::ImageError>(())
+    /// # Ok::<(), vlm_contract::ImageError>(())
     /// ```
     pub fn content_hash(&self) -> [u8; 32] {
         *self.hash.get_or_init(|| {

@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use serde_json::Value;
 use tokenizers::Tokenizer;
-use vlm_core::sentencepiece::{ModelType, PieceType};
-use vlm_core::{sentencepiece_tokenizer, Error, SentencePieceModel};
+use vlm_contract::sentencepiece::{ModelType, PieceType};
+use vlm_contract::{sentencepiece_tokenizer, Error, SentencePieceModel};
 
 /// llama.cpp's separator between the strings of a `.inp` vocab test file.
 const GGML_SEPARATOR: &str = "\n__ggml_vocab_test__\n";

@@ -10,8 +10,8 @@ use image::{
     DynamicImage, Frame, GrayAlphaImage, GrayImage, ImageBuffer, ImageFormat, Rgb, RgbImage, Rgba,
     RgbaImage,
 };
-use vlm_core::image::{Image, ImageError, ImageLimits};
-use vlm_core::resize::{resize, resize_like, Filter, PillowVersion};
+use vlm_contract::image::{Image, ImageError, ImageLimits};
+use vlm_contract::resize::{resize, resize_like, Filter, PillowVersion};
 
 // ---- helpers --------------------------------------------------------------------------
 
@@ -746,8 +746,8 @@ fn default_limits_match_pil() {
 #[test]
 fn image_errors_are_bad_input() {
     let err = Image::from_rgb(1, 1, vec![]).expect_err("short buffer");
-    let err = vlm_core::Error::from(err);
-    assert_eq!(err.kind(), vlm_core::ErrorKind::BadInput);
+    let err = vlm_contract::Error::from(err);
+    assert_eq!(err.kind(), vlm_contract::ErrorKind::BadInput);
 }
 
 // ---- resize goldens from PIL ---------------------------------------------------------

@@ -27,7 +27,7 @@ pub enum ErrorKind {
 /// Every message says what to do next. Match on [`Error::kind`] for coarse handling:
 ///
 /// ```
-/// use vlm_core::{Error, ErrorKind};
+/// use vlm_contract::{Error, ErrorKind};
 ///
 /// let err = Error::EmptyQuestion;
 /// assert_eq!(err.kind(), ErrorKind::BadInput);

@@ -2,7 +2,7 @@
 //! visible CUDA GPU, with their memory), and why `device=auto` would fall back to the CPU.
 //!
 //! ```
-//! for d in vlm_core::devices() {
+//! for d in vlm_contract::devices() {
 //!     println!("{} {} {:?} bytes free", d.kind.as_str(), d.name, d.free_memory);
 //! }
 //! ```

@@ -73,9 +73,9 @@ pub struct ModelInfo {
 /// threads; every call keeps its own state.
 ///
 /// ```no_run
-/// use vlm_core::{GenerationOptions, Image, VisionLanguageModel};
+/// use vlm_contract::{GenerationOptions, Image, VisionLanguageModel};
 ///
-/// fn caption(model: &dyn VisionLanguageModel) -> vlm_core::Result<()> {
+/// fn caption(model: &dyn VisionLanguageModel) -> vlm_contract::Result<()> {
 ///     let photo = Image::open("dinner.jpg")?;
 ///     let opts = GenerationOptions::greedy(64);
 ///     println!("{}", model.describe(&photo, &opts)?);
@@ -263,7 +263,7 @@ pub trait VisionLanguageModel: Send + Sync {
     /// preprocess holds its error and the others complete.
     ///
     /// ```no_run
-    /// use vlm_core::{GenerationOptions, Image, VisionLanguageModel};
+    /// use vlm_contract::{GenerationOptions, Image, VisionLanguageModel};
     ///
     /// fn caption_folder(model: &dyn VisionLanguageModel) -> std::io::Result<()> {
     ///     let paths: Vec<_> = std::fs::read_dir("photos")?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;

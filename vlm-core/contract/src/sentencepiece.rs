@@ -39,7 +39,7 @@
 //!
 //! ```no_run
 //! use std::path::Path;
-//! use vlm_core::sentencepiece::{sentencepiece_tokenizer, SentencePieceModel};
+//! use vlm_contract::sentencepiece::{sentencepiece_tokenizer, SentencePieceModel};
 //!
 //! let path = Path::new("llama/tokenizer.model");
 //! let tokenizer = sentencepiece_tokenizer(path)?;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 /// Clones share the flag.
 ///
 /// ```
-/// use vlm_core::CancelFlag;
+/// use vlm_contract::CancelFlag;
 ///
 /// let flag = CancelFlag::new();
 /// let seen_by_the_worker = flag.clone();

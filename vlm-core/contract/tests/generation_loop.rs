@@ -8,7 +8,7 @@ use std::time::Duration;
 use candle_core::{Device, Tensor};
 use tokenizers::models::wordlevel::WordLevel;
 use tokenizers::Tokenizer;
-use vlm_core::{
+use vlm_contract::{
     CancelFlag, Error, ErrorKind, Family, FamilyModel, FinishReason, GenerationDefaults,
     GenerationOptions, ModelInfo, PrefillOutput, Quantization, Request, Result, Sampling,
     VisionLanguageModel,
@@ -83,7 +83,7 @@ impl Family for Scripted {
     }
 
     fn prepare(&self, request: &Request) -> Result<Prepared> {
-        let vlm_core::Prompt::Raw(text) = &request.prompt else {
+        let vlm_contract::Prompt::Raw(text) = &request.prompt else {
             return Err(Error::Generation(
                 "scripted family takes raw prompts".into(),
             ));
@@ -151,7 +151,7 @@ fn model(max_context: usize) -> FamilyModel<Scripted> {
     })
 }
 
-fn run(script: &str, options: GenerationOptions) -> vlm_core::Generation {
+fn run(script: &str, options: GenerationOptions) -> vlm_contract::Generation {
     model(1000)
         .generate(&Request::raw(vec![], script, options))
         .unwrap()
@@ -256,7 +256,7 @@ fn a_batch_of_ten_with_two_broken_items_gives_eight_results_and_two_errors_in_or
     let items: Vec<Result<Request>> = (0..10)
         .map(|i| match i {
             // A photo that failed to load before it became a request ...
-            3 => Err(Error::Image(vlm_core::ImageError::ZeroSize {
+            3 => Err(Error::Image(vlm_contract::ImageError::ZeroSize {
                 input: "broken.jpg".into(),
                 width: 0,
                 height: 0,

@@ -1,0 +1,47 @@
+//! # vlm-core
+//!
+//! The model-independent half of `vlm`: the [`VisionLanguageModel`] trait with its
+//! `describe` / `ask` / `relate` surface, typed requests and options, decoded
+//! [`Image`]s, the one generation loop every family shares, and the error type.
+//!
+//! Model families live in `vlm-models`; `vlm_models::load` returns a
+//! `Box<dyn VisionLanguageModel>`.
+//!
+//! Design (see docs/architecture.md): a loaded model is immutable and `Send + Sync`;
+//! everything that changes while generating (KV cache, positions) lives in per-request
+//! state created by the generation loop, so one model serves many threads at once.
+
+pub mod cache_stats;
+pub mod cancel;
+pub mod chat_template;
+pub mod device;
+pub mod devices;
+pub mod error;
+pub mod family;
+pub mod files;
+pub mod generate;
+pub mod image;
+pub mod kv_cache;
+pub mod model;
+pub mod options;
+pub mod parallel;
+pub mod quant;
+pub mod request;
+pub mod resize;
+pub mod resize_torch;
+pub mod sampling;
+pub mod sentencepiece;
+pub mod stream;
+
+pub use cache_stats::CacheStats;
+pub use cancel::CancelFlag;
+pub use device::{DTypeChoice, DeviceChoice};
+pub use devices::{cuda_available, devices, DeviceInfo, DeviceKind};
+pub use error::{Error, ErrorKind, Result};
+pub use family::{Family, FamilyModel, PrefillOutput};
+pub use image::{Image, ImageError, ImageLimits};
+pub use model::{LoadOptions, ModelInfo, PreparedBatch, VisionLanguageModel};
+pub use options::{GenerationDefaults, GenerationOptions, Language, Sampling};
+pub use quant::Quantization;
+pub use request::{Content, FinishReason, Generation, Message, Prompt, Request, Role, Timings};
+pub use sentencepiece::{sentencepiece_tokenizer, SentencePieceModel};
