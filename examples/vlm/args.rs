@@ -4,7 +4,8 @@ use clap::{Args, Parser, Subcommand};
 use vlm_core::model::LoadOptions;
 use vlm_core::{DTypeChoice, DeviceChoice, GenerationOptions, Language, Quantization, Sampling};
 
-/// Describe, ask about and relate photos with vision-language models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL).
+/// Describe, ask about and relate photos with vision-language models: Qwen2-VL, Qwen2.5-VL,
+/// Qwen3-VL, BLIP-2 (OPT, Flan-T5) and MiniGPT-4, on the CPU or a CUDA GPU.
 #[derive(Parser)]
 #[command(name = "vlm", version)]
 pub struct Cli {
@@ -45,7 +46,7 @@ pub enum Command {
     /// checkpoint, pretrained_minigpt4*.pth) into one safetensors file.
     ConvertMinigpt4 {
         /// The MiniGPT-4 folder (with its config.json).
-        #[arg(long)]
+        #[arg(long, short = 'm')]
         model: std::path::PathBuf,
         /// Output file (default: minigpt4.safetensors in the folder).
         #[arg(long)]
@@ -53,9 +54,12 @@ pub enum Command {
     },
     /// Quantize a model once into a folder that loads without quantizing again.
     Quantize {
-        /// Model folder or hub id.
-        #[arg(long)]
+        /// Model folder or hub id (any family `describe` takes).
+        #[arg(long, short = 'm')]
         model: String,
+        /// Hub revision (branch, tag or commit) when --model is a hub id (default: main).
+        #[arg(long)]
+        revision: Option<String>,
         /// The quantized folder to write.
         #[arg(long)]
         output: std::path::PathBuf,
@@ -97,9 +101,14 @@ impl Command {
 
 #[derive(Args)]
 pub struct Common {
-    /// Model folder (HF format) or hub id, e.g. Qwen/Qwen2.5-VL-3B-Instruct.
-    #[arg(long)]
+    /// Model folder (HF format; also a quantized folder from `vlm quantize`) or hub id:
+    /// Qwen2-VL, Qwen2.5-VL, Qwen3-VL (e.g. Qwen/Qwen2.5-VL-3B-Instruct), BLIP-2
+    /// (e.g. Salesforce/blip2-opt-2.7b) or a MiniGPT-4 folder.
+    #[arg(long, short = 'm')]
     pub model: String,
+    /// Hub revision (branch, tag or commit) when --model is a hub id (default: main).
+    #[arg(long)]
+    pub revision: Option<String>,
     /// Photo(s); repeat for several.
     #[arg(long)]
     pub image: Vec<std::path::PathBuf>,
@@ -153,7 +162,9 @@ pub struct Common {
     /// Prompt language of describe/relate: auto, en or zh.
     #[arg(long, default_value = "auto")]
     pub language: String,
-    /// Print one JSON object (text, token_ids, prompt_tokens, timings) instead of streaming text.
+    /// Print one JSON object instead of streaming text: text, token_ids, prompt_tokens,
+    /// finish_reason ("eos", "length", "stop"), timings in seconds, model, family, device,
+    /// dtype, quantization and load_time (the Python API's names).
     #[arg(long)]
     pub json: bool,
     /// Print the answer at the end instead of streaming it.
@@ -175,7 +186,7 @@ impl Common {
                 .as_deref()
                 .map(Quantization::parse)
                 .transpose()?,
-            revision: None,
+            revision: self.revision.clone(),
             min_pixels: self.min_pixels,
             max_pixels: self.max_pixels,
             image_cache_bytes: self.image_cache_mb << 20,

@@ -49,7 +49,9 @@ fn run(cli: Cli) -> vlm_core::Result<()> {
         return convert(&cli.command);
     };
     let options = common.generation_options()?;
+    let load_started = std::time::Instant::now();
     let model = vlm_core::load(&common.model, &common.load_options()?)?;
+    let load_time = load_started.elapsed();
     let images = common
         .image
         .iter()
@@ -87,7 +89,7 @@ fn run(cli: Cli) -> vlm_core::Result<()> {
             unreachable!("conversions and devices have no common options")
         }
     };
-    report(&*model, &generation, common, stream);
+    report(&*model, &generation, common, stream, load_time);
     Ok(())
 }
 
@@ -101,6 +103,7 @@ fn convert(command: &Command) -> vlm_core::Result<()> {
         quant,
         vision_quant,
         dtype,
+        revision,
         ..
     } = command
     {
@@ -112,6 +115,7 @@ fn convert(command: &Command) -> vlm_core::Result<()> {
                 .as_deref()
                 .map(vlm_core::Quantization::parse)
                 .transpose()?,
+            revision: revision.clone(),
             ..Default::default()
         };
         let report = vlm_core::save_quantized(model, output, &options)?;
@@ -153,23 +157,39 @@ fn single_image(images: &[Image]) -> vlm_core::Result<&Image> {
     }
 }
 
-fn report(model: &dyn VisionLanguageModel, g: &Generation, common: &Common, streamed: bool) {
+fn report(
+    model: &dyn VisionLanguageModel,
+    g: &Generation,
+    common: &Common,
+    streamed: bool,
+    load_time: std::time::Duration,
+) {
     if common.json {
+        // The names and units of the Python API (Generation, Timings, Model.info).
         let t = &g.timings;
+        let info = model.info();
         let json = serde_json::json!({
             "text": g.text,
             "token_ids": g.token_ids,
             "prompt_tokens": g.prompt_tokens,
-            "finish_reason": format!("{:?}", g.finish_reason),
+            "finish_reason": g.finish_reason.as_str(),
+            "stop_string": g.finish_reason.stop_string(),
             "timings": {
-                "preprocess_ms": t.preprocess.as_secs_f64() * 1e3,
-                "image_encode_ms": t.image_encode.as_secs_f64() * 1e3,
-                "prefill_ms": t.prefill.as_secs_f64() * 1e3,
-                "decode_ms": t.decode.as_secs_f64() * 1e3,
-                "decode_tokens_per_s": t.decode_tokens_per_second(),
+                "preprocess": t.preprocess.as_secs_f64(),
+                "image_encode": t.image_encode.as_secs_f64(),
+                "prefill": t.prefill.as_secs_f64(),
+                "decode": t.decode.as_secs_f64(),
+                "decode_steps": t.decode_steps,
+                "time_to_first_token": (t.preprocess + t.image_encode + t.prefill).as_secs_f64(),
+                "decode_tokens_per_second": t.decode_tokens_per_second(),
                 "image_cache_hits": t.image_cache_hits,
             },
-            "model": model.info().model_type,
+            "model": info.model_type,
+            "family": info.family,
+            "device": info.device,
+            "dtype": info.dtype,
+            "quantization": info.quantization.as_str(),
+            "load_time": load_time.as_secs_f64(),
         });
         println!("{json}");
     } else if streamed {

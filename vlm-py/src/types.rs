@@ -2,7 +2,7 @@
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use vlm_core::{FinishReason, Generation, ModelInfo, Timings};
+use vlm_core::{Generation, ModelInfo, Timings};
 
 /// Where the time of one generation went, in seconds.
 #[pyclass(frozen, get_all, module = "vlm", name = "Timings")]
@@ -101,11 +101,8 @@ impl PyGeneration {
 
 impl PyGeneration {
     pub fn new(py: Python<'_>, g: Generation) -> PyResult<Self> {
-        let (finish_reason, stop_string) = match g.finish_reason {
-            FinishReason::Eos => ("eos", None),
-            FinishReason::Length => ("length", None),
-            FinishReason::StopString(s) => ("stop", Some(s)),
-        };
+        let finish_reason = g.finish_reason.as_str();
+        let stop_string = g.finish_reason.stop_string().map(str::to_string);
         Ok(PyGeneration {
             text: g.text,
             token_ids: g.token_ids,

@@ -23,6 +23,19 @@ const OPTIONAL_HUB_FILES: &[&str] = &[
     "chat_template.jinja",
 ];
 
+/// Whether `HF_HUB_OFFLINE` asks for no network, with the values the Python hub library
+/// takes (`1`, `true`, `yes`, `on`, any case).
+fn hub_offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .map(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
+        .unwrap_or(false)
+}
+
 /// A model folder on local disk.
 #[derive(Debug, Clone)]
 pub struct ModelDir {
@@ -64,6 +77,14 @@ impl ModelDir {
     }
 
     fn from_hub(repo_id: &str, revision: Option<&str>) -> Result<Self> {
+        let repo = hf_hub::Repo::with_revision(
+            repo_id.into(),
+            hf_hub::RepoType::Model,
+            revision.unwrap_or("main").into(),
+        );
+        if hub_offline() {
+            return Self::from_hub_cache(repo_id, revision, repo);
+        }
         let hub_err = |e: &dyn std::fmt::Display| Error::Hub {
             repo: repo_id.to_string(),
             message: e.to_string(),
@@ -74,17 +95,17 @@ impl ModelDir {
             "fetching {repo_id} from the Hugging Face hub (files already in the hub cache are not downloaded again)"
         );
         let started = std::time::Instant::now();
-        let api = hf_hub::api::sync::ApiBuilder::from_env()
-            .build()
-            .map_err(|e| hub_err(&e))?;
-        let repo = match revision {
-            Some(rev) => api.repo(hf_hub::Repo::with_revision(
-                repo_id.into(),
-                hf_hub::RepoType::Model,
-                rev.into(),
-            )),
-            None => api.model(repo_id.to_string()),
-        };
+        let mut builder = hf_hub::api::sync::ApiBuilder::from_env();
+        // hf-hub reads only the token file `huggingface-cli login` writes; HF_TOKEN (what
+        // the Python hub library reads first) takes precedence, as it does there.
+        if let Some(token) = std::env::var("HF_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+        {
+            builder = builder.with_token(Some(token.trim().to_string()));
+        }
+        let api = builder.build().map_err(|e| hub_err(&e))?;
+        let repo = api.repo(repo);
         let config = repo.get("config.json").map_err(|e| hub_err(&e))?;
         for name in OPTIONAL_HUB_FILES {
             // Absent optional files are normal (not every repo has every file).
@@ -107,6 +128,49 @@ impl ModelDir {
             root.display(),
             started.elapsed().as_secs_f64()
         );
+        Ok(Self { root })
+    }
+
+    /// With `HF_HUB_OFFLINE` set: the snapshot already in the hub cache (`HF_HOME`, else
+    /// ~/.cache/huggingface), without a single network request.
+    fn from_hub_cache(repo_id: &str, revision: Option<&str>, repo: hf_hub::Repo) -> Result<Self> {
+        let cache = hf_hub::Cache::from_env();
+        // A commit id names its snapshot folder directly (no refs/ file points at it).
+        let snapshot = cache
+            .path()
+            .join(repo.folder_name())
+            .join("snapshots")
+            .join(repo.revision());
+        let cached = cache.repo(repo);
+        let get = |name: &str| {
+            cached
+                .get(name)
+                .or_else(|| Some(snapshot.join(name)).filter(|p| p.is_file()))
+        };
+        let missing = |what: &str| {
+            Error::Hub {
+            repo: repo_id.to_string(),
+            message: format!(
+                "HF_HUB_OFFLINE is set and {what} of revision {} is not in the hub cache {}; \
+                 download the model once with network access (or unset HF_HUB_OFFLINE), or pass a local folder",
+                revision.unwrap_or("main"),
+                cache.path().display()
+            ),
+        }
+        };
+        let config = get("config.json").ok_or_else(|| missing("config.json"))?;
+        match get("model.safetensors.index.json") {
+            Some(index) => {
+                for shard in shard_names(&index)? {
+                    get(&shard).ok_or_else(|| missing(&shard))?;
+                }
+            }
+            None => {
+                get("model.safetensors").ok_or_else(|| missing("model.safetensors"))?;
+            }
+        }
+        let root = config.parent().map(Path::to_path_buf).unwrap_or_default();
+        tracing::info!(target: "vlm::load", "{repo_id} from the hub cache, offline: {}", root.display());
         Ok(Self { root })
     }
 

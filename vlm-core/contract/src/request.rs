@@ -126,6 +126,26 @@ pub enum FinishReason {
     Length,
 }
 
+impl FinishReason {
+    /// The name the Python API, the CLI's `--json` and OpenAI-style servers use: `eos`,
+    /// `stop` or `length`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinishReason::Eos => "eos",
+            FinishReason::StopString(_) => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+
+    /// The stop string that ended generation, for [`FinishReason::StopString`].
+    pub fn stop_string(&self) -> Option<&str> {
+        match self {
+            FinishReason::StopString(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
 /// Where the time of one generation went.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Timings {
