@@ -193,3 +193,61 @@ fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// docs/cli.md is the CLI reference: every subcommand and every flag `--help` prints must
+/// be named there, so a new flag without documentation fails here.
+#[test]
+fn every_command_and_flag_is_in_the_cli_reference() {
+    let reference =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/cli.md"))
+            .expect("docs/cli.md");
+    let help = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vlm"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let top = help(&["--help"]);
+    let commands: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(commands.len() >= 7, "{top}");
+    let mut missing = Vec::new();
+    for command in &commands {
+        if !reference.contains(&format!("vlm {command}")) {
+            missing.push(format!("vlm {command}"));
+        }
+        for line in help(&[command, "--help"]).lines() {
+            let line = line.trim_start();
+            if !line.starts_with('-') {
+                continue;
+            }
+            // "-m, --model <MODEL>  text": the flag is the first `--word` of the line.
+            let flag = line
+                .split(|c: char| c.is_whitespace() || c == ',')
+                .find(|w| w.starts_with("--"))
+                .unwrap_or_default();
+            if flag != "--help" && flag != "--version" && !names(&reference, flag) {
+                missing.push(format!("vlm {command} {flag}"));
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    assert!(missing.is_empty(), "not in docs/cli.md: {missing:?}");
+}
+
+/// Whether `text` names `flag` as a whole word (`--top-p` does not count for `--top`).
+fn names(text: &str, flag: &str) -> bool {
+    text.match_indices(flag).any(|(i, _)| {
+        let next = text[i + flag.len()..].chars().next();
+        !matches!(next, Some(c) if c.is_alphanumeric() || c == '-' || c == '_')
+    })
+}

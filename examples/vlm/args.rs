@@ -147,13 +147,16 @@ pub struct Common {
     /// Sample at this temperature (with --top-p / --top-k).
     #[arg(long)]
     pub temperature: Option<f32>,
+    /// Sample only from the smallest set of tokens whose probability adds up to this.
     #[arg(long)]
     pub top_p: Option<f32>,
+    /// Sample only from this many most likely tokens (0: all).
     #[arg(long)]
     pub top_k: Option<usize>,
     /// HF-style repetition penalty (1.0 = off).
     #[arg(long)]
     pub repetition_penalty: Option<f32>,
+    /// Seed of the sampler (same seed, same options: same text).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Stop when the text ends with this; repeatable.

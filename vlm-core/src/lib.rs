@@ -41,3 +41,8 @@ pub use candle_core as candle;
 pub mod minigpt4 {
     pub use vlm_models::minigpt4::convert_to_safetensors;
 }
+
+// docs/rust.md's examples compile as doctests, so the guide cannot drift from the code.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/rust.md")]
+struct RustGuide;
