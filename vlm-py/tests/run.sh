@@ -4,7 +4,7 @@
 #
 #   vlm-py/tests/run.sh [pytest arguments...]
 #
-# VLM_PY_PROFILE  cargo profile of the wheel (default: dev). The workspace's dev profile
+# VLM_PY_PROFILE  cargo profile of the wheel (default: dev; CI uses release, the wheel users get). The workspace's dev profile
 #                 builds every dependency at opt-level 3 (candle and gemm are the hot
 #                 code), so the tests run at full speed, and those dependency builds are
 #                 the ones `cargo build/test` already made; only vlm-core, vlm-models and
@@ -31,7 +31,14 @@ venv_python="$work/venv/bin/python"
 echo "== wheel (profile $profile${features:+, features $features})"
 "$work/venv/bin/maturin" build --quiet --manifest-path "$crate_dir/Cargo.toml" \
     --profile "$profile" ${features:+--features "$features"} --out "$work/wheels"
-"$venv_python" -m pip install --quiet --disable-pip-version-check --no-index "$work"/wheels/*.whl
+wheel=$(ls "$work"/wheels/*.whl)
+# One abi3 wheel serves every CPython >= 3.9; a version-specific tag would mean the pyo3
+# feature was lost.
+case "$(basename "$wheel")" in
+  vlm_rs-*-cp39-abi3-*.whl) echo "== $(basename "$wheel")" ;;
+  *) echo "expected an abi3 wheel named vlm_rs-…-cp39-abi3-…, got $(basename "$wheel")" >&2; exit 1 ;;
+esac
+"$venv_python" -m pip install --quiet --disable-pip-version-check --no-index "$wheel"
 echo "== built and installed in $((SECONDS - start)) s"
 
 echo "== pytest"

@@ -1,35 +1,46 @@
-//! # vlm-core
+//! # vlm-contract
 //!
 //! The model-independent half of `vlm`: the [`VisionLanguageModel`] trait with its
 //! `describe` / `ask` / `relate` surface, typed requests and options, decoded
 //! [`Image`]s, the one generation loop every family shares, and the error type.
 //!
-//! Model families live in `vlm-models`; `vlm_models::load` returns a
-//! `Box<dyn VisionLanguageModel>`.
+//! Model families live in `vlm-models`, which builds on this crate. Apps depend on
+//! `vlm-core`, which re-exports everything here together with `load`.
 //!
 //! Design (see docs/architecture.md): a loaded model is immutable and `Send + Sync`;
 //! everything that changes while generating (KV cache, positions) lives in per-request
 //! state created by the generation loop, so one model serves many threads at once.
 
+// The modules marked `doc(hidden)` are what model code needs (the family trait, the
+// generation loop's internals, resizers, the KV cache, SentencePiece): public so that
+// vlm-models can use them, outside the API apps see (docs/rust.md; CHANGELOG's policy).
 pub mod cache_stats;
 pub mod cancel;
+#[doc(hidden)]
 pub mod chat_template;
 pub mod device;
 pub mod devices;
 pub mod error;
+#[doc(hidden)]
 pub mod family;
 pub mod files;
+#[doc(hidden)]
 pub mod generate;
 pub mod image;
+#[doc(hidden)]
 pub mod kv_cache;
 pub mod model;
 pub mod options;
+#[doc(hidden)]
 pub mod parallel;
 pub mod quant;
 pub mod request;
+#[doc(hidden)]
 pub mod resize;
+#[doc(hidden)]
 pub mod resize_torch;
 pub mod sampling;
+#[doc(hidden)]
 pub mod sentencepiece;
 pub mod stream;
 
@@ -38,10 +49,12 @@ pub use cancel::CancelFlag;
 pub use device::{DTypeChoice, DeviceChoice};
 pub use devices::{cuda_available, devices, DeviceInfo, DeviceKind};
 pub use error::{Error, ErrorKind, Result};
+#[doc(hidden)]
 pub use family::{Family, FamilyModel, PrefillOutput};
 pub use image::{Image, ImageError, ImageLimits};
 pub use model::{LoadOptions, ModelInfo, PreparedBatch, VisionLanguageModel};
 pub use options::{GenerationDefaults, GenerationOptions, Language, Sampling};
 pub use quant::Quantization;
 pub use request::{Content, FinishReason, Generation, Message, Prompt, Request, Role, Timings};
+#[doc(hidden)]
 pub use sentencepiece::{sentencepiece_tokenizer, SentencePieceModel};

@@ -117,6 +117,7 @@ impl Request {
 
 /// Why generation ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FinishReason {
     /// The model produced an end-of-sequence token.
     Eos,
@@ -148,6 +149,7 @@ impl FinishReason {
 
 /// Where the time of one generation went.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
 pub struct Timings {
     /// On the CPU: the prompt's tokens and the images' preprocessing (resize, normalise,
     /// patchify); the requests of a batch are prepared in parallel.
@@ -184,6 +186,7 @@ impl Timings {
 
 /// The result of one generation.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Generation {
     /// Decoded text (special tokens skipped, stop string removed).
     pub text: String,
