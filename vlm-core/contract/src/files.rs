@@ -263,7 +263,10 @@ impl ModelDir {
     }
 }
 
-fn shard_names(index: &Path) -> Result<Vec<String>> {
+/// The shard files a `*.index.json` names (sorted, each once). A name that leaves the
+/// model folder (`../`, an absolute path) is refused: indexes come from downloaded folders,
+/// and a hostile one must not make the loader read files elsewhere.
+pub fn shard_names(index: &Path) -> Result<Vec<String>> {
     #[derive(Deserialize)]
     struct Index {
         weight_map: std::collections::BTreeMap<String, String>,
@@ -273,12 +276,55 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
     let mut shards: Vec<String> = idx.weight_map.into_values().collect();
     shards.sort();
     shards.dedup();
+    if let Some(outside) = shards.iter().find(|s| !inside_folder(s)) {
+        return Err(Error::bad_file(
+            index,
+            format!(
+                "it names the shard {outside:?}, which is outside the model folder; an index may \
+                 only name files inside its folder (re-download the model from a trusted source)"
+            ),
+        ));
+    }
     Ok(shards)
+}
+
+/// Whether `name` is a relative path that stays inside its folder (no `..`, no root, no
+/// drive prefix, not empty).
+pub fn inside_folder(name: &str) -> bool {
+    use std::path::Component;
+    !name.is_empty()
+        && Path::new(name)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shard_indexes_cannot_leave_the_folder() {
+        let dir = std::env::temp_dir().join(format!("vlm-shards-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let index = dir.join("model.safetensors.index.json");
+        for (name, ok) in [
+            ("model-00001.safetensors", true),
+            ("sub/model-00001.safetensors", true),
+            ("../model-00001.safetensors", false),
+            ("sub/../../x.safetensors", false),
+            ("/etc/passwd", false),
+            ("", false),
+        ] {
+            let json = serde_json::json!({"weight_map": {"a.weight": name}});
+            std::fs::write(&index, json.to_string()).unwrap();
+            let result = shard_names(&index);
+            assert_eq!(result.is_ok(), ok, "{name:?}: {result:?}");
+            if let Err(e) = result {
+                assert!(e.to_string().contains("outside the model folder"), "{e}");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn missing_folder_suggests_what_to_pass() {

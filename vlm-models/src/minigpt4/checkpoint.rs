@@ -15,7 +15,6 @@ use candle_core::pickle::PthTensors;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
-use serde::Deserialize;
 use vlm_contract::{Error, Result};
 
 /// One file of tensors.
@@ -198,19 +197,13 @@ impl SimpleBackend for LayeredWeights {
 /// The weight files of an HF model folder: safetensors (sharded or not), else PyTorch
 /// `pytorch_model*.bin` (2023 Vicuna folders are saved that way).
 pub fn hf_folder_weights(dir: &Path) -> Result<Vec<PathBuf>> {
-    #[derive(Deserialize)]
-    struct Index {
-        weight_map: BTreeMap<String, String>,
-    }
     for (index, single) in [
         ("model.safetensors.index.json", "model.safetensors"),
         ("pytorch_model.bin.index.json", "pytorch_model.bin"),
     ] {
         let index = dir.join(index);
         if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::bad_file(&index, e))?;
-            let idx: Index = serde_json::from_str(&text).map_err(|e| Error::bad_file(&index, e))?;
-            let shards: BTreeSet<String> = idx.weight_map.into_values().collect();
+            let shards = vlm_contract::files::shard_names(&index)?;
             return Ok(shards.into_iter().map(|s| dir.join(s)).collect());
         }
         if dir.join(single).is_file() {
