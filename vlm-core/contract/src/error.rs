@@ -148,7 +148,7 @@ pub enum Error {
 
     // ---- runtime ---------------------------------------------------------------------
     /// A tensor operation failed.
-    #[error("tensor operation failed: {}", candle_message(.0))]
+    #[error("tensor operation failed: {}{}", candle_message(.0), out_of_memory_hint(.0))]
     Candle(#[from] candle_core::Error),
 
     /// Generation stopped for a reason other than bad input.
@@ -198,6 +198,16 @@ impl Error {
         }
     }
 
+    /// Whether the device ran out of memory (the call can be retried with a smaller batch,
+    /// pixel budget or `max_new_tokens`; the model itself is unharmed).
+    pub fn is_out_of_memory(&self) -> bool {
+        match self {
+            Error::Candle(e) => is_out_of_memory(e),
+            Error::Device(text) | Error::Generation(text) => text.contains(OOM_ADVICE),
+            _ => false,
+        }
+    }
+
     /// Shorthand for [`Error::InvalidOption`].
     pub fn invalid_option(name: &'static str, message: impl Into<String>) -> Self {
         Error::InvalidOption {
@@ -224,6 +234,26 @@ pub fn candle_message(e: &candle_core::Error) -> String {
     }
 }
 
+/// What to lower when the GPU is out of memory, most effective first.
+const OOM_ADVICE: &str = "the GPU is out of memory";
+
+fn is_out_of_memory(e: &candle_core::Error) -> bool {
+    let text = e.to_string();
+    text.contains("OUT_OF_MEMORY") || text.contains("out of memory")
+}
+
+fn out_of_memory_hint(e: &candle_core::Error) -> String {
+    if is_out_of_memory(e) {
+        format!(
+            "; {OOM_ADVICE}: lower the batch size, the pixel budget (max_pixels) or \
+             max_new_tokens, or load with quantization int8/int4; the model is unharmed and \
+             takes the next call"
+        )
+    } else {
+        String::new()
+    }
+}
+
 /// candle reports CUDA failures (out of memory, no device) as generic errors; their text
 /// is the only signal we have.
 fn is_device_error(e: &candle_core::Error) -> bool {
@@ -233,6 +263,20 @@ fn is_device_error(e: &candle_core::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn out_of_memory_says_what_to_lower_and_survives_batch_fan_out() {
+        let cuda = candle_core::Error::Msg("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into());
+        let err = super::Error::from(cuda);
+        assert!(err.is_out_of_memory());
+        assert_eq!(err.kind(), super::ErrorKind::Device);
+        let text = err.to_string();
+        assert!(text.contains("batch size") && text.contains("max_pixels") && text.contains("int4"), "{text}");
+        // The other requests of a failed batch get a copy that still says so.
+        assert!(err.for_another_request().is_out_of_memory());
+        let other = super::Error::from(candle_core::Error::Msg("shape mismatch".into()));
+        assert!(!other.is_out_of_memory() && !other.to_string().contains("out of memory"));
+    }
+
     use super::*;
 
     #[test]
