@@ -265,12 +265,17 @@ fn is_device_error(e: &candle_core::Error) -> bool {
 mod tests {
     #[test]
     fn out_of_memory_says_what_to_lower_and_survives_batch_fan_out() {
-        let cuda = candle_core::Error::Msg("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into());
+        let cuda = candle_core::Error::Msg(
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into(),
+        );
         let err = super::Error::from(cuda);
         assert!(err.is_out_of_memory());
         assert_eq!(err.kind(), super::ErrorKind::Device);
         let text = err.to_string();
-        assert!(text.contains("batch size") && text.contains("max_pixels") && text.contains("int4"), "{text}");
+        assert!(
+            text.contains("batch size") && text.contains("max_pixels") && text.contains("int4"),
+            "{text}"
+        );
         // The other requests of a failed batch get a copy that still says so.
         assert!(err.for_another_request().is_out_of_memory());
         let other = super::Error::from(candle_core::Error::Msg("shape mismatch".into()));
