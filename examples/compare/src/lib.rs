@@ -42,7 +42,7 @@ use gpu_memory::GpuMeter;
 use inputs::Inputs;
 pub use results::Results;
 use results::{Settings, TripInfo, RESULTS_VERSION};
-use run::{language_code, run_model, short_name, Plan};
+use run::{language_code, run_model, Plan};
 
 /// What to compare and on what.
 #[derive(Debug, Clone)]
@@ -189,9 +189,15 @@ pub fn compare(
                 model: name.clone(),
             });
         };
-        let mut row = run_model(spec, &options.load, &plan, &meter, logprobs, &mut tick);
-        row.name = names[i].clone();
-        models.push(row);
+        models.push(run_model(
+            spec,
+            &names[i],
+            &options.load,
+            &plan,
+            &meter,
+            logprobs,
+            &mut tick,
+        ));
     }
 
     let languages: Vec<String> = options
@@ -308,28 +314,34 @@ fn check(options: &CompareOptions) -> Result<(), CompareError> {
     Ok(())
 }
 
-/// Short names for the tables: each model's last path part, or its last two when those
-/// collide (fixtures are all called `model`), or the whole value.
+/// Short names for the tables: each model's shortest tail of path parts that no other
+/// model shares (fixtures are all called `model`: `qwen2_vl/model`, `opt/model`).
 fn table_names(models: &[String]) -> Vec<String> {
-    let last = |spec: &String, parts: usize| {
-        let trimmed = spec.trim_end_matches(['/', '\\']);
-        let pieces: Vec<&str> = trimmed.rsplit(['/', '\\']).take(parts).collect();
-        pieces.into_iter().rev().collect::<Vec<_>>().join("/")
+    let parts: Vec<Vec<&str>> = models
+        .iter()
+        .map(|m| {
+            m.trim_end_matches(['/', '\\'])
+                .split(['/', '\\'])
+                .filter(|p| !p.is_empty())
+                .collect()
+        })
+        .collect();
+    let tail = |i: usize, k: usize| {
+        let p = &parts[i];
+        p[p.len().saturating_sub(k)..].join("/")
     };
-    let unique = |names: &[String]| {
-        names
-            .iter()
-            .all(|n| names.iter().filter(|m| *m == n).count() == 1)
-    };
-    let one: Vec<String> = models.iter().map(|m| short_name(m)).collect();
-    if unique(&one) {
-        return one;
-    }
-    let two: Vec<String> = models.iter().map(|m| last(m, 2)).collect();
-    if unique(&two) {
-        return two;
-    }
-    models.to_vec()
+    (0..models.len())
+        .map(|i| {
+            let most = parts[i].len().max(1);
+            (1..=most)
+                .map(|k| tail(i, k))
+                .find(|name| {
+                    (0..models.len())
+                        .all(|j| j == i || tail(j, name.matches('/').count() + 1) != *name)
+                })
+                .unwrap_or_else(|| models[i].clone())
+        })
+        .collect()
 }
 
 fn model_index(
@@ -378,8 +390,13 @@ mod tests {
 
     #[test]
     fn table_names_stay_apart() {
-        let names = table_names(&["fx/qwen2_vl/model".into(), "fx/opt/model/".into()]);
-        assert_eq!(names, ["qwen2_vl/model", "opt/model"]);
+        let names = table_names(&[
+            "fx/qwen2_vl/model".into(),
+            "fx/opt/model/".into(),
+            "/tmp/x/missing".into(),
+        ]);
+        assert_eq!(names, ["qwen2_vl/model", "opt/model", "missing"]);
+        assert_eq!(table_names(&["a/m".into(), "a/m".into()]), ["a/m", "a/m"]);
         assert_eq!(table_names(&["Qwen/Qwen2-VL-2B".into()]), ["Qwen2-VL-2B"]);
     }
 

@@ -55,16 +55,22 @@ th{background:#f3f3f3;cursor:pointer;white-space:nowrap}td.num{text-align:right;
 tr.error td{color:#a00}.outputs td{max-width:32em}img{max-width:160px;display:block;margin:.5em 0}
 th[aria-sort=ascending]::after{content:' ▲'}th[aria-sort=descending]::after{content:' ▼'}";
 
-/// Sorts `#founders` by the clicked column: numbers by `data-sort`, text otherwise.
+/// Sorts `#founders` by the clicked column: numbers by `data-sort` (before cells without a
+/// number), text otherwise; error and cascade rows (`data-pinned`) stay at the bottom.
+/// `#sort=N` in the address sorts by column N on load (a link can keep an order).
 const SORT_SCRIPT: &str = "const t=document.getElementById('founders');
 t.querySelectorAll('th').forEach((th,i)=>th.addEventListener('click',()=>{
 const up=th.getAttribute('aria-sort')!=='ascending';
 t.querySelectorAll('th').forEach(h=>h.removeAttribute('aria-sort'));
 th.setAttribute('aria-sort',up?'ascending':'descending');
-const body=t.tBodies[0];const rows=[...body.rows];
+const body=t.tBodies[0];const all=[...body.rows];
+const rows=all.filter(r=>!r.dataset.pinned),pinned=all.filter(r=>r.dataset.pinned);
 const key=r=>{const c=r.cells[i];if(!c)return '';const s=c.dataset.sort;return s===undefined?c.textContent:parseFloat(s)};
-rows.sort((a,b)=>{const x=key(a),y=key(b);const d=(typeof x==='number'&&typeof y==='number')?x-y:String(x).localeCompare(String(y));return up?d:-d});
-rows.forEach(r=>body.appendChild(r));}));
+rows.sort((a,b)=>{const x=key(a),y=key(b);let d;
+if(typeof x==='number'&&typeof y==='number')d=x-y;else if(typeof x==='number')return -1;else if(typeof y==='number')return 1;else d=String(x).localeCompare(String(y));
+return up?d:-d});
+rows.concat(pinned).forEach(r=>body.appendChild(r));}));
+const m=location.hash.match(/sort=(\\d+)/);if(m)t.querySelectorAll('th')[+m[1]].click();
 t.dataset.sortable='ready';";
 
 /// The page. Thumbnails are read from `photos_dir` (and `trips_dir` for trip photos).
@@ -99,10 +105,11 @@ pub fn render(r: &Results, photos_dir: &Path, trips_dir: Option<&Path>) -> Strin
     out += "</tr></thead><tbody>\n";
     for cells in &table.rows {
         let error = cells.len() == 2 && cells[1].text.starts_with("error:");
-        out += if error {
-            "<tr class=\"error\">"
-        } else {
-            "<tr>"
+        let cascade = cells[0].text.starts_with("cascade ");
+        out += match (error, cascade) {
+            (true, _) => "<tr class=\"error\" data-pinned=\"1\">",
+            (false, true) => "<tr class=\"cascade\" data-pinned=\"1\">",
+            _ => "<tr>",
         };
         for (i, c) in cells.iter().enumerate() {
             let span = if error && i == 1 {

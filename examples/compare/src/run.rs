@@ -30,10 +30,11 @@ impl Plan<'_> {
     }
 }
 
-/// Runs `spec` through the plan. `logprobs` keeps each output's mean token log-probability
+/// Runs `spec` (`name` in tables) through the plan. `logprobs` keeps each output's mean token log-probability
 /// (the cascade's cheap model); `tick(n)` reports n more steps done.
 pub(crate) fn run_model(
     spec: &str,
+    name: &str,
     load: &LoadOptions,
     plan: &Plan<'_>,
     meter: &GpuMeter,
@@ -48,7 +49,7 @@ pub(crate) fn run_model(
     let (measured, peak) = meter.peak_during(|| measure(spec, load, plan, logprobs, &mut count));
     // A model that stopped early still moves the bar to its end.
     tick(plan.steps().saturating_sub(done));
-    let name = short_name(spec);
+    let name = name.to_string();
     match measured {
         Err(error) => ModelResult {
             model: spec.to_string(),
@@ -271,16 +272,5 @@ pub(crate) fn language_code(language: Language) -> &'static str {
     match language {
         Language::Chinese => "zh",
         _ => "en",
-    }
-}
-
-/// A folder's or hub id's last part, for table headers.
-pub(crate) fn short_name(spec: &str) -> String {
-    let trimmed = spec.trim_end_matches(['/', '\\']);
-    let last = trimmed.rsplit(['/', '\\']).next().unwrap_or(trimmed);
-    if last.is_empty() {
-        spec.to_string()
-    } else {
-        last.to_string()
     }
 }

@@ -39,8 +39,21 @@ fn seconds(s: f64) -> String {
     }
 }
 
-fn gib(bytes: f64) -> String {
-    format!("{:.2} GiB", bytes / f64::from(1u32 << 30))
+/// Bytes in the largest binary unit that keeps a digit before the point (tiny test models
+/// hold kilobytes, real ones gigabytes).
+fn bytes(b: f64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = b;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{b:.0} B")
+    } else {
+        format!("{value:.2} {}", UNITS[unit])
+    }
 }
 
 fn share(x: f64) -> String {
@@ -85,10 +98,10 @@ pub fn founders_table(r: &Results) -> Table {
         row.push(Cell::number(x.time_to_first_token_s, seconds));
         row.push(Cell::number(x.decode_tokens_per_s, |v| format!("{v:.1}")));
         row.push(match x.peak_gpu_memory_bytes {
-            Some(b) => Cell::number(Some(b as f64), gib),
+            Some(b) => Cell::number(Some(b as f64), bytes),
             None => Cell::text(x.gpu_memory_note.as_deref().unwrap_or("not measured")),
         });
-        row.push(Cell::number(Some(x.weights_bytes as f64), gib));
+        row.push(Cell::number(Some(x.weights_bytes as f64), bytes));
         if priced {
             row.push(Cell::number(x.cost_per_hour, |v| format!("{v:.2}")));
             row.push(Cell::number(x.cost_per_1000_photos, |v| format!("{v:.4}")));
@@ -254,7 +267,7 @@ pub fn notes(r: &Results) -> Vec<String> {
             "GPU memory: NVML's count ({}){}; CUDA context of an empty device: {}, not included in the peaks",
             if source == "process" { "this process" } else { "the whole card, minus what was in use before" },
             g.card.as_deref().map(|c| format!(" on {c}")).unwrap_or_default(),
-            g.cuda_context_bytes.map_or_else(|| "not measured".into(), |b| gib(b as f64)),
+            g.cuda_context_bytes.map_or_else(|| "not measured".into(), |b| bytes(b as f64)),
         )),
         (None, Some(note)) => out.push(format!("GPU memory: {note}")),
         (None, None) => {}
