@@ -277,7 +277,11 @@ fn compare_three_families_with_price_references_and_bad_input() {
         .filter(|p| photo_logprob(cheap, p).is_none_or(|lp| lp < threshold))
         .collect();
     assert_eq!(c["routed_photos"], serde_json::json!(expected));
-    assert_eq!(expected, ["p1.png"], "the threshold sits between the photos' log-probabilities");
+    assert_eq!(
+        expected,
+        ["p1.png"],
+        "the threshold sits between the photos' log-probabilities"
+    );
     let share = expected.len() as f64 / 3.0;
     assert!(close(f(&c["routed_share"]), share));
     let seconds = 1.0 / f(&cheap["metrics"]["throughput_photos_per_s"])
