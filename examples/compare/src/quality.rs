@@ -152,3 +152,119 @@ pub(crate) fn cascade(
 pub fn cost_per_1000(price_per_hour: f64, seconds_per_photo: f64) -> f64 {
     price_per_hour * seconds_per_photo * 1000.0 / 3600.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::Metrics;
+    use vlm_core::Language;
+
+    fn out(task: &str, photo: &str, text: &str, lp: f64) -> Output {
+        Output {
+            task: task.into(),
+            subject: photo.into(),
+            language: (task == "describe").then(|| "zh".into()),
+            question: (task == "vqa").then(|| "主菜?".into()),
+            text: Some(text.into()),
+            error: None,
+            tokens: Some(4),
+            mean_logprob: Some(lp),
+            multi_image: None,
+        }
+    }
+
+    fn model(name: &str, throughput: f64, outputs: Vec<Output>) -> ModelResult {
+        ModelResult {
+            model: name.into(),
+            name: name.into(),
+            error: None,
+            info: None,
+            metrics: Some(Metrics {
+                load_s: 1.0,
+                first_call_s: 1.0,
+                latency_p50_s: None,
+                latency_p95_s: None,
+                latency_samples: 0,
+                throughput_photos_per_s: Some(throughput),
+                throughput_batch_size: 1,
+                time_to_first_token_s: None,
+                decode_tokens_per_s: None,
+                peak_gpu_memory_bytes: None,
+                gpu_memory_note: None,
+                weights_bytes: 0,
+                cost_per_hour: None,
+                cost_per_1000_photos: None,
+            }),
+            quality: None,
+            outputs,
+        }
+    }
+
+    fn references() -> BTreeMap<String, Vec<Reference>> {
+        let answer = |a: &str| Reference::Answer {
+            question: "主菜?".into(),
+            answers: vec![a.into()],
+        };
+        let mut refs = BTreeMap::new();
+        refs.insert("a".to_string(), vec![answer("红烧肉")]);
+        refs.insert(
+            "b".to_string(),
+            vec![
+                answer("清蒸鱼"),
+                Reference::Caption {
+                    language: Language::English,
+                    text: "not described in English".into(),
+                },
+            ],
+        );
+        refs
+    }
+
+    #[test]
+    fn scores_only_what_has_references_and_outputs_in_its_language() {
+        let outputs = vec![
+            out("vqa", "a", "红烧肉。", -0.1),
+            out("vqa", "b", "主菜是清蒸鱼", -0.1),
+        ];
+        let q = score(&outputs, &references(), &["zh".into()]).unwrap();
+        assert_eq!(q.vqa_scored, 2);
+        assert_eq!(q.vqa_exact_match, Some(0.5));
+        assert_eq!(q.vqa_contains_match, Some(1.0));
+        assert_eq!(q.captions_scored, 0, "no English description to score");
+        assert!(score(&outputs, &BTreeMap::new(), &["zh".into()]).is_none());
+    }
+
+    #[test]
+    fn cascade_routes_unsure_photos_and_adds_their_cost() {
+        let cheap = model(
+            "cheap",
+            10.0,
+            vec![
+                out("vqa", "a", "红烧肉", -0.2),
+                out("vqa", "b", "不知道", -2.0),
+            ],
+        );
+        let strong = model(
+            "strong",
+            2.0,
+            vec![out("vqa", "a", "鱼", -0.1), out("vqa", "b", "清蒸鱼", -0.1)],
+        );
+        let photos = ["a".to_string(), "b".to_string()];
+        let row = cascade(
+            &cheap,
+            &strong,
+            -1.0,
+            &photos,
+            &references(),
+            &["zh".into()],
+            Some(3.6),
+        );
+        assert_eq!(row.routed_photos, ["b"]);
+        assert_eq!(row.routed_share, Some(0.5));
+        // 0.1 s (cheap, every photo) + 0.5 × 0.5 s (strong, the routed half).
+        assert!((row.seconds_per_photo.unwrap() - 0.35).abs() < 1e-12);
+        assert!((row.cost_per_1000_photos.unwrap() - 0.35).abs() < 1e-12);
+        // The cheap model's answer for a, the strong one's for b: both right.
+        assert_eq!(row.quality.unwrap().vqa_exact_match, Some(1.0));
+    }
+}
