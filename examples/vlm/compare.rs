@@ -32,6 +32,7 @@ pub struct CompareArgs {
     /// The card's price per hour; without it the cost columns are omitted.
     #[arg(long)]
     pub price_per_hour: Option<f64>,
+    /// The price's currency, for the column headers.
     #[arg(long, default_value = "CNY")]
     pub currency: String,
     /// The card's name, for the report (e.g. A10G).
@@ -40,6 +41,7 @@ pub struct CompareArgs {
     /// Photos per forward pass for the throughput and question runs.
     #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
+    /// Most tokens per answer (decoding is greedy, so reruns give the same outputs).
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
     /// Describe languages, comma-separated.
@@ -61,10 +63,13 @@ pub struct CompareArgs {
     /// none, int8 or int4.
     #[arg(long, default_value = "none")]
     pub quant: String,
+    /// The vision tower's quantization (default: int8 when --quant is int8 or int4).
     #[arg(long)]
     pub vision_quant: Option<String>,
+    /// Largest image area in pixels for Qwen-VL (1003520: 1,280 image tokens, the album budget).
     #[arg(long)]
     pub max_pixels: Option<usize>,
+    /// Smallest image area in pixels for Qwen-VL.
     #[arg(long)]
     pub min_pixels: Option<usize>,
     /// Folder to write report.md, report.html and results.json to.
