@@ -76,6 +76,9 @@ pub enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Compare models on your photos: load time, latency, throughput, GPU memory, cost,
+    /// quality against references, and the outputs side by side (report.md/.html/.json).
+    Compare(crate::compare::CompareArgs),
     /// List the devices this build can run on (the CPU and every visible CUDA GPU), with memory.
     Devices {
         /// Print one JSON object.
@@ -94,6 +97,7 @@ impl Command {
             | Command::Generate { common, .. } => Some(common),
             Command::ConvertMinigpt4 { .. }
             | Command::Quantize { .. }
+            | Command::Compare(_)
             | Command::Devices { .. } => None,
         }
     }

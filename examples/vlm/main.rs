@@ -8,11 +8,13 @@
 //! vlm convert-minigpt4 --model minigpt4-7b/
 //! vlm quantize --model Qwen/Qwen2.5-VL-7B-Instruct --quant int4 --output qwen2.5-vl-7b-int4/
 //! vlm devices [--json]
+//! vlm compare --model A --model B --photos DIR --price-per-hour 5.8 --report OUT/
 //! ```
 //!
 //! Warnings go to stderr (`-v`: also each load step and its time; `RUST_LOG` overrides).
 
 mod args;
+mod compare;
 mod devices;
 mod logging;
 
@@ -27,7 +29,11 @@ use args::{Cli, Command, Common};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(verbose(&cli.command));
-    match run(cli) {
+    let result = match &cli.command {
+        Command::Compare(args) => compare::run(args),
+        _ => run(cli).map_err(|e| e.to_string()),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -40,6 +46,7 @@ fn main() -> ExitCode {
 fn verbose(command: &Command) -> bool {
     match command {
         Command::Quantize { verbose, .. } => *verbose,
+        Command::Compare(args) => args.verbose,
         other => other.common().is_some_and(|c| c.verbose),
     }
 }
@@ -85,7 +92,10 @@ fn run(cli: Cli) -> vlm_core::Result<()> {
             &Request::raw(images, raw_prompt.clone(), options),
             &mut print_piece,
         )?,
-        Command::ConvertMinigpt4 { .. } | Command::Quantize { .. } | Command::Devices { .. } => {
+        Command::ConvertMinigpt4 { .. }
+        | Command::Quantize { .. }
+        | Command::Compare(_)
+        | Command::Devices { .. } => {
             unreachable!("conversions and devices have no common options")
         }
     };

@@ -86,6 +86,9 @@ impl OnError {
     }
 }
 
+// One message per generation, moved once through a channel: boxing the large variant
+// would add an allocation per item and save nothing worth it.
+#[allow(clippy::large_enum_variant)]
 enum Message {
     Result(Result<Generation, Failure>),
     /// The iterable raised (its exception is in `Shared::iterable_error`) or ended.

@@ -9,6 +9,7 @@
 //! `vlm/_images.py`, so neither library is needed to build or import `vlm`.
 
 mod batch;
+mod compare;
 mod convert;
 mod devices;
 mod errors;
@@ -34,6 +35,7 @@ fn _vlm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(devices::cuda_available, m)?)?;
     m.add_function(wrap_pyfunction!(devices::devices, m)?)?;
     m.add_function(wrap_pyfunction!(model::load, m)?)?;
+    m.add_function(wrap_pyfunction!(compare::compare, m)?)?;
     m.add_function(wrap_pyfunction!(model::save_quantized, m)?)?;
     m.add_function(wrap_pyfunction!(model::supported_model_types, m)?)?;
     m.add_class::<model::Model>()?;

@@ -50,6 +50,7 @@ ids: list[int] = out.token_ids
 seconds: float = out.timings.time_to_first_token
 pieces: list[str] = list(model.stream("a.jpg", question="What?"))
 captions: list[str] = model.describe_batch(Path(".").glob("*.jpg"), batch_size=4, progress=True)
+results: dict[str, object] = vlm.compare(["m1", Path("m2")], "photos", price_per_hour=5.8, cascade=("m1", "m2"), threshold=-1.0)
 try:
     pass
 except vlm.ModelFileNotFoundError as e:

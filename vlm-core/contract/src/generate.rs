@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, D};
 
 use crate::options::ResolvedOptions;
 use crate::sampling::{argmax_on_device, Sampler};
@@ -22,6 +22,7 @@ struct Sequence<'t> {
     stream: TextStream<Decoder<'t>>,
     finish: Option<FinishReason>,
     logits: Option<Vec<Vec<f32>>>,
+    logprobs: Option<Vec<f32>>,
 }
 
 impl Sequence<'_> {
@@ -153,6 +154,7 @@ pub fn run_prepared<F: Family>(
             stream: TextStream::new(decode, options.stop_strings.clone()),
             finish: None,
             logits: options.return_logits.then(Vec::new),
+            logprobs: options.return_logprobs.then(Vec::new),
             options,
         });
         inputs.push(prepared);
@@ -194,7 +196,12 @@ pub fn run_prepared<F: Family>(
             return Err(Error::Cancelled);
         }
         let picked = pick_tokens(&mut seqs, &logits)?;
-        for (seq, &token) in seqs.iter_mut().zip(&picked) {
+        let logprobs = if seqs.iter().any(|s| s.logprobs.is_some()) {
+            picked_logprobs(&logits, &picked)?
+        } else {
+            vec![]
+        };
+        for (i, (seq, &token)) in seqs.iter_mut().zip(&picked).enumerate() {
             if seq.finish.is_some() {
                 continue;
             }
@@ -204,6 +211,9 @@ pub fn run_prepared<F: Family>(
             }
             seq.generated.push(token);
             seq.history.push(token);
+            if let (Some(all), Some(&lp)) = (seq.logprobs.as_mut(), logprobs.get(i)) {
+                all.push(lp);
+            }
             let piece = seq.stream.push(token)?;
             if let Some(cb) = on_text.as_deref_mut() {
                 if !piece.text.is_empty() {
@@ -246,6 +256,7 @@ pub fn run_prepared<F: Family>(
                 ..timings
             },
             logits: seq.logits,
+            token_logprobs: seq.logprobs,
         });
     }
     Ok(out)
@@ -293,6 +304,17 @@ fn prepare_all<F: Family>(family: &F, requests: &[&Request]) -> Vec<Result<Prepa
         }
         out
     })
+}
+
+/// Each row's log-softmax at its picked token, computed on the logits' device so that only
+/// one number per sequence crosses over.
+fn picked_logprobs(logits: &Tensor, picked: &[u32]) -> Result<Vec<f32>> {
+    let logits = logits.to_dtype(DType::F32)?;
+    let shifted = logits.broadcast_sub(&logits.max_keepdim(D::Minus1)?)?;
+    let log_total = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let ids = Tensor::new(picked, logits.device())?.unsqueeze(1)?;
+    let chosen = shifted.gather(&ids, D::Minus1)?;
+    Ok(chosen.broadcast_sub(&log_total)?.squeeze(1)?.to_vec1()?)
 }
 
 fn pick_tokens(seqs: &mut [Sequence<'_>], logits: &Tensor) -> Result<Vec<u32>> {

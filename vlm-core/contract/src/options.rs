@@ -90,6 +90,12 @@ pub struct GenerationOptions {
     /// Keep the logits of every step in [`crate::Generation::logits`] (for tests and
     /// analysis; costs one vocabulary-sized copy per token).
     pub return_logits: bool,
+    /// Keep each generated token's log-probability in
+    /// [`crate::Generation::token_logprobs`]: the log-softmax of the model's own logits at
+    /// the picked token, before repetition penalty and temperature (a confidence score,
+    /// e.g. to route unsure answers to a stronger model). Costs one reduction over the
+    /// vocabulary per step, on the device; the tokens are the same with or without it.
+    pub return_logprobs: bool,
     /// Smallest area, in pixels, an image of this call is resized to: `min_pixels` of
     /// Qwen-VL's `smart_resize`. `None`: the model's load option, else the checkpoint's
     /// preprocessor_config.json. Families with a fixed input size (BLIP-2, MiniGPT-4:
@@ -181,6 +187,7 @@ impl GenerationOptions {
                 .collect(),
             eos_token_ids: defaults.eos_token_ids.clone(),
             return_logits: self.return_logits,
+            return_logprobs: self.return_logprobs,
             cancel: self.cancel.clone(),
         })
     }
@@ -205,6 +212,8 @@ pub struct ResolvedOptions {
     pub eos_token_ids: Vec<u32>,
     /// See [`GenerationOptions::return_logits`].
     pub return_logits: bool,
+    /// See [`GenerationOptions::return_logprobs`].
+    pub return_logprobs: bool,
     /// See [`GenerationOptions::cancel`].
     pub cancel: Option<CancelFlag>,
 }

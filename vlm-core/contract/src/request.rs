@@ -201,4 +201,16 @@ pub struct Generation {
     /// Per-step logits (float32, vocabulary-sized) when `return_logits` was set: entry
     /// 0 is the prompt's last position, entry i the logits after the i-th new token.
     pub logits: Option<Vec<Vec<f32>>>,
+    /// One log-probability per id of `token_ids` when `return_logprobs` was set (see
+    /// [`crate::GenerationOptions::return_logprobs`]).
+    pub token_logprobs: Option<Vec<f32>>,
+}
+
+impl Generation {
+    /// The mean of [`Self::token_logprobs`]: near 0 when the model was sure of every token,
+    /// more negative the less it was. `None` without `return_logprobs` or with no tokens.
+    pub fn mean_logprob(&self) -> Option<f32> {
+        let lp = self.token_logprobs.as_ref().filter(|lp| !lp.is_empty())?;
+        Some(lp.iter().sum::<f32>() / lp.len() as f32)
+    }
 }

@@ -425,3 +425,29 @@ fn model_is_send_and_sync() {
         assert_eq!(h.join().unwrap(), vec![0, 1, 2]);
     }
 }
+
+#[test]
+fn logprobs_are_the_log_softmax_of_the_picked_tokens_and_change_nothing() {
+    let plain = run("a b c a b c", GenerationOptions::greedy(3));
+    assert_eq!(plain.token_logprobs, None);
+    assert_eq!(plain.mean_logprob(), None);
+    let opts = GenerationOptions {
+        return_logprobs: true,
+        return_logits: true,
+        ..GenerationOptions::greedy(3)
+    };
+    let g = run("a b c a b c", opts);
+    assert_eq!(g.token_ids, plain.token_ids, "the same tokens");
+    let logprobs = g.token_logprobs.clone().expect("logprobs were asked for");
+    let logits = g.logits.clone().expect("logits were asked for");
+    assert_eq!(logprobs.len(), g.token_ids.len());
+    for ((row, &token), &lp) in logits.iter().zip(&g.token_ids).zip(&logprobs) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let log_total = row.iter().map(|l| (l - max).exp()).sum::<f32>().ln() + max;
+        let expected = row[token as usize] - log_total;
+        assert!((lp - expected).abs() < 1e-5, "{lp} vs {expected}");
+        assert!(lp <= 0.0);
+    }
+    let mean = logprobs.iter().sum::<f32>() / logprobs.len() as f32;
+    assert_eq!(g.mean_logprob(), Some(mean));
+}

@@ -23,6 +23,7 @@ __all__ = [
     "Timings",
     "VlmError",
     "__version__",
+    "compare",
     "cuda_available",
     "devices",
     "load",
@@ -129,6 +130,30 @@ def save_quantized(
 def supported_model_types() -> list[str]: ...
 def cuda_available() -> bool: ...
 def devices() -> list[_DeviceInfo]: ...
+def compare(
+    models: Sequence[str | os.PathLike[str]],
+    photos: str | os.PathLike[str],
+    *,
+    trips: str | os.PathLike[str] | None = None,
+    questions: str | os.PathLike[str] | None = None,
+    references: str | os.PathLike[str] | None = None,
+    price_per_hour: float | None = None,
+    currency: str = "CNY",
+    card: str | None = None,
+    batch_size: int = 4,
+    max_new_tokens: int = 128,
+    languages: Sequence[str] | None = ("zh", "en"),
+    cascade: tuple[str, str] | None = None,
+    threshold: float | None = None,
+    device: str | None = "auto",
+    dtype: str | None = "auto",
+    quant: str | None = None,
+    vision_quant: str | None = None,
+    max_pixels: int | None = None,
+    min_pixels: int | None = None,
+    report: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """The ``vlm compare`` evaluation: results.json's records (see docs/compare.md)."""
 
 @final
 class Model:
