@@ -3,7 +3,7 @@
 # (the GPU check). With a system CUDA (nvcc on PATH, CUDA_COMPUTE_CAP set) this is just
 # `cargo build --release --features cuda`; on a machine without CUDA it first installs the
 # CUDA 13.0 build toolchain from PyPI (../shared/gpu/cuda-toolchain.sh) when that exists.
-# Output: .devbin/{vlm-bench,gpu_check}.xz plus the files run.sh needs (about 35 MiB with the
+# Output: .devbin/{vlm-bench,album,vlm,gpu_check}.xz plus the files run.sh needs (about 35 MiB with the
 # assets: the device carries 64 MiB with the working tree).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,7 +18,7 @@ fi
 # signatures no longer matched the host code: illegal addresses on the GPU).
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target/cuda}
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
-cargo build --release --features cuda -p vlm-bench -p vlm-album
+cargo build --release --features cuda -p vlm-bench -p vlm-album -p vlm-examples
 # The GPU check: every family's parity tests, the quantization and fused-kernel tests, in
 # one binary (tests/gpu_check.rs).
 tests=(gpu_check)
@@ -35,6 +35,8 @@ mkdir -p .devbin
 rm -f .devbin/*.gz
 xz -9 -T2 -c "$CARGO_TARGET_DIR/release/vlm-bench" > .devbin/vlm-bench.xz
 xz -9 -T2 -c "$CARGO_TARGET_DIR/release/album" > .devbin/album.xz
+# The `vlm` command (benches/gpu/compare.sh runs `vlm compare` with it).
+xz -9 -T2 -c "$CARGO_TARGET_DIR/release/vlm" > .devbin/vlm.xz
 for t in "${tests[@]}"; do
   bin=$(awk -v t="$t" '$1 == t {print $2}' /tmp/vlm-test-bins.txt | tail -1)
   strip -o "/tmp/$t.stripped" "$bin" && xz -9 -T2 -c "/tmp/$t.stripped" > ".devbin/$t.xz"

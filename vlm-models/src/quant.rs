@@ -41,10 +41,10 @@ impl QuantKind {
     pub fn ggml_for(self, in_dim: usize) -> Option<GgmlDType> {
         match self {
             Self::Float => None,
-            Self::Q4K if in_dim % 256 == 0 => Some(GgmlDType::Q4K),
-            Self::Q4K if in_dim % 32 == 0 => Some(GgmlDType::Q4_0),
-            Self::Q6K if in_dim % 256 == 0 => Some(GgmlDType::Q6K),
-            _ if in_dim % 32 == 0 => Some(GgmlDType::Q8_0),
+            Self::Q4K if in_dim.is_multiple_of(256) => Some(GgmlDType::Q4K),
+            Self::Q4K if in_dim.is_multiple_of(32) => Some(GgmlDType::Q4_0),
+            Self::Q6K if in_dim.is_multiple_of(256) => Some(GgmlDType::Q6K),
+            _ if in_dim.is_multiple_of(32) => Some(GgmlDType::Q8_0),
             _ => None,
         }
     }

@@ -110,7 +110,7 @@ pub fn gemv_applies(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> bool {
         && k == wk
         && k % 8 == 0
         && w.is_contiguous()
-        && w.layout().start_offset() % 8 == 0
+        && w.layout().start_offset().is_multiple_of(8)
 }
 
 /// `x Wᵀ (+ bias)` for `x [m ≤ 8, k]` and `w [n, k]` → `[m, n]`.
@@ -664,7 +664,7 @@ pub fn flash_applies(device: &Device, dtype: DType, head_dim: usize) -> bool {
     cfg!(vlm_flash)
         && enabled(device, dtype)
         && matches!(dtype, DType::BF16 | DType::F16)
-        && head_dim % 8 == 0
+        && head_dim.is_multiple_of(8)
         && (8..=128).contains(&head_dim)
         && !*OFF.get_or_init(|| std::env::var("VLM_FLASH_ATTENTION").is_ok_and(|v| v.trim() == "0"))
 }

@@ -113,7 +113,7 @@ impl MiniGpt4Config {
             ));
         }
         let v = c.vision();
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return Err(Error::bad_file(
                 "config.json",
                 format!(
@@ -122,7 +122,7 @@ impl MiniGpt4Config {
                 ),
             ));
         }
-        if c.variant == Variant::Llama2 && (v.num_positions() - 1) % 4 != 0 {
+        if c.variant == Variant::Llama2 && !(v.num_positions() - 1).is_multiple_of(4) {
             return Err(Error::bad_file(
                 "config.json",
                 "the llama2 variant groups patches by 4: the patch count must be a multiple of 4",

@@ -122,7 +122,9 @@ impl LlamaConfig {
                 "rope_scaling is not supported for MiniGPT-4's language model".into(),
             ));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(bad(
                 "hidden_size is not divisible by num_attention_heads".into()
             ));

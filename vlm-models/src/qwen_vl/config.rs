@@ -341,7 +341,7 @@ impl QwenVlConfig {
 /// something else.
 fn check_consistency(t: &TextConfig) -> Result<()> {
     let bad = |m: String| Err(Error::bad_file("config.json", m));
-    if t.num_key_value_heads == 0 || t.num_attention_heads % t.num_key_value_heads != 0 {
+    if t.num_key_value_heads == 0 || !t.num_attention_heads.is_multiple_of(t.num_key_value_heads) {
         return bad(format!(
             "num_attention_heads {} is not a multiple of num_key_value_heads {}",
             t.num_attention_heads, t.num_key_value_heads
