@@ -214,11 +214,17 @@ fn read_gguf(path: &Path, device: &Device) -> Result<(HashMap<String, Arc<QTenso
     let bad =
         |e: candle_core::Error| Error::bad_file(path, vlm_contract::error::candle_message(&e));
     let mut reader = BufReader::new(File::open(path).map_err(|e| Error::bad_file(path, e))?);
-    let content = gguf_file::Content::read(&mut reader).map_err(bad)?;
+    // candle's reader divides by a `general.alignment` of 0.
+    let content =
+        crate::weights::without_panics(|| gguf_file::Content::read(&mut reader)).map_err(bad)?;
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| Error::bad_file(path, e))?
+        .len();
     let mut quantized = HashMap::new();
     let mut floats = HashMap::new();
     let progress = Progress::new("reading", content.tensor_infos.len() as u64);
     for (name, info) in &content.tensor_infos {
+        check_gguf_tensor(name, info, file_len).map_err(|m| Error::bad_file(path, m))?;
         let started = Instant::now();
         if is_float(info.ggml_dtype) {
             // Counted as read when the model takes it (dequantized onto its device).
@@ -239,6 +245,32 @@ fn read_gguf(path: &Path, device: &Device) -> Result<(HashMap<String, Arc<QTenso
             tensors: Arc::new(floats),
         },
     ))
+}
+
+/// Refuses a tensor candle's GGUF reader would crash on: a shape whose element count
+/// overflows (a panic), an empty tensor (candle casts the empty buffer's dangling pointer
+/// to the block type, which aborts), or more bytes than the file holds. `save_quantized`
+/// never writes such tensors; a damaged or hand-made file may.
+fn check_gguf_tensor(
+    name: &str,
+    info: &gguf_file::TensorInfo,
+    file_len: u64,
+) -> std::result::Result<(), String> {
+    let dims = info.shape.dims();
+    let elems = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+    let block = info.ggml_dtype.block_size() as u64;
+    let bytes = elems
+        .filter(|&n| n > 0 && n % block == 0)
+        .and_then(|n| (n / block).checked_mul(info.ggml_dtype.type_size() as u64));
+    match bytes {
+        Some(b) if b <= file_len => Ok(()),
+        _ => Err(format!(
+            "tensor {name} has shape {dims:?} of {:?}, which is empty, not whole blocks or more \
+             data than the {file_len}-byte file holds; the file is damaged (save the quantized \
+             folder again)",
+            info.ggml_dtype
+        )),
+    }
 }
 
 /// A VarBuilder over safetensors `files`, or over a quantized folder's floats, recorded

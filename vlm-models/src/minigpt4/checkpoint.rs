@@ -57,7 +57,7 @@ impl Source {
     fn load(&self, name: &str, device: &Device) -> candle_core::Result<Tensor> {
         match self {
             Self::Safetensors(st) => st.load(name, device),
-            Self::Pth(t) => match t.get(name)? {
+            Self::Pth(t) => match crate::weights::without_panics(|| t.get(name))? {
                 Some(t) => t.to_device(device),
                 None => candle_core::bail!("tensor {name} not found"),
             },
@@ -73,10 +73,47 @@ fn open_pth(path: &Path) -> Result<PthTensors> {
             format!("{e} (expected a PyTorch zip checkpoint saved by torch.save)"),
         )
     };
-    let nested = PthTensors::new(path, Some("model"));
-    match nested {
-        Ok(t) if !t.tensor_infos().is_empty() => Ok(t),
-        _ => PthTensors::new(path, None).map_err(bad),
+    // candle's pickle reader panics on some malformed pickles: it indexes past short
+    // argument tuples (`_rebuild_tensor_v2` with fewer than 4 arguments) and overflows
+    // arithmetic (a LONG1 integer of more than 8 bytes, a huge storage offset).
+    let nested = crate::weights::without_panics(|| PthTensors::new(path, Some("model")));
+    let tensors = match nested {
+        Ok(t) if !t.tensor_infos().is_empty() => t,
+        _ => crate::weights::without_panics(|| PthTensors::new(path, None)).map_err(bad)?,
+    };
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| Error::bad_file(path, e))?
+        .len();
+    for info in tensors.tensor_infos().values() {
+        check_pth_tensor(info, file_len).map_err(bad)?;
+    }
+    Ok(tensors)
+}
+
+/// Refuses a tensor whose declared size cannot be in the file, before candle allocates
+/// it: `torch.save` stores tensors uncompressed, so none is larger than the file, while
+/// a damaged pickle may declare any shape (a 2^40-element tensor would abort the process
+/// on allocation).
+fn check_pth_tensor(
+    info: &candle_core::pickle::TensorInfo,
+    file_len: u64,
+) -> candle_core::Result<()> {
+    let bytes = info
+        .layout
+        .dims()
+        .iter()
+        .try_fold(info.dtype.size_in_bytes() as u64, |n, &d| {
+            n.checked_mul(d as u64)
+        })
+        .and_then(|n| n.checked_add(info.layout.start_offset() as u64));
+    match bytes {
+        Some(n) if n <= file_len => Ok(()),
+        _ => candle_core::bail!(
+            "tensor {} declares shape {:?} ({}), more data than the {file_len}-byte file holds",
+            info.name,
+            info.layout.dims(),
+            bytes.map_or("over 2^64 bytes".to_string(), |n| format!("{n} bytes")),
+        ),
     }
 }
 
