@@ -52,6 +52,42 @@ impl Default for VisionConfig {
 }
 
 impl VisionConfig {
+    /// Refuses sizes a damaged config could hold: zero where the ViT divides by them,
+    /// beyond [`crate::weights::MAX_CONFIG_SIZE`], an image that is not whole patches,
+    /// heads that do not divide the width (MiniGPT-4's ViT is checked here too).
+    pub fn validate(&self) -> Result<()> {
+        crate::weights::check_config_sizes(
+            "config.json",
+            &[
+                ("vision_config.hidden_size", self.hidden_size, 1),
+                ("vision_config.intermediate_size", self.intermediate_size, 1),
+                ("vision_config.num_hidden_layers", self.num_hidden_layers, 0),
+                (
+                    "vision_config.num_attention_heads",
+                    self.num_attention_heads,
+                    1,
+                ),
+                ("vision_config.image_size", self.image_size, 1),
+                ("vision_config.patch_size", self.patch_size, 1),
+                ("vision_config.num_channels", self.num_channels, 1),
+            ],
+        )?;
+        if !self.image_size.is_multiple_of(self.patch_size) {
+            return Err(bad(format!(
+                "vision image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            )));
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(bad(format!(
+                "vision hidden size {} is not divisible by its {} attention heads",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        Act::from_name(&self.hidden_act).map_err(bad)?;
+        Ok(())
+    }
+
     /// Patches per image plus the class token.
     pub fn num_positions(&self) -> usize {
         (self.image_size / self.patch_size).pow(2) + 1
@@ -92,6 +128,46 @@ impl Default for QFormerConfig {
             cross_attention_frequency: 2,
             encoder_hidden_size: 1408,
         }
+    }
+}
+
+impl QFormerConfig {
+    /// As [`VisionConfig::validate`], for the Q-Former.
+    pub fn validate(&self) -> Result<()> {
+        crate::weights::check_config_sizes(
+            "config.json",
+            &[
+                ("qformer_config.hidden_size", self.hidden_size, 1),
+                (
+                    "qformer_config.num_hidden_layers",
+                    self.num_hidden_layers,
+                    0,
+                ),
+                (
+                    "qformer_config.num_attention_heads",
+                    self.num_attention_heads,
+                    1,
+                ),
+                (
+                    "qformer_config.intermediate_size",
+                    self.intermediate_size,
+                    1,
+                ),
+                (
+                    "qformer_config.cross_attention_frequency",
+                    self.cross_attention_frequency,
+                    1,
+                ),
+            ],
+        )?;
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(bad(format!(
+                "qformer hidden size {} is not divisible by its {} attention heads",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        Act::from_name(&self.hidden_act).map_err(bad)?;
+        Ok(())
     }
 }
 
@@ -317,40 +393,62 @@ impl Blip2Config {
     }
 
     fn validate(&self) -> Result<()> {
-        let v = &self.vision;
-        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
-            return Err(bad(format!(
-                "vision image_size {} is not a multiple of patch_size {}",
-                v.image_size, v.patch_size
-            )));
-        }
-        let heads = [
-            ("vision", v.hidden_size, v.num_attention_heads),
-            (
-                "qformer",
-                self.qformer.hidden_size,
-                self.qformer.num_attention_heads,
-            ),
-        ];
-        for (part, width, n) in heads {
-            if n == 0 || width % n != 0 {
-                return Err(bad(format!(
-                    "{part} hidden size {width} is not divisible by its {n} attention heads"
-                )));
+        self.vision.validate()?;
+        self.qformer.validate()?;
+        let size = |key, value, min| (key, value, min);
+        match &self.text {
+            TextConfig::Opt(o) => {
+                crate::weights::check_config_sizes(
+                    "config.json",
+                    &[
+                        size("num_query_tokens", self.num_query_tokens, 1),
+                        size("text_config.vocab_size", o.vocab_size, 1),
+                        size("text_config.hidden_size", o.hidden_size, 1),
+                        size("text_config.num_hidden_layers", o.num_hidden_layers, 0),
+                        size("text_config.ffn_dim", o.ffn_dim, 1),
+                        size("text_config.num_attention_heads", o.num_attention_heads, 1),
+                        size(
+                            "text_config.max_position_embeddings",
+                            o.max_position_embeddings,
+                            1,
+                        ),
+                        size("text_config.word_embed_proj_dim", o.embed_dim(), 1),
+                    ],
+                )?;
+                if !o.hidden_size.is_multiple_of(o.num_attention_heads) {
+                    return Err(bad(
+                        "OPT hidden_size is not divisible by num_attention_heads",
+                    ));
+                }
             }
+            TextConfig::T5(t) => crate::weights::check_config_sizes(
+                "config.json",
+                &[
+                    size("num_query_tokens", self.num_query_tokens, 1),
+                    size("text_config.vocab_size", t.vocab_size, 1),
+                    size("text_config.d_model", t.d_model, 1),
+                    size("text_config.d_kv", t.d_kv, 1),
+                    size("text_config.d_ff", t.d_ff, 1),
+                    size("text_config.num_layers", t.num_layers, 0),
+                    size(
+                        "text_config.num_decoder_layers",
+                        t.num_decoder_layers.unwrap_or(t.num_layers),
+                        0,
+                    ),
+                    size("text_config.num_heads", t.num_heads, 1),
+                    size(
+                        "text_config.relative_attention_num_buckets",
+                        t.relative_attention_num_buckets,
+                        1,
+                    ),
+                    size(
+                        "text_config.relative_attention_max_distance",
+                        t.relative_attention_max_distance,
+                        1,
+                    ),
+                ],
+            )?,
         }
-        if self.qformer.cross_attention_frequency == 0 {
-            return Err(bad("qformer cross_attention_frequency must be at least 1"));
-        }
-        if let TextConfig::Opt(o) = &self.text {
-            if o.num_attention_heads == 0 || o.hidden_size % o.num_attention_heads != 0 {
-                return Err(bad(
-                    "OPT hidden_size is not divisible by num_attention_heads",
-                ));
-            }
-        }
-        Act::from_name(&v.hidden_act).map_err(bad)?;
-        Act::from_name(&self.qformer.hidden_act).map_err(bad)?;
         Ok(())
     }
 

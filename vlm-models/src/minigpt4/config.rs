@@ -113,15 +113,12 @@ impl MiniGpt4Config {
             ));
         }
         let v = c.vision();
-        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
-            return Err(Error::bad_file(
-                "config.json",
-                format!(
-                    "image_size {} is not a multiple of the patch size {}",
-                    v.image_size, v.patch_size
-                ),
-            ));
-        }
+        v.validate()?;
+        c.qformer().validate()?;
+        crate::weights::check_config_sizes(
+            "config.json",
+            &[("num_query_tokens", c.num_query_tokens, 1)],
+        )?;
         if c.variant == Variant::Llama2 && !(v.num_positions() - 1).is_multiple_of(4) {
             return Err(Error::bad_file(
                 "config.json",

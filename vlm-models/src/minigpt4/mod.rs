@@ -130,7 +130,7 @@ impl LlamaConfig {
             ));
         }
         let head_dim = self.hidden_size / self.num_attention_heads;
-        Ok(TextConfig {
+        let config = TextConfig {
             vocab_size: self.vocab_size,
             hidden_size: self.hidden_size,
             intermediate_size: self.intermediate_size,
@@ -148,7 +148,9 @@ impl LlamaConfig {
             hidden_act: Act::from_name(&self.hidden_act).map_err(bad)?,
             max_position_embeddings: self.max_position_embeddings,
             tie_word_embeddings: self.tie_word_embeddings,
-        })
+        };
+        config.check_sizes("config.json of the language model")?;
+        Ok(config)
     }
 }
 

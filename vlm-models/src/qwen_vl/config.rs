@@ -323,7 +323,7 @@ impl QwenVlConfig {
         };
         let mut eos_token_ids = ids(get(&[&root, text_cfg], "eos_token_id"));
         eos_token_ids.dedup();
-        check_consistency(&text)?;
+        check_consistency(&text, &vision, generation)?;
         Ok(Self {
             generation,
             model_type,
@@ -337,16 +337,84 @@ impl QwenVlConfig {
     }
 }
 
+impl TextConfig {
+    /// Refuses sizes that are zero where the model divides by them, or beyond any real
+    /// checkpoint (see [`crate::weights::MAX_CONFIG_SIZE`]); MiniGPT-4's LLaMA uses it too.
+    /// `file` names the config in the error.
+    pub fn check_sizes(&self, file: &str) -> Result<()> {
+        let t = self;
+        let [s0, s1, s2] = t.mrope_section;
+        crate::weights::check_config_sizes(
+            file,
+            &[
+                ("vocab_size", t.vocab_size, 1),
+                ("hidden_size", t.hidden_size, 1),
+                ("intermediate_size", t.intermediate_size, 1),
+                ("num_hidden_layers", t.num_hidden_layers, 0),
+                ("num_attention_heads", t.num_attention_heads, 1),
+                ("num_key_value_heads", t.num_key_value_heads, 1),
+                ("head_dim", t.head_dim, 1),
+                ("mrope_section", s0, 0),
+                ("mrope_section", s1, 0),
+                ("mrope_section", s2, 0),
+                ("max_position_embeddings", t.max_position_embeddings, 1),
+            ],
+        )?;
+        if !t.num_attention_heads.is_multiple_of(t.num_key_value_heads) {
+            return Err(Error::bad_file(
+                file,
+                format!(
+                    "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                    t.num_attention_heads, t.num_key_value_heads
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Settings that would otherwise fail deep inside a forward pass, or silently compute
 /// something else.
-fn check_consistency(t: &TextConfig) -> Result<()> {
+fn check_consistency(t: &TextConfig, v: &VisionConfig, generation: QwenGeneration) -> Result<()> {
     let bad = |m: String| Err(Error::bad_file("config.json", m));
-    if t.num_key_value_heads == 0 || !t.num_attention_heads.is_multiple_of(t.num_key_value_heads) {
-        return bad(format!(
-            "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-            t.num_attention_heads, t.num_key_value_heads
-        ));
-    }
+    t.check_sizes("config.json")?;
+    // Qwen2-VL names the vision width embed_dim and its output width hidden_size.
+    let (width, out_width, mlp_width) = match generation {
+        QwenGeneration::Qwen2 => (
+            "vision_config.embed_dim",
+            "vision_config.hidden_size",
+            "vision_config.embed_dim * mlp_ratio",
+        ),
+        _ => (
+            "vision_config.hidden_size",
+            "vision_config.out_hidden_size",
+            "vision_config.intermediate_size",
+        ),
+    };
+    crate::weights::check_config_sizes(
+        "config.json",
+        &[
+            ("vision_config.depth", v.depth, 0),
+            (width, v.hidden_size, 1),
+            (out_width, v.out_hidden_size, 1),
+            ("vision_config.num_heads", v.num_heads, 1),
+            (mlp_width, v.intermediate_size, 1),
+            ("vision_config.patch_size", v.patch_size, 1),
+            (
+                "vision_config.temporal_patch_size",
+                v.temporal_patch_size,
+                1,
+            ),
+            ("vision_config.spatial_merge_size", v.spatial_merge_size, 1),
+            ("vision_config.in_channels", v.in_channels, 1),
+            ("vision_config.window_size", v.window_size, 0),
+            (
+                "vision_config.num_position_embeddings",
+                v.num_position_embeddings,
+                0,
+            ),
+        ],
+    )?;
     let slots: usize = t.mrope_section.iter().sum();
     if slots != t.head_dim / 2 {
         return bad(format!(
