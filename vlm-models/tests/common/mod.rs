@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod hostile;
+
 use candle_core::{DType, Tensor};
 use serde_json::Value;
 use vlm_contract::model::LoadOptions;
