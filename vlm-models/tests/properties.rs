@@ -183,6 +183,58 @@ proptest! {
     }
 }
 
+// ---- images through each family's preprocessing ----------------------------------------
+
+/// Each fixture model, loaded once per test run.
+fn loaded_models() -> &'static [Box<dyn vlm_contract::VisionLanguageModel>] {
+    static MODELS: OnceLock<Vec<Box<dyn vlm_contract::VisionLanguageModel>>> = OnceLock::new();
+    MODELS.get_or_init(|| {
+        model_folders()
+            .iter()
+            .map(|dir| vlm_models::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap())
+            .collect()
+    })
+}
+
+/// Sizes from one pixel to long strips: Qwen-VL resizes to its pixel budget and refuses
+/// extreme aspect ratios; BLIP-2 and MiniGPT-4 resize everything to 224x224.
+fn image_side() -> impl Strategy<Value = u32> {
+    prop_oneof![1u32..8, 8u32..300, Just(2000)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_image_size_is_preprocessed_or_refused(
+        family in 0usize..7,
+        width in image_side(),
+        height in image_side(),
+        seed in any::<u8>(),
+    ) {
+        let model = &loaded_models()[family];
+        let mut pixels = vec![seed; width as usize * height as usize * 3];
+        pixels[0] = seed.wrapping_add(128);
+        let image = Image::from_rgb(width, height, pixels).unwrap();
+        // A small pixel budget keeps Qwen-VL's vision tower cheap; the resize to it is what
+        // is under test.
+        let options = GenerationOptions {
+            max_pixels: Some(64 * 32 * 32),
+            ..GenerationOptions::greedy(1)
+        };
+        match model.describe(&image, &options) {
+            Ok(_) => {}
+            Err(e) => {
+                prop_assert!(
+                    matches!(e, Error::InvalidOption { .. } | Error::Image(_) | Error::PromptTooLong { .. }),
+                    "{width}x{height}: {e}"
+                );
+                check_error(&e)?;
+            }
+        }
+    }
+}
+
 // ---- safetensors ------------------------------------------------------------------------
 
 /// Mutations aimed at the safetensors header: the 8-byte length, then the JSON.
