@@ -14,6 +14,7 @@
 pub mod cache_stats;
 pub mod cancel;
 pub mod chat_template;
+pub mod constraint;
 pub mod device;
 pub mod devices;
 pub mod error;
@@ -35,6 +36,7 @@ pub mod stream;
 
 pub use cache_stats::CacheStats;
 pub use cancel::CancelFlag;
+pub use constraint::OutputConstraint;
 pub use device::{DTypeChoice, DeviceChoice};
 pub use devices::{cuda_available, devices, DeviceInfo, DeviceKind};
 pub use error::{Error, ErrorKind, Result};

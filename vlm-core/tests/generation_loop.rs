@@ -143,7 +143,7 @@ fn model(max_context: usize) -> FamilyModel<Scripted> {
         eos_token_ids: vec![EOS],
         ..GenerationDefaults::default()
     };
-    FamilyModel(Scripted {
+    FamilyModel::new(Scripted {
         tokenizer,
         defaults,
         max_context,

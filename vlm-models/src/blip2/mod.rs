@@ -102,7 +102,9 @@ pub fn load_boxed(
     options: &LoadOptions,
     ctx: Option<&LoadContext>,
 ) -> Result<Box<dyn VisionLanguageModel>> {
-    Ok(Box::new(FamilyModel(Blip2::load_with(dir, options, ctx)?)))
+    Ok(Box::new(FamilyModel::new(Blip2::load_with(
+        dir, options, ctx,
+    )?)))
 }
 
 /// The prefix under which `suffix` is stored (`""` at the top level).

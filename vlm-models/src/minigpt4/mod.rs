@@ -213,7 +213,7 @@ pub fn load_boxed(
     options: &LoadOptions,
     ctx: Option<&LoadContext>,
 ) -> Result<Box<dyn VisionLanguageModel>> {
-    Ok(Box::new(FamilyModel(MiniGpt4::load_with(
+    Ok(Box::new(FamilyModel::new(MiniGpt4::load_with(
         dir, options, ctx,
     )?)))
 }

@@ -92,7 +92,9 @@ pub fn load_boxed(
     options: &LoadOptions,
     ctx: Option<&LoadContext>,
 ) -> Result<Box<dyn VisionLanguageModel>> {
-    Ok(Box::new(FamilyModel(QwenVl::load_with(dir, options, ctx)?)))
+    Ok(Box::new(FamilyModel::new(QwenVl::load_with(
+        dir, options, ctx,
+    )?)))
 }
 
 impl QwenVl {
