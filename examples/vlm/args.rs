@@ -153,6 +153,10 @@ pub struct Common {
     /// Prompt language of describe/relate: auto, en or zh.
     #[arg(long, default_value = "auto")]
     pub language: String,
+    /// Constrain the answer to JSON that validates against the JSON Schema in this file
+    /// (docs/structured-output.md).
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<std::path::PathBuf>,
     /// Print one JSON object (text, token_ids, prompt_tokens, timings) instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -202,7 +206,23 @@ impl Common {
             seed: self.seed,
             stop_strings: self.stop.clone(),
             language: Language::parse(&self.language)?,
+            json_schema: self.json_schema.as_deref().map(read_schema).transpose()?,
             ..GenerationOptions::default()
         })
     }
+}
+
+fn read_schema(path: &std::path::Path) -> vlm_core::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vlm_core::Error::invalid_option(
+            "json-schema",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        vlm_core::Error::invalid_option(
+            "json-schema",
+            format!("{} is not JSON: {e}", path.display()),
+        )
+    })
 }

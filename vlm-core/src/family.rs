@@ -9,8 +9,8 @@ use tokenizers::Tokenizer;
 use crate::constraint::Grammars;
 use crate::generate::{run_generation, run_prepared, Prepared};
 use crate::{
-    CacheStats, Error, Generation, GenerationDefaults, GenerationOptions, Image, Language,
-    ModelInfo, PreparedBatch, Request, Result, VisionLanguageModel,
+    CacheStats, Detection, Error, Generation, GenerationDefaults, GenerationOptions, Image,
+    Language, ModelInfo, PreparedBatch, Request, Result, VisionLanguageModel,
 };
 
 /// What `prefill` returns.
@@ -87,6 +87,31 @@ pub trait Family: Send + Sync + 'static {
             Language::Chinese => format!("这{n}张照片来自同一次旅行或活动。请按顺序讲述它们共同的故事。"),
             _ => format!("These {n} photos come from one trip or event. Tell the story they share, photo by photo."),
         }
+    }
+
+    /// Grounding: the request that asks where `what` is in `image` (in the model's own
+    /// grounding format, with the output constrained to it), or `None` when the family
+    /// has no grounding.
+    fn grounding_request(
+        &self,
+        image: &Image,
+        what: &str,
+        options: &GenerationOptions,
+    ) -> Result<Option<Request>> {
+        let _ = (image, what, options);
+        Ok(None)
+    }
+
+    /// The boxes of a grounding answer (decoded with special tokens kept), in `image`'s
+    /// pixels.
+    fn parse_grounding(
+        &self,
+        answer: &str,
+        image: &Image,
+        options: &GenerationOptions,
+    ) -> Result<Vec<Detection>> {
+        let _ = (answer, image, options);
+        Ok(vec![])
     }
 
     /// A single-turn request with `images` and `text` in the family's conversation format.
@@ -194,6 +219,32 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
                 (None, Err(e)) => Err(e.for_another_request()),
             })
             .collect()
+    }
+
+    fn locate(
+        &self,
+        image: &Image,
+        what: &str,
+        options: &GenerationOptions,
+    ) -> Result<Vec<Detection>> {
+        if what.trim().is_empty() {
+            return Err(Error::EmptyQuestion);
+        }
+        let Some(request) = self.family.grounding_request(image, what, options)? else {
+            return Err(Error::NotSupported {
+                model_type: self.family.info().model_type,
+                what: "locate things in a photo",
+                hint: "use a Qwen2-VL, Qwen2.5-VL or Qwen3-VL model",
+            });
+        };
+        let generation = self.generate(&request)?;
+        // Qwen2-VL's boxes are special tokens, which the plain text drops.
+        let answer = self
+            .family
+            .tokenizer()
+            .decode(&generation.token_ids, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        self.family.parse_grounding(&answer, image, options)
     }
 
     fn describe_request(&self, image: &Image, options: &GenerationOptions) -> Result<Request> {

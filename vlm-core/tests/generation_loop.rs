@@ -71,6 +71,7 @@ impl Family for Scripted {
             native_multi_image: false,
             max_context: self.max_context,
             fixed_image_size: None,
+            grounding: false,
         }
     }
 

@@ -426,6 +426,7 @@ impl Family for Blip2 {
             native_multi_image: false,
             max_context: self.config.max_context(),
             fixed_image_size: Some(self.processor.image_size().into()),
+            grounding: false,
         }
     }
 

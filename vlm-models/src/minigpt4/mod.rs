@@ -702,6 +702,7 @@ impl Family for MiniGpt4 {
             native_multi_image: false,
             max_context: self.llm.config().max_position_embeddings,
             fixed_image_size: Some([self.config.image_size; 2]),
+            grounding: false,
         }
     }
 

@@ -71,6 +71,14 @@ class _GenerationOptions(TypedDict, total=False):
     stop: str | Sequence[str] | None
     max_pixels: int | None
     min_pixels: int | None
+    json_schema: Mapping[str, Any] | str | _HasJsonSchema | None
+    regex: str | None
+    choices: Sequence[str] | None
+
+class _HasJsonSchema(Protocol):
+    """A pydantic model class (anything with ``model_json_schema()``)."""
+
+    def model_json_schema(self) -> dict[str, Any]: ...
 
 class _DeviceInfo(TypedDict):
     """One entry of devices()."""
