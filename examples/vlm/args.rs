@@ -33,6 +33,16 @@ pub enum Command {
         /// What to do with the photos (default: tell the story they share).
         instruction: Option<String>,
     },
+    /// Find a thing in one photo: boxes in the photo's pixels (Qwen-VL models).
+    Locate {
+        #[command(flatten)]
+        common: Common,
+        /// What to find, e.g. "the cake".
+        what: String,
+        /// Also write the photo with the boxes drawn and numbered to this PNG/JPEG file.
+        #[arg(long, value_name = "FILE")]
+        draw: Option<std::path::PathBuf>,
+    },
     /// Run a raw prompt in the model's own format (image placeholders expanded as the reference does).
     Generate {
         #[command(flatten)]
@@ -87,6 +97,7 @@ impl Command {
             Command::Describe { common }
             | Command::Ask { common, .. }
             | Command::Relate { common, .. }
+            | Command::Locate { common, .. }
             | Command::Generate { common, .. } => Some(common),
             Command::ConvertMinigpt4 { .. }
             | Command::Quantize { .. }
