@@ -89,3 +89,26 @@ def test_too_short_a_budget_says_length():
     assert g.finish_reason == "length"
     with pytest.raises(json.JSONDecodeError):
         json.loads(g.text)
+
+
+@pytest.mark.parametrize("variant", ["qwen2_5_vl", "qwen3_vl"])
+def test_locate_gives_boxes_in_the_photo(variant):
+    root, model, _ = fixture("qwen", variant)
+    assert model.info["grounding"] is True
+    from PIL import Image
+
+    photo = root / "images" / "a.png"
+    w, h = Image.open(photo).size
+    found = model.locate(photo, "the cake", max_new_tokens=80, temperature=1.0, seed=2)
+    assert isinstance(found, list)
+    for d in found:
+        assert set(d) == {"label", "bbox"}
+        x1, y1, x2, y2 = d["bbox"]
+        assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h
+
+
+def test_locate_without_grounding_is_an_input_error():
+    root, model, _ = fixture("blip2", "opt")
+    assert model.info["grounding"] is False
+    with pytest.raises(vlm.InputError, match="cannot locate"):
+        model.locate(root / "images" / "a.png", "the cake")

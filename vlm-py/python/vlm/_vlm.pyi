@@ -103,6 +103,13 @@ class _ModelInfo(TypedDict):
     native_multi_image: bool
     max_context: int
     fixed_image_size: tuple[int, int] | None
+    grounding: bool
+
+class _Detection(TypedDict):
+    """One entry of Model.locate(): the box in the photo's pixels."""
+
+    label: str
+    bbox: list[float]
 
 class _CacheStats(TypedDict):
     """Model.cache_stats()."""
@@ -145,6 +152,9 @@ class Model:
     def describe(
         self, image: _Images, *, language: str | None = None, **gen: Unpack[_GenerationOptions]
     ) -> str: ...
+    def locate(
+        self, image: _Images, what: str, **gen: Unpack[_GenerationOptions]
+    ) -> list[_Detection]: ...
     def ask(self, image: _Images, question: str, **gen: Unpack[_GenerationOptions]) -> str: ...
     def relate(
         self,
