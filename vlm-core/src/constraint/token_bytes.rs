@@ -50,7 +50,7 @@ pub fn token_bytes(tokenizer: &Tokenizer) -> Result<Vec<Vec<u8>>> {
         let bytes = match convention {
             Convention::ByteLevel => piece
                 .chars()
-                .map(|c| byte_of_char(c))
+                .map(&byte_of_char)
                 .collect::<Option<Vec<u8>>>()
                 // A piece outside the byte table cannot come out of the byte-level
                 // decoder as text: leave it out of the trie.
