@@ -39,7 +39,11 @@ fn schema() -> OutputConstraint {
 fn walk(name: &str, tokenizer: &Tokenizer, eos: u32) -> Vec<Duration> {
     let t = Instant::now();
     let words = vlm_core::constraint::token_bytes(tokenizer).unwrap();
-    eprintln!("{name}: {} token byte strings read in {:?}", words.len(), t.elapsed());
+    eprintln!(
+        "{name}: {} token byte strings read in {:?}",
+        words.len(),
+        t.elapsed()
+    );
     let t = Instant::now();
     let grammars = Grammars::default();
     let mut c = grammars

@@ -55,6 +55,19 @@ fn qwen25_and_qwen3_boxes_lie_in_the_photo() {
 }
 
 #[test]
+fn qwen2_without_box_tokens_says_so() {
+    // The tiny Qwen2-VL fixture's vocabulary has no box tokens.
+    let dir = fixture("qwen", "qwen2_vl");
+    let model = vlm_models::load(dir.join("model").to_str().unwrap(), &cpu_f32()).unwrap();
+    let image = Image::open(dir.join("images/a.png")).unwrap();
+    let err = model
+        .locate(&image, "the cake", &GenerationOptions::greedy(8))
+        .unwrap_err();
+    assert!(matches!(err, Error::NotSupported { .. }), "{err}");
+    assert!(err.to_string().contains("<|box_start|>"), "{err}");
+}
+
+#[test]
 fn families_without_grounding_say_so() {
     let dir = fixture("blip2", "opt");
     let model = vlm_models::load(dir.join("model").to_str().unwrap(), &cpu_f32()).unwrap();

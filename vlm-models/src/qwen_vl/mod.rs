@@ -458,6 +458,16 @@ impl Family for QwenVl {
         what: &str,
         options: &GenerationOptions,
     ) -> Result<Option<Request>> {
+        if self.config.generation == QwenGeneration::Qwen2
+            && self.tokenizer().token_to_id("<|box_start|>").is_none()
+        {
+            return Err(Error::NotSupported {
+                model_type: self.config.model_type.clone(),
+                what: "locate things in a photo",
+                hint: "Qwen2-VL answers with <|box_start|> tokens and this tokenizer has none: \
+                       use the checkpoint's own tokenizer.json",
+            });
+        }
         let resized = self.resized_for(image, options)?;
         Ok(Some(
             grounding::Grounding::new(self.config.generation)
