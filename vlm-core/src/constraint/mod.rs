@@ -209,6 +209,32 @@ fn build_factory(tokenizer: &Tokenizer, eos: &[u32]) -> Result<Arc<ParserFactory
     Ok(Arc::new(factory))
 }
 
+/// Sets the logits of the ids `mask` forbids to -inf (ids past the mask too); returns
+/// whether any allowed logit is left finite.
+fn mask_row(mask: &SimpleVob, row: &mut [f32]) -> bool {
+    let mut any = false;
+    // 32 tokens per mask word; most words of a JSON state's mask are all zero.
+    let words = mask.as_slice();
+    for (chunk, logits) in row.chunks_mut(32).enumerate() {
+        let word = match words.get(chunk) {
+            Some(&w) if chunk * 32 < mask.len() => w,
+            _ => 0,
+        };
+        if word == 0 {
+            logits.fill(f32::NEG_INFINITY);
+            continue;
+        }
+        for (bit, logit) in logits.iter_mut().enumerate() {
+            if word & (1 << bit) != 0 {
+                any |= *logit != f32::NEG_INFINITY;
+            } else {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+    }
+    any
+}
+
 /// One request's constraint: the parser state and the mask of the next step.
 pub struct Constraint {
     matcher: Matcher,
@@ -235,15 +261,10 @@ impl Constraint {
     /// never allowed).
     pub fn apply(&mut self, row: &mut [f32]) -> Result<()> {
         self.compute_mask()?;
-        let mask = self.mask.as_ref().expect("computed above");
-        let mut any = false;
-        for (id, logit) in row.iter_mut().enumerate() {
-            if id < mask.len() && mask.is_allowed(id as TokenId) {
-                any |= *logit != f32::NEG_INFINITY;
-            } else {
-                *logit = f32::NEG_INFINITY;
-            }
-        }
+        let Some(mask) = self.mask.as_ref() else {
+            return Err(self.failed("no mask was computed"));
+        };
+        let any = mask_row(mask, row);
         if !any {
             return Err(Error::Generation(format!(
                 "{}: the model's vocabulary has no token for what the constraint needs next; \
@@ -298,6 +319,21 @@ impl Constraint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masking_keeps_exactly_the_allowed_ids() {
+        let mut mask = SimpleVob::alloc(70);
+        for id in [0, 31, 32, 64, 69] {
+            mask.allow_token(id);
+        }
+        // A padded head: 75 logits for a 70-token vocabulary.
+        let mut row = vec![1.0f32; 75];
+        assert!(mask_row(&mask, &mut row));
+        let kept: Vec<usize> = (0..75).filter(|&i| row[i].is_finite()).collect();
+        assert_eq!(kept, [0, 31, 32, 64, 69]);
+        let mut none = vec![f32::NEG_INFINITY; 75];
+        assert!(!mask_row(&mask, &mut none));
+    }
 
     #[test]
     fn choices_are_literal() {

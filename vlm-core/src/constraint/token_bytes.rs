@@ -106,21 +106,21 @@ fn fallback_byte(piece: &str) -> Option<u8> {
 }
 
 /// GPT-2's byte-level alphabet, inverted: the character a byte-level piece uses → the byte.
+/// Every character of the alphabet is below U+0144, so a flat table serves.
 fn byte_level_table() -> impl Fn(char) -> Option<u8> {
-    let mut table = std::collections::HashMap::with_capacity(256);
-    let mut next = 0x100u32;
+    let mut table = [None; 0x144];
+    let mut next = 0x100usize;
     for b in 0..=255u8 {
         let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
         let c = if printable {
-            b as char
+            b as usize
         } else {
-            let c = char::from_u32(next).unwrap_or('\0');
             next += 1;
-            c
+            next - 1
         };
-        table.insert(c, b);
+        table[c] = Some(b);
     }
-    move |c| table.get(&c).copied()
+    move |c| table.get(c as usize).copied().flatten()
 }
 
 #[cfg(test)]
