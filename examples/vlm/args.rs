@@ -34,6 +34,16 @@ pub enum Command {
         /// What to do with the photos (default: tell the story they share).
         instruction: Option<String>,
     },
+    /// Find a thing in one photo: boxes in the photo's pixels (Qwen-VL models).
+    Locate {
+        #[command(flatten)]
+        common: Common,
+        /// What to find, e.g. "the cake".
+        what: String,
+        /// Also write the photo with the boxes drawn and numbered to this PNG/JPEG file.
+        #[arg(long, value_name = "FILE")]
+        draw: Option<std::path::PathBuf>,
+    },
     /// Run a raw prompt in the model's own format (image placeholders expanded as the reference does).
     Generate {
         #[command(flatten)]
@@ -94,6 +104,7 @@ impl Command {
             Command::Describe { common }
             | Command::Ask { common, .. }
             | Command::Relate { common, .. }
+            | Command::Locate { common, .. }
             | Command::Generate { common, .. } => Some(common),
             Command::ConvertMinigpt4 { .. }
             | Command::Quantize { .. }
@@ -169,6 +180,10 @@ pub struct Common {
     /// Prompt language of describe/relate: auto, en or zh.
     #[arg(long, default_value = "auto")]
     pub language: String,
+    /// Constrain the answer to JSON that validates against the JSON Schema in this file
+    /// (docs/structured-output.md).
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<std::path::PathBuf>,
     /// Print one JSON object instead of streaming text: text, token_ids, prompt_tokens,
     /// finish_reason ("eos", "length", "stop"), timings in seconds, model, family, device,
     /// dtype, quantization and load_time (the Python API's names).
@@ -220,7 +235,23 @@ impl Common {
             seed: self.seed,
             stop_strings: self.stop.clone(),
             language: Language::parse(&self.language)?,
+            json_schema: self.json_schema.as_deref().map(read_schema).transpose()?,
             ..GenerationOptions::default()
         })
     }
+}
+
+fn read_schema(path: &std::path::Path) -> vlm_core::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vlm_core::Error::invalid_option(
+            "json-schema",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        vlm_core::Error::invalid_option(
+            "json-schema",
+            format!("{} is not JSON: {e}", path.display()),
+        )
+    })
 }

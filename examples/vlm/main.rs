@@ -4,6 +4,7 @@
 //! vlm describe --model Qwen/Qwen2.5-VL-3B-Instruct --image dinner.jpg
 //! vlm ask --model DIR --image a.jpg --max-new-tokens 12 --greedy --json "照片中主菜是什么?"
 //! vlm relate --model DIR --image airport.jpg --image temple.jpg --image hotel.jpg
+//! vlm locate --model DIR --image a.jpg "the cake" [--draw out.png] [--json]
 //! vlm generate --model DIR --image a.jpg --raw-prompt "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Hi<|im_end|>\n<|im_start|>assistant\n"
 //! vlm convert-minigpt4 --model minigpt4-7b/
 //! vlm quantize --model Qwen/Qwen2.5-VL-7B-Instruct --quant int4 --output qwen2.5-vl-7b-int4/
@@ -16,6 +17,7 @@
 mod args;
 mod compare;
 mod devices;
+mod locate;
 mod logging;
 
 use std::io::Write;
@@ -64,6 +66,10 @@ fn run(cli: Cli) -> vlm_core::Result<()> {
         .iter()
         .map(Image::open)
         .collect::<Result<Vec<_>, _>>()?;
+    if let Command::Locate { what, draw, .. } = &cli.command {
+        let image = single_image(&images)?;
+        return locate::run(&*model, image, what, draw.as_deref(), common.json, &options);
+    }
     let stream = !common.json && !common.no_stream;
     let mut stdout = std::io::stdout();
     let mut print_piece = |piece: &str| {
@@ -95,8 +101,9 @@ fn run(cli: Cli) -> vlm_core::Result<()> {
         Command::ConvertMinigpt4 { .. }
         | Command::Quantize { .. }
         | Command::Compare(_)
-        | Command::Devices { .. } => {
-            unreachable!("conversions and devices have no common options")
+        | Command::Devices { .. }
+        | Command::Locate { .. } => {
+            unreachable!("conversions and devices have no common options; locate returned above")
         }
     };
     report(&*model, &generation, common, stream, load_time);

@@ -136,6 +136,9 @@ pub const GENERATION_KWARGS: &[&str] = &[
     "stop",
     "max_pixels",
     "min_pixels",
+    "json_schema",
+    "regex",
+    "choices",
 ];
 
 fn describe_type(value: &Bound<'_, PyAny>) -> String {
@@ -197,6 +200,33 @@ fn stop_option(value: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
         .collect()
 }
 
+/// `json_schema=`: a dict (a JSON Schema), a JSON string, or anything with
+/// `model_json_schema()` (a pydantic model class), as a JSON value through `json.dumps`.
+fn json_schema_option(value: &Bound<'_, PyAny>) -> PyResult<serde_json::Value> {
+    let py = value.py();
+    let schema = if value.hasattr("model_json_schema")? {
+        value.call_method0("model_json_schema")?
+    } else {
+        value.clone()
+    };
+    let text: String = if let Ok(s) = schema.cast::<PyString>() {
+        s.to_string()
+    } else if schema.is_instance_of::<PyDict>() || schema.is_instance_of::<pyo3::types::PyBool>() {
+        py.import("json")?
+            .call_method1("dumps", (schema,))?
+            .extract()?
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "json_schema must be a dict (a JSON Schema), a JSON string or a pydantic model \
+             class, not {}",
+            describe_type(&schema)
+        )));
+    };
+    serde_json::from_str(&text).map_err(|e| {
+        pyo3::exceptions::PyValueError::new_err(format!("json_schema is not valid JSON: {e}"))
+    })
+}
+
 /// The generation options of `**gen` and `language`. Keys whose value is `None` count as
 /// not given, so callers can pass options through.
 pub fn generation_options(
@@ -249,6 +279,28 @@ pub fn generation_options(
             "stop" => options.stop_strings = stop_option(&value)?,
             "max_pixels" => options.max_pixels = Some(int_option(&value, "max_pixels", ">= 1")?),
             "min_pixels" => options.min_pixels = Some(int_option(&value, "min_pixels", ">= 0")?),
+            "json_schema" => options.json_schema = Some(json_schema_option(&value)?),
+            "regex" => {
+                options.regex = Some(
+                    value
+                        .cast::<PyString>()
+                        .map_err(|_| {
+                            PyTypeError::new_err(format!(
+                                "regex must be a str, not {}",
+                                describe_type(&value)
+                            ))
+                        })?
+                        .to_string(),
+                )
+            }
+            "choices" => {
+                options.choices = stop_option(&value).map_err(|_| {
+                    PyTypeError::new_err(format!(
+                        "choices must be a list of str, not {}",
+                        describe_type(&value)
+                    ))
+                })?
+            }
             other => return Err(unknown_kwarg(method, other)),
         }
     }

@@ -144,7 +144,8 @@ pub struct Model {
 #[pymethods]
 impl Model {
     /// What was loaded and where, as a dict: family, model_type, parameters, dtype,
-    /// quantization, device, weight_bytes, max_images, native_multi_image, max_context.
+    /// quantization, device, weight_bytes, max_images, native_multi_image, max_context,
+    /// fixed_image_size, grounding (whether locate() works).
     #[getter]
     fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         info_dict(py, &self.inner.info())
@@ -165,6 +166,33 @@ impl Model {
         interruptible(py, options.cancel.as_ref(), || {
             Ok(model.describe(&source.decode()?, &options)?)
         })
+    }
+
+    /// Finds `what` in a photo: a list of {"label": str, "bbox": [x1, y1, x2, y2]} with
+    /// the box in the photo's own pixels (EXIF orientation applied). Qwen-VL models only;
+    /// others raise vlm.InputError.
+    #[pyo3(signature = (image, what, **gen))]
+    fn locate<'py>(
+        &self,
+        py: Python<'py>,
+        image: &Bound<'py, PyAny>,
+        what: String,
+        gen: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, pyo3::types::PyList>> {
+        let source = single_image(py, image, "locate")?;
+        let options = generation_options(py, "locate", gen, None)?;
+        let model = &*self.inner;
+        let found = interruptible(py, options.cancel.as_ref(), || {
+            Ok(model.locate(&source.decode()?, &what, &options)?)
+        })?;
+        let list = pyo3::types::PyList::empty(py);
+        for d in found {
+            let item = PyDict::new(py);
+            item.set_item("label", d.label)?;
+            item.set_item("bbox", d.bbox.to_vec())?;
+            list.append(item)?;
+        }
+        Ok(list)
     }
 
     /// Answers a question about a photo; the answer's language follows the question.

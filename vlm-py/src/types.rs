@@ -132,6 +132,7 @@ pub fn info_dict<'py>(py: Python<'py>, info: &ModelInfo) -> PyResult<Bound<'py, 
         "fixed_image_size",
         info.fixed_image_size.map(|[h, w]| (h, w)),
     )?;
+    d.set_item("grounding", info.grounding)?;
     Ok(d)
 }
 

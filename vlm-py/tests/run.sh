@@ -26,7 +26,7 @@ echo "== venv ($("$python" --version 2>&1)) in $work"
 "$python" -m venv "$work/venv"
 venv_python="$work/venv/bin/python"
 "$venv_python" -m pip install --quiet --disable-pip-version-check \
-    "maturin>=1.9.4,<2" pytest numpy pillow mypy tqdm
+    "maturin>=1.9.4,<2" pytest numpy pillow mypy tqdm jsonschema
 
 echo "== wheel (profile $profile${features:+, features $features})"
 "$work/venv/bin/maturin" build --quiet --manifest-path "$crate_dir/Cargo.toml" \

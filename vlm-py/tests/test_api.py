@@ -29,6 +29,7 @@ def test_load_and_info(variant):
         "native_multi_image",
         "max_context",
         "fixed_image_size",
+        "grounding",
     }
     assert info["fixed_image_size"] is None
     assert variant in repr(model)

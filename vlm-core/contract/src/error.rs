@@ -92,6 +92,17 @@ pub enum Error {
         message: String,
     },
 
+    /// The model cannot do what was asked (e.g. `locate` on a family without grounding).
+    #[error("{model_type} cannot {what}: {hint}")]
+    NotSupported {
+        /// config.json's `model_type`.
+        model_type: String,
+        /// The call.
+        what: &'static str,
+        /// Which models can.
+        hint: &'static str,
+    },
+
     // ---- model files -----------------------------------------------------------------
     /// A file the model needs is not in the folder.
     #[error("{path} is missing: {hint}")]
@@ -171,7 +182,8 @@ impl Error {
             | TooManyImages { .. }
             | PromptTooLong { .. }
             | PlaceholderMismatch { .. }
-            | InvalidOption { .. } => ErrorKind::BadInput,
+            | InvalidOption { .. }
+            | NotSupported { .. } => ErrorKind::BadInput,
             MissingFile { .. }
             | BadFile { .. }
             | UnsupportedModel { .. }

@@ -6,10 +6,11 @@ use std::time::Duration;
 use candle_core::Tensor;
 use tokenizers::Tokenizer;
 
+use crate::constraint::Grammars;
 use crate::generate::{run_generation, run_prepared, Prepared};
 use crate::{
-    CacheStats, Error, Generation, GenerationDefaults, GenerationOptions, Image, Language,
-    ModelInfo, PreparedBatch, Request, Result, VisionLanguageModel,
+    CacheStats, Detection, Error, Generation, GenerationDefaults, GenerationOptions, Image,
+    Language, ModelInfo, PreparedBatch, Request, Result, VisionLanguageModel,
 };
 
 /// What `prefill` returns.
@@ -88,6 +89,31 @@ pub trait Family: Send + Sync + 'static {
         }
     }
 
+    /// Grounding: the request that asks where `what` is in `image` (in the model's own
+    /// grounding format, with the output constrained to it), or `None` when the family
+    /// has no grounding.
+    fn grounding_request(
+        &self,
+        image: &Image,
+        what: &str,
+        options: &GenerationOptions,
+    ) -> Result<Option<Request>> {
+        let _ = (image, what, options);
+        Ok(None)
+    }
+
+    /// The boxes of a grounding answer (decoded with special tokens kept), in `image`'s
+    /// pixels.
+    fn parse_grounding(
+        &self,
+        answer: &str,
+        image: &Image,
+        options: &GenerationOptions,
+    ) -> Result<Vec<Detection>> {
+        let _ = (answer, image, options);
+        Ok(vec![])
+    }
+
     /// A single-turn request with `images` and `text` in the family's conversation format.
     fn chat_request(
         &self,
@@ -100,22 +126,39 @@ pub trait Family: Send + Sync + 'static {
 }
 
 /// Any [`Family`] as a [`VisionLanguageModel`].
-pub struct FamilyModel<F>(pub F);
+pub struct FamilyModel<F> {
+    family: F,
+    /// The constraint compiler over this model's vocabulary, built on first use.
+    grammars: Grammars,
+}
 
 impl<F: Family> FamilyModel<F> {
+    /// Wraps a loaded family.
+    pub fn new(family: F) -> Self {
+        Self {
+            family,
+            grammars: Grammars::default(),
+        }
+    }
+
     /// The family inside.
     pub fn family(&self) -> &F {
-        &self.0
+        &self.family
     }
 }
 
 impl<F: Family> VisionLanguageModel for FamilyModel<F> {
     fn info(&self) -> ModelInfo {
-        self.0.info()
+        self.family.info()
     }
 
     fn generate(&self, request: &Request) -> Result<Generation> {
-        let mut out = run_generation(&self.0, std::slice::from_ref(request), None)?;
+        let mut out = run_generation(
+            &self.family,
+            &self.grammars,
+            std::slice::from_ref(request),
+            None,
+        )?;
         Ok(out.remove(0))
     }
 
@@ -124,7 +167,12 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
         request: &Request,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation> {
-        let mut out = run_generation(&self.0, std::slice::from_ref(request), Some(on_text))?;
+        let mut out = run_generation(
+            &self.family,
+            &self.grammars,
+            std::slice::from_ref(request),
+            Some(on_text),
+        )?;
         Ok(out.remove(0))
     }
 
@@ -132,15 +180,15 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
         if requests.is_empty() {
             return Ok(vec![]);
         }
-        run_generation(&self.0, requests, None)
+        run_generation(&self.family, &self.grammars, requests, None)
     }
 
     fn cache_stats(&self) -> CacheStats {
-        self.0.cache_stats()
+        self.family.cache_stats()
     }
 
     fn prepare_items(&self, items: Vec<Result<Request>>) -> PreparedBatch {
-        let (inputs, slots) = Prepared::<F>::from_items(&self.0, items);
+        let (inputs, slots) = Prepared::<F>::from_items(&self.family, &self.grammars, items);
         PreparedBatch {
             slots,
             inputs: Box::new(inputs),
@@ -150,7 +198,7 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
     fn run_items(&self, batch: PreparedBatch) -> Vec<Result<Generation>> {
         let PreparedBatch { slots, inputs } = batch;
         let mut results = match inputs.downcast::<Prepared<F>>() {
-            Ok(inputs) => run_prepared(&self.0, *inputs, None),
+            Ok(inputs) => run_prepared(&self.family, *inputs, None),
             Err(_) => Err(Error::Generation(
                 "this batch was prepared by a model of another family: run it with the model \
                  whose prepare_batch made it"
@@ -173,9 +221,35 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
             .collect()
     }
 
+    fn locate(
+        &self,
+        image: &Image,
+        what: &str,
+        options: &GenerationOptions,
+    ) -> Result<Vec<Detection>> {
+        if what.trim().is_empty() {
+            return Err(Error::EmptyQuestion);
+        }
+        let Some(request) = self.family.grounding_request(image, what, options)? else {
+            return Err(Error::NotSupported {
+                model_type: self.family.info().model_type,
+                what: "locate things in a photo",
+                hint: "use a Qwen2-VL, Qwen2.5-VL or Qwen3-VL model",
+            });
+        };
+        let generation = self.generate(&request)?;
+        // Qwen2-VL's boxes are special tokens, which the plain text drops.
+        let answer = self
+            .family
+            .tokenizer()
+            .decode(&generation.token_ids, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        self.family.parse_grounding(&answer, image, options)
+    }
+
     fn describe_request(&self, image: &Image, options: &GenerationOptions) -> Result<Request> {
-        let text = self.0.describe_prompt(options.language.resolve(""));
-        Ok(self.0.chat_request(vec![image.clone()], text, options))
+        let text = self.family.describe_prompt(options.language.resolve(""));
+        Ok(self.family.chat_request(vec![image.clone()], text, options))
     }
 
     fn ask_request(
@@ -188,7 +262,7 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
             return Err(Error::EmptyQuestion);
         }
         Ok(self
-            .0
+            .family
             .chat_request(vec![image.clone()], question.to_string(), options))
     }
 
@@ -202,7 +276,7 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
         if images.is_empty() {
             return Err(Error::NoImages { what: "relate" });
         }
-        let info = self.0.info();
+        let info = self.family.info();
         if let (true, Some(max)) = (info.native_multi_image, info.max_images) {
             if images.len() > max {
                 return Err(Error::TooManyImages {
@@ -214,11 +288,11 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
         let language = options.language.resolve(instruction.unwrap_or(""));
         let text = match instruction {
             Some(i) if !i.trim().is_empty() => i.to_string(),
-            _ => self.0.relate_prompt(images.len(), language),
+            _ => self.family.relate_prompt(images.len(), language),
         };
-        if self.0.relate_in_one_conversation() {
+        if self.family.relate_in_one_conversation() {
             return self.generate_stream(
-                &self.0.chat_request(images.to_vec(), text, options),
+                &self.family.chat_request(images.to_vec(), text, options),
                 on_text,
             );
         }
@@ -233,6 +307,6 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
             .map(|(i, c)| format!("Photo {}: {}\n", i + 1, c.trim()))
             .collect();
         let prompt = format!("{listing}{text}");
-        self.generate_stream(&self.0.chat_request(vec![], prompt, options), on_text)
+        self.generate_stream(&self.family.chat_request(vec![], prompt, options), on_text)
     }
 }

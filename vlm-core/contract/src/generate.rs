@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Tensor, D};
 
+use crate::constraint::{Constraint, Grammars};
 use crate::options::ResolvedOptions;
 use crate::sampling::{argmax_on_device, Sampler};
 use crate::stream::TextStream;
@@ -23,11 +24,16 @@ struct Sequence<'t> {
     finish: Option<FinishReason>,
     logits: Option<Vec<Vec<f32>>>,
     logprobs: Option<Vec<f32>>,
+    /// The output's grammar (json_schema & co.), when the request has one.
+    constraint: Option<Constraint>,
 }
 
 impl Sequence<'_> {
     fn eos_suppressed(&self) -> bool {
-        self.generated.len() < self.options.min_new_tokens && !self.options.eos_token_ids.is_empty()
+        // A constrained output ends where its grammar does.
+        self.constraint.is_none()
+            && self.generated.len() < self.options.min_new_tokens
+            && !self.options.eos_token_ids.is_empty()
     }
 }
 
@@ -35,10 +41,11 @@ impl Sequence<'_> {
 /// are handed out as they are made.
 pub fn run_generation<F: Family>(
     family: &F,
+    grammars: &Grammars,
     requests: &[Request],
     on_text: Option<&mut dyn FnMut(&str)>,
 ) -> Result<Vec<Generation>> {
-    let prepared = Prepared::new(family, requests)?;
+    let prepared = Prepared::new(family, grammars, requests)?;
     run_prepared(family, prepared, on_text)
 }
 
@@ -46,6 +53,7 @@ pub fn run_generation<F: Family>(
 struct PreparedItem<F: Family> {
     inputs: F::Inputs,
     options: ResolvedOptions,
+    constraint: Option<Constraint>,
 }
 
 /// A batch's requests after `Family::prepare` (the CPU part: templates, tokens, image
@@ -58,10 +66,10 @@ pub struct Prepared<F: Family> {
 impl<F: Family> Prepared<F> {
     /// Prepares every request (on up to one thread per core), timed; the first request
     /// that fails fails the batch.
-    pub fn new(family: &F, requests: &[Request]) -> Result<Self> {
+    pub fn new(family: &F, grammars: &Grammars, requests: &[Request]) -> Result<Self> {
         let t = Instant::now();
         let refs: Vec<&Request> = requests.iter().collect();
-        let items = prepare_all(family, &refs)
+        let items = prepare_all(family, grammars, &refs)
             .into_iter()
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
@@ -73,10 +81,14 @@ impl<F: Family> Prepared<F> {
     /// Prepares the requests among `items` and keeps every failure in its place: the
     /// second value has one entry per item, `Some(error)` where that item failed (its own
     /// error, or one while preparing it), `None` where it is in the batch.
-    pub fn from_items(family: &F, items: Vec<Result<Request>>) -> (Self, Vec<Option<Error>>) {
+    pub fn from_items(
+        family: &F,
+        grammars: &Grammars,
+        items: Vec<Result<Request>>,
+    ) -> (Self, Vec<Option<Error>>) {
         let t = Instant::now();
         let refs: Vec<&Request> = items.iter().filter_map(|i| i.as_ref().ok()).collect();
-        let mut prepared = prepare_all(family, &refs).into_iter();
+        let mut prepared = prepare_all(family, grammars, &refs).into_iter();
         let mut kept = Vec::with_capacity(refs.len());
         let mut slots = Vec::with_capacity(items.len());
         for item in items {
@@ -103,9 +115,21 @@ impl<F: Family> Prepared<F> {
 
 /// Checks one request's options, prepares it and checks that it fits the context of
 /// `max` tokens.
-fn prepare_one<F: Family>(family: &F, request: &Request, max: usize) -> Result<PreparedItem<F>> {
+fn prepare_one<F: Family>(
+    family: &F,
+    grammars: &Grammars,
+    request: &Request,
+    max: usize,
+) -> Result<PreparedItem<F>> {
     // Options first: a wrong option should not cost an image's preprocessing.
     let options = request.options.resolve(family.generation_defaults())?;
+    // A schema is compiled (and its first mask computed) here, on the CPU half, so a bad
+    // one fails only its own request and costs the device nothing.
+    let constraint = options
+        .constraint
+        .as_ref()
+        .map(|c| grammars.compile(family.tokenizer(), &options.eos_token_ids, c))
+        .transpose()?;
     let inputs = family.prepare(request)?;
     let tokens = family.input_ids(&inputs).len();
     if tokens + options.max_new_tokens > max {
@@ -115,7 +139,11 @@ fn prepare_one<F: Family>(family: &F, request: &Request, max: usize) -> Result<P
             max,
         });
     }
-    Ok(PreparedItem { inputs, options })
+    Ok(PreparedItem {
+        inputs,
+        options,
+        constraint,
+    })
 }
 
 /// Runs a prepared batch.
@@ -136,6 +164,7 @@ pub fn run_prepared<F: Family>(
         PreparedItem {
             inputs: prepared,
             options,
+            constraint,
         },
     ) in items.into_iter().enumerate()
     {
@@ -146,16 +175,23 @@ pub fn run_prepared<F: Family>(
                 .decode(ids, true)
                 .map_err(|e| Error::Tokenizer(e.to_string()))
         });
+        // A constrained output ends where its grammar does: a stop string inside a JSON
+        // string must not cut it.
+        let stop_strings = match constraint {
+            Some(_) => vec![],
+            None => options.stop_strings.clone(),
+        };
         seqs.push(Sequence {
             sampler: Sampler::new(&options, i),
             prompt_tokens: ids.len(),
             history,
             generated: Vec::new(),
-            stream: TextStream::new(decode, options.stop_strings.clone()),
+            stream: TextStream::new(decode, stop_strings),
             finish: None,
             logits: options.return_logits.then(Vec::new),
             logprobs: options.return_logprobs.then(Vec::new),
             options,
+            constraint,
         });
         inputs.push(prepared);
     }
@@ -214,13 +250,20 @@ pub fn run_prepared<F: Family>(
             if let (Some(all), Some(&lp)) = (seq.logprobs.as_mut(), logprobs.get(i)) {
                 all.push(lp);
             }
+            let complete = match seq.constraint.as_mut() {
+                Some(c) => c.commit(token)?,
+                None => false,
+            };
             let piece = seq.stream.push(token)?;
             if let Some(cb) = on_text.as_deref_mut() {
                 if !piece.text.is_empty() {
                     cb(&piece.text);
                 }
             }
-            if let Some(stop) = piece.stopped_at {
+            if complete {
+                // The grammar allows nothing but the end: stop as the model's EOS would.
+                seq.finish = Some(FinishReason::Eos);
+            } else if let Some(stop) = piece.stopped_at {
                 if seq.generated.len() >= seq.options.min_new_tokens {
                     seq.finish = Some(FinishReason::StopString(stop));
                 }
@@ -233,7 +276,7 @@ pub fn run_prepared<F: Family>(
         }
         // Finished sequences keep stepping with a dummy token until the batch is done;
         // their outputs are ignored.
-        logits = family.decode(&picked, &mut state)?;
+        logits = decode_step(family, &picked, &mut state, &mut seqs)?;
         timings.decode_steps = step + 1;
     }
     timings.decode = t_decode.elapsed();
@@ -265,7 +308,11 @@ pub fn run_prepared<F: Family>(
 /// [`prepare_one`] of every request, in order. A batch's requests are prepared on up to
 /// one thread per core: image preprocessing is CPU work that would otherwise run one photo
 /// after another on one core while the GPU waits (a 1024×768 photo takes tens of ms).
-fn prepare_all<F: Family>(family: &F, requests: &[&Request]) -> Vec<Result<PreparedItem<F>>> {
+fn prepare_all<F: Family>(
+    family: &F,
+    grammars: &Grammars,
+    requests: &[&Request],
+) -> Vec<Result<PreparedItem<F>>> {
     let max = family.info().max_context;
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -273,7 +320,7 @@ fn prepare_all<F: Family>(family: &F, requests: &[&Request]) -> Vec<Result<Prepa
     if threads <= 1 {
         return requests
             .iter()
-            .map(|r| prepare_one(family, r, max))
+            .map(|r| prepare_one(family, grammars, r, max))
             .collect();
     }
     let per_thread = requests.len().div_ceil(threads);
@@ -284,7 +331,7 @@ fn prepare_all<F: Family>(family: &F, requests: &[&Request]) -> Vec<Result<Prepa
                 let worker = scope.spawn(move || {
                     chunk
                         .iter()
-                        .map(|r| prepare_one(family, r, max))
+                        .map(|r| prepare_one(family, grammars, r, max))
                         .collect::<Vec<_>>()
                 });
                 (chunk.len(), worker)
@@ -320,9 +367,9 @@ fn picked_logprobs(logits: &Tensor, picked: &[u32]) -> Result<Vec<f32>> {
 fn pick_tokens(seqs: &mut [Sequence<'_>], logits: &Tensor) -> Result<Vec<u32>> {
     // Plain greedy decoding only needs the argmax: compute it on the device and copy back
     // the ids, not the vocabulary-sized rows.
-    let device_argmax = seqs
-        .iter()
-        .all(|s| s.logits.is_none() && !s.sampler.needs_host_logits(false));
+    let device_argmax = seqs.iter().all(|s| {
+        s.logits.is_none() && s.constraint.is_none() && !s.sampler.needs_host_logits(false)
+    });
     let mut picked = if device_argmax {
         argmax_on_device(logits)?
     } else {
@@ -351,7 +398,43 @@ fn pick_tokens(seqs: &mut [Sequence<'_>], logits: &Tensor) -> Result<Vec<u32>> {
         if let Some(all) = seq.logits.as_mut() {
             all.push(row.clone());
         }
+        if let Some(constraint) = seq.constraint.as_mut() {
+            constraint.apply(&mut row)?;
+        }
         picked[i] = seq.sampler.pick(&mut row, &seq.history, &suppress);
     }
     Ok(picked)
+}
+
+/// One decode step. With constrained sequences, their next masks are computed on another
+/// thread while this one runs the step: on CUDA the step is mostly waiting for the device,
+/// and llguidance's mask (tens to hundreds of microseconds for a 150k vocabulary) is then
+/// off the critical path. Without constraints this is `family.decode`, unchanged.
+fn decode_step<F: Family>(
+    family: &F,
+    picked: &[u32],
+    state: &mut F::State,
+    seqs: &mut [Sequence<'_>],
+) -> Result<Tensor> {
+    let mut pending: Vec<&mut Constraint> = seqs
+        .iter_mut()
+        .filter(|s| s.finish.is_none())
+        .filter_map(|s| s.constraint.as_mut())
+        .collect();
+    if pending.is_empty() {
+        return family.decode(picked, state);
+    }
+    std::thread::scope(|scope| {
+        let masks = scope.spawn(move || pending.iter_mut().try_for_each(|c| c.compute_mask()));
+        let logits = family.decode(picked, state);
+        let masks = masks.join().unwrap_or_else(|_| {
+            Err(Error::Generation(
+                "computing a constraint's mask panicked; this is a bug in vlm: please report it"
+                    .into(),
+            ))
+        });
+        let logits = logits?;
+        masks?;
+        Ok(logits)
+    })
 }

@@ -18,6 +18,7 @@ pub mod cache_stats;
 pub mod cancel;
 #[doc(hidden)]
 pub mod chat_template;
+pub mod constraint;
 pub mod device;
 pub mod devices;
 pub mod error;
@@ -26,6 +27,7 @@ pub mod family;
 pub mod files;
 #[doc(hidden)]
 pub mod generate;
+pub mod grounding;
 pub mod image;
 #[doc(hidden)]
 pub mod kv_cache;
@@ -46,11 +48,13 @@ pub mod stream;
 
 pub use cache_stats::CacheStats;
 pub use cancel::CancelFlag;
+pub use constraint::OutputConstraint;
 pub use device::{DTypeChoice, DeviceChoice};
 pub use devices::{cuda_available, devices, DeviceInfo, DeviceKind};
 pub use error::{Error, ErrorKind, Result};
 #[doc(hidden)]
 pub use family::{Family, FamilyModel, PrefillOutput};
+pub use grounding::Detection;
 pub use image::{Image, ImageError, ImageLimits};
 pub use model::{LoadOptions, ModelInfo, PreparedBatch, VisionLanguageModel};
 pub use options::{GenerationDefaults, GenerationOptions, Language, Sampling};

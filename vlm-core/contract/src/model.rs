@@ -65,6 +65,9 @@ pub struct ModelInfo {
     /// (BLIP-2, MiniGPT-4: 224×224); such families ignore pixel budgets. `None`: the
     /// size follows the image and the pixel budget (Qwen-VL).
     pub fixed_image_size: Option<[usize; 2]>,
+    /// Whether [`VisionLanguageModel::locate`] works: the model was trained to answer with
+    /// boxes (Qwen2-VL, Qwen2.5-VL, Qwen3-VL; not BLIP-2 or MiniGPT-4).
+    pub grounding: bool,
 }
 
 /// A vision-language model: describe a photo, answer a question about it, relate several.
@@ -221,6 +224,25 @@ pub trait VisionLanguageModel: Send + Sync {
         question: &str,
         options: &GenerationOptions,
     ) -> Result<Request>;
+
+    /// Finds `what` in a photo ("the cake", "每个人"): one [`crate::Detection`] per
+    /// box the model gives, in the photo's own pixels (the model's coordinates mapped
+    /// back through its resize). Decoding is constrained to the model's grounding
+    /// format, so the answer always parses. [`Error::NotSupported`] for a family without
+    /// grounding ([`ModelInfo::grounding`]).
+    fn locate(
+        &self,
+        image: &Image,
+        what: &str,
+        options: &GenerationOptions,
+    ) -> Result<Vec<crate::Detection>> {
+        let _ = (image, what, options);
+        Err(Error::NotSupported {
+            model_type: self.info().model_type,
+            what: "locate things in a photo",
+            hint: "use a Qwen2-VL, Qwen2.5-VL or Qwen3-VL model",
+        })
+    }
 
     /// Describes a photo.
     fn describe(&self, image: &Image, options: &GenerationOptions) -> Result<String> {

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::constraint::OutputConstraint;
 use crate::{CancelFlag, Error, Result};
 
 /// Used when neither the caller nor generation_config.json says how many tokens to make:
@@ -107,6 +108,24 @@ pub struct GenerationOptions {
     pub max_pixels: Option<usize>,
     /// Stops the call when set from another thread ([`crate::Error::Cancelled`]).
     pub cancel: Option<CancelFlag>,
+    /// Constrain the output to JSON that validates against this JSON Schema (an object,
+    /// e.g. `{"type": "object", "properties": {...}}`; docs/structured-output.md lists
+    /// what is supported). Decoding masks every token that would break it, so the text
+    /// always parses when `finish_reason` is `Eos`; with `Length` it is the unfinished
+    /// prefix. An unsupported keyword is an [`crate::Error::InvalidOption`] naming it.
+    /// With a constraint, stop strings and `min_new_tokens` are ignored: the grammar
+    /// decides where the output ends.
+    pub json_schema: Option<serde_json::Value>,
+    /// Constrain the whole output to match this regular expression (Rust `regex` syntax,
+    /// anchored at both ends).
+    pub regex: Option<String>,
+    /// Constrain the output to exactly one of these strings (empty: no constraint).
+    pub choices: Vec<String>,
+    /// Constrain the output to a grammar in llguidance's Lark dialect
+    /// (<https://github.com/guidance-ai/llguidance/blob/main/docs/syntax.md>); special
+    /// tokens are written `<|name|>`. At most one of `json_schema`, `regex`, `choices`
+    /// and `grammar` may be set.
+    pub grammar: Option<String>,
 }
 
 impl GenerationOptions {
@@ -167,6 +186,7 @@ impl GenerationOptions {
                 format!("{repetition_penalty} must be > 0 (1.0 = off)"),
             ));
         }
+        let constraint = self.constraint()?;
         if self.stop_strings.iter().any(String::is_empty) {
             return Err(Error::invalid_option(
                 "stop_strings",
@@ -189,7 +209,36 @@ impl GenerationOptions {
             return_logits: self.return_logits,
             return_logprobs: self.return_logprobs,
             cancel: self.cancel.clone(),
+            constraint,
         })
+    }
+
+    /// The one output constraint set, if any.
+    fn constraint(&self) -> Result<Option<OutputConstraint>> {
+        let mut set = Vec::new();
+        if let Some(schema) = &self.json_schema {
+            set.push(OutputConstraint::JsonSchema(schema.clone()));
+        }
+        if let Some(rx) = &self.regex {
+            set.push(OutputConstraint::Regex(rx.clone()));
+        }
+        if !self.choices.is_empty() {
+            set.push(OutputConstraint::Choices(self.choices.clone()));
+        }
+        if let Some(g) = &self.grammar {
+            set.push(OutputConstraint::Grammar(g.clone()));
+        }
+        if set.len() > 1 {
+            let names: Vec<_> = set.iter().map(OutputConstraint::option_name).collect();
+            return Err(Error::invalid_option(
+                set[1].option_name(),
+                format!(
+                    "{} are all set; the output follows one constraint: keep one",
+                    names.join(" and ")
+                ),
+            ));
+        }
+        Ok(set.pop())
     }
 }
 
@@ -216,6 +265,8 @@ pub struct ResolvedOptions {
     pub return_logprobs: bool,
     /// See [`GenerationOptions::cancel`].
     pub cancel: Option<CancelFlag>,
+    /// What the output must follow: [`GenerationOptions::json_schema`] & co.
+    pub constraint: Option<OutputConstraint>,
 }
 
 impl ResolvedOptions {

@@ -71,6 +71,7 @@ impl Family for Scripted {
             native_multi_image: false,
             max_context: self.max_context,
             fixed_image_size: None,
+            grounding: false,
         }
     }
 
@@ -143,7 +144,7 @@ fn model(max_context: usize) -> FamilyModel<Scripted> {
         eos_token_ids: vec![EOS],
         ..GenerationDefaults::default()
     };
-    FamilyModel(Scripted {
+    FamilyModel::new(Scripted {
         tokenizer,
         defaults,
         max_context,

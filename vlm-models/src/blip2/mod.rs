@@ -102,7 +102,9 @@ pub fn load_boxed(
     options: &LoadOptions,
     ctx: Option<&LoadContext>,
 ) -> Result<Box<dyn VisionLanguageModel>> {
-    Ok(Box::new(FamilyModel(Blip2::load_with(dir, options, ctx)?)))
+    Ok(Box::new(FamilyModel::new(Blip2::load_with(
+        dir, options, ctx,
+    )?)))
 }
 
 /// The prefix under which `suffix` is stored (`""` at the top level).
@@ -424,6 +426,7 @@ impl Family for Blip2 {
             native_multi_image: false,
             max_context: self.config.max_context(),
             fixed_image_size: Some(self.processor.image_size().into()),
+            grounding: false,
         }
     }
 

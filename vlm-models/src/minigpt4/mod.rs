@@ -217,7 +217,7 @@ pub fn load_boxed(
     options: &LoadOptions,
     ctx: Option<&LoadContext>,
 ) -> Result<Box<dyn VisionLanguageModel>> {
-    Ok(Box::new(FamilyModel(MiniGpt4::load_with(
+    Ok(Box::new(FamilyModel::new(MiniGpt4::load_with(
         dir, options, ctx,
     )?)))
 }
@@ -706,6 +706,7 @@ impl Family for MiniGpt4 {
             native_multi_image: false,
             max_context: self.llm.config().max_position_embeddings,
             fixed_image_size: Some([self.config.image_size; 2]),
+            grounding: false,
         }
     }
 

@@ -14,6 +14,7 @@
 //! natively, so `relate` sees all photos at once.
 
 pub mod config;
+pub mod grounding;
 pub mod processor;
 pub mod rope;
 pub mod text;
@@ -28,8 +29,8 @@ use vlm_contract::device::device_name;
 use vlm_contract::files::ModelDir;
 use vlm_contract::model::LoadOptions;
 use vlm_contract::{
-    Error, Family, FamilyModel, GenerationDefaults, ModelInfo, PrefillOutput, Quantization,
-    Request, Result, VisionLanguageModel,
+    Error, Family, FamilyModel, GenerationDefaults, GenerationOptions, Image, ModelInfo,
+    PrefillOutput, Quantization, Request, Result, VisionLanguageModel,
 };
 
 use crate::image_cache::{self, Features, ImageCache, Plan};
@@ -92,7 +93,9 @@ pub fn load_boxed(
     options: &LoadOptions,
     ctx: Option<&LoadContext>,
 ) -> Result<Box<dyn VisionLanguageModel>> {
-    Ok(Box::new(FamilyModel(QwenVl::load_with(dir, options, ctx)?)))
+    Ok(Box::new(FamilyModel::new(QwenVl::load_with(
+        dir, options, ctx,
+    )?)))
 }
 
 impl QwenVl {
@@ -407,6 +410,19 @@ impl QwenVl {
     }
 }
 
+impl QwenVl {
+    /// The `(height, width)` the processor resizes `image` to under this call's budget.
+    fn resized_for(&self, image: &Image, options: &GenerationOptions) -> Result<(usize, usize)> {
+        let budget = PixelBudget {
+            min_pixels: options.min_pixels,
+            max_pixels: options.max_pixels,
+        }
+        .or(self.budget);
+        let range = self.processor.pixel_range(budget)?;
+        self.processor.resized_size(image, range)
+    }
+}
+
 impl Family for QwenVl {
     type Inputs = PreparedQwen;
     type State = QwenState;
@@ -424,6 +440,7 @@ impl Family for QwenVl {
             native_multi_image: true,
             max_context: self.config.text.max_position_embeddings,
             fixed_image_size: None,
+            grounding: true,
         }
     }
 
@@ -433,6 +450,39 @@ impl Family for QwenVl {
 
     fn tokenizer(&self) -> &Tokenizer {
         self.processor.tokenizer()
+    }
+
+    fn grounding_request(
+        &self,
+        image: &Image,
+        what: &str,
+        options: &GenerationOptions,
+    ) -> Result<Option<Request>> {
+        if self.config.generation == QwenGeneration::Qwen2
+            && self.tokenizer().token_to_id("<|box_start|>").is_none()
+        {
+            return Err(Error::NotSupported {
+                model_type: self.config.model_type.clone(),
+                what: "locate things in a photo",
+                hint: "Qwen2-VL answers with <|box_start|> tokens and this tokenizer has none: \
+                       use the checkpoint's own tokenizer.json",
+            });
+        }
+        let resized = self.resized_for(image, options)?;
+        Ok(Some(
+            grounding::Grounding::new(self.config.generation)
+                .request(image, what, resized, options),
+        ))
+    }
+
+    fn parse_grounding(
+        &self,
+        answer: &str,
+        image: &Image,
+        options: &GenerationOptions,
+    ) -> Result<Vec<vlm_contract::Detection>> {
+        let resized = self.resized_for(image, options)?;
+        Ok(grounding::Grounding::new(self.config.generation).parse(answer, image, resized))
     }
 
     fn generation_defaults(&self) -> &GenerationDefaults {

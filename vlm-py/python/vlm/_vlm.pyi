@@ -72,6 +72,14 @@ class _GenerationOptions(TypedDict, total=False):
     stop: str | Sequence[str] | None
     max_pixels: int | None
     min_pixels: int | None
+    json_schema: Mapping[str, Any] | str | _HasJsonSchema | None
+    regex: str | None
+    choices: Sequence[str] | None
+
+class _HasJsonSchema(Protocol):
+    """A pydantic model class (anything with ``model_json_schema()``)."""
+
+    def model_json_schema(self) -> dict[str, Any]: ...
 
 class _DeviceInfo(TypedDict):
     """One entry of devices()."""
@@ -96,6 +104,13 @@ class _ModelInfo(TypedDict):
     native_multi_image: bool
     max_context: int
     fixed_image_size: tuple[int, int] | None
+    grounding: bool
+
+class _Detection(TypedDict):
+    """One entry of Model.locate(): the box in the photo's pixels."""
+
+    label: str
+    bbox: list[float]
 
 class _CacheStats(TypedDict):
     """Model.cache_stats()."""
@@ -162,6 +177,9 @@ class Model:
     def describe(
         self, image: _Images, *, language: str | None = None, **gen: Unpack[_GenerationOptions]
     ) -> str: ...
+    def locate(
+        self, image: _Images, what: str, **gen: Unpack[_GenerationOptions]
+    ) -> list[_Detection]: ...
     def ask(self, image: _Images, question: str, **gen: Unpack[_GenerationOptions]) -> str: ...
     def relate(
         self,
