@@ -165,7 +165,7 @@ impl ChatRequest {
 fn sampling(temperature: Option<f32>, top_p: Option<f32>) -> Option<Sampling> {
     match (temperature, top_p) {
         (None, None) => None,
-        (Some(t), _) if t == 0.0 => Some(Sampling::Greedy),
+        (Some(0.0), _) => Some(Sampling::Greedy),
         (t, p) => Some(Sampling::Sample {
             temperature: t.unwrap_or(1.0),
             top_p: p.unwrap_or(1.0),

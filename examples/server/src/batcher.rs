@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -145,10 +145,7 @@ impl Worker {
             None => self.jobs.recv().ok(),
             Some(deadline) => {
                 let wait = deadline.saturating_duration_since(Instant::now());
-                match self.jobs.recv_timeout(wait) {
-                    Ok(job) => Some(job),
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-                }
+                self.jobs.recv_timeout(wait).ok()
             }
         }?;
         self.metrics.dequeued();
