@@ -7,7 +7,7 @@ use vlm_core::{Content, FinishReason, Generation, GenerationOptions, Message, Ro
 use crate::errors::ApiError;
 
 /// `POST /v1/chat/completions`. Fields OpenAI defines that are not listed here are
-/// ignored; the ones listed but not implemented answer 400 (see [`ChatRequest::check`]).
+/// ignored; the ones listed but not implemented answer 400 (see [`ChatRequest::parse`]).
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub model: Option<String>,

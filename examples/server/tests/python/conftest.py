@@ -22,10 +22,10 @@ FIXTURE = REPO / "vlm-models/tests/fixtures/qwen/qwen2_5_vl"
 def _built_binaries() -> tuple[Path, Path]:
     if os.environ.get("VLM_SERVER_BIN") and os.environ.get("VLM_BIN"):
         return Path(os.environ["VLM_SERVER_BIN"]), Path(os.environ["VLM_BIN"])
-    subprocess.run(
-        ["cargo", "build", "--quiet", "-p", "vlm-server", "-p", "vlm-examples", "--bins"],
-        cwd=REPO, check=True,
-    )
+    # The whole workspace's bins: the same feature set as `cargo test --workspace`, so
+    # after it (scripts/test.sh) only the binaries themselves are compiled and linked;
+    # `-p vlm-server -p vlm-examples` alone would rebuild vlm-core and vlm-models.
+    subprocess.run(["cargo", "build", "--quiet", "--workspace", "--bins"], cwd=REPO, check=True)
     meta = subprocess.run(
         ["cargo", "metadata", "--format-version", "1", "--no-deps"],
         cwd=REPO, check=True, capture_output=True, text=True,
