@@ -1,4 +1,4 @@
-//! OpenAI chat-completions JSON, in and out, and its mapping onto vlm's [`Request`].
+//! OpenAI chat-completions JSON, in and out, and its mapping onto vlm's [`vlm_core::Request`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
