@@ -16,6 +16,12 @@ fn fixture() -> PathBuf {
         .join("../../vlm-models/tests/fixtures/qwen/qwen2_5_vl")
 }
 
+/// A client that opens a connection per request: a pooled keep-alive connection can be
+/// reset by the server between two requests, which is not what these tests look at.
+fn http() -> ureq::Agent {
+    ureq::AgentBuilder::new().max_idle_connections(0).build()
+}
+
 /// The server process; killed when the test ends, even when it fails.
 struct Server {
     child: Child,
@@ -65,7 +71,7 @@ impl Server {
     /// POSTs a chat completion; returns the status, its headers' Retry-After and the
     /// JSON body (error bodies included).
     fn chat(&self, body: &Value, key: Option<&str>) -> (u16, Option<String>, Value) {
-        let mut req = ureq::post(&self.url("/v1/chat/completions"));
+        let mut req = http().post(&self.url("/v1/chat/completions"));
         if let Some(key) = key {
             req = req.set("Authorization", &format!("Bearer {key}"));
         }
@@ -81,7 +87,8 @@ impl Server {
     }
 
     fn metric(&self, name: &str) -> f64 {
-        let text = ureq::get(&self.url("/metrics"))
+        let text = http()
+            .get(&self.url("/metrics"))
             .call()
             .expect("metrics")
             .into_string()
@@ -89,6 +96,24 @@ impl Server {
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+    }
+}
+
+impl Server {
+    /// Waits until the server has received `requests` chat requests and `queued` of them
+    /// wait for the model: the others are running (or done). Sleeping a fixed time instead
+    /// fails on a loaded machine.
+    fn wait_until(&self, requests: f64, queued: f64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.metric("vlm_requests_total") < requests
+            || self.metric("vlm_queue_depth") != queued
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the server never had {requests} requests with {queued} queued"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -203,7 +228,8 @@ fn concurrent_requests_are_batched_and_each_answer_equals_its_solo_answer() {
 
 /// The SSE events of a streamed completion, `[DONE]` included.
 fn stream(server: &Server, body: &Value) -> Vec<String> {
-    let response = ureq::post(&server.url("/v1/chat/completions"))
+    let response = http()
+        .post(&server.url("/v1/chat/completions"))
         .send_json(body)
         .expect("stream");
     assert_eq!(response.content_type(), "text/event-stream");
@@ -303,7 +329,10 @@ fn bad_requests_get_openai_style_errors() {
     // connection, which can break the client's pipe while it still sends: try again.
     let oversized = json!({"messages": [user_turn(&[], &"x".repeat(2 << 20))]});
     let refused = (0..5).find_map(|_| {
-        match ureq::post(&server.url("/v1/chat/completions")).send_json(&oversized) {
+        match http()
+            .post(&server.url("/v1/chat/completions"))
+            .send_json(&oversized)
+        {
             Err(ureq::Error::Status(status, r)) => Some((status, r.into_string().unwrap())),
             Ok(r) => Some((r.status(), r.into_string().unwrap())),
             Err(ureq::Error::Transport(_)) => None,
@@ -328,9 +357,10 @@ fn api_keys_guard_the_v1_routes() {
         assert_eq!(error["error"]["code"], "invalid_api_key");
     }
     assert_eq!(server.chat(&body, Some("k2")).0, 200);
-    let models = ureq::get(&server.url("/v1/models")).call();
+    let models = http().get(&server.url("/v1/models")).call();
     assert!(matches!(models, Err(ureq::Error::Status(401, _))));
-    let health = ureq::get(&server.url("/health"))
+    let health = http()
+        .get(&server.url("/health"))
         .call()
         .expect("health is open");
     assert_eq!(health.status(), 200);
@@ -357,10 +387,10 @@ fn a_full_queue_answers_429_with_retry_after() {
         "0",
     ]);
     std::thread::scope(|scope| {
-        let running = scope.spawn(|| server.chat(&long(1500), None));
-        std::thread::sleep(Duration::from_millis(300));
+        let running = scope.spawn(|| server.chat(&long(3000), None));
+        server.wait_until(1.0, 0.0);
         let waiting = scope.spawn(|| server.chat(&long(5), None));
-        std::thread::sleep(Duration::from_millis(300));
+        server.wait_until(2.0, 1.0);
         let (status, retry_after, error) = server.chat(&long(5), None);
         assert_eq!(status, 429, "{error}");
         assert_eq!(retry_after.as_deref(), Some("1"));
@@ -393,7 +423,7 @@ fn a_client_that_disconnects_cancels_its_generation() {
             let mut first = [0u8; 64];
             let _ = conn.read(&mut first).unwrap();
         } else {
-            std::thread::sleep(Duration::from_millis(300));
+            server.wait_until(1.0, 0.0);
         }
         drop(conn);
         // The model is free again within a step or two.
@@ -417,7 +447,7 @@ fn sigterm_finishes_the_requests_in_flight_then_exits() {
     let mut server = Server::start(&[]);
     std::thread::scope(|scope| {
         let in_flight = scope.spawn(|| server.chat(&long(1000), None));
-        std::thread::sleep(Duration::from_millis(300));
+        server.wait_until(1.0, 0.0);
         let status = Command::new("kill")
             .args(["-TERM", &server.child.id().to_string()])
             .status()
@@ -444,13 +474,15 @@ fn sigterm_finishes_the_requests_in_flight_then_exits() {
 #[test]
 fn models_and_health() {
     let server = Server::start(&["--served-model-name", "tiny-qwen"]);
-    let models: Value = ureq::get(&server.url("/v1/models"))
+    let models: Value = http()
+        .get(&server.url("/v1/models"))
         .call()
         .unwrap()
         .into_json()
         .unwrap();
     assert_eq!(models["data"][0]["id"], "tiny-qwen");
-    let health: Value = ureq::get(&server.url("/health"))
+    let health: Value = http()
+        .get(&server.url("/health"))
         .call()
         .unwrap()
         .into_json()

@@ -9,6 +9,7 @@ import json
 import subprocess
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -111,6 +112,20 @@ def test_api_keys(start_server):
         model="model", messages=[{"role": "user", "content": "hi"}], max_tokens=2).choices
 
 
+def metric(server, name: str) -> float:
+    text = urllib.request.urlopen(server.base_url.removesuffix("/v1") + "/metrics").read().decode()
+    return next(float(line.split()[1]) for line in text.splitlines() if line.split()[0] == name)
+
+
+def wait_until(server, requests: int, queued: int) -> None:
+    """Until the server got `requests` requests and `queued` of them wait (the others
+    run): a fixed sleep fails on a loaded machine."""
+    deadline = time.monotonic() + 30
+    while metric(server, "vlm_requests_total") < requests or metric(server, "vlm_queue_depth") != queued:
+        assert time.monotonic() < deadline, f"never {requests} requests with {queued} queued"
+        time.sleep(0.01)
+
+
 def test_overload_is_a_429_with_retry_after(start_server):
     server = start_server("--max-batch-size", "1", "--max-queue", "1", "--max-wait-ms", "0")
     c = client(server)
@@ -123,16 +138,16 @@ def test_overload_is_a_429_with_retry_after(start_server):
                                       temperature=0, extra_body={"min_tokens": tokens})
         results.append(r.usage.completion_tokens)
 
-    running = threading.Thread(target=call, args=(1500,))
+    running = threading.Thread(target=call, args=(3000,))
     running.start()
-    time.sleep(0.3)
+    wait_until(server, requests=1, queued=0)
     waiting = threading.Thread(target=call, args=(4,))
     waiting.start()
-    time.sleep(0.3)
+    wait_until(server, requests=2, queued=1)
     with pytest.raises(openai.RateLimitError) as err:
         c.chat.completions.create(model="model", messages=hi, max_tokens=4)
     assert err.value.status_code == 429
     assert err.value.response.headers["retry-after"] == "1"
     running.join()
     waiting.join()
-    assert sorted(results) == [4, 1500]
+    assert sorted(results) == [4, 3000]
