@@ -11,12 +11,19 @@
 #                 vlm-py compile unoptimised. Use `release` to time or ship a wheel.
 # VLM_PY_FEATURES cargo features of the wheel, e.g. "cuda" (default: none).
 # PYTHON          the interpreter the venv is made from (default: python3, >= 3.9).
+# VLM_PY_EXTRA_TESTS  more pytest folders, relative to the repository root, run after
+#                 vlm-py's own tests with the same venv and wheel (scripts/test.sh adds the
+#                 examples': examples/server/tests/python, examples/python/tests).
+# VLM_PY_EXTRA_PIP  more pip packages those tests need (e.g. "openai ray[data]").
 set -euo pipefail
 
 crate_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-python3}
 profile=${VLM_PY_PROFILE:-dev}
 features=${VLM_PY_FEATURES:-}
+extra_tests=${VLM_PY_EXTRA_TESTS:-}
+# Split into words without globbing (`ray[data]` is a pattern to the shell).
+read -r -a extra_pip <<< "${VLM_PY_EXTRA_PIP:-}"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/vlm-py-test.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -26,7 +33,7 @@ echo "== venv ($("$python" --version 2>&1)) in $work"
 "$python" -m venv "$work/venv"
 venv_python="$work/venv/bin/python"
 "$venv_python" -m pip install --quiet --disable-pip-version-check \
-    "maturin>=1.9.4,<2" pytest numpy pillow mypy tqdm jsonschema
+    "maturin>=1.9.4,<2" pytest numpy pillow mypy tqdm jsonschema ${extra_pip[@]+"${extra_pip[@]}"}
 
 echo "== wheel (profile $profile${features:+, features $features})"
 "$work/venv/bin/maturin" build --quiet --manifest-path "$crate_dir/Cargo.toml" \
@@ -45,4 +52,8 @@ echo "== pytest"
 # From the tests folder, so `import vlm` is the installed wheel, not python/vlm.
 cd "$crate_dir/tests"
 "$venv_python" -m pytest -p no:cacheprovider -q "$@"
+for dir in $extra_tests; do
+    echo "== pytest $dir"
+    (cd "$crate_dir/../$dir" && "$venv_python" -m pytest -p no:cacheprovider -q)
+done
 echo "== done in $((SECONDS - start)) s"
