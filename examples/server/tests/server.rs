@@ -299,9 +299,9 @@ fn bad_requests_get_openai_style_errors() {
             "max_tokens",
         ),
         (
-            json!({"messages": [user_turn(&[], "hi")], "response_format": {"type": "json_object"}}),
+            json!({"messages": [user_turn(&[], "hi")], "response_format": {"type": "xml"}}),
             400,
-            "not supported yet",
+            "response_format.type must be",
         ),
         (
             json!({"messages": "hi"}),
