@@ -26,7 +26,7 @@ opt-level = 3
 debug = false
 TOML
 cat > "$app/src/main.rs" <<'RUST'
-use vlm_core::{GenerationOptions, Image, LoadOptions, VisionLanguageModel};
+use vlm_core::{GenerationOptions, Image, LoadOptions};
 
 fn main() -> vlm_core::Result<()> {
     let mut args = std::env::args().skip(1);
