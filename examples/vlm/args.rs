@@ -127,26 +127,8 @@ pub struct Common {
     /// Photo(s); repeat for several.
     #[arg(long)]
     pub image: Vec<std::path::PathBuf>,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// auto, f32, f16 or bf16.
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
-    /// none, int8 or int4 (the language model's linear layers; see docs/quantization.md).
-    #[arg(long, default_value = "none")]
-    pub quant: String,
-    /// The vision tower's quantization (default: int8 when --quant is int8 or int4).
-    #[arg(long)]
-    pub vision_quant: Option<String>,
-    /// Largest image area in pixels (Qwen-VL's max_pixels; default: the checkpoint's).
-    /// A 12 MP phone photo is ~15,500 image tokens by default; 1003520 (1280 tokens)
-    /// is the album budget docs/models.md recommends. BLIP-2 and MiniGPT-4 take 224×224.
-    #[arg(long)]
-    pub max_pixels: Option<usize>,
-    /// Smallest image area in pixels (Qwen-VL's min_pixels; default: the checkpoint's).
-    #[arg(long)]
-    pub min_pixels: Option<usize>,
+    #[command(flatten)]
+    pub model_args: ModelArgs,
     /// Keep this many MB of image encodings to reuse for the same photo (0: off).
     #[arg(long, default_value_t = 0)]
     pub image_cache_mb: u64,
@@ -200,18 +182,9 @@ pub struct Common {
 impl Common {
     pub fn load_options(&self) -> vlm_core::Result<LoadOptions> {
         Ok(LoadOptions {
-            device: DeviceChoice::parse(&self.device)?,
-            dtype: DTypeChoice::parse(&self.dtype)?,
-            quantization: Quantization::parse(&self.quant)?,
-            vision_quantization: self
-                .vision_quant
-                .as_deref()
-                .map(Quantization::parse)
-                .transpose()?,
             revision: self.revision.clone(),
-            min_pixels: self.min_pixels,
-            max_pixels: self.max_pixels,
             image_cache_bytes: self.image_cache_mb << 20,
+            ..self.model_args.load_options()?
         })
     }
 
@@ -254,4 +227,48 @@ fn read_schema(path: &std::path::Path) -> vlm_core::Result<serde_json::Value> {
             format!("{} is not JSON: {e}", path.display()),
         )
     })
+}
+
+/// How each model is loaded: device, precision, quantization, pixel budget. Shared by the
+/// generating commands and `compare`.
+#[derive(Args)]
+pub struct ModelArgs {
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// auto, f32, f16 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// none, int8 or int4 (the language model's linear layers; see docs/quantization.md).
+    #[arg(long, default_value = "none")]
+    pub quant: String,
+    /// The vision tower's quantization (default: int8 when --quant is int8 or int4).
+    #[arg(long)]
+    pub vision_quant: Option<String>,
+    /// Largest image area in pixels (Qwen-VL's max_pixels; default: the checkpoint's).
+    /// A 12 MP phone photo is ~15,500 image tokens by default; 1003520 (1280 tokens)
+    /// is the album budget docs/models.md recommends. BLIP-2 and MiniGPT-4 take 224×224.
+    #[arg(long)]
+    pub max_pixels: Option<usize>,
+    /// Smallest image area in pixels (Qwen-VL's min_pixels; default: the checkpoint's).
+    #[arg(long)]
+    pub min_pixels: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn load_options(&self) -> vlm_core::Result<LoadOptions> {
+        Ok(LoadOptions {
+            device: DeviceChoice::parse(&self.device)?,
+            dtype: DTypeChoice::parse(&self.dtype)?,
+            quantization: Quantization::parse(&self.quant)?,
+            vision_quantization: self
+                .vision_quant
+                .as_deref()
+                .map(Quantization::parse)
+                .transpose()?,
+            min_pixels: self.min_pixels,
+            max_pixels: self.max_pixels,
+            ..LoadOptions::default()
+        })
+    }
 }

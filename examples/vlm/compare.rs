@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use vlm_compare::{CompareError, CompareOptions};
-use vlm_core::model::LoadOptions;
-use vlm_core::{DTypeChoice, DeviceChoice, Language, Quantization};
+use vlm_core::Language;
 
 #[derive(Args)]
 pub struct CompareArgs {
@@ -54,24 +53,8 @@ pub struct CompareArgs {
     /// The cascade's mean token log-probability under which a photo goes to the strong model.
     #[arg(long, requires = "cascade", allow_hyphen_values = true)]
     pub threshold: Option<f64>,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// auto, f32, f16 or bf16.
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
-    /// none, int8 or int4.
-    #[arg(long, default_value = "none")]
-    pub quant: String,
-    /// The vision tower's quantization (default: int8 when --quant is int8 or int4).
-    #[arg(long)]
-    pub vision_quant: Option<String>,
-    /// Largest image area in pixels for Qwen-VL (1003520: 1,280 image tokens, the album budget).
-    #[arg(long)]
-    pub max_pixels: Option<usize>,
-    /// Smallest image area in pixels for Qwen-VL.
-    #[arg(long)]
-    pub min_pixels: Option<usize>,
+    #[command(flatten)]
+    pub model_args: crate::args::ModelArgs,
     /// Folder to write report.md, report.html and results.json to.
     #[arg(long)]
     pub report: PathBuf,
@@ -108,19 +91,7 @@ impl CompareArgs {
             threshold: self
                 .threshold
                 .unwrap_or(CompareOptions::default().threshold),
-            load: LoadOptions {
-                device: DeviceChoice::parse(&self.device)?,
-                dtype: DTypeChoice::parse(&self.dtype)?,
-                quantization: Quantization::parse(&self.quant)?,
-                vision_quantization: self
-                    .vision_quant
-                    .as_deref()
-                    .map(Quantization::parse)
-                    .transpose()?,
-                min_pixels: self.min_pixels,
-                max_pixels: self.max_pixels,
-                ..LoadOptions::default()
-            },
+            load: self.model_args.load_options()?,
         })
     }
 }
