@@ -22,8 +22,12 @@ pub fn print(json: bool) {
         return;
     }
     for d in &devices {
+        let cap = d
+            .compute_capability
+            .map(|(major, minor)| format!(", compute capability {major}.{minor}"))
+            .unwrap_or_default();
         println!(
-            "{:<8} {}  ({} total, {} free)",
+            "{:<8} {}  ({} total, {} free{cap})",
             d.device_arg(),
             d.name,
             gigabytes(d.total_memory),
@@ -42,5 +46,6 @@ fn to_json(d: &DeviceInfo) -> serde_json::Value {
         "kind": d.kind.as_str(),
         "total_memory": d.total_memory,
         "free_memory": d.free_memory,
+        "compute_capability": d.compute_capability.map(|(major, minor)| format!("{major}.{minor}")),
     })
 }

@@ -14,8 +14,9 @@ pub fn cuda_available(py: Python<'_>) -> PyResult<bool> {
 }
 
 /// The devices this build can run on: the CPU first, then every visible CUDA GPU, each a
-/// dict {"index", "name", "kind" ("cpu" or "cuda"), "total_memory", "free_memory"}
-/// (bytes; None when unknown; the host's RAM for the CPU).
+/// dict {"index", "name", "kind" ("cpu" or "cuda"), "total_memory", "free_memory"
+/// (bytes; None when unknown; the host's RAM for the CPU), "compute_capability" ("9.0";
+/// None for the CPU)}.
 #[pyfunction]
 pub fn devices(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
     let all = without_gil(py, || Ok(vlm_core::devices()))?;
@@ -27,6 +28,10 @@ pub fn devices(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
             dict.set_item("kind", d.kind.as_str())?;
             dict.set_item("total_memory", d.total_memory)?;
             dict.set_item("free_memory", d.free_memory)?;
+            let cap = d
+                .compute_capability
+                .map(|(major, minor)| format!("{major}.{minor}"));
+            dict.set_item("compute_capability", cap)?;
             Ok(dict)
         })
         .collect()

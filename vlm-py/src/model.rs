@@ -24,7 +24,7 @@ fn parse<T>(py: Python<'_>, parsed: vlm_core::Result<T>) -> PyResult<T> {
 /// Loads a model from a local folder (Hugging Face layout) or a hub id.
 ///
 /// device: "auto" (CUDA when built with it and present, else CPU), "cpu", "cuda", "cuda:N".
-/// dtype: "auto" (bf16 on CUDA, f32 on CPU), "f32", "f16", "bf16".
+/// dtype: "auto" (bf16 on CUDA from compute capability 8.0, f16 on older GPUs, f32 on CPU), "f32", "f16", "bf16".
 /// quant: None, "int8" or "int4" (the language model's linear layers; docs/quantization.md).
 /// vision_quant: the vision tower's quantization (default: "int8" when quant is set).
 /// revision: branch, tag or commit, for hub ids.

@@ -19,7 +19,7 @@ def test_devices_lists_the_cpu_first():
         assert 0 < cpu["total_memory"]
         assert cpu["free_memory"] is None or cpu["free_memory"] <= cpu["total_memory"]
     assert all(d["kind"] == "cuda" for d in devices[1:])
-    assert set(cpu) == {"index", "name", "kind", "total_memory", "free_memory"}
+    assert set(cpu) == {"index", "name", "kind", "total_memory", "free_memory", "compute_capability"}
     # A GPU is listed exactly when CUDA is usable.
     assert (len(devices) > 1) == vlm.cuda_available()
 

@@ -187,7 +187,8 @@ impl std::fmt::Display for DeviceChoice {
 /// Floating-point precision of weights and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DTypeChoice {
-    /// bf16 on CUDA, f32 on the CPU (candle's CPU half-precision matmuls are slow).
+    /// bf16 on CUDA (f16 below compute capability 8.0), f32 on the CPU (candle's CPU
+    /// half-precision matmuls are slow).
     #[default]
     Auto,
     /// 32-bit float: the reference precision of the parity tests.
@@ -213,16 +214,42 @@ impl DTypeChoice {
         }
     }
 
-    /// The dtype to use on `device`.
+    /// The dtype to use on `device`. `Auto` on a GPU is bf16 from compute capability 8.0
+    /// (Ampere) and f16 below it: older cards (Pascal 6.x, Volta 7.0, Turing 7.5) have no
+    /// bf16 arithmetic, and candle's CUDA kernels leave their bf16 versions out of builds
+    /// for those cards.
     pub fn resolve(self, device: &Device) -> DType {
         match self {
-            Self::Auto if device.is_cuda() => DType::BF16,
+            Self::Auto if device.is_cuda() => auto_gpu_dtype(compute_capability(device)),
             Self::Auto => DType::F32,
             Self::F32 => DType::F32,
             Self::F16 => DType::F16,
             Self::BF16 => DType::BF16,
         }
     }
+}
+
+/// `dtype=auto` on a GPU of compute capability `cap` (`None`: unknown, taken as a current
+/// card).
+fn auto_gpu_dtype(cap: Option<(u32, u32)>) -> DType {
+    match cap {
+        Some((major, _)) if major < 8 => DType::F16,
+        _ => DType::BF16,
+    }
+}
+
+/// The (major, minor) compute capability of a CUDA `device`; `None` on the CPU or when the
+/// driver does not say.
+pub fn compute_capability(device: &Device) -> Option<(u32, u32)> {
+    #[cfg(feature = "cuda")]
+    {
+        if let Device::Cuda(cuda) = device {
+            let (major, minor) = cuda.cuda_stream().context().compute_capability().ok()?;
+            return Some((u32::try_from(major).ok()?, u32::try_from(minor).ok()?));
+        }
+    }
+    let _ = device;
+    None
 }
 
 /// As `--dtype` spells it: `auto`, `f32`, `f16`, `bf16`.
@@ -268,6 +295,7 @@ mod tests {
     #[test]
     fn auto_dtype_is_f32_on_cpu() {
         assert_eq!(DTypeChoice::Auto.resolve(&Device::Cpu), DType::F32);
+        assert_eq!(compute_capability(&Device::Cpu), None);
         assert_eq!(DTypeChoice::parse("bfloat16").unwrap(), DTypeChoice::BF16);
         assert!(DTypeChoice::parse("int4").is_err());
     }
@@ -322,5 +350,17 @@ mod tests {
         let err = DeviceChoice::Cuda(0).open().unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::Device);
         assert!(err.to_string().contains("--features cuda"), "{err}");
+    }
+
+    #[test]
+    fn auto_on_a_gpu_is_bf16_from_ampere_and_f16_before() {
+        // GTX 1050 (6.1), V100 (7.0), T4 (7.5): f16; A100 (8.0), RTX 4090 (8.9), H200 (9.0): bf16.
+        for cap in [(6, 1), (7, 0), (7, 5)] {
+            assert_eq!(auto_gpu_dtype(Some(cap)), DType::F16, "{cap:?}");
+        }
+        for cap in [(8, 0), (8, 9), (9, 0), (12, 0)] {
+            assert_eq!(auto_gpu_dtype(Some(cap)), DType::BF16, "{cap:?}");
+        }
+        assert_eq!(auto_gpu_dtype(None), DType::BF16);
     }
 }

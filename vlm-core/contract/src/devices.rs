@@ -41,6 +41,9 @@ pub struct DeviceInfo {
     pub total_memory: Option<u64>,
     /// Bytes free now (the host's available RAM for the CPU), when known.
     pub free_memory: Option<u64>,
+    /// A GPU's (major, minor) CUDA compute capability, e.g. (9, 0) for an H200; `None` for
+    /// the CPU. Below (8, 0) `dtype=auto` runs in f16 (no bf16 on those cards).
+    pub compute_capability: Option<(u32, u32)>,
 }
 
 impl DeviceInfo {
@@ -108,6 +111,7 @@ fn cpu_info() -> DeviceInfo {
         name,
         total_memory,
         free_memory,
+        compute_capability: None,
     }
 }
 
@@ -164,6 +168,10 @@ fn cuda_devices() -> Vec<DeviceInfo> {
                 name,
                 total_memory: total,
                 free_memory: free,
+                compute_capability: ctx
+                    .as_ref()
+                    .and_then(|c| c.compute_capability().ok())
+                    .and_then(|(ma, mi)| Some((u32::try_from(ma).ok()?, u32::try_from(mi).ok()?))),
             }
         })
         .collect()

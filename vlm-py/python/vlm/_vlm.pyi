@@ -89,6 +89,7 @@ class _DeviceInfo(TypedDict):
     kind: Literal["cpu", "cuda"]
     total_memory: int | None
     free_memory: int | None
+    compute_capability: str | None
 
 class _ModelInfo(TypedDict):
     """Model.info."""
