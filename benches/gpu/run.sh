@@ -9,6 +9,7 @@
 # Results (logs, JSON) go to $OUT (or ./bench-out), packed into results.tar.gz at the end
 # (a lent machine sends back at most 8 files).
 #   MODEL=Qwen2.5-VL-7B-Instruct TOKENS=64 BATCHES=8 CHECK=1 BENCH=1 benches/gpu/run.sh
+# OLD_NEW=1 adds the previous build's vlm-bench (.devbin/vlm-bench-old.xz) alternated with this one.
 set -uo pipefail
 OUT=${OUT:-$PWD/bench-out}; mkdir -p "$OUT"
 pack() { (cd "$OUT" && tar -czf results.tar.gz --exclude results.tar.gz -- * 2>/dev/null); }
@@ -25,7 +26,7 @@ QUANT_BATCHES=${QUANT_BATCHES:-$BATCHES}
 # model:quantizations to benchmark with QUANT=1 (random real-size weights; "none" = bf16;
 # "int4/int4" = language model / vision tower)
 QUANT_MODELS=${QUANT_MODELS:-"Qwen2.5-VL-7B-Instruct:int8,int4 Qwen2.5-VL-3B-Instruct:none,int4 blip2-opt-2.7b:none,int4"}
-for b in vlm-bench album $CHECKS; do
+for b in vlm-bench vlm-bench-old album $CHECKS; do
   if [ -f ".devbin/$b.xz" ]; then
     python3 -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
       ".devbin/$b.xz" "/tmp/$b" && chmod +x "/tmp/$b"
@@ -90,6 +91,18 @@ if [ "$BENCH" = 1 ]; then
   echo "== vlm-bench"
   peak_mem "$OUT/vlm-bench.log" /tmp/vlm-bench --model /tmp/bench-model --tokens "$TOKENS" --batches "$BATCHES" \
     --runs "$RUNS" --save-photo /tmp/photo.png --json "$OUT/vlm-bench.json" 2>&1 | tee -a "$OUT/vlm-bench.log" || status=1
+  # OLD_NEW=1: the previous build (.devbin/vlm-bench-old.xz) and this one, alternated
+  # OLD_NEW_ROUNDS times on the same checkpoint, photo and card: a refactor's "within noise".
+  if [ "${OLD_NEW:-0}" = 1 ] && [ -x /tmp/vlm-bench-old ]; then
+    : > "$OUT/old-new.log"
+    for r in $(seq "${OLD_NEW_ROUNDS:-2}"); do
+      for b in vlm-bench-old vlm-bench; do
+        echo "== round $r: $b" | tee -a "$OUT/old-new.log"
+        peak_mem "$OUT/old-new.log" "/tmp/$b" --model /tmp/bench-model --tokens "$TOKENS" --batches "$BATCHES" \
+          --runs "$RUNS" 2>&1 | grep -v "^|---" | tee -a "$OUT/old-new.log" || status=1
+      done
+    done
+  fi
   if [ "$BASELINE" = 1 ]; then
     echo "== HF transformers baseline"
     PYTHONUNBUFFERED=1 peak_mem "$OUT/hf.log" python3 benches/gpu/hf_baseline.py /tmp/bench-model /tmp/photo.png \
