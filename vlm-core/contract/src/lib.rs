@@ -29,8 +29,6 @@ pub mod files;
 pub mod generate;
 pub mod grounding;
 pub mod image;
-#[doc(hidden)]
-pub mod kv_cache;
 pub mod model;
 pub mod options;
 #[doc(hidden)]
