@@ -79,7 +79,9 @@ impl DecoderConfig {
         let bad = |m: String| Error::bad_file(file, m);
         if c.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(bad(
-                "rope_scaling is not supported for this LLaMA language model".into(),
+                "rope_scaling is set, and the decoder has plain RoPE only: use a checkpoint \
+                 trained without RoPE scaling"
+                    .into(),
             ));
         }
         if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
