@@ -10,9 +10,9 @@
 //! The ViT and Q-Former are BLIP-2's ([`crate::blip2::vision`], [`crate::blip2::qformer`])
 //! with the original tensor names; the language model is the LLaMA-architecture decoder
 //! the decoder-only families share (`crate::decoder`), with plain RoPE. Prompts follow
-//! the demo's conversation exactly ([`conversation`]). MiniGPT-4 was trained on one image per turn, so `info()` reports
-//! multi-image as not native; `relate` still puts all photos into one conversation, as the
-//! demo would after several uploads.
+//! the demo's conversation exactly ([`conversation`]). MiniGPT-4 was trained on one image
+//! per turn, so `info()` reports multi-image as not native; `relate` still puts all photos
+//! into one conversation, as the demo would after several uploads.
 
 pub mod checkpoint;
 pub mod config;
