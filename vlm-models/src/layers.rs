@@ -1,6 +1,6 @@
-//! Building blocks shared by the families: linear layers (float or quantized, built by
-//! [`crate::quant::Quantizer`] so that model code never branches on quantization), norms,
-//! activations and attention.
+//! Building blocks shared by the families: linear layers (float or quantized; model code
+//! gets them from `crate::quant::Quantizer`, which depends on this file and not the
+//! reverse, so it never branches on quantization), norms, activations and attention.
 
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Result, Tensor, D};
@@ -46,12 +46,6 @@ impl Embedding {
             Self::Quant { table, dtype } => table.embedding(ids)?.to_dtype(*dtype),
         }
     }
-}
-
-/// A float layer reading `weight` (and `bias` when `bias`) from `vb`, for layers that stay
-/// in float whatever the quantization.
-pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    crate::quant::Quantizer::float().linear(in_dim, out_dim, bias, vb)
 }
 
 impl Linear {

@@ -10,6 +10,7 @@
 //! | MiniGPT-4 (Vicuna v0, LLaMA-2-chat) | `minigpt4` | [`minigpt4`] |
 
 pub mod blip2;
+mod decoder;
 pub mod image_cache;
 #[doc(hidden)]
 pub mod kernels;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
@@ -273,33 +274,6 @@ fn check_gguf_tensor(
     }
 }
 
-/// A VarBuilder over safetensors `files`, or over a quantized folder's floats, recorded
-/// by `ctx`.
-pub fn open_weights(
-    files: &[PathBuf],
-    floats: Option<GgufFloats>,
-    dtype: DType,
-    device: &Device,
-    ctx: &LoadContext,
-) -> Result<VarBuilder<'static>> {
-    if let Some(f) = floats {
-        return Ok(VarBuilder::from_backend(
-            Box::new(ctx.record(f)),
-            dtype,
-            device.clone(),
-        ));
-    }
-    // SAFETY: the files are memory-mapped read-only; modifying them while loaded is
-    // undefined behaviour, as with every mmap-based loader.
-    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files) }
-        .map_err(|e| Error::Weights(vlm_contract::error::candle_message(&e)))?;
-    Ok(VarBuilder::from_backend(
-        Box::new(ctx.record(st)),
-        dtype,
-        device.clone(),
-    ))
-}
-
 /// What `save_quantized` wrote.
 #[derive(Debug, Clone)]
 pub struct SaveReport {
@@ -416,6 +390,32 @@ fn copy_non_weights(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The tensors of a plain folder (not a saved quantized one), as a family reads them.
+pub struct WeightSource<B> {
+    /// The reader.
+    pub backend: B,
+    /// The files it reads.
+    pub files: Vec<PathBuf>,
+    /// Every tensor name it holds.
+    pub names: HashSet<String>,
+}
+
+impl WeightSource<MmapedSafetensors> {
+    /// Safetensors `files`, memory-mapped.
+    pub fn safetensors(files: Vec<PathBuf>) -> Result<Self> {
+        let names = tensor_names(&files)?;
+        // SAFETY: the files are memory-mapped read-only; modifying them while loaded is
+        // undefined behaviour, as with every mmap-based loader.
+        let backend = unsafe { MmapedSafetensors::multi(&files) }
+            .map_err(|e| Error::Weights(vlm_contract::error::candle_message(&e)))?;
+        Ok(Self {
+            backend,
+            files,
+            names,
+        })
+    }
+}
+
 /// How a family reads its weights: the VarBuilder (recorded), the load context and the
 /// quantization policy, for a plain folder or a saved quantized one.
 pub struct Weights {
@@ -429,6 +429,8 @@ pub struct Weights {
     pub quantization: Quantization,
     /// Every tensor name the weights hold (float and quantized), to detect layouts.
     pub names: HashSet<String>,
+    /// The files the weights are read from.
+    pub files: Vec<PathBuf>,
 }
 
 impl Weights {
@@ -441,54 +443,75 @@ impl Weights {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        Self::open_from(dir, options, ctx, dtype, device, |dir| {
+            WeightSource::safetensors(dir.safetensors()?)
+        })
+    }
+
+    /// [`Self::open`] for a family whose plain folders hold other files than one set of
+    /// safetensors (MiniGPT-4's release checkpoints): `source` opens them; it is not
+    /// called for a saved quantized folder, which is read as any other.
+    pub fn open_from<B: SimpleBackend + 'static>(
+        dir: &ModelDir,
+        options: &LoadOptions,
+        ctx: Option<&LoadContext>,
+        dtype: DType,
+        device: &Device,
+        source: impl FnOnce(&ModelDir) -> Result<WeightSource<B>>,
+    ) -> Result<Self> {
         let (ctx, floats) = match ctx {
             Some(c) => (c.clone(), None),
             None => LoadContext::for_dir(dir.root(), device)?,
         };
         let (quantization, vision) = ctx.quantization(options);
-        let files = if floats.is_some() {
-            vec![]
-        } else {
-            dir.safetensors()?
-        };
-        let names = match &floats {
-            Some(f) => f
-                .tensors
-                .keys()
-                .cloned()
-                .chain(ctx.store.saved_names())
-                .collect(),
-            None => tensor_names(&files)?,
-        };
-        let source = if floats.is_some() {
-            format!(
-                "{} (a saved quantized folder: quantization {}, vision {})",
-                dir.path(QUANTIZED_WEIGHTS).display(),
-                quantization.as_str(),
-                vision.unwrap_or(quantization).as_str()
-            )
-        } else {
-            format!(
-                "{} safetensors file(s) in {}",
-                files.len(),
-                dir.root().display()
-            )
-        };
+        let (backend, files, names, what): (Box<dyn SimpleBackend>, _, HashSet<String>, _) =
+            match floats {
+                Some(f) => {
+                    let names = f
+                        .tensors
+                        .keys()
+                        .cloned()
+                        .chain(ctx.store.saved_names())
+                        .collect();
+                    let what = format!(
+                        "{} (a saved quantized folder: quantization {}, vision {})",
+                        dir.path(QUANTIZED_WEIGHTS).display(),
+                        quantization.as_str(),
+                        vision.unwrap_or(quantization).as_str()
+                    );
+                    let files = vec![dir.path(QUANTIZED_WEIGHTS)];
+                    (Box::new(ctx.record(f)), files, names, what)
+                }
+                None => {
+                    let s = source(dir)?;
+                    let safetensors = s
+                        .files
+                        .iter()
+                        .all(|f| f.extension().is_some_and(|e| e == "safetensors"));
+                    let what = format!(
+                        "{} {} file(s) in {}",
+                        s.files.len(),
+                        if safetensors { "safetensors" } else { "weight" },
+                        dir.root().display()
+                    );
+                    (Box::new(ctx.record(s.backend)), s.files, s.names, what)
+                }
+            };
         tracing::info!(
             target: TARGET,
-            "weights: {source}, {} tensors, read as {} onto {}",
+            "weights: {what}, {} tensors, read as {} onto {}",
             names.len(),
             dtype.as_str(),
             vlm_contract::device::device_name(device)
         );
         load_log::weights_opened(names.len());
-        let vb = open_weights(&files, floats, dtype, device, &ctx)?;
         Ok(Self {
-            vb,
+            vb: VarBuilder::from_backend(backend, dtype, device.clone()),
             ctx,
             policy: QuantPolicy::new(quantization, vision),
             quantization,
             names,
+            files,
         })
     }
 

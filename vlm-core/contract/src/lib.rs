@@ -12,7 +12,7 @@
 //! state created by the generation loop, so one model serves many threads at once.
 
 // The modules marked `doc(hidden)` are what model code needs (the family trait, the
-// generation loop's internals, resizers, the KV cache, SentencePiece): public so that
+// generation loop's internals, resizers, SentencePiece): public so that
 // vlm-models can use them, outside the API apps see (docs/rust.md; CHANGELOG's policy).
 pub mod cache_stats;
 pub mod cancel;
@@ -29,8 +29,6 @@ pub mod files;
 pub mod generate;
 pub mod grounding;
 pub mod image;
-#[doc(hidden)]
-pub mod kv_cache;
 pub mod model;
 pub mod options;
 #[doc(hidden)]

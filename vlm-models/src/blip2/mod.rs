@@ -22,12 +22,12 @@ pub mod vision;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use crate::decoder::LayerKvCache;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
 use vlm_contract::device::device_name;
 use vlm_contract::files::ModelDir;
-use vlm_contract::kv_cache::LayerKvCache;
 use vlm_contract::model::LoadOptions;
 use vlm_contract::{
     Error, Family, FamilyModel, GenerationDefaults, Language, ModelInfo, PrefillOutput,

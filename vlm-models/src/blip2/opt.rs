@@ -6,9 +6,9 @@
 //! Weights under `language_model.model.decoder.*` (+ `language_model.lm_head.weight`
 //! when untied), as in transformers' `OPTForCausalLM`; the loader finds the prefix.
 
+use crate::decoder::LayerKvCache;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use vlm_contract::kv_cache::LayerKvCache;
 
 use super::config::OptConfig;
 use crate::layers::{attend, split_heads, Act, AttentionMask, Embedding, LayerNorm, Linear};

@@ -8,9 +8,9 @@
 //! Weights under `language_model.{shared, encoder, decoder, lm_head}`, as in
 //! transformers' `T5ForConditionalGeneration`.
 
+use crate::decoder::LayerKvCache;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use vlm_contract::kv_cache::LayerKvCache;
 
 use super::config::T5Config;
 use crate::layers::{attend, split_heads, Act, AttentionMask, Embedding, Linear, RmsNorm, MASKED};

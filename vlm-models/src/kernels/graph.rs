@@ -4,8 +4,9 @@
 //! sets the pace (an int4 7B step took 3.9 ms where its weights read in ~1 ms, run 15).
 //! Replaying a captured graph issues the whole step in one launch. What changes between
 //! steps lives in device buffers written before each replay (token ids, the cache length,
-//! the RoPE rows: `qwen_vl::text`); every other address a step touches is fixed for a
-//! request: the weights, its KV cache, and the step's temporaries, which the graph owns.
+//! the RoPE rows: `decoder/decode_step.rs`); every other address a step touches is fixed
+//! for a request: the weights, its KV cache, and the step's temporaries, which the graph
+//! owns.
 
 use std::sync::Arc;
 

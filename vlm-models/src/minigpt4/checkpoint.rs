@@ -143,6 +143,11 @@ impl LayeredWeights {
         Ok(())
     }
 
+    /// Adds every file of `above` on top, in its order.
+    pub fn extend(&mut self, above: LayeredWeights) {
+        self.layers.extend(above.layers);
+    }
+
     /// The layer (highest priority first) holding `name`, and the name inside it.
     fn find<'a>(&'a self, name: &'a str) -> Option<(&'a Layer, &'a str)> {
         self.layers.iter().rev().find_map(|l| {

@@ -9,11 +9,10 @@
 //!
 //! The ViT and Q-Former are BLIP-2's ([`crate::blip2::vision`], [`crate::blip2::qformer`])
 //! with the original tensor names; the language model is the LLaMA-architecture decoder
-//! of [`crate::qwen_vl::text`] (Qwen2's decoder is LLaMA's plus q/k/v biases, which
-//! LLaMA configs turn off). Prompts follow the demo's conversation exactly
-//! ([`conversation`]). MiniGPT-4 was trained on one image per turn, so `info()` reports
-//! multi-image as not native; `relate` still puts all photos into one conversation, as the
-//! demo would after several uploads.
+//! the decoder-only families share (`crate::decoder`), with plain RoPE. Prompts follow
+//! the demo's conversation exactly ([`conversation`]). MiniGPT-4 was trained on one image
+//! per turn, so `info()` reports multi-image as not native; `relate` still puts all photos
+//! into one conversation, as the demo would after several uploads.
 
 pub mod checkpoint;
 pub mod config;
@@ -23,8 +22,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::VarBuilder;
-use serde::Deserialize;
 use tokenizers::Tokenizer;
 use vlm_contract::device::device_name;
 use vlm_contract::files::ModelDir;
@@ -40,14 +37,11 @@ pub use conversation::{Conversation, IMAGE_HERE};
 
 use crate::blip2::qformer::{QFormer, QFormerLayout};
 use crate::blip2::vision::{VisionTransformer, VitLayout};
+use crate::decoder::{Decoder, DecoderConfig, DecoderState, LlamaConfig, SegmentLayout};
 use crate::image_cache::{self, Features, ImageCache, ImageKey, Plan};
-use crate::layers::{attention_mask, Act, LayerNorm, Linear};
+use crate::layers::{LayerNorm, Linear};
 use crate::preprocess::{Normalize, ResizeBackend};
-use crate::quant::{QuantPolicy, Quantizer};
-use crate::quantized_folder::{LoadContext, QUANTIZED_WEIGHTS};
-use crate::qwen_vl::config::TextConfig;
-use crate::qwen_vl::rope::MropeTables;
-use crate::qwen_vl::text::{DecoderState, TextModel};
+use crate::quantized_folder::{LoadContext, WeightSource, Weights};
 use crate::weights::weights_err;
 use vlm_contract::resize::PillowVersion;
 
@@ -72,87 +66,6 @@ pub const CONVERT_PREFIXES: &[&str] = &[
     "Qformer.bert.",
     "llama_proj.",
 ];
-
-/// The LLaMA config.json fields the decoder needs (transformers' `LlamaConfig`).
-#[derive(Deserialize)]
-struct LlamaConfig {
-    vocab_size: usize,
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    #[serde(default)]
-    num_key_value_heads: Option<usize>,
-    #[serde(default = "default_rms_eps")]
-    rms_norm_eps: f64,
-    #[serde(default = "default_theta")]
-    rope_theta: f64,
-    #[serde(default = "default_max_positions")]
-    max_position_embeddings: usize,
-    #[serde(default)]
-    tie_word_embeddings: bool,
-    #[serde(default = "default_act")]
-    hidden_act: String,
-    #[serde(default)]
-    rope_scaling: Option<serde_json::Value>,
-    #[serde(default)]
-    bos_token_id: Option<u32>,
-    #[serde(default)]
-    eos_token_id: Option<u32>,
-}
-
-fn default_rms_eps() -> f64 {
-    1e-6
-}
-fn default_theta() -> f64 {
-    10000.0
-}
-fn default_max_positions() -> usize {
-    2048
-}
-fn default_act() -> String {
-    "silu".into()
-}
-
-impl LlamaConfig {
-    fn text_config(&self) -> Result<TextConfig> {
-        let bad = |m: String| Error::bad_file("config.json of the language model", m);
-        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(bad(
-                "rope_scaling is not supported for MiniGPT-4's language model".into(),
-            ));
-        }
-        if self.num_attention_heads == 0
-            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
-        {
-            return Err(bad(
-                "hidden_size is not divisible by num_attention_heads".into()
-            ));
-        }
-        let head_dim = self.hidden_size / self.num_attention_heads;
-        let config = TextConfig {
-            vocab_size: self.vocab_size,
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_hidden_layers: self.num_hidden_layers,
-            num_attention_heads: self.num_attention_heads,
-            num_key_value_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
-            head_dim,
-            rms_norm_eps: self.rms_norm_eps,
-            rope_theta: self.rope_theta,
-            // One position stream: plain RoPE.
-            mrope_section: [head_dim / 2, 0, 0],
-            mrope_interleaved: false,
-            qkv_bias: false,
-            qk_norm: false,
-            hidden_act: Act::from_name(&self.hidden_act).map_err(bad)?,
-            max_position_embeddings: self.max_position_embeddings,
-            tie_word_embeddings: self.tie_word_embeddings,
-        };
-        config.check_sizes("config.json of the language model")?;
-        Ok(config)
-    }
-}
 
 /// One request, ready for the model.
 #[derive(Debug, Clone)]
@@ -198,8 +111,7 @@ pub struct MiniGpt4 {
     ln_vision: LayerNorm,
     qformer: Option<QFormer>,
     projection: Linear,
-    llm: TextModel,
-    rope: MropeTables,
+    llm: Decoder,
     tokens_per_image: usize,
     defaults: GenerationDefaults,
     device: Device,
@@ -341,12 +253,8 @@ impl MiniGpt4 {
                 hint: "the language model folder named by \"language_model\" (Vicuna v0 or Llama-2-7b-chat-hf in HF format)".into(),
             });
         }
-        let llm_config_path = llm_dir.join("config.json");
-        let llm_text = std::fs::read_to_string(&llm_config_path)
-            .map_err(|e| Error::bad_file(&llm_config_path, e))?;
-        let llama: LlamaConfig =
-            serde_json::from_str(&llm_text).map_err(|e| Error::bad_file(&llm_config_path, e))?;
-        let text_config = llama.text_config()?;
+        let llama = LlamaConfig::read(&llm_dir.join("config.json"))?;
+        let text_config = DecoderConfig::from_llama(&llama, "config.json of the language model")?;
         let tokenizer = load_tokenizer(&llm_dir)?;
         let bos = tokenizer
             .token_to_id("<s>")
@@ -360,35 +268,33 @@ impl MiniGpt4 {
             GenerationDefaults::from_file(&llm_dir.join("generation_config.json"), &[eos])?;
         demo_sampling(&mut defaults, config.variant);
 
-        let (ctx, saved) = match ctx {
-            Some(c) => (c.clone(), None),
-            None => LoadContext::for_dir(dir.root(), &device)?,
-        };
-        let (quantization, vision_quantization) = ctx.quantization(options);
-        let policy = QuantPolicy::new(quantization, vision_quantization);
-        let quantizer = |kind| Quantizer::new(kind, Some(ctx.store.clone()));
+        // One VarBuilder over every file: the parts' names and the LLaMA names do not
+        // collide. The language model lies under the parts, as the reference loads it
+        // first and the checkpoints onto it.
+        let weights = Weights::open_from(dir, options, ctx, dtype, &device, |dir| {
+            let parts = part_weights(dir, &config)?;
+            let llm_files = hf_folder_weights(&llm_dir)?;
+            let files = parts.files().into_iter().chain(llm_files.clone()).collect();
+            let mut backend = LayeredWeights::default();
+            for f in llm_files {
+                backend.push(f, "")?;
+            }
+            backend.extend(parts);
+            let names = backend.names().into_keys().collect();
+            Ok(WeightSource {
+                backend,
+                files,
+                names,
+            })
+        })?;
+        let policy = weights.policy;
         let (vision_q, text_q, head_q, embed_q) = (
-            quantizer(policy.vision),
-            quantizer(policy.text),
-            quantizer(policy.head),
-            quantizer(policy.embed),
+            weights.quantizer(policy.vision),
+            weights.quantizer(policy.text),
+            weights.quantizer(policy.head),
+            weights.quantizer(policy.embed),
         );
-        let mut weight_files = Vec::new();
-        let vb = match &saved {
-            Some(floats) => {
-                weight_files.push(dir.root().join(QUANTIZED_WEIGHTS));
-                VarBuilder::from_backend(
-                    Box::new(ctx.record(floats.clone())),
-                    dtype,
-                    device.clone(),
-                )
-            }
-            None => {
-                let parts = part_weights(dir, &config)?;
-                weight_files.extend(parts.files());
-                VarBuilder::from_backend(Box::new(ctx.record(parts)), dtype, device.clone())
-            }
-        };
+        let vb = weights.vb.clone();
         let vcfg = config.vision();
         let vision =
             VisionTransformer::new(&vcfg, VitLayout::Eva, vb.pp("visual_encoder"), &vision_q)
@@ -439,36 +345,15 @@ impl MiniGpt4 {
             )
             .map_err(weights_err)?;
 
-        let llm_vb = match saved {
-            // One file holds both: the parts' names and the LLaMA names do not collide.
-            Some(floats) => {
-                VarBuilder::from_backend(Box::new(ctx.record(floats)), dtype, device.clone())
-            }
-            None => {
-                let llm_files = hf_folder_weights(&llm_dir)?;
-                let mut llm_weights = LayeredWeights::default();
-                for f in &llm_files {
-                    llm_weights.push(f.clone(), "")?;
-                }
-                weight_files.extend(llm_files);
-                VarBuilder::from_backend(Box::new(ctx.record(llm_weights)), dtype, device.clone())
-            }
-        };
-        let llm = TextModel::new(
+        let llm = Decoder::new(
             &text_config,
-            llm_vb.pp("model"),
-            llm_vb,
+            vb.pp("model"),
+            vb.clone(),
             &text_q,
             &head_q,
             &embed_q,
         )
         .map_err(weights_err)?;
-        let rope = MropeTables::new(
-            text_config.head_dim,
-            text_config.rope_theta,
-            text_config.mrope_section,
-            false,
-        );
         Ok(Self {
             conversation: Conversation::of(config.variant),
             config,
@@ -488,14 +373,13 @@ impl MiniGpt4 {
             qformer,
             projection,
             llm,
-            rope,
             tokens_per_image,
             defaults,
             device,
             dtype,
-            weight_files,
-            quantization,
-            ctx,
+            weight_files: weights.files,
+            quantization: weights.quantization,
+            ctx: weights.ctx,
             cache: ImageCache::new(options.image_cache_bytes),
         })
     }
@@ -558,71 +442,18 @@ impl MiniGpt4 {
         batch: &[&MiniGpt4Inputs],
         max_new_tokens: usize,
     ) -> Result<(Tensor, MiniGpt4State, Duration, Vec<usize>)> {
-        let b = batch.len();
-        let len = batch.iter().map(|p| p.input_ids.len()).max().unwrap_or(0);
-        let pad: Vec<usize> = batch.iter().map(|p| len - p.input_ids.len()).collect();
+        let prompts: Vec<&[Vec<u32>]> = batch.iter().map(|p| p.segments.as_slice()).collect();
+        let layout = SegmentLayout::new(&prompts, self.tokens_per_image);
         let t_image = Instant::now();
         let (image_rows, hits) = self.image_rows(batch)?;
         if image_rows.is_some() {
             self.device.synchronize()?;
         }
         let image_time = t_image.elapsed();
-
-        let mut ids = Vec::with_capacity(b * len);
-        let mut source = Vec::with_capacity(b * len);
-        let mut next_image_row = (b * len) as u32;
-        for (s, p) in batch.iter().enumerate() {
-            for _ in 0..pad[s] {
-                source.push(ids.len() as u32);
-                ids.push(0u32);
-            }
-            for (i, seg) in p.segments.iter().enumerate() {
-                if i > 0 {
-                    for _ in 0..self.tokens_per_image {
-                        source.push(next_image_row);
-                        next_image_row += 1;
-                        ids.push(0);
-                    }
-                }
-                for &id in seg {
-                    source.push(ids.len() as u32);
-                    ids.push(id);
-                }
-            }
-        }
-        let hidden = self.llm.config().hidden_size;
-        let ids_t = Tensor::from_vec(ids, b * len, &self.device)?;
-        let mut table = self.llm.embed(&ids_t)?;
-        if let Some(rows) = image_rows {
-            table = Tensor::cat(&[&table, &rows.to_dtype(self.dtype)?], 0)?;
-        }
-        let embeds = table
-            .index_select(&Tensor::from_vec(source, b * len, &self.device)?, 0)?
-            .reshape((b, len, hidden))?;
-        let positions: Vec<[Vec<i64>; 3]> = pad
-            .iter()
-            .map(|&p| {
-                let pos: Vec<i64> = std::iter::repeat_n(0, p)
-                    .chain(0..(len - p) as i64)
-                    .collect();
-                [pos.clone(), pos.clone(), pos]
-            })
-            .collect();
-        let (cos, sin) = self.rope.tables(&positions, self.dtype, &self.device)?;
-        let mask = attention_mask(&pad, len, len, self.dtype, &self.device)?;
-        let mut caches = self
-            .llm
-            .new_caches(b, len + max_new_tokens, self.dtype, &self.device)?;
-        let out = self
-            .llm
-            .forward_hidden(embeds, &cos, &sin, mask.as_ref(), &mut caches, None)?;
-        let next_position = pad.iter().map(|&p| (len - p) as i64).collect();
-        Ok((
-            out,
-            MiniGpt4State::new(caches, next_position, pad),
-            image_time,
-            hits,
-        ))
+        let (out, state) =
+            self.llm
+                .prefill_segments(layout, image_rows.as_ref(), max_new_tokens)?;
+        Ok((out, state, image_time, hits))
     }
 
     /// What the batch's images put into the language model, `[images·tokens, hidden]`,
@@ -791,7 +622,7 @@ impl Family for MiniGpt4 {
     }
 
     fn decode(&self, tokens: &[u32], state: &mut MiniGpt4State) -> Result<Tensor> {
-        Ok(self.llm.decode_step(tokens, &self.rope, state)?)
+        Ok(self.llm.decode_step(tokens, state)?)
     }
 
     fn relate_in_one_conversation(&self) -> bool {

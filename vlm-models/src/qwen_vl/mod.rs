@@ -17,7 +17,6 @@ pub mod config;
 pub mod grounding;
 pub mod processor;
 pub mod rope;
-pub mod text;
 pub mod tokenizer;
 pub mod vision;
 
@@ -33,6 +32,7 @@ use vlm_contract::{
     PrefillOutput, Quantization, Request, Result, VisionLanguageModel,
 };
 
+use crate::decoder::{Decoder, DecoderConfig, DecoderState, DeepStack};
 use crate::image_cache::{self, Features, ImageCache, Plan};
 use crate::layers::attention_mask;
 use crate::quantized_folder::{LoadContext, Weights};
@@ -40,8 +40,7 @@ use crate::weights::weights_err;
 pub use config::{QwenGeneration, QwenVlConfig};
 use processor::ImagePatches;
 pub use processor::{PixelBudget, QwenInputs, QwenProcessor, IMAGE_PLACEHOLDER};
-use rope::{rope_index, MropeTables, RopeIndex};
-use text::{DecoderState, DeepStack, TextModel};
+use rope::{rope_index, RopeIndex};
 use vision::{VisionOutput, VisionTower};
 
 /// The `model_type`s this family loads.
@@ -52,8 +51,7 @@ pub struct QwenVl {
     config: QwenVlConfig,
     processor: QwenProcessor,
     vision: VisionTower,
-    text: TextModel,
-    rope: MropeTables,
+    text: Decoder,
     defaults: GenerationDefaults,
     device: Device,
     dtype: DType,
@@ -146,8 +144,8 @@ impl QwenVl {
             &weights.quantizer(policy.vision),
         )
         .map_err(weights_err)?;
-        let text = TextModel::new(
-            &config.text,
+        let text = Decoder::new(
+            &DecoderConfig::from_qwen(&config.text),
             vb.pp(text_prefix),
             vb.clone(),
             &weights.quantizer(policy.text),
@@ -155,19 +153,11 @@ impl QwenVl {
             &weights.quantizer(policy.embed),
         )
         .map_err(weights_err)?;
-        let t = &config.text;
-        let rope = MropeTables::new(
-            t.head_dim,
-            t.rope_theta,
-            t.mrope_section,
-            t.mrope_interleaved,
-        );
         Ok(Self {
             config,
             processor,
             vision,
             text,
-            rope,
             defaults,
             device,
             dtype,
@@ -315,7 +305,6 @@ impl QwenVl {
                 ids.push(id);
             }
         }
-        let hidden = self.config.text.hidden_size;
         let ids_t = Tensor::from_vec(ids, b * len, &self.device)?;
         let source = Tensor::from_vec(source, b * len, &self.device)?;
         let positions: Vec<[Vec<i64>; 3]> = batch
@@ -329,7 +318,10 @@ impl QwenVl {
                 })
             })
             .collect();
-        let (cos, sin) = self.rope.tables(&positions, self.dtype, &self.device)?;
+        let (cos, sin) = self
+            .text
+            .rope()
+            .tables(&positions, self.dtype, &self.device)?;
         let mask = attention_mask(&pad, len, len, self.dtype, &self.device)?;
         let mut caches = self
             .text
@@ -353,15 +345,17 @@ impl QwenVl {
                 ),
             });
         }
-        let mut table = self.text.embed(&ids_t)?;
-        if let Some(v) = &vision {
-            table = Tensor::cat(&[&table, &v.embeds.to_dtype(self.dtype)?], 0)?;
-        }
-        let embeds = table.index_select(&source, 0)?.reshape((b, len, hidden))?;
+        let embeds = self.text.embed_with_images(
+            &ids_t,
+            vision.as_ref().map(|v| &v.embeds),
+            &source,
+            (b, len),
+        )?;
 
         // Qwen3-VL: each DeepStack table gets an all-zero row 0 for the non-image rows.
         let deepstack_tables = match &vision {
             Some(v) if !v.deepstack.is_empty() => {
+                let hidden = self.config.text.hidden_size;
                 let zeros = Tensor::zeros((1, hidden), self.dtype, &self.device)?;
                 v.deepstack
                     .iter()
@@ -527,6 +521,6 @@ impl Family for QwenVl {
     }
 
     fn decode(&self, tokens: &[u32], state: &mut QwenState) -> Result<Tensor> {
-        Ok(self.text.decode_step(tokens, &self.rope, state)?)
+        Ok(self.text.decode_step(tokens, state)?)
     }
 }

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::Result;
+use vlm_contract::{Error, Result};
 
 /// Keys and values of one attention layer, `[batch, kv_heads, capacity, head_dim]`.
 pub struct LayerKvCache {
@@ -28,7 +28,7 @@ impl LayerKvCache {
         tracing::trace!(
             target: "vlm::cache",
             "KV cache: {batch} sequence(s) x {capacity} positions x {kv_heads} heads x {head_dim}, {dtype:?} on {}: {} bytes for keys and values",
-            crate::device::device_name(device),
+            vlm_contract::device::device_name(device),
             2 * batch * kv_heads * capacity * head_dim * dtype.size_in_bytes()
         );
         Ok(Self {
@@ -55,7 +55,7 @@ impl LayerKvCache {
 
     fn check_room(&self, n: usize) -> Result<()> {
         if self.len + n > self.capacity() {
-            return Err(crate::Error::Generation(format!(
+            return Err(Error::Generation(format!(
                 "KV cache full: {} + {n} positions exceed the {} allocated",
                 self.len,
                 self.capacity()

@@ -1,0 +1,203 @@
+//! Self-attention of one decoder layer: fused q/k/v projection, RoPE, the per-request KV
+//! cache, GQA and the output projection; at decode through the fused CUDA kernels
+//! (crate::kernels) where they apply.
+//!
+//! GQA without copying: the query heads that share a key/value head are folded into the
+//! row dimension, so one matmul per group reads the cached K/V in place.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use super::config::DecoderConfig;
+use super::kv_cache::LayerKvCache;
+use crate::kernels::{self, CacheLen, Heads};
+use crate::layers::{softmax_f32_acc, AttentionMask, Linear, RmsNorm};
+use crate::quant::Quantizer;
+
+/// How a layer's attention sees which positions to attend.
+#[derive(Clone, Copy)]
+pub(super) enum Masking<'a> {
+    /// A mask (none: everything cached is visible) for the unfused attention.
+    Additive(Option<&'a AttentionMask>),
+    /// One new token per sequence through the fused CUDA kernels, each sequence skipping
+    /// its left padding (`[batch]` u32; none: no padding); `len` is the caches' length
+    /// after this step.
+    FusedDecode {
+        pad: Option<&'a Tensor>,
+        len: CacheLen<'a>,
+    },
+}
+
+pub(super) struct Attention {
+    /// q, k and v in one projection; the attention scale 1/√d is folded into q (into
+    /// q_norm for Qwen3, whose RMSNorm would undo a scale applied before it).
+    qkv: Linear,
+    o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn heads(&self) -> Heads {
+        Heads {
+            q: self.num_heads,
+            kv: self.num_kv_heads,
+            dim: self.head_dim,
+        }
+    }
+
+    /// The decode step through the fused kernels: the projection, two kernels, the output
+    /// projection.
+    fn forward_fused_decode(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        pad: Option<&Tensor>,
+        len: CacheLen<'_>,
+        cache: &mut LayerKvCache,
+    ) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        let (k_cache, v_cache, pos) = cache
+            .claim(1)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        if pos + 1 != len.value {
+            candle_core::bail!(
+                "decode step: the cache holds {pos} positions, the step says {}",
+                len.value - 1
+            );
+        }
+        let dtype = k_cache.dtype();
+        let qkv = self.qkv.forward_unbiased(x)?.to_dtype(dtype)?;
+        let bias = self.qkv.bias().map(|b| b.to_dtype(dtype)).transpose()?;
+        let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
+        let heads = self.heads();
+        kernels::write_kv(
+            &qkv,
+            bias.as_ref(),
+            &cos,
+            &sin,
+            self.k_norm.as_ref().map(RmsNorm::head_norm),
+            &heads,
+            k_cache,
+            v_cache,
+            len,
+        )?;
+        let out = kernels::decode_attention(
+            &qkv,
+            bias.as_ref(),
+            &cos,
+            &sin,
+            self.q_norm.as_ref().map(RmsNorm::head_norm),
+            &heads,
+            k_cache,
+            v_cache,
+            len,
+            pad,
+        )?;
+        self.o_proj
+            .forward(&out.reshape((b, 1, heads.q * heads.dim))?)
+    }
+
+    pub(super) fn new(cfg: &DecoderConfig, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
+        let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let scale = (d as f64).powf(-0.5);
+        let (q_norm, k_norm, q_factor) = if cfg.qk_norm {
+            (
+                Some(RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("q_norm"))?.scaled(scale)?),
+                Some(RmsNorm::new(d, cfg.rms_norm_eps, vb.pp("k_norm"))?),
+                1.0,
+            )
+        } else {
+            (None, None, scale)
+        };
+        let qkv = q.fused(
+            h,
+            &[
+                (nq * d, q_factor, vb.pp("q_proj")),
+                (nkv * d, 1.0, vb.pp("k_proj")),
+                (nkv * d, 1.0, vb.pp("v_proj")),
+            ],
+            cfg.qkv_bias,
+        )?;
+        Ok(Self {
+            qkv,
+            o_proj: q.linear(nq * d, h, false, vb.pp("o_proj"))?,
+            q_norm,
+            k_norm,
+            num_heads: nq,
+            num_kv_heads: nkv,
+            head_dim: d,
+        })
+    }
+
+    pub(super) fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        masking: Masking<'_>,
+        cache: &mut LayerKvCache,
+    ) -> Result<Tensor> {
+        let mask = match masking {
+            Masking::FusedDecode { pad, len } => {
+                return self.forward_fused_decode(x, cos, sin, pad, len, cache)
+            }
+            Masking::Additive(mask) => mask,
+        };
+        let (b, l, _) = x.dims3()?;
+        let d = self.head_dim;
+        let (nq, nkv) = (self.num_heads, self.num_kv_heads);
+        let qkv = self.qkv.forward(x)?;
+        // Views at decode (b = l = 1); copies otherwise.
+        let mut q = qkv.narrow(D::Minus1, 0, nq * d)?.reshape((b, l, nq, d))?;
+        let mut k = qkv
+            .narrow(D::Minus1, nq * d, nkv * d)?
+            .reshape((b, l, nkv, d))?;
+        let v = qkv
+            .narrow(D::Minus1, (nq + nkv) * d, nkv * d)?
+            .reshape((b, l, nkv, d))?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        // candle's fused rotate-half RoPE: one kernel instead of narrow/neg/cat/mul/add.
+        let q = candle_nn::rotary_emb::rope(&q.transpose(1, 2)?.contiguous()?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?;
+        let v = v.transpose(1, 2)?;
+        let (k, v) = cache
+            .append(&k, &v)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let kv_len = k.dim(2)?;
+        if let Some(AttentionMask::Causal { pad }) = mask {
+            if l > 1 && kernels::flash_applies(x.device(), q.dtype(), d) {
+                // Scores never materialised: [b, heads, l, kv_len] per layer at batch 8 is
+                // 28 × 8 × 1026² values (run 21's profile: most of the prefill's softmax).
+                let out = kernels::prefill_flash_attention(&q, &k, &v, pad.as_ref())?;
+                return self.o_proj.forward(&out);
+            }
+        }
+
+        let rep = self.num_heads / self.num_kv_heads;
+        // [b, heads, l, d] → [b, kv_heads, rep·l, d]: query head h uses kv head h / rep.
+        let q = q
+            .contiguous()?
+            .reshape((b, self.num_kv_heads, rep * l, d))?;
+        let scores = q.matmul(&k.t()?)?.reshape((b, self.num_heads, l, kv_len))?;
+        let probs = match mask {
+            Some(m) => m.softmax(&scores)?,
+            None => softmax_f32_acc(&scores)?,
+        };
+        let probs = probs.reshape((b, self.num_kv_heads, rep * l, kv_len))?;
+        let out = probs
+            .matmul(&v)?
+            .reshape((b, self.num_heads, l, d))?
+            .transpose(1, 2)?
+            .reshape((b, l, self.num_heads * d))?;
+        self.o_proj.forward(&out)
+    }
+}

@@ -1,0 +1,161 @@
+//! The decode step: one new token per sequence. On CUDA through the fused kernels
+//! (crate::kernels), and from the third step of a request on as a replayed CUDA graph
+//! (kernels/graph.rs); elsewhere through the unfused layers, which define what the
+//! kernels compute.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use super::attention::Masking;
+use super::kv_cache::LayerKvCache;
+use super::model::Decoder;
+use super::state::DecoderState;
+use crate::kernels::{self, CacheLen, StepGraph, UploadCache};
+use crate::layers::attention_mask;
+
+/// What a fused decode step reads from the device, written before each step, and the step
+/// captured as a CUDA graph once one eager step has run (kernels/graph.rs): every step of
+/// a request then has the same addresses, only these buffers' contents change.
+pub(super) struct FusedStep {
+    /// `[batch + 1]` u32: the token ids, then the caches' length after the step.
+    ids_len: Tensor,
+    /// `[2, batch, 1, head_dim / 2]` in the model dtype: the cos rows, then the sin rows.
+    rope: Tensor,
+    /// Shape and dtype of the eager steps' logits (the graph's output buffer).
+    logits: Option<(Vec<usize>, DType)>,
+    graph: Option<StepGraph>,
+    /// A capture failed: this request goes on without a graph.
+    no_graph: bool,
+}
+
+impl FusedStep {
+    fn new(batch: usize, half: usize, dtype: DType, device: &Device) -> Result<Self> {
+        Ok(Self {
+            ids_len: Tensor::zeros(batch + 1, DType::U32, device)?,
+            rope: Tensor::zeros((2, batch, 1, half), dtype, device)?,
+            logits: None,
+            graph: None,
+            no_graph: false,
+        })
+    }
+}
+
+impl Decoder {
+    /// One decode step: the last token of each sequence in, `[batch, vocab]` logits out.
+    pub fn decode_step(&self, tokens: &[u32], state: &mut DecoderState) -> Result<Tensor> {
+        let (dtype, device) = (self.dtype, &self.device);
+        // Quantized projections of more than 8 rows go through candle's matmul, whose
+        // scratch a graph must not hold (kernels::note_shared_quant_scratch).
+        let quantized = self.layers.first().is_some_and(|l| l.is_quantized());
+        if self.fused_decode
+            && kernels::graphs_enabled(device)
+            && !(quantized && tokens.len() > kernels::QUANT_MATVEC_ROWS)
+        {
+            let logits = self.graph_decode_step(tokens, state)?;
+            for p in state.next_position.iter_mut() {
+                *p += 1;
+            }
+            return Ok(logits);
+        }
+        let ids = Tensor::from_vec(tokens.to_vec(), tokens.len(), device)?;
+        let embeds = self.embed(&ids)?.unsqueeze(1)?;
+        let (cos, sin) = self.rope.step_tables(&state.next_position, dtype, device)?;
+        let kv_len = state.caches.first().map_or(0, |c| c.len()) + 1;
+        let hidden = if self.fused_decode {
+            let pad = state.pad_on_device(device)?;
+            let masking = Masking::FusedDecode {
+                pad: pad.as_ref(),
+                len: CacheLen {
+                    on_device: None,
+                    value: kv_len,
+                },
+            };
+            self.run_layers(embeds, &cos, &sin, masking, &mut state.caches, None)?
+        } else {
+            let mask = attention_mask(&state.pad, 1, kv_len, dtype, device)?;
+            let masking = Masking::Additive(mask.as_ref());
+            self.run_layers(embeds, &cos, &sin, masking, &mut state.caches, None)?
+        };
+        for p in state.next_position.iter_mut() {
+            *p += 1;
+        }
+        self.logits(&hidden.squeeze(1)?)
+    }
+
+    /// A fused step for CUDA graphs (on unless `VLM_CUDA_GRAPH=0`): its inputs written to the step's
+    /// device buffers, then the step run eagerly (the first), captured as a graph (the
+    /// second) or replayed (the rest).
+    fn graph_decode_step(&self, tokens: &[u32], state: &mut DecoderState) -> Result<Tensor> {
+        let device = &self.device;
+        let b = tokens.len();
+        let pad = state.pad_on_device(device)?;
+        let DecoderState {
+            caches,
+            next_position,
+            step,
+            ..
+        } = state;
+        let len = caches.first().map_or(0, |c| c.len()) + 1;
+        let step = match step {
+            Some(s) => s,
+            None => step.insert(FusedStep::new(
+                b,
+                self.cfg.head_dim / 2,
+                self.dtype,
+                device,
+            )?),
+        };
+        let mut ids_len = tokens.to_vec();
+        ids_len.push(len as u32);
+        kernels::upload_u32(&step.ids_len, &ids_len)?;
+        let (cos, sin) = self.rope.step_rows(next_position);
+        kernels::upload_f32(&step.rope, &[cos, sin].concat())?;
+
+        if let Some(graph) = &step.graph {
+            // The graph writes each cache's next position; the host keeps the count.
+            for cache in caches.iter_mut() {
+                cache
+                    .claim(1)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            }
+            return graph.replay();
+        }
+        let ids = step.ids_len.narrow(0, 0, b)?;
+        let len_t = step.ids_len.narrow(0, b, 1)?;
+        let (cos, sin) = (step.rope.get(0)?, step.rope.get(1)?);
+        let body = |caches: &mut [LayerKvCache]| -> Result<Tensor> {
+            let embeds = self.embed(&ids)?.unsqueeze(1)?;
+            let len = CacheLen {
+                on_device: Some(&len_t),
+                value: len,
+            };
+            let masking = Masking::FusedDecode {
+                pad: pad.as_ref(),
+                len,
+            };
+            let hidden = self.run_layers(embeds, &cos, &sin, masking, caches, None)?;
+            self.logits(&hidden.squeeze(1)?)
+        };
+        if let (false, Some((dims, dtype))) = (step.no_graph, &step.logits) {
+            let out = Tensor::zeros(dims.as_slice(), *dtype, device)?;
+            match StepGraph::capture(device, out, || body(caches)) {
+                Ok(graph) => {
+                    let logits = graph.replay()?;
+                    step.graph = Some(graph);
+                    return Ok(logits);
+                }
+                Err(_) => {
+                    // Nothing ran: forget what the capture claimed and run it eagerly.
+                    for cache in caches.iter_mut() {
+                        cache.truncate(len - 1);
+                    }
+                    step.no_graph = true;
+                }
+            }
+        }
+        // The eager step before a capture keeps candle's small uploads for it.
+        let _uploads = (!step.no_graph).then(|| UploadCache::new(device));
+        let logits = body(caches)?;
+        step.logits = Some((logits.dims().to_vec(), logits.dtype()));
+        Ok(logits)
+    }
+}

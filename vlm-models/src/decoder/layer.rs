@@ -1,0 +1,61 @@
+//! One pre-norm decoder layer: `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::attention::{Attention, Masking};
+use super::config::DecoderConfig;
+use super::kv_cache::LayerKvCache;
+use super::mlp::Mlp;
+use crate::layers::RmsNorm;
+use crate::quant::Quantizer;
+
+pub(super) struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    pub(super) fn new(cfg: &DecoderConfig, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
+        Ok(Self {
+            input_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("input_layernorm"),
+            )?,
+            self_attn: Attention::new(cfg, vb.pp("self_attn"), q)?,
+            post_attention_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"), q)?,
+        })
+    }
+
+    /// `[b, l, hidden]` → `[b, l, hidden]`, appending this layer's keys and values to
+    /// `cache`.
+    pub(super) fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        masking: Masking<'_>,
+        cache: &mut LayerKvCache,
+    ) -> Result<Tensor> {
+        let attn =
+            self.self_attn
+                .forward(&self.input_layernorm.forward(x)?, cos, sin, masking, cache)?;
+        let x1 = (x + attn)?;
+        &x1 + self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&x1)?)?
+    }
+
+    /// Whether the layer's projections are quantized.
+    pub(super) fn is_quantized(&self) -> bool {
+        self.mlp.is_quantized()
+    }
+}
