@@ -42,6 +42,7 @@ use crate::blip2::qformer::{QFormer, QFormerLayout};
 use crate::blip2::vision::{VisionTransformer, VitLayout};
 use crate::image_cache::{self, Features, ImageCache, ImageKey, Plan};
 use crate::layers::{attention_mask, Act, LayerNorm, Linear};
+use crate::preprocess::resize::PillowVersion;
 use crate::preprocess::{Normalize, ResizeBackend};
 use crate::quant::{QuantPolicy, Quantizer};
 use crate::quantized_folder::{LoadContext, QUANTIZED_WEIGHTS};
@@ -49,7 +50,6 @@ use crate::qwen_vl::config::TextConfig;
 use crate::qwen_vl::rope::MropeTables;
 use crate::qwen_vl::text::{DecoderState, TextModel};
 use crate::weights::weights_err;
-use vlm_contract::resize::PillowVersion;
 
 /// The `model_type` of a MiniGPT-4 folder's config.json.
 pub const MODEL_TYPES: &[&str] = &["minigpt4"];
@@ -248,7 +248,7 @@ pub fn tokenize_segments(tokenizer: &Tokenizer, bos: u32, prompt: &str) -> Resul
 pub fn load_tokenizer(llm: &Path) -> Result<Tokenizer> {
     let model = llm.join("tokenizer.model");
     if model.is_file() {
-        let mut tokenizer = vlm_contract::sentencepiece::sentencepiece_tokenizer(&model)?;
+        let mut tokenizer = crate::tokenizer::sentencepiece_tokenizer(&model)?;
         // transformers' slow LlamaTokenizer (MiniGPT-4's) turns `<s>` / `</s>` written in
         // the text into the BOS / EOS ids, and CONV_VISION_LLama2 writes `<s>[INST] `.
         tokenizer.set_encode_special_tokens(false);
