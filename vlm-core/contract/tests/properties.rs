@@ -1,6 +1,6 @@
 //! Property tests: every parser of vlm-contract fed untrusted bytes returns a typed error
-//! or a value, never panics, and never asks the allocator for more than
-//! [`MAX_ALLOCATION`] at once (a counting allocator records the largest request).
+//! or a value, never panics, and the image decoder never asks the allocator for more than
+//! its limits allow at once (a counting allocator records the largest request).
 //!
 //! Inputs: random bytes, and mutations (bit flips, truncations, overwritten header fields
 //! with extreme values) of valid files made in the test. Case counts are fixed per test
@@ -17,10 +17,6 @@ use vlm_contract::Error;
 use vlm_contract::{GenerationDefaults, GenerationOptions};
 
 // ---- the allocation guard ---------------------------------------------------------------
-
-/// Largest single allocation a parser other than the image decoder may make for these
-/// tiny inputs. A header trusted blindly (a 2^62-byte string, 2^40 pieces) is far above.
-const MAX_ALLOCATION: usize = 64 << 20;
 
 /// Records the largest allocation request of each thread (proptest runs a test's cases
 /// on one thread, and the test harness runs tests on separate threads).
