@@ -23,6 +23,8 @@ pub mod quant;
 pub mod quantized_folder;
 pub mod qwen_vl;
 mod registry;
+#[doc(hidden)]
+pub mod tokenizer;
 pub mod weights;
 
 pub use registry::{load, load_dir, save_quantized, supported_model_types};

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use common::hostile::TempDir;
 use vlm_contract::files::ModelDir;
-use vlm_contract::{Error, Image, ImageError, SentencePieceModel};
+use vlm_contract::{Error, Image, ImageError};
+use vlm_models::tokenizer::SentencePieceModel;
 use vlm_models::LoadOptions;
 
 fn fixtures() -> PathBuf {

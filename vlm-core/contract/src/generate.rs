@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Tensor, D};
+use rayon::prelude::*;
 
 use crate::constraint::{Constraint, Grammars};
 use crate::options::ResolvedOptions;
@@ -305,52 +306,30 @@ pub fn run_prepared<F: Family>(
     Ok(out)
 }
 
-/// [`prepare_one`] of every request, in order. A batch's requests are prepared on up to
-/// one thread per core: image preprocessing is CPU work that would otherwise run one photo
-/// after another on one core while the GPU waits (a 1024×768 photo takes tens of ms).
+/// [`prepare_one`] of every request, in order. A batch's requests are prepared on rayon's
+/// global pool: image preprocessing is CPU work that would otherwise run one photo after
+/// another on one core while the GPU waits (a 1024×768 photo takes tens of ms).
 fn prepare_all<F: Family>(
     family: &F,
     grammars: &Grammars,
     requests: &[&Request],
 ) -> Vec<Result<PreparedItem<F>>> {
     let max = family.info().max_context;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(requests.len());
-    if threads <= 1 {
-        return requests
-            .iter()
-            .map(|r| prepare_one(family, grammars, r, max))
-            .collect();
+    let prepare = |r: &&Request| {
+        // A panic in one request's preparation fails that request, not the whole batch.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            prepare_one(family, grammars, r, max)
+        }))
+        .unwrap_or_else(|_| {
+            Err(Error::Generation(
+                "preparing a request panicked; this is a bug in vlm: please report it".into(),
+            ))
+        })
+    };
+    if requests.len() <= 1 {
+        return requests.iter().map(prepare).collect();
     }
-    let per_thread = requests.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = requests
-            .chunks(per_thread)
-            .map(|chunk| {
-                let worker = scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|r| prepare_one(family, grammars, r, max))
-                        .collect::<Vec<_>>()
-                });
-                (chunk.len(), worker)
-            })
-            .collect();
-        let mut out = Vec::with_capacity(requests.len());
-        for (n, worker) in workers {
-            match worker.join() {
-                Ok(part) => out.extend(part),
-                Err(_) => out.extend((0..n).map(|_| {
-                    Err(Error::Generation(
-                        "preparing a request panicked; this is a bug in vlm: please report it"
-                            .into(),
-                    ))
-                })),
-            }
-        }
-        out
-    })
+    requests.par_iter().map(prepare).collect()
 }
 
 /// Each row's log-softmax at its picked token, computed on the logits' device so that only

@@ -11,13 +11,12 @@
 //! everything that changes while generating (KV cache, positions) lives in per-request
 //! state created by the generation loop, so one model serves many threads at once.
 
-// The modules marked `doc(hidden)` are what model code needs (the family trait, the
-// generation loop's internals, resizers, SentencePiece): public so that
-// vlm-models can use them, outside the API apps see (docs/rust.md; CHANGELOG's policy).
+// The modules marked `doc(hidden)` are what model code implements or drives (the family
+// trait, the generation loop's internals): public so that vlm-models can
+// use them, outside the API apps see (docs/rust.md; CHANGELOG's policy). Model-side
+// helpers (resizers, chat templates, SentencePiece) live in vlm-models.
 pub mod cache_stats;
 pub mod cancel;
-#[doc(hidden)]
-pub mod chat_template;
 pub mod constraint;
 pub mod device;
 pub mod devices;
@@ -31,17 +30,9 @@ pub mod grounding;
 pub mod image;
 pub mod model;
 pub mod options;
-#[doc(hidden)]
-pub mod parallel;
 pub mod quant;
 pub mod request;
-#[doc(hidden)]
-pub mod resize;
-#[doc(hidden)]
-pub mod resize_torch;
 pub mod sampling;
-#[doc(hidden)]
-pub mod sentencepiece;
 pub mod stream;
 
 pub use cache_stats::CacheStats;
@@ -58,5 +49,3 @@ pub use model::{LoadOptions, ModelInfo, PreparedBatch, VisionLanguageModel};
 pub use options::{GenerationDefaults, GenerationOptions, Language, Sampling};
 pub use quant::Quantization;
 pub use request::{Content, FinishReason, Generation, Message, Prompt, Request, Role, Timings};
-#[doc(hidden)]
-pub use sentencepiece::{sentencepiece_tokenizer, SentencePieceModel};

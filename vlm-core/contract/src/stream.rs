@@ -2,10 +2,17 @@
 //! show the beginning of a stop string that is about to be cut.
 //!
 //! Byte-level BPE (Qwen, OPT) and byte-fallback SentencePiece (LLaMA) both spell one
-//! Chinese character with several tokens; decoding a prefix of them gives U+FFFD. We
-//! decode the whole sequence each step and only release text once it no longer ends in a
-//! replacement character: decoding all tokens (not token by token) also keeps
-//! SentencePiece's leading-space rules right.
+//! Chinese character with several tokens; decoding a prefix of them gives U+FFFD, so text
+//! is only released once the decoded tail no longer ends in a replacement character.
+//!
+//! Each step decodes a short window, not the whole sequence (which made a long answer
+//! quadratic): the tokens since the last release plus the ones released with it, which
+//! serve as context. The context's own text is known (`window_prefix`) and is cut off the
+//! window's, so tokenizers that treat the first token specially (SentencePiece drops its
+//! leading space) give the same text as a full decode: the context, not the new token,
+//! is first. A window that does not extend its context's text (a tokenizer we did not
+//! foresee) falls back to decoding the whole sequence, and [`TextStream::finish`] always
+//! decodes the whole sequence once, so the final answer is exactly the full decode.
 
 use crate::Result;
 
@@ -20,11 +27,19 @@ pub struct StreamStep {
     pub stopped_at: Option<String>,
 }
 
-/// Incremental detokenizer with stop-string handling. `D` decodes a full id sequence.
+/// Incremental detokenizer with stop-string handling. `D` decodes an id sequence (any
+/// slice of the generated ids, not only a prefix).
 pub struct TextStream<D> {
     decode: D,
     tokens: Vec<u32>,
-    /// Longest decoded text that did not end in a replacement character.
+    /// First token of the window decoded each step.
+    window_start: usize,
+    /// Text of `tokens[window_start..released]`, the window's context.
+    window_prefix: String,
+    /// Tokens whose text is in `stable`.
+    released: usize,
+    /// Text of `tokens[..released]`: the longest decoded text that did not end in a
+    /// replacement character.
     stable: String,
     /// Bytes of `stable` already handed out.
     emitted: usize,
@@ -38,6 +53,9 @@ impl<D: FnMut(&[u32]) -> Result<String>> TextStream<D> {
         Self {
             decode,
             tokens: Vec::new(),
+            window_start: 0,
+            window_prefix: String::new(),
+            released: 0,
             stable: String::new(),
             emitted: 0,
             stop_strings,
@@ -51,11 +69,9 @@ impl<D: FnMut(&[u32]) -> Result<String>> TextStream<D> {
             return Ok(StreamStep::default());
         }
         self.tokens.push(token);
-        let full = (self.decode)(&self.tokens)?;
-        if full.ends_with(REPLACEMENT) {
+        if !self.extend_stable()? {
             return Ok(StreamStep::default());
         }
-        self.stable = full;
         if let Some((pos, stop)) = self.find_stop() {
             self.stopped = true;
             let text = self.take_until(pos);
@@ -69,6 +85,31 @@ impl<D: FnMut(&[u32]) -> Result<String>> TextStream<D> {
             text: self.take_until(safe_end),
             stopped_at: None,
         })
+    }
+
+    /// Appends the text of the tokens since the last release to `stable`, unless it still
+    /// ends in an incomplete character; returns whether it did.
+    fn extend_stable(&mut self) -> Result<bool> {
+        let window = (self.decode)(&self.tokens[self.window_start..])?;
+        if window.ends_with(REPLACEMENT) {
+            return Ok(false);
+        }
+        match window.strip_prefix(self.window_prefix.as_str()) {
+            Some(new) => self.stable.push_str(new),
+            None => self.stable = (self.decode)(&self.tokens)?,
+        }
+        // The tokens just released become the next window's context, unless they decode
+        // to nothing on their own (a lone space piece, a skipped special token): a first
+        // token's leading space would then be stripped from the next token's text.
+        let context = (self.decode)(&self.tokens[self.released..])?;
+        if context.is_empty() {
+            self.window_prefix = window;
+        } else {
+            self.window_start = self.released;
+            self.window_prefix = context;
+        }
+        self.released = self.tokens.len();
+        Ok(true)
     }
 
     /// Ends the stream: releases whatever was held back (an incomplete character at the
@@ -211,5 +252,79 @@ mod tests {
         let (pieces, stopped) = run("one</s>two###", &["###", "</s>"]);
         assert_eq!(stopped.as_deref(), Some("</s>"));
         assert_eq!(pieces.concat(), "one");
+    }
+
+    /// SentencePiece-like pieces: `▁` is a space, the decoded text loses one leading space
+    /// (as LLaMA's `Strip` decoder and Metaspace do), id 0 is a skipped special token, and
+    /// `<0xNN>` pieces are raw bytes.
+    fn sentencepiece_decoder(
+        vocab: &'static [&'static str],
+        decoded_tokens: std::rc::Rc<std::cell::Cell<usize>>,
+    ) -> impl FnMut(&[u32]) -> Result<String> {
+        move |ids: &[u32]| {
+            decoded_tokens.set(decoded_tokens.get() + ids.len());
+            let mut bytes = Vec::new();
+            for &id in ids.iter().filter(|&&id| id != 0) {
+                let piece = vocab[id as usize];
+                match piece.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')) {
+                    Some(hex) => bytes.push(u8::from_str_radix(hex, 16).unwrap()),
+                    None => bytes.extend(piece.replace('▁', " ").into_bytes()),
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            Ok(text.strip_prefix(' ').unwrap_or(&text).to_string())
+        }
+    }
+
+    #[test]
+    fn streamed_pieces_are_the_full_decode_with_sentencepiece_spaces() {
+        const VOCAB: &[&str] = &[
+            "</s>",
+            "▁",
+            "▁照片",
+            "中",
+            "<0xE7>",
+            "<0xBA>",
+            "<0xA2>",
+            "▁🎉",
+            "▁ok",
+            "▁a",
+            "b",
+        ];
+        // 红 is E7 BA A2; a lone `▁` and a special token sit right before words, where a
+        // window that started on them would strip the word's space.
+        let ids = [2, 3, 4, 5, 6, 1, 8, 0, 9, 10, 7, 4, 5, 6, 1, 0, 9];
+        let decoded = std::rc::Rc::new(std::cell::Cell::new(0));
+        let mut full = sentencepiece_decoder(VOCAB, decoded.clone());
+        let want = full(&ids).unwrap();
+        let mut stream = TextStream::new(sentencepiece_decoder(VOCAB, decoded.clone()), vec![]);
+        let mut pieces = vec![];
+        for id in ids {
+            pieces.push(stream.push(id).unwrap().text);
+        }
+        let streamed = pieces.concat();
+        pieces.push(stream.finish().unwrap());
+        assert_eq!(streamed, want);
+        assert_eq!(pieces.concat(), want);
+        assert_eq!(stream.text(), want);
+        assert_eq!(want, "照片中红  ok ab 🎉红  a");
+    }
+
+    #[test]
+    fn each_step_decodes_a_bounded_window() {
+        const VOCAB: &[&str] = &["</s>", "▁word", "<0xE7>", "<0xBA>", "<0xA2>"];
+        let ids: Vec<u32> = (0..3000).map(|i| [1, 2, 3, 4][i % 4]).collect();
+        let decoded = std::rc::Rc::new(std::cell::Cell::new(0));
+        let mut stream = TextStream::new(sentencepiece_decoder(VOCAB, decoded.clone()), vec![]);
+        for &id in &ids {
+            stream.push(id).unwrap();
+        }
+        // Re-decoding the whole sequence each step would be ~4.5 million token decodes.
+        assert!(
+            decoded.get() < 10 * ids.len(),
+            "{} tokens decoded for {} pushed",
+            decoded.get(),
+            ids.len()
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! Property tests: every parser of vlm-contract fed untrusted bytes returns a typed error
-//! or a value, never panics, and never asks the allocator for more than
-//! [`MAX_ALLOCATION`] at once (a counting allocator records the largest request).
+//! or a value, never panics, and the image decoder never asks the allocator for more than
+//! its limits allow at once (a counting allocator records the largest request).
 //!
 //! Inputs: random bytes, and mutations (bit flips, truncations, overwritten header fields
 //! with extreme values) of valid files made in the test. Case counts are fixed per test
@@ -11,17 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
-use vlm_contract::chat_template::ChatTemplate;
 use vlm_contract::files::{shard_names, ModelDir};
 use vlm_contract::image::{Image, ImageError, ImageLimits};
-use vlm_contract::{Content, GenerationDefaults, GenerationOptions, Message, Role};
-use vlm_contract::{Error, SentencePieceModel};
+use vlm_contract::Error;
+use vlm_contract::{GenerationDefaults, GenerationOptions};
 
 // ---- the allocation guard ---------------------------------------------------------------
-
-/// Largest single allocation a parser other than the image decoder may make for these
-/// tiny inputs. A header trusted blindly (a 2^62-byte string, 2^40 pieces) is far above.
-const MAX_ALLOCATION: usize = 64 << 20;
 
 /// Records the largest allocation request of each thread (proptest runs a test's cases
 /// on one thread, and the test harness runs tests on separate threads).
@@ -421,108 +416,5 @@ proptest! {
             }
             Err(e) => prop_assert!(is_file_error(&e), "{e}"),
         }
-    }
-}
-
-// ---- chat templates ---------------------------------------------------------------------
-
-/// Pieces of Jinja, valid and broken, that chat templates are made of.
-const TEMPLATE_PIECES: &[&str] = &[
-    "{% for message in messages %}",
-    "{% endfor %}",
-    "{% if add_generation_prompt %}",
-    "{% endif %}",
-    "{% else %}",
-    "{{ message['role'] }}",
-    "{{ message.content }}",
-    "{% for c in message['content'] %}{% if c.type == 'image' %}<image>{% else %}{{ c.text }}{% endif %}{% endfor %}",
-    "{{ messages[0]['content'][0]['text'] }}",
-    "{{ raise_exception('no system message') }}",
-    "{{ messages | tojson }}",
-    "{{ bos_token }}",
-    "{{ eos_token }}",
-    "{{ 'x' * 1000 }}",
-    "{{ message.content.strip() }}",
-    "{% set ns = namespace(n=0) %}",
-    "{{ ns.n }}",
-    "{% for i in range(100) %}{{ i }}{% endfor %}",
-    "{{ 1 / 0 }}",
-    "{{ undefined_thing.attr }}",
-    "{{ messages[-1] }}",
-    "{% macro m(x) %}{{ x }}{% endmacro %}{{ m(1) }}",
-    "{{",
-    "}}",
-    "{%",
-    "%}",
-    "{# comment #}",
-    "plain text ",
-    "\n",
-];
-
-fn messages() -> impl Strategy<Value = Vec<Message>> {
-    let content = prop_oneof![
-        Just(Content::Image),
-        prop::collection::vec(any::<char>(), 0..20)
-            .prop_map(|c| Content::Text(c.into_iter().collect())),
-    ];
-    let role = prop_oneof![Just(Role::System), Just(Role::User), Just(Role::Assistant)];
-    prop::collection::vec(
-        (role, prop::collection::vec(content, 0..4))
-            .prop_map(|(role, content)| Message { role, content }),
-        0..4,
-    )
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
-    #[test]
-    fn chat_templates_render_or_fail_typed(
-        pieces in prop::collection::vec(prop::sample::select(TEMPLATE_PIECES), 0..10),
-        msgs in messages(),
-        add_generation_prompt in any::<bool>(),
-    ) {
-        let source = pieces.concat();
-        let rendered = bounded(MAX_ALLOCATION, || {
-            ChatTemplate::new(&source, Some("<s>".into()), None)
-                .and_then(|t| t.render(&msgs, add_generation_prompt))
-        })?;
-        if let Err(e) = rendered {
-            prop_assert!(matches!(e, Error::Template(_)), "{e}");
-        }
-    }
-}
-
-// ---- SentencePiece .model ---------------------------------------------------------------
-
-fn tiny_sentencepiece_model() -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../vlm-models/tests/fixtures/minigpt4/vicuna0/model/llm/tokenizer.model");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Builds a tokenizer from whatever parsed; both steps may fail, neither may panic.
-fn check_sentencepiece(bytes: &[u8]) -> Result<(), TestCaseError> {
-    let built = bounded(MAX_ALLOCATION, || {
-        SentencePieceModel::from_bytes(bytes).and_then(|m| m.to_tokenizer())
-    })?;
-    if let Err(e) = built {
-        prop_assert!(matches!(e, Error::Tokenizer(_)), "{e}");
-    }
-    Ok(())
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
-    #[test]
-    fn random_bytes_are_not_a_sentencepiece_model(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-        check_sentencepiece(&bytes)?;
-    }
-
-    #[test]
-    fn damaged_sentencepiece_models_are_typed_errors(muts in mutations()) {
-        let bytes = apply(tiny_sentencepiece_model(), &muts);
-        check_sentencepiece(&bytes)?;
     }
 }

@@ -15,8 +15,8 @@ use tokenizers::Tokenizer;
 use vlm_contract::files::ModelDir;
 use vlm_contract::{Content, Error, Image, Prompt, Request, Result, Role};
 
+use crate::preprocess::resize::PillowVersion;
 use crate::preprocess::{Normalize, ResizeBackend, PIL_BICUBIC, PIL_BILINEAR};
-use vlm_contract::resize::PillowVersion;
 
 #[derive(Deserialize)]
 struct Size {

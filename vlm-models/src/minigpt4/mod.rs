@@ -40,10 +40,10 @@ use crate::blip2::vision::{VisionTransformer, VitLayout};
 use crate::decoder::{Decoder, DecoderConfig, DecoderState, LlamaConfig, SegmentLayout};
 use crate::image_cache::{self, Features, ImageCache, ImageKey, Plan};
 use crate::layers::{LayerNorm, Linear};
+use crate::preprocess::resize::PillowVersion;
 use crate::preprocess::{Normalize, ResizeBackend};
 use crate::quantized_folder::{LoadContext, WeightSource, Weights};
 use crate::weights::weights_err;
-use vlm_contract::resize::PillowVersion;
 
 /// The `model_type` of a MiniGPT-4 folder's config.json.
 pub const MODEL_TYPES: &[&str] = &["minigpt4"];
@@ -160,7 +160,7 @@ pub fn tokenize_segments(tokenizer: &Tokenizer, bos: u32, prompt: &str) -> Resul
 pub fn load_tokenizer(llm: &Path) -> Result<Tokenizer> {
     let model = llm.join("tokenizer.model");
     if model.is_file() {
-        let mut tokenizer = vlm_contract::sentencepiece::sentencepiece_tokenizer(&model)?;
+        let mut tokenizer = crate::tokenizer::sentencepiece_tokenizer(&model)?;
         // transformers' slow LlamaTokenizer (MiniGPT-4's) turns `<s>` / `</s>` written in
         // the text into the BOS / EOS ids, and CONV_VISION_LLama2 writes `<s>[INST] `.
         tokenizer.set_encode_special_tokens(false);

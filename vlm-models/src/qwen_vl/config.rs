@@ -3,9 +3,10 @@
 //! Mirrors transformers' `Qwen2VLConfig`, `Qwen2_5_VLConfig` and `Qwen3VLConfig`. Released
 //! checkpoints spell the same thing several ways: text fields at the top level (2-VL,
 //! 2.5-VL) or under `text_config` (3-VL, and anything saved by transformers 5), RoPE
-//! settings under `rope_scaling` or `rope_parameters`. We read all of them.
+//! settings under `rope_scaling` or `rope_parameters`. We read all of them, through serde
+//! mirrors of the file (`RawConfig`) that are then normalised.
 
-use serde_json::Value;
+use serde::Deserialize;
 use vlm_contract::{Error, Result};
 
 use crate::layers::Act;
@@ -124,21 +125,129 @@ pub struct QwenVlConfig {
     pub eos_token_ids: Vec<u32>,
 }
 
-fn get<'a>(sources: &[&'a Value], key: &str) -> Option<&'a Value> {
-    sources
-        .iter()
-        .find_map(|s| s.get(key).filter(|v| !v.is_null()))
+/// config.json as written: every field optional (a missing one gets transformers' default
+/// or a [`missing`] error below), unknown keys ignored as transformers ignores them.
+/// Text fields live at the top level in Qwen2-VL and Qwen2.5-VL releases and under
+/// `text_config` in Qwen3-VL and anything saved by transformers 5.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawConfig {
+    model_type: Option<String>,
+    text_config: Option<RawText>,
+    vision_config: Option<RawVision>,
+    #[serde(flatten)]
+    top: RawText,
 }
 
-fn req_usize(sources: &[&Value], key: &str) -> Result<usize> {
-    get(sources, key)
-        .and_then(Value::as_u64)
-        .map(|v| v as usize)
-        .ok_or_else(|| Error::bad_file("config.json", format!("missing or non-integer \"{key}\"")))
+/// Text-side fields, at the top level or under `text_config`. The token ids and
+/// `tie_word_embeddings` are read here too, because both places occur.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawText {
+    vocab_size: Option<usize>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_parameters: Option<RawRope>,
+    rope_scaling: Option<RawRope>,
+    attention_bias: Option<bool>,
+    hidden_act: Option<String>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    image_token_id: Option<u32>,
+    vision_start_token_id: Option<u32>,
+    vision_end_token_id: Option<u32>,
+    eos_token_id: Option<TokenIds>,
 }
 
-fn positive(sources: &[&Value], key: &str) -> Result<usize> {
-    match req_usize(sources, key)? {
+/// `rope_scaling` (transformers 4) or `rope_parameters` (transformers 5).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct RawRope {
+    mrope_section: Option<Vec<usize>>,
+    mrope_interleaved: Option<bool>,
+    rope_theta: Option<f64>,
+}
+
+/// `vision_config`: Qwen2-VL's names (`embed_dim`, `mlp_ratio`, `in_chans`, `hidden_size`
+/// for the merger's output) and the later ones (`hidden_size`, `out_hidden_size`,
+/// `in_channels`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawVision {
+    depth: Option<usize>,
+    embed_dim: Option<usize>,
+    mlp_ratio: Option<f64>,
+    hidden_size: Option<usize>,
+    out_hidden_size: Option<usize>,
+    num_heads: Option<usize>,
+    intermediate_size: Option<usize>,
+    hidden_act: Option<String>,
+    patch_size: Option<usize>,
+    temporal_patch_size: Option<usize>,
+    spatial_merge_size: Option<usize>,
+    in_channels: Option<usize>,
+    in_chans: Option<usize>,
+    window_size: Option<usize>,
+    fullatt_block_indexes: Option<Vec<usize>>,
+    num_position_embeddings: Option<usize>,
+    deepstack_visual_indexes: Option<Vec<usize>>,
+}
+
+/// `eos_token_id`: one id or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+/// Defaults of transformers' `Qwen2VLConfig`, `Qwen2_5_VLConfig` and `Qwen3VLConfig` for
+/// fields a checkpoint may leave out.
+mod defaults {
+    pub const RMS_NORM_EPS: f64 = 1e-6;
+    pub const ROPE_THETA: f64 = 1_000_000.0;
+    pub const MROPE_SECTION_QWEN2: [usize; 3] = [16, 24, 24];
+    pub const MROPE_SECTION_QWEN3: [usize; 3] = [24, 20, 20];
+    pub const TEXT_ACT: &str = "silu";
+    pub const MAX_POSITION_EMBEDDINGS: usize = 32768;
+    pub const IN_CHANNELS: usize = 3;
+    pub const MLP_RATIO: f64 = 4.0;
+    pub const VISION_ACT_QWEN2: &str = "quick_gelu";
+    pub const VISION_ACT_QWEN25: &str = "silu";
+    pub const VISION_ACT_QWEN3: &str = "gelu_pytorch_tanh";
+    pub const PATCH_SIZE: usize = 14;
+    pub const PATCH_SIZE_QWEN3: usize = 16;
+    pub const TEMPORAL_PATCH_SIZE: usize = 2;
+    pub const SPATIAL_MERGE_SIZE: usize = 2;
+    pub const WINDOW_SIZE: usize = 112;
+    pub const NUM_POSITION_EMBEDDINGS: usize = 2304;
+    pub const IMAGE_TOKEN_ID: u32 = 151655;
+    pub const VISION_START_TOKEN_ID: u32 = 151652;
+    pub const VISION_END_TOKEN_ID: u32 = 151653;
+}
+
+/// The error for a required field that config.json lacks.
+fn missing(key: &str) -> Error {
+    Error::bad_file(
+        "config.json",
+        format!("missing \"{key}\"; the checkpoint's config.json must set it"),
+    )
+}
+
+/// `value`, or the error naming `key` when it is absent.
+fn required<T>(value: Option<T>, key: &str) -> Result<T> {
+    value.ok_or_else(|| missing(key))
+}
+
+/// A required size the model divides by.
+fn positive(value: Option<usize>, key: &str) -> Result<usize> {
+    match required(value, key)? {
         0 => Err(Error::bad_file(
             "config.json",
             format!("\"{key}\" must be at least 1"),
@@ -147,146 +256,102 @@ fn positive(sources: &[&Value], key: &str) -> Result<usize> {
     }
 }
 
-fn opt_usize(sources: &[&Value], key: &str, default: usize) -> usize {
-    get(sources, key)
-        .and_then(Value::as_u64)
-        .map_or(default, |v| v as usize)
-}
-
-fn usize_list(sources: &[&Value], key: &str) -> Vec<usize> {
-    get(sources, key)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_u64)
-                .map(|v| v as usize)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn act(sources: &[&Value], key: &str, default: &str) -> Result<Act> {
-    let name = get(sources, key).and_then(Value::as_str).unwrap_or(default);
-    Act::from_name(name).map_err(|m| Error::bad_file("config.json", m))
-}
-
-fn ids(v: Option<&Value>) -> Vec<u32> {
-    match v {
-        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_u64)
-            .map(|x| x as u32)
-            .collect(),
-        _ => vec![],
-    }
+fn act(name: Option<&str>, default: &str) -> Result<Act> {
+    Act::from_name(name.unwrap_or(default)).map_err(|m| Error::bad_file("config.json", m))
 }
 
 impl QwenVlConfig {
     /// Parses config.json's text.
     pub fn from_json(text: &str) -> Result<Self> {
-        let root: Value =
+        let raw: RawConfig =
             serde_json::from_str(text).map_err(|e| Error::bad_file("config.json", e))?;
-        let model_type = root
-            .get("model_type")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let model_type = raw.model_type.unwrap_or_default();
         let generation = QwenGeneration::from_model_type(&model_type).ok_or_else(|| {
             Error::bad_file(
                 "config.json",
                 format!("model_type \"{model_type}\" is not a Qwen-VL model"),
             )
         })?;
-        let empty = Value::Null;
-        let text_cfg = root.get("text_config").unwrap_or(&empty);
+        let nested = raw.text_config.unwrap_or_default();
+        let top = raw.top;
         // text_config wins; the top level fills in what it lacks (old-style configs).
-        let t = [text_cfg, &root];
-        let vision_cfg = root
-            .get("vision_config")
-            .ok_or_else(|| Error::bad_file("config.json", "missing \"vision_config\""))?;
-        let v = [vision_cfg];
+        macro_rules! text {
+            ($field:ident) => {
+                nested.$field.clone().or_else(|| top.$field.clone())
+            };
+        }
+        // ...except for these, where the top-level value is the one transformers applies.
+        macro_rules! top_first {
+            ($field:ident) => {
+                top.$field.clone().or_else(|| nested.$field.clone())
+            };
+        }
+        let v = raw.vision_config.ok_or_else(|| missing("vision_config"))?;
 
-        let rope = get(&t, "rope_parameters")
-            .or_else(|| get(&t, "rope_scaling"))
-            .unwrap_or(&empty);
-        let section = rope
-            .get("mrope_section")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_u64)
-                    .map(|x| x as usize)
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_else(|| match generation {
-                QwenGeneration::Qwen3 => vec![24, 20, 20],
-                _ => vec![16, 24, 24],
-            });
-        let mrope_section: [usize; 3] = section
-            .try_into()
-            .map_err(|_| Error::bad_file("config.json", "mrope_section must have three entries"))?;
-        let rope_theta = rope
-            .get("rope_theta")
-            .and_then(Value::as_f64)
-            .or_else(|| get(&t, "rope_theta").and_then(Value::as_f64))
-            .unwrap_or(1_000_000.0);
-
-        let hidden_size = req_usize(&t, "hidden_size")?;
-        let num_attention_heads = positive(&t, "num_attention_heads")?;
+        let rope = nested
+            .rope_parameters
+            .as_ref()
+            .or(top.rope_parameters.as_ref())
+            .or(nested.rope_scaling.as_ref())
+            .or(top.rope_scaling.as_ref());
         let is3 = generation == QwenGeneration::Qwen3;
+        let mrope_section: [usize; 3] = match rope.and_then(|r| r.mrope_section.clone()) {
+            Some(section) => section.try_into().map_err(|_| {
+                Error::bad_file("config.json", "mrope_section must have three entries")
+            })?,
+            None if is3 => defaults::MROPE_SECTION_QWEN3,
+            None => defaults::MROPE_SECTION_QWEN2,
+        };
+        let rope_theta = rope
+            .and_then(|r| r.rope_theta)
+            .or(text!(rope_theta))
+            .unwrap_or(defaults::ROPE_THETA);
+
+        let hidden_size = required(text!(hidden_size), "hidden_size")?;
+        let num_attention_heads = positive(text!(num_attention_heads), "num_attention_heads")?;
         let text = TextConfig {
-            vocab_size: req_usize(&t, "vocab_size")?,
+            vocab_size: required(text!(vocab_size), "vocab_size")?,
             hidden_size,
-            intermediate_size: req_usize(&t, "intermediate_size")?,
-            num_hidden_layers: req_usize(&t, "num_hidden_layers")?,
+            intermediate_size: required(text!(intermediate_size), "intermediate_size")?,
+            num_hidden_layers: required(text!(num_hidden_layers), "num_hidden_layers")?,
             num_attention_heads,
-            num_key_value_heads: opt_usize(&t, "num_key_value_heads", num_attention_heads),
-            head_dim: opt_usize(&t, "head_dim", hidden_size / num_attention_heads),
-            rms_norm_eps: get(&t, "rms_norm_eps")
-                .and_then(Value::as_f64)
-                .unwrap_or(1e-6),
+            num_key_value_heads: text!(num_key_value_heads).unwrap_or(num_attention_heads),
+            head_dim: text!(head_dim).unwrap_or(hidden_size / num_attention_heads),
+            rms_norm_eps: text!(rms_norm_eps).unwrap_or(defaults::RMS_NORM_EPS),
             rope_theta,
             mrope_section,
-            mrope_interleaved: rope
-                .get("mrope_interleaved")
-                .and_then(Value::as_bool)
-                .unwrap_or(is3),
-            qkv_bias: if is3 {
-                get(&t, "attention_bias")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false)
-            } else {
-                true
-            },
+            mrope_interleaved: rope.and_then(|r| r.mrope_interleaved).unwrap_or(is3),
+            // Qwen2's attention always has q/k/v biases; Qwen3's follows attention_bias.
+            qkv_bias: !is3 || text!(attention_bias).unwrap_or(false),
             qk_norm: is3,
-            hidden_act: act(&t, "hidden_act", "silu")?,
-            max_position_embeddings: opt_usize(&t, "max_position_embeddings", 32768),
-            // the top-level flag is the one transformers applies for these models
-            tie_word_embeddings: get(&[&root, text_cfg], "tie_word_embeddings")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            hidden_act: act(text!(hidden_act).as_deref(), defaults::TEXT_ACT)?,
+            max_position_embeddings: text!(max_position_embeddings)
+                .unwrap_or(defaults::MAX_POSITION_EMBEDDINGS),
+            tie_word_embeddings: top_first!(tie_word_embeddings).unwrap_or(false),
         };
 
-        // Qwen2-VL's config says in_chans, later ones in_channels.
-        let in_channels = get(&v, "in_channels")
-            .or_else(|| get(&v, "in_chans"))
-            .and_then(Value::as_u64)
-            .unwrap_or(3) as usize;
+        let in_channels = v
+            .in_channels
+            .or(v.in_chans)
+            .unwrap_or(defaults::IN_CHANNELS);
         let vision = match generation {
             QwenGeneration::Qwen2 => {
-                let embed_dim = req_usize(&v, "embed_dim")?;
-                let mlp_ratio = get(&v, "mlp_ratio").and_then(Value::as_f64).unwrap_or(4.0);
+                let embed_dim = required(v.embed_dim, "vision_config.embed_dim")?;
+                let mlp_ratio = v.mlp_ratio.unwrap_or(defaults::MLP_RATIO);
                 VisionConfig {
-                    depth: req_usize(&v, "depth")?,
+                    depth: required(v.depth, "vision_config.depth")?,
                     hidden_size: embed_dim,
-                    out_hidden_size: opt_usize(&v, "hidden_size", hidden_size),
-                    num_heads: positive(&v, "num_heads")?,
+                    out_hidden_size: v.hidden_size.unwrap_or(hidden_size),
+                    num_heads: positive(v.num_heads, "vision_config.num_heads")?,
                     intermediate_size: (embed_dim as f64 * mlp_ratio) as usize,
-                    hidden_act: act(&v, "hidden_act", "quick_gelu")?,
-                    patch_size: opt_usize(&v, "patch_size", 14),
-                    temporal_patch_size: opt_usize(&v, "temporal_patch_size", 2),
-                    spatial_merge_size: opt_usize(&v, "spatial_merge_size", 2),
+                    hidden_act: act(v.hidden_act.as_deref(), defaults::VISION_ACT_QWEN2)?,
+                    patch_size: v.patch_size.unwrap_or(defaults::PATCH_SIZE),
+                    temporal_patch_size: v
+                        .temporal_patch_size
+                        .unwrap_or(defaults::TEMPORAL_PATCH_SIZE),
+                    spatial_merge_size: v
+                        .spatial_merge_size
+                        .unwrap_or(defaults::SPATIAL_MERGE_SIZE),
                     in_channels,
                     window_size: 0,
                     fullatt_block_indexes: vec![],
@@ -295,33 +360,46 @@ impl QwenVlConfig {
                 }
             }
             QwenGeneration::Qwen25 | QwenGeneration::Qwen3 => VisionConfig {
-                depth: req_usize(&v, "depth")?,
-                hidden_size: req_usize(&v, "hidden_size")?,
-                out_hidden_size: opt_usize(&v, "out_hidden_size", hidden_size),
-                num_heads: positive(&v, "num_heads")?,
-                intermediate_size: req_usize(&v, "intermediate_size")?,
-                hidden_act: act(
-                    &v,
-                    "hidden_act",
-                    if is3 { "gelu_pytorch_tanh" } else { "silu" },
+                depth: required(v.depth, "vision_config.depth")?,
+                hidden_size: required(v.hidden_size, "vision_config.hidden_size")?,
+                out_hidden_size: v.out_hidden_size.unwrap_or(hidden_size),
+                num_heads: positive(v.num_heads, "vision_config.num_heads")?,
+                intermediate_size: required(
+                    v.intermediate_size,
+                    "vision_config.intermediate_size",
                 )?,
-                patch_size: opt_usize(&v, "patch_size", if is3 { 16 } else { 14 }),
-                temporal_patch_size: opt_usize(&v, "temporal_patch_size", 2),
-                spatial_merge_size: opt_usize(&v, "spatial_merge_size", 2),
+                hidden_act: act(
+                    v.hidden_act.as_deref(),
+                    if is3 {
+                        defaults::VISION_ACT_QWEN3
+                    } else {
+                        defaults::VISION_ACT_QWEN25
+                    },
+                )?,
+                patch_size: v.patch_size.unwrap_or(if is3 {
+                    defaults::PATCH_SIZE_QWEN3
+                } else {
+                    defaults::PATCH_SIZE
+                }),
+                temporal_patch_size: v
+                    .temporal_patch_size
+                    .unwrap_or(defaults::TEMPORAL_PATCH_SIZE),
+                spatial_merge_size: v.spatial_merge_size.unwrap_or(defaults::SPATIAL_MERGE_SIZE),
                 in_channels,
-                window_size: opt_usize(&v, "window_size", 112),
-                fullatt_block_indexes: usize_list(&v, "fullatt_block_indexes"),
-                num_position_embeddings: opt_usize(&v, "num_position_embeddings", 2304),
-                deepstack_visual_indexes: usize_list(&v, "deepstack_visual_indexes"),
+                window_size: v.window_size.unwrap_or(defaults::WINDOW_SIZE),
+                fullatt_block_indexes: v.fullatt_block_indexes.unwrap_or_default(),
+                num_position_embeddings: v
+                    .num_position_embeddings
+                    .unwrap_or(defaults::NUM_POSITION_EMBEDDINGS),
+                deepstack_visual_indexes: v.deepstack_visual_indexes.unwrap_or_default(),
             },
         };
 
-        let token = |key: &str, default: u32| -> u32 {
-            get(&[&root, text_cfg], key)
-                .and_then(Value::as_u64)
-                .map_or(default, |x| x as u32)
+        let mut eos_token_ids = match top_first!(eos_token_id) {
+            Some(TokenIds::One(id)) => vec![id],
+            Some(TokenIds::Many(ids)) => ids,
+            None => vec![],
         };
-        let mut eos_token_ids = ids(get(&[&root, text_cfg], "eos_token_id"));
         eos_token_ids.dedup();
         check_consistency(&text, &vision, generation)?;
         Ok(Self {
@@ -329,9 +407,11 @@ impl QwenVlConfig {
             model_type,
             vision,
             text,
-            image_token_id: token("image_token_id", 151655),
-            vision_start_token_id: token("vision_start_token_id", 151652),
-            vision_end_token_id: token("vision_end_token_id", 151653),
+            image_token_id: top_first!(image_token_id).unwrap_or(defaults::IMAGE_TOKEN_ID),
+            vision_start_token_id: top_first!(vision_start_token_id)
+                .unwrap_or(defaults::VISION_START_TOKEN_ID),
+            vision_end_token_id: top_first!(vision_end_token_id)
+                .unwrap_or(defaults::VISION_END_TOKEN_ID),
             eos_token_ids,
         })
     }
@@ -339,7 +419,7 @@ impl QwenVlConfig {
 
 impl TextConfig {
     /// Refuses sizes that are zero where the model divides by them, or beyond any real
-    /// checkpoint (see [`crate::weights::MAX_CONFIG_SIZE`]); MiniGPT-4's LLaMA uses it too.
+    /// checkpoint (see [`crate::weights::MAX_CONFIG_SIZE`]).
     /// `file` names the config in the error.
     pub fn check_sizes(&self, file: &str) -> Result<()> {
         let t = self;
@@ -467,6 +547,42 @@ mod tests {
         assert!(err.contains("mrope_section"), "{err}");
         let bad_gqa = QWEN25_7B.replace("\"num_key_value_heads\":4", "\"num_key_value_heads\":5");
         assert!(QwenVlConfig::from_json(&bad_gqa).is_err());
+    }
+
+    #[test]
+    fn a_missing_required_key_is_named_with_the_file() {
+        for (key, json) in [
+            (
+                "vocab_size",
+                QWEN25_7B.replace("\"vocab_size\":152064,", ""),
+            ),
+            (
+                "vision_config.intermediate_size",
+                QWEN25_7B.replace("\"intermediate_size\":3420,", ""),
+            ),
+        ] {
+            let err = QwenVlConfig::from_json(&json).unwrap_err();
+            assert!(matches!(err, Error::BadFile { .. }), "{err:?}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("missing \"{key}\"")) && msg.contains("config.json"),
+                "{msg}"
+            );
+        }
+        // A key present as null counts as missing, as before.
+        let null = QWEN25_7B.replace("\"hidden_size\":3584,", "\"hidden_size\":null,");
+        let msg = QwenVlConfig::from_json(&null).unwrap_err().to_string();
+        assert!(msg.contains("missing \"hidden_size\""), "{msg}");
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored() {
+        let known = QwenVlConfig::from_json(QWEN25_7B).unwrap();
+        let extra = QWEN25_7B
+            .replacen('{', r#"{"architectures":["Qwen2_5_VLForConditionalGeneration"],"torch_dtype":"bfloat16","use_sliding_window":false,"#, 1)
+            .replace("\"depth\":32,", "\"depth\":32,\"tokens_per_second\":2,\"future_field\":{\"a\":[1,2]},")
+            .replace("\"type\":\"mrope\",", "\"type\":\"mrope\",\"rope_type\":\"default\",");
+        assert_eq!(QwenVlConfig::from_json(&extra).unwrap(), known);
     }
 
     #[test]

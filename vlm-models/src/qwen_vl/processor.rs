@@ -8,11 +8,11 @@
 //! 14-17 bit weights) and the PIL one (`Qwen2VLImageProcessorPil`, 22-bit weights). We
 //! reproduce whichever the checkpoint's preprocessor_config.json names, byte for byte.
 
+use crate::preprocess::parallel::for_row_chunks;
+use crate::tokenizer::ChatTemplate;
 use serde::Deserialize;
 use tokenizers::Tokenizer;
-use vlm_contract::chat_template::ChatTemplate;
 use vlm_contract::files::ModelDir;
-use vlm_contract::parallel::for_row_chunks;
 use vlm_contract::{Content, Error, Image, Prompt, Request, Result};
 
 use crate::image_cache::{Features, ImageCache, ImageKey};
@@ -22,9 +22,9 @@ const DEFAULT_MIN_PIXELS: usize = 56 * 56;
 const DEFAULT_MAX_PIXELS: usize = 28 * 28 * 1280;
 /// smart_resize refuses images more elongated than this.
 const MAX_ASPECT_RATIO: f64 = 200.0;
+use crate::preprocess::resize::PillowVersion;
 pub use crate::preprocess::ResizeBackend;
 use crate::preprocess::{Normalize, PIL_BICUBIC, PIL_BILINEAR};
-use vlm_contract::resize::PillowVersion;
 
 /// Placeholder of one image in a raw Qwen prompt.
 pub const IMAGE_PLACEHOLDER: &str = "<|vision_start|><|image_pad|><|vision_end|>";

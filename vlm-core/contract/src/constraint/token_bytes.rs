@@ -5,7 +5,7 @@
 //! - **byte-level BPE** (Qwen-VL, BLIP-2's OPT): each byte is written as one printable
 //!   character (GPT-2's table: printable Latin-1 stands for itself, the other 68 bytes
 //!   for U+0100 onwards in byte order);
-//! - **SentencePiece** (MiniGPT-4's LLaMA through `sentencepiece.rs`, BLIP-2's Flan-T5):
+//! - **SentencePiece** (MiniGPT-4's LLaMA through vlm-models' `tokenizer/sentencepiece.rs`, BLIP-2's Flan-T5):
 //!   `▁` (U+2581) stands for a space and, with byte fallback, `<0xNN>` for the byte NN.
 //!
 //! Special added tokens (`<|im_end|>`, `</s>`) get llguidance's marker byte in front so

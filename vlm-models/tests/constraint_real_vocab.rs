@@ -108,7 +108,7 @@ fn real_vocabularies_let_their_own_encoding_through() {
     walk("Qwen3-VL", &qwen, im_end);
     let opt = Tokenizer::from_file(assets.join("blip2/blip2-opt-2.7b/tokenizer.json")).unwrap();
     walk("OPT", &opt, 2);
-    let llama = vlm_contract::sentencepiece_tokenizer(
+    let llama = vlm_models::tokenizer::sentencepiece_tokenizer(
         &assets.join("minigpt4/llama-tokenizer/tokenizer.model"),
     )
     .unwrap();

@@ -123,7 +123,7 @@ impl PillowVersion {
     /// `None` when it does not start with `MAJOR.MINOR`.
     ///
     /// ```
-    /// use vlm_contract::resize::PillowVersion;
+    /// use vlm_models::preprocess::resize::PillowVersion;
     ///
     /// assert_eq!(PillowVersion::from_version("11.3.0"), Some(PillowVersion::UpTo12_1));
     /// assert_eq!(PillowVersion::from_version("12.2.0"), Some(PillowVersion::From12_2To12_3));
@@ -174,7 +174,7 @@ impl PillowVersion {
 ///
 /// ```
 /// use image::{Rgb, RgbImage};
-/// use vlm_contract::resize::{resize, Filter};
+/// use vlm_models::preprocess::resize::{resize, Filter};
 ///
 /// let img = RgbImage::from_pixel(640, 480, Rgb([10, 200, 30]));
 /// let small = resize(&img, 224, 168, Filter::Bicubic);

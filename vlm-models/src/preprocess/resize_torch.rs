@@ -7,7 +7,7 @@
 //! on a uint8 `(1, 3, H, W)` tensor. On x86 CPUs with AVX2, PyTorch computes that with a
 //! fixed-point kernel ported from Pillow-SIMD (`UpSampleKernelAVXAntialias.h`, weights
 //! from `UpSampleKernel.cpp`), not in floating point. It follows the same plan as
-//! Pillow's resampler ([`crate::resize`]) but quantises the weights differently, so the
+//! Pillow's resampler ([`super::resize`]) but quantises the weights differently, so the
 //! two disagree by one level on a small fraction of the bytes (and, against Pillow
 //! releases that run the vertical pass first, by more). This module implements torch's
 //! arithmetic in scalar code; the integer sums are exact, so the bytes equal the SIMD
@@ -37,7 +37,7 @@
 
 use image::RgbImage;
 
-use crate::parallel::for_row_chunks_weighted;
+use super::parallel::for_row_chunks_weighted;
 
 /// Channels of an `RgbImage` pixel.
 const CHANNELS: usize = 3;

@@ -39,7 +39,7 @@
 //!
 //! ```no_run
 //! use std::path::Path;
-//! use vlm_contract::sentencepiece::{sentencepiece_tokenizer, SentencePieceModel};
+//! use vlm_models::tokenizer::{sentencepiece_tokenizer, SentencePieceModel};
 //!
 //! let path = Path::new("llama/tokenizer.model");
 //! let tokenizer = sentencepiece_tokenizer(path)?;
@@ -63,7 +63,7 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::{NormalizerWrapper, Prepend, Replace, Sequence};
 use tokenizers::{AddedToken, Tokenizer};
 
-use crate::{Error, Result};
+use vlm_contract::{Error, Result};
 
 /// Internal results: a message that the public functions wrap into [`Error`].
 type Parsed<T> = std::result::Result<T, String>;

@@ -7,9 +7,9 @@ use std::path::Path;
 use minijinja::{Environment, ErrorKind as JinjaErrorKind, Value};
 use serde::Serialize;
 
-use crate::files::ModelDir;
-use crate::request::{Content, Message};
-use crate::{Error, Result};
+use vlm_contract::files::ModelDir;
+use vlm_contract::request::{Content, Message};
+use vlm_contract::{Error, Result};
 
 const TEMPLATE_NAME: &str = "chat";
 
@@ -203,7 +203,7 @@ fn write_py_json(v: &serde_json::Value, indent: Option<usize>, depth: usize, out
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::Role;
+    use vlm_contract::request::Role;
 
     #[test]
     fn renders_with_hf_whitespace_rules_and_python_methods() {

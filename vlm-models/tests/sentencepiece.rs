@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use serde_json::Value;
 use tokenizers::Tokenizer;
-use vlm_contract::sentencepiece::{ModelType, PieceType};
-use vlm_contract::{sentencepiece_tokenizer, Error, SentencePieceModel};
+use vlm_contract::Error;
+use vlm_models::tokenizer::sentencepiece::{ModelType, PieceType};
+use vlm_models::tokenizer::{sentencepiece_tokenizer, SentencePieceModel};
 
 /// llama.cpp's separator between the strings of a `.inp` vocab test file.
 const GGML_SEPARATOR: &str = "\n__ggml_vocab_test__\n";

@@ -1,12 +1,20 @@
 //! Resize, rescale and normalise an image into channel planes, matching one of
 //! transformers' two image backends exactly. Shared by every family's processor.
+//!
+//! [`resize`] reproduces Pillow's resampler and [`resize_torch`] torchvision's, byte for
+//! byte; [`parallel`] spreads their rows over the cores.
+
+pub mod parallel;
+pub mod resize;
+pub mod resize_torch;
 
 use std::borrow::Cow;
 
 use image::RgbImage;
-use vlm_contract::resize::{resize_like, Filter, PillowVersion};
-use vlm_contract::resize_torch::{resize_like_torchvision, TorchFilter};
 use vlm_contract::Image;
+
+use self::resize::{resize_like, Filter, PillowVersion};
+use self::resize_torch::{resize_like_torchvision, TorchFilter};
 
 /// PIL's resample code for bilinear.
 pub const PIL_BILINEAR: u32 = 2;

@@ -1,10 +1,10 @@
-//! `vlm_contract::resize_torch` against goldens written by torchvision's uint8 antialiased
+//! `vlm_models::preprocess::resize_torch` against goldens written by torchvision's uint8 antialiased
 //! resize (`tools/fixtures/resize_torchvision_goldens.py`, torch 2.11 on an AVX2 CPU).
 
 use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
-use vlm_contract::resize_torch::{resize_like_torchvision, TorchFilter};
+use vlm_models::preprocess::resize_torch::{resize_like_torchvision, TorchFilter};
 
 #[derive(serde::Deserialize)]
 struct Manifest {
