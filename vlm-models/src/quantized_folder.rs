@@ -429,6 +429,8 @@ pub struct Weights {
     pub quantization: Quantization,
     /// Every tensor name the weights hold (float and quantized), to detect layouts.
     pub names: HashSet<String>,
+    /// The runtime options every layer built from these weights runs with.
+    pub runtime: vlm_contract::RuntimeOptions,
 }
 
 impl Weights {
@@ -489,12 +491,13 @@ impl Weights {
             policy: QuantPolicy::new(quantization, vision),
             quantization,
             names,
+            runtime: options.runtime,
         })
     }
 
     /// A quantizer of `kind` over this load's store.
     pub fn quantizer(&self, kind: QuantKind) -> Quantizer {
-        Quantizer::new(kind, Some(self.ctx.store.clone()))
+        Quantizer::new(kind, Some(self.ctx.store.clone()), self.runtime)
     }
 }
 

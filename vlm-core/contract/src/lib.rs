@@ -41,6 +41,7 @@ pub mod request;
 pub mod resize;
 #[doc(hidden)]
 pub mod resize_torch;
+pub mod runtime;
 pub mod sampling;
 #[doc(hidden)]
 pub mod sentencepiece;
@@ -60,5 +61,6 @@ pub use model::{LoadOptions, ModelInfo, PreparedBatch, VisionLanguageModel};
 pub use options::{GenerationDefaults, GenerationOptions, Language, Sampling};
 pub use quant::Quantization;
 pub use request::{Content, FinishReason, Generation, Message, Prompt, Request, Role, Timings};
+pub use runtime::RuntimeOptions;
 #[doc(hidden)]
 pub use sentencepiece::{sentencepiece_tokenizer, SentencePieceModel};

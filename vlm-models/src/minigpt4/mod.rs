@@ -29,6 +29,7 @@ use tokenizers::Tokenizer;
 use vlm_contract::device::device_name;
 use vlm_contract::files::ModelDir;
 use vlm_contract::model::LoadOptions;
+use vlm_contract::RuntimeOptions;
 use vlm_contract::{
     Error, Family, FamilyModel, GenerationDefaults, Image, Language, ModelInfo, PrefillOutput,
     Quantization, Request, Result, Sampling, VisionLanguageModel,
@@ -209,6 +210,8 @@ pub struct MiniGpt4 {
     ctx: LoadContext,
     /// What enters the language model per image, kept for reuse.
     cache: Option<ImageCache>,
+    /// The GPU paths this model takes (`LoadOptions::runtime`).
+    runtime: RuntimeOptions,
 }
 
 /// `load()` entry point for the registry.
@@ -331,7 +334,7 @@ impl MiniGpt4 {
         ctx: Option<&LoadContext>,
     ) -> Result<Self> {
         let config = MiniGpt4Config::read(dir)?;
-        let device = options.device.open()?;
+        let device = options.device.open_with(&options.runtime)?;
         let dtype = options.dtype.resolve(&device);
 
         let llm_dir = dir.root().join(&config.language_model);
@@ -366,7 +369,7 @@ impl MiniGpt4 {
         };
         let (quantization, vision_quantization) = ctx.quantization(options);
         let policy = QuantPolicy::new(quantization, vision_quantization);
-        let quantizer = |kind| Quantizer::new(kind, Some(ctx.store.clone()));
+        let quantizer = |kind| Quantizer::new(kind, Some(ctx.store.clone()), options.runtime);
         let (vision_q, text_q, head_q, embed_q) = (
             quantizer(policy.vision),
             quantizer(policy.text),
@@ -497,6 +500,7 @@ impl MiniGpt4 {
             quantization,
             ctx,
             cache: ImageCache::new(options.image_cache_bytes),
+            runtime: options.runtime,
         })
     }
 
@@ -609,7 +613,7 @@ impl MiniGpt4 {
             })
             .collect();
         let (cos, sin) = self.rope.tables(&positions, self.dtype, &self.device)?;
-        let mask = attention_mask(&pad, len, len, self.dtype, &self.device)?;
+        let mask = attention_mask(&self.runtime, &pad, len, len, self.dtype, &self.device)?;
         let mut caches = self
             .llm
             .new_caches(b, len + max_new_tokens, self.dtype, &self.device)?;

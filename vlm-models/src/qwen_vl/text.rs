@@ -177,7 +177,7 @@ impl Attention {
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let kv_len = k.dim(2)?;
         if let Some(AttentionMask::Causal { pad }) = mask {
-            if l > 1 && kernels::flash_applies(x.device(), q.dtype(), d) {
+            if l > 1 && kernels::flash_applies(self.qkv.runtime(), x.device(), q.dtype(), d) {
                 // Scores never materialised: [b, heads, l, kv_len] per layer at batch 8 is
                 // 28 × 8 × 1026² values (run 21's profile: most of the prefill's softmax).
                 let out = kernels::prefill_flash_attention(&q, &k, &v, pad.as_ref())?;
@@ -192,8 +192,8 @@ impl Attention {
             .reshape((b, self.num_kv_heads, rep * l, d))?;
         let scores = q.matmul(&k.t()?)?.reshape((b, self.num_heads, l, kv_len))?;
         let probs = match mask {
-            Some(m) => m.softmax(&scores)?,
-            None => softmax_f32_acc(&scores)?,
+            Some(m) => m.softmax(self.qkv.runtime(), &scores)?,
+            None => softmax_f32_acc(self.qkv.runtime(), &scores)?,
         };
         let probs = probs.reshape((b, self.num_kv_heads, rep * l, kv_len))?;
         let out = probs
@@ -227,7 +227,8 @@ impl Mlp {
             down_proj: q.linear(i, h, false, vb.pp("down_proj"))?,
             act: cfg.hidden_act,
             intermediate: i,
-            fused_silu: cfg.hidden_act == Act::Silu && kernels::enabled(vb.device(), vb.dtype()),
+            fused_silu: cfg.hidden_act == Act::Silu
+                && kernels::enabled(&q.runtime(), vb.device(), vb.dtype()),
         })
     }
 }
@@ -355,6 +356,8 @@ pub struct TextModel {
     device: candle_core::Device,
     /// Decode steps through the fused CUDA kernels.
     fused_decode: bool,
+    /// The model's runtime options, for the per-step decisions (graphs, masks).
+    runtime: vlm_contract::RuntimeOptions,
 }
 
 impl TextModel {
@@ -392,7 +395,8 @@ impl TextModel {
             cfg: cfg.clone(),
             dtype: vb.dtype(),
             device: vb.device().clone(),
-            fused_decode: kernels::available(vb.device(), vb.dtype(), cfg.head_dim),
+            fused_decode: kernels::available(&q.runtime(), vb.device(), vb.dtype(), cfg.head_dim),
+            runtime: q.runtime(),
         })
     }
 
@@ -465,7 +469,7 @@ impl TextModel {
             .first()
             .is_some_and(|l| l.mlp.down_proj.is_quantized());
         if self.fused_decode
-            && kernels::graphs_enabled(device)
+            && kernels::graphs_enabled(&self.runtime, device)
             && !(quantized && tokens.len() > kernels::QUANT_MATVEC_ROWS)
         {
             let logits = self.graph_decode_step(tokens, rope, state)?;
@@ -494,7 +498,7 @@ impl TextModel {
             };
             self.run_layers(embeds, &cos, &sin, masking, &mut state.caches, None)?
         } else {
-            let mask = attention_mask(&state.pad, 1, kv_len, dtype, device)?;
+            let mask = attention_mask(&self.runtime, &state.pad, 1, kv_len, dtype, device)?;
             let masking = Masking::Additive(mask.as_ref());
             self.run_layers(embeds, &cos, &sin, masking, &mut state.caches, None)?
         };
@@ -504,7 +508,7 @@ impl TextModel {
         self.logits(&hidden.squeeze(1)?)
     }
 
-    /// A fused step for CUDA graphs (on unless `VLM_CUDA_GRAPH=0`): its inputs written to the step's
+    /// A fused step for CUDA graphs (on unless `RuntimeOptions::cuda_graphs` is off): its inputs written to the step's
     /// device buffers, then the step run eagerly (the first), captured as a graph (the
     /// second) or replayed (the rest).
     fn graph_decode_step(
