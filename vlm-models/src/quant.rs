@@ -598,6 +598,32 @@ mod tests {
     use super::*;
     use candle_core::Module;
 
+    /// Every layer a quantizer makes, float or quantized, runs with the quantizer's (the
+    /// model's) options, whatever another model's quantizer carries.
+    #[test]
+    fn layers_keep_their_models_runtime_options() {
+        let dev = Device::Cpu;
+        let tensors = HashMap::from([(
+            "p.weight".to_string(),
+            Tensor::ones((4, 32), DType::F32, &dev).unwrap(),
+        )]);
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+        let unfused = RuntimeOptions::default().with_fused_kernels(false);
+        let tuned = RuntimeOptions::default().with_quant_gemm_rows(0);
+        for kind in [QuantKind::Float, QuantKind::Q8_0] {
+            let a = Quantizer::new(kind, None, unfused);
+            let b = Quantizer::float().with_runtime(tuned).with_kind(kind);
+            let la = a.linear(32, 4, false, vb.pp("p")).unwrap();
+            let lb = b.linear(32, 4, false, vb.pp("p")).unwrap();
+            assert_eq!(la.is_quantized(), kind != QuantKind::Float);
+            assert_eq!((la.runtime(), lb.runtime()), (&unfused, &tuned), "{kind:?}");
+            let fused = a
+                .fused(32, &[(4, 1.0, vb.pp("p")), (4, 2.0, vb.pp("p"))], false)
+                .unwrap();
+            assert_eq!(fused.runtime(), &unfused, "{kind:?}");
+        }
+    }
+
     /// Seeded N(0, std) values (xorshift + Box-Muller): the error bounds below must not
     /// depend on the run.
     fn normal(shape: (usize, usize), std: f32, seed: u64) -> Tensor {

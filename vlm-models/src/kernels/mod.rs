@@ -723,7 +723,46 @@ pub fn gated_silu(
 #[cfg(test)]
 mod tests {
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-    use candle_core::{Device, Module, Tensor};
+    use candle_core::{DType, Device, Module, Tensor};
+    use vlm_contract::RuntimeOptions;
+
+    /// What two models loaded with different options would ask at once, from two threads:
+    /// each gets its own answer (the switches were process-wide before).
+    #[test]
+    fn each_runtime_options_value_decides_for_itself() {
+        use super::{gemv_row_limit, quant_gemm_threshold};
+        let defaults = RuntimeOptions::default();
+        let tuned = defaults.with_gemv_max_rows(0).with_quant_gemm_rows(3);
+        let decide = |o: &RuntimeOptions| (gemv_row_limit(o), quant_gemm_threshold(o));
+        std::thread::scope(|s| {
+            let a = s.spawn(|| decide(&defaults));
+            let b = s.spawn(|| decide(&tuned));
+            assert_eq!(a.join().unwrap(), (1, Some(64)));
+            // Below the matvec's rows the GEMM starts right after them.
+            assert_eq!(b.join().unwrap(), (0, Some(9)));
+        });
+        let all = defaults.with_gemv_max_rows(100).with_quant_gemm_rows(0);
+        assert_eq!(decide(&all), (super::GEMV_ROWS, None));
+        assert_eq!(decide(&defaults.with_quant_gemm_rows(200)).1, Some(200));
+    }
+
+    /// On the CPU no option turns a CUDA path on.
+    #[test]
+    fn the_cpu_takes_no_cuda_path_under_any_options() {
+        let cpu = Device::Cpu;
+        for o in [
+            RuntimeOptions::default(),
+            RuntimeOptions::default().with_gemv_max_rows(8),
+            RuntimeOptions::default().with_fused_kernels(false),
+        ] {
+            assert!(!super::enabled(&o, &cpu, DType::F32));
+            assert!(!super::graphs_enabled(&o, &cpu));
+            assert!(!super::flash_applies(&o, &cpu, DType::BF16, 64));
+            let x = Tensor::zeros((1, 16), DType::F32, &cpu).unwrap();
+            let w = Tensor::zeros((4, 16), DType::F32, &cpu).unwrap();
+            assert!(!super::gemv_applies(&o, &x, &w, None));
+        }
+    }
 
     #[test]
     fn dequantized_gemm_computes_what_the_quantized_matmul_does() {
