@@ -508,7 +508,7 @@ impl TextModel {
         self.logits(&hidden.squeeze(1)?)
     }
 
-    /// A fused step for CUDA graphs (on unless `RuntimeOptions::cuda_graphs` is off): its inputs written to the step's
+    /// A fused step for CUDA graphs (on with `cuda_graphs`): its inputs written to the step's
     /// device buffers, then the step run eagerly (the first), captured as a graph (the
     /// second) or replayed (the rest).
     fn graph_decode_step(
