@@ -127,6 +127,8 @@ fn main() -> vlm_core::Result<()> {
             .transpose()?,
         min_pixels: args.min_pixels,
         max_pixels: args.max_pixels,
+        // The VARIANTS of benches/gpu/run.sh: one binary measured under each switch.
+        runtime: vlm_core::RuntimeOptions::from_env(),
         ..Default::default()
     };
     let mut source = args.model.clone();

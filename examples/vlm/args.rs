@@ -268,6 +268,9 @@ impl ModelArgs {
                 .transpose()?,
             min_pixels: self.min_pixels,
             max_pixels: self.max_pixels,
+            // The GPU switches of the README (VLM_CUDA_GRAPH=0 …), read here, not by the
+            // library.
+            runtime: vlm_core::RuntimeOptions::from_env(),
             ..LoadOptions::default()
         })
     }

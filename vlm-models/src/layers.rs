@@ -5,13 +5,16 @@
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
+use vlm_contract::RuntimeOptions;
 
 /// A dense layer `y = x Wᵀ + b`, its weight in float (as stored in the checkpoint,
-/// `[out, in]`) or quantized.
+/// `[out, in]`) or quantized, with the runtime options of the model it belongs to (which
+/// kernel each call takes depends on its rows).
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
+    runtime: RuntimeOptions,
 }
 
 #[derive(Debug, Clone)]
@@ -50,19 +53,31 @@ impl Embedding {
 
 impl Linear {
     /// A float layer from tensors.
-    pub fn from_weights(weight: Tensor, bias: Option<Tensor>) -> Self {
+    pub fn from_weights(weight: Tensor, bias: Option<Tensor>, runtime: RuntimeOptions) -> Self {
         Self {
             weight: Weight::Float(weight),
             bias,
+            runtime,
         }
     }
 
     /// A quantized layer whose activations are in `dtype`.
-    pub fn quantized(matmul: QMatMul, dtype: DType, bias: Option<Tensor>) -> Self {
+    pub fn quantized(
+        matmul: QMatMul,
+        dtype: DType,
+        bias: Option<Tensor>,
+        runtime: RuntimeOptions,
+    ) -> Self {
         Self {
             weight: Weight::Quant { matmul, dtype },
             bias,
+            runtime,
         }
+    }
+
+    /// The runtime options this layer runs with.
+    pub fn runtime(&self) -> &RuntimeOptions {
+        &self.runtime
     }
 
     /// The same float layer with `[out, in]` grown to `[out_to, in_to]` by zeros (the
@@ -80,7 +95,7 @@ impl Linear {
             .as_ref()
             .map(|b| b.pad_with_zeros(0, 0, out_to.saturating_sub(out)))
             .transpose()?;
-        Ok(Some(Self::from_weights(w, bias)))
+        Ok(Some(Self::from_weights(w, bias, self.runtime)))
     }
 
     /// Whether the weight is quantized.
@@ -110,18 +125,19 @@ impl Linear {
 
     fn project(&self, x: &Tensor, with_bias: bool) -> Result<Tensor> {
         let bias = self.bias.as_ref().filter(|_| with_bias);
+        let runtime = &self.runtime;
         let y = match &self.weight {
             Weight::Float(weight) => {
                 // candle's matmul wants matching batch dims: fold leading dims into rows.
                 let dims = x.dims();
                 let rows: usize = dims[..dims.len() - 1].iter().product();
                 let x2 = x.reshape((rows, dims[dims.len() - 1]))?;
-                let y = if crate::kernels::gemv_applies(&x2, weight, bias) {
+                let y = if crate::kernels::gemv_applies(runtime, &x2, weight, bias) {
                     crate::kernels::gemv(&x2, weight, bias)?
                 } else {
                     let y = x2.matmul(&weight.t()?)?;
                     match bias {
-                        Some(b) => add_bias(&y, b)?,
+                        Some(b) => add_bias(runtime, &y, b)?,
                         None => y,
                     }
                 };
@@ -132,9 +148,9 @@ impl Linear {
             Weight::Quant { matmul, .. } => {
                 let x = x.contiguous()?;
                 let fast = match matmul {
-                    QMatMul::QTensor(w) => match crate::kernels::quant_matvec(&x, w)? {
+                    QMatMul::QTensor(w) => match crate::kernels::quant_matvec(runtime, &x, w)? {
                         Some(y) => Some(y),
-                        None => crate::kernels::quantized_gemm(&x, w)?,
+                        None => crate::kernels::quantized_gemm(runtime, &x, w)?,
                     },
                     _ => None,
                 };
@@ -148,7 +164,7 @@ impl Linear {
             }
         };
         match bias {
-            Some(b) => add_bias(&y, b),
+            Some(b) => add_bias(runtime, &y, b),
             None => Ok(y),
         }
     }
@@ -156,8 +172,8 @@ impl Linear {
 
 /// `y + bias` over the last dimension: our kernel on CUDA (candle's broadcast add takes
 /// ~15× the time of a pass over the bytes there, see kernels/ops.cu), candle's elsewhere.
-fn add_bias(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    if crate::kernels::enabled(y.device(), y.dtype()) && bias.dtype() == y.dtype() {
+fn add_bias(runtime: &RuntimeOptions, y: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if crate::kernels::enabled(runtime, y.device(), y.dtype()) && bias.dtype() == y.dtype() {
         return crate::kernels::add_bias(y, bias);
     }
     y.broadcast_add(bias)
@@ -278,9 +294,9 @@ impl Module for LayerNorm {
 
 /// Softmax over the last dimension with f32 accumulation: our kernel on CUDA, candle's
 /// elsewhere (its CUDA kernel also accumulates in f32, so only the CPU path casts).
-pub fn softmax_f32_acc(scores: &Tensor) -> Result<Tensor> {
+pub fn softmax_f32_acc(runtime: &RuntimeOptions, scores: &Tensor) -> Result<Tensor> {
     let dtype = scores.dtype();
-    if crate::kernels::enabled(scores.device(), dtype) {
+    if crate::kernels::enabled(runtime, scores.device(), dtype) {
         // candle's kernel gives one warp a row: ~0.5 TB/s on the vision tower's rows of
         // 3996 scores (run 14), a quarter of what a block per row reaches.
         return crate::kernels::softmax(scores, None);
@@ -367,9 +383,9 @@ pub enum AttentionMask {
 
 impl AttentionMask {
     /// `softmax(scores + mask)` over the last dimension of `scores [b, h, q, kv]`.
-    pub fn softmax(&self, scores: &Tensor) -> Result<Tensor> {
+    pub fn softmax(&self, runtime: &RuntimeOptions, scores: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Additive(m) => softmax_f32_acc(&scores.broadcast_add(m)?),
+            Self::Additive(m) => softmax_f32_acc(runtime, &scores.broadcast_add(m)?),
             Self::Causal { pad } => crate::kernels::softmax(
                 scores,
                 Some(&crate::kernels::CausalMask { pad: pad.as_ref() }),
@@ -380,11 +396,12 @@ impl AttentionMask {
 
 /// The attention mask of `pad.len()` left-padded sequences: sequence `i`'s first `pad[i]`
 /// key positions are padding, and query `j` (at absolute position `kv_len - q_len + j`)
-/// sees only keys up to itself. `None` when nothing is masked. Where the CUDA kernels run,
-/// the softmax computes it ([`AttentionMask::Causal`]); elsewhere it is an additive
-/// `[b, 1, q_len, kv_len]` tensor in `dtype` (the scores' dtype, so that no layer converts
-/// it again).
+/// sees only keys up to itself. `None` when nothing is masked. Where the CUDA kernels run
+/// (under `runtime`), the softmax computes it ([`AttentionMask::Causal`]); elsewhere it is
+/// an additive `[b, 1, q_len, kv_len]` tensor in `dtype` (the scores' dtype, so that no
+/// layer converts it again).
 pub fn attention_mask(
+    runtime: &RuntimeOptions,
     pad: &[usize],
     q_len: usize,
     kv_len: usize,
@@ -395,7 +412,7 @@ pub fn attention_mask(
     if q_len == 1 && pad.iter().all(|&p| p == 0) {
         return Ok(None);
     }
-    if crate::kernels::enabled(device, dtype) {
+    if crate::kernels::enabled(runtime, device, dtype) {
         let pad = padding_on_device(pad, device)?;
         return Ok(Some(AttentionMask::Causal { pad }));
     }
@@ -429,6 +446,7 @@ pub(crate) fn padding_on_device(
 /// Softmax attention over heads: `softmax(q kᵀ · scale + mask) v` for `q [b, h, q, d]`,
 /// `k`/`v [b, h, kv, d]`. Returns `[b, q, h·d]`, the layout the output projection takes.
 pub fn attend(
+    runtime: &RuntimeOptions,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -441,8 +459,8 @@ pub fn attend(
         scores = (scores * s)?;
     }
     let probs = match mask {
-        Some(m) => m.softmax(&scores)?,
-        None => softmax_f32_acc(&scores)?,
+        Some(m) => m.softmax(runtime, &scores)?,
+        None => softmax_f32_acc(runtime, &scores)?,
     };
     probs
         .matmul(&v.contiguous()?)?

@@ -15,7 +15,7 @@ use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, Q
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
-use vlm_contract::Quantization;
+use vlm_contract::{Quantization, RuntimeOptions};
 
 use crate::layers::{Embedding, Linear};
 
@@ -214,30 +214,46 @@ impl QuantStore {
     }
 }
 
-/// Builds linear layers of one kind; cheap to clone.
+/// Builds linear layers of one kind, running as the model's [`RuntimeOptions`] say; cheap
+/// to clone.
 #[derive(Clone, Default)]
 pub struct Quantizer {
     kind: QuantKind,
     store: Option<Arc<QuantStore>>,
+    runtime: RuntimeOptions,
 }
 
 impl Quantizer {
-    /// Full-precision layers, no store.
+    /// Full-precision layers, no store, default runtime options.
     pub fn float() -> Self {
         Self::default()
     }
 
-    /// Layers of `kind`, sharing `store`.
-    pub fn new(kind: QuantKind, store: Option<Arc<QuantStore>>) -> Self {
-        Self { kind, store }
+    /// Layers of `kind`, sharing `store`, running as `runtime` says.
+    pub fn new(kind: QuantKind, store: Option<Arc<QuantStore>>, runtime: RuntimeOptions) -> Self {
+        Self {
+            kind,
+            store,
+            runtime,
+        }
     }
 
-    /// The same store with another kind (for the parts of a policy).
+    /// The same store and runtime options with another kind (for the parts of a policy).
     pub fn with_kind(&self, kind: QuantKind) -> Self {
         Self {
             kind,
-            store: self.store.clone(),
+            ..self.clone()
         }
+    }
+
+    /// The same quantizer making layers that run as `runtime` says.
+    pub fn with_runtime(self, runtime: RuntimeOptions) -> Self {
+        Self { runtime, ..self }
+    }
+
+    /// The runtime options of the layers this quantizer makes: the model's.
+    pub fn runtime(&self) -> RuntimeOptions {
+        self.runtime
     }
 
     /// Whether `vb` holds `name`, as a float tensor or as a saved quantized one (a saved
@@ -299,6 +315,7 @@ impl Quantizer {
                 QMatMul::from_arc(table.clone())?,
                 *dtype,
                 None,
+                self.runtime,
             )),
             Embedding::Float(w) => {
                 let (out, hidden) = w.dims2()?;
@@ -434,10 +451,19 @@ impl Quantizer {
                     saved.shape().dims()
                 );
             }
-            return Ok(Linear::quantized(QMatMul::from_arc(saved)?, dtype, bias));
+            return Ok(Linear::quantized(
+                QMatMul::from_arc(saved)?,
+                dtype,
+                bias,
+                self.runtime,
+            ));
         }
         let Some(ggml) = self.kind.ggml_for(in_dim) else {
-            return Ok(Linear::from_weights(weight(Reader { host: false })?, bias));
+            return Ok(Linear::from_weights(
+                weight(Reader { host: false })?,
+                bias,
+                self.runtime,
+            ));
         };
         let w = weight(Reader { host: true })?;
         let started = Instant::now();
@@ -447,7 +473,12 @@ impl Quantizer {
         if let Some(store) = &self.store {
             store.record(name, &q, sources);
         }
-        Ok(Linear::quantized(QMatMul::from_arc(q)?, dtype, bias))
+        Ok(Linear::quantized(
+            QMatMul::from_arc(q)?,
+            dtype,
+            bias,
+            self.runtime,
+        ))
     }
 }
 
@@ -566,6 +597,32 @@ pub fn to_host(q: &QTensor) -> Result<QTensor> {
 mod tests {
     use super::*;
     use candle_core::Module;
+
+    /// Every layer a quantizer makes, float or quantized, runs with the quantizer's (the
+    /// model's) options, whatever another model's quantizer carries.
+    #[test]
+    fn layers_keep_their_models_runtime_options() {
+        let dev = Device::Cpu;
+        let tensors = HashMap::from([(
+            "p.weight".to_string(),
+            Tensor::ones((4, 32), DType::F32, &dev).unwrap(),
+        )]);
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+        let unfused = RuntimeOptions::default().with_fused_kernels(false);
+        let tuned = RuntimeOptions::default().with_quant_gemm_rows(0);
+        for kind in [QuantKind::Float, QuantKind::Q8_0] {
+            let a = Quantizer::new(kind, None, unfused);
+            let b = Quantizer::float().with_runtime(tuned).with_kind(kind);
+            let la = a.linear(32, 4, false, vb.pp("p")).unwrap();
+            let lb = b.linear(32, 4, false, vb.pp("p")).unwrap();
+            assert_eq!(la.is_quantized(), kind != QuantKind::Float);
+            assert_eq!((la.runtime(), lb.runtime()), (&unfused, &tuned), "{kind:?}");
+            let fused = a
+                .fused(32, &[(4, 1.0, vb.pp("p")), (4, 2.0, vb.pp("p"))], false)
+                .unwrap();
+            assert_eq!(fused.runtime(), &unfused, "{kind:?}");
+        }
+    }
 
     /// Seeded N(0, std) values (xorshift + Box-Muller): the error bounds below must not
     /// depend on the run.

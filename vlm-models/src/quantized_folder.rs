@@ -431,6 +431,8 @@ pub struct Weights {
     pub names: HashSet<String>,
     /// The files the weights are read from.
     pub files: Vec<PathBuf>,
+    /// The runtime options every layer built from these weights runs with.
+    pub runtime: vlm_contract::RuntimeOptions,
 }
 
 impl Weights {
@@ -512,12 +514,13 @@ impl Weights {
             quantization,
             names,
             files,
+            runtime: options.runtime,
         })
     }
 
     /// A quantizer of `kind` over this load's store.
     pub fn quantizer(&self, kind: QuantKind) -> Quantizer {
-        Quantizer::new(kind, Some(self.ctx.store.clone()))
+        Quantizer::new(kind, Some(self.ctx.store.clone()), self.runtime)
     }
 }
 

@@ -6,6 +6,7 @@
 //! CUDA only: part of the GPU check (`benches/gpu/run.sh`); ignored in CPU builds.
 
 use candle_core::{DType, Device, Tensor};
+use vlm_contract::RuntimeOptions;
 use vlm_models::kernels::{self, CacheLen, HeadNorm, Heads};
 
 struct Case {
@@ -505,7 +506,7 @@ fn run_vision(heads: usize, d: usize, lengths: &[usize], dtype: DType, tol: f32)
         ranges.len()
     );
     assert!(eo < tol, "segment_attention {what}: {eo} (tolerance {tol})");
-    if kernels::flash_applies(&dev, dtype, d) {
+    if kernels::flash_applies(&RuntimeOptions::default(), &dev, dtype, d) {
         let got = f32s(&kernels::segment_flash_attention(&q, &k, &v, &segments).unwrap());
         let ef = max_rel_err(&got, &want_out);
         println!("segment_flash_attention {what}: {ef:.2e}");
@@ -586,7 +587,7 @@ fn run_segment_flash(heads: usize, d: usize, lengths: &[usize], dtype: DType, to
 fn segment_flash_attention_matches_the_reference() {
     let dev = Device::new_cuda(0).expect("a CUDA device");
     for (dtype, tol) in [(DType::BF16, 2e-2), (DType::F16, 3e-3)] {
-        if !kernels::flash_applies(&dev, dtype, 80) {
+        if !kernels::flash_applies(&RuntimeOptions::default(), &dev, dtype, 80) {
             println!("flash attention not built for this card: skipped");
             return;
         }
@@ -693,7 +694,7 @@ fn run_prefill_flash(
 fn prefill_flash_attention_matches_the_reference() {
     let dev = Device::new_cuda(0).expect("a CUDA device");
     for (dtype, tol) in [(DType::BF16, 2e-2), (DType::F16, 3e-3)] {
-        if !kernels::flash_applies(&dev, dtype, 128) {
+        if !kernels::flash_applies(&RuntimeOptions::default(), &dev, dtype, 128) {
             println!("flash attention not built for this card: skipped");
             return;
         }

@@ -11,6 +11,7 @@ use serde_json::Value;
 use vlm_contract::model::LoadOptions;
 use vlm_contract::{
     DTypeChoice, DeviceChoice, GenerationOptions, Image, Prompt, Quantization, Request,
+    RuntimeOptions,
 };
 
 mod common;
@@ -126,7 +127,8 @@ fn requests(fam: &Family) -> Vec<(String, Request, Vec<u32>)> {
         .collect()
 }
 
-/// f32 activations on the CPU, or on CUDA with `VLM_TEST_DEVICE=cuda` (the GPU check).
+/// f32 activations on the CPU, or on CUDA with `VLM_TEST_DEVICE=cuda` (the GPU check), the
+/// GPU paths as the `VLM_*` switches say.
 fn options(q: Quantization) -> LoadOptions {
     let device = std::env::var("VLM_TEST_DEVICE")
         .map_or(DeviceChoice::Cpu, |s| DeviceChoice::parse(&s).unwrap());
@@ -134,15 +136,21 @@ fn options(q: Quantization) -> LoadOptions {
         device,
         dtype: DTypeChoice::F32,
         quantization: q,
+        runtime: RuntimeOptions::from_env(),
         ..Default::default()
     }
 }
 
 /// (worst relative logit error, share of greedy tokens equal to the reference's).
 fn measure(fam: &Family, q: Quantization) -> (f32, f32, u64) {
+    measure_with(fam, &options(q))
+}
+
+/// [`measure`] of a model loaded with `options`.
+fn measure_with(fam: &Family, options: &LoadOptions) -> (f32, f32, u64) {
     let goldens =
         candle_core::safetensors::load(fam.dir.join("goldens.safetensors"), &Device::Cpu).unwrap();
-    let model = vlm_models::load(fam.dir.join("model").to_str().unwrap(), &options(q)).unwrap();
+    let model = vlm_models::load(fam.dir.join("model").to_str().unwrap(), options).unwrap();
     let (mut worst, mut same, mut total) = (0f32, 0usize, 0usize);
     for (name, req, want) in requests(fam) {
         // Teacher-forced: the reference's tokens are not forced, so compare the first
@@ -296,38 +304,43 @@ fn tied_embedding_is_counted_once_in_half_precision() {
 }
 
 /// The dequantize-then-GEMM path for many-row quantized projections on CUDA
-/// (`VLM_QUANT_GEMM_ROWS`, opt-in) against candle's quantized matmul: the same tokens'
-/// first-step logits within a few percent of each other (candle's MMQ also rounds the
-/// activations to 8 bits), and each within the family's bound of the float reference.
+/// (`RuntimeOptions::quant_gemm_rows`) against candle's quantized matmul, two models of one
+/// checkpoint loaded side by side with different thresholds: the same tokens' first-step
+/// logits within a few percent of each other (candle's MMQ also rounds the activations to
+/// 8 bits), and each within the family's bound of the float reference.
 #[test]
 fn dequantized_gemm_agrees_with_the_quantized_matmul() {
     if !matches!(options(Quantization::None).device, DeviceChoice::Cuda(_)) {
         eprintln!("not on CUDA (VLM_TEST_DEVICE): the dequantized GEMM runs on CUDA only");
         return;
     }
-    use vlm_models::kernels::{quant_gemm_calls, set_quant_gemm_rows};
+    use vlm_models::kernels::quant_gemm_calls;
     let mut failures = vec![];
     for fam in families() {
         for (q, bound) in [
             (Quantization::Int8, INT8_BOUND),
             (Quantization::Int4, INT4_BOUND),
         ] {
-            let model =
-                vlm_models::load(fam.dir.join("model").to_str().unwrap(), &options(q)).unwrap();
+            let with_rows = |rows: usize| {
+                let runtime = options(q).runtime.with_quant_gemm_rows(rows);
+                options(q).with_runtime(runtime)
+            };
+            let load = |rows: usize| {
+                vlm_models::load(fam.dir.join("model").to_str().unwrap(), &with_rows(rows)).unwrap()
+            };
+            let (mmq_model, gemm_model) = (load(0), load(9));
             // Every case's first-step logits, one row each.
-            let first = |rows: usize| {
-                set_quant_gemm_rows(Some(rows));
+            let first = |model: &dyn vlm_contract::VisionLanguageModel| {
                 let firsts: Vec<Vec<f32>> = requests(&fam)
                     .into_iter()
                     .map(|(_, req, _)| model.generate(&req).unwrap().logits.unwrap().swap_remove(0))
                     .collect();
-                set_quant_gemm_rows(None);
                 let vocab = firsts[0].len();
                 Tensor::from_vec(firsts.concat(), (firsts.len(), vocab), &Device::Cpu).unwrap()
             };
-            let mmq = first(0);
+            let mmq = first(mmq_model.as_ref());
             let before = quant_gemm_calls();
-            let gemm = first(9);
+            let gemm = first(gemm_model.as_ref());
             if quant_gemm_calls() == before {
                 failures.push(format!(
                     "{} {}: no projection took the GEMM",
@@ -348,9 +361,7 @@ fn dequantized_gemm_agrees_with_the_quantized_matmul() {
                     q.as_str()
                 ));
             }
-            set_quant_gemm_rows(Some(9));
-            let (err, _, _) = measure(&fam, q);
-            set_quant_gemm_rows(None);
+            let (err, _, _) = measure_with(&fam, &with_rows(9));
             if err > bound {
                 failures.push(format!(
                     "{} {} through the GEMM: rel err {err} > {bound} against the float reference",

@@ -343,10 +343,16 @@ fn decode_graphs_replay_what_eager_steps_compute() {
         eprintln!("not on CUDA (VLM_TEST_DEVICE): no decode graphs to check");
         return;
     }
-    use vlm_models::kernels::{graph_stats, set_graphs};
+    use vlm_models::kernels::graph_stats;
     for v in VARIANTS {
         let fx = fixture(v);
-        let model = vlm_models::load(fx.dir.join("model").to_str().unwrap(), &cpu_f32()).unwrap();
+        // Two models of one checkpoint in one process, graphs on for one only.
+        let load = |graphs: bool| {
+            let runtime = cpu_f32().runtime.with_cuda_graphs(graphs);
+            let options = cpu_f32().with_runtime(runtime);
+            vlm_models::load(fx.dir.join("model").to_str().unwrap(), &options).unwrap()
+        };
+        let (eager_model, graph_model) = (load(false), load(true));
         let opts = GenerationOptions {
             return_logits: true,
             ..GenerationOptions::greedy(12)
@@ -356,16 +362,14 @@ fn decode_graphs_replay_what_eager_steps_compute() {
             .iter()
             .map(|c| request(&fx, c, opts.clone()))
             .collect();
-        let run = |graphs: bool| {
-            set_graphs(Some(graphs));
+        let run = |model: &dyn vlm_contract::VisionLanguageModel| {
             let one = model.generate(&requests[0]).unwrap();
             let batch = model.generate_batch(&requests).unwrap();
-            set_graphs(None);
             (one, batch)
         };
-        let (eager, eager_batch) = run(false);
+        let (eager, eager_batch) = run(eager_model.as_ref());
         let before = graph_stats();
-        let (graph, graph_batch) = run(true);
+        let (graph, graph_batch) = run(graph_model.as_ref());
         let after = graph_stats();
         assert_eq!(after.failed, before.failed, "{v}: a capture failed");
         assert!(

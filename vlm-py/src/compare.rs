@@ -101,6 +101,7 @@ pub fn compare<'py>(
                 .transpose()?,
             max_pixels,
             min_pixels,
+            runtime: vlm_core::RuntimeOptions::from_env(),
             ..LoadOptions::default()
         },
     };

@@ -122,6 +122,8 @@ fn load_options(
             None => None,
         },
         revision,
+        // The VLM_* switches of the README, as the vlm CLI reads them.
+        runtime: vlm_core::RuntimeOptions::from_env(),
         ..LoadOptions::default()
     })
 }

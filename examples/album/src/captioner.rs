@@ -102,6 +102,7 @@ impl Captioner {
             // Caption, tags and text are three calls about one photo: with the cache, the
             // vision tower encodes it once (a phone photo's encoding is a few MB).
             image_cache_bytes: IMAGE_CACHE_BYTES,
+            runtime: vlm_core::RuntimeOptions::from_env(),
             ..Default::default()
         };
         let model = vlm_core::load(&options.model, &load)

@@ -135,6 +135,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         quantization: Quantization::parse(&args.quant)?,
         max_pixels: args.max_pixels,
         image_cache_bytes: args.image_cache_mb << 20,
+        runtime: vlm_core::RuntimeOptions::from_env(),
         ..LoadOptions::default()
     };
     let model: Arc<dyn VisionLanguageModel> = Arc::from(vlm_core::load(&args.model, &load)?);

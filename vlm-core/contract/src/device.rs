@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device};
 
-use crate::{Error, Result};
+use crate::{Error, Result, RuntimeOptions};
 
 /// Memory in use on CUDA device `ordinal` as the driver counts it (every process's, this
 /// one's context included) and the card's total, in bytes. `None` in a build without CUDA
@@ -83,6 +83,16 @@ impl DeviceChoice {
         }
     }
 
+    /// Opens the device, then applies the device-wide settings of `runtime` (the CUDA
+    /// pool's [`RuntimeOptions::cuda_pool_keep`]).
+    pub fn open_with(self, runtime: &RuntimeOptions) -> Result<Device> {
+        let device = self.open()?;
+        if runtime.cuda_pool_keep {
+            keep_pool_memory(&device);
+        }
+        Ok(device)
+    }
+
     /// Opens the device.
     pub fn open(self) -> Result<Device> {
         match self {
@@ -90,7 +100,6 @@ impl DeviceChoice {
             Self::Auto => match auto_cuda() {
                 Ok(device) => {
                     tracing::debug!(target: "vlm::device", "device=auto: running on cuda:0");
-                    keep_pool_memory(&device);
                     Ok(device)
                 }
                 Err(reason) => {
@@ -111,7 +120,6 @@ impl DeviceChoice {
                         "cannot open cuda:{n} ({e}); check nvidia-smi and CUDA_VISIBLE_DEVICES"
                     ))
                 })?;
-                keep_pool_memory(&device);
                 Ok(device)
             }
         }
@@ -131,17 +139,15 @@ fn auto_cuda() -> std::result::Result<Device, String> {
     })
 }
 
-/// With `VLM_CUDA_POOL_KEEP=1`, tells the driver to keep the memory that stream-ordered frees
-/// return to the device's pool (candle allocates every tensor with `cuMemAllocAsync`). By
-/// default the pool gives it all back to the OS at each synchronisation, which a decode
-/// step does once per token and the vision tower and prefill allocate hundreds of MB after,
-/// so each of those allocations maps fresh pages. Opt-in until measured on a GPU (predicted:
-/// batch-8 vision and prefill faster; the process then holds its peak, as PyTorch's caching
-/// allocator does). Returns whether the setting took.
+/// Tells the driver to keep the memory that stream-ordered frees return to the device's
+/// pool (candle allocates every tensor with `cuMemAllocAsync`); [`DeviceChoice::open_with`]
+/// calls it for [`RuntimeOptions::cuda_pool_keep`]. By default the pool gives it all back
+/// to the OS at each synchronisation, which a decode step does once per token and the
+/// vision tower and prefill allocate hundreds of MB after, so each of those allocations
+/// maps fresh pages. Opt-in until measured on a GPU (predicted: batch-8 vision and prefill
+/// faster; the process then holds its peak, as PyTorch's caching allocator does). Returns
+/// whether the setting took (false on the CPU).
 pub fn keep_pool_memory(device: &Device) -> bool {
-    if !std::env::var("VLM_CUDA_POOL_KEEP").is_ok_and(|v| v.trim() == "1") {
-        return false;
-    }
     #[cfg(feature = "cuda")]
     {
         use candle_core::cuda_backend::cudarc::driver::{result, sys};

@@ -32,6 +32,7 @@ pub mod model;
 pub mod options;
 pub mod quant;
 pub mod request;
+pub mod runtime;
 pub mod sampling;
 pub mod stream;
 
@@ -49,3 +50,4 @@ pub use model::{LoadOptions, ModelInfo, PreparedBatch, VisionLanguageModel};
 pub use options::{GenerationDefaults, GenerationOptions, Language, Sampling};
 pub use quant::Quantization;
 pub use request::{Content, FinishReason, Generation, Message, Prompt, Request, Role, Timings};
+pub use runtime::RuntimeOptions;

@@ -4,7 +4,7 @@ use std::any::Any;
 
 use crate::{
     CacheStats, DTypeChoice, DeviceChoice, Error, Generation, GenerationOptions, Image,
-    Quantization, Request, Result,
+    Quantization, Request, Result, RuntimeOptions,
 };
 
 /// How to load a model.
@@ -35,6 +35,18 @@ pub struct LoadOptions {
     /// Bytes of vision-tower outputs kept to reuse for the same photo (an LRU, on the
     /// model's device); 0, the default, turns the cache off.
     pub image_cache_bytes: u64,
+    /// The GPU paths this model takes (our fused kernels, CUDA graphs, flash attention,
+    /// ...): kept by the model for its lifetime. The library reads no environment
+    /// variable; binaries pass [`RuntimeOptions::from_env`] to honour the `VLM_*` ones.
+    pub runtime: RuntimeOptions,
+}
+
+impl LoadOptions {
+    /// Sets [`Self::runtime`].
+    pub fn with_runtime(mut self, runtime: RuntimeOptions) -> Self {
+        self.runtime = runtime;
+        self
+    }
 }
 
 /// What a loaded model is.

@@ -29,6 +29,7 @@ use tokenizers::Tokenizer;
 use vlm_contract::device::device_name;
 use vlm_contract::files::ModelDir;
 use vlm_contract::model::LoadOptions;
+use vlm_contract::RuntimeOptions;
 use vlm_contract::{
     Error, Family, FamilyModel, GenerationDefaults, Language, ModelInfo, PrefillOutput,
     Quantization, Request, Result, VisionLanguageModel,
@@ -69,6 +70,8 @@ pub struct Blip2 {
     ctx: LoadContext,
     /// Q-Former outputs projected into the language model, kept for reuse.
     cache: Option<ImageCache>,
+    /// The GPU paths this model takes (`LoadOptions::runtime`).
+    runtime: RuntimeOptions,
 }
 
 /// The intermediate results of the image path, for parity checks.
@@ -148,7 +151,7 @@ impl Blip2 {
         let config = Blip2Config::from_json(
             &dir.read_text("config.json", "config.json describes the model")?,
         )?;
-        let device = options.device.open()?;
+        let device = options.device.open_with(&options.runtime)?;
         let dtype = options.dtype.resolve(&device);
         let processor =
             Blip2Processor::from_model_dir(dir, config.num_query_tokens, config.image_token_id)?;
@@ -239,6 +242,7 @@ impl Blip2 {
             quantization: weights.quantization,
             ctx: weights.ctx,
             cache: ImageCache::new(options.image_cache_bytes),
+            runtime: options.runtime,
         })
     }
 
@@ -363,7 +367,7 @@ impl Blip2 {
                     positions.extend(std::iter::repeat_n(0u32, p));
                     positions.extend(0..(len - p) as u32);
                 }
-                let mask = attention_mask(&pad, len, len, self.dtype, &self.device)?;
+                let mask = attention_mask(&self.runtime, &pad, len, len, self.dtype, &self.device)?;
                 let mut caches = m.new_caches(b, len + max_new_tokens, self.dtype, &self.device)?;
                 let hidden = m.forward(&embeds, &positions, mask.as_ref(), &mut caches)?;
                 let next_position = pad.iter().map(|&p| (len - p) as u32).collect();
@@ -500,7 +504,7 @@ impl Family for Blip2 {
                 let b = tokens.len();
                 let embeds = m.embed(&ids)?.unsqueeze(1)?;
                 let kv_len = caches.first().map_or(0, |c| c.len()) + 1;
-                let mask = attention_mask(pad, 1, kv_len, self.dtype, &self.device)?;
+                let mask = attention_mask(&self.runtime, pad, 1, kv_len, self.dtype, &self.device)?;
                 let hidden = m.forward(&embeds, next_position, mask.as_ref(), caches)?;
                 for p in next_position.iter_mut() {
                     *p += 1;

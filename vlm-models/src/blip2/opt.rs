@@ -210,7 +210,10 @@ impl Opt {
         let (k, v) = cache
             .append(&k, &v)
             .map_err(|e| candle_core::Error::msg(e.to_string()))?;
-        let attn = layer.out_proj.forward(&attend(&q, &k, &v, None, mask)?)?;
+        let attn =
+            layer
+                .out_proj
+                .forward(&attend(layer.out_proj.runtime(), &q, &k, &v, None, mask)?)?;
         let mut x = (x + attn)?;
         if !self.pre_norm {
             x = layer.attn_norm.forward(&x)?;

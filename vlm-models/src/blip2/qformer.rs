@@ -61,7 +61,7 @@ impl AttentionBlock {
         let q = split_heads(&self.query.forward(x)?, self.heads)?;
         let k = split_heads(&self.key.forward(context)?, self.heads)?;
         let v = split_heads(&self.value.forward(context)?, self.heads)?;
-        let attn = attend(&q, &k, &v, Some(self.scale), None)?;
+        let attn = attend(self.query.runtime(), &q, &k, &v, Some(self.scale), None)?;
         self.norm.forward(&(self.dense.forward(&attn)? + x)?)
     }
 }

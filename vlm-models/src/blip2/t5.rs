@@ -48,7 +48,8 @@ impl Attention {
     fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let q = split_heads(&self.q.forward(x)?, self.heads)?;
         let bias = bias.map(|b| AttentionMask::Additive(b.clone()));
-        self.o.forward(&attend(&q, k, v, None, bias.as_ref())?)
+        self.o
+            .forward(&attend(self.o.runtime(), &q, k, v, None, bias.as_ref())?)
     }
 }
 

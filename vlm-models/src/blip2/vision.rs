@@ -104,7 +104,7 @@ impl Block {
         let q = split_heads(&qkv.narrow(D::Minus1, 0, d)?, self.heads)?;
         let k = split_heads(&qkv.narrow(D::Minus1, d, d)?, self.heads)?;
         let v = split_heads(&qkv.narrow(D::Minus1, 2 * d, d)?, self.heads)?;
-        let attn = attend(&q, &k, &v, None, None)?;
+        let attn = attend(self.qkv.runtime(), &q, &k, &v, None, None)?;
         let x = (x + self.proj.forward(&attn)?)?;
         let h = self
             .act

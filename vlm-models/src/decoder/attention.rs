@@ -174,7 +174,7 @@ impl Attention {
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let kv_len = k.dim(2)?;
         if let Some(AttentionMask::Causal { pad }) = mask {
-            if l > 1 && kernels::flash_applies(x.device(), q.dtype(), d) {
+            if l > 1 && kernels::flash_applies(self.qkv.runtime(), x.device(), q.dtype(), d) {
                 // Scores never materialised: [b, heads, l, kv_len] per layer at batch 8 is
                 // 28 × 8 × 1026² values (run 21's profile: most of the prefill's softmax).
                 let out = kernels::prefill_flash_attention(&q, &k, &v, pad.as_ref())?;
@@ -189,8 +189,8 @@ impl Attention {
             .reshape((b, self.num_kv_heads, rep * l, d))?;
         let scores = q.matmul(&k.t()?)?.reshape((b, self.num_heads, l, kv_len))?;
         let probs = match mask {
-            Some(m) => m.softmax(&scores)?,
-            None => softmax_f32_acc(&scores)?,
+            Some(m) => m.softmax(self.qkv.runtime(), &scores)?,
+            None => softmax_f32_acc(self.qkv.runtime(), &scores)?,
         };
         let probs = probs.reshape((b, self.num_kv_heads, rep * l, kv_len))?;
         let out = probs

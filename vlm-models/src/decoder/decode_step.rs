@@ -47,7 +47,7 @@ impl Decoder {
         // scratch a graph must not hold (kernels::note_shared_quant_scratch).
         let quantized = self.layers.first().is_some_and(|l| l.is_quantized());
         if self.fused_decode
-            && kernels::graphs_enabled(device)
+            && kernels::graphs_enabled(&self.runtime, device)
             && !(quantized && tokens.len() > kernels::QUANT_MATVEC_ROWS)
         {
             let logits = self.graph_decode_step(tokens, state)?;
@@ -71,7 +71,7 @@ impl Decoder {
             };
             self.run_layers(embeds, &cos, &sin, masking, &mut state.caches, None)?
         } else {
-            let mask = attention_mask(&state.pad, 1, kv_len, dtype, device)?;
+            let mask = attention_mask(&self.runtime, &state.pad, 1, kv_len, dtype, device)?;
             let masking = Masking::Additive(mask.as_ref());
             self.run_layers(embeds, &cos, &sin, masking, &mut state.caches, None)?
         };

@@ -31,7 +31,8 @@ impl Mlp {
             down_proj: q.linear(i, h, false, vb.pp("down_proj"))?,
             act: cfg.hidden_act,
             intermediate: i,
-            fused_silu: cfg.hidden_act == Act::Silu && kernels::enabled(vb.device(), vb.dtype()),
+            fused_silu: cfg.hidden_act == Act::Silu
+                && kernels::enabled(&q.runtime(), vb.device(), vb.dtype()),
         })
     }
 }

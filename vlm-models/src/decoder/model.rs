@@ -36,6 +36,8 @@ pub struct Decoder {
     pub(super) device: Device,
     /// Decode steps through the fused CUDA kernels.
     pub(super) fused_decode: bool,
+    /// The model's runtime options, for the per-step decisions (graphs, masks).
+    pub(super) runtime: vlm_contract::RuntimeOptions,
 }
 
 impl Decoder {
@@ -74,7 +76,8 @@ impl Decoder {
             cfg: cfg.clone(),
             dtype: vb.dtype(),
             device: vb.device().clone(),
-            fused_decode: kernels::available(vb.device(), vb.dtype(), cfg.head_dim),
+            fused_decode: kernels::available(&q.runtime(), vb.device(), vb.dtype(), cfg.head_dim),
+            runtime: q.runtime(),
         })
     }
 
@@ -137,7 +140,7 @@ impl Decoder {
             .collect();
         let (dtype, device) = (self.dtype, &self.device);
         let (cos, sin) = self.rope.plain_tables(&positions, dtype, device)?;
-        let mask = attention_mask(&pad, len, len, dtype, device)?;
+        let mask = attention_mask(&self.runtime, &pad, len, len, dtype, device)?;
         let mut caches = self.new_caches(b, len + max_new_tokens, dtype, device)?;
         let out = self.forward_hidden(embeds, &cos, &sin, mask.as_ref(), &mut caches, None)?;
         let next_position = pad.iter().map(|&p| (len - p) as i64).collect();

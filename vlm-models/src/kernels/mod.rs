@@ -9,7 +9,7 @@
 //! - [`silu_mul`]: `silu(gate) · up` from the fused gate/up projection (every step,
 //!   prefill included);
 //! - [`gemv`]: `x Wᵀ + b` for a batch-1 decode step's projections (up to 8 rows with
-//!   `VLM_GEMV=1`), one warp per output column.
+//!   [`RuntimeOptions::gemv_max_rows`]), one warp per output column.
 //!
 //! For the Qwen-VL vision towers (`vision.cu`):
 //! - [`vision_qkv`]: the fused q/k/v projection split into heads, RoPE on q and k, the
@@ -32,10 +32,13 @@
 //!
 //! They exist with the `cuda` feature only; [`available`] says whether a model may use
 //! them, and the unfused path (the CPU path, and the reference in the GPU check) stays the
-//! definition of what they compute. `VLM_FUSED_KERNELS=0` turns them off, to measure what
-//! they bring with one binary.
+//! definition of what they compute. [`RuntimeOptions::fused_kernels`] off turns them off,
+//! to measure what they bring with one binary. Every decision here takes the
+//! [`RuntimeOptions`] of the model that asks, so models loaded with different options
+//! share a process.
 
 use candle_core::{DType, Device, Result, Tensor};
+use vlm_contract::RuntimeOptions;
 
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -64,56 +67,55 @@ pub struct HeadNorm<'a> {
     pub eps: f64,
 }
 
-fn turned_off() -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OFF.get_or_init(|| std::env::var("VLM_FUSED_KERNELS").is_ok_and(|v| v.trim() == "0"))
-}
-
 /// Whether the kernels serve tensors in `dtype` on `device`: a CUDA build on a CUDA device,
-/// f32/bf16/f16, not turned off.
-pub fn enabled(device: &Device, dtype: DType) -> bool {
+/// f32/bf16/f16, [`RuntimeOptions::fused_kernels`] on.
+pub fn enabled(runtime: &RuntimeOptions, device: &Device, dtype: DType) -> bool {
     cfg!(feature = "cuda")
         && device.is_cuda()
         && matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
-        && !turned_off()
+        && runtime.fused_kernels
 }
 
 /// Whether the decode kernels serve a decoder of `head_dim` in `dtype` on `device`:
 /// [`enabled`], head sizes 16 to 256 in powers of two (the tiny test models have 16, so the
 /// GPU check runs the kernels against the goldens).
-pub fn available(device: &Device, dtype: DType, head_dim: usize) -> bool {
-    enabled(device, dtype) && matches!(head_dim, 16 | 32 | 64 | 128 | 256)
+pub fn available(runtime: &RuntimeOptions, device: &Device, dtype: DType, head_dim: usize) -> bool {
+    enabled(runtime, device, dtype) && matches!(head_dim, 16 | 32 | 64 | 128 | 256)
+}
+
+/// Rows [`gemv`] takes at most.
+pub const GEMV_ROWS: usize = 8;
+
+/// Most rows for which [`gemv`] runs under `runtime`: [`RuntimeOptions::gemv_max_rows`],
+/// at most [`GEMV_ROWS`]. On an H200 (runs 14 and 15) it decoded 3-5% faster than cuBLAS
+/// at one row and made batch-8 generation 15-30% slower, so more rows are opt-in.
+pub fn gemv_row_limit(runtime: &RuntimeOptions) -> usize {
+    runtime.gemv_max_rows.min(GEMV_ROWS)
 }
 
 /// Whether [`gemv`] takes `x Wᵀ (+ bias)` for `x [m, k]` and a float weight `w [n, k]`: the
-/// fused kernels available, one row (a batch-1 decode step; `VLM_GEMV=1` up to 8 rows,
-/// `VLM_GEMV=0` none), k a multiple of 8, one dtype, `w` contiguous. On an H200 (runs 14
-/// and 15) it decoded 3-5% faster than cuBLAS at one row and made batch-8 generation
-/// 15-30% slower, so more rows are opt-in.
-pub fn gemv_applies(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> bool {
-    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let max_rows =
-        *ROWS.get_or_init(
-            || match std::env::var("VLM_GEMV").as_deref().map(str::trim) {
-                Ok("0") => 0,
-                Ok("1") => 8,
-                _ => 1,
-            },
-        );
+/// fused kernels available, at most [`gemv_row_limit`] rows, k a multiple of 8, one dtype,
+/// `w` contiguous.
+pub fn gemv_applies(
+    runtime: &RuntimeOptions,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+) -> bool {
     let (Ok((m, k)), Ok((_, wk))) = (x.dims2(), w.dims2()) else {
         return false;
     };
-    enabled(w.device(), w.dtype())
+    enabled(runtime, w.device(), w.dtype())
         && x.dtype() == w.dtype()
         && bias.is_none_or(|b| b.dtype() == w.dtype())
-        && (1..=max_rows).contains(&m)
+        && (1..=gemv_row_limit(runtime)).contains(&m)
         && k == wk
         && k % 8 == 0
         && w.is_contiguous()
         && w.layout().start_offset().is_multiple_of(8)
 }
 
-/// `x Wᵀ (+ bias)` for `x [m ≤ 8, k]` and `w [n, k]` → `[m, n]`.
+/// `x Wᵀ (+ bias)` for `x [m ≤ GEMV_ROWS, k]` and `w [n, k]` → `[m, n]`.
 pub fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     return cuda::gemv(&x.contiguous()?, w, bias);
@@ -231,68 +233,43 @@ pub const QUANT_MATVEC_ROWS: usize = 8;
 /// projections), with the activations' scratch owned by the calling thread (candle's
 /// own path shares one per device; see quant_matvec.rs). `None`: graphs are off, or the
 /// shapes, block type or device are not these kernels': use candle's matmul.
-pub fn quant_matvec(x: &Tensor, w: &candle_core::quantized::QTensor) -> Result<Option<Tensor>> {
+pub fn quant_matvec(
+    runtime: &RuntimeOptions,
+    x: &Tensor,
+    w: &candle_core::quantized::QTensor,
+) -> Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
     {
         // Only with graphs, which need the per-thread scratch; eager steps keep candle's
         // path.
-        if !graphs_enabled(x.device()) || !quant_matvec::applies(x, w) {
+        if !graphs_enabled(runtime, x.device()) || !quant_matvec::applies(x, w) {
             return Ok(None);
         }
         quant_matvec::matvec(x, w).map(Some)
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (x, w);
+        let _ = (runtime, x, w);
         Ok(None)
     }
 }
 
-/// The default of [`quant_gemm_rows`]: prefills and batches (hundreds of rows and more) take
-/// the dequantized GEMM, decode steps (a row per sequence) keep the quantized matvec. Run 28
-/// (H200, Qwen2.5-VL-7B int4, 1024×768): 0.398 → 0.337 s per photo, batch 8 3.84 → 6.04
-/// photos/s, peak 9,361 → 8,273 MiB; decode unchanged.
-const DEFAULT_QUANT_GEMM_ROWS: usize = 64;
-
 /// Rows from which a quantized projection on CUDA dequantizes its weight and runs a float
-/// GEMM: `VLM_QUANT_GEMM_ROWS=N` (at least 9; 0: never; unset: 64), or
-/// [`set_quant_gemm_rows`].
-fn quant_gemm_rows() -> Option<usize> {
-    use std::sync::atomic::Ordering::Relaxed;
-    static ENV: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let set = quant_gemm::SWITCH.load(Relaxed);
-    let rows = if set == usize::MAX {
-        *ENV.get_or_init(|| {
-            std::env::var("VLM_QUANT_GEMM_ROWS")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(DEFAULT_QUANT_GEMM_ROWS)
-        })
-    } else {
-        set
-    };
+/// GEMM under `runtime` ([`RuntimeOptions::quant_gemm_rows`], raised to one more than the
+/// matvec's [`QUANT_MATVEC_ROWS`]); `None`: never. By default prefills and batches (hundreds
+/// of rows and more) take the dequantized GEMM and decode steps (a row per sequence) keep
+/// the quantized matvec: run 28 (H200, Qwen2.5-VL-7B int4, 1024×768) 0.398 → 0.337 s per
+/// photo, batch 8 3.84 → 6.04 photos/s, peak 9,361 → 8,273 MiB; decode unchanged.
+pub fn quant_gemm_threshold(runtime: &RuntimeOptions) -> Option<usize> {
+    let rows = runtime.quant_gemm_rows;
     (rows > 0).then_some(rows.max(QUANT_MATVEC_ROWS + 1))
 }
 
-mod quant_gemm {
-    use std::sync::atomic::AtomicUsize;
-    /// `usize::MAX`: from `VLM_QUANT_GEMM_ROWS`; 0: off; else the row threshold.
-    pub static SWITCH: AtomicUsize = AtomicUsize::new(usize::MAX);
-    pub static CALLS: AtomicUsize = AtomicUsize::new(0);
-}
-
-/// Sets [`quantized_gemm`]'s row threshold for the whole process (`Some(0)`: off; `None`:
-/// as `VLM_QUANT_GEMM_ROWS` says), e.g. to compare both paths in one test.
-pub fn set_quant_gemm_rows(rows: Option<usize>) {
-    quant_gemm::SWITCH.store(
-        rows.unwrap_or(usize::MAX),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-}
+static QUANT_GEMM_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// How many projections [`quantized_gemm`] has run in this process.
 pub fn quant_gemm_calls() -> usize {
-    quant_gemm::CALLS.load(std::sync::atomic::Ordering::Relaxed)
+    QUANT_GEMM_CALLS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// `x Wᵀ` for a quantized `w` and `x [.., k]` of many rows on CUDA, through the weight
@@ -301,10 +278,14 @@ pub fn quant_gemm_calls() -> usize {
 /// kernels, 3.6× slower than bf16 for Qwen2.5-VL-7B's prefill at int4 (111 vs 31 ms, run
 /// 23), while dequantizing the weights costs one pass over them. The dequantized weight
 /// lives only during the call (~0.3 GB at most for a 7B model's fused gate/up). `None`:
-/// not enabled ([`set_quant_gemm_rows`]), too few rows, not CUDA, or a block type candle
+/// fewer rows than [`quant_gemm_threshold`] (or none), not CUDA, or a block type candle
 /// cannot dequantize there.
-pub fn quantized_gemm(x: &Tensor, w: &candle_core::quantized::QTensor) -> Result<Option<Tensor>> {
-    match quant_gemm_rows() {
+pub fn quantized_gemm(
+    runtime: &RuntimeOptions,
+    x: &Tensor,
+    w: &candle_core::quantized::QTensor,
+) -> Result<Option<Tensor>> {
+    match quant_gemm_threshold(runtime) {
         Some(threshold) if x.device().is_cuda() => dequantized_gemm(x, w, threshold),
         _ => Ok(None),
     }
@@ -349,7 +330,7 @@ fn dequantized_gemm(
     }
     let weight = w.dequantize_f16(x.device())?.to_dtype(x.dtype())?;
     let y = x.reshape((rows, k))?.matmul(&weight.t()?)?;
-    quant_gemm::CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    QUANT_GEMM_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut out = dims.to_vec();
     *out.last_mut().expect("non-scalar input") = n;
     y.reshape(out).map(Some)
@@ -381,12 +362,10 @@ pub struct GraphStats {
 }
 
 mod graph_counters {
-    use std::sync::atomic::{AtomicU8, AtomicUsize};
+    use std::sync::atomic::AtomicUsize;
     pub static CAPTURED: AtomicUsize = AtomicUsize::new(0);
     pub static REPLAYED: AtomicUsize = AtomicUsize::new(0);
     pub static FAILED: AtomicUsize = AtomicUsize::new(0);
-    /// 0: from `VLM_CUDA_GRAPH`; 1: on; 2: off.
-    pub static SWITCH: AtomicU8 = AtomicU8::new(0);
 }
 
 /// The counters of [`GraphStats`].
@@ -399,31 +378,12 @@ pub fn graph_stats() -> GraphStats {
     }
 }
 
-/// Turns decode-step graphs on or off for the whole process from now on (`None`: as
-/// `VLM_CUDA_GRAPH` says), e.g. to compare both paths in one test.
-pub fn set_graphs(on: Option<bool>) {
-    let v = match on {
-        None => 0,
-        Some(true) => 1,
-        Some(false) => 2,
-    };
-    graph_counters::SWITCH.store(v, std::sync::atomic::Ordering::Relaxed);
-}
-
 /// Whether decode steps on `device` are captured as CUDA graphs and replayed: where the
-/// fused decode kernels run, unless `VLM_CUDA_GRAPH=0` or [`set_graphs`] says otherwise.
-/// On an H200 (run 21, docs/benchmarks.md) they decoded Qwen2.5-VL-7B at 218 instead of
-/// 196 tok/s in bf16 and 309 instead of 254 at int4.
-pub fn graphs_enabled(device: &Device) -> bool {
-    static ENV_ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = match graph_counters::SWITCH.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            *ENV_ON.get_or_init(|| !std::env::var("VLM_CUDA_GRAPH").is_ok_and(|v| v.trim() == "0"))
-        }
-    };
-    on && enabled(device, DType::F32)
+/// fused decode kernels run, with [`RuntimeOptions::cuda_graphs`] on. On an H200 (run 21,
+/// docs/benchmarks.md) they decoded Qwen2.5-VL-7B at 218 instead of 196 tok/s in bf16 and
+/// 309 instead of 254 at int4.
+pub fn graphs_enabled(runtime: &RuntimeOptions, device: &Device) -> bool {
+    runtime.cuda_graphs && enabled(runtime, device, DType::F32)
 }
 
 /// A decode step captured as a CUDA graph, replayed for later steps (see graph.rs).
@@ -465,7 +425,8 @@ impl StepGraph {
                 if graph_counters::FAILED.fetch_add(1, Relaxed) == 0 {
                     eprintln!(
                         "vlm: capturing a decode step as a CUDA graph failed ({e}); \
-                         decoding without graphs (VLM_CUDA_GRAPH=0 skips the attempt)"
+                         decoding without graphs (RuntimeOptions::cuda_graphs off, \
+                         VLM_CUDA_GRAPH=0 for the vlm CLI, skips the attempt)"
                     );
                 }
                 0
@@ -657,16 +618,20 @@ pub struct CausalMask<'a> {
 /// Whether [`segment_flash_attention`] and [`prefill_flash_attention`] take `dtype` and
 /// `head_dim` on `device`: [`enabled`], bf16 or f16 (f32 keeps the unfused path, the
 /// reference), head sizes that are multiples of 8 up to 128, a build for compute
-/// capability 8.0 or above. `VLM_FLASH_ATTENTION=0` turns them off (to measure them with
-/// one binary).
-pub fn flash_applies(device: &Device, dtype: DType, head_dim: usize) -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+/// capability 8.0 or above, [`RuntimeOptions::flash_attention`] on (off: to measure them
+/// with one binary).
+pub fn flash_applies(
+    runtime: &RuntimeOptions,
+    device: &Device,
+    dtype: DType,
+    head_dim: usize,
+) -> bool {
     cfg!(vlm_flash)
-        && enabled(device, dtype)
+        && runtime.flash_attention
+        && enabled(runtime, device, dtype)
         && matches!(dtype, DType::BF16 | DType::F16)
         && head_dim.is_multiple_of(8)
         && (8..=128).contains(&head_dim)
-        && !*OFF.get_or_init(|| std::env::var("VLM_FLASH_ATTENTION").is_ok_and(|v| v.trim() == "0"))
 }
 
 /// Softmax attention of `q` (scaled), `k`, `v` (`[heads, n, d]`) within each of
@@ -758,7 +723,46 @@ pub fn gated_silu(
 #[cfg(test)]
 mod tests {
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-    use candle_core::{Device, Module, Tensor};
+    use candle_core::{DType, Device, Module, Tensor};
+    use vlm_contract::RuntimeOptions;
+
+    /// What two models loaded with different options would ask at once, from two threads:
+    /// each gets its own answer (the switches were process-wide before).
+    #[test]
+    fn each_runtime_options_value_decides_for_itself() {
+        use super::{gemv_row_limit, quant_gemm_threshold};
+        let defaults = RuntimeOptions::default();
+        let tuned = defaults.with_gemv_max_rows(0).with_quant_gemm_rows(3);
+        let decide = |o: &RuntimeOptions| (gemv_row_limit(o), quant_gemm_threshold(o));
+        std::thread::scope(|s| {
+            let a = s.spawn(|| decide(&defaults));
+            let b = s.spawn(|| decide(&tuned));
+            assert_eq!(a.join().unwrap(), (1, Some(64)));
+            // Below the matvec's rows the GEMM starts right after them.
+            assert_eq!(b.join().unwrap(), (0, Some(9)));
+        });
+        let all = defaults.with_gemv_max_rows(100).with_quant_gemm_rows(0);
+        assert_eq!(decide(&all), (super::GEMV_ROWS, None));
+        assert_eq!(decide(&defaults.with_quant_gemm_rows(200)).1, Some(200));
+    }
+
+    /// On the CPU no option turns a CUDA path on.
+    #[test]
+    fn the_cpu_takes_no_cuda_path_under_any_options() {
+        let cpu = Device::Cpu;
+        for o in [
+            RuntimeOptions::default(),
+            RuntimeOptions::default().with_gemv_max_rows(8),
+            RuntimeOptions::default().with_fused_kernels(false),
+        ] {
+            assert!(!super::enabled(&o, &cpu, DType::F32));
+            assert!(!super::graphs_enabled(&o, &cpu));
+            assert!(!super::flash_applies(&o, &cpu, DType::BF16, 64));
+            let x = Tensor::zeros((1, 16), DType::F32, &cpu).unwrap();
+            let w = Tensor::zeros((4, 16), DType::F32, &cpu).unwrap();
+            assert!(!super::gemv_applies(&o, &x, &w, None));
+        }
+    }
 
     #[test]
     fn dequantized_gemm_computes_what_the_quantized_matmul_does() {

@@ -243,7 +243,7 @@ impl MiniGpt4 {
         ctx: Option<&LoadContext>,
     ) -> Result<Self> {
         let config = MiniGpt4Config::read(dir)?;
-        let device = options.device.open()?;
+        let device = options.device.open_with(&options.runtime)?;
         let dtype = options.dtype.resolve(&device);
 
         let llm_dir = dir.root().join(&config.language_model);

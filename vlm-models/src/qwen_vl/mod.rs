@@ -27,6 +27,7 @@ use tokenizers::Tokenizer;
 use vlm_contract::device::device_name;
 use vlm_contract::files::ModelDir;
 use vlm_contract::model::LoadOptions;
+use vlm_contract::RuntimeOptions;
 use vlm_contract::{
     Error, Family, FamilyModel, GenerationDefaults, GenerationOptions, Image, ModelInfo,
     PrefillOutput, Quantization, Request, Result, VisionLanguageModel,
@@ -62,6 +63,8 @@ pub struct QwenVl {
     budget: PixelBudget,
     /// Vision-tower outputs kept for reuse (`LoadOptions::image_cache_bytes`).
     cache: Option<ImageCache>,
+    /// The GPU paths this model takes (`LoadOptions::runtime`).
+    runtime: RuntimeOptions,
 }
 
 /// Per-batch generation state: KV caches and where each sequence's positions continue.
@@ -111,7 +114,7 @@ impl QwenVl {
         let config = QwenVlConfig::from_json(
             &dir.read_text("config.json", "config.json describes the model")?,
         )?;
-        let device = options.device.open()?;
+        let device = options.device.open_with(&options.runtime)?;
         let dtype = options.dtype.resolve(&device);
 
         let processor = QwenProcessor::from_model_dir(dir, config.image_token_id)?;
@@ -165,6 +168,7 @@ impl QwenVl {
             ctx: weights.ctx,
             budget,
             cache: ImageCache::new(options.image_cache_bytes),
+            runtime: options.runtime,
         })
     }
 
@@ -322,7 +326,7 @@ impl QwenVl {
             .text
             .rope()
             .tables(&positions, self.dtype, &self.device)?;
-        let mask = attention_mask(&pad, len, len, self.dtype, &self.device)?;
+        let mask = attention_mask(&self.runtime, &pad, len, len, self.dtype, &self.device)?;
         let mut caches = self
             .text
             .new_caches(b, len + max_new_tokens, self.dtype, &self.device)?;

@@ -8,6 +8,7 @@
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use vlm_contract::RuntimeOptions;
 
 use super::config::{QwenGeneration, VisionConfig};
 use super::rope::{patch_coordinates, vision_rotary};
@@ -81,7 +82,8 @@ impl Mlp {
                     up,
                     down,
                     act: cfg.hidden_act,
-                    fused: cfg.hidden_act == Act::Silu && kernels::enabled(vb.device(), vb.dtype()),
+                    fused: cfg.hidden_act == Act::Silu
+                        && kernels::enabled(&q.runtime(), vb.device(), vb.dtype()),
                 }
             }
         })
@@ -148,6 +150,7 @@ impl Module for Mlp {
 struct Attention {
     qkv: Linear,
     proj: Linear,
+    runtime: RuntimeOptions,
     num_heads: usize,
     head_dim: usize,
     /// Through the vision kernels (CUDA): two launches per layer instead of ~130.
@@ -174,13 +177,15 @@ impl LayerSegments {
 impl Attention {
     fn new(cfg: &VisionConfig, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         let h = cfg.hidden_size;
+        let runtime = q.runtime();
         Ok(Self {
             qkv: q.linear(h, 3 * h, true, vb.pp("qkv"))?,
             proj: q.linear(h, h, true, vb.pp("proj"))?,
+            runtime,
             num_heads: cfg.num_heads,
             head_dim: h / cfg.num_heads,
-            fused: kernels::enabled(vb.device(), vb.dtype()),
-            flash: kernels::flash_applies(vb.device(), vb.dtype(), h / cfg.num_heads),
+            fused: kernels::enabled(&runtime, vb.device(), vb.dtype()),
+            flash: kernels::flash_applies(&runtime, vb.device(), vb.dtype(), h / cfg.num_heads),
         })
     }
 
@@ -215,8 +220,13 @@ impl Attention {
         let q = (rot(qkv.i((.., 0))?)?.transpose(0, 1)? * scale)?.contiguous()?;
         let k = rot(qkv.i((.., 1))?)?.transpose(0, 1)?.contiguous()?;
         let v = qkv.i((.., 2))?.transpose(0, 1)?.contiguous()?;
-        self.proj
-            .forward(&attend_to_rows(&q, &k, &v, &segments.ranges)?)
+        self.proj.forward(&attend_to_rows(
+            &self.runtime,
+            &q,
+            &k,
+            &v,
+            &segments.ranges,
+        )?)
     }
 
     /// [`Self::forward`] through the vision kernels: q/k/v prepared in one launch, windows
@@ -237,7 +247,7 @@ impl Attention {
         let out = match &segments.fused {
             Some(s) if self.flash => kernels::segment_flash_attention(&q, &k, &v, s)?,
             Some(s) if s.fit_kernel(self.head_dim) => kernels::segment_attention(&q, &k, &v, s)?,
-            _ => attend_to_rows(&q, &k, &v, &segments.ranges)?,
+            _ => attend_to_rows(&self.runtime, &q, &k, &v, &segments.ranges)?,
         };
         self.proj.forward(&out)
     }
@@ -380,8 +390,11 @@ impl VisionTower {
         } else {
             None
         };
-        let patch_proj =
-            Linear::from_weights(conv_w.reshape((cfg.hidden_size, patch_dim))?, conv_b);
+        let patch_proj = Linear::from_weights(
+            conv_w.reshape((cfg.hidden_size, patch_dim))?,
+            conv_b,
+            q.runtime(),
+        );
         let pos_embed = if generation == QwenGeneration::Qwen3 {
             Some(vb.get(
                 (cfg.num_position_embeddings, cfg.hidden_size),
@@ -556,6 +569,7 @@ const SCORE_BUDGET: usize = 1 << 25;
 /// launch sequence each; a large image's full attention goes a few heads at a time, so
 /// that at most `budget` scores exist at once.
 fn attend_segments(
+    runtime: &RuntimeOptions,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -577,7 +591,7 @@ fn attend_segments(
                     .reshape((hn, count, len, d))
             };
             let (qs, ks, vs) = (take(q)?, take(k)?, take(v)?);
-            let probs = softmax_f32_acc(&qs.matmul(&ks.t()?)?)?;
+            let probs = softmax_f32_acc(runtime, &qs.matmul(&ks.t()?)?)?;
             head_outs.push(probs.matmul(&vs)?.reshape((hn, span, d))?);
         }
         outs.push(Tensor::cat(&head_outs, 0)?);
@@ -588,13 +602,14 @@ fn attend_segments(
 /// [`attend_segments`] within [`SCORE_BUDGET`], returned as `[n, heads·d]`, the layout
 /// the output projection reads.
 fn attend_to_rows(
+    runtime: &RuntimeOptions,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     segments: &[(usize, usize)],
 ) -> Result<Tensor> {
     let (heads, n, d) = q.dims3()?;
-    attend_segments(q, k, v, segments, SCORE_BUDGET)?
+    attend_segments(runtime, q, k, v, segments, SCORE_BUDGET)?
         .transpose(0, 1)?
         .reshape((n, heads * d))
 }
@@ -708,9 +723,10 @@ mod tests {
         let (q, k, v) = (t(0.37), t(0.91), t(1.73));
         // two windows of 6 patches, then one segment of 8
         let segs = [(0, 6), (6, 12), (12, 20)];
-        let whole = attend_segments(&q, &k, &v, &segs, 1 << 20).unwrap();
+        let runtime = RuntimeOptions::default();
+        let whole = attend_segments(&runtime, &q, &k, &v, &segs, 1 << 20).unwrap();
         // 64 scores at once: the windows one at a time, the 8-patch segment a head at a time
-        let split = attend_segments(&q, &k, &v, &segs, 64).unwrap();
+        let split = attend_segments(&runtime, &q, &k, &v, &segs, 64).unwrap();
         let diff = max_abs_diff(&whole, &split);
         assert!(diff < 1e-6, "{diff}");
     }
@@ -725,7 +741,8 @@ mod tests {
                 .unwrap()
         };
         let bias = |seed: f64, n: usize| t(seed, (1, n)).reshape(n).unwrap();
-        let layer = |w: Tensor, b: Tensor| Linear::from_weights(w, Some(b));
+        let layer =
+            |w: Tensor, b: Tensor| Linear::from_weights(w, Some(b), RuntimeOptions::default());
         let (gate, up, down) = (
             layer(t(0.3, (i, h)), bias(0.7, i)),
             layer(t(0.5, (i, h)), bias(0.9, i)),

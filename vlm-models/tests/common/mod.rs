@@ -66,13 +66,15 @@ pub fn rel_tol() -> f32 {
     }
 }
 
-/// CPU and f32 unless `VLM_TEST_DEVICE` / `VLM_TEST_DTYPE` say otherwise.
+/// CPU and f32 unless `VLM_TEST_DEVICE` / `VLM_TEST_DTYPE` say otherwise; the GPU paths as
+/// the `VLM_*` switches say (the GPU check runs again under each, benches/gpu/run.sh).
 pub fn cpu_f32() -> LoadOptions {
     let device = std::env::var("VLM_TEST_DEVICE")
         .map_or(DeviceChoice::Cpu, |s| DeviceChoice::parse(&s).unwrap());
     LoadOptions {
         device,
         dtype: test_dtype(),
+        runtime: vlm_contract::RuntimeOptions::from_env(),
         ..Default::default()
     }
 }

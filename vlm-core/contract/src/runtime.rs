@@ -1,0 +1,248 @@
+//! How a loaded model runs on the GPU: which of our CUDA kernels it uses, from how many
+//! rows a projection takes which path, whether decode steps are replayed as CUDA graphs.
+//! None of these change what a model computes beyond rounding; they exist to measure
+//! what each path brings, and to tune batch sizes, with one binary.
+//!
+//! Each model keeps the [`RuntimeOptions`] it was loaded with ([`crate::LoadOptions`]),
+//! so two models in one process may run with different settings. The library reads no
+//! environment variable for them: binaries (the `vlm` CLI, `vlm-bench`, the examples, the
+//! Python module) call [`RuntimeOptions::from_env`] to honour the `VLM_*` variables.
+
+/// Settings of the GPU paths a loaded model takes; the CPU path depends on none of them.
+/// The default is what the library does when nothing is set.
+///
+/// ```
+/// use vlm_contract::{LoadOptions, RuntimeOptions};
+///
+/// // Decode without CUDA graphs, to measure what they bring.
+/// let runtime = RuntimeOptions::default().with_cuda_graphs(false);
+/// let options = LoadOptions::default().with_runtime(runtime);
+/// assert!(!options.runtime.cuda_graphs);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RuntimeOptions {
+    /// Our fused CUDA kernels (decode attention, KV-cache writes, gemv, softmax, bias,
+    /// gated SiLU, the vision tower's attention). Off, every layer takes candle's unfused
+    /// path, the reference the kernels are checked against. Default on; environment:
+    /// `VLM_FUSED_KERNELS=0` turns it off.
+    pub fused_kernels: bool,
+    /// Most rows (sequences in a decode step) for which a float projection runs our gemv
+    /// kernel instead of cuBLAS: 0 never, at most 8 (larger values act as 8). Default 1:
+    /// on an H200 gemv decoded 3-5% faster at one row and made batch-8 generation 15-30%
+    /// slower (runs 14 and 15). Environment: `VLM_GEMV=0` gives 0, `VLM_GEMV=1` gives 8,
+    /// anything else the default.
+    pub gemv_max_rows: usize,
+    /// Rows from which a quantized projection on CUDA dequantizes its weight and runs a
+    /// float GEMM instead of candle's quantized matmul: 0 never; values from 1 to 8 act
+    /// as 9 (up to 8 rows the quantized matvec is faster). Default 64: prefills and
+    /// batches take the GEMM, decode steps keep the matvec (run 28: 0.398 → 0.337 s per
+    /// photo for Qwen2.5-VL-7B at int4). Environment: `VLM_QUANT_GEMM_ROWS=N` (a
+    /// non-negative integer; anything else gives the default).
+    pub quant_gemm_rows: usize,
+    /// Decode steps captured as CUDA graphs and replayed, where the fused decode kernels
+    /// run (run 21: 196 → 218 tok/s for Qwen2.5-VL-7B in bf16). Default on; environment:
+    /// `VLM_CUDA_GRAPH=0` turns it off.
+    pub cuda_graphs: bool,
+    /// Flash attention on the tensor cores for the vision tower and the decoder's prefill,
+    /// in bf16/f16 on builds for compute capability 8.0 and above. Default on;
+    /// environment: `VLM_FLASH_ATTENTION=0` turns it off.
+    pub flash_attention: bool,
+    /// Asks the CUDA driver to keep the memory that freed tensors return to the device's
+    /// pool instead of handing it back at each synchronisation, so that the vision tower
+    /// and prefill do not map fresh pages on every call; the process then holds its peak,
+    /// as PyTorch's caching allocator does. The pool belongs to the device: once a model
+    /// on it asks, every model on that device keeps. Default off (not yet measured);
+    /// environment: `VLM_CUDA_POOL_KEEP=1` turns it on.
+    pub cuda_pool_keep: bool,
+}
+
+/// The default of [`RuntimeOptions::gemv_max_rows`].
+const DEFAULT_GEMV_MAX_ROWS: usize = 1;
+/// What `VLM_GEMV=1` asks for: every row count the gemv kernel takes.
+const GEMV_ALL_ROWS: usize = 8;
+/// The default of [`RuntimeOptions::quant_gemm_rows`] (run 28, docs/benchmarks.md).
+const DEFAULT_QUANT_GEMM_ROWS: usize = 64;
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            fused_kernels: true,
+            gemv_max_rows: DEFAULT_GEMV_MAX_ROWS,
+            quant_gemm_rows: DEFAULT_QUANT_GEMM_ROWS,
+            cuda_graphs: true,
+            flash_attention: true,
+            cuda_pool_keep: false,
+        }
+    }
+}
+
+impl RuntimeOptions {
+    /// The environment variables [`Self::from_env`] reads, in field order.
+    pub const ENV_VARS: [&'static str; 6] = [
+        "VLM_FUSED_KERNELS",
+        "VLM_GEMV",
+        "VLM_QUANT_GEMM_ROWS",
+        "VLM_CUDA_GRAPH",
+        "VLM_FLASH_ATTENTION",
+        "VLM_CUDA_POOL_KEEP",
+    ];
+
+    /// The defaults, changed by whichever `VLM_*` variables the process has set (each
+    /// field's documentation says how its variable is read; values are trimmed, and a
+    /// value that is not valid Unicode counts as unset). For binaries: the library never
+    /// reads them itself.
+    pub fn from_env() -> Self {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`Self::from_env`] over any source of variables (`lookup` returns a variable's
+    /// value, `None` when unset): a config file's table, or a test's map.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let var = |name: &str| lookup(name).map(|v| v.trim().to_owned());
+        let is = |name: &str, value: &str| var(name).is_some_and(|v| v == value);
+        let defaults = Self::default();
+        Self {
+            fused_kernels: !is("VLM_FUSED_KERNELS", "0"),
+            gemv_max_rows: match var("VLM_GEMV").as_deref() {
+                Some("0") => 0,
+                Some("1") => GEMV_ALL_ROWS,
+                _ => defaults.gemv_max_rows,
+            },
+            quant_gemm_rows: var("VLM_QUANT_GEMM_ROWS")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(defaults.quant_gemm_rows),
+            cuda_graphs: !is("VLM_CUDA_GRAPH", "0"),
+            flash_attention: !is("VLM_FLASH_ATTENTION", "0"),
+            cuda_pool_keep: is("VLM_CUDA_POOL_KEEP", "1"),
+        }
+    }
+
+    /// Sets [`Self::fused_kernels`].
+    pub fn with_fused_kernels(mut self, on: bool) -> Self {
+        self.fused_kernels = on;
+        self
+    }
+
+    /// Sets [`Self::gemv_max_rows`].
+    pub fn with_gemv_max_rows(mut self, rows: usize) -> Self {
+        self.gemv_max_rows = rows;
+        self
+    }
+
+    /// Sets [`Self::quant_gemm_rows`].
+    pub fn with_quant_gemm_rows(mut self, rows: usize) -> Self {
+        self.quant_gemm_rows = rows;
+        self
+    }
+
+    /// Sets [`Self::cuda_graphs`].
+    pub fn with_cuda_graphs(mut self, on: bool) -> Self {
+        self.cuda_graphs = on;
+        self
+    }
+
+    /// Sets [`Self::flash_attention`].
+    pub fn with_flash_attention(mut self, on: bool) -> Self {
+        self.flash_attention = on;
+        self
+    }
+
+    /// Sets [`Self::cuda_pool_keep`].
+    pub fn with_cuda_pool_keep(mut self, on: bool) -> Self {
+        self.cuda_pool_keep = on;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RuntimeOptions;
+    use std::collections::HashMap;
+
+    fn parse(vars: &[(&str, &str)]) -> RuntimeOptions {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        RuntimeOptions::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn unset_variables_give_the_defaults() {
+        let want = RuntimeOptions::default();
+        assert_eq!(parse(&[]), want);
+        assert!(want.fused_kernels && want.cuda_graphs && want.flash_attention);
+        assert!(!want.cuda_pool_keep);
+        assert_eq!((want.gemv_max_rows, want.quant_gemm_rows), (1, 64));
+    }
+
+    #[test]
+    fn switches_turn_off_at_0_only() {
+        for (name, get) in [
+            (
+                "VLM_FUSED_KERNELS",
+                (|o: RuntimeOptions| o.fused_kernels) as fn(RuntimeOptions) -> bool,
+            ),
+            ("VLM_CUDA_GRAPH", |o| o.cuda_graphs),
+            ("VLM_FLASH_ATTENTION", |o| o.flash_attention),
+        ] {
+            assert!(!get(parse(&[(name, "0")])), "{name}=0");
+            assert!(!get(parse(&[(name, " 0\n")])), "{name} trimmed");
+            for on in ["1", "", "off", "false", "00"] {
+                assert!(get(parse(&[(name, on)])), "{name}={on:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn pool_keep_turns_on_at_1_only() {
+        assert!(parse(&[("VLM_CUDA_POOL_KEEP", "1")]).cuda_pool_keep);
+        assert!(parse(&[("VLM_CUDA_POOL_KEEP", " 1 ")]).cuda_pool_keep);
+        for off in ["0", "", "yes", "true", "2"] {
+            assert!(
+                !parse(&[("VLM_CUDA_POOL_KEEP", off)]).cuda_pool_keep,
+                "{off:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gemv_takes_0_none_1_all_else_one_row() {
+        let rows = |v| parse(&[("VLM_GEMV", v)]).gemv_max_rows;
+        assert_eq!(rows("0"), 0);
+        assert_eq!(rows("1"), 8);
+        assert_eq!(rows(" 1 "), 8);
+        for other in ["", "2", "8", "yes"] {
+            assert_eq!(rows(other), 1, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn quant_gemm_rows_takes_a_number_else_the_default() {
+        let rows = |v| parse(&[("VLM_QUANT_GEMM_ROWS", v)]).quant_gemm_rows;
+        assert_eq!(rows("0"), 0);
+        assert_eq!(rows("3"), 3);
+        assert_eq!(rows(" 128 "), 128);
+        for other in ["", "-1", "64k", "1e3"] {
+            assert_eq!(rows(other), 64, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn variables_are_independent() {
+        let o = parse(&[
+            ("VLM_FUSED_KERNELS", "0"),
+            ("VLM_QUANT_GEMM_ROWS", "9"),
+            ("VLM_CUDA_POOL_KEEP", "1"),
+        ]);
+        let want = RuntimeOptions::default()
+            .with_fused_kernels(false)
+            .with_quant_gemm_rows(9)
+            .with_cuda_pool_keep(true);
+        assert_eq!(o, want);
+        assert!(RuntimeOptions::ENV_VARS
+            .iter()
+            .all(|v| v.starts_with("VLM_")));
+    }
+}
