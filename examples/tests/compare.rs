@@ -5,6 +5,8 @@
 //! cost = price × time), that the cascade row follows its threshold, and that the HTML
 //! report renders and sorts in headless Chromium.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -371,7 +373,9 @@ fn html_renders_and_sorts(report: &Path, r: &Value) {
             std::env::var_os("CI").is_none(),
             "CI is set but no chromium was found: install it (apt-get install -y chromium)"
         );
-        println!("SKIPPED the HTML check: no chromium binary; install it with `apt-get install -y chromium`");
+        common::skip(
+            "the HTML check needs a chromium binary: install it with `apt-get install -y chromium`",
+        );
         return;
     };
     let profile = report.join("chromium-profile");

@@ -28,6 +28,13 @@
 //! Behind this crate, `vlm-contract` holds the contract and `vlm-models` the model
 //! families; their internals are not part of the public API.
 
+// Library code returns typed errors: a panic would cross into apps (and the Python
+// bindings) as a crash. Tests may unwrap.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub use vlm_contract::*;
 pub use vlm_models::{load, load_dir, save_quantized, supported_model_types};
 

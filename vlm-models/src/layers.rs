@@ -141,8 +141,11 @@ impl Linear {
                         None => y,
                     }
                 };
-                let mut out_dims = dims.to_vec();
-                *out_dims.last_mut().expect("non-scalar input") = weight.dim(0)?;
+                let out_dims: Vec<usize> = dims[..dims.len() - 1]
+                    .iter()
+                    .copied()
+                    .chain([weight.dim(0)?])
+                    .collect();
                 return y.reshape(out_dims);
             }
             Weight::Quant { matmul, .. } => {

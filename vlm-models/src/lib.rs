@@ -9,6 +9,13 @@
 //! | BLIP-2 (OPT, Flan-T5) | `blip-2` | [`blip2`] |
 //! | MiniGPT-4 (Vicuna v0, LLaMA-2-chat) | `minigpt4` | [`minigpt4`] |
 
+// Library code returns typed errors: a panic would cross into apps (and the Python
+// bindings) as a crash. Tests may unwrap.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod blip2;
 mod decoder;
 pub mod image_cache;

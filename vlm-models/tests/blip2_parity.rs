@@ -6,44 +6,24 @@
 //! Also the GPU check: `VLM_TEST_DEVICE`, `VLM_TEST_DTYPE` and `VLM_FIXTURES` as in
 //! qwen_parity.rs.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use candle_core::{Device, Tensor};
 use serde_json::Value;
 use vlm_contract::files::ModelDir;
 use vlm_contract::{Family, GenerationOptions, Image, Request};
 use vlm_models::blip2::Blip2;
 
 mod common;
-use common::{cpu_f32, full_precision, ids, max_abs_diff, rel_err, rel_tol, Failures, PIXEL_TOL};
+use common::fixture::{step_logits_rel_err, Fixture};
+use common::{
+    cpu_f32, full_precision, ids, max_abs_diff, rel_err, rel_tol, skip_unless_f32, Failures,
+    PIXEL_TOL,
+};
 
 const VARIANTS: &[&str] = &["opt", "t5"];
 
-fn fixture_dir(variant: &str) -> PathBuf {
-    let root = std::env::var_os("VLM_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
-    root.join("blip2").join(variant)
-}
-
-struct Fixture {
-    dir: PathBuf,
-    cases: Vec<Value>,
-    goldens: HashMap<String, Tensor>,
-}
-
 fn fixture(variant: &str) -> Fixture {
-    let dir = fixture_dir(variant);
-    let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
-    let goldens =
-        candle_core::safetensors::load(dir.join("goldens.safetensors"), &Device::Cpu).unwrap();
-    Fixture {
-        cases: meta["cases"].as_array().unwrap().clone(),
-        dir,
-        goldens,
-    }
+    Fixture::load("blip2", variant)
 }
 
 /// The case as a raw prompt: BLIP-2's own format is the text after the image.
@@ -64,7 +44,7 @@ fn image_key(case: &Value) -> String {
 fn check_internals(variant: &str) {
     let fx = fixture(variant);
     let mut f = Failures::default();
-    let model = Blip2::load(&ModelDir::local(&fx.dir.join("model")).unwrap(), &cpu_f32()).unwrap();
+    let model = Blip2::load(&ModelDir::local(&fx.model_dir()).unwrap(), &cpu_f32()).unwrap();
     for case in &fx.cases {
         let name = case["name"].as_str().unwrap();
         let g = |k: &str| {
@@ -118,7 +98,7 @@ fn check_internals(variant: &str) {
 
 fn check_generate(variant: &str) {
     let fx = fixture(variant);
-    let model = vlm_models::load(fx.dir.join("model").to_str().unwrap(), &cpu_f32()).unwrap();
+    let model = vlm_models::load(&fx.model_path(), &cpu_f32()).unwrap();
     let opts = GenerationOptions {
         return_logits: true,
         ..GenerationOptions::greedy(12)
@@ -136,16 +116,10 @@ fn check_generate(variant: &str) {
                 )
             },
         );
-        let steps = out.logits.unwrap();
-        let vocab = steps[0].len();
-        let got = Tensor::from_vec(steps.concat(), (steps.len(), vocab), &Device::Cpu).unwrap();
-        let want = &fx.goldens[&format!("{name}.step_logits")];
-        let (got, want) = if full_precision() {
-            (got, want.clone())
-        } else {
-            (got.narrow(0, 0, 1).unwrap(), want.narrow(0, 0, 1).unwrap())
-        };
-        let e = rel_err(&got, &want);
+        let e = step_logits_rel_err(
+            &out.logits.unwrap(),
+            &fx.goldens[&format!("{name}.step_logits")],
+        );
         f.check(e <= rel_tol(), || {
             format!("{variant}/{name}: step logits rel err {e}")
         });
@@ -172,12 +146,12 @@ fn greedy_generation_matches_reference() {
 
 #[test]
 fn batched_generation_equals_one_at_a_time() {
-    if !full_precision() {
+    if skip_unless_f32() {
         return;
     }
     for v in VARIANTS {
         let fx = fixture(v);
-        let model = vlm_models::load(fx.dir.join("model").to_str().unwrap(), &cpu_f32()).unwrap();
+        let model = vlm_models::load(&fx.model_path(), &cpu_f32()).unwrap();
         let requests: Vec<Request> = fx
             .cases
             .iter()
@@ -198,15 +172,15 @@ fn batched_generation_equals_one_at_a_time() {
 /// `describe` is BLIP-2's plain captioning and `ask` its `Question: … Answer:` prompt.
 #[test]
 fn describe_and_ask_use_blip2_prompts() {
-    if !full_precision() {
+    if skip_unless_f32() {
         return;
     }
     for v in VARIANTS {
         let fx = fixture(v);
-        let model = vlm_models::load(fx.dir.join("model").to_str().unwrap(), &cpu_f32()).unwrap();
+        let model = vlm_models::load(&fx.model_path(), &cpu_f32()).unwrap();
         let tokenizer =
             tokenizers::Tokenizer::from_file(fx.dir.join("model/tokenizer.json")).unwrap();
-        let case = |n: &str| fx.cases.iter().find(|c| c["name"] == n).unwrap();
+        let case = |n: &str| fx.case(n);
         let text = |c: &Value| tokenizer.decode(&ids(&c["greedy_tokens"]), true).unwrap();
         let image = Image::open(fx.dir.join("images/a.png")).unwrap();
         let opts = GenerationOptions::greedy(12);
@@ -230,7 +204,7 @@ fn describe_and_ask_use_blip2_prompts() {
 #[test]
 fn relate_captions_each_photo_then_relates_them() {
     let fx = fixture("opt");
-    let model = vlm_models::load(fx.dir.join("model").to_str().unwrap(), &cpu_f32()).unwrap();
+    let model = vlm_models::load(&fx.model_path(), &cpu_f32()).unwrap();
     let info = model.info();
     assert_eq!(
         (info.family, info.max_images, info.native_multi_image),
@@ -259,7 +233,7 @@ fn relate_captions_each_photo_then_relates_them() {
 /// same model.
 #[test]
 fn transformers5_t5_config_loads_the_same_model() {
-    if !full_precision() {
+    if skip_unless_f32() {
         return;
     }
     let fx = fixture("t5");

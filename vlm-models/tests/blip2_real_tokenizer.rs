@@ -5,22 +5,14 @@
 //! No real Flan-T5 tokenizer is available here (see ../shared/assets/SOURCES.md), so the
 //! T5 side is covered by the tiny fixtures only.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use serde_json::Value;
 use vlm_contract::files::ModelDir;
 use vlm_contract::{GenerationOptions, Image, Request};
 use vlm_models::blip2::{Blip2Config, Blip2Processor, TextConfig};
-
-fn assets() -> Option<PathBuf> {
-    match std::env::var_os("VLM_ASSETS") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
-            eprintln!("VLM_ASSETS is not set: skipping the real BLIP-2 tokenizer checks (.ci/run sets it to ../shared/assets)");
-            None
-        }
-    }
-}
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array()
@@ -32,7 +24,9 @@ fn ids(v: &Value) -> Vec<u32> {
 
 #[test]
 fn real_opt_processor_matches_the_reference() {
-    let Some(assets) = assets() else { return };
+    let Some(assets) = common::assets("the real BLIP-2 tokenizer checks") else {
+        return;
+    };
     let goldens: Value = serde_json::from_str(
         &std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/blip2/real_prompts.json"),

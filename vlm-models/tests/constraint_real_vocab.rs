@@ -3,6 +3,8 @@
 //! tokenizer's own encoding of a valid answer (Chinese included) through, step by step.
 //! Prints the per-token mask time (a measurement, not a limit).
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -11,11 +13,7 @@ use tokenizers::Tokenizer;
 use vlm_contract::constraint::{Grammars, OutputConstraint};
 
 fn assets() -> Option<PathBuf> {
-    let p = std::env::var_os("VLM_ASSETS").map(PathBuf::from);
-    if p.is_none() {
-        eprintln!("VLM_ASSETS is not set: skipping the real-vocabulary checks (.ci/run sets it to ../shared/assets)");
-    }
-    p
+    common::assets("the real-vocabulary checks")
 }
 
 const ANSWER: &str =

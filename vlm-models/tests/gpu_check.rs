@@ -1,5 +1,5 @@
-//! The GPU check in one binary: every family's parity tests, the quantization tests and the
-//! fused-kernel tests, run by `benches/gpu/run.sh` with `VLM_TEST_DEVICE=cuda`. One binary
+//! The GPU check in one binary: every family's parity tests, the quantization tests, the
+//! fused-kernel tests and the out-of-memory test, run by `benches/gpu/run.sh` with `VLM_TEST_DEVICE=cuda`. One binary
 //! instead of five (~9 MB each, xz-packed) leaves room for vlm-bench and its assets in the
 //! 64 MiB a lent GPU machine carries, so the check and the benchmarks run in one call.
 //! Built only with the `cuda` feature; on the CPU each file runs as its own test target.
@@ -16,6 +16,8 @@ mod image_cache;
 mod kernels;
 #[path = "minigpt4_parity.rs"]
 mod minigpt4_parity;
+#[path = "out_of_memory.rs"]
+mod out_of_memory;
 #[path = "quantization.rs"]
 mod quantization;
 #[path = "qwen_parity.rs"]

@@ -5,6 +5,8 @@
 //!
 //! CUDA only: part of the GPU check (`benches/gpu/run.sh`); ignored in CPU builds.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use vlm_contract::RuntimeOptions;
 use vlm_models::kernels::{self, CacheLen, HeadNorm, Heads};
@@ -588,7 +590,7 @@ fn segment_flash_attention_matches_the_reference() {
     let dev = Device::new_cuda(0).expect("a CUDA device");
     for (dtype, tol) in [(DType::BF16, 2e-2), (DType::F16, 3e-3)] {
         if !kernels::flash_applies(&RuntimeOptions::default(), &dev, dtype, 80) {
-            println!("flash attention not built for this card: skipped");
+            common::skip("flash attention is not built for this card (build.sh's CUDA targets)");
             return;
         }
         // A whole 1024×768 photo (3996 patches) next to a small one, and odd lengths.
@@ -695,7 +697,7 @@ fn prefill_flash_attention_matches_the_reference() {
     let dev = Device::new_cuda(0).expect("a CUDA device");
     for (dtype, tol) in [(DType::BF16, 2e-2), (DType::F16, 3e-3)] {
         if !kernels::flash_applies(&RuntimeOptions::default(), &dev, dtype, 128) {
-            println!("flash attention not built for this card: skipped");
+            common::skip("flash attention is not built for this card (build.sh's CUDA targets)");
             return;
         }
         // Qwen2.5-VL-7B's 28 query heads over 4 kv heads, one sequence of 150 tokens.

@@ -82,8 +82,7 @@ fn families_without_grounding_say_so() {
 
 #[test]
 fn qwen2_box_grammar_takes_the_real_tokenizers_answer() {
-    let Some(assets) = std::env::var_os("VLM_ASSETS").map(PathBuf::from) else {
-        eprintln!("VLM_ASSETS is not set: skipping (.ci/run sets it to ../shared/assets)");
+    let Some(assets) = common::assets("the box grammar on the real Qwen2.5-VL tokenizer") else {
         return;
     };
     // Qwen2.5-VL's tokenizer carries Qwen2-VL's box tokens with the same ids.

@@ -9,44 +9,24 @@
 //! Also the GPU check: `VLM_TEST_DEVICE`, `VLM_TEST_DTYPE` and `VLM_FIXTURES` as in
 //! qwen_parity.rs.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
 use serde_json::Value;
 use vlm_contract::files::ModelDir;
 use vlm_contract::{Family, GenerationOptions, Image, Request};
 use vlm_models::minigpt4::MiniGpt4;
 
 mod common;
-use common::{cpu_f32, full_precision, ids, max_abs_diff, rel_err, rel_tol, Failures, PIXEL_TOL};
+use common::fixture::{step_logits_rel_err, Fixture};
+use common::{
+    cpu_f32, full_precision, ids, max_abs_diff, rel_err, rel_tol, skip_unless_f32, Failures,
+    PIXEL_TOL,
+};
 
 const VARIANTS: &[&str] = &["vicuna0", "llama2"];
 
-fn fixture_dir(variant: &str) -> PathBuf {
-    let root = std::env::var_os("VLM_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
-    root.join("minigpt4").join(variant)
-}
-
-struct Fixture {
-    dir: PathBuf,
-    cases: Vec<Value>,
-    goldens: HashMap<String, Tensor>,
-}
-
 fn fixture(variant: &str) -> Fixture {
-    let dir = fixture_dir(variant);
-    let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
-    let goldens =
-        candle_core::safetensors::load(dir.join("goldens.safetensors"), &Device::Cpu).unwrap();
-    Fixture {
-        cases: meta["cases"].as_array().unwrap().clone(),
-        dir,
-        goldens,
-    }
+    Fixture::load("minigpt4", variant)
 }
 
 fn images(fx: &Fixture, case: &Value) -> Vec<Image> {
@@ -82,14 +62,10 @@ fn options(case: &Value) -> GenerationOptions {
     }
 }
 
-fn model_dir(fx: &Fixture) -> PathBuf {
-    fx.dir.join("model")
-}
-
 fn check_internals(variant: &str) {
     let fx = fixture(variant);
     let mut f = Failures::default();
-    let model = MiniGpt4::load(&ModelDir::local(&model_dir(&fx)).unwrap(), &cpu_f32()).unwrap();
+    let model = MiniGpt4::load(&ModelDir::local(&fx.model_dir()).unwrap(), &cpu_f32()).unwrap();
     for key in ["a", "b"] {
         let image = Image::open(fx.dir.join(format!("images/{key}.png"))).unwrap();
         let pixels = model.preprocess(&image);
@@ -155,7 +131,7 @@ fn check_internals(variant: &str) {
 
 fn check_generate(variant: &str) {
     let fx = fixture(variant);
-    let model = vlm_models::load(model_dir(&fx).to_str().unwrap(), &cpu_f32()).unwrap();
+    let model = vlm_models::load(&fx.model_path(), &cpu_f32()).unwrap();
     let mut f = Failures::default();
     for case in &fx.cases {
         let name = case["name"].as_str().unwrap();
@@ -175,16 +151,10 @@ fn check_generate(variant: &str) {
                 format!("{variant}/{name}: answer {:?} != {answer:?}", out.text)
             });
         }
-        let steps = out.logits.unwrap();
-        let vocab = steps[0].len();
-        let got = Tensor::from_vec(steps.concat(), (steps.len(), vocab), &Device::Cpu).unwrap();
-        let want = &fx.goldens[&format!("{name}.step_logits")];
-        let (got, want) = if full_precision() {
-            (got, want.clone())
-        } else {
-            (got.narrow(0, 0, 1).unwrap(), want.narrow(0, 0, 1).unwrap())
-        };
-        let e = rel_err(&got, &want);
+        let e = step_logits_rel_err(
+            &out.logits.unwrap(),
+            &fx.goldens[&format!("{name}.step_logits")],
+        );
         f.check(e <= rel_tol(), || {
             format!("{variant}/{name}: step logits rel err {e}")
         });
@@ -211,12 +181,12 @@ fn greedy_generation_matches_reference() {
 
 #[test]
 fn batched_generation_equals_one_at_a_time() {
-    if !full_precision() {
+    if skip_unless_f32() {
         return;
     }
     for v in VARIANTS {
         let fx = fixture(v);
-        let model = vlm_models::load(model_dir(&fx).to_str().unwrap(), &cpu_f32()).unwrap();
+        let model = vlm_models::load(&fx.model_path(), &cpu_f32()).unwrap();
         let requests: Vec<Request> = fx
             .cases
             .iter()
@@ -238,15 +208,15 @@ fn batched_generation_equals_one_at_a_time() {
 /// every photo into one conversation, as uploading several images in the demo does.
 #[test]
 fn describe_and_relate_follow_the_demo() {
-    if !full_precision() {
+    if skip_unless_f32() {
         return;
     }
     for v in VARIANTS {
         let fx = fixture(v);
-        let model = vlm_models::load(model_dir(&fx).to_str().unwrap(), &cpu_f32()).unwrap();
+        let model = vlm_models::load(&fx.model_path(), &cpu_f32()).unwrap();
         let info = model.info();
         assert_eq!((info.family, info.native_multi_image), ("minigpt4", false));
-        let case = |n: &str| fx.cases.iter().find(|c| c["name"] == n).unwrap();
+        let case = |n: &str| fx.case(n);
         let describe = case("describe");
         let image = Image::open(fx.dir.join("images/a.png")).unwrap();
         let request = model
@@ -282,17 +252,17 @@ fn temp_dir(name: &str) -> PathBuf {
 /// to the same model.
 #[test]
 fn merged_safetensors_loads_like_the_pth_files() {
-    if !full_precision() {
+    if skip_unless_f32() {
         return;
     }
     for v in VARIANTS {
         let fx = fixture(v);
         let dir = temp_dir(&format!("convert-{v}"));
         let merged = dir.join("minigpt4.safetensors");
-        let n = vlm_models::minigpt4::convert_to_safetensors(&model_dir(&fx), &merged).unwrap();
+        let n = vlm_models::minigpt4::convert_to_safetensors(&fx.model_dir(), &merged).unwrap();
         assert!(n > 10, "{v}: {n} tensors");
         let mut config: Value = serde_json::from_str(
-            &std::fs::read_to_string(model_dir(&fx).join("config.json")).unwrap(),
+            &std::fs::read_to_string(fx.model_dir().join("config.json")).unwrap(),
         )
         .unwrap();
         let obj = config.as_object_mut().unwrap();
@@ -300,11 +270,11 @@ fn merged_safetensors_loads_like_the_pth_files() {
             obj.remove(key);
         }
         obj.insert("weights".into(), "minigpt4.safetensors".into());
-        let llm = model_dir(&fx).join("llm");
+        let llm = fx.model_dir().join("llm");
         obj.insert("language_model".into(), llm.to_str().unwrap().into());
         std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
         let model = vlm_models::load(dir.to_str().unwrap(), &cpu_f32()).unwrap();
-        let case = fx.cases.iter().find(|c| c["name"] == "describe").unwrap();
+        let case = fx.case("describe");
         let out = model.generate(&request(&fx, case, options(case))).unwrap();
         assert_eq!(out.token_ids, ids(&case["greedy_tokens"]), "{v}: merged");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -318,10 +288,10 @@ fn missing_tensors_are_named() {
     let fx = fixture("vicuna0");
     let dir = temp_dir("missing");
     let mut config: Value =
-        serde_json::from_str(&std::fs::read_to_string(model_dir(&fx).join("config.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(fx.model_dir().join("config.json")).unwrap())
             .unwrap();
     let obj = config.as_object_mut().unwrap();
-    let src = model_dir(&fx);
+    let src = fx.model_dir();
     for key in ["vision_weights", "qformer_weights"] {
         let name = obj[key].as_str().unwrap().to_string();
         std::fs::copy(src.join(&name), dir.join(&name)).unwrap();

@@ -3,21 +3,13 @@
 //! does (transformers 4.30's slow LlamaTokenizer, segment by segment, BOS on the first).
 //! Goldens: tools/fixtures/minigpt4/make_fixtures.py → tests/fixtures/minigpt4/tokenizer_real.json.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use serde_json::Value;
 use vlm_contract::{GenerationOptions, Image, Request};
 use vlm_models::minigpt4::{load_tokenizer, tokenize_segments, Conversation, Variant};
-
-fn assets() -> Option<PathBuf> {
-    match std::env::var_os("VLM_ASSETS") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
-            eprintln!("VLM_ASSETS is not set: skipping the real LLaMA tokenizer checks (.ci/run sets it to ../shared/assets)");
-            None
-        }
-    }
-}
 
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array()
@@ -29,7 +21,9 @@ fn ids(v: &Value) -> Vec<u32> {
 
 #[test]
 fn real_llama_tokenizer_matches_minigpt4_segments() {
-    let Some(assets) = assets() else { return };
+    let Some(assets) = common::assets("the real LLaMA tokenizer checks") else {
+        return;
+    };
     let goldens: Value = serde_json::from_str(
         &std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))

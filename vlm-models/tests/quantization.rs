@@ -15,7 +15,7 @@ use vlm_contract::{
 };
 
 mod common;
-use common::{ids, messages, rel_err};
+use common::{ids, messages, rel_err, skip};
 
 /// Worst relative error of the first generated step's logits (max |a-b| / max |b|, the
 /// prompt is the same) allowed against the float32 reference. Measured (2026-11-27, CPU):
@@ -309,9 +309,13 @@ fn tied_embedding_is_counted_once_in_half_precision() {
 /// logits within a few percent of each other (candle's MMQ also rounds the activations to
 /// 8 bits), and each within the family's bound of the float reference.
 #[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "the dequantized GEMM is CUDA only: the GPU check (benches/gpu/run.sh) runs this"
+)]
 fn dequantized_gemm_agrees_with_the_quantized_matmul() {
     if !matches!(options(Quantization::None).device, DeviceChoice::Cuda(_)) {
-        eprintln!("not on CUDA (VLM_TEST_DEVICE): the dequantized GEMM runs on CUDA only");
+        skip("the dequantized GEMM runs on CUDA only: set VLM_TEST_DEVICE=cuda");
         return;
     }
     use vlm_models::kernels::quant_gemm_calls;

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde_json::Value;
 use vlm_contract::files::ModelDir;
 use vlm_contract::model::LoadOptions;
@@ -20,18 +20,12 @@ use vlm_contract::{ErrorKind, Family, GenerationOptions, Image, Prompt, Request}
 use vlm_models::qwen_vl::{QwenInputs, QwenVl};
 
 mod common;
-use common::{cpu_f32, full_precision, ids, max_abs_diff, messages, Failures, PIXEL_TOL};
+use common::fixture::{fixture_dir, grids, read_json, read_tensors};
+use common::{cpu_f32, full_precision, ids, max_abs_diff, messages, skip, Failures, PIXEL_TOL};
 
 const VARIANTS: &[&str] = &["qwen2_vl", "qwen2_5_vl", "qwen3_vl"];
 /// Greedy steps recorded per case (`max_new_tokens` in budgets.json).
 const NEW_TOKENS: usize = 8;
-
-fn fixture_dir(variant: &str) -> PathBuf {
-    let root = std::env::var_os("VLM_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
-    root.join("qwen").join(variant)
-}
 
 struct Fixture {
     variant: &'static str,
@@ -42,12 +36,10 @@ struct Fixture {
 }
 
 fn fixture(variant: &'static str) -> Fixture {
-    let dir = fixture_dir(variant);
-    let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("budgets.json")).unwrap()).unwrap();
+    let dir = fixture_dir("qwen", variant);
+    let meta = read_json(&dir.join("budgets.json"));
     assert_eq!(meta["max_new_tokens"].as_u64(), Some(NEW_TOKENS as u64));
-    let pixels =
-        candle_core::safetensors::load(dir.join("budgets.safetensors"), &Device::Cpu).unwrap();
+    let pixels = read_tensors(&dir.join("budgets.safetensors"));
     Fixture {
         variant,
         cases: meta["cases"].as_array().unwrap().clone(),
@@ -120,20 +112,6 @@ fn request_options(budget: (Option<usize>, Option<usize>)) -> GenerationOptions 
         max_pixels: budget.1,
         ..GenerationOptions::greedy(NEW_TOKENS)
     }
-}
-
-fn grids(v: &Value) -> Vec<Vec<usize>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|g| {
-            g.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as usize)
-                .collect()
-        })
-        .collect()
 }
 
 /// Processor outputs of one case against its goldens; `how` names the route in messages.
@@ -474,11 +452,11 @@ fn run_cli(
 fn cli_budget_flags_match_reference() {
     let bin = vlm_binary();
     if !bin.is_file() {
-        eprintln!(
-            "SKIPPED: no vlm binary at {} (build it first: `cargo build -p vlm-examples`; \
+        skip(&format!(
+            "no vlm binary at {} (build it first: `cargo build -p vlm-examples`; \
              `cargo test --workspace` builds it before running the tests)",
             bin.display()
-        );
+        ));
         return;
     }
     let mut f = Failures::default();

@@ -6,46 +6,22 @@
 //! them on CUDA, `VLM_TEST_DTYPE=bf16|f16` in half precision with the looser tolerances
 //! below, and `VLM_FIXTURES` points at the fixture folder when the binary runs elsewhere.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-use candle_core::{Device, Tensor};
 use serde_json::Value;
 use vlm_contract::files::ModelDir;
 use vlm_contract::{DeviceChoice, Family, GenerationOptions, Image, Prompt, Request};
 use vlm_models::qwen_vl::QwenVl;
 
 mod common;
+use common::fixture::{step_logits_rel_err, steps_tensor, Fixture};
 use common::{
-    cpu_f32, full_precision, ids, max_abs_diff, messages, rel_err, rel_tol, Failures, PIXEL_TOL,
+    cpu_f32, full_precision, ids, max_abs_diff, messages, rel_err, rel_tol, skip, skip_unless_f32,
+    Failures, PIXEL_TOL,
 };
 
 const VARIANTS: &[&str] = &["qwen2_vl", "qwen2_5_vl", "qwen3_vl"];
 
-fn fixture_dir(variant: &str) -> PathBuf {
-    let root = std::env::var_os("VLM_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
-    root.join("qwen").join(variant)
-}
-
-struct Fixture {
-    dir: PathBuf,
-    cases: Vec<Value>,
-    goldens: HashMap<String, Tensor>,
-}
-
 fn fixture(variant: &str) -> Fixture {
-    let dir = fixture_dir(variant);
-    let cases: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
-    let goldens =
-        candle_core::safetensors::load(dir.join("goldens.safetensors"), &Device::Cpu).unwrap();
-    Fixture {
-        cases: cases["cases"].as_array().unwrap().clone(),
-        dir,
-        goldens,
-    }
+    Fixture::load("qwen", variant)
 }
 
 /// The request a fixture case describes, built with the public types.
@@ -71,7 +47,7 @@ fn request(fx: &Fixture, case: &Value, options: GenerationOptions) -> Request {
 fn check_internals(variant: &str) {
     let fx = fixture(variant);
     let mut f = Failures::default();
-    let model = QwenVl::load(&ModelDir::local(&fx.dir.join("model")).unwrap(), &cpu_f32()).unwrap();
+    let model = QwenVl::load(&ModelDir::local(&fx.model_dir()).unwrap(), &cpu_f32()).unwrap();
     for case in &fx.cases {
         let name = case["name"].as_str().unwrap();
         let g = |k: &str| {
@@ -87,18 +63,7 @@ fn check_internals(variant: &str) {
             format!("{variant}/{name}: input_ids differ")
         });
         let grids: Vec<Vec<usize>> = inputs.images.iter().map(|i| i.grid_thw.to_vec()).collect();
-        let want_grids: Vec<Vec<usize>> = case["image_grid_thw"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|g| {
-                g.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_u64().unwrap() as usize)
-                    .collect()
-            })
-            .collect();
+        let want_grids = common::fixture::grids(&case["image_grid_thw"]);
         f.check(grids == want_grids, || {
             format!("{variant}/{name}: image_grid_thw {grids:?} != {want_grids:?}")
         });
@@ -155,7 +120,7 @@ fn check_internals(variant: &str) {
 /// Greedy tokens and per-step logits through `vlm_models::load` + `generate`.
 fn check_generate(variant: &str) {
     let fx = fixture(variant);
-    let model = vlm_models::load(fx.dir.join("model").to_str().unwrap(), &cpu_f32()).unwrap();
+    let model = vlm_models::load(&fx.model_path(), &cpu_f32()).unwrap();
     let opts = GenerationOptions {
         return_logits: true,
         ..GenerationOptions::greedy(12)
@@ -177,16 +142,10 @@ fn check_generate(variant: &str) {
             out.prompt_tokens == case["prompt_len"].as_u64().unwrap() as usize,
             || format!("{variant}/{name}: prompt length"),
         );
-        let steps = out.logits.unwrap();
-        let vocab = steps[0].len();
-        let got = Tensor::from_vec(steps.concat(), (steps.len(), vocab), &Device::Cpu).unwrap();
-        let want = &fx.goldens[&format!("{name}.step_logits")];
-        let (got, want) = if full_precision() {
-            (got, want.clone())
-        } else {
-            (got.narrow(0, 0, 1).unwrap(), want.narrow(0, 0, 1).unwrap())
-        };
-        let e = rel_err(&got, &want);
+        let e = step_logits_rel_err(
+            &out.logits.unwrap(),
+            &fx.goldens[&format!("{name}.step_logits")],
+        );
         f.check(e <= rel_tol(), || {
             format!("{variant}/{name}: step logits rel err {e}")
         });
@@ -197,11 +156,11 @@ fn check_generate(variant: &str) {
 /// A batch of every case gives each case's one-at-a-time tokens (left padding, masks,
 /// per-sequence positions and rope deltas).
 fn check_batch(variant: &str) {
-    if !full_precision() {
+    if skip_unless_f32() {
         return;
     }
     let fx = fixture(variant);
-    let model = vlm_models::load(fx.dir.join("model").to_str().unwrap(), &cpu_f32()).unwrap();
+    let model = vlm_models::load(&fx.model_path(), &cpu_f32()).unwrap();
     let requests: Vec<Request> = fx
         .cases
         .iter()
@@ -249,17 +208,13 @@ fn batched_generation_equals_one_at_a_time() {
 
 #[test]
 fn ask_in_chinese_uses_the_chat_template() {
-    if !full_precision() {
+    if skip_unless_f32() {
         return;
     }
     for v in VARIANTS {
         let fx = fixture(v);
-        let case = fx
-            .cases
-            .iter()
-            .find(|c| c["name"] == "chinese_question")
-            .unwrap();
-        let model = vlm_models::load(fx.dir.join("model").to_str().unwrap(), &cpu_f32()).unwrap();
+        let case = fx.case("chinese_question");
+        let model = vlm_models::load(&fx.model_path(), &cpu_f32()).unwrap();
         let image = Image::open(fx.dir.join("images/single.png")).unwrap();
         let tokenizer =
             tokenizers::Tokenizer::from_file(fx.dir.join("model/tokenizer.json")).unwrap();
@@ -275,11 +230,11 @@ fn ask_in_chinese_uses_the_chat_template() {
 
 #[test]
 fn streaming_pieces_concatenate_to_the_answer() {
-    if !full_precision() {
+    if skip_unless_f32() {
         return;
     }
     let fx = fixture("qwen2_5_vl");
-    let model = vlm_models::load(fx.dir.join("model").to_str().unwrap(), &cpu_f32()).unwrap();
+    let model = vlm_models::load(&fx.model_path(), &cpu_f32()).unwrap();
     let case = &fx.cases[0];
     let req = request(&fx, case, GenerationOptions::greedy(12));
     let mut pieces = Vec::new();
@@ -292,11 +247,7 @@ fn streaming_pieces_concatenate_to_the_answer() {
 
 #[test]
 fn info_describes_the_loaded_model() {
-    let model = vlm_models::load(
-        fixture_dir("qwen3_vl").join("model").to_str().unwrap(),
-        &cpu_f32(),
-    )
-    .unwrap();
+    let model = vlm_models::load(&fixture("qwen3_vl").model_path(), &cpu_f32()).unwrap();
     let info = model.info();
     let device = match cpu_f32().device {
         DeviceChoice::Cuda(n) => format!("cuda:{n}"),
@@ -315,7 +266,7 @@ fn info_describes_the_loaded_model() {
 #[test]
 fn placeholder_count_must_match_images() {
     let fx = fixture("qwen2_vl");
-    let model = vlm_models::load(fx.dir.join("model").to_str().unwrap(), &cpu_f32()).unwrap();
+    let model = vlm_models::load(&fx.model_path(), &cpu_f32()).unwrap();
     let req = Request::raw(
         vec![],
         "<|vision_start|><|image_pad|><|vision_end|>hi",
@@ -338,9 +289,13 @@ fn placeholder_count_must_match_images() {
 /// what eager steps give (tokens, and logits to rounding) for single requests and a padded
 /// batch, and must have run. Elsewhere there are no graphs to compare.
 #[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "decode graphs are CUDA only: the GPU check (benches/gpu/run.sh) runs this"
+)]
 fn decode_graphs_replay_what_eager_steps_compute() {
     if !matches!(cpu_f32().device, DeviceChoice::Cuda(_)) {
-        eprintln!("not on CUDA (VLM_TEST_DEVICE): no decode graphs to check");
+        skip("decode graphs are CUDA only: set VLM_TEST_DEVICE=cuda");
         return;
     }
     use vlm_models::kernels::graph_stats;
@@ -350,7 +305,7 @@ fn decode_graphs_replay_what_eager_steps_compute() {
         let load = |graphs: bool| {
             let runtime = cpu_f32().runtime.with_cuda_graphs(graphs);
             let options = cpu_f32().with_runtime(runtime);
-            vlm_models::load(fx.dir.join("model").to_str().unwrap(), &options).unwrap()
+            vlm_models::load(&fx.model_path(), &options).unwrap()
         };
         let (eager_model, graph_model) = (load(false), load(true));
         let opts = GenerationOptions {
@@ -377,11 +332,7 @@ fn decode_graphs_replay_what_eager_steps_compute() {
             "{v}: no decode step was replayed from a graph"
         );
         assert_eq!(graph.token_ids, eager.token_ids, "{v}: tokens");
-        let logits = |g: &vlm_contract::Generation| {
-            let steps = g.logits.clone().unwrap();
-            let vocab = steps[0].len();
-            Tensor::from_vec(steps.concat(), (steps.len(), vocab), &Device::Cpu).unwrap()
-        };
+        let logits = |g: &vlm_contract::Generation| steps_tensor(g.logits.as_ref().unwrap());
         let e = rel_err(&logits(&graph), &logits(&eager));
         assert!(
             e <= 1e-5,

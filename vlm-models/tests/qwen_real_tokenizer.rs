@@ -2,7 +2,7 @@
 //! (from $VLM_ASSETS, which .ci/run sets) give the reference processor's prompt ids.
 //! Goldens: tools/fixtures/qwen_vl.py → tests/fixtures/qwen/real_prompts.json.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 use vlm_contract::files::ModelDir;
@@ -13,19 +13,11 @@ use common::messages;
 use vlm_models::qwen_vl::processor::smart_resize;
 use vlm_models::qwen_vl::{QwenProcessor, QwenVlConfig};
 
-fn assets() -> Option<PathBuf> {
-    match std::env::var_os("VLM_ASSETS") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => {
-            eprintln!("VLM_ASSETS is not set: skipping the real-tokenizer checks (.ci/run sets it to ../shared/assets)");
-            None
-        }
-    }
-}
-
 #[test]
 fn real_chat_templates_and_tokenizers_match_the_reference() {
-    let Some(assets) = assets() else { return };
+    let Some(assets) = common::assets("the real-tokenizer checks") else {
+        return;
+    };
     let goldens: Value = serde_json::from_str(
         &std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen/real_prompts.json"),
@@ -91,7 +83,9 @@ fn real_chat_templates_and_tokenizers_match_the_reference() {
 
 #[test]
 fn tokenizer_rebuilt_from_vocab_and_merges_matches_tokenizer_json() {
-    let Some(assets) = assets() else { return };
+    let Some(assets) = common::assets("the real-tokenizer checks") else {
+        return;
+    };
     let dir = ModelDir::local(&assets.join("qwen-vl/Qwen2.5-VL-7B-Instruct")).unwrap();
     let rebuilt = vlm_models::qwen_vl::tokenizer::from_vocab_and_merges(&dir).unwrap();
     let reference = dir.tokenizer().unwrap();

@@ -5,6 +5,8 @@
 //! The same fixture holds three tiny BPE models trained by that script for the normalizer
 //! flags LLaMA does not use; their test runs without $VLM_ASSETS.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -18,14 +20,8 @@ use vlm_models::tokenizer::{sentencepiece_tokenizer, SentencePieceModel};
 const GGML_SEPARATOR: &str = "\n__ggml_vocab_test__\n";
 
 fn llama_model() -> Option<PathBuf> {
-    let Some(assets) = std::env::var_os("VLM_ASSETS") else {
-        eprintln!(
-            "SKIPPED: VLM_ASSETS is not set, so the real LLaMA tokenizer.model is not available \
-             (.ci/run sets it to ../shared/assets)"
-        );
-        return None;
-    };
-    let path = PathBuf::from(assets).join("minigpt4/llama-tokenizer/tokenizer.model");
+    let path = common::assets("the real LLaMA tokenizer.model checks")?
+        .join("minigpt4/llama-tokenizer/tokenizer.model");
     assert!(
         path.is_file(),
         "VLM_ASSETS is set but {} is missing",

@@ -51,9 +51,11 @@ echo "== built and installed in $((SECONDS - start)) s"
 echo "== pytest"
 # From the tests folder, so `import vlm` is the installed wheel, not python/vlm.
 cd "$crate_dir/tests"
-"$venv_python" -m pytest -p no:cacheprovider -q "$@"
+# -rs lists each skip with its reason; strict_skips fails them under VLM_REQUIRE_ALL_TESTS=1.
+export PYTHONPATH="$crate_dir/tests${PYTHONPATH:+:$PYTHONPATH}"
+"$venv_python" -m pytest -p no:cacheprovider -p strict_skips -rs -q "$@"
 for dir in $extra_tests; do
     echo "== pytest $dir"
-    (cd "$crate_dir/../$dir" && "$venv_python" -m pytest -p no:cacheprovider -q)
+    (cd "$crate_dir/../$dir" && "$venv_python" -m pytest -p no:cacheprovider -p strict_skips -rs -q)
 done
 echo "== done in $((SECONDS - start)) s"

@@ -4,6 +4,7 @@ crashes Python."""
 import errno
 import json
 import shutil
+import struct
 
 import pytest
 import vlm
@@ -139,3 +140,33 @@ def test_a_rust_panic_is_an_exception_not_a_crash(tmp_path):
         assert isinstance(err.value, vlm.ModelFilesError)
     # The interpreter and the module still work.
     assert vlm.load(MODEL).info["model_type"] == "qwen2_5_vl"
+
+
+def _poison_final_norm(folder):
+    """Writes NaN over the language model's final norm weight (f32) in place, as a broken
+    download or conversion would leave it."""
+    path = folder / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    header_len = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + header_len])
+    (name,) = [
+        k
+        for k in header
+        if k.endswith("norm.weight") and not any(p in k for p in ("layers", "visual", "blocks"))
+    ]
+    assert header[name]["dtype"] == "F32", header[name]
+    start, end = header[name]["data_offsets"]
+    base = 8 + header_len
+    data[base + start : base + end] = struct.pack("<f", float("nan")) * ((end - start) // 4)
+    path.write_bytes(bytes(data))
+
+
+def test_nan_logits_are_a_generation_error_that_names_the_cause(tmp_path, photo):
+    folder = tmp_path / "model"
+    shutil.copytree(MODEL, folder)
+    _poison_final_norm(folder)
+    model = vlm.load(folder, device="cpu", dtype="f32")
+    with pytest.raises(vlm.GenerationError) as err:
+        model.describe(photo, max_new_tokens=2)
+    message = str(err.value)
+    assert "NaN or infinite" in message and "model files" in message, message

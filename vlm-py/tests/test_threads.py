@@ -78,6 +78,7 @@ def _speedup(job, pool):
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores")
+@pytest.mark.skip_allowed("the machine's load decides whether a second core is free")
 def test_two_threads_generate_faster_than_one_after_the_other(qwen25, photo):
     def one():
         return qwen25.ask(photo, "What is in this picture?", **LONG)

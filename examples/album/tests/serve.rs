@@ -160,7 +160,7 @@ fn a_headless_browser_finds_a_photo() {
             std::env::var_os("CI").is_none(),
             "CI is set but no chromium was found: install it (apt-get install -y chromium)"
         );
-        println!("SKIPPED a_headless_browser_finds_a_photo: no chromium binary; install it with `apt-get install -y chromium`");
+        common::skip("no chromium binary: install it with `apt-get install -y chromium`");
         return;
     };
     let (_server, port) = served_album("browser");

@@ -166,6 +166,16 @@ pub enum Error {
     #[error("generation failed: {0}")]
     Generation(String),
 
+    /// A step's logits held NaN or infinite values: the activations overflowed (half
+    /// precision) or the weights are broken. Later tokens would be noise, so the call stops.
+    #[error("the model's logits at decode step {step} (0: the prompt's) are NaN or infinite while running in {dtype}: {}", non_finite_hint(dtype))]
+    NonFiniteLogits {
+        /// The decode step whose logits were bad; 0 is the prompt's (the first new token).
+        step: usize,
+        /// The dtype the model runs in (`ModelInfo::dtype`).
+        dtype: String,
+    },
+
     /// The call's [`crate::CancelFlag`] was set (Ctrl-C in Python).
     #[error("cancelled: the call was stopped before it finished; the model is unharmed and takes the next call")]
     Cancelled,
@@ -193,7 +203,7 @@ impl Error {
             | Template(_) => ErrorKind::ModelFiles,
             Device(_) => ErrorKind::Device,
             Candle(e) if is_device_error(e) => ErrorKind::Device,
-            Candle(_) | Generation(_) => ErrorKind::Runtime,
+            Candle(_) | Generation(_) | NonFiniteLogits { .. } => ErrorKind::Runtime,
             Cancelled => ErrorKind::Cancelled,
         }
     }
@@ -243,6 +253,20 @@ pub fn candle_message(e: &candle_core::Error) -> String {
     match e {
         candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
         other => other.to_string(),
+    }
+}
+
+/// The likely cause of NaN or infinite logits, and what to try.
+fn non_finite_hint(dtype: &str) -> String {
+    let weights = "if f32 gives the same, the weights hold NaN or infinities: check the model \
+                   files (download them again, or redo the conversion that made them)";
+    match dtype {
+        "f16" => format!(
+            "f16 overflows past 65504, which large activations reach: load with dtype bf16 \
+             (or f32 on cards without bf16); {weights}"
+        ),
+        "bf16" => format!("load with dtype f32 to rule out rounding; {weights}"),
+        _ => format!("the weights are the likely cause; {weights}"),
     }
 }
 
@@ -320,6 +344,29 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("\"llava\""), "{msg}");
         assert!(msg.contains("qwen2_vl, qwen2_5_vl, qwen3_vl"), "{msg}");
+    }
+
+    #[test]
+    fn non_finite_logits_name_the_cause_for_the_dtype() {
+        let f16 = Error::NonFiniteLogits {
+            step: 3,
+            dtype: "f16".into(),
+        };
+        assert_eq!(f16.kind(), ErrorKind::Runtime);
+        let msg = f16.to_string();
+        assert!(
+            msg.contains("step 3") && msg.contains("NaN") && msg.contains("bf16"),
+            "{msg}"
+        );
+        let f32 = Error::NonFiniteLogits {
+            step: 0,
+            dtype: "f32".into(),
+        }
+        .to_string();
+        assert!(
+            f32.contains("model files") && !f32.contains("65504"),
+            "{f32}"
+        );
     }
 
     #[test]

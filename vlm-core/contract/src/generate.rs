@@ -226,13 +226,20 @@ pub fn run_prepared<F: Family>(
 
     let image_cache_hits = prefill.image_cache_hits;
 
+    let dtype = family.info().dtype;
     let t_decode = Instant::now();
     for step in 0..max_steps {
         // Between steps, so that a cancelled call ends within one step's time.
         if cancelled(&seqs) {
             return Err(Error::Cancelled);
         }
-        let picked = pick_tokens(&mut seqs, &logits)?;
+        let picked = pick_tokens(&mut seqs, &logits).map_err(|e| match e {
+            Picking::NonFinite => Error::NonFiniteLogits {
+                step,
+                dtype: dtype.clone(),
+            },
+            Picking::Failed(e) => e,
+        })?;
         let logprobs = if seqs.iter().any(|s| s.logprobs.is_some()) {
             picked_logprobs(&logits, &picked)?
         } else {
@@ -343,22 +350,48 @@ fn picked_logprobs(logits: &Tensor, picked: &[u32]) -> Result<Vec<f32>> {
     Ok(chosen.broadcast_sub(&log_total)?.squeeze(1)?.to_vec1()?)
 }
 
-fn pick_tokens(seqs: &mut [Sequence<'_>], logits: &Tensor) -> Result<Vec<u32>> {
+/// Why [`pick_tokens`] picked nothing.
+enum Picking {
+    /// A running sequence's row held NaN or an infinity.
+    NonFinite,
+    Failed(Error),
+}
+
+impl From<Error> for Picking {
+    fn from(e: Error) -> Self {
+        Picking::Failed(e)
+    }
+}
+
+impl From<candle_core::Error> for Picking {
+    fn from(e: candle_core::Error) -> Self {
+        Picking::Failed(e.into())
+    }
+}
+
+fn pick_tokens(
+    seqs: &mut [Sequence<'_>],
+    logits: &Tensor,
+) -> std::result::Result<Vec<u32>, Picking> {
     // Plain greedy decoding only needs the argmax: compute it on the device and copy back
     // the ids, not the vocabulary-sized rows.
     let device_argmax = seqs.iter().all(|s| {
         s.logits.is_none() && s.constraint.is_none() && !s.sampler.needs_host_logits(false)
     });
-    let mut picked = if device_argmax {
-        argmax_on_device(logits)?
+    let (mut picked, finite) = if device_argmax {
+        let on_device = argmax_on_device(logits)?;
+        (on_device.ids, Some(on_device.finite))
     } else {
-        vec![0; seqs.len()]
+        (vec![0; seqs.len()], None)
     };
     let mut rows: Option<Vec<Vec<f32>>> = None;
     for (i, seq) in seqs.iter_mut().enumerate() {
         if seq.finish.is_some() {
             picked[i] = seq.history.last().copied().unwrap_or(0);
             continue;
+        }
+        if finite.as_ref().is_some_and(|f| !f[i]) {
+            return Err(Picking::NonFinite);
         }
         // Under min_new_tokens an end-of-sequence argmax must be replaced by the best
         // other token, which needs the row.
@@ -374,6 +407,9 @@ fn pick_tokens(seqs: &mut [Sequence<'_>], logits: &Tensor) -> Result<Vec<u32>> {
             rows = Some(logits.to_dtype(DType::F32)?.to_vec2()?);
         }
         let mut row = rows.as_ref().map(|r| r[i].clone()).unwrap_or_default();
+        if !row.iter().all(|x| x.is_finite()) {
+            return Err(Picking::NonFinite);
+        }
         if let Some(all) = seq.logits.as_mut() {
             all.push(row.clone());
         }

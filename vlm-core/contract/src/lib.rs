@@ -11,6 +11,13 @@
 //! everything that changes while generating (KV cache, positions) lives in per-request
 //! state created by the generation loop, so one model serves many threads at once.
 
+// Library code returns typed errors: a panic would cross into apps (and the Python
+// bindings) as a crash. Tests may unwrap.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 // The modules marked `doc(hidden)` are what model code implements or drives (the family
 // trait, the generation loop's internals): public so that vlm-models can
 // use them, outside the API apps see (docs/rust.md; CHANGELOG's policy). Model-side

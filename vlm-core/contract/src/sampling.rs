@@ -124,12 +124,28 @@ fn sample(logits: &[f32], temperature: f32, top_p: f32, top_k: usize, rng: &mut 
     order[probs.len() - 1] as u32
 }
 
-/// Argmax over the last dimension of `[batch, vocab]` logits on their device.
-pub fn argmax_on_device(logits: &Tensor) -> Result<Vec<u32>> {
-    Ok(logits
-        .argmax(D::Minus1)?
-        .to_dtype(DType::U32)?
-        .to_vec1::<u32>()?)
+/// Each row's argmax over the last dimension of `[batch, vocab]` logits, computed on their
+/// device, and whether the row is finite. Both come back in one copy of two numbers per
+/// row: the check adds no wait for the device to the step.
+pub fn argmax_on_device(logits: &Tensor) -> Result<DeviceArgmax> {
+    // Ids stay below 2^24 (vocabularies are ~150k), so they are exact as f32.
+    let ids = logits.argmax_keepdim(D::Minus1)?.to_dtype(DType::F32)?;
+    // A row's f32 sum is finite exactly when each of its values is: logits are many orders
+    // of magnitude below f32's range, so only a NaN or an infinity makes it non-finite.
+    let sums = logits.to_dtype(DType::F32)?.sum_keepdim(D::Minus1)?;
+    let rows = Tensor::cat(&[ids, sums], 1)?.to_vec2::<f32>()?;
+    Ok(DeviceArgmax {
+        ids: rows.iter().map(|r| r[0] as u32).collect(),
+        finite: rows.iter().map(|r| r[1].is_finite()).collect(),
+    })
+}
+
+/// What [`argmax_on_device`] brings back.
+pub struct DeviceArgmax {
+    /// Each row's first largest value's index.
+    pub ids: Vec<u32>,
+    /// Whether each row is free of NaN and infinities.
+    pub finite: Vec<bool>,
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ struct Scripted {
     max_context: usize,
     /// Sets the flag at this decode step, as another thread would (Ctrl-C).
     cancel_at: std::sync::Mutex<Option<(usize, CancelFlag)>>,
+    /// At this step (0: prefill), the first sequence's logit of "b" becomes this value, as
+    /// a model whose activations overflowed would give.
+    poison_at: std::sync::Mutex<Option<(usize, f32)>>,
 }
 
 struct Prepared {
@@ -52,6 +55,22 @@ fn logits_for(scripts: &[Vec<u32>], step: usize) -> Result<Tensor> {
         (scripts.len(), VOCAB.len()),
         &Device::Cpu,
     )?)
+}
+
+impl Scripted {
+    fn logits(&self, scripts: &[Vec<u32>], step: usize) -> Result<Tensor> {
+        let logits = logits_for(scripts, step)?;
+        match *self.poison_at.lock().unwrap() {
+            Some((at, value)) if at == step => {
+                let mut bad = logits.zeros_like()?.to_vec2::<f32>()?;
+                bad[0][1] = value;
+                let bad = Tensor::new(bad, &Device::Cpu)?;
+                // Adding NaN or an infinity spoils that one logit and keeps the others.
+                Ok((logits + bad)?)
+            }
+            _ => Ok(logits),
+        }
+    }
 }
 
 impl Family for Scripted {
@@ -106,7 +125,7 @@ impl Family for Scripted {
     fn prefill(&self, batch: &[&Prepared], _max_new_tokens: usize) -> Result<PrefillOutput<State>> {
         let scripts: Vec<Vec<u32>> = batch.iter().map(|p| p.script.clone()).collect();
         Ok(PrefillOutput {
-            logits: logits_for(&scripts, 0)?,
+            logits: self.logits(&scripts, 0)?,
             state: State { scripts, step: 0 },
             image_encode: Duration::ZERO,
             image_cache_hits: vec![],
@@ -125,7 +144,7 @@ impl Family for Scripted {
                 flag.cancel();
             }
         }
-        logits_for(&state.scripts, state.step)
+        self.logits(&state.scripts, state.step)
     }
 }
 
@@ -149,6 +168,7 @@ fn model(max_context: usize) -> FamilyModel<Scripted> {
         defaults,
         max_context,
         cancel_at: Default::default(),
+        poison_at: Default::default(),
     })
 }
 
@@ -336,6 +356,78 @@ fn a_cancelled_call_stops_between_decode_steps_and_the_model_stays_usable() {
         .generate(&Request::raw(vec![], "a b c", GenerationOptions::greedy(3)))
         .unwrap();
     assert_eq!(g.token_ids, vec![0, 1, 2]);
+}
+
+/// NaN or infinite logits stop the call with an error naming the step and the likely cause,
+/// whether the argmax ran on the device or the row came to the host (sampling, returned
+/// logits); the model then takes the next call.
+#[test]
+fn non_finite_logits_stop_with_a_typed_error_and_the_model_stays_usable() {
+    let m = model(1000);
+    let cases = [
+        (2, f32::NAN, GenerationOptions::greedy(6)),
+        (
+            0,
+            f32::INFINITY,
+            GenerationOptions {
+                return_logits: true,
+                ..GenerationOptions::greedy(6)
+            },
+        ),
+        (
+            3,
+            f32::NEG_INFINITY,
+            GenerationOptions {
+                sampling: Some(Sampling::Sample {
+                    temperature: 1.0,
+                    top_p: 1.0,
+                    top_k: 0,
+                }),
+                seed: 7,
+                ..GenerationOptions::greedy(6)
+            },
+        ),
+    ];
+    for (at, value, opts) in cases {
+        *m.family().poison_at.lock().unwrap() = Some((at, value));
+        let batch = [
+            Request::raw(vec![], "a b c d a b", opts.clone()),
+            Request::raw(vec![], "c d a b c d", opts.clone()),
+        ];
+        let err = m.generate_batch(&batch).unwrap_err();
+        match &err {
+            Error::NonFiniteLogits { step, dtype } => {
+                assert_eq!((*step, dtype.as_str()), (at, "f32"), "{value}")
+            }
+            other => panic!("{value} at step {at}: want NonFiniteLogits, got {other}"),
+        }
+        assert_eq!(err.kind(), ErrorKind::Runtime);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("NaN or infinite") && msg.contains("model files"),
+            "{msg}"
+        );
+        *m.family().poison_at.lock().unwrap() = None;
+        let g = m
+            .generate(&Request::raw(vec![], "a b c", GenerationOptions::greedy(3)))
+            .unwrap();
+        assert_eq!(g.token_ids, vec![0, 1, 2]);
+    }
+}
+
+/// A sequence that already ended keeps stepping with dummy tokens: its rows are not
+/// looked at, so whatever they hold ends nothing.
+#[test]
+fn a_finished_sequence_does_not_check_its_dummy_rows() {
+    let m = model(1000);
+    *m.family().poison_at.lock().unwrap() = Some((2, f32::NAN));
+    let batch = [
+        Request::raw(vec![], "a <eos>", GenerationOptions::greedy(4)),
+        Request::raw(vec![], "a b c d", GenerationOptions::greedy(4)),
+    ];
+    let out = m.generate_batch(&batch).unwrap();
+    assert_eq!(out[0].token_ids, vec![0]);
+    assert_eq!(out[1].token_ids, vec![0, 1, 2, 3]);
 }
 
 #[test]

@@ -331,8 +331,7 @@ fn dequantized_gemm(
     let weight = w.dequantize_f16(x.device())?.to_dtype(x.dtype())?;
     let y = x.reshape((rows, k))?.matmul(&weight.t()?)?;
     QUANT_GEMM_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut out = dims.to_vec();
-    *out.last_mut().expect("non-scalar input") = n;
+    let out: Vec<usize> = dims[..dims.len() - 1].iter().copied().chain([n]).collect();
     y.reshape(out).map(Some)
 }
 

@@ -39,22 +39,23 @@ thread_local! {
 fn workspace(dev: &candle_core::CudaDevice, bytes: usize) -> Result<Arc<CudaSlice<u8>>> {
     WORKSPACE.with(|w| {
         let mut w = w.borrow_mut();
-        let fits = w
+        if let Some(ws) = w
             .as_ref()
-            .is_some_and(|ws| ws.device == dev.id() && ws.slice.len() >= bytes);
-        if !fits {
-            let generation = w.as_ref().map_or(0, |ws| ws.generation + 1);
-            // Grown in steps, so that the few sizes of one model settle it at once.
-            let bytes = bytes.next_power_of_two().max(64 * 1024);
-            // SAFETY: the quantize kernel writes every byte a matmul reads.
-            let slice = Arc::new(unsafe { dev.alloc::<u8>(bytes)? });
-            *w = Some(Workspace {
-                device: dev.id(),
-                slice,
-                generation,
-            });
+            .filter(|ws| ws.device == dev.id() && ws.slice.len() >= bytes)
+        {
+            return Ok(ws.slice.clone());
         }
-        Ok(w.as_ref().map(|ws| ws.slice.clone()).expect("set above"))
+        let generation = w.as_ref().map_or(0, |ws| ws.generation + 1);
+        // Grown in steps, so that the few sizes of one model settle it at once.
+        let bytes = bytes.next_power_of_two().max(64 * 1024);
+        // SAFETY: the quantize kernel writes every byte a matmul reads.
+        let slice = Arc::new(unsafe { dev.alloc::<u8>(bytes)? });
+        *w = Some(Workspace {
+            device: dev.id(),
+            slice: slice.clone(),
+            generation,
+        });
+        Ok(slice)
     })
 }
 
@@ -155,8 +156,8 @@ pub(super) fn matvec(x: &Tensor, w: &QTensor) -> Result<Tensor> {
     let k_padded = k.div_ceil(MATRIX_ROW_PADDING) * MATRIX_ROW_PADDING;
     let blocks_per_row = k_padded / Q8_1_VALUES;
     let scratch = workspace(dev, rows * blocks_per_row * Q8_1_BYTES)?;
-    let mut out_dims = dims.to_vec();
-    *out_dims.last_mut().expect("checked above") = n;
+    // `dims` ends in k (checked above): keep the leading dims, k becomes n.
+    let out_dims: Vec<usize> = dims[..dims.len() - 1].iter().copied().chain([n]).collect();
     let out = super::cuda::empty(&x, Shape::from_dims(&out_dims))?;
     super::cuda::with_addresses(&[Some(&x), Some(&out)], |dev, p| {
         let stream = dev.cuda_stream();

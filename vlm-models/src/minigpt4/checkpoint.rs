@@ -182,7 +182,7 @@ impl LayeredWeights {
             .collect();
         let mut out = BTreeMap::new();
         for n in names {
-            let (layer, inner) = self.find(&n).expect("listed names exist");
+            let (layer, inner) = self.find(&n).ok_or_else(|| self.missing(&n))?;
             let t = layer
                 .source
                 .load(inner, &Device::Cpu)

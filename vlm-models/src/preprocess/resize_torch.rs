@@ -199,6 +199,10 @@ impl Coefficients {
 ///
 /// Returns a copy when the size is unchanged. A zero `width` or `height`, or an empty
 /// input, gives an empty image of the requested size (torch refuses both).
+#[allow(
+    clippy::expect_used,
+    reason = "both passes size the buffer as width × height × 3, which from_raw checks"
+)]
 pub fn resize_like_torchvision(
     img: &RgbImage,
     width: u32,

@@ -729,7 +729,9 @@ impl<'a> ProtoReader<'a> {
                 WireValue::LengthDelimited(self.take(len)?)
             }
             5 => WireValue::Fixed32(u32::from_le_bytes(
-                self.take(4)?.try_into().expect("4 bytes"),
+                self.take(4)?
+                    .try_into()
+                    .map_err(|_| format!("short fixed32 at offset {at}"))?,
             )),
             wire => {
                 return Err(format!(
