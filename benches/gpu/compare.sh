@@ -16,6 +16,8 @@ t0=$SECONDS
 xz -dc .devbin/vlm.xz > /tmp/vlm && chmod +x /tmp/vlm
 [ -f .devbin/device-env.sh ] && . .devbin/device-env.sh /tmp/vlm | tail -1
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv
+# The card the reports name (the lent machine may be an H100 or an H200).
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | sed 's/^NVIDIA //; s/ .*//')
 A=.devbin/assets
 mkdir -p $A && tar -xJf .devbin/assets.tar.xz -C $A
 [ -d $A/Qwen2.5-VL-3B-Instruct ] || { cp -r $A/Qwen2.5-VL-7B-Instruct $A/Qwen2.5-VL-3B-Instruct &&
@@ -33,7 +35,7 @@ F=vlm-models/tests/fixtures
 echo "== tiny fixtures, cuda f32 ($((SECONDS - t0)) s)"
 /tmp/vlm compare --model $F/qwen/qwen2_vl/model --model $F/blip2/opt/model \
   --model $F/minigpt4/vicuna0/model --model /nonexistent \
-  --photos $T/photos --trips $T/trips --references $T/refs.jsonl --price-per-hour 5.8 --card H200 \
+  --photos $T/photos --trips $T/trips --references $T/refs.jsonl --price-per-hour 5.8 --card "${card:-GPU}" \
   --cascade opt/model:qwen2_vl/model --threshold -0.5 --device cuda --dtype f32 \
   --max-new-tokens 6 --batch-size 2 --report "$OUT/tiny"
 
@@ -47,7 +49,7 @@ python3 benches/gpu/make_photos.py $R/photos 8 1024 768 | tail -1
 cp $R/photos/IMG_0000[135].jpg $R/trips/trip1/
 echo "== real-size compare, cuda bf16 ($((SECONDS - t0)) s)"
 /tmp/vlm compare --model /tmp/m/Qwen2.5-VL-3B-Instruct --model /tmp/m/blip2-opt-2.7b \
-  --photos $R/photos --trips $R/trips --price-per-hour 5.8 --card H200 \
+  --photos $R/photos --trips $R/trips --price-per-hour 5.8 --card "${card:-GPU}" \
   --cascade blip2-opt-2.7b:Qwen2.5-VL-3B-Instruct --threshold -1.5 \
   --device cuda --dtype bf16 --max-new-tokens 32 --batch-size 4 --max-pixels 1003520 \
   --report "$OUT/real"

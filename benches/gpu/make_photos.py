@@ -21,7 +21,9 @@ def make(args):
     draw = ImageDraw.Draw(img)
     for _ in range(12):
         x0, y0 = int(rng.uniform(0, w)), int(rng.uniform(0, h))
-        x1, y1 = x0 + int(rng.uniform(50, w / 3)), y0 + int(rng.uniform(50, h / 3))
+        # Shapes of at least 50 px, or a sixth of a small image (vlm compare's 96x64 photos).
+        x1 = x0 + int(rng.uniform(min(50, w / 6), w / 3))
+        y1 = y0 + int(rng.uniform(min(50, h / 6), h / 3))
         color = tuple(int(c) for c in rng.integers(0, 256, 3))
         (draw.ellipse if rng.uniform() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=color)
     path = os.path.join(out, f"IMG_{i:05d}.jpg")
