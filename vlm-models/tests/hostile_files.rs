@@ -126,6 +126,11 @@ fn hostile_pth_checkpoints_are_refused() {
         assert!(matches!(e, Error::BadFile { .. }), "{name}: {e}");
         assert_says(&e, name, words);
     }
+    // Read on a stack sized from the pickle (it aborted the process before): a list holds
+    // no tensors, so the load stops at the first tensor the checkpoint should have had.
+    let e = load_with(MINIGPT4, "pretrained_minigpt4.pth", "nested_lists.pth");
+    assert_eq!(e.kind(), vlm_contract::ErrorKind::ModelFiles, "{e}");
+    assert!(e.to_string().contains("pretrained_minigpt4.pth"), "{e}");
 }
 
 #[test]
@@ -169,6 +174,8 @@ fn hostile_images_are_refused_from_the_header() {
     let e = Image::from_bytes(&hostile("png_65535x65535.png")).unwrap_err();
     assert!(matches!(e, ImageError::TooManyPixels { .. }), "{e}");
     assert!(e.to_string().contains("65535x65535"), "{e}");
+    let e = Image::from_bytes(&hostile("tiff_65535x65535.tiff")).unwrap_err();
+    assert!(matches!(e, ImageError::TooManyPixels { .. }), "{e}");
     let e = Image::from_bytes(&hostile("png_zero_width.png")).unwrap_err();
     assert!(matches!(e, ImageError::ZeroSize { .. }), "{e}");
 }
@@ -206,6 +213,8 @@ fn the_corpus_is_complete_and_small() {
         "quantization_wrong_types.json",
         "png_65535x65535.png",
         "png_zero_width.png",
+        "tiff_65535x65535.tiff",
+        "nested_lists.pth",
         "length_2e62.model",
     ];
     let dir = fixtures().join("hostile");

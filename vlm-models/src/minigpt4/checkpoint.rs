@@ -76,11 +76,28 @@ fn open_pth(path: &Path) -> Result<PthTensors> {
     // candle's pickle reader panics on some malformed pickles: it indexes past short
     // argument tuples (`_rebuild_tensor_v2` with fewer than 4 arguments) and overflows
     // arithmetic (a LONG1 integer of more than 8 bytes, a huge storage offset).
-    let nested = crate::weights::without_panics(|| PthTensors::new(path, Some("model")));
-    let tensors = match nested {
-        Ok(t) if !t.tensor_infos().is_empty() => t,
-        _ => crate::weights::without_panics(|| PthTensors::new(path, None)).map_err(bad)?,
+    let read = || {
+        let nested = crate::weights::without_panics(|| PthTensors::new(path, Some("model")));
+        match nested {
+            Ok(t) if !t.tensor_infos().is_empty() => Ok(t),
+            _ => crate::weights::without_panics(|| PthTensors::new(path, None)),
+        }
     };
+    // It also recurses once per nesting level of the pickled objects (parsing and dropping
+    // them), and a stack overflow aborts the process: a list nested 20,000 deep in 40 kB
+    // did. Each level takes at least one byte of pickle, so a stack sized from the
+    // pickle's length cannot overflow.
+    let stack = PICKLE_STACK_BASE + pickle_len(path)? as usize * PICKLE_STACK_PER_BYTE;
+    let tensors = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("vlm-pth-reader".into())
+            .stack_size(stack)
+            .spawn_scoped(scope, read)
+            .map_err(|e| Error::bad_file(path, format!("no thread to read it on: {e}")))?
+            .join()
+            .unwrap_or_else(|_| candle_core::bail!("its reader failed"))
+            .map_err(bad)
+    })?;
     let file_len = std::fs::metadata(path)
         .map_err(|e| Error::bad_file(path, e))?
         .len();
@@ -88,6 +105,44 @@ fn open_pth(path: &Path) -> Result<PthTensors> {
         check_pth_tensor(info, file_len).map_err(bad)?;
     }
     Ok(tensors)
+}
+
+/// The largest pickle (`data.pkl`) read: a state dict pickles to a name, a storage key and
+/// a shape per tensor, tens of kilobytes for a 7B model's few hundred tensors.
+const MAX_PICKLE_BYTES: u64 = 2 << 20;
+/// The pickle reader's stack: a base plus a bound on one nesting level's frames (parse
+/// and drop, with room for unoptimised builds) per byte of pickle.
+const PICKLE_STACK_BASE: usize = 16 << 20;
+const PICKLE_STACK_PER_BYTE: usize = 1024;
+
+/// The length of the checkpoint's pickle, refused past [`MAX_PICKLE_BYTES`] (which bounds
+/// the reader's stack).
+fn pickle_len(path: &Path) -> Result<u64> {
+    let not_a_checkpoint = |e: String| {
+        Error::bad_file(
+            path,
+            format!("{e} (expected a PyTorch zip checkpoint saved by torch.save)"),
+        )
+    };
+    let file = std::fs::File::open(path).map_err(|e| Error::bad_file(path, e))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| not_a_checkpoint(e.to_string()))?;
+    let mut len = None;
+    for i in 0..zip.len() {
+        let entry = zip
+            .by_index_raw(i)
+            .map_err(|e| not_a_checkpoint(e.to_string()))?;
+        if entry.name().is_ok_and(|n| n.ends_with("data.pkl")) {
+            len = Some(entry.size());
+            break;
+        }
+    }
+    let len = len.ok_or_else(|| not_a_checkpoint("it holds no data.pkl".into()))?;
+    if len > MAX_PICKLE_BYTES {
+        return Err(not_a_checkpoint(format!(
+            "its pickle is {len} bytes, over the {MAX_PICKLE_BYTES} a state dict needs"
+        )));
+    }
+    Ok(len)
 }
 
 /// Refuses a tensor whose declared size cannot be in the file, before candle allocates
