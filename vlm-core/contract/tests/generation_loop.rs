@@ -158,7 +158,9 @@ fn model(max_context: usize) -> FamilyModel<Scripted> {
         serde_json::from_value(serde_json::json!({ "vocab": vocab, "unk_token": "[UNK]" }))
             .unwrap();
     let mut tokenizer = Tokenizer::new(word_level);
-    tokenizer.add_special_tokens(&[tokenizers::AddedToken::from("<eos>", true)]);
+    tokenizer
+        .add_special_tokens([tokenizers::AddedToken::from("<eos>", true)])
+        .unwrap();
     let defaults = GenerationDefaults {
         eos_token_ids: vec![EOS],
         ..GenerationDefaults::default()

@@ -359,7 +359,9 @@ impl SentencePieceModel {
             .build()
             .map_err(|e| format!("building the BPE model failed: {e}"))?;
         let mut tokenizer = Tokenizer::new(bpe);
-        tokenizer.with_normalizer(Some(self.normalizer()?));
+        tokenizer
+            .with_normalizer(Some(self.normalizer()?))
+            .map_err(|e| format!("setting the normalizer failed: {e}"))?;
         tokenizer.with_decoder(Some(self.decoder()?));
         let special: Vec<AddedToken> = self
             .pieces
@@ -367,7 +369,9 @@ impl SentencePieceModel {
             .filter(|p| matches!(p.kind, PieceType::Control | PieceType::Unknown))
             .map(|p| AddedToken::from(p.piece.clone(), true))
             .collect();
-        tokenizer.add_special_tokens(&special);
+        tokenizer
+            .add_special_tokens(special)
+            .map_err(|e| format!("adding the control pieces failed: {e}"))?;
         // sentencepiece never maps input text to control pieces.
         tokenizer.set_encode_special_tokens(true);
         Ok(tokenizer)
