@@ -78,6 +78,19 @@ for v in ${CHECK_VARIANTS:-}; do
   check_pass f32 "$OUT/check-f32.log" "$v"
 done
 
+# Models that share their family's tokenizer and processor files: the 2B configs written
+# from the published values (benches/gpu/configs) and Qwen2.5-VL-3B's real config.
+config_only_assets() {
+  for cfg in benches/gpu/configs/*.json .devbin/assets/configs/*.json; do
+    [ -f "$cfg" ] || continue
+    name=$(basename "$cfg" .json)
+    case $name in Qwen3-VL-*) family=Qwen3-VL-8B-Instruct ;; *) family=Qwen2.5-VL-7B-Instruct ;; esac
+    if [ ! -d ".devbin/assets/$name" ] && [ -d ".devbin/assets/$family" ]; then
+      cp -r ".devbin/assets/$family" ".devbin/assets/$name" && cp "$cfg" ".devbin/assets/$name/config.json"
+    fi
+  done
+}
+
 if [ "$BENCH" = 1 ]; then
   echo "== random $MODEL"
   python3 benches/gpu/make_random_model.py ".devbin/assets/$MODEL" /tmp/bench-model 2>&1 | tail -2
@@ -110,11 +123,14 @@ if [ "$BENCH" = 1 ]; then
   fi
 fi
 if [ "${PROFILE:-0}" = 1 ]; then
+  config_only_assets
   [ -d /tmp/bench-model ] || python3 benches/gpu/make_random_model.py ".devbin/assets/$MODEL" /tmp/bench-model 2>&1 | tail -2
   # GPU time per kernel over one describe call of PROFILE_TOKENS tokens (vlm-bench starts
   # the CUDA profiler around it); its wall-clock split without ncu is vlm-bench's table.
   ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
-  prof=(--profile --profile-tokens "${PROFILE_TOKENS:-2}" --profile-batch "${PROFILE_BATCH:-1}")
+  # PROFILE_ARGS: more vlm-bench arguments (a phone photo: "--width 4032 --height 3024").
+  # shellcheck disable=SC2206
+  prof=(--profile --profile-tokens "${PROFILE_TOKENS:-2}" --profile-batch "${PROFILE_BATCH:-1}" ${PROFILE_ARGS:-})
   echo "== ncu ($ncu_bin), one describe call of ${PROFILE_BATCH:-1} photo(s), ${PROFILE_TOKENS:-2} tokens" | tee "$OUT/profile.log"
   /tmp/vlm-bench --model /tmp/bench-model "${prof[@]}" 2>&1 | tee -a "$OUT/profile.log"
   if [ -n "$ncu_bin" ]; then
@@ -142,19 +158,6 @@ if [ "${MINIGPT4:-0}" = 1 ]; then
   done
 fi
 
-# Models that share their family's tokenizer and processor files: the 2B configs written
-# from the published values (benches/gpu/configs) and Qwen2.5-VL-3B's real config.
-config_only_assets() {
-  for cfg in benches/gpu/configs/*.json .devbin/assets/configs/*.json; do
-    [ -f "$cfg" ] || continue
-    name=$(basename "$cfg" .json)
-    case $name in Qwen3-VL-*) family=Qwen3-VL-8B-Instruct ;; *) family=Qwen2.5-VL-7B-Instruct ;; esac
-    if [ ! -d ".devbin/assets/$name" ] && [ -d ".devbin/assets/$family" ]; then
-      cp -r ".devbin/assets/$family" ".devbin/assets/$name" && cp "$cfg" ".devbin/assets/$name/config.json"
-    fi
-  done
-}
-
 if [ "${PHONE:-0}" = 1 ]; then
   # 12 MP phone photos (4032x3024): each model at the checkpoint's default pixel budget and
   # at the album budget docs/models.md recommends ("name:quant:max_pixels"; quant as in
@@ -167,12 +170,17 @@ if [ "${PHONE:-0}" = 1 ]; then
     src=/tmp/rand-$name
     if [ "$name" = "$MODEL" ] && [ -d /tmp/bench-model ]; then src=/tmp/bench-model; fi
     [ -d "$src" ] || python3 benches/gpu/make_random_model.py ".devbin/assets/$name" "$src" 2>&1 | tail -1 | tee -a "$OUT/phone.log"
-    for b in default "$budget"; do
+    # PHONE_BUDGETS=default: the checkpoint's own budget alone. With OLD_NEW=1 the previous
+    # build runs each row first.
+    bins=(vlm-bench); [ "${OLD_NEW:-0}" = 1 ] && [ -x /tmp/vlm-bench-old ] && bins=(vlm-bench-old vlm-bench)
+    for b in ${PHONE_BUDGETS:-default "$budget"}; do
       px=(); [ "$b" != default ] && px=(--max-pixels "$b")
-      echo "== vlm-bench $name quant=$q ${vision[*]} 4032x3024 max_pixels=$b" | tee -a "$OUT/phone.log"
-      peak_mem "$OUT/phone.log" /tmp/vlm-bench --model "$src" --quant "$q" "${vision[@]}" --width 4032 --height 3024 \
-        "${px[@]}" --save-photo /tmp/phone.png --tokens "$TOKENS" --batches "${PHONE_BATCHES:-1}" --runs 2 2>&1 \
-        | grep -v "^|---" | tee -a "$OUT/phone.log" || status=1
+      for bin in "${bins[@]}"; do
+        echo "== $bin $name quant=$q ${vision[*]} 4032x3024 max_pixels=$b" | tee -a "$OUT/phone.log"
+        peak_mem "$OUT/phone.log" "/tmp/$bin" --model "$src" --quant "$q" "${vision[@]}" --width 4032 --height 3024 \
+          "${px[@]}" --save-photo /tmp/phone.png --tokens "$TOKENS" --batches "${PHONE_BATCHES:-1}" --runs 2 2>&1 \
+          | grep -v "^|---" | tee -a "$OUT/phone.log" || status=1
+      done
       if [ "${PHONE_BASELINE:-0}" = 1 ] && [ "$q" = none ]; then
         echo "== HF transformers $name 4032x3024 max_pixels=$b" | tee -a "$OUT/phone.log"
         PYTHONUNBUFFERED=1 peak_mem "$OUT/phone.log" python3 benches/gpu/hf_baseline.py "$src" /tmp/phone.png \

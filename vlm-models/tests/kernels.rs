@@ -597,6 +597,8 @@ fn segment_flash_attention_matches_the_reference() {
         run_segment_flash(2, 80, &[3996, 130], dtype, tol);
         run_segment_flash(3, 72, &[1, 64, 65, 200], dtype, tol);
         run_segment_flash(2, 16, &[7, 129], dtype, tol);
+        run_segment_flash(2, 64, &[1000, 17], dtype, tol);
+        run_segment_flash(1, 128, &[300], dtype, tol);
     }
 }
 

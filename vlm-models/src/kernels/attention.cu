@@ -15,6 +15,13 @@
 // of the accumulators, columns 2t and 2t + 1 of each 8-wide tile; an accumulator tile of
 // scores is, re-packed in place, the A operand of the product with V.
 //
+// The tiles are copied with cp.async, which writes shared memory without a round trip
+// through registers, and each copy overlaps a product: V's tile lands while the scores
+// against K's are computed, the next K tile while p · V is. K and V fragments come out of
+// shared memory through ldmatrix, four 8×8 matrices per instruction (V's transposed on
+// the way, since its rows are keys): the first version gathered V's fragments two
+// 16-bit loads per register, eight loads per two MMAs where ldmatrix takes one.
+//
 // Built only for compute capability 8.0 and above (build.rs); the f32 path stays the
 // unfused one.
 
@@ -54,25 +61,50 @@ template <> struct Mma<__half> {
   }
 };
 
-__device__ __forceinline__ uint32_t pack_raw(uint16_t lo, uint16_t hi) {
-  return (uint32_t)lo | ((uint32_t)hi << 16);
+// 16 bytes from global to shared memory, asynchronously (cp.async, compute capability
+// 8.0); `full` false writes zeros and reads nothing.
+__device__ __forceinline__ void copy16(void *dst, const void *src, bool full) {
+  const uint32_t s = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src),
+               "r"(full ? 16 : 0));
+}
+// Waits for this thread's copies; a __syncthreads after it makes every thread's visible.
+__device__ __forceinline__ void copies_wait() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
 }
 
-// Rows [row0, row0 + ROWS) of a [rows, d] matrix with row stride `stride` (elements) into
-// shared memory [ROWS][DP + 8], zero outside rows [lo, hi) and columns ≥ d. Eight
-// elements (16 bytes) per load: d, the strides and the base are multiples of 8.
+// Rows [row0, row0 + KEYS) of a [rows, d] matrix with row stride `stride` (elements) into
+// shared memory [KEYS][DP + 8], zero outside rows [lo, hi) and columns ≥ d, issued as
+// asynchronous copies (copies_wait, then __syncthreads, before reading). Eight elements
+// (16 bytes) per copy: d, the strides and the base are multiples of 8.
 template <typename T, int DP>
 __device__ __forceinline__ void stage(T (*dst)[DP + 8], const T *src, long long stride, int row0,
                                       int lo, int hi, int d) {
   constexpr int CHUNKS = DP / 8;
-  for (int e = threadIdx.x; e < ROWS * CHUNKS; e += THREADS) {
+  for (int e = threadIdx.x; e < KEYS * CHUNKS; e += THREADS) {
     const int r = e / CHUNKS, c = (e % CHUNKS) * 8;
     const int row = row0 + r;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (row >= lo && row < hi && c < d)
-      val = *reinterpret_cast<const uint4 *>(src + (long long)row * stride + c);
-    *reinterpret_cast<uint4 *>(&dst[r][c]) = val;
+    const bool full = row >= lo && row < hi && c < d;
+    // A zero-filling copy still names an address: the matrix's start is always valid.
+    copy16(&dst[r][c], full ? src + (long long)row * stride + c : src, full);
   }
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+
+// Four 8×8 matrices of 16-bit elements from shared memory; lane l gives the address of row
+// l % 8 of matrix l / 8 and receives, of each matrix, row l / 4's elements 2(l % 4) and
+// 2(l % 4) + 1 (TRANS: column l / 4's, rows 2(l % 4) and 2(l % 4) + 1): an mma B fragment.
+template <bool TRANS>
+__device__ __forceinline__ void load_matrices(uint32_t r[4], const void *row) {
+  const uint32_t a = (uint32_t)__cvta_generic_to_shared(row);
+  if (TRANS)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
 }
 
 }  // namespace
@@ -152,11 +184,13 @@ __device__ void flash_attention(const T *q, const T *k, const T *v, T *out,
   const float scale2 = scale * 1.4426950408889634f;
   const int lim_a = causal ? r_a + offset : 0x7fffffff, lim_b = causal ? r_b + offset : 0x7fffffff;
 
+  // Lane l addresses row l % 8 of matrix l / 8 in load_matrices.
+  const int mat = lane / 8, mrow = lane % 8;
+  if (k_first < k_end) stage<T, DP>(ks, kb, k_sr, k_first, k_lo, k_end, d);
   for (int j0 = k_first; j0 < k_end; j0 += KEYS) {
-    __syncthreads();  // the tiles may still be read for the previous keys
-    stage<T, DP>(ks, kb, k_sr, j0, k_lo, k_end, d);
+    copies_wait();
+    __syncthreads();  // K's tile is in; every warp is done with the previous V tile
     stage<T, DP>(vs, vb, v_sr, j0, k_lo, k_end, d);
-    __syncthreads();
 
     float s[KEYS / 8][4];
 #pragma unroll
@@ -164,11 +198,12 @@ __device__ void flash_attention(const T *q, const T *k, const T *v, T *out,
 #pragma unroll
     for (int kk = 0; kk < DK; ++kk) {
 #pragma unroll
-      for (int n = 0; n < KEYS / 8; ++n) {
-        uint32_t b[2];
-        b[0] = *reinterpret_cast<const uint32_t *>(&ks[n * 8 + g][kk * 16 + 2 * t]);
-        b[1] = *reinterpret_cast<const uint32_t *>(&ks[n * 8 + g][kk * 16 + 8 + 2 * t]);
+      for (int n = 0; n < KEYS / 8; n += 2) {
+        // Keys 8n .. 8n + 15, columns 16kk .. 16kk + 15: B fragments of tiles n and n + 1.
+        uint32_t b[4];
+        load_matrices<false>(b, &ks[(n + (mat >> 1)) * 8 + mrow][kk * 16 + (mat & 1) * 8]);
         Mma<T>::run(s[n], qa[kk], b);
+        Mma<T>::run(s[n + 1], qa[kk], b + 2);
       }
     }
 
@@ -219,18 +254,20 @@ __device__ void flash_attention(const T *q, const T *k, const T *v, T *out,
       p[n / 2][(n & 1) * 2 + 1] = Mma<T>::pack(e2, e3);
     }
 
-    // o += p · V: V's rows are keys, so a B fragment (two keys of one column per
-    // register) is gathered from two rows.
-    const uint16_t(*vraw)[DP + 8] = reinterpret_cast<const uint16_t(*)[DP + 8]>(vs);
+    copies_wait();
+    __syncthreads();  // V's tile is in; every warp is done with K's
+    if (j0 + KEYS < k_end) stage<T, DP>(ks, kb, k_sr, j0 + KEYS, k_lo, k_end, d);
+
+    // o += p · V: V's rows are keys, so its 8×8 matrices are loaded transposed.
 #pragma unroll
     for (int c = 0; c < KEYS / 16; ++c) {
 #pragma unroll
-      for (int n = 0; n < DN; ++n) {
-        const int col = n * 8 + g, key = c * 16 + 2 * t;
-        uint32_t b[2];
-        b[0] = pack_raw(vraw[key][col], vraw[key + 1][col]);
-        b[1] = pack_raw(vraw[key + 8][col], vraw[key + 9][col]);
+      for (int n = 0; n < DN; n += 2) {
+        // Keys 16c .. 16c + 15, columns 8n .. 8n + 15: B fragments of tiles n and n + 1.
+        uint32_t b[4];
+        load_matrices<true>(b, &vs[c * 16 + (mat & 1) * 8 + mrow][(n + (mat >> 1)) * 8]);
         Mma<T>::run(o[n], p[c], b);
+        Mma<T>::run(o[n + 1], p[c], b + 2);
       }
     }
   }
