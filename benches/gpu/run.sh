@@ -164,15 +164,15 @@ if [ "${PHONE:-0}" = 1 ]; then
   # QUANT_MODELS). PHONE_BASELINE=1 adds HF transformers at both budgets (bf16 specs only).
   config_only_assets
   : > "$OUT/phone.log"
+  # With OLD_NEW=1 the previous build runs each row first.
+  bins=(vlm-bench); [ "${OLD_NEW:-0}" = 1 ] && [ -x /tmp/vlm-bench-old ] && bins=(vlm-bench-old vlm-bench)
   for spec in ${PHONE_MODELS:-"Qwen2.5-VL-7B-Instruct:none:1003520 Qwen3-VL-2B-Instruct:int4/int4:1310720"}; do
     name=${spec%%:*}; rest=${spec#*:}; q=${rest%%:*}; budget=${rest#*:}
     vision=(); case $q in */*) vision=(--vision-quant "${q#*/}"); q=${q%%/*} ;; esac
     src=/tmp/rand-$name
     if [ "$name" = "$MODEL" ] && [ -d /tmp/bench-model ]; then src=/tmp/bench-model; fi
     [ -d "$src" ] || python3 benches/gpu/make_random_model.py ".devbin/assets/$name" "$src" 2>&1 | tail -1 | tee -a "$OUT/phone.log"
-    # PHONE_BUDGETS=default: the checkpoint's own budget alone. With OLD_NEW=1 the previous
-    # build runs each row first.
-    bins=(vlm-bench); [ "${OLD_NEW:-0}" = 1 ] && [ -x /tmp/vlm-bench-old ] && bins=(vlm-bench-old vlm-bench)
+    # PHONE_BUDGETS=default: the checkpoint's own budget alone.
     for b in ${PHONE_BUDGETS:-default "$budget"}; do
       px=(); [ "$b" != default ] && px=(--max-pixels "$b")
       for bin in "${bins[@]}"; do

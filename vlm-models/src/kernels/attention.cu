@@ -130,6 +130,8 @@ __device__ void flash_attention(const T *q, const T *k, const T *v, T *out,
   __shared__ __align__(16) T vs[KEYS][DP + 8];
   constexpr int DK = DP / 16;  // k-steps of the score product
   constexpr int DN = DP / 8;   // 8-wide column tiles of the output
+  // Each ldmatrix.x4 feeds two neighbouring tiles.
+  static_assert(DN % 2 == 0 && KEYS % 16 == 0, "tiles are loaded in pairs");
 
   const int y = blockIdx.y, h = blockIdx.z, hk = h / rep;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
