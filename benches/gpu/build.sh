@@ -41,20 +41,30 @@ for t in "${tests[@]}"; do
   bin=$(awk -v t="$t" '$1 == t {print $2}' /tmp/vlm-test-bins.txt | tail -1)
   strip -o "/tmp/$t.stripped" "$bin" && xz -9 -T2 -c "/tmp/$t.stripped" > ".devbin/$t.xz"
 done
-# OLD_CARDS=1: the GPU check again, built for compute capability 7.5 (Turing) in its own
-# target directory: its PTX runs on the H200 too, without the bf16 and tensor-core paths
-# (candle leaves its bf16 kernels out below 8.0, build.rs our mma attention), so run.sh
-# can run the pre-Ampere paths there (CHECKS=gpu_check_sm75 CHECK_DTYPES="f32 f16"). CUDA
-# 13's nvcc takes 7.5 and up; Pascal (6.x) needs a CUDA 12 toolkit (docs/troubleshooting.md).
-if [ "${OLD_CARDS:-0}" = 1 ]; then
-  CARGO_TARGET_DIR=$root/target/cuda75 CUDA_COMPUTE_CAP=75 cargo test --release --features cuda -p vlm-models \
-    --test gpu_check --no-run --message-format=json 2>/dev/null | python3 -c 'import json,sys
+# OLD_CARDS=1: the GPU check again, built for compute capability 7.5 (Turing) in target
+# directories of its own, twice. candle compiles its quantized matmul kernels to machine code
+# for CUDA_COMPUTE_CAP alone, so on the H100/H200:
+# - gpu_check_sm75: those kernels cannot run (a build for another card, as a user may
+#   have); the load-time check sees it and quantized layers dequantize instead;
+# - gpu_check_sm75ptx: NVCC_APPEND_FLAGS adds compute_75 PTX to them, which the driver
+#   compiles for the card, so the pre-Ampere quantized kernels themselves run.
+# Both run our PTX and candle's for 7.5, without the bf16 and tensor-core paths (candle
+# leaves its bf16 kernels out below 8.0, build.rs our mma attention): run.sh with
+# CHECKS="gpu_check_sm75 gpu_check_sm75ptx" CHECK_DTYPES="f32 f16". CUDA 13's nvcc takes 7.5
+# and up; Pascal (6.x) needs a CUDA 12 toolkit (docs/troubleshooting.md).
+sm75_check() { # name, NVCC_APPEND_FLAGS
+  CARGO_TARGET_DIR=$root/target/cuda-$1 CUDA_COMPUTE_CAP=75 NVCC_APPEND_FLAGS=$2 cargo test --release \
+    --features cuda -p vlm-models --test gpu_check --no-run --message-format=json 2>/dev/null | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["executable"])' | tail -1 > /tmp/vlm-sm75-bin.txt
-  strip -o /tmp/gpu_check_sm75.stripped "$(cat /tmp/vlm-sm75-bin.txt)" &&
-    xz -9 -T2 -c /tmp/gpu_check_sm75.stripped > .devbin/gpu_check_sm75.xz
+        print(m["executable"])' | tail -1 > "/tmp/vlm-$1-bin.txt"
+  strip -o "/tmp/gpu_check_$1.stripped" "$(cat "/tmp/vlm-$1-bin.txt")" &&
+    xz -9 -T2 -c "/tmp/gpu_check_$1.stripped" > ".devbin/gpu_check_$1.xz"
+}
+if [ "${OLD_CARDS:-0}" = 1 ]; then
+  sm75_check sm75 ""
+  sm75_check sm75ptx "-gencode=arch=compute_75,code=compute_75"
 fi
 [ -f "$root/../shared/gpu/device-env.sh" ] && cp "$root/../shared/gpu/device-env.sh" .devbin/
 # Real-size configs and tokenizer files for the random checkpoints (not in the repo), packed

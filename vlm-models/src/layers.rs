@@ -24,6 +24,9 @@ enum Weight {
         matmul: QMatMul,
         /// The dtype activations come in (and go out) with.
         dtype: DType,
+        /// Whether candle's quantized kernels run on the weight's device
+        /// ([`crate::kernels::quant_kernels_run`]); when not, every call dequantizes.
+        native: bool,
     },
 }
 
@@ -61,18 +64,38 @@ impl Linear {
         }
     }
 
-    /// A quantized layer whose activations are in `dtype`.
+    /// A quantized layer whose activations are in `dtype`. With
+    /// [`RuntimeOptions::quant_kernels`] off, or on a CUDA device whose quantized kernels
+    /// fail their check, the layer dequantizes its weight on every call.
     pub fn quantized(
         matmul: QMatMul,
         dtype: DType,
         bias: Option<Tensor>,
         runtime: RuntimeOptions,
-    ) -> Self {
-        Self {
-            weight: Weight::Quant { matmul, dtype },
+    ) -> Result<Self> {
+        let native = match &matmul {
+            QMatMul::QTensor(_) if !runtime.quant_kernels => false,
+            QMatMul::QTensor(w) => crate::kernels::quant_kernels_run(&w.device(), dtype)?,
+            _ => true,
+        };
+        Ok(Self {
+            weight: Weight::Quant {
+                matmul,
+                dtype,
+                native,
+            },
             bias,
             runtime,
+        })
+    }
+
+    /// The same layer computing as on a device whose quantized kernels do not run: the
+    /// weight dequantized for a float GEMM on every call (a float layer is unchanged).
+    pub fn dequantizing(mut self) -> Self {
+        if let Weight::Quant { native, .. } = &mut self.weight {
+            *native = false;
         }
+        self
     }
 
     /// The runtime options this layer runs with.
@@ -148,9 +171,12 @@ impl Linear {
                     .collect();
                 return y.reshape(out_dims);
             }
-            Weight::Quant { matmul, .. } => {
+            Weight::Quant { matmul, native, .. } => {
                 let x = x.contiguous()?;
                 let fast = match matmul {
+                    QMatMul::QTensor(w) if !native => {
+                        crate::kernels::dequantized_projection(&x, w)?
+                    }
                     QMatMul::QTensor(w) => match crate::kernels::quant_matvec(runtime, &x, w)? {
                         Some(y) => Some(y),
                         None => crate::kernels::quantized_gemm(runtime, &x, w)?,

@@ -311,12 +311,12 @@ impl Quantizer {
     /// quantized copy of the float table (named `name`).
     pub fn tied_head(&self, embedding: &Embedding, name: &str) -> Result<Linear> {
         match embedding {
-            Embedding::Quant { table, dtype } => Ok(Linear::quantized(
+            Embedding::Quant { table, dtype } => Linear::quantized(
                 QMatMul::from_arc(table.clone())?,
                 *dtype,
                 None,
                 self.runtime,
-            )),
+            ),
             Embedding::Float(w) => {
                 let (out, hidden) = w.dims2()?;
                 self.build(
@@ -451,12 +451,7 @@ impl Quantizer {
                     saved.shape().dims()
                 );
             }
-            return Ok(Linear::quantized(
-                QMatMul::from_arc(saved)?,
-                dtype,
-                bias,
-                self.runtime,
-            ));
+            return Linear::quantized(QMatMul::from_arc(saved)?, dtype, bias, self.runtime);
         }
         let Some(ggml) = self.kind.ggml_for(in_dim) else {
             return Ok(Linear::from_weights(
@@ -473,12 +468,7 @@ impl Quantizer {
         if let Some(store) = &self.store {
             store.record(name, &q, sources);
         }
-        Ok(Linear::quantized(
-            QMatMul::from_arc(q)?,
-            dtype,
-            bias,
-            self.runtime,
-        ))
+        Linear::quantized(QMatMul::from_arc(q)?, dtype, bias, self.runtime)
     }
 }
 
@@ -699,6 +689,41 @@ mod tests {
             let err = norm(&(got - &exact).unwrap()) / norm(&exact);
             eprintln!("{dt:?}: relative error {err:.4}");
             assert!(err < bound, "{dt:?}: {err}");
+        }
+    }
+
+    /// A layer on a card whose quantized kernels fail their check dequantizes on every
+    /// call, at any number of rows, and gives the quantized product's answer.
+    #[test]
+    fn a_dequantizing_layer_agrees_with_the_quantized_product() {
+        let dev = Device::Cpu;
+        let w = normal((64, 512), 0.02, 17);
+        let vb = VarBuilder::from_tensors(
+            HashMap::from([("p.weight".to_string(), w)]),
+            DType::F32,
+            &dev,
+        );
+        for kind in [QuantKind::Q8_0, QuantKind::Q4K] {
+            let layer = Quantizer::new(kind, None, RuntimeOptions::default())
+                .linear(512, 64, false, vb.pp("p"))
+                .unwrap();
+            assert!(layer.is_quantized());
+            let fallback = layer.clone().dequantizing();
+            for rows in [1, 3, 70] {
+                let x = normal((rows, 512), 1.0, 19 + rows as u64);
+                let before = crate::kernels::quant_gemm_calls();
+                let got = fallback.forward(&x).unwrap();
+                assert!(
+                    crate::kernels::quant_gemm_calls() > before,
+                    "{kind:?} {rows}"
+                );
+                let want = layer.forward(&x).unwrap();
+                let diff = (&got - &want).unwrap().sqr().unwrap().sum_all().unwrap();
+                let norm = want.sqr().unwrap().sum_all().unwrap();
+                let rel =
+                    (diff.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap()).sqrt();
+                assert!(rel < 0.02, "{kind:?} at {rows} rows: {rel}");
+            }
         }
     }
 

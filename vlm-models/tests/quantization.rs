@@ -216,6 +216,48 @@ fn int8_and_int4_stay_within_bounds_on_every_family() {
     assert!(failures.is_empty(), "{}\n{report}", failures.join("\n"));
 }
 
+/// With `RuntimeOptions::quant_kernels` off (`VLM_QUANT_KERNELS=0`), the path a card gets
+/// whose build cannot run candle's quantized kernels: every quantized projection, decode
+/// steps included, dequantizes its weight for a float GEMM, and every family still answers
+/// within its bounds.
+#[test]
+fn every_family_answers_with_candles_quantized_kernels_off() {
+    use vlm_models::kernels::quant_gemm_calls;
+    let mut failures = vec![];
+    for fam in families() {
+        for (q, bound) in [
+            (Quantization::Int8, INT8_BOUND),
+            (Quantization::Int4, INT4_BOUND),
+        ] {
+            let off = options(q).runtime.with_quant_kernels(false);
+            let before = quant_gemm_calls();
+            let (err, agree, _) = measure_with(&fam, &options(q).with_runtime(off));
+            let calls = quant_gemm_calls() - before;
+            eprintln!(
+                "{} {} with the quantized kernels off: rel err {err:.4}, greedy agreement {:.0}%, {calls} dequantized projections",
+                fam.name,
+                q.as_str(),
+                agree * 100.0
+            );
+            if calls == 0 {
+                failures.push(format!(
+                    "{} {}: no projection dequantized",
+                    fam.name,
+                    q.as_str()
+                ));
+            }
+            if err > bound {
+                failures.push(format!(
+                    "{} {}: rel err {err} > {bound}",
+                    fam.name,
+                    q.as_str()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vlm-quant-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -376,4 +418,40 @@ fn dequantized_gemm_agrees_with_the_quantized_matmul() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// On CUDA, candle's quantized kernels pass their check (vlm_models::kernels::
+/// quant_kernels_run) exactly where this build's machine code or PTX can run on the card:
+/// the check decides whether quantized layers dequantize, so it must neither miss a card
+/// the kernels fail on (wrong answers) nor send a card they run on down the slow path.
+#[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "checks candle's CUDA kernels: the GPU check (benches/gpu/run.sh) runs this"
+)]
+fn quantized_kernels_check_matches_what_the_build_runs_on() {
+    let DeviceChoice::Cuda(ordinal) = options(Quantization::None).device else {
+        skip("candle's quantized CUDA kernels need a GPU: set VLM_TEST_DEVICE=cuda");
+        return;
+    };
+    let device = Device::new_cuda(ordinal).unwrap();
+    let card =
+        vlm_contract::device::compute_capability(&device).expect("a CUDA device's capability");
+    let Some(expected) = vlm_models::kernels::this_build_runs_on(card) else {
+        skip("built without CUDA_COMPUTE_CAP: which cards its kernels run on is not recorded");
+        return;
+    };
+    for dtype in [
+        candle_core::DType::F32,
+        common::test_dtype().resolve(&device),
+    ] {
+        let verdict = vlm_models::kernels::quant_kernels_run(&device, dtype).unwrap();
+        eprintln!(
+            "compute capability {card:?}, {dtype:?}: candle's quantized kernels run: {verdict}"
+        );
+        assert_eq!(
+            verdict, expected,
+            "{dtype:?} on compute capability {card:?}"
+        );
+    }
 }

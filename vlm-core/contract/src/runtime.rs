@@ -55,6 +55,12 @@ pub struct RuntimeOptions {
     /// on it asks, every model on that device keeps. Default off (not yet measured);
     /// environment: `VLM_CUDA_POOL_KEEP=1` turns it on.
     pub cuda_pool_keep: bool,
+    /// candle's quantized matmul kernels for Int8/Int4 layers. Off, every quantized
+    /// projection dequantizes its weight and runs a float GEMM, at any number of rows:
+    /// what a card gets whose kernels fail the check at load (a build for another card,
+    /// docs/troubleshooting.md), here to measure that path or to step around those
+    /// kernels. Default on; environment: `VLM_QUANT_KERNELS=0` turns it off.
+    pub quant_kernels: bool,
 }
 
 /// The default of [`RuntimeOptions::gemv_max_rows`].
@@ -73,19 +79,21 @@ impl Default for RuntimeOptions {
             cuda_graphs: true,
             flash_attention: true,
             cuda_pool_keep: false,
+            quant_kernels: true,
         }
     }
 }
 
 impl RuntimeOptions {
     /// The environment variables [`Self::from_env`] reads, in field order.
-    pub const ENV_VARS: [&'static str; 6] = [
+    pub const ENV_VARS: [&'static str; 7] = [
         "VLM_FUSED_KERNELS",
         "VLM_GEMV",
         "VLM_QUANT_GEMM_ROWS",
         "VLM_CUDA_GRAPH",
         "VLM_FLASH_ATTENTION",
         "VLM_CUDA_POOL_KEEP",
+        "VLM_QUANT_KERNELS",
     ];
 
     /// The defaults, changed by whichever `VLM_*` variables the process has set (each
@@ -115,6 +123,7 @@ impl RuntimeOptions {
             cuda_graphs: !is("VLM_CUDA_GRAPH", "0"),
             flash_attention: !is("VLM_FLASH_ATTENTION", "0"),
             cuda_pool_keep: is("VLM_CUDA_POOL_KEEP", "1"),
+            quant_kernels: !is("VLM_QUANT_KERNELS", "0"),
         }
     }
 
@@ -153,6 +162,12 @@ impl RuntimeOptions {
         self.cuda_pool_keep = on;
         self
     }
+
+    /// Sets [`Self::quant_kernels`].
+    pub fn with_quant_kernels(mut self, on: bool) -> Self {
+        self.quant_kernels = on;
+        self
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +188,7 @@ mod tests {
         let want = RuntimeOptions::default();
         assert_eq!(parse(&[]), want);
         assert!(want.fused_kernels && want.cuda_graphs && want.flash_attention);
+        assert!(want.quant_kernels);
         assert!(!want.cuda_pool_keep);
         assert_eq!((want.gemv_max_rows, want.quant_gemm_rows), (1, 64));
     }
@@ -186,6 +202,7 @@ mod tests {
             ),
             ("VLM_CUDA_GRAPH", |o| o.cuda_graphs),
             ("VLM_FLASH_ATTENTION", |o| o.flash_attention),
+            ("VLM_QUANT_KERNELS", |o| o.quant_kernels),
         ] {
             assert!(!get(parse(&[(name, "0")])), "{name}=0");
             assert!(!get(parse(&[(name, " 0\n")])), "{name} trimmed");

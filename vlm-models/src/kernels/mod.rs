@@ -46,6 +46,8 @@ mod cuda;
 mod graph;
 #[cfg(feature = "cuda")]
 mod quant_matvec;
+mod quant_probe;
+pub use quant_probe::{build_runs_on, this_build_runs_on};
 
 /// Head counts and size of a decoder's attention.
 #[derive(Debug, Clone, Copy)]
@@ -289,6 +291,28 @@ pub fn quantized_gemm(
         Some(threshold) if x.device().is_cuda() => dequantized_gemm(x, w, threshold),
         _ => Ok(None),
     }
+}
+
+/// Whether candle's quantized matmul kernels give right answers on `device` for
+/// activations in `dtype` (quant_probe.rs says why they may not): checked once per CUDA
+/// device and dtype, always true elsewhere.
+pub fn quant_kernels_run(device: &Device, dtype: DType) -> Result<bool> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        return quant_probe::kernels_run(cuda, dtype);
+    }
+    let _ = (device, dtype);
+    Ok(true)
+}
+
+/// `x Wᵀ` through `w` dequantized for this call and a float GEMM, at any number of rows:
+/// how a layer computes where [`quant_kernels_run`] is false. `None`: `w`'s block type is
+/// not one the dequantizer takes.
+pub fn dequantized_projection(
+    x: &Tensor,
+    w: &candle_core::quantized::QTensor,
+) -> Result<Option<Tensor>> {
+    dequantized_gemm(x, w, 1)
 }
 
 /// [`quantized_gemm`] on any device, from `threshold` rows.
