@@ -89,15 +89,6 @@ impl Linear {
         })
     }
 
-    /// The same layer computing as on a device whose quantized kernels do not run: the
-    /// weight dequantized for a float GEMM on every call (a float layer is unchanged).
-    pub fn dequantizing(mut self) -> Self {
-        if let Weight::Quant { native, .. } = &mut self.weight {
-            *native = false;
-        }
-        self
-    }
-
     /// The runtime options this layer runs with.
     pub fn runtime(&self) -> &RuntimeOptions {
         &self.runtime

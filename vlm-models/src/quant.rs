@@ -692,8 +692,9 @@ mod tests {
         }
     }
 
-    /// A layer on a card whose quantized kernels fail their check dequantizes on every
-    /// call, at any number of rows, and gives the quantized product's answer.
+    /// A layer with `quant_kernels` off (as on a card whose quantized kernels fail their
+    /// check) dequantizes on every call, at any number of rows, and gives the quantized
+    /// product's answer.
     #[test]
     fn a_dequantizing_layer_agrees_with_the_quantized_product() {
         let dev = Device::Cpu;
@@ -703,12 +704,15 @@ mod tests {
             DType::F32,
             &dev,
         );
+        let off = RuntimeOptions::default().with_quant_kernels(false);
         for kind in [QuantKind::Q8_0, QuantKind::Q4K] {
-            let layer = Quantizer::new(kind, None, RuntimeOptions::default())
-                .linear(512, 64, false, vb.pp("p"))
-                .unwrap();
-            assert!(layer.is_quantized());
-            let fallback = layer.clone().dequantizing();
+            let make = |runtime| {
+                Quantizer::new(kind, None, runtime)
+                    .linear(512, 64, false, vb.pp("p"))
+                    .unwrap()
+            };
+            let (layer, fallback) = (make(RuntimeOptions::default()), make(off));
+            assert!(layer.is_quantized() && fallback.is_quantized());
             for rows in [1, 3, 70] {
                 let x = normal((rows, 512), 1.0, 19 + rows as u64);
                 let before = crate::kernels::quant_gemm_calls();

@@ -26,6 +26,11 @@ use common::{ids, messages, rel_err, skip};
 /// 6.5% (Q4_K) of its range (quant.rs unit tests).
 const INT8_BOUND: f32 = 0.12;
 const INT4_BOUND: f32 = 0.7;
+/// Each quantization with its bound.
+const BOUNDS: [(Quantization, f32); 2] = [
+    (Quantization::Int8, INT8_BOUND),
+    (Quantization::Int4, INT4_BOUND),
+];
 
 fn fixtures() -> PathBuf {
     std::env::var_os("VLM_FIXTURES")
@@ -185,10 +190,7 @@ fn int8_and_int4_stay_within_bounds_on_every_family() {
         .unwrap()
         .info()
         .weight_bytes;
-        for (q, bound) in [
-            (Quantization::Int8, INT8_BOUND),
-            (Quantization::Int4, INT4_BOUND),
-        ] {
+        for (q, bound) in BOUNDS {
             let (err, agree, bytes) = measure(&fam, q);
             report.push_str(&format!(
                 "{:10} {:5} first-step logits rel err {err:.4}, greedy agreement {:.0}%, weights {bytes} B (f32 {float_bytes} B)\n",
@@ -225,10 +227,7 @@ fn every_family_answers_with_candles_quantized_kernels_off() {
     use vlm_models::kernels::quant_gemm_calls;
     let mut failures = vec![];
     for fam in families() {
-        for (q, bound) in [
-            (Quantization::Int8, INT8_BOUND),
-            (Quantization::Int4, INT4_BOUND),
-        ] {
+        for (q, bound) in BOUNDS {
             let off = options(q).runtime.with_quant_kernels(false);
             let before = quant_gemm_calls();
             let (err, agree, _) = measure_with(&fam, &options(q).with_runtime(off));
@@ -363,10 +362,7 @@ fn dequantized_gemm_agrees_with_the_quantized_matmul() {
     use vlm_models::kernels::quant_gemm_calls;
     let mut failures = vec![];
     for fam in families() {
-        for (q, bound) in [
-            (Quantization::Int8, INT8_BOUND),
-            (Quantization::Int4, INT4_BOUND),
-        ] {
+        for (q, bound) in BOUNDS {
             let with_rows = |rows: usize| {
                 let runtime = options(q).runtime.with_quant_gemm_rows(rows);
                 options(q).with_runtime(runtime)

@@ -169,17 +169,16 @@ mod cuda {
         let on = Device::Cuda(device.clone());
         let verdict = super::product_is_right(&on, dtype, super::candle_product)?;
         if !verdict {
-            let card = vlm_contract::device::compute_capability(&on)
-                .map_or("unknown".to_string(), |(major, minor)| {
-                    format!("{major}.{minor}")
-                });
+            let (card, cap) = match vlm_contract::device::compute_capability(&on) {
+                Some((major, minor)) => (format!("{major}.{minor}"), format!("{major}{minor}")),
+                None => ("unknown".to_string(), "unknown".to_string()),
+            };
             let built = option_env!("VLM_BUILT_COMPUTE_CAP").unwrap_or("");
             let built = if built.is_empty() {
                 "another card".to_string()
             } else {
                 format!("CUDA_COMPUTE_CAP={built}")
             };
-            let cap = card.replace('.', "");
             tracing::warn!(
                 target: crate::load_log::TARGET,
                 "candle's Int8/Int4 kernels in this build were compiled for {built} and give \
@@ -215,22 +214,21 @@ mod tests {
 
     #[test]
     fn a_product_that_never_ran_fails_the_probe() {
-        let zeros = |w: &QMatMul, x: &Tensor| {
-            let y = candle_product(w, x)?;
-            y.zeros_like()
-        };
-        assert!(!product_is_right(&Device::Cpu, DType::F32, zeros).unwrap());
-        // Leftovers of an earlier allocation: plausible magnitudes, wrong values.
-        let stale = |w: &QMatMul, x: &Tensor| {
-            let y = candle_product(w, x)?;
-            y.roll(1, 1)
-        };
-        assert!(!product_is_right(&Device::Cpu, DType::F32, stale).unwrap());
-        let nan = |w: &QMatMul, x: &Tensor| {
-            let y = candle_product(w, x)?;
-            y.affine(0.0, f64::NAN)
-        };
-        assert!(!product_is_right(&Device::Cpu, DType::F32, nan).unwrap());
+        // Zeros (a fresh allocation), another column's values (leftovers of an earlier
+        // product: plausible magnitudes, wrong places), NaN.
+        type Wrong = fn(Tensor) -> Result<Tensor>;
+        let wrongs: [(&str, Wrong); 3] = [
+            ("zeros", |y| y.zeros_like()),
+            ("stale", |y| y.roll(1, 1)),
+            ("nan", |y| y.affine(0.0, f64::NAN)),
+        ];
+        for (name, wrong) in wrongs {
+            let product = |w: &QMatMul, x: &Tensor| wrong(candle_product(w, x)?);
+            assert!(
+                !product_is_right(&Device::Cpu, DType::F32, product).unwrap(),
+                "{name}"
+            );
+        }
     }
 
     #[test]
