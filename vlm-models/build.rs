@@ -31,16 +31,17 @@ fn main() {
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
-    if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
-        return;
-    }
     // Named by the warning of a card the quantized kernels do not run on
-    // (src/kernels/quant_probe.rs); empty when the build detected the card itself.
+    // (src/kernels/quant_probe.rs); empty when the build detected the card itself. Recorded
+    // without the cuda feature too, so that a CPU test sees the names match.
     // NVCC_APPEND_FLAGS: nvcc reads it on every call, candle's kernels included; it is how
     // a build adds PTX to them for later cards (docs/troubleshooting.md).
     for var in ["CUDA_COMPUTE_CAP", "NVCC_APPEND_FLAGS"] {
         let value = std::env::var(var).unwrap_or_default();
         println!("cargo:rustc-env=VLM_BUILT_{var}={}", value.trim());
+    }
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return;
     }
     let nvcc = std::env::var_os("NVCC")
         .map(PathBuf::from)

@@ -157,7 +157,16 @@ fn main() -> vlm_core::Result<()> {
             eprintln!("GPU memory in use {stage}: {} MiB", used >> 20);
         }
     };
+    // The pool's high-water mark over each stage: the peak of live tensors, which the
+    // card-wide figures above and run.sh's nvidia-smi sampling cannot separate from the
+    // context, cuBLAS's workspaces and memory the pool keeps.
+    let pool = |stage: &str| {
+        if let Some(high) = ordinal.and_then(vlm_core::device::pool_high_water) {
+            eprintln!("peak of live tensors {stage}: {} MiB", high >> 20);
+        }
+    };
     mib("before loading (CUDA context)");
+    pool("before loading");
     let t = Instant::now();
     let model = vlm_models::load(&source, &load_opts)?;
     let load_s = t.elapsed().as_secs_f64();
@@ -171,6 +180,8 @@ fn main() -> vlm_core::Result<()> {
         info.weight_bytes as f64 / 1e9
     );
 
+    mib("after loading");
+    pool("while loading");
     let photo = synthetic_photo(args.width, args.height);
     if let Some(p) = &args.save_photo {
         photo
@@ -189,6 +200,7 @@ fn main() -> vlm_core::Result<()> {
     let t = Instant::now();
     model.generate(&model.describe_request(&photo, &forced(2))?)?;
     let first_call_s = t.elapsed().as_secs_f64();
+    pool("in the first describe call (2 tokens)");
 
     if args.profile {
         let request = model.describe_request(&photo, &forced(args.profile_tokens))?;
@@ -228,6 +240,10 @@ fn main() -> vlm_core::Result<()> {
         gens.push(g);
     }
     mib("after loading and the batch-1 runs");
+    pool(&format!(
+        "in the batch-1 describe calls ({} tokens)",
+        args.tokens
+    ));
     let per_photo_s = median(walls.clone());
     let pick = |f: &dyn Fn(&Generation) -> f64| median(gens.iter().map(f).collect());
     let preprocess_ms = pick(&|g| g.timings.preprocess.as_secs_f64() * 1e3);
@@ -282,6 +298,7 @@ fn main() -> vlm_core::Result<()> {
         }
     }
 
+    pool("in the batched calls");
     let graphs = vlm_models::kernels::graph_stats();
     eprintln!(
         "decode steps as CUDA graphs: {} captured, {} replayed, {} captures failed",

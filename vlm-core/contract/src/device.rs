@@ -24,6 +24,36 @@ pub fn gpu_memory(ordinal: usize) -> Option<(usize, usize)> {
     }
 }
 
+/// The most bytes CUDA device `ordinal`'s memory pool had handed out at once since the last
+/// call (or since the context was made), and resets that mark so the next call measures
+/// from now. candle allocates every tensor from this pool, so it is the peak of live tensors
+/// alone: not the CUDA context, module code or cuBLAS's workspaces, which `nvidia-smi` adds.
+/// `None` in a build without CUDA or when the pool cannot be read.
+pub fn pool_high_water(ordinal: usize) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::{result, sys, CudaContext};
+        let ctx = CudaContext::new(ordinal).ok()?;
+        ctx.bind_to_thread().ok()?;
+        let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
+        let mut high: u64 = 0;
+        // SAFETY: the pool is the open context's device's; the attribute is a u64, and
+        // setting it to 0 is how the driver resets a high-water mark.
+        unsafe {
+            let pool = result::device::get_mem_pool(ctx.cu_device()).ok()?;
+            result::mem_pool::get_attribute(pool, attr, (&mut high as *mut u64).cast()).ok()?;
+            let mut zero: u64 = 0;
+            result::mem_pool::set_attribute(pool, attr, (&mut zero as *mut u64).cast()).ok()?;
+        }
+        Some(high)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = ordinal;
+        None
+    }
+}
+
 /// Starts (`true`) or stops collection by an attached CUDA profiler (Nsight Compute's
 /// `--profile-from-start off`), so that a profile holds only the region between. Returns
 /// whether the driver took the call: false in a build without CUDA.

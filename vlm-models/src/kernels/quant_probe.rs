@@ -129,12 +129,17 @@ fn card_number((major, minor): (u32, u32)) -> u32 {
     major * 10 + minor
 }
 
+/// `CUDA_COMPUTE_CAP` and `NVCC_APPEND_FLAGS` as this build saw them (build.rs records
+/// both, empty when unset).
+const BUILT_COMPUTE_CAP: Option<&str> = option_env!("VLM_BUILT_CUDA_COMPUTE_CAP");
+const BUILT_NVCC_APPEND_FLAGS: Option<&str> = option_env!("VLM_BUILT_NVCC_APPEND_FLAGS");
+
 /// [`build_runs_on`] for this build (what `CUDA_COMPUTE_CAP` and `NVCC_APPEND_FLAGS` were
-/// when it compiled; build.rs records them).
+/// when it compiled).
 pub fn this_build_runs_on(card: (u32, u32)) -> Option<bool> {
     build_runs_on(
-        option_env!("VLM_BUILT_COMPUTE_CAP").unwrap_or(""),
-        option_env!("VLM_BUILT_NVCC_APPEND_FLAGS").unwrap_or(""),
+        BUILT_COMPUTE_CAP.unwrap_or(""),
+        BUILT_NVCC_APPEND_FLAGS.unwrap_or(""),
         card,
     )
 }
@@ -173,7 +178,7 @@ mod cuda {
                 Some((major, minor)) => (format!("{major}.{minor}"), format!("{major}{minor}")),
                 None => ("unknown".to_string(), "unknown".to_string()),
             };
-            let built = option_env!("VLM_BUILT_COMPUTE_CAP").unwrap_or("");
+            let built = super::BUILT_COMPUTE_CAP.unwrap_or("");
             let built = if built.is_empty() {
                 "another card".to_string()
             } else {
@@ -201,6 +206,20 @@ mod cuda {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_rs_records_what_the_build_was_made_for() {
+        // Read under another name than build.rs wrote, the check of which cards the
+        // build runs on was silently skipped (the GPU check of 2026-12-06).
+        assert!(
+            BUILT_COMPUTE_CAP.is_some(),
+            "VLM_BUILT_CUDA_COMPUTE_CAP unset"
+        );
+        assert!(
+            BUILT_NVCC_APPEND_FLAGS.is_some(),
+            "VLM_BUILT_NVCC_APPEND_FLAGS unset"
+        );
+    }
 
     #[test]
     fn candles_host_product_passes_the_probe_in_every_dtype() {
