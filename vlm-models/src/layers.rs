@@ -117,6 +117,12 @@ impl Linear {
         matches!(self.weight, Weight::Quant { .. })
     }
 
+    /// Whether a quantized weight is dequantized for every product, at any row count:
+    /// candle's quantized kernels are switched off or do not run on this card.
+    pub fn dequantizes(&self) -> bool {
+        matches!(self.weight, Weight::Quant { native: false, .. })
+    }
+
     /// The layer's compute dtype.
     pub fn weight_dtype(&self) -> DType {
         match &self.weight {

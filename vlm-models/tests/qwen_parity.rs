@@ -8,7 +8,9 @@
 
 use serde_json::Value;
 use vlm_contract::files::ModelDir;
-use vlm_contract::{DeviceChoice, Family, GenerationOptions, Image, Prompt, Request};
+use vlm_contract::{
+    DeviceChoice, Family, GenerationOptions, Image, LoadOptions, Prompt, Quantization, Request,
+};
 use vlm_models::qwen_vl::QwenVl;
 
 mod common;
@@ -225,6 +227,51 @@ fn ask_in_chinese_uses_the_chat_template() {
             .ask(&image, "照片中主菜是什么?", &GenerationOptions::greedy(12))
             .unwrap();
         assert_eq!(got, want, "{v}: ask text");
+    }
+}
+
+/// Threads share one loaded model (docs/rust.md): every call keeps its own state, so calls
+/// made at once give what one call alone gives. On CUDA the threads issue on their own
+/// streams, share the model's cuBLAS handle and capture their own decode graphs; at Int4
+/// they also take candle's quantized kernels or, with `VLM_QUANT_KERNELS=0`, the fallback.
+#[test]
+fn threads_sharing_one_model_get_what_one_call_gets() {
+    if skip_unless_f32() {
+        return;
+    }
+    let fx = fixture("qwen2_5_vl");
+    let case = &fx.cases[0];
+    let req = request(&fx, case, GenerationOptions::greedy(12));
+    for quantization in [Quantization::None, Quantization::Int4] {
+        let options = LoadOptions {
+            quantization,
+            ..cpu_f32()
+        };
+        let model = vlm_models::load(&fx.model_path(), &options).unwrap();
+        let alone = model.generate(&req).unwrap().token_ids;
+        if quantization == Quantization::None {
+            assert_eq!(alone, ids(&case["greedy_tokens"]), "one call");
+        }
+        std::thread::scope(|s| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..3)
+                            .map(|_| model.generate(&req).map(|g| g.token_ids))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for (t, thread) in threads.into_iter().enumerate() {
+                for (i, got) in thread.join().unwrap().into_iter().enumerate() {
+                    assert_eq!(
+                        got.unwrap(),
+                        alone,
+                        "{quantization:?}: thread {t}, call {i}"
+                    );
+                }
+            }
+        });
     }
 }
 

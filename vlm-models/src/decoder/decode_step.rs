@@ -45,9 +45,17 @@ impl Decoder {
         let (dtype, device) = (self.dtype, &self.device);
         // Quantized projections of more than 8 rows go through candle's matmul, whose
         // scratch a graph must not hold (kernels::note_shared_quant_scratch).
-        let quantized = self.layers.first().is_some_and(|l| l.is_quantized());
+        let first = self.layers.first();
+        let quantized = first.is_some_and(|l| l.is_quantized());
+        // Projections that dequantize their weights on every step (candle's kernels off
+        // or not running on this card) are not captured either: each graph would keep a
+        // dequantized copy of the largest weight (2B int4 on an H200: 4.8 GB held after
+        // the runs instead of 2.1) and hold cuBLAS calls, whose capture failed beside other
+        // threads' work (run 36).
+        let dequantizes = first.is_some_and(|l| l.dequantizes());
         if self.fused_decode
             && kernels::graphs_enabled(&self.runtime, device)
+            && !dequantizes
             && !(quantized && tokens.len() > kernels::QUANT_MATVEC_ROWS)
         {
             let logits = self.graph_decode_step(tokens, state)?;

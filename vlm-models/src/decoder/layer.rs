@@ -58,4 +58,9 @@ impl DecoderLayer {
     pub(super) fn is_quantized(&self) -> bool {
         self.mlp.is_quantized()
     }
+
+    /// Whether the layer's quantized projections dequantize their weights every time.
+    pub(super) fn dequantizes(&self) -> bool {
+        self.mlp.dequantizes()
+    }
 }

@@ -42,6 +42,12 @@ impl Mlp {
     pub(super) fn is_quantized(&self) -> bool {
         self.down_proj.is_quantized()
     }
+
+    /// Whether the quantized projections dequantize their weights for every product
+    /// (layers::Linear::dequantizes; all or none, as for the quantization).
+    pub(super) fn dequantizes(&self) -> bool {
+        self.down_proj.dequantizes()
+    }
 }
 
 impl Module for Mlp {
