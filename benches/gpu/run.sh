@@ -54,14 +54,15 @@ peak_mem() {
 }
 
 # A kernel fault can leave a test binary hung after its panic (run 19 lost a whole call so):
-# every pass has a time limit.
+# every pass has a time limit. CHECK_THREADS=4: the tests on four threads at once, models
+# loaded and run side by side as in a server (run 36's 7.5 build crashed so).
 CHECK_TIMEOUT=${CHECK_TIMEOUT:-180}
 check_pass() {  # dtype log [VAR=value]
   local dt=$1 log=$2; shift 2
   for t in $CHECKS; do
     echo "== GPU check, $t, cuda $dt $*" | tee -a "$log"
     ( [ $# -gt 0 ] && export "$@"; VLM_TEST_DEVICE=cuda VLM_TEST_DTYPE=$dt VLM_FIXTURES=$PWD/vlm-models/tests/fixtures \
-      timeout -k 5 "$CHECK_TIMEOUT" "/tmp/$t" --test-threads 1 ) >> "$log" 2>&1 || { status=1; echo "FAILED or timed out ($t, $dt $*)" | tee -a "$log"; }
+      timeout -k 5 "$CHECK_TIMEOUT" "/tmp/$t" --test-threads "${CHECK_THREADS:-1}" ) >> "$log" 2>&1 || { status=1; echo "FAILED or timed out ($t, $dt $*)" | tee -a "$log"; }
   done
   grep -E "== GPU|test result|mismatch|rel err|panicked|FAILED" "$log" | head -40
 }
