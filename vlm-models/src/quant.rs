@@ -713,6 +713,8 @@ mod tests {
             };
             let (layer, fallback) = (make(RuntimeOptions::default()), make(off));
             assert!(layer.is_quantized() && fallback.is_quantized());
+            // What keeps the fallback's decode steps out of CUDA graphs (decode_step.rs).
+            assert!(fallback.dequantizes() && !layer.dequantizes(), "{kind:?}");
             for rows in [1, 3, 70] {
                 let x = normal((rows, 512), 1.0, 19 + rows as u64);
                 let before = crate::kernels::quant_gemm_calls();
