@@ -152,21 +152,29 @@ fn main() -> vlm_core::Result<()> {
         DeviceChoice::Cuda(n) => Some(n),
         _ => None,
     };
-    let mib = |stage: &str| {
-        if let Some((used, _)) = ordinal.and_then(vlm_core::device::gpu_memory) {
-            eprintln!("GPU memory in use {stage}: {} MiB", used >> 20);
-        }
+    // Per stage: the card's count now, and the pool's peaks over the stage (each read
+    // resets them). The pool's live-tensor peak is what the tensors cost; the card's count
+    // beyond the context, the pool's mapping and the graphs' is module code, cuBLAS's
+    // workspaces and the kernels' stack, which run.sh's nvidia-smi peak includes.
+    let memory = |stage: &str| {
+        let Some(m) = ordinal.and_then(vlm_core::device::gpu_memory_breakdown) else {
+            return;
+        };
+        let mib = |b: u64| b >> 20;
+        eprintln!("GPU memory in use {stage}: {} MiB", mib(m.card_used));
+        eprintln!(
+            "  pool now {} MiB mapped, {} MiB live; peaks {stage}: {} MiB mapped, {} MiB live; CUDA graphs {} MiB (peak {} MiB); not pooled: {} MiB; stack {} B per GPU thread",
+            mib(m.pool_reserved),
+            mib(m.pool_used),
+            mib(m.pool_reserved_high),
+            mib(m.pool_used_high),
+            mib(m.graph_reserved),
+            mib(m.graph_reserved_high),
+            mib(m.card_used.saturating_sub(m.pool_reserved + m.graph_reserved)),
+            m.stack_per_thread
+        );
     };
-    // The pool's high-water mark over each stage: the peak of live tensors, which the
-    // card-wide figures above and run.sh's nvidia-smi sampling cannot separate from the
-    // context, cuBLAS's workspaces and memory the pool keeps.
-    let pool = |stage: &str| {
-        if let Some(high) = ordinal.and_then(vlm_core::device::pool_high_water) {
-            eprintln!("peak of live tensors {stage}: {} MiB", high >> 20);
-        }
-    };
-    mib("before loading (CUDA context)");
-    pool("before loading");
+    memory("before loading (CUDA context)");
     let t = Instant::now();
     let model = vlm_models::load(&source, &load_opts)?;
     let load_s = t.elapsed().as_secs_f64();
@@ -180,8 +188,7 @@ fn main() -> vlm_core::Result<()> {
         info.weight_bytes as f64 / 1e9
     );
 
-    mib("after loading");
-    pool("while loading");
+    memory("after loading");
     let photo = synthetic_photo(args.width, args.height);
     if let Some(p) = &args.save_photo {
         photo
@@ -200,7 +207,7 @@ fn main() -> vlm_core::Result<()> {
     let t = Instant::now();
     model.generate(&model.describe_request(&photo, &forced(2))?)?;
     let first_call_s = t.elapsed().as_secs_f64();
-    pool("in the first describe call (2 tokens)");
+    memory("after the first describe call (2 tokens)");
 
     if args.profile {
         let request = model.describe_request(&photo, &forced(args.profile_tokens))?;
@@ -239,9 +246,8 @@ fn main() -> vlm_core::Result<()> {
         assert_eq!(g.token_ids.len(), args.tokens, "forced length not honoured");
         gens.push(g);
     }
-    mib("after loading and the batch-1 runs");
-    pool(&format!(
-        "in the batch-1 describe calls ({} tokens)",
+    memory(&format!(
+        "after the batch-1 describe calls ({} tokens)",
         args.tokens
     ));
     let per_photo_s = median(walls.clone());
@@ -298,7 +304,7 @@ fn main() -> vlm_core::Result<()> {
         }
     }
 
-    pool("in the batched calls");
+    memory("after the batched calls");
     let graphs = vlm_models::kernels::graph_stats();
     eprintln!(
         "decode steps as CUDA graphs: {} captured, {} replayed, {} captures failed",

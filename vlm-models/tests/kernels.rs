@@ -851,3 +851,49 @@ fn gated_silu_matches_the_reference() {
         }
     }
 }
+
+/// A quantized weight dequantized on the GPU a slice of rows at a time (candle's kernels
+/// launched at an offset into its blocks) gives the product the CPU gives from the whole
+/// weight: every block type our quantization writes, each activation dtype, slices that
+/// leave a short last one.
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn dequantized_slices_match_the_whole_weight_on_the_cpu() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use kernels::dequant_slices::{dequantize_rows, dequantized_matmul};
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    let (n, k, rows) = (300, 768, 7);
+    let w = Tensor::from_vec(values(n * k, 31), (n, k), &Device::Cpu).unwrap();
+    let x = Tensor::from_vec(values(rows * k, 32), (rows, k), &Device::Cpu).unwrap();
+    for block in [
+        GgmlDType::Q8_0,
+        GgmlDType::Q4_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+    ] {
+        let cpu = QTensor::quantize(&w, block).unwrap();
+        let gpu = QTensor::quantize_onto(&w, block, &dev).unwrap();
+        let want_w = f32s(&cpu.dequantize(&Device::Cpu).unwrap());
+        // A middle slice of rows, in each dtype the dequantizer writes.
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let got = f32s(&dequantize_rows(&gpu, 37, 101, dtype, &dev).unwrap());
+            let want = &want_w[37 * k..138 * k];
+            let e = max_rel_err(&got, want);
+            let tol = if dtype == DType::F32 { 1e-6 } else { 1e-2 };
+            assert!(e < tol, "{block:?} rows 37..138 in {dtype:?}: {e}");
+        }
+        let want = f32s(
+            &x.matmul(&cpu.dequantize(&Device::Cpu).unwrap().t().unwrap())
+                .unwrap(),
+        );
+        for (dtype, tol) in [(DType::F32, 1e-5), (DType::BF16, 2e-2), (DType::F16, 5e-3)] {
+            let xg = x.to_device(&dev).unwrap().to_dtype(dtype).unwrap();
+            for slice in [usize::MAX, 64 * k, 7 * k] {
+                let got = f32s(&dequantized_matmul(&xg, &gpu, slice).unwrap());
+                let e = max_rel_err(&got, &want);
+                println!("dequantized slices {block:?} {dtype:?} slice {slice}: {e:.2e}");
+                assert!(e < tol, "{block:?} {dtype:?} slices of {slice} values: {e}");
+            }
+        }
+    }
+}

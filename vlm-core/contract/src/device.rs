@@ -28,24 +28,100 @@ pub fn gpu_memory(ordinal: usize) -> Option<(usize, usize)> {
 /// call (or since the context was made), and resets that mark so the next call measures
 /// from now. candle allocates every tensor from this pool, so it is the peak of live tensors
 /// alone: not the CUDA context, module code or cuBLAS's workspaces, which `nvidia-smi` adds.
-/// `None` in a build without CUDA or when the pool cannot be read.
+/// `None` in a build without CUDA or when the pool cannot be read. Resets every mark
+/// [`gpu_memory_breakdown`] reads.
 pub fn pool_high_water(ordinal: usize) -> Option<u64> {
+    gpu_memory_breakdown(ordinal).map(|m| m.pool_used_high)
+}
+
+/// Where a process's GPU memory is, in bytes, for finding what a model costs beyond its
+/// tensors. "Now" is the moment of the call, "peak" the most since the previous call (or
+/// since the context was made): each call resets the peaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuMemoryBreakdown {
+    /// The driver's count for the whole card now: every process, contexts included.
+    pub card_used: u64,
+    /// Mapped by the device's memory pool now, which candle allocates every tensor from.
+    pub pool_reserved: u64,
+    /// The pool's peak mapping: live tensors plus what freed ones left mapped.
+    pub pool_reserved_high: u64,
+    /// Held by live tensors now.
+    pub pool_used: u64,
+    /// The peak of live tensors.
+    pub pool_used_high: u64,
+    /// Mapped for CUDA graphs' own allocations now (the decode steps' temporaries).
+    pub graph_reserved: u64,
+    /// The graphs' peak mapping.
+    pub graph_reserved_high: u64,
+    /// Stack bytes per GPU thread the context reserves for kernels (`CU_LIMIT_STACK_SIZE`),
+    /// reserved for every thread the card can run at once.
+    pub stack_per_thread: u64,
+}
+
+/// [`GpuMemoryBreakdown`] of CUDA device `ordinal` now, with its peaks since the previous
+/// call, which this call resets. `None` in a build without CUDA or when the device cannot
+/// be opened.
+pub fn gpu_memory_breakdown(ordinal: usize) -> Option<GpuMemoryBreakdown> {
     #[cfg(feature = "cuda")]
     {
         use candle_core::cuda_backend::cudarc::driver::{result, sys, CudaContext};
+        use sys::CUgraphMem_attribute as G;
+        use sys::CUmemPool_attribute as P;
         let ctx = CudaContext::new(ordinal).ok()?;
         ctx.bind_to_thread().ok()?;
-        let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
-        let mut high: u64 = 0;
-        // SAFETY: the pool is the open context's device's; the attribute is a u64, and
-        // setting it to 0 is how the driver resets a high-water mark.
+        let (free, total) = result::mem_get_info().ok()?;
+        let mut m = GpuMemoryBreakdown {
+            card_used: (total - free) as u64,
+            ..Default::default()
+        };
+        // SAFETY: the pool and device are the open context's; every attribute read here is
+        // a u64 (the stack limit a usize), and setting a high mark to 0 is how the driver
+        // resets it.
         unsafe {
             let pool = result::device::get_mem_pool(ctx.cu_device()).ok()?;
-            result::mem_pool::get_attribute(pool, attr, (&mut high as *mut u64).cast()).ok()?;
-            let mut zero: u64 = 0;
-            result::mem_pool::set_attribute(pool, attr, (&mut zero as *mut u64).cast()).ok()?;
+            let read = |attr: P| {
+                let mut v: u64 = 0;
+                result::mem_pool::get_attribute(pool, attr, (&mut v as *mut u64).cast()).ok()?;
+                Some(v)
+            };
+            m.pool_reserved = read(P::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?;
+            m.pool_reserved_high = read(P::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?;
+            m.pool_used = read(P::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
+            m.pool_used_high = read(P::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?;
+            for attr in [
+                P::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
+                P::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+            ] {
+                let mut zero: u64 = 0;
+                let _ = result::mem_pool::set_attribute(pool, attr, (&mut zero as *mut u64).cast());
+            }
+            let dev = ctx.cu_device();
+            let graph = |attr: G| {
+                let mut v: u64 = 0;
+                sys::cuDeviceGetGraphMemAttribute(dev, attr, (&mut v as *mut u64).cast())
+                    .result()
+                    .ok()
+                    .map(|_| v)
+            };
+            m.graph_reserved = graph(G::CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT).unwrap_or(0);
+            m.graph_reserved_high = graph(G::CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH).unwrap_or(0);
+            for attr in [
+                G::CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH,
+                G::CU_GRAPH_MEM_ATTR_USED_MEM_HIGH,
+            ] {
+                let mut zero: u64 = 0;
+                let _ =
+                    sys::cuDeviceSetGraphMemAttribute(dev, attr, (&mut zero as *mut u64).cast());
+            }
+            let mut stack: usize = 0;
+            if sys::cuCtxGetLimit(&mut stack, sys::CUlimit::CU_LIMIT_STACK_SIZE)
+                .result()
+                .is_ok()
+            {
+                m.stack_per_thread = stack as u64;
+            }
         }
-        Some(high)
+        Some(m)
     }
     #[cfg(not(feature = "cuda"))]
     {

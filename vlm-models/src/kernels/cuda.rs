@@ -170,7 +170,12 @@ pub(super) fn empty(like: &Tensor, shape: Shape) -> Result<Tensor> {
 
 /// [`empty`] in `dtype`.
 fn empty_as(like: &Tensor, dtype: DType, shape: Shape) -> Result<Tensor> {
-    let candle_core::Device::Cuda(dev) = like.device() else {
+    empty_on(like.device(), dtype, shape)
+}
+
+/// An uninitialised tensor for a kernel to fill, on `device`.
+pub(super) fn empty_on(device: &candle_core::Device, dtype: DType, shape: Shape) -> Result<Tensor> {
+    let candle_core::Device::Cuda(dev) = device else {
         bail!("the fused kernels run on CUDA tensors only");
     };
     let n = shape.elem_count();

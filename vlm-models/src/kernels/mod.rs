@@ -42,6 +42,7 @@ use vlm_contract::RuntimeOptions;
 
 #[cfg(feature = "cuda")]
 mod cuda;
+pub mod dequant_slices;
 #[cfg(feature = "cuda")]
 mod graph;
 #[cfg(feature = "cuda")]
@@ -275,11 +276,12 @@ pub fn quant_gemm_calls() -> usize {
 }
 
 /// `x Wᵀ` for a quantized `w` and `x [.., k]` of many rows on CUDA, through the weight
-/// dequantized for this call (f16, then the activations' dtype) and cuBLAS's GEMM:
+/// dequantized for this call (f16, then the activations' dtype) and cuBLAS's GEMM, a slice
+/// of rows at a time ([`dequant_slices`]):
 /// candle's quantized matmul for many rows quantizes the activations and runs MMQ
 /// kernels, 3.6× slower than bf16 for Qwen2.5-VL-7B's prefill at int4 (111 vs 31 ms, run
-/// 23), while dequantizing the weights costs one pass over them. The dequantized weight
-/// lives only during the call (~0.3 GB at most for a 7B model's fused gate/up). `None`:
+/// 23), while dequantizing the weights costs one pass over them. A dequantized slice
+/// lives only during its product (~32 MB at most). `None`:
 /// fewer rows than [`quant_gemm_threshold`] (or none), not CUDA, or a block type candle
 /// cannot dequantize there.
 pub fn quantized_gemm(
@@ -321,39 +323,20 @@ fn dequantized_gemm(
     w: &candle_core::quantized::QTensor,
     threshold: usize,
 ) -> Result<Option<Tensor>> {
-    use candle_core::quantized::GgmlDType as G;
     let dims = x.dims();
     let Some(&k) = dims.last() else {
         return Ok(None);
     };
     let rows = x.elem_count() / k.max(1);
-    let blocks = matches!(
-        w.dtype(),
-        G::Q4_0
-            | G::Q4_1
-            | G::Q5_0
-            | G::Q5_1
-            | G::Q8_0
-            | G::Q2K
-            | G::Q3K
-            | G::Q4K
-            | G::Q5K
-            | G::Q6K
-            | G::Q8K
-    );
-    if rows < threshold || !blocks {
+    if rows < threshold || !dequant_slices::dequantizes(w.dtype()) {
         return Ok(None);
     }
-    let (n, wk) = w.shape().dims2()?;
-    if wk != k {
-        candle_core::bail!(
-            "quantized_gemm: weight {:?} against input {:?}",
-            w.shape(),
-            x.shape()
-        );
-    }
-    let weight = w.dequantize_f16(x.device())?.to_dtype(x.dtype())?;
-    let y = x.reshape((rows, k))?.matmul(&weight.t()?)?;
+    let (n, _) = w.shape().dims2()?;
+    let y = dequant_slices::dequantized_matmul(
+        &x.reshape((rows, k))?,
+        w,
+        dequant_slices::SLICE_VALUES,
+    )?;
     QUANT_GEMM_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let out: Vec<usize> = dims[..dims.len() - 1].iter().copied().chain([n]).collect();
     y.reshape(out).map(Some)

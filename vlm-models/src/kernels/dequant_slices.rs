@@ -1,0 +1,325 @@
+//! `x Wᵀ` for a quantized `W` through float GEMMs over slices of its rows, each slice
+//! dequantized just before its product.
+//!
+//! Dequantizing a whole weight held it twice beside the model for the call (candle's f16,
+//! then the activations' dtype): for Qwen3-VL-2B at int4 the fused gate/up's 100 MB was 40%
+//! of what a 1024×768 photo added to the weights, 543 MB for Qwen2.5-VL-7B, and 1.2 GB for
+//! the 2B's LM head where the quantized kernels do not run (run 36, docs/benchmarks.md).
+//! Slices of at most [`SLICE_VALUES`] values cap that at ~32 MB for any model, and each
+//! slice's GEMM is still thousands of columns wide.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Result, Tensor};
+
+/// Most weight values [`dequantized_matmul`] dequantizes at once by default: 16 MB in f16,
+/// plus as much again for its bf16 copy.
+pub const SLICE_VALUES: usize = 8 << 20;
+
+/// Whether [`dequantized_matmul`] takes weights of this block type: those with a CUDA
+/// dequantize kernel in candle (and so a CPU one).
+pub fn dequantizes(dtype: GgmlDType) -> bool {
+    use GgmlDType as G;
+    matches!(
+        dtype,
+        G::Q4_0
+            | G::Q4_1
+            | G::Q5_0
+            | G::Q5_1
+            | G::Q8_0
+            | G::Q2K
+            | G::Q3K
+            | G::Q4K
+            | G::Q5K
+            | G::Q6K
+            | G::Q8K
+    )
+}
+
+/// Rows of an `[n, k]` weight per slice: the most that hold at most `slice_values` values
+/// (at least one), evened out over the slices it takes.
+pub fn rows_per_slice(n: usize, k: usize, slice_values: usize) -> usize {
+    let most = (slice_values / k.max(1)).clamp(1, n.max(1));
+    let slices = n.div_ceil(most);
+    n.div_ceil(slices.max(1))
+}
+
+/// `x Wᵀ` for `x [rows, k]` and a quantized `w [n, k]`, in `x`'s dtype: `w`'s rows
+/// dequantized `rows_per_slice(n, k, slice_values)` at a time. On CUDA and the CPU; other
+/// devices dequantize the whole weight.
+pub fn dequantized_matmul(x: &Tensor, w: &QTensor, slice_values: usize) -> Result<Tensor> {
+    let (n, k) = w.shape().dims2()?;
+    let (rows, xk) = x.dims2()?;
+    if xk != k {
+        candle_core::bail!(
+            "dequantized matmul: weight {:?} against input {:?}",
+            w.shape(),
+            x.shape()
+        );
+    }
+    let step = rows_per_slice(n, k, slice_values);
+    let sliceable = matches!(x.device(), Device::Cpu | Device::Cuda(_));
+    if step >= n || !sliceable {
+        let weight = dequantize_rows(w, 0, n, x.dtype(), x.device())?;
+        return x.matmul(&weight.t()?);
+    }
+    let out = Tensor::zeros((rows, n), x.dtype(), x.device())?;
+    for first in (0..n).step_by(step) {
+        let count = step.min(n - first);
+        let part = dequantize_rows(w, first, count, x.dtype(), x.device())?;
+        out.slice_set(&x.matmul(&part.t()?)?, 1, first)?;
+    }
+    Ok(out)
+}
+
+/// Rows `first..first + count` of `w [n, k]`, dequantized into `dtype` on `device`.
+pub fn dequantize_rows(
+    w: &QTensor,
+    first: usize,
+    count: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let (n, k) = w.shape().dims2()?;
+    if first + count > n || count == 0 {
+        candle_core::bail!("rows {first}..{} of a weight of {n}", first + count);
+    }
+    if first == 0 && count == n {
+        // candle's own path, and the only one on devices other than CUDA and the CPU.
+        return match dtype {
+            DType::F32 => w.dequantize(device),
+            _ => w.dequantize_f16(device)?.to_dtype(dtype),
+        };
+    }
+    let block = w.dtype().block_size();
+    if !k.is_multiple_of(block) {
+        candle_core::bail!("a row of {k} values is not whole {block}-value blocks");
+    }
+    let row_bytes = k / block * w.dtype().type_size();
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => cuda::dequantize_rows(w, first * row_bytes, count * k, dtype, device),
+        Device::Cpu => {
+            let data = w.data()?;
+            let part = &data[first * row_bytes..(first + count) * row_bytes];
+            let storage = candle_core::quantized::QStorage::from_data(
+                std::borrow::Cow::Borrowed(part),
+                device,
+                w.dtype(),
+            )?;
+            let part = QTensor::new(storage, (count, k))?;
+            match dtype {
+                DType::F32 => part.dequantize(device),
+                _ => part.dequantize_f16(device)?.to_dtype(dtype),
+            }
+        }
+        _ => candle_core::bail!("slices of a quantized weight on {device:?}"),
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{kernels, WrapErr};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{bail, DType, Device, Result, Tensor};
+
+    /// `values` values from `offset` bytes into `w`'s blocks (a whole number of rows)
+    /// through candle's dequantize kernels, in `dtype`: its f32 kernel for f32, its f16
+    /// kernel otherwise (what `QTensor::dequantize_f16` runs).
+    pub(super) fn dequantize_rows(
+        w: &QTensor,
+        offset: usize,
+        values: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let half = dtype != DType::F32;
+        let Some((name, threads, blocks, count_arg)) = launch_shape(w.dtype(), values, half) else {
+            bail!("no CUDA dequantize kernel for {:?}", w.dtype());
+        };
+        // Every value is written by the kernel.
+        let out = crate::kernels::cuda::empty_on(
+            device,
+            if half { DType::F16 } else { DType::F32 },
+            values.into(),
+        )?;
+        crate::kernels::cuda::with_addresses(&[Some(&out)], |dev, p| {
+            let stream = dev.cuda_stream();
+            let (src, _src_sync) = w.device_ptr_with_guard(&stream)?;
+            let src = src as u64 + offset as u64;
+            let func = dev.get_or_load_func(name, &kernels::QUANTIZED)?;
+            let mut a = func.builder();
+            a.arg(&src).arg(&p[0]);
+            let count_arg = count_arg.map(|c| c as i32);
+            if let Some(c) = &count_arg {
+                a.arg(c);
+            }
+            let cfg = LaunchConfig {
+                grid_dim: (blocks as u32, 1, 1),
+                block_dim: (threads as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: the kernel reads whole blocks of `values` values from `src`, inside
+            // `w`'s buffer (the caller checked the rows), and writes `values` values to
+            // `dst`, which holds that many; the grid is candle's own for this kernel.
+            unsafe { a.launch(cfg) }.w()?;
+            Ok(())
+        })?;
+        if half && dtype != DType::F16 {
+            out.to_dtype(dtype)
+        } else {
+            Ok(out)
+        }
+    }
+
+    /// candle's dequantize kernel for `dtype` into f16 (`half`) or f32 and its launch for
+    /// `values` values: name, threads per block, blocks, and the count argument the
+    /// non-K kernels take (as `QCudaStorage::dequantize_f16` launches them).
+    fn launch_shape(
+        dtype: GgmlDType,
+        values: usize,
+        half: bool,
+    ) -> Option<(&'static str, usize, usize, Option<usize>)> {
+        use GgmlDType as G;
+        let blocks = values.div_ceil(256);
+        // candle's CUDA_DEQUANTIZE_BLOCK_SIZE for Q5_0/Q5_1.
+        let q5 = (256, values.div_ceil(2 * 256), Some(values));
+        let (f16_name, f32_name, (threads, blocks, count)) = match dtype {
+            G::Q4_0 => (
+                "dequantize_block_q4_0_f16",
+                "dequantize_block_q4_0_f32",
+                (32, blocks, Some(values / 32)),
+            ),
+            G::Q4_1 => (
+                "dequantize_block_q4_1_f16",
+                "dequantize_block_q4_1_f32",
+                (32, blocks, Some(values / 32)),
+            ),
+            G::Q5_0 => ("dequantize_block_q5_0_f16", "dequantize_block_q5_0_f32", q5),
+            G::Q5_1 => ("dequantize_block_q5_1_f16", "dequantize_block_q5_1_f32", q5),
+            G::Q8_0 => (
+                "dequantize_block_q8_0_f16",
+                "dequantize_block_q8_0_f32",
+                (32, blocks, Some(values / 32)),
+            ),
+            G::Q2K => (
+                "dequantize_block_q2_K_f16",
+                "dequantize_block_q2_K_f32",
+                (64, blocks, None),
+            ),
+            G::Q3K => (
+                "dequantize_block_q3_K_f16",
+                "dequantize_block_q3_K_f32",
+                (64, blocks, None),
+            ),
+            G::Q4K => (
+                "dequantize_block_q4_K_f16",
+                "dequantize_block_q4_K_f32",
+                (32, blocks, None),
+            ),
+            G::Q5K => (
+                "dequantize_block_q5_K_f16",
+                "dequantize_block_q5_K_f32",
+                (64, blocks, None),
+            ),
+            G::Q6K => (
+                "dequantize_block_q6_K_f16",
+                "dequantize_block_q6_K_f32",
+                (64, blocks, None),
+            ),
+            G::Q8K => (
+                "dequantize_block_q8_K_f16",
+                "dequantize_block_q8_K_f32",
+                (32, blocks, None),
+            ),
+            _ => return None,
+        };
+        Some((
+            if half { f16_name } else { f32_name },
+            threads,
+            blocks,
+            count,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QMatMul;
+    use candle_core::Module;
+
+    #[test]
+    fn slices_cover_the_rows_evenly_within_the_budget() {
+        assert_eq!(rows_per_slice(12288, 2048, 8 << 20), 4096);
+        assert_eq!(rows_per_slice(2048, 6144, 8 << 20), 1024);
+        assert_eq!(rows_per_slice(100, 10, 1 << 20), 100);
+        assert_eq!(rows_per_slice(10, 100, 1), 1);
+        for (n, k, budget) in [
+            (151_936, 2048, 8 << 20),
+            (37_888, 3584, 8 << 20),
+            (97, 32, 640),
+        ] {
+            let step = rows_per_slice(n, k, budget);
+            assert!(step * k <= budget, "{n} {k}: {step} rows");
+            // As few slices as the budget allows.
+            assert_eq!(
+                n.div_ceil(step),
+                n.div_ceil(budget / k),
+                "{n} {k}: {step} rows"
+            );
+        }
+    }
+
+    /// Slices give what the whole weight gives, in each block type our policies write and
+    /// at a slice size that leaves a short last slice.
+    #[test]
+    fn a_sliced_product_equals_the_whole_one() {
+        let dev = Device::Cpu;
+        let (n, k, rows) = (97, 512, 5);
+        let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (rows, k), &dev).unwrap();
+        for dtype in [
+            GgmlDType::Q8_0,
+            GgmlDType::Q4_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+        ] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let whole = dequantized_matmul(&x, &q, usize::MAX).unwrap();
+            let sliced = dequantized_matmul(&x, &q, 20 * k).unwrap();
+            assert_eq!(sliced.dims(), &[rows, n]);
+            let diff = (&sliced - &whole)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-4, "{dtype:?}: {diff}");
+            // And both what the dequantized weight gives through candle's matmul.
+            let dq = q.dequantize(&dev).unwrap();
+            let want = QMatMul::Tensor(dq).forward(&x).unwrap();
+            let diff = (&whole - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-4, "{dtype:?} whole: {diff}");
+        }
+    }
+
+    #[test]
+    fn rows_out_of_range_are_an_error() {
+        let w = Tensor::zeros((4, 32), DType::F32, &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        assert!(dequantize_rows(&q, 3, 2, DType::F32, &Device::Cpu).is_err());
+        assert!(dequantize_rows(&q, 1, 0, DType::F32, &Device::Cpu).is_err());
+        let rows = dequantize_rows(&q, 1, 3, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(rows.dims(), &[3, 32]);
+    }
+}
