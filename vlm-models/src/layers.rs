@@ -172,7 +172,7 @@ impl Linear {
                 let x = x.contiguous()?;
                 let fast = match matmul {
                     QMatMul::QTensor(w) if !native => {
-                        crate::kernels::dequantized_projection(&x, w)?
+                        crate::kernels::dequantized_projection(runtime, &x, w)?
                     }
                     QMatMul::QTensor(w) => match crate::kernels::quant_matvec(runtime, &x, w)? {
                         Some(y) => Some(y),

@@ -61,6 +61,14 @@ pub struct RuntimeOptions {
     /// docs/troubleshooting.md), here to measure that path or to step around those
     /// kernels. Default on; environment: `VLM_QUANT_KERNELS=0` turns it off.
     pub quant_kernels: bool,
+    /// Most weight values a quantized projection dequantizes at once for its float GEMM
+    /// (prefills, batches, and every projection where candle's quantized kernels do not
+    /// run): the weight's rows are dequantized a slice at a time, each just before its
+    /// product, so the call holds ~4 bytes per value of one slice (f16, then the
+    /// activations' dtype) instead of the whole weight. 0: the whole weight at once.
+    /// Default 8M values (~32 MB). Environment: `VLM_DEQUANT_SLICE=N` (a non-negative
+    /// integer; anything else gives the default).
+    pub dequant_slice_values: usize,
 }
 
 /// The default of [`RuntimeOptions::gemv_max_rows`].
@@ -69,6 +77,8 @@ const DEFAULT_GEMV_MAX_ROWS: usize = 1;
 const GEMV_ALL_ROWS: usize = 8;
 /// The default of [`RuntimeOptions::quant_gemm_rows`] (run 28, docs/benchmarks.md).
 const DEFAULT_QUANT_GEMM_ROWS: usize = 64;
+/// The default of [`RuntimeOptions::dequant_slice_values`].
+const DEFAULT_DEQUANT_SLICE_VALUES: usize = 8 << 20;
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
@@ -80,13 +90,14 @@ impl Default for RuntimeOptions {
             flash_attention: true,
             cuda_pool_keep: false,
             quant_kernels: true,
+            dequant_slice_values: DEFAULT_DEQUANT_SLICE_VALUES,
         }
     }
 }
 
 impl RuntimeOptions {
     /// The environment variables [`Self::from_env`] reads, in field order.
-    pub const ENV_VARS: [&'static str; 7] = [
+    pub const ENV_VARS: [&'static str; 8] = [
         "VLM_FUSED_KERNELS",
         "VLM_GEMV",
         "VLM_QUANT_GEMM_ROWS",
@@ -94,6 +105,7 @@ impl RuntimeOptions {
         "VLM_FLASH_ATTENTION",
         "VLM_CUDA_POOL_KEEP",
         "VLM_QUANT_KERNELS",
+        "VLM_DEQUANT_SLICE",
     ];
 
     /// The defaults, changed by whichever `VLM_*` variables the process has set (each
@@ -124,6 +136,9 @@ impl RuntimeOptions {
             flash_attention: !is("VLM_FLASH_ATTENTION", "0"),
             cuda_pool_keep: is("VLM_CUDA_POOL_KEEP", "1"),
             quant_kernels: !is("VLM_QUANT_KERNELS", "0"),
+            dequant_slice_values: var("VLM_DEQUANT_SLICE")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(defaults.dequant_slice_values),
         }
     }
 
@@ -166,6 +181,12 @@ impl RuntimeOptions {
     /// Sets [`Self::quant_kernels`].
     pub fn with_quant_kernels(mut self, on: bool) -> Self {
         self.quant_kernels = on;
+        self
+    }
+
+    /// Sets [`Self::dequant_slice_values`].
+    pub fn with_dequant_slice_values(mut self, values: usize) -> Self {
+        self.dequant_slice_values = values;
         self
     }
 }
@@ -243,6 +264,16 @@ mod tests {
         assert_eq!(rows(" 128 "), 128);
         for other in ["", "-1", "64k", "1e3"] {
             assert_eq!(rows(other), 64, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn dequant_slice_takes_a_number_else_the_default() {
+        let values = |v| parse(&[("VLM_DEQUANT_SLICE", v)]).dequant_slice_values;
+        assert_eq!(values("0"), 0);
+        assert_eq!(values(" 4194304 "), 4 << 20);
+        for other in ["", "-1", "8M", "all"] {
+            assert_eq!(values(other), 8 << 20, "{other:?}");
         }
     }
 

@@ -5,15 +5,11 @@
 //! then the activations' dtype): for Qwen3-VL-2B at int4 the fused gate/up's 100 MB was 40%
 //! of what a 1024×768 photo added to the weights, 543 MB for Qwen2.5-VL-7B, and 1.2 GB for
 //! the 2B's LM head where the quantized kernels do not run (run 36, docs/benchmarks.md).
-//! Slices of at most [`SLICE_VALUES`] values cap that at ~32 MB for any model, and each
-//! slice's GEMM is still thousands of columns wide.
+//! Slices of at most `RuntimeOptions::dequant_slice_values` values (8M by default) cap
+//! that at ~32 MB for any model, and each slice's GEMM is still thousands of columns wide.
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
-
-/// Most weight values [`dequantized_matmul`] dequantizes at once by default: 16 MB in f16,
-/// plus as much again for its bf16 copy.
-pub const SLICE_VALUES: usize = 8 << 20;
 
 /// Whether [`dequantized_matmul`] takes weights of this block type: those with a CUDA
 /// dequantize kernel in candle (and so a CPU one).

@@ -290,7 +290,9 @@ pub fn quantized_gemm(
     w: &candle_core::quantized::QTensor,
 ) -> Result<Option<Tensor>> {
     match quant_gemm_threshold(runtime) {
-        Some(threshold) if x.device().is_cuda() => dequantized_gemm(x, w, threshold),
+        Some(threshold) if x.device().is_cuda() => {
+            dequantized_gemm(x, w, threshold, runtime.dequant_slice_values)
+        }
         _ => Ok(None),
     }
 }
@@ -311,17 +313,20 @@ pub fn quant_kernels_run(device: &Device, dtype: DType) -> Result<bool> {
 /// how a layer computes where [`quant_kernels_run`] is false. `None`: `w`'s block type is
 /// not one the dequantizer takes.
 pub fn dequantized_projection(
+    runtime: &RuntimeOptions,
     x: &Tensor,
     w: &candle_core::quantized::QTensor,
 ) -> Result<Option<Tensor>> {
-    dequantized_gemm(x, w, 1)
+    dequantized_gemm(x, w, 1, runtime.dequant_slice_values)
 }
 
-/// [`quantized_gemm`] on any device, from `threshold` rows.
+/// [`quantized_gemm`] on any device, from `threshold` rows, in slices of at most
+/// `slice_values` weight values (0: the whole weight).
 fn dequantized_gemm(
     x: &Tensor,
     w: &candle_core::quantized::QTensor,
     threshold: usize,
+    slice_values: usize,
 ) -> Result<Option<Tensor>> {
     let dims = x.dims();
     let Some(&k) = dims.last() else {
@@ -332,11 +337,12 @@ fn dequantized_gemm(
         return Ok(None);
     }
     let (n, _) = w.shape().dims2()?;
-    let y = dequant_slices::dequantized_matmul(
-        &x.reshape((rows, k))?,
-        w,
-        dequant_slices::SLICE_VALUES,
-    )?;
+    let slice_values = if slice_values == 0 {
+        usize::MAX
+    } else {
+        slice_values
+    };
+    let y = dequant_slices::dequantized_matmul(&x.reshape((rows, k))?, w, slice_values)?;
     QUANT_GEMM_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let out: Vec<usize> = dims[..dims.len() - 1].iter().copied().chain([n]).collect();
     y.reshape(out).map(Some)
@@ -777,7 +783,7 @@ mod tests {
         let q = std::sync::Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
         let x = Tensor::randn(0f32, 1.0, (2, 20, 256), &dev).unwrap();
         let want = QMatMul::from_arc(q.clone()).unwrap().forward(&x).unwrap();
-        let got = super::dequantized_gemm(&x, &q, 9)
+        let got = super::dequantized_gemm(&x, &q, 9, 0)
             .unwrap()
             .expect("40 rows");
         assert_eq!(got.dims(), &[2, 20, 48]);
@@ -798,7 +804,7 @@ mod tests {
             .unwrap();
         // candle's CPU matmul rounds the activations to 8 bits; the GEMM does not.
         assert!(diff / scale < 0.02, "{diff} of {scale}");
-        assert!(super::dequantized_gemm(&x.narrow(1, 0, 4).unwrap(), &q, 9)
+        assert!(super::dequantized_gemm(&x.narrow(1, 0, 4).unwrap(), &q, 9, 0)
             .unwrap()
             .is_none());
     }
