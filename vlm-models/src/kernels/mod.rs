@@ -804,8 +804,10 @@ mod tests {
             .unwrap();
         // candle's CPU matmul rounds the activations to 8 bits; the GEMM does not.
         assert!(diff / scale < 0.02, "{diff} of {scale}");
-        assert!(super::dequantized_gemm(&x.narrow(1, 0, 4).unwrap(), &q, 9, 0)
-            .unwrap()
-            .is_none());
+        assert!(
+            super::dequantized_gemm(&x.narrow(1, 0, 4).unwrap(), &q, 9, 0)
+                .unwrap()
+                .is_none()
+        );
     }
 }
