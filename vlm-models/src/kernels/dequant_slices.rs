@@ -31,14 +31,21 @@ pub fn dequantizes(dtype: GgmlDType) -> bool {
     )
 }
 
-/// Rows of an `[n, k]` weight per slice: the most that hold about `slice_values` values
-/// (at least one), evened out over the slices it takes and, from 64 rows, rounded up to a
-/// multiple of 64: a slice's product is a column block of the output, and cuBLAS's bf16
-/// GEMM took 3× the time on Qwen2.5-VL-7B's 2,229-row slices of gate/up (run 37: prefill
-/// 71 → 209 ms), its tensor-core kernels wanting aligned leading dimensions.
+/// Rows of an `[n, k]` weight per slice: the most that hold about `slice_values` values,
+/// but never fewer than [`MIN_SLICE_ROWS`], evened out over the slices it takes and, from 64
+/// rows, rounded up to a multiple of 64. A slice's product is a column block of the output:
+/// cuBLAS's bf16 GEMM took 3× the time on Qwen2.5-VL-7B's 2,229-row slices of gate/up and
+/// 399-row slices of down (run 37: prefill 71 → 209 ms), its fast kernels wanting aligned
+/// leading dimensions, and a narrow block leaves most of the card's SMs without a tile.
 pub fn rows_per_slice(n: usize, k: usize, slice_values: usize) -> usize {
     const ALIGN: usize = 64;
-    let most = (slice_values / k.max(1)).clamp(1, n.max(1));
+    // Budgets below 1M values (tests) slice as finely as they ask.
+    let floor = if slice_values >= 1 << 20 {
+        MIN_SLICE_ROWS
+    } else {
+        1
+    };
+    let most = (slice_values / k.max(1)).max(floor).clamp(1, n.max(1));
     let slices = n.div_ceil(most);
     let even = n.div_ceil(slices.max(1));
     if most >= ALIGN {
@@ -47,6 +54,10 @@ pub fn rows_per_slice(n: usize, k: usize, slice_values: usize) -> usize {
         even
     }
 }
+
+/// The narrowest slice [`rows_per_slice`] makes for a budget of 1M values or more:
+/// Qwen3-VL-2B's down projection's slices (run 37, no slower than the whole weight).
+pub const MIN_SLICE_ROWS: usize = 1024;
 
 /// `x Wᵀ` for `x [rows, k]` and a quantized `w [n, k]`, in `x`'s dtype: `w`'s rows
 /// dequantized `rows_per_slice(n, k, slice_values)` at a time. On CUDA and the CPU; other
@@ -263,7 +274,7 @@ mod tests {
         assert_eq!(rows_per_slice(10, 100, 1), 1);
         // Qwen2.5-VL-7B's gate/up and down: multiples of 64 rows.
         assert_eq!(rows_per_slice(37_888, 3584, 8 << 20), 2240);
-        assert_eq!(rows_per_slice(3584, 18_944, 8 << 20), 448);
+        assert_eq!(rows_per_slice(3584, 18_944, 8 << 20), 896);
         for (n, k, budget) in [
             (151_936, 2048, 8 << 20),
             (37_888, 3584, 8 << 20),
@@ -271,8 +282,11 @@ mod tests {
             (97, 32, 640),
         ] {
             let step = rows_per_slice(n, k, budget);
-            // Within the budget but for the rounding to 64 rows.
-            assert!(step * k <= budget + 63 * k, "{n} {k}: {step} rows");
+            // Within the budget but for the rounding to 64 rows and the narrowest slice.
+            assert!(
+                step * k <= budget + 63 * k || step <= MIN_SLICE_ROWS,
+                "{n} {k}: {step} rows"
+            );
             assert!(
                 step % 64 == 0 || step < 64 || step == n,
                 "{n} {k}: {step} rows"
