@@ -59,6 +59,32 @@ pub fn rows_per_slice(n: usize, k: usize, slice_values: usize) -> usize {
 /// Qwen3-VL-2B's down projection's slices (run 37, no slower than the whole weight).
 pub const MIN_SLICE_ROWS: usize = 1024;
 
+/// The narrowest slice that keeps a `rows`-row product's GEMM at two waves of 128×128
+/// tiles on `device`'s SMs (a multiple of 64): for Qwen2.5-VL-7B's 1,026-row prefill on a
+/// 132-SM card, 4,224 rows. 1 for few rows (a decode step through the fallback reads the
+/// weight once whatever the slices) and off CUDA.
+fn gemm_min_rows(device: &Device, rows: usize) -> usize {
+    if rows < 64 {
+        return 1;
+    }
+    let sms: usize = match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => {
+            use candle_core::cuda_backend::cudarc::driver::sys::CUdevice_attribute as A;
+            dev.cuda_stream()
+                .context()
+                .attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .unwrap_or(0)
+                .max(0) as usize
+        }
+        _ => 0,
+    };
+    (2 * sms * 128 * 128)
+        .div_ceil(rows)
+        .next_multiple_of(64)
+        .max(1)
+}
+
 /// `x Wᵀ` for `x [rows, k]` and a quantized `w [n, k]`, in `x`'s dtype: `w`'s rows
 /// dequantized `rows_per_slice(n, k, slice_values)` at a time. On CUDA and the CPU; other
 /// devices dequantize the whole weight.
@@ -72,7 +98,7 @@ pub fn dequantized_matmul(x: &Tensor, w: &QTensor, slice_values: usize) -> Resul
             x.shape()
         );
     }
-    let step = rows_per_slice(n, k, slice_values);
+    let step = rows_per_slice(n, k, slice_values).max(gemm_min_rows(x.device(), rows).min(n));
     let sliceable = matches!(x.device(), Device::Cpu | Device::Cuda(_));
     if step >= n || !sliceable {
         let weight = dequantize_rows(w, 0, n, x.dtype(), x.device())?;
@@ -288,7 +314,7 @@ mod tests {
                 "{n} {k}: {step} rows"
             );
             assert!(
-                step % 64 == 0 || step < 64 || step == n,
+                step.is_multiple_of(64) || step < 64 || step == n,
                 "{n} {k}: {step} rows"
             );
             // As few slices as the budget allows.
