@@ -65,7 +65,9 @@ pub struct RuntimeOptions {
     /// (prefills, batches, and every projection where candle's quantized kernels do not
     /// run): the weight's rows are dequantized a slice at a time, each just before its
     /// product, so the call holds ~4 bytes per value of one slice (f16, then the
-    /// activations' dtype) instead of the whole weight. 0: the whole weight at once.
+    /// activations' dtype) instead of the whole weight. A prefill's slices are kept wide
+    /// enough for its GEMM to fill the card, which may exceed this. 0: the whole weight
+    /// at once.
     /// Default 8M values (~32 MB). Environment: `VLM_DEQUANT_SLICE=N` (a non-negative
     /// integer; anything else gives the default).
     pub dequant_slice_values: usize,
