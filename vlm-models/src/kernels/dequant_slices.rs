@@ -55,8 +55,9 @@ pub fn rows_per_slice(n: usize, k: usize, slice_values: usize) -> usize {
     }
 }
 
-/// The narrowest slice [`rows_per_slice`] makes for a budget of 1M values or more:
-/// Qwen3-VL-2B's down projection's slices (run 37, no slower than the whole weight).
+/// The narrowest slice [`rows_per_slice`] makes for a budget of 1M values or more: the
+/// width of Qwen3-VL-2B's down-projection slices in run 37, which were no slower than the
+/// whole weight.
 pub const MIN_SLICE_ROWS: usize = 1024;
 
 /// The narrowest slice that keeps a `rows`-row product's GEMM at two waves of 128×128
@@ -86,8 +87,9 @@ fn gemm_min_rows(device: &Device, rows: usize) -> usize {
 }
 
 /// `x Wᵀ` for `x [rows, k]` and a quantized `w [n, k]`, in `x`'s dtype: `w`'s rows
-/// dequantized `rows_per_slice(n, k, slice_values)` at a time. On CUDA and the CPU; other
-/// devices dequantize the whole weight.
+/// dequantized `rows_per_slice(n, k, slice_values)` at a time, or more where the GEMM of
+/// `rows` rows needs wider slices to fill the card ([`gemm_min_rows`]). On CUDA and the
+/// CPU; other devices dequantize the whole weight.
 pub fn dequantized_matmul(x: &Tensor, w: &QTensor, slice_values: usize) -> Result<Tensor> {
     let (n, k) = w.shape().dims2()?;
     let (rows, xk) = x.dims2()?;
