@@ -88,7 +88,7 @@ fn gemm_min_rows(device: &Device, rows: usize) -> usize {
 
 /// `x Wᵀ` for `x [rows, k]` and a quantized `w [n, k]`, in `x`'s dtype: `w`'s rows
 /// dequantized `rows_per_slice(n, k, slice_values)` at a time, or more where the GEMM of
-/// `rows` rows needs wider slices to fill the card ([`gemm_min_rows`]). On CUDA and the
+/// `rows` rows needs wider slices to fill the card (`gemm_min_rows`). On CUDA and the
 /// CPU; other devices dequantize the whole weight.
 pub fn dequantized_matmul(x: &Tensor, w: &QTensor, slice_values: usize) -> Result<Tensor> {
     let (n, k) = w.shape().dims2()?;
