@@ -143,6 +143,59 @@ impl Linear {
         self.bias.as_ref()
     }
 
+    /// Whether a decode step's product takes its activations already quantized
+    /// ([`crate::kernels::Q8Input`]): a quantized weight with candle's kernels running, graphs on.
+    pub fn takes_q8(&self) -> bool {
+        match &self.weight {
+            Weight::Quant {
+                matmul: QMatMul::QTensor(w),
+                dtype,
+                native: true,
+            } => crate::kernels::takes_q8(&self.runtime, &w.device(), w, *dtype),
+            _ => false,
+        }
+    }
+
+    /// [`Module::forward`] from `q8` where it holds `x` quantized and the layer takes it
+    /// ([`Linear::takes_q8`]), from `x` otherwise.
+    pub fn forward_q8(&self, x: &Tensor, q8: Option<&crate::kernels::Q8Input>) -> Result<Tensor> {
+        self.project_q8(x, q8, true)
+    }
+
+    /// [`Linear::forward_q8`] without the bias.
+    pub fn forward_q8_unbiased(
+        &self,
+        x: &Tensor,
+        q8: Option<&crate::kernels::Q8Input>,
+    ) -> Result<Tensor> {
+        self.project_q8(x, q8, false)
+    }
+
+    fn project_q8(
+        &self,
+        x: &Tensor,
+        q8: Option<&crate::kernels::Q8Input>,
+        with_bias: bool,
+    ) -> Result<Tensor> {
+        if let (
+            Some(q8),
+            Weight::Quant {
+                matmul: QMatMul::QTensor(w),
+                native: true,
+                ..
+            },
+        ) = (q8, &self.weight)
+        {
+            if let Some(y) = crate::kernels::quant_matvec_q8(q8, w)? {
+                return match self.bias.as_ref().filter(|_| with_bias) {
+                    Some(b) => add_bias(&self.runtime, &y, b),
+                    None => Ok(y),
+                };
+            }
+        }
+        self.project(x, with_bias)
+    }
+
     fn project(&self, x: &Tensor, with_bias: bool) -> Result<Tensor> {
         let bias = self.bias.as_ref().filter(|_| with_bias);
         let runtime = &self.runtime;

@@ -897,3 +897,106 @@ fn dequantized_slices_match_the_whole_weight_on_the_cpu() {
         }
     }
 }
+
+/// The residual add and RMSNorm in one launch give candle's add and norm bit for bit
+/// (a decode step's tokens must not move): each dtype, hidden sizes on both sides of the
+/// norm's 1,024-value block switch, several rows, with and without the add.
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn add_rms_norm_gives_candles_add_and_norm_exactly() {
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    for (rows, n) in [(1, 2048), (3, 3584), (2, 896), (5, 64)] {
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let t = |seed, len, shape: (usize, usize, usize)| {
+                Tensor::from_vec(values(len, seed), shape, &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let x = (t(41, rows * n, (rows, 1, n)) * 4.0).unwrap();
+            let delta = t(42, rows * n, (rows, 1, n));
+            let w = t(43, n, (1, 1, n)).flatten_all().unwrap();
+            let norm = HeadNorm {
+                weight: &w,
+                eps: 1e-6,
+            };
+            let (sum, normed, q8) = kernels::add_rms_norm(&x, Some(&delta), norm, false).unwrap();
+            assert!(q8.is_none());
+            let want_sum = (&x + &delta).unwrap();
+            let want = candle_nn::ops::rms_norm(&want_sum, &w, 1e-6).unwrap();
+            assert_eq!(f32s(&sum), f32s(&want_sum), "sum {dtype:?} {rows}×{n}");
+            assert_eq!(f32s(&normed), f32s(&want), "norm {dtype:?} {rows}×{n}");
+            let (same, normed, _) = kernels::add_rms_norm(&x, None, norm, false).unwrap();
+            let want = candle_nn::ops::rms_norm(&x, &w, 1e-6).unwrap();
+            assert_eq!(f32s(&same), f32s(&x));
+            assert_eq!(
+                f32s(&normed),
+                f32s(&want),
+                "norm alone {dtype:?} {rows}×{n}"
+            );
+        }
+    }
+}
+
+/// A quantized projection fed the Q8_1 blocks the norm or the MLP product wrote gives the
+/// bits it gives when it quantizes its input itself: each activation dtype, a k that
+/// candle pads (1,280 → 1,536), one row and several.
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn q8_inputs_give_the_projection_its_own_quantization() {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::Module;
+    use vlm_models::layers::Linear;
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    let runtime = RuntimeOptions::default();
+    let (n, k) = (384, 1280);
+    let wf = Tensor::from_vec(values(n * k, 51), (n, k), &Device::Cpu).unwrap();
+    let up = Tensor::from_vec(values(2 * k * k, 52), (2 * k, k), &Device::Cpu).unwrap();
+    for block in [GgmlDType::Q4K, GgmlDType::Q8_0] {
+        for dtype in [DType::BF16, DType::F16, DType::F32] {
+            let linear = |w: &Tensor| {
+                let q = QTensor::quantize_onto(w, block, &dev).unwrap();
+                Linear::quantized(QMatMul::from_qtensor(q).unwrap(), dtype, None, runtime).unwrap()
+            };
+            let (proj, gate_up) = (linear(&wf), linear(&up));
+            if !proj.takes_q8() {
+                // candle's quantized kernels do not run on this card (a build for another
+                // one): the layers dequantize and no blocks are handed over.
+                assert!(proj.dequantizes(), "{block:?} {dtype:?}: neither path");
+                println!("q8 inputs: {block:?} {dtype:?} dequantizes here, skipped");
+                continue;
+            }
+            for rows in [1, 3] {
+                let x = Tensor::from_vec(values(rows * k, 53), (rows, 1, k), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let w = Tensor::from_vec(values(k, 54), k, &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let norm = HeadNorm {
+                    weight: &w,
+                    eps: 1e-6,
+                };
+                let (_, normed, q8) = kernels::add_rms_norm(&x, None, norm, true).unwrap();
+                let q8 = q8.expect("blocks for at most 8 rows");
+                let got = f32s(&proj.forward_q8(&normed, Some(&q8)).unwrap());
+                let want = f32s(&proj.forward_q8(&normed, None).unwrap());
+                assert_eq!(got, want, "norm's blocks {block:?} {dtype:?} rows {rows}");
+                // The MLP's product: gate_up [rows, 1, 2k] → silu·up [rows, 1, k], which
+                // `proj` reads as a down projection.
+                let g = gate_up.forward(&normed).unwrap();
+                let (act, q8) = kernels::silu_mul_q8(&g, k).unwrap();
+                let q8 = q8.expect("blocks for at most 8 rows");
+                assert_eq!(f32s(&act), f32s(&kernels::silu_mul(&g, k).unwrap()));
+                let got = f32s(&proj.forward_q8(&act, Some(&q8)).unwrap());
+                let want = f32s(&proj.forward_q8(&act, None).unwrap());
+                assert_eq!(
+                    got, want,
+                    "product's blocks {block:?} {dtype:?} rows {rows}"
+                );
+            }
+        }
+    }
+}

@@ -61,16 +61,23 @@ pub struct RuntimeOptions {
     /// docs/troubleshooting.md), here to measure that path or to step around those
     /// kernels. Default on; environment: `VLM_QUANT_KERNELS=0` turns it off.
     pub quant_kernels: bool,
-    /// Most weight values a quantized projection dequantizes at once for its float GEMM
-    /// (prefills, batches, and every projection where candle's quantized kernels do not
-    /// run): the weight's rows are dequantized a slice at a time, each just before its
-    /// product, so the call holds ~4 bytes per value of one slice (f16, then the
-    /// activations' dtype) instead of the whole weight. A prefill's slices are kept wide
-    /// enough for its GEMM to fill the card, which may exceed this. 0: the whole weight
-    /// at once.
-    /// Default 8M values (~32 MB). Environment: `VLM_DEQUANT_SLICE=N` (a non-negative
-    /// integer; anything else gives the default).
+    /// Most weight values a quantized projection that dequantizes on every call (where
+    /// candle's quantized kernels do not run, or [`Self::quant_kernels`] is off) takes at
+    /// once for its float GEMM: the weight's rows are dequantized a slice at a time, each
+    /// just before its product, so the call holds ~4 bytes per value of one slice (f16,
+    /// then the activations' dtype) instead of the whole weight (Qwen3-VL-2B's LM head:
+    /// 1.2 GB). A prefill's slices are kept wide enough for its GEMM to fill the card,
+    /// which may exceed this. 0: the whole weight at once. Where the quantized kernels run,
+    /// a prefill's dequantized GEMM ([`Self::quant_gemm_rows`]) takes whole weights: slices
+    /// made it 9.6% slower there (run 38). Default 8M values (~32 MB). Environment:
+    /// `VLM_DEQUANT_SLICE=N` (a non-negative integer; anything else gives the default).
     pub dequant_slice_values: usize,
+    /// At a decode step through the fused kernels, each residual add runs in the launch of
+    /// the RMSNorm after it, which also writes the quantized projection's input blocks
+    /// (Q8_1), and the MLP's `silu(gate) · up` writes the down projection's: ~4 launches
+    /// fewer per layer. Same values as the separate launches. Default on; environment:
+    /// `VLM_FUSED_NORM=0` turns it off, to measure what it brings with one binary.
+    pub fused_norms: bool,
 }
 
 /// The default of [`RuntimeOptions::gemv_max_rows`].
@@ -93,13 +100,14 @@ impl Default for RuntimeOptions {
             cuda_pool_keep: false,
             quant_kernels: true,
             dequant_slice_values: DEFAULT_DEQUANT_SLICE_VALUES,
+            fused_norms: true,
         }
     }
 }
 
 impl RuntimeOptions {
     /// The environment variables [`Self::from_env`] reads, in field order.
-    pub const ENV_VARS: [&'static str; 8] = [
+    pub const ENV_VARS: [&'static str; 9] = [
         "VLM_FUSED_KERNELS",
         "VLM_GEMV",
         "VLM_QUANT_GEMM_ROWS",
@@ -108,6 +116,7 @@ impl RuntimeOptions {
         "VLM_CUDA_POOL_KEEP",
         "VLM_QUANT_KERNELS",
         "VLM_DEQUANT_SLICE",
+        "VLM_FUSED_NORM",
     ];
 
     /// The defaults, changed by whichever `VLM_*` variables the process has set (each
@@ -141,6 +150,7 @@ impl RuntimeOptions {
             dequant_slice_values: var("VLM_DEQUANT_SLICE")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(defaults.dequant_slice_values),
+            fused_norms: !is("VLM_FUSED_NORM", "0"),
         }
     }
 
@@ -191,6 +201,12 @@ impl RuntimeOptions {
         self.dequant_slice_values = values;
         self
     }
+
+    /// Sets [`Self::fused_norms`].
+    pub fn with_fused_norms(mut self, on: bool) -> Self {
+        self.fused_norms = on;
+        self
+    }
 }
 
 #[cfg(test)]
@@ -211,7 +227,7 @@ mod tests {
         let want = RuntimeOptions::default();
         assert_eq!(parse(&[]), want);
         assert!(want.fused_kernels && want.cuda_graphs && want.flash_attention);
-        assert!(want.quant_kernels);
+        assert!(want.quant_kernels && want.fused_norms);
         assert!(!want.cuda_pool_keep);
         assert_eq!((want.gemv_max_rows, want.quant_gemm_rows), (1, 64));
     }
@@ -226,6 +242,7 @@ mod tests {
             ("VLM_CUDA_GRAPH", |o| o.cuda_graphs),
             ("VLM_FLASH_ATTENTION", |o| o.flash_attention),
             ("VLM_QUANT_KERNELS", |o| o.quant_kernels),
+            ("VLM_FUSED_NORM", |o| o.fused_norms),
         ] {
             assert!(!get(parse(&[(name, "0")])), "{name}=0");
             assert!(!get(parse(&[(name, " 0\n")])), "{name} trimmed");

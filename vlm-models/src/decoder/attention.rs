@@ -49,11 +49,19 @@ impl Attention {
         }
     }
 
-    /// The decode step through the fused kernels: the projection, two kernels, the output
-    /// projection.
-    fn forward_fused_decode(
+    /// Whether the q/k/v projection takes its input already quantized
+    /// ([`kernels::Q8Input`]).
+    pub(super) fn takes_q8(&self) -> bool {
+        self.qkv.takes_q8()
+    }
+
+    /// The decode step through the fused kernels: the projection (from `q8` where it
+    /// holds `x` quantized), two kernels, the output projection.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward_fused_decode(
         &self,
         x: &Tensor,
+        q8: Option<&kernels::Q8Input>,
         cos: &Tensor,
         sin: &Tensor,
         pad: Option<&Tensor>,
@@ -71,7 +79,7 @@ impl Attention {
             );
         }
         let dtype = k_cache.dtype();
-        let qkv = self.qkv.forward_unbiased(x)?.to_dtype(dtype)?;
+        let qkv = self.qkv.forward_q8_unbiased(x, q8)?.to_dtype(dtype)?;
         let bias = self.qkv.bias().map(|b| b.to_dtype(dtype)).transpose()?;
         let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
         let heads = self.heads();
@@ -145,7 +153,7 @@ impl Attention {
     ) -> Result<Tensor> {
         let mask = match masking {
             Masking::FusedDecode { pad, len } => {
-                return self.forward_fused_decode(x, cos, sin, pad, len, cache)
+                return self.forward_fused_decode(x, None, cos, sin, pad, len, cache)
             }
             Masking::Additive(mask) => mask,
         };

@@ -68,25 +68,61 @@ impl Decoder {
         let embeds = self.embed(&ids)?.unsqueeze(1)?;
         let (cos, sin) = self.rope.step_tables(&state.next_position, dtype, device)?;
         let kv_len = state.caches.first().map_or(0, |c| c.len()) + 1;
-        let hidden = if self.fused_decode {
+        let logits = if self.fused_decode {
             let pad = state.pad_on_device(device)?;
-            let masking = Masking::FusedDecode {
-                pad: pad.as_ref(),
-                len: CacheLen {
-                    on_device: None,
-                    value: kv_len,
-                },
+            let len = CacheLen {
+                on_device: None,
+                value: kv_len,
             };
-            self.run_layers(embeds, &cos, &sin, masking, &mut state.caches, None)?
+            self.fused_step_logits(&embeds, &cos, &sin, pad.as_ref(), len, &mut state.caches)?
         } else {
             let mask = attention_mask(&self.runtime, &state.pad, 1, kv_len, dtype, device)?;
             let masking = Masking::Additive(mask.as_ref());
-            self.run_layers(embeds, &cos, &sin, masking, &mut state.caches, None)?
+            let hidden = self.run_layers(embeds, &cos, &sin, masking, &mut state.caches, None)?;
+            self.logits(&hidden.squeeze(1)?)?
         };
         for p in state.next_position.iter_mut() {
             *p += 1;
         }
-        self.logits(&hidden.squeeze(1)?)
+        Ok(logits)
+    }
+
+    /// The layers, final norm and LM head of a step through the fused kernels, `[b, 1,
+    /// hidden]` embeddings in, `[b, vocab]` logits out: each residual add runs in the
+    /// launch of the norm after it, which hands a quantized projection its input already
+    /// quantized (DecoderLayer::forward_fused_step); with `RuntimeOptions::fused_norms`
+    /// off, in launches of their own.
+    fn fused_step_logits(
+        &self,
+        embeds: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        pad: Option<&Tensor>,
+        len: CacheLen<'_>,
+        caches: &mut [LayerKvCache],
+    ) -> Result<Tensor> {
+        if !self.runtime.fused_norms {
+            let masking = Masking::FusedDecode { pad, len };
+            let hidden = self.run_layers(embeds.clone(), cos, sin, masking, caches, None)?;
+            return self.logits(&hidden.squeeze(1)?);
+        }
+        let mut x = embeds.clone();
+        let mut delta = None;
+        for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
+            let (residual, mlp) =
+                layer.forward_fused_step(&x, delta.as_ref(), cos, sin, pad, len, cache)?;
+            x = residual;
+            delta = Some(mlp);
+        }
+        let x = x.squeeze(1)?;
+        let delta = delta.map(|d| d.squeeze(1)).transpose()?;
+        let (_, hidden, q8) = kernels::add_rms_norm(
+            &x,
+            delta.as_ref(),
+            self.norm.head_norm(),
+            self.lm_head.takes_q8(),
+        )?;
+        self.lm_head.forward_q8(&hidden, q8.as_ref())
     }
 
     /// A fused step for CUDA graphs (on unless `VLM_CUDA_GRAPH=0`): its inputs written to the step's
@@ -136,12 +172,7 @@ impl Decoder {
                 on_device: Some(&len_t),
                 value: len,
             };
-            let masking = Masking::FusedDecode {
-                pad: pad.as_ref(),
-                len,
-            };
-            let hidden = self.run_layers(embeds, &cos, &sin, masking, caches, None)?;
-            self.logits(&hidden.squeeze(1)?)
+            self.fused_step_logits(&embeds, &cos, &sin, pad.as_ref(), len, caches)
         };
         if let (false, Some((dims, dtype))) = (step.no_graph, &step.logits) {
             let out = Tensor::zeros(dims.as_slice(), *dtype, device)?;

@@ -7,6 +7,7 @@ use super::attention::{Attention, Masking};
 use super::config::DecoderConfig;
 use super::kv_cache::LayerKvCache;
 use super::mlp::Mlp;
+use crate::kernels::{self, CacheLen};
 use crate::layers::RmsNorm;
 use crate::quant::Quantizer;
 
@@ -52,6 +53,41 @@ impl DecoderLayer {
         &x1 + self
             .mlp
             .forward(&self.post_attention_layernorm.forward(&x1)?)?
+    }
+
+    /// A decode step through the fused kernels: `x` plus the previous layer's MLP output
+    /// `delta` (none for the first layer) in → this layer's residual and MLP output out,
+    /// which the next layer (or the final norm) adds in the same launch as its norm
+    /// ([`kernels::add_rms_norm`]), handing the projections their input quantized where
+    /// they take it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward_fused_step(
+        &self,
+        x: &Tensor,
+        delta: Option<&Tensor>,
+        cos: &Tensor,
+        sin: &Tensor,
+        pad: Option<&Tensor>,
+        len: CacheLen<'_>,
+        cache: &mut LayerKvCache,
+    ) -> Result<(Tensor, Tensor)> {
+        let (x, normed, q8) = kernels::add_rms_norm(
+            x,
+            delta,
+            self.input_layernorm.head_norm(),
+            self.self_attn.takes_q8(),
+        )?;
+        let attn =
+            self.self_attn
+                .forward_fused_decode(&normed, q8.as_ref(), cos, sin, pad, len, cache)?;
+        let (x1, normed, q8) = kernels::add_rms_norm(
+            &x,
+            Some(&attn),
+            self.post_attention_layernorm.head_norm(),
+            self.mlp.takes_q8(),
+        )?;
+        let mlp = self.mlp.forward_q8(&normed, q8.as_ref())?;
+        Ok((x1, mlp))
     }
 
     /// Whether the layer's projections are quantized.

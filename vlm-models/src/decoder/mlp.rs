@@ -50,9 +50,26 @@ impl Mlp {
     }
 }
 
-impl Module for Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate_up = self.gate_up.forward(x)?;
+impl Mlp {
+    /// Whether the gate/up projection takes its input already quantized
+    /// ([`kernels::Q8Input`]).
+    pub(super) fn takes_q8(&self) -> bool {
+        self.gate_up.takes_q8()
+    }
+
+    /// A decode step's MLP from `x`, or from `q8` where it holds `x` quantized; the
+    /// activation's product goes to the down projection quantized as well where it takes
+    /// that.
+    pub(super) fn forward_q8(&self, x: &Tensor, q8: Option<&kernels::Q8Input>) -> Result<Tensor> {
+        let gate_up = self.gate_up.forward_q8(x, q8)?;
+        if self.fused_silu && self.down_proj.takes_q8() {
+            let (act, q8) = kernels::silu_mul_q8(&gate_up, self.intermediate)?;
+            return self.down_proj.forward_q8(&act, q8.as_ref());
+        }
+        self.down(gate_up)
+    }
+
+    fn down(&self, gate_up: Tensor) -> Result<Tensor> {
         if self.fused_silu {
             return self
                 .down_proj
@@ -61,5 +78,11 @@ impl Module for Mlp {
         let gate = gate_up.narrow(D::Minus1, 0, self.intermediate)?;
         let up = gate_up.narrow(D::Minus1, self.intermediate, self.intermediate)?;
         self.down_proj.forward(&(self.act.forward(&gate)? * up)?)
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.down(self.gate_up.forward(x)?)
     }
 }

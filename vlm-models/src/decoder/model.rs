@@ -28,8 +28,8 @@ pub struct DeepStack<'a> {
 pub struct Decoder {
     embed_tokens: Embedding,
     pub(super) layers: Vec<DecoderLayer>,
-    norm: RmsNorm,
-    lm_head: Linear,
+    pub(super) norm: RmsNorm,
+    pub(super) lm_head: Linear,
     pub(super) rope: RopeTables,
     pub(super) cfg: DecoderConfig,
     pub(super) dtype: DType,

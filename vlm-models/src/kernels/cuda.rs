@@ -240,6 +240,116 @@ pub(super) fn silu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
     Ok(out)
 }
 
+/// The residual add and RMSNorm of a decode step in one launch (`add_rms_norm` in
+/// decode.cu): `(x + delta, RMSNorm(x + delta) · w)`, or `(x, RMSNorm(x) · w)` without a
+/// delta; with `q8`, the normed rows also written there as Q8_1 blocks.
+pub(super) fn add_rms_norm(
+    x: &Tensor,
+    delta: Option<&Tensor>,
+    norm: HeadNorm<'_>,
+    q8: Option<&super::quant_matvec::Q8Activations>,
+) -> Result<(Tensor, Tensor)> {
+    let n = x.dims().last().copied().unwrap_or(0);
+    if n == 0 || norm.weight.elem_count() != n {
+        bail!(
+            "add_rms_norm: x {:?} against a norm of {}",
+            x.shape(),
+            norm.weight.elem_count()
+        );
+    }
+    if let Some(d) = delta {
+        if d.shape() != x.shape() {
+            bail!(
+                "add_rms_norm: delta {:?} next to x {:?}",
+                d.shape(),
+                x.shape()
+            );
+        }
+    }
+    same_dtype(&[Some(x), delta, Some(norm.weight)], x.dtype())?;
+    let rows = x.elem_count() / n;
+    let sum = delta.map(|_| empty(x, x.shape().clone())).transpose()?;
+    let normed = empty(x, x.shape().clone())?;
+    let name = format!("add_rms_norm_{}", suffix(x.dtype())?);
+    let n_padded = q8.map_or(n, |q| q.padded_k());
+    let eps = norm.eps as f32;
+    let inputs = [
+        Some(x),
+        delta,
+        Some(norm.weight),
+        sum.as_ref(),
+        Some(&normed),
+    ];
+    with_addresses(&inputs, |dev, p| {
+        let func = custom_func!(dev, &name, MODULE, PTX);
+        let stream = dev.cuda_stream();
+        let launch = |q8_ptr: u64| -> Result<()> {
+            let (n, n_padded) = (n as i32, n_padded as i32);
+            let mut b = func.builder();
+            b.arg(&p[0]).arg(&p[1]).arg(&p[2]).arg(&p[3]).arg(&p[4]);
+            b.arg(&q8_ptr).arg(&n).arg(&n_padded).arg(&eps);
+            // candle's norm block sizes: the kernel repeats its reduction.
+            let threads = if n < 1024 { 32 } else { 1024 };
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: arguments match the kernel's signature; shapes checked above, the
+            // blocks sized for rows × n_padded values by Q8Activations.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(())
+        };
+        match q8 {
+            Some(q) => q.with_address(&stream, launch),
+            None => launch(0),
+        }
+    })?;
+    Ok((sum.unwrap_or_else(|| x.clone()), normed))
+}
+
+/// [`silu_mul`] with the product also written to `q8` as Q8_1 blocks.
+pub(super) fn silu_mul_q8(
+    gate_up: &Tensor,
+    inter: usize,
+    q8: &super::quant_matvec::Q8Activations,
+) -> Result<Tensor> {
+    let dims = gate_up.dims();
+    let Some((&last, lead)) = dims.split_last() else {
+        bail!("silu_mul needs a [.., 2·intermediate] tensor");
+    };
+    if last != 2 * inter {
+        bail!("silu_mul: last dim {last} is not 2 × {inter}");
+    }
+    let rows: usize = lead.iter().product();
+    let mut out_dims = lead.to_vec();
+    out_dims.push(inter);
+    let out = empty(gate_up, Shape::from_dims(&out_dims))?;
+    let name = format!("silu_mul_q8_{}", suffix(gate_up.dtype())?);
+    let inter_padded = q8.padded_k();
+    with_addresses(&[Some(gate_up), Some(&out)], |dev, p| {
+        let func = custom_func!(dev, &name, MODULE, PTX);
+        let stream = dev.cuda_stream();
+        q8.with_address(&stream, |q8_ptr| {
+            let blocks = (rows * inter_padded).div_ceil(256).clamp(1, 65_535) as u32;
+            let (rows, inter, inter_padded) = (rows as u32, inter as u32, inter_padded as u32);
+            let mut b = func.builder();
+            b.arg(&p[0]).arg(&p[1]).arg(&q8_ptr);
+            b.arg(&rows).arg(&inter).arg(&inter_padded);
+            let cfg = LaunchConfig {
+                grid_dim: (blocks, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: arguments match the kernel's signature; sizes checked above, the
+            // blocks sized for rows × inter_padded values by Q8Activations.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(())
+        })
+    })?;
+    Ok(out)
+}
+
 /// What both attention kernels read, checked: the batch, the cache's capacity, the dtype,
 /// the norm's epsilon and the tensors in the kernels' argument order (qkv, bias, cos, sin,
 /// norm weight, k cache, v cache).
@@ -284,7 +394,7 @@ fn check_step<'a>(
     }
     let (cb, ckv, cap, cd) = k_cache.dims4()?;
     if (cb, ckv, cd) != (b, heads.kv, heads.dim)
-        || heads.q % heads.kv != 0
+        || !heads.q.is_multiple_of(heads.kv)
         || v_cache.shape() != k_cache.shape()
     {
         bail!(
@@ -488,7 +598,8 @@ pub(super) fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tens
             w.shape()
         );
     }
-    if w.layout().start_offset() % 8 != 0 || x.layout().start_offset() % 8 != 0 {
+    if !w.layout().start_offset().is_multiple_of(8) || !x.layout().start_offset().is_multiple_of(8)
+    {
         bail!("gemv: operands must start on a 16-byte boundary");
     }
     if let Some(b) = bias {
@@ -531,7 +642,7 @@ pub(super) fn vision_qkv(
     scale: f32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (n, width) = qkv.dims2()?;
-    if heads == 0 || width % (3 * heads) != 0 || (width / (3 * heads)) % 2 != 0 {
+    if heads == 0 || width % (3 * heads) != 0 || !(width / (3 * heads)).is_multiple_of(2) {
         bail!(
             "vision_qkv: qkv {:?} is not [n, 3 · {heads} heads · an even head size]",
             qkv.shape()
@@ -800,7 +911,7 @@ fn flash_strides(t: &Tensor, name: &str) -> Result<FlashStrides> {
     let stride = layout.stride();
     let dims = t.dims();
     let aligned = stride.last() == Some(&1)
-        && layout.start_offset() % 8 == 0
+        && layout.start_offset().is_multiple_of(8)
         && stride[..stride.len() - 1].iter().all(|s| s % 8 == 0)
         && dims.last().is_some_and(|d| d % 8 == 0);
     if !aligned {

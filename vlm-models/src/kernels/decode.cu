@@ -223,6 +223,105 @@ __device__ void silu_mul(const T *gate_up, T *out, uint32_t rows, uint32_t inter
   }
 }
 
+// One Q8_1 block as candle's MMVQ kernels read a quantized projection's activations
+// (ggml's layout): scale d = amax / 127 and the block's sum as halves, then 32 int8 values.
+struct q8_1_block {
+  __half2 ds;
+  int8_t qs[32];
+};
+
+// Quantizes the warp's 32 consecutive values (lane i holds value i) into `block`, with the
+// arithmetic of candle's own quantize kernel (its reductions in the same order), so a
+// projection fed from here gives the same bits as one that quantized its input itself.
+// Every lane of the warp must call it.
+__device__ __forceinline__ void q8_1_store(float v, q8_1_block *block) {
+  const int lane = threadIdx.x % 32;
+  float amax = fabsf(v), sum = v;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  const float d = amax / 127.0f;
+  block->qs[lane] = amax == 0.0f ? 0 : (int8_t)roundf(v / d);
+  if (lane == 0) block->ds = __halves2half2(__float2half(d), __float2half(sum));
+}
+
+// The residual add and the RMSNorm after it, for one row per block: sum = x + delta
+// (rounded to T, as candle's add), normed = RMSNorm(sum) · w, and with `q8` non-null the
+// normed row (as rounded to T) in Q8_1 blocks, `n_padded` values per row, zeros past n.
+// `delta` null: normed = RMSNorm(x) and `sum` is not written. The norm repeats candle's
+// kernel (block of 32 threads below 1,024 values, else 1,024; the same reduction order),
+// so the decode step's tokens do not move. Replaces an add, a norm and a quantize
+// launch; a decode step of Qwen3-VL-2B ran ~110 of each (run 37's profile).
+template <typename T>
+__device__ void add_rms_norm(const T *x, const T *delta, const T *w, T *sum, T *normed,
+                             q8_1_block *q8, int n, int n_padded, float eps) {
+  const size_t row = blockIdx.x;
+  x += row * n;
+  normed += row * n;
+  const T *src = x;
+  if (delta) {
+    delta += row * n;
+    sum += row * n;
+    src = sum;
+  }
+  float ss = 0.f;
+  for (int c = threadIdx.x; c < n; c += blockDim.x) {
+    float v = to_f(x[c]);
+    if (delta) {
+      const T s = from_f<T>(v + to_f(delta[c]));
+      sum[c] = s;
+      v = to_f(s);
+    }
+    ss += v * v;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if (blockDim.x > 32) {
+    __shared__ float part[32];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) part[warp] = ss;
+    __syncthreads();
+    ss = part[lane];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  }
+  const float scale = rsqrtf(ss / n + eps);
+  // Each thread reads back only the sums it wrote itself.
+  const int cols = q8 ? n_padded : n;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    float v = 0.f;
+    if (c < n) {
+      const T o = from_f<T>(scale * to_f(src[c]) * to_f(w[c]));
+      normed[c] = o;
+      v = to_f(o);
+    }
+    if (q8) q8_1_store(v, q8 + (row * n_padded + c) / 32);
+  }
+}
+
+// silu_mul with the product also written as Q8_1 blocks for the down projection:
+// `inter_padded` values per row, zeros past `inter`. Warps stay whole (every bound is a
+// multiple of 32), as q8_1_store needs.
+template <typename T>
+__device__ void silu_mul_q8(const T *gate_up, T *out, q8_1_block *q8, uint32_t rows,
+                            uint32_t inter, uint32_t inter_padded) {
+  const size_t n = (size_t)rows * inter_padded;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (size_t)blockDim.x * gridDim.x) {
+    const size_t r = i / inter_padded, c = i % inter_padded;
+    float v = 0.f;
+    if (c < inter) {
+      const float g = to_f(gate_up[r * 2 * inter + c]);
+      const float u = to_f(gate_up[r * 2 * inter + inter + c]);
+      const T o = from_f<T>(g / (1.f + expf(-g)) * u);
+      out[r * inter + c] = o;
+      v = to_f(o);
+    }
+    q8_1_store(v, q8 + i / 32);
+  }
+}
+
 // y = x Wᵀ (+ bias) for a few rows of x: the decode step's projections, where cuBLAS reads
 // the weights at 1.7-2.8 TB/s of the card's ~3.3. x [m, k], W [n, k] (a checkpoint's
 // [out, in]), y [m, n], m ≤ 8, k a multiple of 8. One warp per output column n: each lane
@@ -356,3 +455,21 @@ DECODE_COMBINE(decode_combine_f16, __half)
 SILU_MUL(silu_mul_f32, float)
 SILU_MUL(silu_mul_bf16, __nv_bfloat16)
 SILU_MUL(silu_mul_f16, __half)
+
+#define ADD_RMS_NORM(NAME, T)                                                              \
+  extern "C" __global__ void NAME(const T *x, const T *delta, const T *w, T *sum,          \
+                                  T *normed, void *q8, int n, int n_padded, float eps) {   \
+    add_rms_norm<T>(x, delta, w, sum, normed, (q8_1_block *)q8, n, n_padded, eps);         \
+  }
+ADD_RMS_NORM(add_rms_norm_f32, float)
+ADD_RMS_NORM(add_rms_norm_bf16, __nv_bfloat16)
+ADD_RMS_NORM(add_rms_norm_f16, __half)
+
+#define SILU_MUL_Q8(NAME, T)                                                               \
+  extern "C" __global__ void NAME(const T *gate_up, T *out, void *q8, uint32_t rows,       \
+                                  uint32_t inter, uint32_t inter_padded) {                 \
+    silu_mul_q8<T>(gate_up, out, (q8_1_block *)q8, rows, inter, inter_padded);             \
+  }
+SILU_MUL_Q8(silu_mul_q8_f32, float)
+SILU_MUL_Q8(silu_mul_q8_bf16, __nv_bfloat16)
+SILU_MUL_Q8(silu_mul_q8_f16, __half)

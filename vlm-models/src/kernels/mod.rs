@@ -145,6 +145,114 @@ pub fn silu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
     }
 }
 
+/// A decode step's activations already in the Q8_1 blocks a quantized projection reads,
+/// written by the kernel that made them ([`add_rms_norm`], [`silu_mul_q8`]) instead of by
+/// a quantize launch of the projection's own: ~110 launches fewer per step of a 28-layer
+/// int4 model. Consumed by the next projection of the thread ([`Linear::forward_q8`]);
+/// nothing may quantize in between (the blocks live in the thread's scratch).
+///
+/// [`Linear::forward_q8`]: crate::layers::Linear::forward_q8
+pub struct Q8Input {
+    #[cfg(feature = "cuda")]
+    inner: quant_matvec::Q8Activations,
+    #[cfg(not(feature = "cuda"))]
+    _never: std::convert::Infallible,
+}
+
+/// Whether a decode step's projection of `w` for activations in `dtype` on `device` takes
+/// [`Q8Input`]: graphs on (whose per-thread scratch the blocks live in), a block type with
+/// an MMVQ kernel.
+pub fn takes_q8(
+    runtime: &RuntimeOptions,
+    device: &Device,
+    w: &candle_core::quantized::QTensor,
+    dtype: DType,
+) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        graphs_enabled(runtime, device) && quant_matvec::has_kernels(w, dtype)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (runtime, device, w, dtype);
+        false
+    }
+}
+
+/// The residual add and the RMSNorm after it in one launch, as a decode step's layers
+/// meet them: `(x + delta, norm(x + delta))`, or `(x, norm(x))` without `delta`; with
+/// `q8`, the normed values also as a [`Q8Input`] (for at most
+/// [`QUANT_MATVEC_ROWS`] rows; `None` beyond). Same values as candle's add and norm.
+pub fn add_rms_norm(
+    x: &Tensor,
+    delta: Option<&Tensor>,
+    norm: HeadNorm<'_>,
+    q8: bool,
+) -> Result<(Tensor, Tensor, Option<Q8Input>)> {
+    #[cfg(feature = "cuda")]
+    {
+        let x = x.contiguous()?;
+        let delta = delta.map(Tensor::contiguous).transpose()?;
+        let blocks = if q8 {
+            quant_matvec::Q8Activations::for_values(x.device(), x.dims(), x.dtype())?
+        } else {
+            None
+        };
+        let (sum, normed) = cuda::add_rms_norm(&x, delta.as_ref(), norm, blocks.as_ref())?;
+        Ok((sum, normed, blocks.map(|inner| Q8Input { inner })))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (x, delta, norm, q8);
+        no_cuda()
+    }
+}
+
+/// [`silu_mul`] with the product also as a [`Q8Input`] for the down projection (at most
+/// [`QUANT_MATVEC_ROWS`] rows; `None` beyond, or off CUDA).
+pub fn silu_mul_q8(gate_up: &Tensor, inter: usize) -> Result<(Tensor, Option<Q8Input>)> {
+    #[cfg(feature = "cuda")]
+    {
+        let gate_up = gate_up.contiguous()?;
+        let mut dims = gate_up.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = inter;
+        }
+        match quant_matvec::Q8Activations::for_values(gate_up.device(), &dims, gate_up.dtype())? {
+            Some(inner) => {
+                let out = cuda::silu_mul_q8(&gate_up, inter, &inner)?;
+                Ok((out, Some(Q8Input { inner })))
+            }
+            None => Ok((cuda::silu_mul(&gate_up, inter)?, None)),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (gate_up, inter);
+        no_cuda()
+    }
+}
+
+/// `x Wᵀ` from activations already quantized ([`Q8Input`]) → `[.., n]` in their dtype;
+/// `None` when `w` does not fit them (another k, a block type without a kernel).
+pub fn quant_matvec_q8(
+    q8: &Q8Input,
+    w: &candle_core::quantized::QTensor,
+) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    {
+        if !q8.inner.fits(w) {
+            return Ok(None);
+        }
+        quant_matvec::matvec_q8(&q8.inner, w).map(Some)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = w;
+        match q8._never {}
+    }
+}
+
 /// The cache length after a decode step's write, as the decode kernels take it: `value`
 /// from the host, or, for a step captured in a CUDA graph, read by the kernels from
 /// `on_device` when they run, so that each replay writes and attends where that step's
@@ -275,13 +383,14 @@ pub fn quant_gemm_calls() -> usize {
     QUANT_GEMM_CALLS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// `x Wᵀ` for a quantized `w` and `x [.., k]` of many rows on CUDA, through the weight
-/// dequantized for this call (f16, then the activations' dtype) and cuBLAS's GEMM, a slice
-/// of rows at a time ([`dequant_slices`]):
+/// `x Wᵀ` for a quantized `w` and `x [.., k]` of many rows on CUDA, through the whole weight
+/// dequantized for this call (f16, then the activations' dtype) and cuBLAS's GEMM:
 /// candle's quantized matmul for many rows quantizes the activations and runs MMQ
 /// kernels, 3.6× slower than bf16 for Qwen2.5-VL-7B's prefill at int4 (111 vs 31 ms, run
-/// 23), while dequantizing the weights costs one pass over them. A dequantized slice
-/// lives only during its product (~32 MB at most). `None`:
+/// 23), while dequantizing the weights costs one pass over them. Whole weights, not
+/// [`dequant_slices`]: slices made the 7B's prefill 9.6% slower for 322 MiB less at the
+/// peak and did not lower the 2B's (run 38); the projections that dequantize on every call
+/// ([`dequantized_projection`]) keep them. `None`:
 /// fewer rows than [`quant_gemm_threshold`] (or none), not CUDA, or a block type candle
 /// cannot dequantize there.
 pub fn quantized_gemm(
@@ -290,9 +399,7 @@ pub fn quantized_gemm(
     w: &candle_core::quantized::QTensor,
 ) -> Result<Option<Tensor>> {
     match quant_gemm_threshold(runtime) {
-        Some(threshold) if x.device().is_cuda() => {
-            dequantized_gemm(x, w, threshold, runtime.dequant_slice_values)
-        }
+        Some(threshold) if x.device().is_cuda() => dequantized_gemm(x, w, threshold, 0),
         _ => Ok(None),
     }
 }
@@ -309,9 +416,10 @@ pub fn quant_kernels_run(device: &Device, dtype: DType) -> Result<bool> {
     Ok(true)
 }
 
-/// `x Wᵀ` through `w` dequantized for this call and a float GEMM, at any number of rows:
-/// how a layer computes where [`quant_kernels_run`] is false. `None`: `w`'s block type is
-/// not one the dequantizer takes.
+/// `x Wᵀ` through `w` dequantized for this call and a float GEMM, at any number of rows,
+/// a slice of [`RuntimeOptions::dequant_slice_values`] at a time ([`dequant_slices`]): how
+/// a layer computes where [`quant_kernels_run`] is false. `None`: `w`'s block type is not
+/// one the dequantizer takes.
 pub fn dequantized_projection(
     runtime: &RuntimeOptions,
     x: &Tensor,

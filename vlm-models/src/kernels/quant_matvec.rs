@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::ffi::c_void;
 use std::sync::Arc;
 
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use candle_core::cuda_backend::kernels::ffi;
 use candle_core::cuda_backend::DeviceId;
 use candle_core::quantized::cuda::MATRIX_ROW_PADDING;
@@ -134,6 +134,80 @@ pub(super) fn applies(x: &Tensor, w: &QTensor) -> bool {
         && kernels(w.dtype(), x.dtype()).is_some()
 }
 
+/// Whether these kernels take `w` against activations in `dtype`.
+pub(super) fn has_kernels(w: &QTensor, dtype: DType) -> bool {
+    kernels(w.dtype(), dtype).is_some()
+}
+
+/// Activations of a decode step's quantized projection already in Q8_1 blocks in the
+/// calling thread's scratch, written there by a fused kernel (the residual norm's or the
+/// MLP product's) instead of a quantize launch of their own. Read by the next
+/// [`matvec_q8`]: nothing in between may quantize into the scratch.
+pub struct Q8Activations {
+    /// Holds the scratch the blocks were written to, should the thread's grow meanwhile.
+    scratch: Arc<CudaSlice<u8>>,
+    device: candle_core::Device,
+    /// The activations' shape (`[.., k]`) and dtype, which the output keeps.
+    dims: Vec<usize>,
+    dtype: DType,
+}
+
+impl Q8Activations {
+    /// Room in the calling thread's scratch for `x`'s values (`[.., k]`, ≤ 8 rows) as
+    /// Q8_1 blocks, for a kernel to write; `None` past the matvec's rows.
+    pub(super) fn for_values(
+        device: &candle_core::Device,
+        dims: &[usize],
+        dtype: DType,
+    ) -> Result<Option<Self>> {
+        let candle_core::Device::Cuda(dev) = device else {
+            return Ok(None);
+        };
+        let k = dims.last().copied().unwrap_or(0);
+        let rows = dims.iter().product::<usize>() / k.max(1);
+        if k == 0 || !(1..=MAX_ROWS).contains(&rows) {
+            return Ok(None);
+        }
+        let blocks = rows * padded(k) / Q8_1_VALUES;
+        let scratch = workspace(dev, blocks * Q8_1_BYTES)?;
+        Ok(Some(Self {
+            scratch,
+            device: device.clone(),
+            dims: dims.to_vec(),
+            dtype,
+        }))
+    }
+
+    /// Values per row in the blocks: k padded as candle pads quantized rows.
+    pub(super) fn padded_k(&self) -> usize {
+        padded(self.k())
+    }
+
+    fn k(&self) -> usize {
+        self.dims.last().copied().unwrap_or(0)
+    }
+
+    fn rows(&self) -> usize {
+        self.dims.iter().product::<usize>() / self.k().max(1)
+    }
+
+    /// Runs `launch` with the blocks' device address, for the kernel that writes them on
+    /// `stream` (the thread's).
+    pub(super) fn with_address<R>(&self, stream: &CudaStream, launch: impl FnOnce(u64) -> R) -> R {
+        let (ptr, _sync) = self.scratch.device_ptr(stream);
+        launch(ptr)
+    }
+
+    /// Whether [`matvec_q8`] takes these activations against `w`.
+    pub(super) fn fits(&self, w: &QTensor) -> bool {
+        w.shape().dims2().is_ok_and(|(_, k)| k == self.k()) && has_kernels(w, self.dtype)
+    }
+}
+
+fn padded(k: usize) -> usize {
+    k.div_ceil(MATRIX_ROW_PADDING) * MATRIX_ROW_PADDING
+}
+
 /// `x Wᵀ` for `x [.., k]` (≤ 8 rows, see [`applies`]) → `[.., n]` in `x`'s dtype.
 pub(super) fn matvec(x: &Tensor, w: &QTensor) -> Result<Tensor> {
     let (n, k) = w.shape().dims2()?;
@@ -149,43 +223,82 @@ pub(super) fn matvec(x: &Tensor, w: &QTensor) -> Result<Tensor> {
     if dims.last() != Some(&k) || !(1..=MAX_ROWS).contains(&rows) {
         bail!("quantized matvec: x {:?} against [{n}, {k}]", x.shape());
     }
-    let candle_core::Device::Cuda(dev) = x.device() else {
+    let x = x.contiguous()?;
+    let Some(q8) = Q8Activations::for_values(x.device(), dims, x.dtype())? else {
         bail!("the quantized matvec runs on CUDA tensors only");
     };
-    let x = x.contiguous()?;
-    let k_padded = k.div_ceil(MATRIX_ROW_PADDING) * MATRIX_ROW_PADDING;
-    let blocks_per_row = k_padded / Q8_1_VALUES;
-    let scratch = workspace(dev, rows * blocks_per_row * Q8_1_BYTES)?;
-    // `dims` ends in k (checked above): keep the leading dims, k becomes n.
-    let out_dims: Vec<usize> = dims[..dims.len() - 1].iter().copied().chain([n]).collect();
-    let out = super::cuda::empty(&x, Shape::from_dims(&out_dims))?;
-    super::cuda::with_addresses(&[Some(&x), Some(&out)], |dev, p| {
+    let scratch = q8.scratch.clone();
+    super::cuda::with_addresses(&[Some(&x)], |dev, p| {
         let stream = dev.cuda_stream();
         let (scratch_ptr, _sync) = scratch.device_ptr(&stream);
-        let weights = w.device_ptr()? as *const c_void;
-        let cu_stream = stream.cu_stream() as *mut c_void;
-        // SAFETY: the pointers are live device buffers of the sizes computed above (the
-        // weights as candle stores them, padded rows included); both launches are ordered
-        // on this thread's stream, the scratch being this thread's.
+        // SAFETY: `x` is a live contiguous device buffer of rows × k values and the
+        // scratch holds rows × padded k Q8_1 values; ordered on this thread's stream, the
+        // scratch being this thread's.
         unsafe {
             quantize(
                 p[0] as *const c_void,
                 scratch_ptr as *mut c_void,
                 k as i32,
-                k_padded as i32,
+                padded(k) as i32,
                 rows as i32,
-                cu_stream,
+                stream.cu_stream() as *mut c_void,
             );
+        }
+        Ok(())
+    })?;
+    run(&q8, w, launch)
+}
+
+/// `x Wᵀ` from activations a fused kernel has quantized ([`Q8Activations`]) → `[.., n]`
+/// in their dtype.
+pub(super) fn matvec_q8(q8: &Q8Activations, w: &QTensor) -> Result<Tensor> {
+    let Some((_, launch)) = kernels(w.dtype(), q8.dtype) else {
+        bail!(
+            "no MMVQ kernel for {:?} weights and {:?} activations",
+            w.dtype(),
+            q8.dtype
+        );
+    };
+    if !q8.fits(w) {
+        bail!(
+            "quantized matvec: activations {:?} against {:?}",
+            q8.dims,
+            w.shape()
+        );
+    }
+    run(q8, w, launch)
+}
+
+/// The MMVQ launch over `q8`'s blocks.
+fn run(q8: &Q8Activations, w: &QTensor, launch: Launcher) -> Result<Tensor> {
+    let (n, k) = w.shape().dims2()?;
+    let rows = q8.rows();
+    let blocks_per_row = padded(k) / Q8_1_VALUES;
+    // `dims` ends in k: keep the leading dims, k becomes n.
+    let out_dims: Vec<usize> = q8.dims[..q8.dims.len() - 1]
+        .iter()
+        .copied()
+        .chain([n])
+        .collect();
+    let out = super::cuda::empty_on(&q8.device, q8.dtype, Shape::from_dims(&out_dims))?;
+    super::cuda::with_addresses(&[Some(&out)], |dev, p| {
+        let stream = dev.cuda_stream();
+        let (scratch_ptr, _sync) = q8.scratch.device_ptr(&stream);
+        let weights = w.device_ptr()? as *const c_void;
+        // SAFETY: the pointers are live device buffers of the sizes computed above (the
+        // weights as candle stores them, padded rows included); ordered on this thread's
+        // stream after the launch that wrote the blocks.
+        unsafe {
             launch(
                 weights,
                 scratch_ptr as *const c_void,
-                p[1] as *mut c_void,
+                p[0] as *mut c_void,
                 k as i32,
                 n as i32,
                 blocks_per_row as i32,
                 n as i32,
                 rows as i32,
-                cu_stream,
+                stream.cu_stream() as *mut c_void,
             );
         }
         Ok(())
