@@ -1,5 +1,6 @@
 //! With the `cuda` feature, compiles the fused kernels (src/kernels/decode.cu for the
-//! decoder step, src/kernels/vision.cu for the vision towers) to PTX with nvcc; the driver
+//! decoder step, src/kernels/vision.cu for the vision towers, ops.cu for every family's
+//! layers, dequant.cu for quantized weights to bf16) to PTX with nvcc; the driver
 //! JIT-compiles that PTX for the card it runs on.
 //!
 //! nvcc is `$NVCC`, else `$CUDA_ROOT/bin/nvcc` / `$CUDA_HOME/bin/nvcc`, else `nvcc` on PATH.
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The kernel sources, each compiled to `$OUT_DIR/<name>.ptx`.
-const KERNEL_FILES: [&str; 3] = ["decode", "vision", "ops"];
+const KERNEL_FILES: [&str; 4] = ["decode", "vision", "ops", "dequant"];
 /// Kernels on the tensor cores' mma.sync (compute capability 8.0 and above), built with
 /// the `vlm_flash` cfg set when the target architecture has them.
 const MMA_FILES: [&str; 1] = ["attention"];

@@ -1000,3 +1000,47 @@ fn q8_inputs_give_the_projection_its_own_quantization() {
         }
     }
 }
+
+/// Weights dequantized straight to bf16 (dequant.cu) hold the CPU's f32 values rounded
+/// once: every element within a bf16 step (2⁻⁸ relative, plus slack near zero), for every
+/// block type with such a kernel, the whole weight and a slice at an offset.
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn bf16_dequantization_rounds_the_cpu_values_once() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use kernels::dequant_slices::dequantize_rows_bf16;
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    let (n, k) = (96, 512);
+    let w = (Tensor::from_vec(values(n * k, 61), (n, k), &Device::Cpu).unwrap() * 3.0).unwrap();
+    for block in [
+        GgmlDType::Q8_0,
+        GgmlDType::Q4_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+    ] {
+        let cpu = QTensor::quantize(&w, block).unwrap();
+        let gpu = QTensor::quantize_onto(&w, block, &dev).unwrap();
+        let want = f32s(&cpu.dequantize(&Device::Cpu).unwrap());
+        for (first, count) in [(0, n), (17, 40)] {
+            let got = dequantize_rows_bf16(&gpu, first, count, &dev)
+                .unwrap()
+                .expect("a bf16 kernel for this block type");
+            assert_eq!(got.dtype(), DType::BF16);
+            assert_eq!(got.dims(), &[count, k]);
+            let got = f32s(&got);
+            let want = &want[first * k..(first + count) * k];
+            let worst = got
+                .iter()
+                .zip(want)
+                .map(|(g, w)| (g - w).abs() / (w.abs() * 2f32.powi(-8) + 1e-6))
+                .fold(0f32, f32::max);
+            println!(
+                "bf16 dequantization {block:?} rows {first}+{count}: worst {worst:.2} of the bound"
+            );
+            assert!(
+                worst <= 1.0,
+                "{block:?} rows {first}+{count}: {worst} of the bound"
+            );
+        }
+    }
+}

@@ -18,6 +18,8 @@ const VISION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/vision.ptx"));
 const VISION_MODULE: &str = "vlm_vision";
 const OPS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/ops.ptx"));
 const OPS_MODULE: &str = "vlm_ops";
+const DEQUANT_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dequant.ptx"));
+const DEQUANT_MODULE: &str = "vlm_dequant";
 #[cfg(vlm_flash)]
 const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
 #[cfg(vlm_flash)]
@@ -346,6 +348,58 @@ pub(super) fn silu_mul_q8(
             unsafe { b.launch(cfg) }.w()?;
             Ok(())
         })
+    })?;
+    Ok(out)
+}
+
+/// The `dequant.cu` kernel that writes `dtype`'s blocks as bf16, if there is one.
+pub(super) fn bf16_dequantizer(dtype: candle_core::quantized::GgmlDType) -> Option<&'static str> {
+    use candle_core::quantized::GgmlDType as G;
+    Some(match dtype {
+        G::Q8_0 => "dequantize_q8_0_bf16",
+        G::Q4_0 => "dequantize_q4_0_bf16",
+        G::Q4K => "dequantize_q4k_bf16",
+        G::Q6K => "dequantize_q6k_bf16",
+        _ => return None,
+    })
+}
+
+/// `rows × k` values of `w` from `offset` bytes into its blocks (whole rows), dequantized
+/// straight to bf16 (dequant.cu); an error for a block type without such a kernel
+/// ([`bf16_dequantizer`]).
+pub(super) fn dequantize_bf16(
+    w: &candle_core::quantized::QTensor,
+    offset: usize,
+    (rows, k): (usize, usize),
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let Some(name) = bf16_dequantizer(w.dtype()) else {
+        bail!("no bf16 dequantize kernel for {:?}", w.dtype());
+    };
+    let values = rows * k;
+    if !values.is_multiple_of(w.dtype().block_size()) {
+        bail!("{values} values are not whole {:?} blocks", w.dtype());
+    }
+    let out = empty_on(device, DType::BF16, Shape::from_dims(&[rows, k]))?;
+    with_addresses(&[Some(&out)], |dev, p| {
+        let func = custom_func!(dev, name, DEQUANT_MODULE, DEQUANT_PTX);
+        let stream = dev.cuda_stream();
+        let (src, _src_sync) = w.device_ptr_with_guard(&stream)?;
+        let src = src as u64 + offset as u64;
+        let groups = values / 8;
+        let blocks = groups.div_ceil(256).clamp(1, 65_535) as u32;
+        let mut a = func.builder();
+        a.arg(&src).arg(&p[0]).arg(&groups);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the kernel reads the whole blocks of `values` values from `src`, inside
+        // `w`'s buffer (the caller passes whole rows within it), and writes `values` bf16
+        // values to `out`, which holds that many.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok(())
     })?;
     Ok(out)
 }

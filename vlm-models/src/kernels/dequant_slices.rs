@@ -129,6 +129,8 @@ pub fn dequantize_rows(
     if first + count > n || count == 0 {
         candle_core::bail!("rows {first}..{} of a weight of {n}", first + count);
     }
+    let block = w.dtype().block_size();
+    let row_bytes = k / block * w.dtype().type_size();
     if first == 0 && count == n {
         // candle's own path, and the only one on devices other than CUDA and the CPU.
         return match dtype {
@@ -136,11 +138,9 @@ pub fn dequantize_rows(
             _ => w.dequantize_f16(device)?.to_dtype(dtype),
         };
     }
-    let block = w.dtype().block_size();
     if !k.is_multiple_of(block) {
         candle_core::bail!("a row of {k} values is not whole {block}-value blocks");
     }
-    let row_bytes = k / block * w.dtype().type_size();
     match device {
         #[cfg(feature = "cuda")]
         Device::Cuda(_) => cuda::dequantize_rows(w, first * row_bytes, (count, k), dtype, device),
@@ -160,6 +160,36 @@ pub fn dequantize_rows(
         }
         _ => candle_core::bail!("slices of a quantized weight on {device:?}"),
     }
+}
+
+/// Rows `first..first + count` of `w [n, k]` dequantized straight to bf16 on CUDA by our
+/// kernels (kernels/dequant.cu: Q8_0, Q4_0, Q4_K, Q6_K), without candle's f16 copy and the
+/// cast pass after it; `None` for other block types, devices, or builds without CUDA.
+/// Not yet what the projections take: it replaces [`dequantize_rows`]'s bf16 path once a
+/// GPU run has checked and measured it (its GPU-check test and the prediction are in,
+/// docs/benchmarks.md's optimisation log; session 15 had no device time left).
+pub fn dequantize_rows_bf16(
+    w: &QTensor,
+    first: usize,
+    count: usize,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let (n, k) = w.shape().dims2()?;
+    if first + count > n || count == 0 {
+        candle_core::bail!("rows {first}..{} of a weight of {n}", first + count);
+    }
+    let block = w.dtype().block_size();
+    #[cfg(feature = "cuda")]
+    if device.is_cuda()
+        && k.is_multiple_of(block)
+        && crate::kernels::cuda::bf16_dequantizer(w.dtype()).is_some()
+    {
+        let row_bytes = k / block * w.dtype().type_size();
+        return crate::kernels::cuda::dequantize_bf16(w, first * row_bytes, (count, k), device)
+            .map(Some);
+    }
+    let _ = (block, k, device);
+    Ok(None)
 }
 
 #[cfg(feature = "cuda")]

@@ -1,13 +1,16 @@
 //! Fused CUDA kernels for the decoder: at one new token per sequence, candle would issue
 //! a launch per small op and the host, not the GPU, would set the pace (see
-//! docs/benchmarks.md). Three kernels replace ~15 launches per layer:
+//! docs/benchmarks.md). A few kernels replace ~15 launches per layer:
 //!
 //! - [`write_kv`]: bias, per-head key norm (Qwen3) and RoPE of the new key, written with
 //!   its value into the preallocated cache in place;
 //! - [`decode_attention`]: the same for the query, then attention over the cache with GQA
 //!   read in place and left padding skipped;
 //! - [`silu_mul`]: `silu(gate) · up` from the fused gate/up projection (every step,
-//!   prefill included);
+//!   prefill included); [`silu_mul_q8`] also writes the product as the down projection's
+//!   Q8_1 input ([`Q8Input`]);
+//! - [`add_rms_norm`]: a residual add and the RMSNorm after it, optionally writing the
+//!   normed rows as a quantized projection's Q8_1 input;
 //! - [`gemv`]: `x Wᵀ + b` for a batch-1 decode step's projections (up to 8 rows with
 //!   [`RuntimeOptions::gemv_max_rows`]), one warp per output column.
 //!

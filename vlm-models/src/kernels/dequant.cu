@@ -1,0 +1,107 @@
+// Quantized weights dequantized straight to bf16 for a prefill's GEMM. candle's dequantize
+// kernels write f16 or f32, so a bf16 model took an f16 copy of each weight and then a
+// cast pass over it: for Qwen2.5-VL-7B at int4 ~13 GB moved per prefill by the cast alone,
+// and the f16 copy held beside the bf16 one. Each thread writes 8 consecutive values (one
+// 16-byte store); the arithmetic per value is candle's (scale products in f32, then the
+// quantized integer), rounded once to bf16.
+//
+// Block layouts (GGML's, as candle stores them; all little-endian):
+//   Q8_0  34 bytes / 32 values:  f16 d, int8 q[32];                 x = d·q
+//   Q4_0  18 bytes / 32 values:  f16 d, u8 q[16];                   x = d·(nibble − 8),
+//         values 0-15 the low nibbles of q[0..16], 16-31 the high ones
+//   Q4_K 144 bytes / 256 values: f16 d, f16 dmin, u8 sc[12], u8 q[128]; four runs of 64:
+//         run c reads q[32c..32c+32], its first 32 values the low nibbles with 6-bit scale
+//         and min number 2c, the next 32 the high nibbles with number 2c+1;
+//         x = (d·scale)·nibble − dmin·min
+//   Q6_K 210 bytes / 256 values: u8 ql[128], u8 qh[64], int8 sc[16], f16 d; two halves of
+//         128, each four quarters of 32: quarter j of half h, value l takes 4 bits from
+//         ql[64h + 32(j%2) + l] (low nibble for j < 2, high for j ≥ 2) and 2 bits from
+//         qh[32h + l] >> 2j, scale sc[8h + 2j + l/16]; x = (d·scale)·(q − 32)
+
+#include "common.cuh"
+
+__device__ __forceinline__ float half_at(const uint8_t *p) {
+  return __half2float(*reinterpret_cast<const __half *>(p));
+}
+
+__device__ __forceinline__ void store8_bf16(__nv_bfloat16 *out, const float *v) {
+  uint4 u;
+  __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+  *reinterpret_cast<uint4 *>(out) = u;
+}
+
+// The 6-bit scale and min number j (0-7) of a Q4_K block's 12 packed bytes: numbers 0-3
+// in the low 6 bits of bytes j and j + 4; numbers 4-7 from the nibbles of byte j + 4 with
+// their top 2 bits in the high bits of bytes j − 4 (scale) and j (min).
+__device__ __forceinline__ void q4k_scale_min(const uint8_t *sc, int j, float &s, float &m) {
+  if (j < 4) {
+    s = sc[j] & 63;
+    m = sc[j + 4] & 63;
+  } else {
+    s = (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4);
+    m = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+  }
+}
+
+// Values 8t..8t+8 of the weight, t = this thread's group.
+__device__ __forceinline__ void q8_0_group(const uint8_t *w, size_t t, float *v) {
+  const uint8_t *b = w + (t / 4) * 34;
+  const float d = half_at(b);
+  const int8_t *q = reinterpret_cast<const int8_t *>(b + 2) + (t % 4) * 8;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = d * q[i];
+}
+
+__device__ __forceinline__ void q4_0_group(const uint8_t *w, size_t t, float *v) {
+  const uint8_t *b = w + (t / 4) * 18;
+  const float d = half_at(b);
+  const int part = t % 4;
+  const uint8_t *q = b + 2 + (part % 2) * 8;
+  const int shift = part < 2 ? 0 : 4;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = d * (float)(((q[i] >> shift) & 0xF) - 8);
+}
+
+__device__ __forceinline__ void q4k_group(const uint8_t *w, size_t t, float *v) {
+  const uint8_t *b = w + (t / 32) * 144;
+  const int first = (t % 32) * 8;  // within the block's 256 values
+  const int run = first / 64, high = (first % 64) / 32, l = first % 32;
+  float s, m;
+  q4k_scale_min(b + 4, 2 * run + high, s, m);
+  const float d = half_at(b) * s, mn = half_at(b + 2) * m;
+  const uint8_t *q = b + 16 + 32 * run + l;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = d * (float)((q[i] >> (4 * high)) & 0xF) - mn;
+}
+
+__device__ __forceinline__ void q6k_group(const uint8_t *w, size_t t, float *v) {
+  const uint8_t *b = w + (t / 32) * 210;
+  const int first = (t % 32) * 8;
+  const int half = first / 128, j = (first % 128) / 32, l = first % 32;
+  const uint8_t *ql = b + 64 * half + 32 * (j % 2) + l;
+  const uint8_t *qh = b + 128 + 32 * half + l;
+  const int8_t *sc = reinterpret_cast<const int8_t *>(b + 192);
+  const float d = half_at(b + 208) * (float)sc[8 * half + 2 * j + l / 16];
+  const int low_shift = j < 2 ? 0 : 4;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int q = ((ql[i] >> low_shift) & 0xF) | (((qh[i] >> (2 * j)) & 3) << 4);
+    v[i] = d * (float)(q - 32);
+  }
+}
+
+#define DEQUANT_BF16(NAME, GROUP)                                                          \
+  extern "C" __global__ void NAME(const uint8_t *w, __nv_bfloat16 *out, size_t groups) {   \
+    for (size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x; t < groups;             \
+         t += (size_t)blockDim.x * gridDim.x) {                                            \
+      float v[8];                                                                          \
+      GROUP(w, t, v);                                                                      \
+      store8_bf16(out + 8 * t, v);                                                         \
+    }                                                                                      \
+  }
+DEQUANT_BF16(dequantize_q8_0_bf16, q8_0_group)
+DEQUANT_BF16(dequantize_q4_0_bf16, q4_0_group)
+DEQUANT_BF16(dequantize_q4k_bf16, q4k_group)
+DEQUANT_BF16(dequantize_q6k_bf16, q6k_group)
