@@ -249,6 +249,17 @@ if [ "$QUANT" = 1 ]; then
         ( export "${v?}"; peak_mem "$OUT/quant.log" /tmp/vlm-bench --model "/tmp/q-$name-$q" \
           --tokens "$TOKENS" --batches "$QUANT_BATCHES" --runs 2 2>&1 | grep -v "^|---" | tee -a "$OUT/quant.log" ) || status=1
       done
+      # OLD_NEW=1: the previous build (.devbin/vlm-bench-old.xz) and this one alternated on the
+      # saved folder, OLD_NEW_ROUNDS times: a change to a quantized path against the build before.
+      if [ "${OLD_NEW:-0}" = 1 ] && [ -x /tmp/vlm-bench-old ] && [ "$q" != none ]; then
+        for r in $(seq "${OLD_NEW_ROUNDS:-2}"); do
+          for b in vlm-bench-old vlm-bench; do
+            echo "== round $r: $b $name quant=$q ${vision[*]}" | tee -a "$OUT/quant.log"
+            peak_mem "$OUT/quant.log" "/tmp/$b" --model "/tmp/q-$name-$q" --tokens "$TOKENS" \
+              --batches "$QUANT_BATCHES" --runs 2 2>&1 | grep -v "^|---" | tee -a "$OUT/quant.log" || status=1
+          done
+        done
+      fi
       rm -rf "/tmp/q-$name-$q"
     done
     [ "$src" = /tmp/bench-model ] || rm -rf "$src"
