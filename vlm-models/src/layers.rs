@@ -135,7 +135,7 @@ impl Linear {
 impl Linear {
     /// `x Wᵀ` without the bias, for a kernel that adds it itself.
     pub fn forward_unbiased(&self, x: &Tensor) -> Result<Tensor> {
-        self.project(x, false)
+        self.project(x, None, false)
     }
 
     /// The bias, if any.
@@ -159,7 +159,7 @@ impl Linear {
     /// [`Module::forward`] from `q8` where it holds `x` quantized and the layer takes it
     /// ([`Linear::takes_q8`]), from `x` otherwise.
     pub fn forward_q8(&self, x: &Tensor, q8: Option<&crate::kernels::Q8Input>) -> Result<Tensor> {
-        self.project_q8(x, q8, true)
+        self.project(x, q8, true)
     }
 
     /// [`Linear::forward_q8`] without the bias.
@@ -168,35 +168,17 @@ impl Linear {
         x: &Tensor,
         q8: Option<&crate::kernels::Q8Input>,
     ) -> Result<Tensor> {
-        self.project_q8(x, q8, false)
+        self.project(x, q8, false)
     }
 
-    fn project_q8(
+    /// `x Wᵀ` (+ the bias), a quantized weight's decode-step product read from `q8` where
+    /// it holds `x` quantized.
+    fn project(
         &self,
         x: &Tensor,
         q8: Option<&crate::kernels::Q8Input>,
         with_bias: bool,
     ) -> Result<Tensor> {
-        if let (
-            Some(q8),
-            Weight::Quant {
-                matmul: QMatMul::QTensor(w),
-                native: true,
-                ..
-            },
-        ) = (q8, &self.weight)
-        {
-            if let Some(y) = crate::kernels::quant_matvec_q8(q8, w)? {
-                return match self.bias.as_ref().filter(|_| with_bias) {
-                    Some(b) => add_bias(&self.runtime, &y, b),
-                    None => Ok(y),
-                };
-            }
-        }
-        self.project(x, with_bias)
-    }
-
-    fn project(&self, x: &Tensor, with_bias: bool) -> Result<Tensor> {
         let bias = self.bias.as_ref().filter(|_| with_bias);
         let runtime = &self.runtime;
         let y = match &self.weight {
@@ -227,10 +209,19 @@ impl Linear {
                     QMatMul::QTensor(w) if !native => {
                         crate::kernels::dequantized_projection(runtime, &x, w)?
                     }
-                    QMatMul::QTensor(w) => match crate::kernels::quant_matvec(runtime, &x, w)? {
-                        Some(y) => Some(y),
-                        None => crate::kernels::quantized_gemm(runtime, &x, w)?,
-                    },
+                    QMatMul::QTensor(w) => {
+                        let from_q8 = match q8 {
+                            Some(q8) => crate::kernels::quant_matvec_q8(q8, w)?,
+                            None => None,
+                        };
+                        match from_q8 {
+                            Some(y) => Some(y),
+                            None => match crate::kernels::quant_matvec(runtime, &x, w)? {
+                                Some(y) => Some(y),
+                                None => crate::kernels::quantized_gemm(runtime, &x, w)?,
+                            },
+                        }
+                    }
                     _ => None,
                 };
                 match fast {
@@ -260,7 +251,7 @@ fn add_bias(runtime: &RuntimeOptions, y: &Tensor, bias: &Tensor) -> Result<Tenso
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.project(x, true)
+        self.project(x, None, true)
     }
 }
 

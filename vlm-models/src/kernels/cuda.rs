@@ -210,7 +210,13 @@ fn same_dtype(tensors: &[Option<&Tensor>], dtype: DType) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn silu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
+/// `silu(gate) · up` (`silu_mul` in decode.cu); with `q8`, the product also written there
+/// as Q8_1 blocks (`silu_mul_q8`).
+pub(super) fn silu_mul(
+    gate_up: &Tensor,
+    inter: usize,
+    q8: Option<&super::quant_matvec::Q8Activations>,
+) -> Result<Tensor> {
     let dims = gate_up.dims();
     let Some((&last, lead)) = dims.split_last() else {
         bail!("silu_mul needs a [.., 2·intermediate] tensor");
@@ -222,22 +228,43 @@ pub(super) fn silu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
     let mut out_dims = lead.to_vec();
     out_dims.push(inter);
     let out = empty(gate_up, Shape::from_dims(&out_dims))?;
-    let name = format!("silu_mul_{}", suffix(gate_up.dtype())?);
+    let kernel = if q8.is_some() {
+        "silu_mul_q8"
+    } else {
+        "silu_mul"
+    };
+    let name = format!("{kernel}_{}", suffix(gate_up.dtype())?);
+    // The blocks cover padded rows: the q8 kernel's threads run over them too.
+    let width = q8.map_or(inter, |q| q.padded_k());
     with_addresses(&[Some(gate_up), Some(&out)], |dev, p| {
         let func = custom_func!(dev, &name, MODULE, PTX);
-        let n = rows * inter;
-        let blocks = n.div_ceil(256).clamp(1, 65_535) as u32;
-        let (rows, inter) = (rows as u32, inter as u32);
-        let mut b = func.builder();
-        b.arg(&p[0]).arg(&p[1]).arg(&rows).arg(&inter);
-        // SAFETY: arguments match the kernel's signature; sizes checked above.
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
+        let stream = dev.cuda_stream();
+        let launch = |q8_ptr: Option<u64>| -> Result<()> {
+            let blocks = (rows * width).div_ceil(256).clamp(1, 65_535) as u32;
+            let (rows, inter, width) = (rows as u32, inter as u32, width as u32);
+            let mut b = func.builder();
+            b.arg(&p[0]).arg(&p[1]);
+            if let Some(ptr) = &q8_ptr {
+                b.arg(ptr);
+            }
+            b.arg(&rows).arg(&inter);
+            if q8_ptr.is_some() {
+                b.arg(&width);
+            }
+            let cfg = LaunchConfig {
+                grid_dim: (blocks, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: arguments match the kernel's signature; sizes checked above, the
+            // blocks sized for rows × padded values by Q8Activations.
+            unsafe { b.launch(cfg) }.w()?;
+            Ok(())
         };
-        unsafe { b.launch(cfg) }.w()?;
-        Ok(())
+        match q8 {
+            Some(q) => q.with_address(&stream, |ptr| launch(Some(ptr))),
+            None => launch(None),
+        }
     })?;
     Ok(out)
 }
@@ -308,48 +335,6 @@ pub(super) fn add_rms_norm(
         }
     })?;
     Ok((sum.unwrap_or_else(|| x.clone()), normed))
-}
-
-/// [`silu_mul`] with the product also written to `q8` as Q8_1 blocks.
-pub(super) fn silu_mul_q8(
-    gate_up: &Tensor,
-    inter: usize,
-    q8: &super::quant_matvec::Q8Activations,
-) -> Result<Tensor> {
-    let dims = gate_up.dims();
-    let Some((&last, lead)) = dims.split_last() else {
-        bail!("silu_mul needs a [.., 2·intermediate] tensor");
-    };
-    if last != 2 * inter {
-        bail!("silu_mul: last dim {last} is not 2 × {inter}");
-    }
-    let rows: usize = lead.iter().product();
-    let mut out_dims = lead.to_vec();
-    out_dims.push(inter);
-    let out = empty(gate_up, Shape::from_dims(&out_dims))?;
-    let name = format!("silu_mul_q8_{}", suffix(gate_up.dtype())?);
-    let inter_padded = q8.padded_k();
-    with_addresses(&[Some(gate_up), Some(&out)], |dev, p| {
-        let func = custom_func!(dev, &name, MODULE, PTX);
-        let stream = dev.cuda_stream();
-        q8.with_address(&stream, |q8_ptr| {
-            let blocks = (rows * inter_padded).div_ceil(256).clamp(1, 65_535) as u32;
-            let (rows, inter, inter_padded) = (rows as u32, inter as u32, inter_padded as u32);
-            let mut b = func.builder();
-            b.arg(&p[0]).arg(&p[1]).arg(&q8_ptr);
-            b.arg(&rows).arg(&inter).arg(&inter_padded);
-            let cfg = LaunchConfig {
-                grid_dim: (blocks, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: arguments match the kernel's signature; sizes checked above, the
-            // blocks sized for rows × inter_padded values by Q8Activations.
-            unsafe { b.launch(cfg) }.w()?;
-            Ok(())
-        })
-    })?;
-    Ok(out)
 }
 
 /// The `dequant.cu` kernel that writes `dtype`'s blocks as bf16, if there is one.

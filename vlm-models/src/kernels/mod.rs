@@ -140,7 +140,7 @@ fn no_cuda<T>() -> Result<T> {
 /// `silu(gate) · up` for `gate_up [.., 2·inter]` (gate first) → `[.., inter]`.
 pub fn silu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
-    return cuda::silu_mul(&gate_up.contiguous()?, inter);
+    return cuda::silu_mul(&gate_up.contiguous()?, inter, None);
     #[cfg(not(feature = "cuda"))]
     {
         let _ = (gate_up, inter);
@@ -223,10 +223,10 @@ pub fn silu_mul_q8(gate_up: &Tensor, inter: usize) -> Result<(Tensor, Option<Q8I
         }
         match quant_matvec::Q8Activations::for_values(gate_up.device(), &dims, gate_up.dtype())? {
             Some(inner) => {
-                let out = cuda::silu_mul_q8(&gate_up, inter, &inner)?;
+                let out = cuda::silu_mul(&gate_up, inter, Some(&inner))?;
                 Ok((out, Some(Q8Input { inner })))
             }
-            None => Ok((cuda::silu_mul(&gate_up, inter)?, None)),
+            None => Ok((cuda::silu_mul(&gate_up, inter, None)?, None)),
         }
     }
     #[cfg(not(feature = "cuda"))]

@@ -131,7 +131,7 @@ pub(super) fn applies(x: &Tensor, w: &QTensor) -> bool {
         && w.shape()
             .dims2()
             .is_ok_and(|(_, k)| x.dims().last() == Some(&k))
-        && kernels(w.dtype(), x.dtype()).is_some()
+        && has_kernels(w, x.dtype())
 }
 
 /// Whether these kernels take `w` against activations in `dtype`.
