@@ -49,7 +49,15 @@ impl Embedding {
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         match self {
             Self::Float(w) => w.index_select(ids, 0),
-            Self::Quant { table, dtype } => table.embedding(ids)?.to_dtype(*dtype),
+            Self::Quant { table, dtype } => {
+                if *dtype == DType::BF16 {
+                    let rows = crate::kernels::dequant_slices::lookup_rows_bf16(table, ids)?;
+                    if let Some(rows) = rows {
+                        return Ok(rows);
+                    }
+                }
+                table.embedding(ids)?.to_dtype(*dtype)
+            }
         }
     }
 }

@@ -1044,3 +1044,54 @@ fn bf16_dequantization_rounds_the_cpu_values_once() {
         }
     }
 }
+
+/// A quantized embedding lookup straight to bf16 (dequant.cu) gives the CPU's f32 rows
+/// rounded once, in the order of the ids, repeats included; an id past the table gives
+/// zeros instead of reading outside it.
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn bf16_lookup_gives_the_cpu_rows_rounded_once() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use kernels::dequant_slices::lookup_rows_bf16;
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    let (n, k) = (96, 512);
+    let w = (Tensor::from_vec(values(n * k, 67), (n, k), &Device::Cpu).unwrap() * 3.0).unwrap();
+    let picked: Vec<u32> = vec![5, 95, 0, 5, 3, 17];
+    let ids = Tensor::new(picked.as_slice(), &dev).unwrap();
+    for block in [
+        GgmlDType::Q8_0,
+        GgmlDType::Q4_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+    ] {
+        let cpu = QTensor::quantize(&w, block).unwrap();
+        let gpu = QTensor::quantize_onto(&w, block, &dev).unwrap();
+        let table = f32s(&cpu.dequantize(&Device::Cpu).unwrap());
+        let got = lookup_rows_bf16(&gpu, &ids)
+            .unwrap()
+            .expect("a bf16 kernel for this block type");
+        assert_eq!(got.dtype(), DType::BF16);
+        assert_eq!(got.dims(), &[picked.len(), k]);
+        let got = f32s(&got);
+        let mut worst = 0f32;
+        for (r, &id) in picked.iter().enumerate() {
+            let want = &table[id as usize * k..(id as usize + 1) * k];
+            for (g, w) in got[r * k..(r + 1) * k].iter().zip(want) {
+                worst = worst.max((g - w).abs() / (w.abs() * 2f32.powi(-8) + 1e-6));
+            }
+        }
+        println!("bf16 lookup {block:?}: worst {worst:.2} of the bound");
+        assert!(worst <= 1.0, "{block:?}: {worst} of the bound");
+        let outside = Tensor::new(&[n as u32, 3], &dev).unwrap();
+        let rows = f32s(&lookup_rows_bf16(&gpu, &outside).unwrap().unwrap());
+        assert!(
+            rows[..k].iter().all(|v| *v == 0.0),
+            "{block:?}: id {n} not zeros"
+        );
+        assert_eq!(
+            &rows[k..],
+            &got[4 * k..5 * k],
+            "{block:?}: row 3 depends on its neighbour id"
+        );
+    }
+}

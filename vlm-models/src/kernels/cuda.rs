@@ -337,28 +337,39 @@ pub(super) fn add_rms_norm(
     Ok((sum.unwrap_or_else(|| x.clone()), normed))
 }
 
-/// The `dequant.cu` kernel that writes `dtype`'s blocks as bf16, if there is one.
-pub(super) fn bf16_dequantizer(dtype: candle_core::quantized::GgmlDType) -> Option<&'static str> {
+/// The name part of `dtype`'s kernels in `dequant.cu` (`dequantize_{part}_bf16`,
+/// `embed_{part}_bf16`), if it has them.
+pub(super) fn bf16_kernels(dtype: candle_core::quantized::GgmlDType) -> Option<&'static str> {
     use candle_core::quantized::GgmlDType as G;
     Some(match dtype {
-        G::Q8_0 => "dequantize_q8_0_bf16",
-        G::Q4_0 => "dequantize_q4_0_bf16",
-        G::Q4K => "dequantize_q4k_bf16",
-        G::Q6K => "dequantize_q6k_bf16",
+        G::Q8_0 => "q8_0",
+        G::Q4_0 => "q4_0",
+        G::Q4K => "q4k",
+        G::Q6K => "q6k",
         _ => return None,
     })
 }
 
+/// One launch of a `dequant.cu` kernel over `groups` groups of 8 values, 256 threads a
+/// block (the kernels loop over whatever the grid does not cover).
+fn dequant_launch(groups: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (groups.div_ceil(256).clamp(1, 65_535) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// `rows × k` values of `w` from `offset` bytes into its blocks (whole rows), dequantized
 /// straight to bf16 (dequant.cu); an error for a block type without such a kernel
-/// ([`bf16_dequantizer`]).
+/// ([`bf16_kernels`]).
 pub(super) fn dequantize_bf16(
     w: &candle_core::quantized::QTensor,
     offset: usize,
     (rows, k): (usize, usize),
     device: &candle_core::Device,
 ) -> Result<Tensor> {
-    let Some(name) = bf16_dequantizer(w.dtype()) else {
+    let Some(part) = bf16_kernels(w.dtype()) else {
         bail!("no bf16 dequantize kernel for {:?}", w.dtype());
     };
     let values = rows * k;
@@ -367,23 +378,78 @@ pub(super) fn dequantize_bf16(
     }
     let out = empty_on(device, DType::BF16, Shape::from_dims(&[rows, k]))?;
     with_addresses(&[Some(&out)], |dev, p| {
-        let func = custom_func!(dev, name, DEQUANT_MODULE, DEQUANT_PTX);
+        let func = custom_func!(
+            dev,
+            &format!("dequantize_{part}_bf16"),
+            DEQUANT_MODULE,
+            DEQUANT_PTX
+        );
         let stream = dev.cuda_stream();
         let (src, _src_sync) = w.device_ptr_with_guard(&stream)?;
         let src = src as u64 + offset as u64;
         let groups = values / 8;
-        let blocks = groups.div_ceil(256).clamp(1, 65_535) as u32;
         let mut a = func.builder();
         a.arg(&src).arg(&p[0]).arg(&groups);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // SAFETY: the kernel reads the whole blocks of `values` values from `src`, inside
         // `w`'s buffer (the caller passes whole rows within it), and writes `values` bf16
         // values to `out`, which holds that many.
-        unsafe { a.launch(cfg) }.w()?;
+        unsafe { a.launch(dequant_launch(groups)) }.w()?;
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Rows `ids` (u32, contiguous, on `w`'s card) of the quantized table `w [rows, hidden]`,
+/// dequantized straight to bf16: `[ids, hidden]`. An id past the table gives a row of
+/// zeros. An error for a block type without such a kernel ([`bf16_kernels`]) or a row that
+/// is not whole blocks.
+pub(super) fn embed_bf16(w: &candle_core::quantized::QTensor, ids: &Tensor) -> Result<Tensor> {
+    let Some(part) = bf16_kernels(w.dtype()) else {
+        bail!("no bf16 embedding kernel for {:?}", w.dtype());
+    };
+    let (rows, hidden) = w.shape().dims2()?;
+    let block = w.dtype().block_size();
+    if !hidden.is_multiple_of(block) || ids.dtype() != DType::U32 {
+        bail!(
+            "a quantized lookup takes u32 ids and rows of whole {block}-value blocks, not {:?} ids into {hidden} values",
+            ids.dtype()
+        );
+    }
+    let count = ids.elem_count();
+    let out = empty_on(
+        &ids.device().clone(),
+        DType::BF16,
+        Shape::from_dims(&[count, hidden]),
+    )?;
+    if count == 0 {
+        return Ok(out);
+    }
+    with_addresses(&[Some(ids), Some(&out)], |dev, p| {
+        let func = custom_func!(
+            dev,
+            &format!("embed_{part}_bf16"),
+            DEQUANT_MODULE,
+            DEQUANT_PTX
+        );
+        let stream = dev.cuda_stream();
+        let (src, _src_sync) = w.device_ptr_with_guard(&stream)?;
+        let src = src as u64;
+        let row_groups = hidden / 8;
+        let row_bytes = hidden / block * w.dtype().type_size();
+        let rows =
+            u32::try_from(rows).map_err(|_| candle_core::Error::Msg(format!("{rows} rows")))?;
+        let mut a = func.builder();
+        a.arg(&src)
+            .arg(&p[0])
+            .arg(&p[1])
+            .arg(&count)
+            .arg(&row_groups)
+            .arg(&row_bytes)
+            .arg(&rows);
+        // SAFETY: `ids` holds `count` u32s; each id below `rows` reads `row_bytes` bytes of
+        // whole blocks inside `w`'s `rows` rows (others read nothing); `out` holds `count ×
+        // hidden` bf16 values, all written.
+        unsafe { a.launch(dequant_launch(count * row_groups)) }.w()?;
         Ok(())
     })?;
     Ok(out)

@@ -1,4 +1,5 @@
-// Quantized weights dequantized straight to bf16 for a prefill's GEMM. candle's dequantize
+// Quantized weights dequantized straight to bf16 for a prefill's GEMM, and the rows of a
+// quantized embedding table looked up straight to bf16. candle's dequantize
 // kernels write f16 or f32, so a bf16 model took an f16 copy of each weight and then a
 // cast pass over it: for Qwen2.5-VL-7B at int4 ~13 GB moved per prefill by the cast alone,
 // and the f16 copy held beside the bf16 one. Each thread writes 8 consecutive values (one
@@ -101,7 +102,28 @@ __device__ __forceinline__ void q6k_group(const uint8_t *w, size_t t, float *v) 
       store8_bf16(out + 8 * t, v);                                                         \
     }                                                                                      \
   }
-DEQUANT_BF16(dequantize_q8_0_bf16, q8_0_group)
-DEQUANT_BF16(dequantize_q4_0_bf16, q4_0_group)
-DEQUANT_BF16(dequantize_q4k_bf16, q4k_group)
-DEQUANT_BF16(dequantize_q6k_bf16, q6k_group)
+// An embedding lookup: row ids[r] of a table of `rows` rows (`row_bytes` bytes, `row_groups`
+// groups of 8 values each) into output row r, for `count` ids. The ids stay on the card,
+// so a decode step's lookup is one launch inside its graph. An id past the table writes
+// zeros rather than read outside it (the tokenizer never makes one).
+#define EMBED_BF16(NAME, GROUP)                                                            \
+  extern "C" __global__ void NAME(const uint8_t *w, const uint32_t *ids, __nv_bfloat16 *out, \
+                                  size_t count, size_t row_groups, size_t row_bytes,       \
+                                  uint32_t rows) {                                         \
+    const size_t groups = count * row_groups;                                              \
+    for (size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x; t < groups;             \
+         t += (size_t)blockDim.x * gridDim.x) {                                            \
+      const uint32_t id = ids[t / row_groups];                                             \
+      float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};                               \
+      if (id < rows) GROUP(w + (size_t)id * row_bytes, t % row_groups, v);                 \
+      store8_bf16(out + 8 * t, v);                                                         \
+    }                                                                                      \
+  }
+
+#define BLOCK_TYPE(SUFFIX, GROUP)                                                          \
+  DEQUANT_BF16(dequantize_##SUFFIX##_bf16, GROUP)                                          \
+  EMBED_BF16(embed_##SUFFIX##_bf16, GROUP)
+BLOCK_TYPE(q8_0, q8_0_group)
+BLOCK_TYPE(q4_0, q4_0_group)
+BLOCK_TYPE(q4k, q4k_group)
+BLOCK_TYPE(q6k, q6k_group)

@@ -117,7 +117,9 @@ pub fn dequantized_matmul(x: &Tensor, w: &QTensor, slice_values: usize) -> Resul
     Ok(out)
 }
 
-/// Rows `first..first + count` of `w [n, k]`, dequantized into `dtype` on `device`.
+/// Rows `first..first + count` of `w [n, k]`, dequantized into `dtype` on `device`: bf16
+/// straight from the blocks where [`dequantize_rows_bf16`] has a kernel, else candle's
+/// dequantization (f32, or f16 then a cast).
 pub fn dequantize_rows(
     w: &QTensor,
     first: usize,
@@ -128,6 +130,11 @@ pub fn dequantize_rows(
     let (n, k) = w.shape().dims2()?;
     if first + count > n || count == 0 {
         candle_core::bail!("rows {first}..{} of a weight of {n}", first + count);
+    }
+    if dtype == DType::BF16 {
+        if let Some(rows) = dequantize_rows_bf16(w, first, count, device)? {
+            return Ok(rows);
+        }
     }
     let block = w.dtype().block_size();
     let row_bytes = k / block * w.dtype().type_size();
@@ -165,9 +172,6 @@ pub fn dequantize_rows(
 /// Rows `first..first + count` of `w [n, k]` dequantized straight to bf16 on CUDA by our
 /// kernels (kernels/dequant.cu: Q8_0, Q4_0, Q4_K, Q6_K), without candle's f16 copy and the
 /// cast pass after it; `None` for other block types, devices, or builds without CUDA.
-/// Not yet what the projections take: it replaces [`dequantize_rows`]'s bf16 path once a
-/// GPU run has checked and measured it (its GPU-check test and the prediction are in,
-/// docs/benchmarks.md's optimisation log; session 15 had no device time left).
 pub fn dequantize_rows_bf16(
     w: &QTensor,
     first: usize,
@@ -182,13 +186,33 @@ pub fn dequantize_rows_bf16(
     #[cfg(feature = "cuda")]
     if device.is_cuda()
         && k.is_multiple_of(block)
-        && crate::kernels::cuda::bf16_dequantizer(w.dtype()).is_some()
+        && crate::kernels::cuda::bf16_kernels(w.dtype()).is_some()
     {
         let row_bytes = k / block * w.dtype().type_size();
         return crate::kernels::cuda::dequantize_bf16(w, first * row_bytes, (count, k), device)
             .map(Some);
     }
     let _ = (block, k, device);
+    Ok(None)
+}
+
+/// Rows `ids` (u32) of the quantized embedding table `w [vocab, hidden]` looked up
+/// straight to bf16 on CUDA (kernels/dequant.cu), `[ids, hidden]`; `None` where
+/// [`dequantize_rows_bf16`] has no kernel. candle's lookup writes f32 and needs a cast
+/// after it, and it is the last of a quantized model's calls into candle's quantized PTX
+/// module, whose load takes card memory of its own.
+pub fn lookup_rows_bf16(w: &QTensor, ids: &Tensor) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if ids.device().is_cuda()
+        && ids.dtype() == DType::U32
+        && crate::kernels::cuda::bf16_kernels(w.dtype()).is_some()
+    {
+        let (_, hidden) = w.shape().dims2()?;
+        if hidden.is_multiple_of(w.dtype().block_size()) {
+            return crate::kernels::cuda::embed_bf16(w, &ids.contiguous()?).map(Some);
+        }
+    }
+    let _ = (w, ids);
     Ok(None)
 }
 
