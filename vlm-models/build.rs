@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The kernel sources, each compiled to `$OUT_DIR/<name>.ptx`.
-const KERNEL_FILES: [&str; 4] = ["decode", "vision", "ops", "dequant"];
+const KERNEL_FILES: [&str; 5] = ["decode", "vision", "ops", "dequant", "quant_matvec"];
 /// Kernels on the tensor cores' mma.sync (compute capability 8.0 and above), built with
 /// the `vlm_flash` cfg set when the target architecture has them.
 const MMA_FILES: [&str; 1] = ["attention"];

@@ -1095,3 +1095,71 @@ fn bf16_lookup_gives_the_cpu_rows_rounded_once() {
         );
     }
 }
+
+/// The Q4_K and Q6_K matvecs of a decode step (quant_matvec.cu: a warp per output row) give what
+/// candle's MMVQ gives from the same Q8_1 activations, up to the order of the f32 sums
+/// (one rounding of the output dtype), and both what the host's f32 product of the
+/// dequantized weight gives, up to the activations' 8 bits: each activation dtype, 1 to 8
+/// rows, a row count that leaves warps idle, and k of 1, 5 (padded by candle to 6) and 14
+/// super-blocks (a last step with half the lanes idle).
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn quantized_matvec_agrees_with_candles_mmvq() {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::Module;
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    let runtime = RuntimeOptions::default();
+    let n = 100;
+    for (block, k) in [GgmlDType::Q4K, GgmlDType::Q6K]
+        .into_iter()
+        .flat_map(|b| [256, 1280, 3584].map(|k| (b, k)))
+    {
+        let wf = Tensor::from_vec(values(n * k, 71), (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize_onto(&wf, block, &dev).unwrap();
+        let host = QTensor::quantize(&wf, block)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap();
+        let candle =
+            QMatMul::from_qtensor(QTensor::quantize_onto(&wf, block, &dev).unwrap()).unwrap();
+        for dtype in [DType::BF16, DType::F16, DType::F32] {
+            for rows in [1, 3, 8] {
+                let xf = Tensor::from_vec(values(rows * k, 72), (rows, k), &Device::Cpu).unwrap();
+                let x = xf.to_dtype(dtype).unwrap().to_device(&dev).unwrap();
+                let got = kernels::quant_matvec(&runtime, &x, &q)
+                    .unwrap()
+                    .expect("the decode matvec takes ≤ 8 rows");
+                assert_eq!(got.dims(), &[rows, n]);
+                assert_eq!(got.dtype(), dtype);
+                let want = candle.forward(&x).unwrap();
+                let (got, want) = (f32s(&got), f32s(&want));
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+                let ulp = match dtype {
+                    DType::BF16 => 2f32.powi(-7),
+                    DType::F16 => 2f32.powi(-9),
+                    _ => 1e-4,
+                };
+                println!(
+                    "{block:?} matvec k {k} {dtype:?} rows {rows}: worst {worst:.3e} of {scale:.3e}"
+                );
+                assert!(
+                    worst <= ulp * scale,
+                    "{block:?} k {k} {dtype:?} rows {rows}: {worst} against candle's MMVQ (scale {scale})"
+                );
+                let reference = f32s(&xf.matmul(&host.t().unwrap()).unwrap());
+                let off = got
+                    .iter()
+                    .zip(&reference)
+                    .fold(0f32, |m, (g, r)| m.max((g - r).abs()));
+                assert!(
+                    off <= 0.03 * scale,
+                    "{block:?} k {k} {dtype:?} rows {rows}: {off} off the host's product"
+                );
+            }
+        }
+    }
+}

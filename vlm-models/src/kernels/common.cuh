@@ -84,3 +84,10 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
+
+// One Q8_1 block as candle's MMVQ kernels read a quantized projection's activations
+// (ggml's layout): scale d = amax / 127 and the block's sum as halves, then 32 int8 values.
+struct q8_1_block {
+  __half2 ds;
+  int8_t qs[32];
+};

@@ -20,6 +20,8 @@ const OPS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/ops.ptx"));
 const OPS_MODULE: &str = "vlm_ops";
 const DEQUANT_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dequant.ptx"));
 const DEQUANT_MODULE: &str = "vlm_dequant";
+const QUANT_MATVEC_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/quant_matvec.ptx"));
+const QUANT_MATVEC_MODULE: &str = "vlm_quant_matvec";
 #[cfg(vlm_flash)]
 const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
 #[cfg(vlm_flash)]
@@ -453,6 +455,52 @@ pub(super) fn embed_bf16(w: &candle_core::quantized::QTensor, ids: &Tensor) -> R
         Ok(())
     })?;
     Ok(out)
+}
+
+/// The quant_matvec.cu kernels' name part for `w`'s block type, where they take its rows at
+/// `address` (Q4_K 16-byte aligned, for its 16-byte loads; Q6_K any).
+pub(super) fn own_matvec(
+    w: &candle_core::quantized::QTensor,
+    address: u64,
+) -> Option<&'static str> {
+    use candle_core::quantized::GgmlDType as G;
+    match w.dtype() {
+        G::Q4K if address.is_multiple_of(16) => Some("q4k"),
+        G::Q6K if address.is_multiple_of(2) => Some("q6k"),
+        _ => None,
+    }
+}
+
+/// `y [rows, n] = x Wᵀ` (quant_matvec.cu) for the weight at `w` in `block`'s format
+/// ([`own_matvec`]; `n` rows of `k` values, whole 256-value super-blocks) and `rows` (1-8)
+/// rows of Q8_1 activations at `x`, `x_blocks` blocks a row, into the `dtype` tensor at
+/// `y`. Launched on `dev`'s stream; the caller holds the three buffers.
+pub(super) fn matvec_quant(
+    dev: &CudaDevice,
+    block: &str,
+    (w, x, y): (u64, u64, u64),
+    (rows, n, k, x_blocks): (usize, usize, usize, usize),
+    dtype: DType,
+) -> Result<()> {
+    const WARPS: usize = 8; // MATVEC_WARPS in the kernel
+    if !(1..=8).contains(&rows) || !k.is_multiple_of(256) || x_blocks * 32 < k {
+        bail!("{block} matvec: {rows} rows of {k} values ({x_blocks} Q8_1 blocks) against {n} outputs");
+    }
+    let name = format!("matvec_{block}_{}_m{rows}", suffix(dtype)?);
+    let func = custom_func!(dev, &name, QUANT_MATVEC_MODULE, QUANT_MATVEC_PTX);
+    let (n32, sbs, xb) = (n as i32, (k / 256) as i32, x_blocks as i32);
+    let mut a = func.builder();
+    a.arg(&w).arg(&x).arg(&y).arg(&n32).arg(&sbs).arg(&xb);
+    let cfg = LaunchConfig {
+        grid_dim: (n.div_ceil(WARPS) as u32, 1, 1),
+        block_dim: (32 * WARPS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the caller passes live device buffers: `w` holds n × k/256 blocks of
+    // `block`, `x` rows × x_blocks Q8_1 blocks (x_blocks · 32 ≥ k) and `y` rows × n values
+    // of `dtype`.
+    unsafe { a.launch(cfg) }.w()?;
+    Ok(())
 }
 
 /// What both attention kernels read, checked: the batch, the cache's capacity, the dtype,

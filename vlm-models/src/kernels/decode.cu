@@ -223,13 +223,6 @@ __device__ void silu_mul(const T *gate_up, T *out, uint32_t rows, uint32_t inter
   }
 }
 
-// One Q8_1 block as candle's MMVQ kernels read a quantized projection's activations
-// (ggml's layout): scale d = amax / 127 and the block's sum as halves, then 32 int8 values.
-struct q8_1_block {
-  __half2 ds;
-  int8_t qs[32];
-};
-
 // Quantizes the warp's 32 consecutive values (lane i holds value i) into `block`, with the
 // arithmetic of candle's own quantize kernel (its reductions in the same order), so a
 // projection fed from here gives the same bits as one that quantized its input itself.

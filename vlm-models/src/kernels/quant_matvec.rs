@@ -1,5 +1,6 @@
-//! Quantized projections of a decode step (≤ 8 rows) through candle's MMVQ kernels, with
-//! the Q8_1 scratch for the activations owned by the calling thread.
+//! Quantized projections of a decode step (≤ 8 rows) through candle's MMVQ kernels (Q4_K
+//! and Q6_K weights through ours, quant_matvec.cu), with the Q8_1 scratch for the
+//! activations owned by the calling thread.
 //!
 //! candle's own path keeps one scratch per device behind a process-wide mutex and grows it
 //! by replacing it: a decode step captured in a CUDA graph would keep the old address after
@@ -284,7 +285,18 @@ fn run(q8: &Q8Activations, w: &QTensor, launch: Launcher) -> Result<Tensor> {
     super::cuda::with_addresses(&[Some(&out)], |dev, p| {
         let stream = dev.cuda_stream();
         let (scratch_ptr, _sync) = q8.scratch.device_ptr(&stream);
-        let weights = w.device_ptr()? as *const c_void;
+        let address = w.device_ptr()? as u64;
+        if let Some(block) = super::cuda::own_matvec(w, address) {
+            // Ours: a warp per output row (quant_matvec.cu says why).
+            return super::cuda::matvec_quant(
+                dev,
+                block,
+                (address, scratch_ptr, p[0]),
+                (rows, n, k, blocks_per_row),
+                q8.dtype,
+            );
+        }
+        let weights = address as *const c_void;
         // SAFETY: the pointers are live device buffers of the sizes computed above (the
         // weights as candle stores them, padded rows included); ordered on this thread's
         // stream after the launch that wrote the blocks.
