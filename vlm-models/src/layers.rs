@@ -218,17 +218,19 @@ impl Linear {
                         crate::kernels::dequantized_projection(runtime, &x, w)?
                     }
                     QMatMul::QTensor(w) => {
-                        let from_q8 = match q8 {
+                        // The first of: the blocks a fused kernel wrote, the decode matvec,
+                        // the dequantized GEMM.
+                        let mut y = match q8 {
                             Some(q8) => crate::kernels::quant_matvec_q8(q8, w)?,
                             None => None,
                         };
-                        match from_q8 {
-                            Some(y) => Some(y),
-                            None => match crate::kernels::quant_matvec(runtime, &x, w)? {
-                                Some(y) => Some(y),
-                                None => crate::kernels::quantized_gemm(runtime, &x, w)?,
-                            },
+                        if y.is_none() {
+                            y = crate::kernels::quant_matvec(runtime, &x, w)?;
                         }
+                        if y.is_none() {
+                            y = crate::kernels::quantized_gemm(runtime, &x, w)?;
+                        }
+                        y
                     }
                     _ => None,
                 };

@@ -1001,6 +1001,16 @@ fn q8_inputs_give_the_projection_its_own_quantization() {
     }
 }
 
+/// The largest error of `got` against `want` in units of one bf16 rounding of `want`
+/// (2⁻⁸ relative, plus slack near zero): at most 1 for values rounded once.
+fn bf16_rounding(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs() / (w.abs() * 2f32.powi(-8) + 1e-6))
+        .fold(0f32, f32::max)
+}
+
 /// Weights dequantized straight to bf16 (dequant.cu) hold the CPU's f32 values rounded
 /// once: every element within a bf16 step (2⁻⁸ relative, plus slack near zero), for every
 /// block type with such a kernel, the whole weight and a slice at an offset.
@@ -1027,13 +1037,7 @@ fn bf16_dequantization_rounds_the_cpu_values_once() {
                 .expect("a bf16 kernel for this block type");
             assert_eq!(got.dtype(), DType::BF16);
             assert_eq!(got.dims(), &[count, k]);
-            let got = f32s(&got);
-            let want = &want[first * k..(first + count) * k];
-            let worst = got
-                .iter()
-                .zip(want)
-                .map(|(g, w)| (g - w).abs() / (w.abs() * 2f32.powi(-8) + 1e-6))
-                .fold(0f32, f32::max);
+            let worst = bf16_rounding(&f32s(&got), &want[first * k..(first + count) * k]);
             println!(
                 "bf16 dequantization {block:?} rows {first}+{count}: worst {worst:.2} of the bound"
             );
@@ -1073,13 +1077,15 @@ fn bf16_lookup_gives_the_cpu_rows_rounded_once() {
         assert_eq!(got.dtype(), DType::BF16);
         assert_eq!(got.dims(), &[picked.len(), k]);
         let got = f32s(&got);
-        let mut worst = 0f32;
-        for (r, &id) in picked.iter().enumerate() {
-            let want = &table[id as usize * k..(id as usize + 1) * k];
-            for (g, w) in got[r * k..(r + 1) * k].iter().zip(want) {
-                worst = worst.max((g - w).abs() / (w.abs() * 2f32.powi(-8) + 1e-6));
-            }
-        }
+        let want: Vec<f32> = picked
+            .iter()
+            .flat_map(|&id| {
+                table[id as usize * k..(id as usize + 1) * k]
+                    .iter()
+                    .copied()
+            })
+            .collect();
+        let worst = bf16_rounding(&got, &want);
         println!("bf16 lookup {block:?}: worst {worst:.2} of the bound");
         assert!(worst <= 1.0, "{block:?}: {worst} of the bound");
         let outside = Tensor::new(&[n as u32, 3], &dev).unwrap();

@@ -91,3 +91,16 @@ struct q8_1_block {
   __half2 ds;
   int8_t qs[32];
 };
+
+// The 6-bit scale and min number j (0-7) of a Q4_K block's 12 packed bytes: numbers 0-3
+// in the low 6 bits of bytes j and j + 4; numbers 4-7 from the nibbles of byte j + 4 with
+// their top 2 bits in the high bits of bytes j − 4 (scale) and j (min).
+__device__ __forceinline__ void q4k_scale_min(const uint8_t *sc, int j, int &s, int &m) {
+  if (j < 4) {
+    s = sc[j] & 63;
+    m = sc[j + 4] & 63;
+  } else {
+    s = (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4);
+    m = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
+  }
+}

@@ -419,7 +419,7 @@ pub(super) fn embed_bf16(w: &candle_core::quantized::QTensor, ids: &Tensor) -> R
     }
     let count = ids.elem_count();
     let out = empty_on(
-        &ids.device().clone(),
+        ids.device(),
         DType::BF16,
         Shape::from_dims(&[count, hidden]),
     )?;

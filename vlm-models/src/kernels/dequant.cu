@@ -33,19 +33,6 @@ __device__ __forceinline__ void store8_bf16(__nv_bfloat16 *out, const float *v) 
   *reinterpret_cast<uint4 *>(out) = u;
 }
 
-// The 6-bit scale and min number j (0-7) of a Q4_K block's 12 packed bytes: numbers 0-3
-// in the low 6 bits of bytes j and j + 4; numbers 4-7 from the nibbles of byte j + 4 with
-// their top 2 bits in the high bits of bytes j − 4 (scale) and j (min).
-__device__ __forceinline__ void q4k_scale_min(const uint8_t *sc, int j, float &s, float &m) {
-  if (j < 4) {
-    s = sc[j] & 63;
-    m = sc[j + 4] & 63;
-  } else {
-    s = (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4);
-    m = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
-  }
-}
-
 // Values 8t..8t+8 of the weight, t = this thread's group.
 __device__ __forceinline__ void q8_0_group(const uint8_t *w, size_t t, float *v) {
   const uint8_t *b = w + (t / 4) * 34;
@@ -69,9 +56,9 @@ __device__ __forceinline__ void q4k_group(const uint8_t *w, size_t t, float *v) 
   const uint8_t *b = w + (t / 32) * 144;
   const int first = (t % 32) * 8;  // within the block's 256 values
   const int run = first / 64, high = (first % 64) / 32, l = first % 32;
-  float s, m;
+  int s, m;
   q4k_scale_min(b + 4, 2 * run + high, s, m);
-  const float d = half_at(b) * s, mn = half_at(b + 2) * m;
+  const float d = half_at(b) * (float)s, mn = half_at(b + 2) * (float)m;
   const uint8_t *q = b + 16 + 32 * run + l;
 #pragma unroll
   for (int i = 0; i < 8; ++i) v[i] = d * (float)((q[i] >> (4 * high)) & 0xF) - mn;

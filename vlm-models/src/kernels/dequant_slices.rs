@@ -136,8 +136,6 @@ pub fn dequantize_rows(
             return Ok(rows);
         }
     }
-    let block = w.dtype().block_size();
-    let row_bytes = k / block * w.dtype().type_size();
     if first == 0 && count == n {
         // candle's own path, and the only one on devices other than CUDA and the CPU.
         return match dtype {
@@ -145,9 +143,11 @@ pub fn dequantize_rows(
             _ => w.dequantize_f16(device)?.to_dtype(dtype),
         };
     }
+    let block = w.dtype().block_size();
     if !k.is_multiple_of(block) {
         candle_core::bail!("a row of {k} values is not whole {block}-value blocks");
     }
+    let row_bytes = k / block * w.dtype().type_size();
     match device {
         #[cfg(feature = "cuda")]
         Device::Cuda(_) => cuda::dequantize_rows(w, first * row_bytes, (count, k), dtype, device),

@@ -1,5 +1,6 @@
-// A decode step's Q4_K or Q6_K projection, y = x Wᵀ for up to 8 activation rows already quantized
-// to Q8_1 blocks (by the residual norm's or silu·up's kernel, or a quantize launch).
+// A decode step's Q4_K or Q6_K projection, y = x Wᵀ for up to 8 activation rows already
+// quantized to Q8_1 blocks (by the residual norm's or silu·up's kernel, or a quantize
+// launch).
 //
 // candle's MMVQ gives each output row a block of 128 threads; at k = 2,048 (Qwen3-VL-2B)
 // such a block reads 1,152 bytes of weights and spends most of its time starting and
@@ -28,17 +29,6 @@ __device__ __forceinline__ int dot4(int a, int b, int c) {
 #endif
 }
 
-// The 6-bit scale and min of sub-block j (0-7) from a Q4_K block's 12 packed bytes.
-__device__ __forceinline__ void q4k_scale_min_int(const uint8_t *sc, int j, int &s, int &m) {
-  if (j < 4) {
-    s = sc[j] & 63;
-    m = sc[j + 4] & 63;
-  } else {
-    s = (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4);
-    m = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
-  }
-}
-
 // Rows per block of 256 threads: one per warp.
 #define MATVEC_WARPS 8
 
@@ -62,8 +52,8 @@ __device__ void matvec_q4k(const uint8_t *__restrict__ w, const q8_1_block *__re
     const uint4 q = __ldg(reinterpret_cast<const uint4 *>(b + 16 + 16 * part));
     const float2 dm = __half22float2(*reinterpret_cast<const __half2 *>(b));
     int s_lo, m_lo, s_hi, m_hi;
-    q4k_scale_min_int(b + 4, 2 * run, s_lo, m_lo);
-    q4k_scale_min_int(b + 4, 2 * run + 1, s_hi, m_hi);
+    q4k_scale_min(b + 4, 2 * run, s_lo, m_lo);
+    q4k_scale_min(b + 4, 2 * run + 1, s_hi, m_hi);
     const int v[4] = {(int)q.x, (int)q.y, (int)q.z, (int)q.w};
 #pragma unroll
     for (int r = 0; r < M; ++r) {
