@@ -1169,3 +1169,84 @@ fn quantized_matvec_agrees_with_candles_mmvq() {
         }
     }
 }
+
+/// Greedy decoding's pick on the device (ops.cu's two argmax launches) gives what the
+/// host's `argmax` gives, and candle's ops away from ties: the first of tied
+/// maxima (a tie placed across two blocks' chunks and one inside a block), a maximum in a
+/// row's last, partial chunk, several rows, f32/bf16/f16, and a row with a NaN or an
+/// infinity reported as not finite while its neighbours are.
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn device_argmax_picks_the_first_maximum_and_flags_non_finite_rows() {
+    use vlm_contract::sampling::{argmax, argmax_on_device};
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    let runtime = RuntimeOptions::default();
+    for vocab in [151_936usize, 1_000, 2_049] {
+        let rows = 4;
+        let mut x = values(rows * vocab, 71);
+        // Row 0: a tie between columns in two different 1,024-column chunks (when the row
+        // has two) and a later, smaller value; row 1: a tie inside one chunk; row 2: the
+        // maximum in the last column; row 3: a maximum in the middle.
+        let (a, b) = (7, vocab - 900);
+        x[a] = 5.0;
+        x[b] = 5.0;
+        x[vocab + 300] = 4.0;
+        x[vocab + 301] = 4.0;
+        x[2 * vocab + vocab - 1] = 6.0;
+        // Row 3's maximum alone: in bf16 hundreds of the values in [-1, 1) round to the
+        // largest, a tie candle's pick may break either way.
+        x[3 * vocab + vocab / 3] = 5.5;
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let t = Tensor::from_vec(x.clone(), (rows, vocab), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let host: Vec<u32> = f32s(&t).chunks(vocab).map(argmax).collect();
+            let on_cuda = t.to_device(&dev).unwrap();
+            let ours = kernels::device_argmax(&runtime, &on_cuda).unwrap();
+            let candle = argmax_on_device(&on_cuda).unwrap();
+            assert_eq!(ours.ids, host, "vocab {vocab} {dtype:?}: against the host");
+            assert_eq!(
+                ours.ids[0], a as u32,
+                "vocab {vocab} {dtype:?}: first of a tie"
+            );
+            assert_eq!(ours.ids[1], 300, "vocab {vocab} {dtype:?}: first of a tie");
+            assert_eq!(
+                ours.ids[2],
+                vocab as u32 - 1,
+                "vocab {vocab} {dtype:?}: last column"
+            );
+            // candle's one-block argmax keeps the first maximum only among neighbours: on an
+            // H100 it picked column 151,036 over 7 for row 0 (ours, the host and torch: 7).
+            assert_eq!(
+                ours.ids[1..],
+                candle.ids[1..],
+                "vocab {vocab} {dtype:?}: against candle"
+            );
+            assert_eq!(ours.finite, vec![true; rows]);
+            for (bad, name) in [
+                (f32::NAN, "NaN"),
+                (f32::INFINITY, "inf"),
+                (f32::NEG_INFINITY, "-inf"),
+            ] {
+                let mut y = x.clone();
+                y[vocab + vocab / 2] = bad;
+                let t = Tensor::from_vec(y, (rows, vocab), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let got = kernels::device_argmax(&runtime, &t).unwrap();
+                assert_eq!(
+                    got.finite,
+                    vec![true, false, true, true],
+                    "vocab {vocab} {dtype:?}: a {name} in row 1"
+                );
+                assert_eq!(got.finite, argmax_on_device(&t).unwrap().finite);
+                assert_eq!(
+                    got.ids[0], ours.ids[0],
+                    "vocab {vocab} {dtype:?}: row 0 with a {name} in row 1"
+                );
+            }
+        }
+    }
+}

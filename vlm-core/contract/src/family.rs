@@ -8,6 +8,7 @@ use tokenizers::Tokenizer;
 
 use crate::constraint::Grammars;
 use crate::generate::{run_generation, run_prepared, Prepared};
+use crate::sampling::{argmax_on_device, DeviceArgmax};
 use crate::{
     CacheStats, Detection, Error, Generation, GenerationDefaults, GenerationOptions, Image,
     Language, ModelInfo, PreparedBatch, Request, Result, VisionLanguageModel,
@@ -65,6 +66,12 @@ pub trait Family: Send + Sync + 'static {
     ) -> Result<PrefillOutput<Self::State>>;
     /// One step: the last token of each sequence in, `[batch, vocab]` logits out.
     fn decode(&self, tokens: &[u32], state: &mut Self::State) -> Result<Tensor>;
+    /// Greedy decoding's pick from `[batch, vocab]` logits, on their device: each row's
+    /// first largest value and whether the row is finite. Families with a faster kernel
+    /// for it override this; it must agree with [`argmax_on_device`].
+    fn device_argmax(&self, logits: &Tensor) -> Result<DeviceArgmax> {
+        argmax_on_device(logits)
+    }
 
     /// Whether `relate` puts every photo into one conversation. Default: when the model
     /// takes several images natively; otherwise each photo is captioned first and the

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use crate::constraint::{Constraint, Grammars};
 use crate::options::ResolvedOptions;
-use crate::sampling::{argmax_on_device, Sampler};
+use crate::sampling::{DeviceArgmax, Sampler};
 use crate::stream::TextStream;
 use crate::{Error, Family, FinishReason, Generation, Request, Result, Timings};
 
@@ -233,13 +233,14 @@ pub fn run_prepared<F: Family>(
         if cancelled(&seqs) {
             return Err(Error::Cancelled);
         }
-        let picked = pick_tokens(&mut seqs, &logits).map_err(|e| match e {
-            Picking::NonFinite => Error::NonFiniteLogits {
-                step,
-                dtype: dtype.clone(),
-            },
-            Picking::Failed(e) => e,
-        })?;
+        let picked =
+            pick_tokens(&mut seqs, &logits, |l| family.device_argmax(l)).map_err(|e| match e {
+                Picking::NonFinite => Error::NonFiniteLogits {
+                    step,
+                    dtype: dtype.clone(),
+                },
+                Picking::Failed(e) => e,
+            })?;
         let logprobs = if seqs.iter().any(|s| s.logprobs.is_some()) {
             picked_logprobs(&logits, &picked)?
         } else {
@@ -372,15 +373,16 @@ impl From<candle_core::Error> for Picking {
 fn pick_tokens(
     seqs: &mut [Sequence<'_>],
     logits: &Tensor,
+    device_argmax: impl FnOnce(&Tensor) -> Result<DeviceArgmax>,
 ) -> std::result::Result<Vec<u32>, Picking> {
     // Plain greedy decoding only needs the argmax: compute it on the device and copy back
     // the ids, not the vocabulary-sized rows.
-    let device_argmax = seqs.iter().all(|s| {
+    let on_device = seqs.iter().all(|s| {
         s.logits.is_none() && s.constraint.is_none() && !s.sampler.needs_host_logits(false)
     });
-    let (mut picked, finite) = if device_argmax {
-        let on_device = argmax_on_device(logits)?;
-        (on_device.ids, Some(on_device.finite))
+    let (mut picked, finite) = if on_device {
+        let got = device_argmax(logits)?;
+        (got.ids, Some(got.finite))
     } else {
         (vec![0; seqs.len()], None)
     };
@@ -400,7 +402,7 @@ fn pick_tokens(
         } else {
             vec![]
         };
-        if device_argmax && !suppress.contains(&picked[i]) {
+        if on_device && !suppress.contains(&picked[i]) {
             continue;
         }
         if rows.is_none() {

@@ -29,6 +29,7 @@ use tokenizers::Tokenizer;
 use vlm_contract::device::device_name;
 use vlm_contract::files::ModelDir;
 use vlm_contract::model::LoadOptions;
+use vlm_contract::sampling::DeviceArgmax;
 use vlm_contract::RuntimeOptions;
 use vlm_contract::{
     Error, Family, FamilyModel, GenerationDefaults, Language, ModelInfo, PrefillOutput,
@@ -514,6 +515,10 @@ impl Family for Blip2 {
             (LanguageModel::T5(m), Blip2State::T5(s)) => Ok(m.decode_step(&ids, s)?),
             _ => unreachable!("state matches the language model"),
         }
+    }
+
+    fn device_argmax(&self, logits: &Tensor) -> Result<DeviceArgmax> {
+        crate::kernels::device_argmax(&self.runtime, logits)
     }
 
     /// English: BLIP-2's native captioning (no prompt). Other languages: a question in

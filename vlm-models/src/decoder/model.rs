@@ -204,6 +204,14 @@ impl Decoder {
     }
 
     /// The config.
+    /// Greedy decoding's pick from this decoder's logits ([`kernels::device_argmax`]).
+    pub fn device_argmax(
+        &self,
+        logits: &Tensor,
+    ) -> vlm_contract::Result<vlm_contract::sampling::DeviceArgmax> {
+        kernels::device_argmax(&self.runtime, logits)
+    }
+
     pub fn config(&self) -> &DecoderConfig {
         &self.cfg
     }

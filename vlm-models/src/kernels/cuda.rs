@@ -189,7 +189,8 @@ pub(super) fn empty_on(device: &candle_core::Device, dtype: DType, shape: Shape)
             DType::F32 => CudaStorage::wrap_cuda_slice(dev.alloc::<f32>(n)?, dev.clone()),
             DType::BF16 => CudaStorage::wrap_cuda_slice(dev.alloc::<half::bf16>(n)?, dev.clone()),
             DType::F16 => CudaStorage::wrap_cuda_slice(dev.alloc::<half::f16>(n)?, dev.clone()),
-            d => bail!("the fused kernels write f32, bf16 or f16, not {d:?}"),
+            DType::U32 => CudaStorage::wrap_cuda_slice(dev.alloc::<u32>(n)?, dev.clone()),
+            d => bail!("the fused kernels write f32, bf16, f16 or u32, not {d:?}"),
         }
     };
     Ok(Tensor::from_storage(
@@ -961,6 +962,61 @@ pub(super) fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
         Ok(())
     })?;
     Ok(out)
+}
+
+/// Each row's first largest value's index and whether the row is finite, for `[rows, n]`
+/// logits (`argmax_partial` and `argmax_final` in ops.cu), brought back in one copy.
+pub(super) fn argmax_rows(x: &Tensor) -> Result<(Vec<u32>, Vec<bool>)> {
+    // 1,024 columns a block: a 151,936-token vocabulary spreads over 149 blocks, about one
+    // per SM, and each thread makes four loads.
+    const CHUNK: usize = 1024;
+    let (rows, n) = x.dims2()?;
+    if rows == 0 || n == 0 || rows > 65_535 {
+        bail!("argmax over {rows} rows of {n} values");
+    }
+    let x = x.contiguous()?;
+    let chunks = n.div_ceil(CHUNK);
+    let device = x.device();
+    let part_v = empty_on(device, DType::F32, (rows, chunks).into())?;
+    let part_i = empty_on(device, DType::U32, (rows, chunks).into())?;
+    let part_bad = empty_on(device, DType::U32, (rows, chunks).into())?;
+    let out = empty_on(device, DType::U32, (rows, 2).into())?;
+    let name = format!("argmax_partial_{}", suffix(x.dtype())?);
+    let tensors = [&x, &part_v, &part_i, &part_bad, &out].map(Some);
+    with_addresses(&tensors, |dev, p| {
+        let (n32, chunk32, chunks32) = (n as i32, CHUNK as i32, chunks as i32);
+        let partial = custom_func!(dev, &name, OPS_MODULE, OPS_PTX);
+        let mut a = partial.builder();
+        a.arg(&p[0])
+            .arg(&p[1])
+            .arg(&p[2])
+            .arg(&p[3])
+            .arg(&n32)
+            .arg(&chunk32);
+        let cfg = LaunchConfig {
+            grid_dim: (chunks as u32, rows as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match the kernel's signature; the partials are [rows, chunks].
+        unsafe { a.launch(cfg) }.w()?;
+        let last = custom_func!(dev, "argmax_final", OPS_MODULE, OPS_PTX);
+        let mut a = last.builder();
+        a.arg(&p[1]).arg(&p[2]).arg(&p[3]).arg(&p[4]).arg(&chunks32);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: as above; `out` is [rows, 2].
+        unsafe { a.launch(cfg) }.w()?;
+        Ok(())
+    })?;
+    let pairs = out.to_vec2::<u32>()?;
+    Ok((
+        pairs.iter().map(|r| r[0]).collect(),
+        pairs.iter().map(|r| r[1] == 1).collect(),
+    ))
 }
 
 pub(super) fn softmax(x: &Tensor, mask: Option<&super::CausalMask<'_>>) -> Result<Tensor> {

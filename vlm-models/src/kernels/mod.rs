@@ -804,6 +804,24 @@ fn no_flash<T>() -> Result<T> {
     )
 }
 
+/// Greedy decoding's pick from `[batch, vocab]` logits: each row's first largest value and
+/// whether the row is finite. Our two launches where the kernels serve the logits
+/// ([`enabled`]), else the contract's candle ops ([`argmax_on_device`]), which it matches.
+///
+/// [`argmax_on_device`]: vlm_contract::sampling::argmax_on_device
+pub fn device_argmax(
+    runtime: &RuntimeOptions,
+    logits: &Tensor,
+) -> vlm_contract::Result<vlm_contract::sampling::DeviceArgmax> {
+    #[cfg(feature = "cuda")]
+    if enabled(runtime, logits.device(), logits.dtype()) && logits.rank() == 2 {
+        let (ids, finite) = cuda::argmax_rows(logits)?;
+        return Ok(vlm_contract::sampling::DeviceArgmax { ids, finite });
+    }
+    let _ = runtime;
+    vlm_contract::sampling::argmax_on_device(logits)
+}
+
 /// `x + bias` for `x [.., n]` and `bias [n]` of one dtype.
 pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]

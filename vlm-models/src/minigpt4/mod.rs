@@ -26,6 +26,7 @@ use tokenizers::Tokenizer;
 use vlm_contract::device::device_name;
 use vlm_contract::files::ModelDir;
 use vlm_contract::model::LoadOptions;
+use vlm_contract::sampling::DeviceArgmax;
 use vlm_contract::{
     Error, Family, FamilyModel, GenerationDefaults, Image, Language, ModelInfo, PrefillOutput,
     Quantization, Request, Result, Sampling, VisionLanguageModel,
@@ -623,6 +624,10 @@ impl Family for MiniGpt4 {
 
     fn decode(&self, tokens: &[u32], state: &mut MiniGpt4State) -> Result<Tensor> {
         Ok(self.llm.decode_step(tokens, state)?)
+    }
+
+    fn device_argmax(&self, logits: &Tensor) -> Result<DeviceArgmax> {
+        self.llm.device_argmax(logits)
     }
 
     fn relate_in_one_conversation(&self) -> bool {

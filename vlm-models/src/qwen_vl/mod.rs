@@ -27,6 +27,7 @@ use tokenizers::Tokenizer;
 use vlm_contract::device::device_name;
 use vlm_contract::files::ModelDir;
 use vlm_contract::model::LoadOptions;
+use vlm_contract::sampling::DeviceArgmax;
 use vlm_contract::RuntimeOptions;
 use vlm_contract::{
     Error, Family, FamilyModel, GenerationDefaults, GenerationOptions, Image, ModelInfo,
@@ -526,5 +527,9 @@ impl Family for QwenVl {
 
     fn decode(&self, tokens: &[u32], state: &mut QwenState) -> Result<Tensor> {
         Ok(self.text.decode_step(tokens, state)?)
+    }
+
+    fn device_argmax(&self, logits: &Tensor) -> Result<DeviceArgmax> {
+        crate::kernels::device_argmax(&self.runtime, logits)
     }
 }
