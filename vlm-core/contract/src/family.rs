@@ -68,7 +68,8 @@ pub trait Family: Send + Sync + 'static {
     fn decode(&self, tokens: &[u32], state: &mut Self::State) -> Result<Tensor>;
     /// Greedy decoding's pick from `[batch, vocab]` logits, on their device: each row's
     /// first largest value and whether the row is finite. Families with a faster kernel
-    /// for it override this; it must agree with [`argmax_on_device`].
+    /// for it override this; an override picks what the host's `argmax` picks, the first
+    /// of tied maxima, which the default ([`argmax_on_device`]) does not always do.
     fn device_argmax(&self, logits: &Tensor) -> Result<DeviceArgmax> {
         argmax_on_device(logits)
     }

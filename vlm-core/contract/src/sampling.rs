@@ -126,7 +126,9 @@ fn sample(logits: &[f32], temperature: f32, top_p: f32, top_k: usize, rng: &mut 
 
 /// Each row's argmax over the last dimension of `[batch, vocab]` logits, computed on their
 /// device, and whether the row is finite. Both come back in one copy of two numbers per
-/// row: the check adds no wait for the device to the step.
+/// row: the check adds no wait for the device to the step. On CUDA, candle's argmax keeps
+/// the first of tied maxima only among values its threads compare directly (an H100 picked
+/// column 151,036 over 7 in run 42); the model crates' own kernel always picks the first.
 pub fn argmax_on_device(logits: &Tensor) -> Result<DeviceArgmax> {
     // Ids stay below 2^24 (vocabularies are ~150k), so they are exact as f32.
     let ids = logits.argmax_keepdim(D::Minus1)?.to_dtype(DType::F32)?;

@@ -31,7 +31,9 @@
 //! - [`add_bias`]: a linear layer's bias (candle's broadcast add is slow on CUDA);
 //! - [`softmax`]: softmax over the last dimension, optionally with the causal and
 //!   left-padding masks computed in the kernel instead of added as a tensor;
-//! - [`gated_silu`]: `silu(gate + b) · (up + b)` from two unbiased projections.
+//! - [`gated_silu`]: `silu(gate + b) · (up + b)` from two unbiased projections;
+//! - [`device_argmax`]: greedy decoding's pick and the logits' finiteness check, many
+//!   blocks to a row (candle's argmax reduces a row in one block).
 //!
 //! They exist with the `cuda` feature only; [`available`] says whether a model may use
 //! them, and the unfused path (the CPU path, and the reference in the GPU check) stays the
@@ -806,7 +808,8 @@ fn no_flash<T>() -> Result<T> {
 
 /// Greedy decoding's pick from `[batch, vocab]` logits: each row's first largest value and
 /// whether the row is finite. Our two launches where the kernels serve the logits
-/// ([`enabled`]), else the contract's candle ops ([`argmax_on_device`]), which it matches.
+/// ([`enabled`]), else the contract's candle ops ([`argmax_on_device`]). Ties go to the
+/// first maximum, as on the host and in torch; candle's CUDA argmax does not always.
 ///
 /// [`argmax_on_device`]: vlm_contract::sampling::argmax_on_device
 pub fn device_argmax(
