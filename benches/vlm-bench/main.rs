@@ -256,6 +256,10 @@ fn main() -> vlm_core::Result<()> {
     let image_ms = pick(&|g| g.timings.image_encode.as_secs_f64() * 1e3);
     let prefill_ms = pick(&|g| g.timings.prefill.as_secs_f64() * 1e3);
     let decode_tps = pick(&|g| g.timings.decode_tokens_per_second());
+    // Host time between a step's ids arriving and the next step's launch, per step: on
+    // CUDA the GPU's idle time in the decode.
+    let host_us_per_step =
+        pick(&|g| g.timings.decode_host.as_secs_f64() * 1e6 / g.timings.decode_steps.max(1) as f64);
     let prompt_tokens = gens[0].prompt_tokens;
 
     // Per batch: photos/s and where the batch's wall time went (one `Timings` per batch).
@@ -316,6 +320,7 @@ fn main() -> vlm_core::Result<()> {
         "| {} | {} | {} | {load_s:.2} | {first_call_s:.2} | {prompt_tokens} | {preprocess_ms:.1} | {image_ms:.1} | {prefill_ms:.1} | {decode_tps:.1} | {per_photo_s:.3} |",
         info.model_type, info.device, info.dtype
     );
+    println!("decode host time: {host_us_per_step:.1} µs per step (between a step's ids arriving and the next launch; on CUDA the GPU waits meanwhile)");
     println!();
     println!(
         "| batch | photos/s | cost per 1,000 photos at {:.2}/h | batch ms: preprocess | image | prefill | decode |",
@@ -343,7 +348,7 @@ fn main() -> vlm_core::Result<()> {
             "min_pixels": args.min_pixels, "max_pixels": args.max_pixels,
             "load_s": load_s, "first_call_s": first_call_s, "per_photo_s": per_photo_s,
             "per_photo_runs_s": walls, "preprocess_ms": preprocess_ms, "image_encode_ms": image_ms, "prefill_ms": prefill_ms,
-            "decode_tokens_per_s": decode_tps,
+            "decode_tokens_per_s": decode_tps, "decode_host_us_per_step": host_us_per_step,
             "throughput": rows.iter().map(|r| serde_json::json!({
                 "batch": r.batch, "batches": r.batches, "photos_per_s": r.photos_per_s,
                 "preprocess_ms": r.split_ms[0], "image_encode_ms": r.split_ms[1],

@@ -241,6 +241,7 @@ pub fn run_prepared<F: Family>(
                 },
                 Picking::Failed(e) => e,
             })?;
+        let t_host = Instant::now();
         let logprobs = if seqs.iter().any(|s| s.logprobs.is_some()) {
             picked_logprobs(&logits, &picked)?
         } else {
@@ -286,6 +287,7 @@ pub fn run_prepared<F: Family>(
         // Finished sequences keep stepping with a dummy token until the batch is done;
         // their outputs are ignored.
         logits = decode_step(family, &picked, &mut state, &mut seqs)?;
+        timings.decode_host += t_host.elapsed();
         timings.decode_steps = step + 1;
     }
     timings.decode = t_decode.elapsed();

@@ -162,6 +162,11 @@ pub struct Timings {
     pub decode: Duration,
     /// Tokens produced by the decode steps (excludes the first token, which prefill gives).
     pub decode_steps: usize,
+    /// The part of `decode` spent on the host between one step's token ids arriving and the
+    /// next step being queued: stop checks, streamed text and its callback, the step's
+    /// launch. On CUDA the GPU waits meanwhile (the ids' copy waits for the step), so this
+    /// is the decode's idle time that running the host a step ahead could hide.
+    pub decode_host: Duration,
     /// This request's images whose vision-tower output was reused from the model's image
     /// cache (or from the same photo earlier in the batch) instead of being encoded.
     pub image_cache_hits: usize,

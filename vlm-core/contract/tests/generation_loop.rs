@@ -208,6 +208,12 @@ fn max_new_tokens_ends_with_length() {
         g.timings.decode_steps, 2,
         "the first token comes from prefill"
     );
+    assert!(
+        !g.timings.decode_host.is_zero() && g.timings.decode_host <= g.timings.decode,
+        "the host's share of the steps: {:?} of {:?}",
+        g.timings.decode_host,
+        g.timings.decode
+    );
 }
 
 #[test]
