@@ -203,7 +203,6 @@ impl Decoder {
         &self.rope
     }
 
-    /// The config.
     /// Greedy decoding's pick from this decoder's logits ([`kernels::device_argmax`]).
     pub fn device_argmax(
         &self,
@@ -212,6 +211,7 @@ impl Decoder {
         kernels::device_argmax(&self.runtime, logits)
     }
 
+    /// The config.
     pub fn config(&self) -> &DecoderConfig {
         &self.cfg
     }

@@ -78,9 +78,7 @@ __device__ void matvec_q4k(const uint8_t *__restrict__ w, const q8_1_block *__re
   }
 #pragma unroll
   for (int r = 0; r < M; ++r) {
-    float v = acc[r];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const float v = warp_sum(acc[r]);
     if (lane == 0) y[(size_t)r * n + row] = from_f<T>(v);
   }
 }
@@ -146,9 +144,7 @@ __device__ void matvec_q6k(const uint8_t *__restrict__ w, const q8_1_block *__re
   }
 #pragma unroll
   for (int r = 0; r < M; ++r) {
-    float v = acc[r];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const float v = warp_sum(acc[r]);
     if (lane == 0) y[(size_t)r * n + row] = from_f<T>(v);
   }
 }
