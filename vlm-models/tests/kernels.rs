@@ -127,6 +127,11 @@ fn run(case: &Case, dtype: DType, tol: f32, device_len: bool) {
     let kn_t = kn.as_ref().map(|v| t(v, &[d]));
     let kc_t = t(&kc, &[b, nkv, cap, d]);
     let vc_t = t(&vc, &[b, nkv, cap, d]);
+    // The same caches for the attention that writes the new key and value itself.
+    let (kc_fused, vc_fused) = (t(&kc, &[b, nkv, cap, d]), t(&vc, &[b, nkv, cap, d]));
+    // And for the one whose last block per head merges the key slices.
+    let (kc_counted, vc_counted) = (t(&kc, &[b, nkv, cap, d]), t(&vc, &[b, nkv, cap, d]));
+    let counters = Tensor::zeros(b * nq, DType::U32, &dev).unwrap();
     let pad_t = Tensor::new(case.pad.clone(), &dev).unwrap();
     fn norm(w: &Option<Tensor>) -> Option<HeadNorm<'_>> {
         w.as_ref().map(|weight| HeadNorm { weight, eps: 1e-6 })
@@ -162,6 +167,46 @@ fn run(case: &Case, dtype: DType, tol: f32, device_len: bool) {
         Some(&pad_t),
     )
     .unwrap();
+    // The attention that prepares and writes the new key and value itself: the same bits,
+    // in its output and in the caches.
+    let fused = kernels::decode_attention_q8(
+        &qkv_t,
+        bias_t.as_ref(),
+        &cos_t,
+        &sin_t,
+        norm(&qn_t),
+        &case.heads,
+        &kc_fused,
+        &vc_fused,
+        cache_len,
+        Some(&pad_t),
+        false,
+        kernels::NewKv::Write {
+            k_norm: norm(&kn_t),
+        },
+        None,
+    )
+    .unwrap()
+    .0;
+    let counted = kernels::decode_attention_q8(
+        &qkv_t,
+        bias_t.as_ref(),
+        &cos_t,
+        &sin_t,
+        norm(&qn_t),
+        &case.heads,
+        &kc_counted,
+        &vc_counted,
+        cache_len,
+        Some(&pad_t),
+        false,
+        kernels::NewKv::Write {
+            k_norm: norm(&kn_t),
+        },
+        Some(&counters),
+    )
+    .unwrap()
+    .0;
 
     // The reference, from the same rounded inputs.
     let (qkv, cos, sin) = (round(&qkv), round(&cos), round(&sin));
@@ -224,6 +269,108 @@ fn run(case: &Case, dtype: DType, tol: f32, device_len: bool) {
         ek < tol && ev < tol && eo < tol,
         "{what}: k {ek}, v {ev}, out {eo} (tolerance {tol})"
     );
+    assert_eq!(
+        f32s(&fused),
+        got_out,
+        "{what}: the attention writing the key"
+    );
+    assert_eq!(f32s(&kc_fused), got_k, "{what}: the key it wrote");
+    assert_eq!(f32s(&vc_fused), got_v, "{what}: the value it wrote");
+    assert_eq!(
+        f32s(&counted),
+        got_out,
+        "{what}: slices merged by their last block"
+    );
+    assert_eq!(
+        f32s(&kc_counted),
+        got_k,
+        "{what}: the key, slices merged so"
+    );
+    assert_eq!(
+        f32s(&vc_counted),
+        got_v,
+        "{what}: the value, slices merged so"
+    );
+    let left: Vec<u32> = counters.to_vec1().unwrap();
+    assert!(
+        left.iter().all(|&c| c == 0),
+        "{what}: counters left at {left:?}"
+    );
+
+    // The output also written as the output projection's Q8_1 input (by the attention with
+    // one slice, by the combine with several; zero blocks past q·dim where candle pads the
+    // row): the projection reading them gives the bits it gives quantizing the output
+    // itself.
+    if d >= 32 {
+        use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+        use vlm_models::layers::Linear;
+        let k = nq * d;
+        let (again, q8) = kernels::decode_attention_q8(
+            &qkv_t,
+            bias_t.as_ref(),
+            &cos_t,
+            &sin_t,
+            norm(&qn_t),
+            &case.heads,
+            &kc_t,
+            &vc_t,
+            cache_len,
+            Some(&pad_t),
+            true,
+            kernels::NewKv::Cached,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            f32s(&again),
+            got_out,
+            "{what}: the output next to its blocks"
+        );
+        let q8 = q8.expect("blocks for at most 8 rows");
+        let (merged, merged_q8) = kernels::decode_attention_q8(
+            &qkv_t,
+            bias_t.as_ref(),
+            &cos_t,
+            &sin_t,
+            norm(&qn_t),
+            &case.heads,
+            &kc_t,
+            &vc_t,
+            cache_len,
+            Some(&pad_t),
+            true,
+            kernels::NewKv::Cached,
+            Some(&counters),
+        )
+        .unwrap();
+        assert_eq!(f32s(&merged), got_out, "{what}: merged by the last block");
+        let merged_q8 = merged_q8.expect("blocks for at most 8 rows");
+        let block = if k % 256 == 0 {
+            GgmlDType::Q4K
+        } else {
+            GgmlDType::Q8_0
+        };
+        let w = Tensor::from_vec(values(96 * k, 8), (96, k), &Device::Cpu).unwrap();
+        let w = QTensor::quantize_onto(&w, block, &dev).unwrap();
+        let proj = Linear::quantized(
+            QMatMul::from_qtensor(w).unwrap(),
+            dtype,
+            None,
+            RuntimeOptions::default(),
+        )
+        .unwrap();
+        if proj.takes_q8() {
+            let x = again.reshape((b, 1, k)).unwrap();
+            let from_blocks = f32s(&proj.forward_q8(&x, Some(&q8)).unwrap());
+            let own = f32s(&proj.forward_q8(&x, None).unwrap());
+            assert_eq!(from_blocks, own, "{what}: {block:?} o_proj from the blocks");
+            let from_merged = f32s(&proj.forward_q8(&x, Some(&merged_q8)).unwrap());
+            assert_eq!(
+                from_merged, own,
+                "{what}: {block:?} o_proj, slices merged by the last block"
+            );
+        }
+    }
 }
 
 fn cases() -> Vec<Case> {
@@ -368,7 +515,10 @@ fn gemv_matches_the_reference() {
                         .to_dtype(dtype)
                         .unwrap()
                 };
-                let (x, w) = (t(values(m * k, 11), &[m, k]), t(values(n * k, 12), &[n, k]));
+                // The weight first: gemv requests it before waiting for the kernel ahead
+                // of it (kernels::gemv), which must not be the one that writes it.
+                let w = t(values(n * k, 12), &[n, k]);
+                let x = t(values(m * k, 11), &[m, k]);
                 let b = with_bias.then(|| t(values(n, 13), &[n]));
                 let got = f32s(&kernels::gemv(&x, &w, b.as_ref()).unwrap());
                 let (xs, ws) = (f32s(&x), f32s(&w));
@@ -905,7 +1055,8 @@ fn dequantized_slices_match_the_whole_weight_on_the_cpu() {
 #[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
 fn add_rms_norm_gives_candles_add_and_norm_exactly() {
     let dev = Device::new_cuda(0).expect("a CUDA device");
-    for (rows, n) in [(1, 2048), (3, 3584), (2, 896), (5, 64)] {
+    // 5,120: wider than the registers hold (4 columns a thread), through the loop.
+    for (rows, n) in [(1, 2048), (3, 3584), (2, 896), (5, 64), (1, 5120)] {
         for dtype in [DType::F32, DType::BF16, DType::F16] {
             let t = |seed, len, shape: (usize, usize, usize)| {
                 Tensor::from_vec(values(len, seed), shape, &dev)

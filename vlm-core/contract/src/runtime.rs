@@ -78,6 +78,15 @@ pub struct RuntimeOptions {
     /// fewer per layer. Same values as the separate launches. Default on; environment:
     /// `VLM_FUSED_NORM=0` turns it off, to measure what it brings with one binary.
     pub fused_norms: bool,
+    /// On cards of compute capability 9.0 and up, each of the decode step's own kernels is
+    /// launched to start while the kernel before it finishes (programmatic dependent
+    /// launch): its blocks come up, request their weights, and wait on the card for the
+    /// earlier kernels' results. Run 43 (H200) measured no gain: Qwen3-VL-2B int4/int4
+    /// decoded at 709-724 tok/s with it and 717-737 without, Qwen2.5-VL-7B int4 at 369
+    /// against 366. The setting belongs to the device: once a model on it asks, every
+    /// model on that device launches so. Default off; environment: `VLM_EARLY_LAUNCH=1`
+    /// turns it on.
+    pub early_launch: bool,
 }
 
 /// The default of [`RuntimeOptions::gemv_max_rows`].
@@ -101,13 +110,14 @@ impl Default for RuntimeOptions {
             quant_kernels: true,
             dequant_slice_values: DEFAULT_DEQUANT_SLICE_VALUES,
             fused_norms: true,
+            early_launch: false,
         }
     }
 }
 
 impl RuntimeOptions {
     /// The environment variables [`Self::from_env`] reads, in field order.
-    pub const ENV_VARS: [&'static str; 9] = [
+    pub const ENV_VARS: [&'static str; 10] = [
         "VLM_FUSED_KERNELS",
         "VLM_GEMV",
         "VLM_QUANT_GEMM_ROWS",
@@ -117,6 +127,7 @@ impl RuntimeOptions {
         "VLM_QUANT_KERNELS",
         "VLM_DEQUANT_SLICE",
         "VLM_FUSED_NORM",
+        "VLM_EARLY_LAUNCH",
     ];
 
     /// The defaults, changed by whichever `VLM_*` variables the process has set (each
@@ -151,6 +162,7 @@ impl RuntimeOptions {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(defaults.dequant_slice_values),
             fused_norms: !is("VLM_FUSED_NORM", "0"),
+            early_launch: is("VLM_EARLY_LAUNCH", "1"),
         }
     }
 
@@ -207,6 +219,12 @@ impl RuntimeOptions {
         self.fused_norms = on;
         self
     }
+
+    /// Sets [`Self::early_launch`].
+    pub fn with_early_launch(mut self, on: bool) -> Self {
+        self.early_launch = on;
+        self
+    }
 }
 
 #[cfg(test)]
@@ -228,7 +246,7 @@ mod tests {
         assert_eq!(parse(&[]), want);
         assert!(want.fused_kernels && want.cuda_graphs && want.flash_attention);
         assert!(want.quant_kernels && want.fused_norms);
-        assert!(!want.cuda_pool_keep);
+        assert!(!want.cuda_pool_keep && !want.early_launch);
         assert_eq!((want.gemv_max_rows, want.quant_gemm_rows), (1, 64));
     }
 
@@ -253,14 +271,19 @@ mod tests {
     }
 
     #[test]
-    fn pool_keep_turns_on_at_1_only() {
-        assert!(parse(&[("VLM_CUDA_POOL_KEEP", "1")]).cuda_pool_keep);
-        assert!(parse(&[("VLM_CUDA_POOL_KEEP", " 1 ")]).cuda_pool_keep);
-        for off in ["0", "", "yes", "true", "2"] {
-            assert!(
-                !parse(&[("VLM_CUDA_POOL_KEEP", off)]).cuda_pool_keep,
-                "{off:?}"
-            );
+    fn pool_keep_and_early_launch_turn_on_at_1_only() {
+        for (name, get) in [
+            (
+                "VLM_CUDA_POOL_KEEP",
+                (|o: RuntimeOptions| o.cuda_pool_keep) as fn(RuntimeOptions) -> bool,
+            ),
+            ("VLM_EARLY_LAUNCH", |o| o.early_launch),
+        ] {
+            assert!(get(parse(&[(name, "1")])), "{name}=1");
+            assert!(get(parse(&[(name, " 1 ")])), "{name} trimmed");
+            for off in ["0", "", "yes", "true", "2"] {
+                assert!(!get(parse(&[(name, off)])), "{name}={off:?}");
+            }
         }
     }
 

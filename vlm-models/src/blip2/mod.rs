@@ -153,6 +153,7 @@ impl Blip2 {
             &dir.read_text("config.json", "config.json describes the model")?,
         )?;
         let device = options.device.open_with(&options.runtime)?;
+        crate::kernels::apply_device_settings(&device, &options.runtime);
         let dtype = options.dtype.resolve(&device);
         let processor =
             Blip2Processor::from_model_dir(dir, config.num_query_tokens, config.image_token_id)?;

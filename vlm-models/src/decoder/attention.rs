@@ -56,7 +56,9 @@ impl Attention {
     }
 
     /// The decode step through the fused kernels: the projection (from `q8` where it
-    /// holds `x` quantized), two kernels, the output projection.
+    /// holds `x` quantized), the attention (which also writes the new key and value into
+    /// the caches), the output projection (from the attention's own Q8_1 blocks where it
+    /// takes them).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn forward_fused_decode(
         &self,
@@ -69,6 +71,7 @@ impl Attention {
         cache: &mut LayerKvCache,
     ) -> Result<Tensor> {
         let b = x.dim(0)?;
+        let counters = cache.slice_counters().cloned();
         let (k_cache, v_cache, pos) = cache
             .claim(1)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
@@ -83,18 +86,8 @@ impl Attention {
         let bias = self.qkv.bias().map(|b| b.to_dtype(dtype)).transpose()?;
         let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
         let heads = self.heads();
-        kernels::write_kv(
-            &qkv,
-            bias.as_ref(),
-            &cos,
-            &sin,
-            self.k_norm.as_ref().map(RmsNorm::head_norm),
-            &heads,
-            k_cache,
-            v_cache,
-            len,
-        )?;
-        let out = kernels::decode_attention(
+        // The attention writes the new key and value into the caches itself.
+        let (out, out_q8) = kernels::decode_attention_q8(
             &qkv,
             bias.as_ref(),
             &cos,
@@ -105,9 +98,14 @@ impl Attention {
             v_cache,
             len,
             pad,
+            self.o_proj.takes_q8(),
+            kernels::NewKv::Write {
+                k_norm: self.k_norm.as_ref().map(RmsNorm::head_norm),
+            },
+            counters.as_ref(),
         )?;
         self.o_proj
-            .forward(&out.reshape((b, 1, heads.q * heads.dim))?)
+            .forward_q8(&out.reshape((b, 1, heads.q * heads.dim))?, out_q8.as_ref())
     }
 
     pub(super) fn new(cfg: &DecoderConfig, vb: VarBuilder, q: &Quantizer) -> Result<Self> {

@@ -10,6 +10,9 @@ pub struct LayerKvCache {
     k: Tensor,
     v: Tensor,
     len: usize,
+    /// `[batch · query heads]` u32 zeros for the fused decode attention, whose last block
+    /// per head merges the key slices (kernels::decode_attention_q8).
+    slice_counters: Option<Tensor>,
 }
 
 impl LayerKvCache {
@@ -35,7 +38,23 @@ impl LayerKvCache {
             k: Tensor::zeros(shape, dtype, device)?,
             v: Tensor::zeros(shape, dtype, device)?,
             len: 0,
+            slice_counters: None,
         })
+    }
+
+    /// With the counters by which the fused decode attention's blocks find the last one
+    /// of each of `query_heads` heads, allocated here once: allocated in a step, they
+    /// would be zeroed by a launch of their own every step.
+    pub fn with_slice_counters(mut self, query_heads: usize) -> Result<Self> {
+        let batch = self.k.dim(0)?;
+        let device = self.k.device().clone();
+        self.slice_counters = Some(Tensor::zeros(batch * query_heads, DType::U32, &device)?);
+        Ok(self)
+    }
+
+    /// The counters of [`Self::with_slice_counters`], if allocated.
+    pub fn slice_counters(&self) -> Option<&Tensor> {
+        self.slice_counters.as_ref()
     }
 
     /// Positions filled so far.

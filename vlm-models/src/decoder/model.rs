@@ -193,6 +193,7 @@ impl Decoder {
                     dtype,
                     device,
                 )
+                .and_then(|c| c.with_slice_counters(self.cfg.num_attention_heads))
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))
             })
             .collect()

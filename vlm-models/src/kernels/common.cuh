@@ -17,16 +17,30 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 }
 template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
 
-// Eight consecutive elements (16- or 32-byte aligned) as f32.
-__device__ __forceinline__ void load8(const float *p, float *o) {
-  const float4 a = *reinterpret_cast<const float4 *>(p);
-  const float4 b = *reinterpret_cast<const float4 *>(p + 4);
-  o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w;
-  o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+// Eight consecutive elements (16- or 32-byte aligned) as loaded, converted to f32 later
+// by unpack8: a thread waits for a load only where its value is first used, so loads
+// whose values wait in registers can be issued ahead of the arithmetic on earlier ones.
+template <typename T> struct raw8 { uint4 u; };
+template <> struct raw8<float> { float4 a, b; };
+
+template <typename T> __device__ __forceinline__ raw8<T> load_raw8(const T *p) {
+  raw8<T> r;
+  r.u = *reinterpret_cast<const uint4 *>(p);
+  return r;
 }
-__device__ __forceinline__ void load8(const __nv_bfloat16 *p, float *o) {
-  const uint4 u = *reinterpret_cast<const uint4 *>(p);
-  const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
+template <> __device__ __forceinline__ raw8<float> load_raw8<float>(const float *p) {
+  raw8<float> r;
+  r.a = *reinterpret_cast<const float4 *>(p);
+  r.b = *reinterpret_cast<const float4 *>(p + 4);
+  return r;
+}
+
+__device__ __forceinline__ void unpack8(const raw8<float> &r, float *o) {
+  o[0] = r.a.x; o[1] = r.a.y; o[2] = r.a.z; o[3] = r.a.w;
+  o[4] = r.b.x; o[5] = r.b.y; o[6] = r.b.z; o[7] = r.b.w;
+}
+__device__ __forceinline__ void unpack8(const raw8<__nv_bfloat16> &r, float *o) {
+  const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&r.u);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const float2 f = __bfloat1622float2(h[i]);
@@ -34,15 +48,19 @@ __device__ __forceinline__ void load8(const __nv_bfloat16 *p, float *o) {
     o[2 * i + 1] = f.y;
   }
 }
-__device__ __forceinline__ void load8(const __half *p, float *o) {
-  const uint4 u = *reinterpret_cast<const uint4 *>(p);
-  const __half2 *h = reinterpret_cast<const __half2 *>(&u);
+__device__ __forceinline__ void unpack8(const raw8<__half> &r, float *o) {
+  const __half2 *h = reinterpret_cast<const __half2 *>(&r.u);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const float2 f = __half22float2(h[i]);
     o[2 * i] = f.x;
     o[2 * i + 1] = f.y;
   }
+}
+
+// Eight consecutive elements (16- or 32-byte aligned) as f32.
+template <typename T> __device__ __forceinline__ void load8(const T *p, float *o) {
+  unpack8(load_raw8(p), o);
 }
 
 // Sum over the block (blockDim.x a multiple of 32); every thread gets the total.
@@ -92,15 +110,46 @@ struct q8_1_block {
   int8_t qs[32];
 };
 
-// The 6-bit scale and min number j (0-7) of a Q4_K block's 12 packed bytes: numbers 0-3
-// in the low 6 bits of bytes j and j + 4; numbers 4-7 from the nibbles of byte j + 4 with
-// their top 2 bits in the high bits of bytes j − 4 (scale) and j (min).
+// The 6-bit scale and min number j (0-7) of a Q4_K block's 12 packed bytes, held as three
+// little-endian words (bytes 0-3, 4-7, 8-11): numbers 0-3 in the low 6 bits of bytes j and
+// j + 4; numbers 4-7 from the nibbles of byte j + 4 with their top 2 bits in the high bits
+// of bytes j − 4 (scale) and j (min). From registers, so that a kernel can fetch the bytes
+// with its other loads (a per-byte read of a lane-dependent index went through memory).
+__device__ __forceinline__ void q4k_scale_min_words(uint32_t w0, uint32_t w1, uint32_t w2,
+                                                    int j, int &s, int &m) {
+  // Selects, not branches: a branch here kept the compiler from issuing the loads after it
+  // before the scales' own load had arrived.
+  const int i = (j & 3) * 8;
+  const int b0 = (w0 >> i) & 0xFF, b1 = (w1 >> i) & 0xFF, b2 = (w2 >> i) & 0xFF;
+  s = j < 4 ? b0 & 63 : (b2 & 0xF) | ((b0 >> 6) << 4);
+  m = j < 4 ? b1 & 63 : (b2 >> 4) | ((b1 >> 6) << 4);
+}
+
+// q4k_scale_min_words for the 12 bytes at `sc` (4-byte aligned: a block's start + 4).
 __device__ __forceinline__ void q4k_scale_min(const uint8_t *sc, int j, int &s, int &m) {
-  if (j < 4) {
-    s = sc[j] & 63;
-    m = sc[j + 4] & 63;
-  } else {
-    s = (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4);
-    m = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4);
-  }
+  const uint32_t *w = reinterpret_cast<const uint32_t *>(sc);
+  q4k_scale_min_words(w[0], w[1], w[2], j, s, m);
+}
+
+// Programmatic dependent launch (early_launch.rs): a kernel launched early may be running
+// while the kernel before it in the stream still is. wait_for_inputs() returns once every
+// earlier kernel has ended and its writes are visible; every thread of such a kernel calls
+// it before reading anything an earlier kernel writes (weights, written by none, may be
+// read before) and before it ends, so that its own end still implies theirs.
+// let_next_start() then lets the next kernel's blocks come up. Both do nothing below
+// compute capability 9.0 or when the kernel was launched the ordinary way.
+__device__ __forceinline__ void wait_for_inputs() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void let_next_start() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// Both, for a kernel with nothing to request before its inputs.
+__device__ __forceinline__ void inputs_ready() {
+  wait_for_inputs();
+  let_next_start();
 }

@@ -4,13 +4,14 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaStream, DevicePtr, LaunchArgs, LaunchConfig, PushKernelArg, SyncOnDrop,
+    CudaStream, DevicePtr, LaunchConfig, PushKernelArg, SyncOnDrop,
 };
 use candle_core::cuda_backend::WrapErr;
 use candle_core::op::BackpropOp;
 use candle_core::{bail, CudaDevice, CudaStorage, DType, Result, Shape, Storage, Tensor};
 
-use super::{CacheLen, HeadNorm, Heads};
+use super::early_launch;
+use super::{CacheLen, HeadNorm, Heads, NewKv};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
 const MODULE: &str = "vlm_decode";
@@ -245,7 +246,7 @@ pub(super) fn silu_mul(
         let launch = |q8_ptr: Option<u64>| -> Result<()> {
             let blocks = (rows * width).div_ceil(256).clamp(1, 65_535) as u32;
             let (rows, inter, width) = (rows as u32, inter as u32, width as u32);
-            let mut b = func.builder();
+            let mut b = early_launch::Args::new();
             b.arg(&p[0]).arg(&p[1]);
             if let Some(ptr) = &q8_ptr {
                 b.arg(ptr);
@@ -261,7 +262,7 @@ pub(super) fn silu_mul(
             };
             // SAFETY: arguments match the kernel's signature; sizes checked above, the
             // blocks sized for rows × padded values by Q8Activations.
-            unsafe { b.launch(cfg) }.w()?;
+            unsafe { b.launch(dev, &func, cfg) }?;
             Ok(())
         };
         match q8 {
@@ -317,7 +318,7 @@ pub(super) fn add_rms_norm(
         let stream = dev.cuda_stream();
         let launch = |q8_ptr: u64| -> Result<()> {
             let (n, n_padded) = (n as i32, n_padded as i32);
-            let mut b = func.builder();
+            let mut b = early_launch::Args::new();
             b.arg(&p[0]).arg(&p[1]).arg(&p[2]).arg(&p[3]).arg(&p[4]);
             b.arg(&q8_ptr).arg(&n).arg(&n_padded).arg(&eps);
             // candle's norm block sizes: the kernel repeats its reduction.
@@ -329,7 +330,7 @@ pub(super) fn add_rms_norm(
             };
             // SAFETY: arguments match the kernel's signature; shapes checked above, the
             // blocks sized for rows × n_padded values by Q8Activations.
-            unsafe { b.launch(cfg) }.w()?;
+            unsafe { b.launch(dev, &func, cfg) }?;
             Ok(())
         };
         match q8 {
@@ -490,7 +491,7 @@ pub(super) fn matvec_quant(
     let name = format!("matvec_{block}_{}_m{rows}", suffix(dtype)?);
     let func = custom_func!(dev, &name, QUANT_MATVEC_MODULE, QUANT_MATVEC_PTX);
     let (n32, sbs, xb) = (n as i32, (k / 256) as i32, x_blocks as i32);
-    let mut a = func.builder();
+    let mut a = early_launch::Args::new();
     a.arg(&w).arg(&x).arg(&y).arg(&n32).arg(&sbs).arg(&xb);
     let cfg = LaunchConfig {
         grid_dim: (n.div_ceil(WARPS) as u32, 1, 1),
@@ -500,7 +501,7 @@ pub(super) fn matvec_quant(
     // SAFETY: the caller passes live device buffers: `w` holds n × k/256 blocks of
     // `block`, `x` rows × x_blocks Q8_1 blocks (x_blocks · 32 ≥ k) and `y` rows × n values
     // of `dtype`.
-    unsafe { a.launch(cfg) }.w()?;
+    unsafe { a.launch(dev, &func, cfg) }?;
     Ok(())
 }
 
@@ -580,7 +581,7 @@ fn check_step<'a>(
 
 /// Pushes a [`Step`]'s seven addresses with the epsilon after the norm weight, as both
 /// kernels take them.
-fn push_step<'a>(a: &mut LaunchArgs<'a>, p: &'a [u64], eps: &'a f32) {
+fn push_step<'a>(a: &mut early_launch::Args<'a>, p: &'a [u64], eps: &'a f32) {
     a.arg(&p[0]).arg(&p[1]).arg(&p[2]).arg(&p[3]).arg(&p[4]);
     a.arg(eps).arg(&p[5]).arg(&p[6]);
 }
@@ -609,7 +610,7 @@ pub(super) fn write_kv(
         let func = custom_func!(dev, &name, MODULE, PTX);
         let (nq, nkv, d) = (heads.q as i32, heads.kv as i32, heads.dim as i32);
         let (cap, pos) = (step.cap as i32, len.value as i32 - 1);
-        let mut a = func.builder();
+        let mut a = early_launch::Args::new();
         push_step(&mut a, p, &step.eps);
         a.arg(&nq).arg(&nkv).arg(&d).arg(&cap);
         if captured {
@@ -624,7 +625,7 @@ pub(super) fn write_kv(
             shared_mem_bytes: 0,
         };
         // SAFETY: arguments match the kernel's signature; shapes checked above.
-        unsafe { a.launch(cfg) }.w()?;
+        unsafe { a.launch(dev, &func, cfg) }?;
         Ok(())
     })
 }
@@ -641,9 +642,44 @@ pub(super) fn decode_attention(
     v_cache: &Tensor,
     len: CacheLen<'_>,
     pad: Option<&Tensor>,
+    q8: Option<&super::quant_matvec::Q8Activations>,
+    new_kv: NewKv<'_>,
+    slice_counters: Option<&Tensor>,
 ) -> Result<Tensor> {
     let step = check_step(qkv, bias, cos, sin, q_norm, heads, k_cache, v_cache)?;
+    let (write_new, k_norm) = match new_kv {
+        NewKv::Cached => (false, None),
+        NewKv::Write { k_norm } => (true, k_norm),
+    };
+    if let Some(n) = k_norm {
+        if n.weight.elem_count() != heads.dim || n.weight.dtype() != step.dtype {
+            bail!(
+                "fused decode: the key norm {:?} {:?} is not [{}] {:?}",
+                n.weight.dtype(),
+                n.weight.shape(),
+                heads.dim,
+                step.dtype
+            );
+        }
+    }
+    let k_eps = k_norm.map_or(0.0, |n| n.eps as f32);
+    if let Some(c) = slice_counters {
+        if c.dtype() != DType::U32 || c.elem_count() != step.batch * heads.q {
+            bail!(
+                "fused decode: slice counters {:?} {:?} are not [{}] u32",
+                c.dtype(),
+                c.shape(),
+                step.batch * heads.q
+            );
+        }
+    }
     let b = step.batch;
+    if q8.is_some() && heads.dim < 32 {
+        bail!(
+            "fused decode: Q8_1 output needs heads of at least 32 values, not {}",
+            heads.dim
+        );
+    }
     check_len(&len, step.cap, k_cache)?;
     if let Some(pad) = pad {
         if pad.dtype() != DType::U32 || pad.elem_count() != b {
@@ -671,40 +707,68 @@ pub(super) fn decode_attention(
     let name = format!("decode_attention_{suffix}_d{}{dev_len}", heads.dim);
     let mut all = step.inputs.to_vec();
     all.extend([pad, Some(&out), partial.as_ref(), len.on_device]);
+    all.push(k_norm.map(|n| n.weight));
+    // With counters the slices' last block merges them: no combine launch.
+    let counters = slice_counters.filter(|_| splits > 1);
+    all.push(counters);
+    // The Q8_1 blocks for the output projection are written by the launch that writes the
+    // output: the attention itself with one slice, else the combine.
+    let k_padded = q8.map_or(0, |q| q.padded_k() as i32);
     with_addresses(&all, |dev, p| {
-        let func = custom_func!(dev, &name, MODULE, PTX);
-        let (nq, nkv) = (heads.q as i32, heads.kv as i32);
-        let (cap, kv_len) = (step.cap as i32, len.value as i32);
-        let mut a = func.builder();
-        push_step(&mut a, p, &step.eps);
-        a.arg(&p[7]).arg(&p[8]).arg(&p[9]);
-        a.arg(&nq).arg(&nkv).arg(&cap);
-        if captured {
-            a.arg(&p[10]);
-        } else {
-            a.arg(&kv_len);
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (heads.q as u32, b as u32, splits as u32),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: arguments match the kernel's signature; shapes checked above.
-        unsafe { a.launch(cfg) }.w()?;
-        if splits > 1 {
-            let func = custom_func!(dev, &format!("decode_combine_{suffix}"), MODULE, PTX);
-            let (d, splits) = (heads.dim as i32, splits as i32);
-            let mut a = func.builder();
-            a.arg(&p[9]).arg(&p[8]).arg(&nq).arg(&d).arg(&splits);
+        let stream = dev.cuda_stream();
+        let launch = |q8_ptr: u64| -> Result<()> {
+            let func = custom_func!(dev, &name, MODULE, PTX);
+            let (nq, nkv) = (heads.q as i32, heads.kv as i32);
+            let (cap, kv_len) = (step.cap as i32, len.value as i32);
+            // Host length: the new position, or −1 when write_kv put it in the caches.
+            let new_pos = if write_new { kv_len - 1 } else { -1 };
+            let write_flag = i32::from(write_new);
+            let attention_q8 = if splits == 1 || counters.is_some() {
+                q8_ptr
+            } else {
+                0
+            };
+            let mut a = early_launch::Args::new();
+            push_step(&mut a, p, &step.eps);
+            a.arg(&p[7]).arg(&p[8]).arg(&p[9]);
+            a.arg(&nq).arg(&nkv).arg(&cap);
+            if captured {
+                a.arg(&p[10]).arg(&write_flag);
+            } else {
+                a.arg(&kv_len).arg(&new_pos);
+            }
+            a.arg(&p[11]).arg(&k_eps);
+            a.arg(&attention_q8).arg(&k_padded).arg(&p[12]);
             let cfg = LaunchConfig {
-                grid_dim: (heads.q as u32, b as u32, 1),
-                block_dim: (heads.dim as u32, 1, 1),
+                grid_dim: (heads.q as u32, b as u32, splits as u32),
+                block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
-            // SAFETY: arguments match the kernel's signature; `partial` holds every slice.
-            unsafe { a.launch(cfg) }.w()?;
+            // SAFETY: arguments match the kernel's signature; shapes checked above, the
+            // blocks (if any) sized for b rows of k_padded values by Q8Activations.
+            unsafe { a.launch(dev, &func, cfg) }?;
+            if splits > 1 && counters.is_none() {
+                let func = custom_func!(dev, &format!("decode_combine_{suffix}"), MODULE, PTX);
+                let (d, splits) = (heads.dim as i32, splits as i32);
+                let mut a = early_launch::Args::new();
+                a.arg(&p[9]).arg(&p[8]).arg(&nq).arg(&d).arg(&splits);
+                a.arg(&q8_ptr).arg(&k_padded);
+                let cfg = LaunchConfig {
+                    grid_dim: (heads.q as u32, b as u32, 1),
+                    // At least a warp: the first one reads the slices' maxima and totals.
+                    block_dim: (heads.dim.max(32) as u32, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: arguments match the kernel's signature; `partial` holds every
+                // slice.
+                unsafe { a.launch(dev, &func, cfg) }?;
+            }
+            Ok(())
+        };
+        match q8 {
+            Some(q) => q.with_address(&stream, launch),
+            None => launch(0),
         }
-        Ok(())
     })?;
     Ok(out)
 }
@@ -732,7 +796,8 @@ fn check_len(len: &CacheLen<'_>, cap: usize, k_cache: &Tensor) -> Result<()> {
 
 /// Key slices per head for [`decode_attention`]: enough blocks to cover the card about
 /// twice (an H100/H200 has 132 multiprocessors), each slice at least `MIN_KEYS` keys (of
-/// `kv_len`: the length, or for a captured step the capacity).
+/// `kv_len`: the length, or for a captured step the capacity). At most `TARGET_BLOCKS`,
+/// within decode.cu's `COMBINE_SPLITS`.
 fn decode_splits(heads: usize, kv_len: usize) -> usize {
     const TARGET_BLOCKS: usize = 264;
     const MIN_KEYS: usize = 128;
@@ -768,7 +833,7 @@ pub(super) fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     with_addresses(&[Some(x), Some(w), bias, Some(&out)], |dev, p| {
         let func = custom_func!(dev, &name, MODULE, PTX);
         let (n32, k32) = (n as i32, k as i32);
-        let mut a = func.builder();
+        let mut a = early_launch::Args::new();
         a.arg(&p[0])
             .arg(&p[1])
             .arg(&p[2])
@@ -781,7 +846,7 @@ pub(super) fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tens
             shared_mem_bytes: 0,
         };
         // SAFETY: arguments match the kernel's signature; shapes checked above.
-        unsafe { a.launch(cfg) }.w()?;
+        unsafe { a.launch(dev, &func, cfg) }?;
         Ok(())
     })?;
     Ok(out)
@@ -986,7 +1051,7 @@ pub(super) fn argmax_rows(x: &Tensor) -> Result<(Vec<u32>, Vec<bool>)> {
     with_addresses(&tensors, |dev, p| {
         let (n32, chunk32, chunks32) = (n as i32, CHUNK as i32, chunks as i32);
         let partial = custom_func!(dev, &name, OPS_MODULE, OPS_PTX);
-        let mut a = partial.builder();
+        let mut a = early_launch::Args::new();
         a.arg(&p[0])
             .arg(&p[1])
             .arg(&p[2])
@@ -999,9 +1064,9 @@ pub(super) fn argmax_rows(x: &Tensor) -> Result<(Vec<u32>, Vec<bool>)> {
             shared_mem_bytes: 0,
         };
         // SAFETY: arguments match the kernel's signature; the partials are [rows, chunks].
-        unsafe { a.launch(cfg) }.w()?;
+        unsafe { a.launch(dev, &partial, cfg) }?;
         let last = custom_func!(dev, "argmax_final", OPS_MODULE, OPS_PTX);
-        let mut a = last.builder();
+        let mut a = early_launch::Args::new();
         a.arg(&p[1]).arg(&p[2]).arg(&p[3]).arg(&p[4]).arg(&chunks32);
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
@@ -1009,7 +1074,7 @@ pub(super) fn argmax_rows(x: &Tensor) -> Result<(Vec<u32>, Vec<bool>)> {
             shared_mem_bytes: 0,
         };
         // SAFETY: as above; `out` is [rows, 2].
-        unsafe { a.launch(cfg) }.w()?;
+        unsafe { a.launch(dev, &last, cfg) }?;
         Ok(())
     })?;
     let pairs = out.to_vec2::<u32>()?;

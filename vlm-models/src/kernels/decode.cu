@@ -67,6 +67,88 @@ __device__ void kv_write(const T *qkv, const T *bias, const T *cos, const T *sin
   }
 }
 
+// Quantizes the warp's 32 consecutive values (lane i holds value i) into `block`, with the
+// arithmetic of candle's own quantize kernel (its reductions in the same order), so a
+// projection fed from here gives the same bits as one that quantized its input itself.
+// Every lane of the warp must call it.
+__device__ __forceinline__ void q8_1_store(float v, q8_1_block *block) {
+  const int lane = threadIdx.x % 32;
+  float amax = fabsf(v), sum = v;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  const float d = amax / 127.0f;
+  block->qs[lane] = amax == 0.0f ? 0 : (int8_t)roundf(v / d);
+  if (lane == 0) block->ds = __halves2half2(__float2half(d), __float2half(sum));
+}
+
+// An attention output value, column `col` of batch row `b` of out [b, cols], rounded to T;
+// with `q8` also as the output projection's Q8_1 input (rows of `k_padded` values). The
+// caller's warps hold 32 consecutive columns each, as q8_1_store needs.
+template <typename T>
+__device__ __forceinline__ void store_attention_out(T *out, q8_1_block *q8, int cols,
+                                                    int k_padded, size_t b, int col, float v) {
+  const T o = from_f<T>(v);
+  out[b * cols + col] = o;
+  if (q8) q8_1_store(to_f(o), q8 + (b * k_padded + col) / 32);
+}
+
+// Zero Q8_1 blocks for batch row b's columns cols..k_padded (the padding candle's quantized
+// rows carry), written by the whole block; cols and k_padded are multiples of 32.
+__device__ __forceinline__ void q8_zero_padding(q8_1_block *q8, int cols, int k_padded,
+                                                size_t b) {
+  for (int c = cols + threadIdx.x; c < k_padded; c += blockDim.x)
+    q8_1_store(0.f, q8 + (b * k_padded + c) / 32);
+}
+
+// Merges decode_attention's slices for head h of batch row b: partial [b, nq, splits, d + 2]
+// → out [b, nq, d], splits ≤ COMBINE_SPLITS, at least max(d, 32) threads; `q8` as
+// decode_attention's `out_q8` (d ≥ 32: every thread a column). A slice that saw no key has
+// max -inf and weight 0. The first warp reads every slice's max and total at once and
+// leaves the weights in shared memory; each column then sums its slices with independent
+// loads. (Reading them in two dependent loops over the slices cost two L2 round trips per
+// slice: 6.6 µs at 6 slices, 9.1 at 12 under ncu, runs 40-41.) The slices are read from
+// L2 (__ldcg): in decode_attention's last block they were written by other blocks.
+#define COMBINE_SPLITS 512
+template <typename T>
+__device__ void combine_slices(const float *partial, T *out, int nq, int d, int splits,
+                               q8_1_block *q8, int k_padded, int h, int b) {
+  __shared__ float ws[COMBINE_SPLITS];
+  __shared__ float total;
+  const int c = threadIdx.x;
+  const float *p = partial + ((size_t)b * nq + h) * splits * (d + 2);
+  if (c < 32) {
+    float mx = -INFINITY;
+    for (int s = c; s < splits; s += 32) mx = fmaxf(mx, __ldcg(p + s * (d + 2) + d));
+    mx = warp_max(mx);
+    float l = 0.f;
+    for (int s = c; s < splits; s += 32) {
+      const float ms = __ldcg(p + s * (d + 2) + d);
+      const float w = ms == -INFINITY ? 0.f : expf(ms - mx);
+      ws[s] = w;
+      l += __ldcg(p + s * (d + 2) + d + 1) * w;
+    }
+    l = warp_sum(l);
+    if (c == 0) total = l;
+  }
+  __syncthreads();
+  if (q8 && h == nq - 1) q8_zero_padding(q8, nq * d, k_padded, b);
+  if (c >= d) return;
+  float a = 0.f;
+#pragma unroll 8
+  for (int s = 0; s < splits; ++s) a += __ldcg(p + s * (d + 2) + c) * ws[s];
+  store_attention_out(out, q8, nq * d, k_padded, b, h * d + c, a / total);
+}
+
+// combine_slices as a launch of its own: grid (nq, b), max(d, 32) threads.
+template <typename T>
+__device__ void decode_combine(const float *partial, T *out, int nq, int d, int splits,
+                               q8_1_block *q8, int k_padded) {
+  inputs_ready();
+  combine_slices(partial, out, nq, d, splits, q8, k_padded, blockIdx.x, blockIdx.y);
+}
+
 // Attention of one new query per sequence over the cache, GQA read in place (query head
 // h uses kv head h / (nq / nkv)); keys before pad[b] (left padding) are skipped.
 // Grid (nq, b, splits), 256 threads. The query is prepared from qkv like the key (bias,
@@ -77,37 +159,36 @@ __device__ void kv_write(const T *qkv, const T *bias, const T *cos, const T *sin
 // key row, 256/(D/8) rows at a time, each row group keeping an online softmax; the groups
 // are merged at the end. With one split the block writes out [b, nq, d]; with several it
 // writes its unnormalised sum, max and total to partial [b, nq, splits, d + 2] for
-// decode_combine.
+// combine_slices: with `slice_counters` ([b, nq] zeros) the head's last block to finish
+// merges them itself and sets its counter back to zero, else decode_combine does in a launch
+// of its own. With `out_q8` (D ≥ 32) the output is also written as the output projection's
+// Q8_1 input, which spares that projection a quantize launch.
+//
+// `new_pos` ≥ 0: the new token's key and value (position new_pos = kv_len − 1) are not in
+// the caches yet. The block whose slice holds that position prepares them from qkv as
+// kv_write does (k_norm, k_eps: the key's norm) and attends them from shared memory; the
+// first query head of each kv group also writes them into the caches. This spares a launch
+// a layer, and lets every cache read be requested before the kernel waits for its inputs
+// (early_launch.rs): the rows before new_pos were written by earlier steps. The arithmetic
+// is the same as kv_write followed by this kernel with new_pos −1, bit for bit.
 template <typename T, int D>
 __device__ void decode_attention(const T *qkv, const T *bias, const T *cos, const T *sin,
-                                 const T *q_norm, float eps, const T *k_cache,
-                                 const T *v_cache, const uint32_t *pad, T *out,
-                                 float *partial, int nq, int nkv, int cap, int kv_len) {
+                                 const T *q_norm, float eps, T *k_cache, T *v_cache,
+                                 const uint32_t *pad, T *out, float *partial, int nq, int nkv,
+                                 int cap, int kv_len, int new_pos, const T *k_norm,
+                                 float k_eps, q8_1_block *out_q8, int k_padded,
+                                 unsigned int *slice_counters) {
   constexpr int G = D / 8;    // threads per key row
   constexpr int R = 256 / G;  // rows in flight
   __shared__ float qs[D];
   __shared__ float gm[R], gl[R];
   __shared__ float gacc[R][D];
+  __shared__ float kn[D], vn[D];  // the new position's key and value, rounded to T
 
   const int h = blockIdx.x, b = blockIdx.y, tid = threadIdx.x, half = D / 2;
   const int split = blockIdx.z, splits = gridDim.z;
   const int kh = h / (nq / nkv);
-  {
-    const T *row = qkv + (size_t)b * (nq + 2 * nkv) * D + (size_t)h * D;
-    float y1, y2;
-    if (prepare_head(row, bias ? bias + h * D : nullptr, q_norm, eps, cos + (size_t)b * half,
-                     sin + (size_t)b * half, D, y1, y2)) {
-      qs[tid] = to_f(from_f<T>(y1));
-      qs[tid + half] = to_f(from_f<T>(y2));
-    }
-  }
-  __syncthreads();
-
   const int g = tid / G, lane = tid % G;
-  float q8[8];
-#pragma unroll
-  for (int j = 0; j < 8; ++j) q8[j] = qs[lane * 8 + j];
-
   const size_t base = ((size_t)b * nkv + kh) * cap * D + lane * 8;
   const T *kb = k_cache + base;
   const T *vb = v_cache + base;
@@ -115,23 +196,106 @@ __device__ void decode_attention(const T *qkv, const T *bias, const T *cos, cons
   const int chunk = (kv_len - first + splits - 1) / splits;
   const int start = first + split * chunk;
   const int end = min(kv_len, start + chunk);
+  const bool holds_new = new_pos >= start && new_pos < end;  // uniform over the block
+
+  // Each sweep takes two rows per group, so that four loads are in flight, and requests
+  // the next sweep's rows before its own arithmetic; the first sweep's are requested
+  // before the query is prepared. Memory latency, not arithmetic, set the pace: ~1.4 µs a
+  // sweep under ncu (runs 40-41) when each sweep waited for its own loads.
+  raw8<T> nka{}, nxa{}, nkb{}, nxb{};
+  auto fetch = [&](int t0) {
+    const int ta = t0 + g, tb = t0 + g + R;
+    if (ta < end && ta != new_pos) {
+      nka = load_raw8(kb + (size_t)ta * D);
+      nxa = load_raw8(vb + (size_t)ta * D);
+    }
+    if (tb < end && tb != new_pos) {
+      nkb = load_raw8(kb + (size_t)tb * D);
+      nxb = load_raw8(vb + (size_t)tb * D);
+    }
+  };
+  // With new_pos −1 the new key comes from the kernel before: nothing to read ahead of it.
+  if (new_pos >= 0) {
+    if (start < end) fetch(start);
+    inputs_ready();
+  } else {
+    inputs_ready();
+    if (start < end) fetch(start);
+  }
+
+  const T *qkv_row = qkv + (size_t)b * (nq + 2 * nkv) * D;
+  {
+    float y1, y2;
+    if (prepare_head(qkv_row + (size_t)h * D, bias ? bias + h * D : nullptr, q_norm, eps,
+                     cos + (size_t)b * half, sin + (size_t)b * half, D, y1, y2)) {
+      qs[tid] = to_f(from_f<T>(y1));
+      qs[tid + half] = to_f(from_f<T>(y2));
+    }
+  }
+  if (holds_new) {
+    const int ko = (nq + kh) * D, vo = (nq + nkv + kh) * D;
+    float y1, y2;
+    if (prepare_head(qkv_row + ko, bias ? bias + ko : nullptr, k_norm, k_eps,
+                     cos + (size_t)b * half, sin + (size_t)b * half, D, y1, y2)) {
+      float v1 = to_f(qkv_row[vo + tid]), v2 = to_f(qkv_row[vo + tid + half]);
+      if (bias) {
+        v1 += to_f(bias[vo + tid]);
+        v2 += to_f(bias[vo + tid + half]);
+      }
+      const T k1 = from_f<T>(y1), k2 = from_f<T>(y2), x1 = from_f<T>(v1), x2 = from_f<T>(v2);
+      kn[tid] = to_f(k1);
+      kn[tid + half] = to_f(k2);
+      vn[tid] = to_f(x1);
+      vn[tid + half] = to_f(x2);
+      if (h % (nq / nkv) == 0) {
+        const size_t dst = (((size_t)b * nkv + kh) * cap + new_pos) * D;
+        k_cache[dst + tid] = k1;
+        k_cache[dst + tid + half] = k2;
+        v_cache[dst + tid] = x1;
+        v_cache[dst + tid + half] = x2;
+      }
+    }
+  }
+  __syncthreads();
+
+  float q8[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) q8[j] = qs[lane * 8 + j];
+
   float m = -INFINITY, l = 0.f, acc[8];
 #pragma unroll
   for (int j = 0; j < 8; ++j) acc[j] = 0.f;
 
-  // Two rows per group per sweep so that four loads are in flight; every lane runs the
-  // same number of sweeps, as the shuffles need the whole warp.
+  // Every lane runs the same number of sweeps, as the shuffles need the whole warp.
   for (int t0 = start; t0 < end; t0 += 2 * R) {
+    const raw8<T> cka = nka, cxa = nxa, ckb = nkb, cxb = nxb;
+    if (t0 + 2 * R < end) fetch(t0 + 2 * R);
     const int ta = t0 + g, tb = t0 + g + R;
     const bool va = ta < end, vb_ok = tb < end;
     float ka[8], kb8[8], xa[8], xb[8];
     if (va) {
-      load8(kb + (size_t)ta * D, ka);
-      load8(vb + (size_t)ta * D, xa);
+      if (ta == new_pos) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          ka[j] = kn[lane * 8 + j];
+          xa[j] = vn[lane * 8 + j];
+        }
+      } else {
+        unpack8(cka, ka);
+        unpack8(cxa, xa);
+      }
     }
     if (vb_ok) {
-      load8(kb + (size_t)tb * D, kb8);
-      load8(vb + (size_t)tb * D, xb);
+      if (tb == new_pos) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          kb8[j] = kn[lane * 8 + j];
+          xb[j] = vn[lane * 8 + j];
+        }
+      } else {
+        unpack8(ckb, kb8);
+        unpack8(cxb, xb);
+      }
     }
     float sa = 0.f, sb = 0.f;
     if (va) {
@@ -179,7 +343,7 @@ __device__ void decode_attention(const T *qkv, const T *bias, const T *cos, cons
       a += gacc[r][tid] * w;
     }
     if (splits == 1) {
-      out[((size_t)b * nq + h) * D + tid] = from_f<T>(a / lsum);
+      store_attention_out(out, out_q8, nq * D, k_padded, b, h * D + tid, a / lsum);
     } else {
       float *p = partial + (((size_t)b * nq + h) * splits + split) * (D + 2);
       p[tid] = a;
@@ -189,30 +353,29 @@ __device__ void decode_attention(const T *qkv, const T *bias, const T *cos, cons
       }
     }
   }
-}
-
-// Merges decode_attention's slices: partial [b, nq, splits, d + 2] → out [b, nq, d].
-// Grid (nq, b), d threads. A slice that saw no key has max -inf and is skipped.
-template <typename T>
-__device__ void decode_combine(const float *partial, T *out, int nq, int d, int splits) {
-  const int h = blockIdx.x, b = blockIdx.y, c = threadIdx.x;
-  const float *p = partial + ((size_t)b * nq + h) * splits * (d + 2);
-  float mx = -INFINITY;
-  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, p[s * (d + 2) + d]);
-  float l = 0.f, a = 0.f;
-  for (int s = 0; s < splits; ++s) {
-    const float ms = p[s * (d + 2) + d];
-    if (ms == -INFINITY) continue;
-    const float w = expf(ms - mx);
-    l += p[s * (d + 2) + d + 1] * w;
-    a += p[s * (d + 2) + c] * w;
+  if (splits == 1) {
+    if (out_q8 && h == nq - 1) q8_zero_padding(out_q8, nq * D, k_padded, b);
+    return;
   }
-  out[((size_t)b * nq + h) * d + c] = from_f<T>(a / l);
+  if (!slice_counters) return;
+  // The last of the head's blocks to get here merges the slices: each block's writes are
+  // made visible device-wide before it takes its ticket (the threadfence reduction).
+  __shared__ unsigned int ticket;
+  __threadfence();
+  __syncthreads();
+  unsigned int *counter = slice_counters + (size_t)b * nq + h;
+  if (tid == 0) ticket = atomicAdd(counter, 1u);
+  __syncthreads();
+  if (ticket != (unsigned int)splits - 1) return;
+  if (tid == 0) *counter = 0;  // for the next layer's or step's launch, which follows this grid
+  __threadfence();
+  combine_slices(partial, out, nq, D, splits, out_q8, k_padded, h, b);
 }
 
 // silu(gate) * up for gate_up [rows, 2 inter] (gate first) → [rows, inter].
 template <typename T>
 __device__ void silu_mul(const T *gate_up, T *out, uint32_t rows, uint32_t inter) {
+  inputs_ready();
   const size_t n = (size_t)rows * inter;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (size_t)blockDim.x * gridDim.x) {
@@ -223,51 +386,9 @@ __device__ void silu_mul(const T *gate_up, T *out, uint32_t rows, uint32_t inter
   }
 }
 
-// Quantizes the warp's 32 consecutive values (lane i holds value i) into `block`, with the
-// arithmetic of candle's own quantize kernel (its reductions in the same order), so a
-// projection fed from here gives the same bits as one that quantized its input itself.
-// Every lane of the warp must call it.
-__device__ __forceinline__ void q8_1_store(float v, q8_1_block *block) {
-  const int lane = threadIdx.x % 32;
-  float amax = fabsf(v), sum = v;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-  const float d = amax / 127.0f;
-  block->qs[lane] = amax == 0.0f ? 0 : (int8_t)roundf(v / d);
-  if (lane == 0) block->ds = __halves2half2(__float2half(d), __float2half(sum));
-}
-
-// The residual add and the RMSNorm after it, for one row per block: sum = x + delta
-// (rounded to T, as candle's add), normed = RMSNorm(sum) · w, and with `q8` non-null the
-// normed row (as rounded to T) in Q8_1 blocks, `n_padded` values per row, zeros past n.
-// `delta` null: normed = RMSNorm(x) and `sum` is not written. The norm repeats candle's
-// kernel (block of 32 threads below 1,024 values, else 1,024; the same reduction order),
-// so the decode step's tokens do not move. Replaces an add, a norm and a quantize
-// launch; a decode step of Qwen3-VL-2B ran ~110 of each (run 37's profile).
-template <typename T>
-__device__ void add_rms_norm(const T *x, const T *delta, const T *w, T *sum, T *normed,
-                             q8_1_block *q8, int n, int n_padded, float eps) {
-  const size_t row = blockIdx.x;
-  x += row * n;
-  normed += row * n;
-  const T *src = x;
-  if (delta) {
-    delta += row * n;
-    sum += row * n;
-    src = sum;
-  }
-  float ss = 0.f;
-  for (int c = threadIdx.x; c < n; c += blockDim.x) {
-    float v = to_f(x[c]);
-    if (delta) {
-      const T s = from_f<T>(v + to_f(delta[c]));
-      sum[c] = s;
-      v = to_f(s);
-    }
-    ss += v * v;
-  }
+// 1/sqrt(mean square + eps) of a row from each thread's sum of squares, reduced in the
+// order of candle's rmsnorm kernel (a warp, then the warps' partial sums in one warp).
+__device__ __forceinline__ float rms_scale(float ss, int n, float eps) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
   if (blockDim.x > 32) {
@@ -279,9 +400,88 @@ __device__ void add_rms_norm(const T *x, const T *delta, const T *w, T *sum, T *
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
   }
-  const float scale = rsqrtf(ss / n + eps);
-  // Each thread reads back only the sums it wrote itself.
+  return rsqrtf(ss / n + eps);
+}
+
+// A thread's columns of add_rms_norm held in registers: n_padded ≤ ADD_NORM_COLS ·
+// blockDim.x (every decoder here: hidden sizes up to 4,096 at 1,024 threads).
+#define ADD_NORM_COLS 4
+
+// The residual add and the RMSNorm after it, for one row per block: sum = x + delta
+// (rounded to T, as candle's add), normed = RMSNorm(sum) · w, and with `q8` non-null the
+// normed row (as rounded to T) in Q8_1 blocks, `n_padded` values per row, zeros past n.
+// `delta` null: normed = RMSNorm(x) and `sum` is not written. The norm repeats candle's
+// kernel (block of 32 threads below 1,024 values, else 1,024; the same reduction order),
+// so the decode step's tokens do not move. Replaces an add, a norm and a quantize
+// launch; a decode step of Qwen3-VL-2B ran ~110 of each (run 37's profile).
+template <typename T>
+__device__ void add_rms_norm(const T *x, const T *delta, const T *w, T *sum, T *normed,
+                             q8_1_block *q8, int n, int n_padded, float eps) {
+  inputs_ready();
+  const size_t row = blockIdx.x;
+  x += row * n;
+  normed += row * n;
+  if (delta) {
+    delta += row * n;
+    sum += row * n;
+  }
+  // Every load is issued before any store: a store to `sum` may alias x for the compiler,
+  // so a loop that stored between loads waited a memory round trip per column (5.5 µs a
+  // launch for a 2,048-wide row under ncu, run 41). Rows wider than the registers hold
+  // (and the 32-thread blocks of rows under 1,024) take that loop.
   const int cols = q8 ? n_padded : n;
+  float ss = 0.f;
+  if (cols <= ADD_NORM_COLS * (int)blockDim.x) {
+    float v[ADD_NORM_COLS], wv[ADD_NORM_COLS], dv[ADD_NORM_COLS];
+#pragma unroll
+    for (int p = 0; p < ADD_NORM_COLS; ++p) {
+      const int c = threadIdx.x + p * blockDim.x;
+      v[p] = wv[p] = dv[p] = 0.f;
+      if (c < n) {
+        v[p] = to_f(x[c]);
+        wv[p] = to_f(w[c]);
+        if (delta) dv[p] = to_f(delta[c]);
+      }
+    }
+#pragma unroll
+    for (int p = 0; p < ADD_NORM_COLS; ++p) {
+      const int c = threadIdx.x + p * blockDim.x;
+      if (c < n) {
+        if (delta) {
+          const T s = from_f<T>(v[p] + dv[p]);
+          sum[c] = s;
+          v[p] = to_f(s);
+        }
+        ss += v[p] * v[p];
+      }
+    }
+    const float scale = rms_scale(ss, n, eps);
+#pragma unroll
+    for (int p = 0; p < ADD_NORM_COLS; ++p) {
+      const int c = threadIdx.x + p * blockDim.x;
+      if (c >= cols) break;  // uniform across a warp: cols and blockDim are multiples of 32
+      float o = 0.f;
+      if (c < n) {
+        const T r = from_f<T>(scale * v[p] * wv[p]);
+        normed[c] = r;
+        o = to_f(r);
+      }
+      if (q8) q8_1_store(o, q8 + (row * n_padded + c) / 32);
+    }
+    return;
+  }
+  const T *src = delta ? sum : x;
+  for (int c = threadIdx.x; c < n; c += blockDim.x) {
+    float v = to_f(x[c]);
+    if (delta) {
+      const T s = from_f<T>(v + to_f(delta[c]));
+      sum[c] = s;
+      v = to_f(s);
+    }
+    ss += v * v;
+  }
+  const float scale = rms_scale(ss, n, eps);
+  // Each thread reads back only the sums it wrote itself.
   for (int c = threadIdx.x; c < cols; c += blockDim.x) {
     float v = 0.f;
     if (c < n) {
@@ -299,6 +499,7 @@ __device__ void add_rms_norm(const T *x, const T *delta, const T *w, T *sum, T *
 template <typename T>
 __device__ void silu_mul_q8(const T *gate_up, T *out, q8_1_block *q8, uint32_t rows,
                             uint32_t inter, uint32_t inter_padded) {
+  inputs_ready();
   const size_t n = (size_t)rows * inter_padded;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (size_t)blockDim.x * gridDim.x) {
@@ -318,14 +519,23 @@ __device__ void silu_mul_q8(const T *gate_up, T *out, q8_1_block *q8, uint32_t r
 // y = x Wᵀ (+ bias) for a few rows of x: the decode step's projections, where cuBLAS reads
 // the weights at 1.7-2.8 TB/s of the card's ~3.3. x [m, k], W [n, k] (a checkpoint's
 // [out, in]), y [m, n], m ≤ 8, k a multiple of 8. One warp per output column n: each lane
-// reads 8 consecutive weights (16 or 32 bytes) per step, two steps in flight, and keeps m
-// f32 sums; 8 warps per block.
+// reads 8 consecutive weights (16 or 32 bytes) per step, two steps at a time with the next
+// two requested before their arithmetic, and keeps m f32 sums; 8 warps per block.
 template <typename T, int M>
 __device__ void gemv(const T *x, const T *w, const T *bias, T *y, int n, int k) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int col = blockIdx.x * 8 + warp;
-  if (col >= n) return;
-  const T *wr = w + (size_t)col * k;
+  const bool live = col < n;
+  const T *wr = w + (size_t)(live ? col : 0) * k;
+  // The first step's weights are requested before waiting for x (early_launch.rs).
+  raw8<T> na{}, nb{};
+  auto fetch = [&](int k0) {
+    na = load_raw8(wr + k0);
+    if (k0 + 256 < k) nb = load_raw8(wr + k0 + 256);
+  };
+  if (live && lane * 8 < k) fetch(lane * 8);
+  inputs_ready();
+  if (!live) return;
   float acc[M];
 #pragma unroll
   for (int r = 0; r < M; ++r) acc[r] = 0.f;
@@ -333,8 +543,9 @@ __device__ void gemv(const T *x, const T *w, const T *bias, T *y, int n, int k) 
     const int k1 = k0 + 256;
     const bool second = k1 < k;
     float wa[8], wb[8];
-    load8(wr + k0, wa);
-    if (second) load8(wr + k1, wb);
+    unpack8(na, wa);
+    if (second) unpack8(nb, wb);
+    if (k0 + 2 * 256 < k) fetch(k0 + 2 * 256);
 #pragma unroll
     for (int r = 0; r < M; ++r) {
       float xa[8];
@@ -380,6 +591,7 @@ GEMV_ALL_ROWS(__half, f16)
   extern "C" __global__ void NAME(const T *qkv, const T *bias, const T *cos, const T *sin, \
                                   const T *k_norm, float eps, T *k_cache, T *v_cache,      \
                                   int nq, int nkv, int d, int cap, int pos) {              \
+    inputs_ready();                                                                        \
     kv_write<T>(qkv, bias, cos, sin, k_norm, eps, k_cache, v_cache, nq, nkv, d, cap, pos); \
   }
 KV_WRITE(kv_write_f32, float)
@@ -393,6 +605,7 @@ KV_WRITE(kv_write_f16, __half)
   extern "C" __global__ void NAME(const T *qkv, const T *bias, const T *cos, const T *sin, \
                                   const T *k_norm, float eps, T *k_cache, T *v_cache,      \
                                   int nq, int nkv, int d, int cap, const uint32_t *len) {  \
+    inputs_ready();                                                                        \
     const int pos = (int)len[0] - 1;                                                       \
     if (pos < 0 || pos >= cap) return;                                                     \
     kv_write<T>(qkv, bias, cos, sin, k_norm, eps, k_cache, v_cache, nq, nkv, d, cap, pos); \
@@ -404,18 +617,26 @@ KV_WRITE_DEV(kv_write_dev_f16, __half)
 #define DECODE_ATTENTION(NAME, T, D)                                                       \
   extern "C" __global__ void __launch_bounds__(256)                                        \
       NAME(const T *qkv, const T *bias, const T *cos, const T *sin, const T *q_norm,       \
-           float eps, const T *k_cache, const T *v_cache, const uint32_t *pad, T *out,     \
-           float *partial, int nq, int nkv, int cap, int kv_len) {                         \
+           float eps, T *k_cache, T *v_cache, const uint32_t *pad, T *out, float *partial, \
+           int nq, int nkv, int cap, int kv_len, int new_pos, const T *k_norm, float k_eps, \
+           void *q8, int k_padded, unsigned int *counters) {                               \
     decode_attention<T, D>(qkv, bias, cos, sin, q_norm, eps, k_cache, v_cache, pad, out,   \
-                           partial, nq, nkv, cap, kv_len);                                 \
+                           partial, nq, nkv, cap, kv_len, new_pos, k_norm, k_eps,          \
+                           (q8_1_block *)q8, k_padded, counters);                          \
   }                                                                                        \
-  /* The length from device memory, as KV_WRITE_DEV. */                                    \
+  /* The length from device memory, as KV_WRITE_DEV; with write_new the new key and value \
+     come from qkv unless the length is past the caches (kv_write_dev skips that write). */ \
   extern "C" __global__ void __launch_bounds__(256)                                        \
       NAME##_dev(const T *qkv, const T *bias, const T *cos, const T *sin, const T *q_norm, \
-                 float eps, const T *k_cache, const T *v_cache, const uint32_t *pad,       \
-                 T *out, float *partial, int nq, int nkv, int cap, const uint32_t *len) {  \
+                 float eps, T *k_cache, T *v_cache, const uint32_t *pad, T *out,           \
+                 float *partial, int nq, int nkv, int cap, const uint32_t *len,            \
+                 int write_new, const T *k_norm, float k_eps, void *q8, int k_padded,      \
+                 unsigned int *counters) {                                                 \
+    const int n = (int)len[0];                                                             \
+    const int new_pos = write_new && n >= 1 && n <= cap ? n - 1 : -1;                      \
     decode_attention<T, D>(qkv, bias, cos, sin, q_norm, eps, k_cache, v_cache, pad, out,   \
-                           partial, nq, nkv, cap, min((int)len[0], cap));                  \
+                           partial, nq, nkv, cap, min(n, cap), new_pos, k_norm, k_eps,     \
+                           (q8_1_block *)q8, k_padded, counters);                          \
   }
 DECODE_ATTENTION(decode_attention_f32_d16, float, 16)
 DECODE_ATTENTION(decode_attention_f32_d32, float, 32)
@@ -434,8 +655,9 @@ DECODE_ATTENTION(decode_attention_f16_d128, __half, 128)
 DECODE_ATTENTION(decode_attention_f16_d256, __half, 256)
 
 #define DECODE_COMBINE(NAME, T)                                                            \
-  extern "C" __global__ void NAME(const float *partial, T *out, int nq, int d, int splits) { \
-    decode_combine<T>(partial, out, nq, d, splits);                                        \
+  extern "C" __global__ void NAME(const float *partial, T *out, int nq, int d, int splits,   \
+                                  void *q8, int k_padded) {                                \
+    decode_combine<T>(partial, out, nq, d, splits, (q8_1_block *)q8, k_padded);            \
   }
 DECODE_COMBINE(decode_combine_f32, float)
 DECODE_COMBINE(decode_combine_bf16, __nv_bfloat16)

@@ -5,7 +5,8 @@
 //! - [`write_kv`]: bias, per-head key norm (Qwen3) and RoPE of the new key, written with
 //!   its value into the preallocated cache in place;
 //! - [`decode_attention`]: the same for the query, then attention over the cache with GQA
-//!   read in place and left padding skipped;
+//!   read in place and left padding skipped; [`decode_attention_q8`] with [`NewKv::Write`]
+//!   also prepares and writes the new key and value itself, as the decoder runs it;
 //! - [`silu_mul`]: `silu(gate) · up` from the fused gate/up projection (every step,
 //!   prefill included); [`silu_mul_q8`] also writes the product as the down projection's
 //!   Q8_1 input ([`Q8Input`]);
@@ -40,7 +41,9 @@
 //! definition of what they compute. [`RuntimeOptions::fused_kernels`] off turns them off,
 //! to measure what they bring with one binary. Every decision here takes the
 //! [`RuntimeOptions`] of the model that asks, so models loaded with different options
-//! share a process.
+//! share a process; [`RuntimeOptions::early_launch`] alone belongs to the device
+//! ([`apply_device_settings`]): with it, on compute capability 9.0 and up, the decode
+//! step's kernels start while the kernel before them finishes (`early_launch.rs`).
 
 use candle_core::{DType, Device, Result, Tensor};
 use vlm_contract::RuntimeOptions;
@@ -48,6 +51,8 @@ use vlm_contract::RuntimeOptions;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod dequant_slices;
+#[cfg(feature = "cuda")]
+mod early_launch;
 #[cfg(feature = "cuda")]
 mod graph;
 #[cfg(feature = "cuda")]
@@ -73,6 +78,17 @@ pub struct HeadNorm<'a> {
     pub weight: &'a Tensor,
     /// Epsilon.
     pub eps: f64,
+}
+
+/// Applies `runtime`'s device-wide kernel settings to a model's `device` at load:
+/// [`RuntimeOptions::early_launch`] on turns early launches on for every model on it.
+pub fn apply_device_settings(device: &Device, runtime: &RuntimeOptions) {
+    #[cfg(feature = "cuda")]
+    if let (Device::Cuda(dev), true) = (device, runtime.early_launch) {
+        early_launch::turn_on(dev);
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = (device, runtime);
 }
 
 /// Whether the kernels serve tensors in `dtype` on `device`: a CUDA build on a CUDA device,
@@ -123,7 +139,10 @@ pub fn gemv_applies(
         && w.layout().start_offset().is_multiple_of(8)
 }
 
-/// `x Wᵀ (+ bias)` for `x [m ≤ GEMV_ROWS, k]` and `w [n, k]` → `[m, n]`.
+/// `x Wᵀ (+ bias)` for `x [m ≤ GEMV_ROWS, k]` and `w [n, k]` → `[m, n]`. Launched early
+/// ([`RuntimeOptions::early_launch`]), the kernel requests `w` before waiting for the
+/// kernel ahead of it in the stream (see `early_launch.rs`): `w` is a weight, not the
+/// output of the launch just before this one.
 pub fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     return cuda::gemv(&x.contiguous()?, w, bias);
@@ -304,6 +323,21 @@ pub fn write_kv(
     }
 }
 
+/// Where [`decode_attention_q8`] finds the new token's key and value.
+#[derive(Debug, Clone, Copy)]
+pub enum NewKv<'a> {
+    /// Already in the caches at `len - 1`: [`write_kv`] put them there.
+    Cached,
+    /// Prepared from `qkv` by the attention itself, as [`write_kv`] prepares them (with the
+    /// key's norm, if any), attended from there and written into the caches at `len - 1`:
+    /// one launch a layer fewer, and the cached rows read while the step's projection
+    /// still runs. The same bits as `write_kv` and then [`NewKv::Cached`].
+    Write {
+        /// Qwen3's per-head key norm.
+        k_norm: Option<HeadNorm<'a>>,
+    },
+}
+
 /// Attention of the new token's query (prepared from `qkv` like the key in [`write_kv`];
 /// its scale is in the weights) over the first `len` cached positions, skipping the
 /// first `pad[b]` (`[b]` u32) of each sequence. Returns `[b, q·dim]`.
@@ -320,23 +354,86 @@ pub fn decode_attention(
     len: CacheLen<'_>,
     pad: Option<&Tensor>,
 ) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    return cuda::decode_attention(
-        &qkv.contiguous()?,
+    Ok(decode_attention_q8(
+        qkv,
         bias,
-        &cos.contiguous()?,
-        &sin.contiguous()?,
+        cos,
+        sin,
         q_norm,
         heads,
         k_cache,
         v_cache,
         len,
         pad,
-    );
+        false,
+        NewKv::Cached,
+        None,
+    )?
+    .0)
+}
+
+/// [`decode_attention`]; with `q8`, the output also as the output projection's
+/// [`Q8Input`] where it can be (heads of at least 32 values, at most 8 rows), which spares
+/// that projection its own quantize launch. With `slice_counters` (`[b · q]` u32, zeros
+/// between calls, as the decoder's KV caches hold them) the last block of each head merges
+/// the key slices, where a second launch did.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_attention_q8(
+    qkv: &Tensor,
+    bias: Option<&Tensor>,
+    cos: &Tensor,
+    sin: &Tensor,
+    q_norm: Option<HeadNorm<'_>>,
+    heads: &Heads,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    len: CacheLen<'_>,
+    pad: Option<&Tensor>,
+    q8: bool,
+    new_kv: NewKv<'_>,
+    slice_counters: Option<&Tensor>,
+) -> Result<(Tensor, Option<Q8Input>)> {
+    #[cfg(feature = "cuda")]
+    {
+        let blocks = if q8 && heads.dim >= 32 {
+            let dims = [qkv.dim(0)?, 1, heads.q * heads.dim];
+            quant_matvec::Q8Activations::for_values(qkv.device(), &dims, k_cache.dtype())?
+        } else {
+            None
+        };
+        let out = cuda::decode_attention(
+            &qkv.contiguous()?,
+            bias,
+            &cos.contiguous()?,
+            &sin.contiguous()?,
+            q_norm,
+            heads,
+            k_cache,
+            v_cache,
+            len,
+            pad,
+            blocks.as_ref(),
+            new_kv,
+            slice_counters,
+        )?;
+        Ok((out, blocks.map(|inner| Q8Input { inner })))
+    }
     #[cfg(not(feature = "cuda"))]
     {
         let _ = (
-            qkv, bias, cos, sin, q_norm, heads, k_cache, v_cache, len, pad,
+            qkv,
+            bias,
+            cos,
+            sin,
+            q_norm,
+            heads,
+            k_cache,
+            v_cache,
+            len,
+            pad,
+            q8,
+            new_kv,
+            slice_counters,
         );
         no_cuda()
     }

@@ -154,6 +154,7 @@ __device__ __forceinline__ void block_argmax(float &v, uint32_t &i, uint32_t &ba
 template <typename T>
 __device__ void argmax_partial(const T *x, float *part_v, uint32_t *part_i, uint32_t *part_bad,
                                int n, int chunk) {
+  inputs_ready();
   const size_t row = blockIdx.y;
   const T *xr = x + row * n;
   const int lo = blockIdx.x * chunk, hi = min(n, lo + chunk);
@@ -190,6 +191,7 @@ ARGMAX_PARTIAL(argmax_partial_f16, __half)
 extern "C" __global__ void __launch_bounds__(256)
     argmax_final(const float *part_v, const uint32_t *part_i, const uint32_t *part_bad,
                  uint32_t *out, int chunks) {
+  inputs_ready();
   const size_t row = blockIdx.x;
   float v = -INFINITY;
   uint32_t i = 0xffffffffu, bad = 0;

@@ -40,39 +40,88 @@ __device__ void matvec_q4k(const uint8_t *__restrict__ w, const q8_1_block *__re
                            T *__restrict__ y, int n, int sbs, int x_blocks) {
   const int lane = threadIdx.x % 32;
   const int row = blockIdx.x * MATVEC_WARPS + threadIdx.x / 32;
-  if (row >= n) return;  // the whole warp: no barrier below
-  const uint8_t *wr = w + (size_t)row * sbs * 144;
+  const bool live = row < n;  // the whole warp: no barrier below
+  const uint8_t *wr = w + (size_t)(live ? row : 0) * sbs * 144;
   // Lane's 16 bytes of a super-block's quants: run c, bytes l0..l0+15 of its 32.
   const int part = lane % 8, run = part / 2, l0 = (part % 2) * 16;
   float acc[M];
 #pragma unroll
   for (int r = 0; r < M; ++r) acc[r] = 0.f;
-  for (int sb = lane / 8; sb < sbs; sb += 4) {
-    const uint8_t *b = wr + (size_t)sb * 144;
-    const uint4 q = __ldg(reinterpret_cast<const uint4 *>(b + 16 + 16 * part));
-    const float2 dm = __half22float2(*reinterpret_cast<const __half2 *>(b));
-    int s_lo, m_lo, s_hi, m_hi;
-    q4k_scale_min(b + 4, 2 * run, s_lo, m_lo);
-    q4k_scale_min(b + 4, 2 * run + 1, s_hi, m_hi);
-    const int v[4] = {(int)q.x, (int)q.y, (int)q.z, (int)q.w};
+  // Each pass requests the next pass's weights (and for one or two rows its activations)
+  // before its own arithmetic: a pass used to wait for its own loads, and down's 24
+  // super-blocks a row took six such round trips one after the other (run 41: 2,048-row
+  // products at 6-7 µs, latency-bound). With more rows the activations are read in their
+  // own pass: held a pass ahead they took 237 registers at eight rows.
+  constexpr bool ahead = M <= 2;
+  int xl[M][4], xh[M][4];
+  float dl[M], dh[M];
+  auto load_x = [&](int sb) {
 #pragma unroll
     for (int r = 0; r < M; ++r) {
       const q8_1_block *lo = x + (size_t)r * x_blocks + sb * 8 + 2 * run;
-      const q8_1_block *hi = lo + 1;
       const int *ul = reinterpret_cast<const int *>(lo->qs + l0);
-      const int *uh = reinterpret_cast<const int *>(hi->qs + l0);
+      const int *uh = reinterpret_cast<const int *>((lo + 1)->qs + l0);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        xl[r][i] = ul[i];
+        xh[r][i] = uh[i];
+      }
+      dl[r] = __low2float(lo->ds);
+      dh[r] = __low2float((lo + 1)->ds);
+    }
+  };
+  uint4 head_n{}, q_n{};
+  auto fetch = [&](int sb) {
+    const uint4 *b = reinterpret_cast<const uint4 *>(wr + (size_t)sb * 144);
+    // d, dmin and the 12 bytes of scales and mins in one load, the lane's quants in another.
+    head_n = __ldg(b);
+    q_n = __ldg(b + 1 + part);
+  };
+  // The first pass's weights are requested before waiting for the activations, which the
+  // kernel before writes (early_launch.rs).
+  if (live && lane / 8 < sbs) fetch(lane / 8);
+  inputs_ready();
+  if (!live) return;
+  if (ahead && lane / 8 < sbs) load_x(lane / 8);
+  for (int sb = lane / 8; sb < sbs; sb += 4) {
+    if (!ahead) load_x(sb);
+    const uint4 head = head_n, q = q_n;
+    int cxl[M][4], cxh[M][4];
+    float cdl[M], cdh[M];
+#pragma unroll
+    for (int r = 0; r < M; ++r) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        cxl[r][i] = xl[r][i];
+        cxh[r][i] = xh[r][i];
+      }
+      cdl[r] = dl[r];
+      cdh[r] = dh[r];
+    }
+    if (sb + 4 < sbs) {
+      fetch(sb + 4);
+      if (ahead) load_x(sb + 4);
+    }
+    __half2 dm_h;
+    memcpy(&dm_h, &head.x, 4);
+    const float2 dm = __half22float2(dm_h);
+    int s_lo, m_lo, s_hi, m_hi;
+    q4k_scale_min_words(head.y, head.z, head.w, 2 * run, s_lo, m_lo);
+    q4k_scale_min_words(head.y, head.z, head.w, 2 * run + 1, s_hi, m_hi);
+    const int v[4] = {(int)q.x, (int)q.y, (int)q.z, (int)q.w};
+#pragma unroll
+    for (int r = 0; r < M; ++r) {
       int dot_lo = 0, dot_hi = 0, sum_lo = 0, sum_hi = 0;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int a = ul[i], c = uh[i];
+        const int a = cxl[r][i], c = cxh[r][i];
         dot_lo = dot4(v[i] & 0x0F0F0F0F, a, dot_lo);
         dot_hi = dot4((v[i] >> 4) & 0x0F0F0F0F, c, dot_hi);
         sum_lo = dot4(0x01010101, a, sum_lo);
         sum_hi = dot4(0x01010101, c, sum_hi);
       }
-      const float d_lo = __low2float(lo->ds), d_hi = __low2float(hi->ds);
-      const float sum_d = d_lo * (float)(dot_lo * s_lo) + d_hi * (float)(dot_hi * s_hi);
-      const float sum_m = d_lo * (float)(sum_lo * m_lo) + d_hi * (float)(sum_hi * m_hi);
+      const float sum_d = cdl[r] * (float)(dot_lo * s_lo) + cdh[r] * (float)(dot_hi * s_hi);
+      const float sum_m = cdl[r] * (float)(sum_lo * m_lo) + cdh[r] * (float)(sum_hi * m_hi);
       acc[r] += dm.x * sum_d - dm.y * sum_m;
     }
   }
@@ -99,6 +148,7 @@ __device__ void matvec_q6k(const uint8_t *__restrict__ w, const q8_1_block *__re
                            T *__restrict__ y, int n, int sbs, int x_blocks) {
   const int lane = threadIdx.x % 32;
   const int row = blockIdx.x * MATVEC_WARPS + threadIdx.x / 32;
+  inputs_ready();
   if (row >= n) return;  // the whole warp: no barrier below
   const uint8_t *wr = w + (size_t)row * sbs * 210;
   const int part = lane % 8, h = part / 4, l0 = (part % 4) * 8;

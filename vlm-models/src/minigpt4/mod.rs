@@ -245,6 +245,7 @@ impl MiniGpt4 {
     ) -> Result<Self> {
         let config = MiniGpt4Config::read(dir)?;
         let device = options.device.open_with(&options.runtime)?;
+        crate::kernels::apply_device_settings(&device, &options.runtime);
         let dtype = options.dtype.resolve(&device);
 
         let llm_dir = dir.root().join(&config.language_model);

@@ -116,6 +116,7 @@ impl QwenVl {
             &dir.read_text("config.json", "config.json describes the model")?,
         )?;
         let device = options.device.open_with(&options.runtime)?;
+        crate::kernels::apply_device_settings(&device, &options.runtime);
         let dtype = options.dtype.resolve(&device);
 
         let processor = QwenProcessor::from_model_dir(dir, config.image_token_id)?;
