@@ -284,10 +284,20 @@ pub fn run_prepared<F: Family>(
         if seqs.iter().all(|s| s.finish.is_some()) {
             break;
         }
+        let bookkeeping = t_host.elapsed();
         // Finished sequences keep stepping with a dummy token until the batch is done;
         // their outputs are ignored.
         logits = decode_step(family, &picked, &mut state, &mut seqs)?;
-        timings.decode_host += t_host.elapsed();
+        let host = t_host.elapsed();
+        timings.decode_host += host;
+        // Where the GPU's wait between steps goes (RUST_LOG=vlm::decode_host=trace; the
+        // family's own trace splits the step call further).
+        tracing::trace!(
+            target: "vlm::decode_host",
+            "step {step}: {} µs on the host, {} µs of it before the step call (stop checks, streamed text)",
+            host.as_micros(),
+            bookkeeping.as_micros()
+        );
         timings.decode_steps = step + 1;
     }
     timings.decode = t_decode.elapsed();

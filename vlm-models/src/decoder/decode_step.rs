@@ -148,6 +148,7 @@ impl Decoder {
                 device,
             )?),
         };
+        let started = std::time::Instant::now();
         let mut ids_len = tokens.to_vec();
         ids_len.push(len as u32);
         kernels::upload_u32(&step.ids_len, &ids_len)?;
@@ -155,13 +156,21 @@ impl Decoder {
         kernels::upload_f32(&step.rope, &[cos, sin].concat())?;
 
         if let Some(graph) = &step.graph {
+            let uploaded = started.elapsed();
             // The graph writes each cache's next position; the host keeps the count.
             for cache in caches.iter_mut() {
                 cache
                     .claim(1)
                     .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             }
-            return graph.replay();
+            let logits = graph.replay()?;
+            tracing::trace!(
+                target: "vlm::decode_host",
+                "graph step: {} µs uploading ids, length and rope rows, {} µs in all with the replay and the logits' copy",
+                uploaded.as_micros(),
+                started.elapsed().as_micros()
+            );
+            return Ok(logits);
         }
         let ids = step.ids_len.narrow(0, 0, b)?;
         let len_t = step.ids_len.narrow(0, b, 1)?;
