@@ -114,7 +114,25 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Log events to stderr where `RUST_LOG` asks for them (e.g. `RUST_LOG=vlm::decode_host=trace`
+/// for the decode's host time step by step); stdout stays the tables.
+fn init_logging() {
+    let Ok(spec) = std::env::var("RUST_LOG") else {
+        return;
+    };
+    match tracing_subscriber::EnvFilter::try_new(&spec) {
+        Ok(filter) => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .without_time()
+            .init(),
+        Err(e) => eprintln!("warning: RUST_LOG={spec:?} is not a log filter ({e}); no logging"),
+    }
+}
+
 fn main() -> vlm_core::Result<()> {
+    init_logging();
     let args = Args::parse();
     let load_opts = LoadOptions {
         device: DeviceChoice::parse(&args.device)?,
