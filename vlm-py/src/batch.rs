@@ -22,8 +22,9 @@ use crate::errors::{panic_message, to_pyerr, Failure};
 pub const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 /// The next message of `rx`, waited for with the GIL released while this thread looks
-/// for Ctrl-C every [`SIGNAL_POLL`] (Python runs signal handlers only on its main thread,
-/// between bytecodes, so a thread blocked in Rust would not see one): `Ok(None)` once the
+/// for Ctrl-C every [`SIGNAL_POLL`] and after each message (Python runs signal handlers
+/// only on its main thread, between bytecodes, so a thread blocked in Rust would not see
+/// one): `Ok(None)` once the
 /// sender is gone, `Err` with the handler's exception (KeyboardInterrupt) on an interrupt.
 /// The receiver comes back for the next wait.
 pub fn recv_or_interrupt<T: Send>(
@@ -37,7 +38,15 @@ pub fn recv_or_interrupt<T: Send>(
         });
         rx = back;
         match got {
-            Ok(message) => return (rx, Ok(Some(message))),
+            Ok(message) => {
+                // Results that come faster than SIGNAL_POLL never let the wait time out: a
+                // job of many small batches ran to its end past a Ctrl-C (a tiny model's
+                // 250 batches in ~10 s).
+                if let Err(interrupt) = py.check_signals() {
+                    return (rx, Err(interrupt));
+                }
+                return (rx, Ok(Some(message)));
+            }
             Err(RecvTimeoutError::Disconnected) => return (rx, Ok(None)),
             Err(RecvTimeoutError::Timeout) => {
                 if let Err(interrupt) = py.check_signals() {
