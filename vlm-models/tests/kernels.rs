@@ -167,46 +167,37 @@ fn run(case: &Case, dtype: DType, tol: f32, device_len: bool) {
         Some(&pad_t),
     )
     .unwrap();
+    // decode_attention_q8 over these inputs and the caches given; `write`: it prepares and
+    // writes the new key and value itself (NewKv::Write), else reads them from the caches.
+    let attend = |kc: &Tensor, vc: &Tensor, q8: bool, write: bool, counters: Option<&Tensor>| {
+        let new_kv = if write {
+            kernels::NewKv::Write {
+                k_norm: norm(&kn_t),
+            }
+        } else {
+            kernels::NewKv::Cached
+        };
+        kernels::decode_attention_q8(
+            &qkv_t,
+            bias_t.as_ref(),
+            &cos_t,
+            &sin_t,
+            norm(&qn_t),
+            &case.heads,
+            kc,
+            vc,
+            cache_len,
+            Some(&pad_t),
+            q8,
+            new_kv,
+            counters,
+        )
+        .unwrap()
+    };
     // The attention that prepares and writes the new key and value itself: the same bits,
     // in its output and in the caches.
-    let fused = kernels::decode_attention_q8(
-        &qkv_t,
-        bias_t.as_ref(),
-        &cos_t,
-        &sin_t,
-        norm(&qn_t),
-        &case.heads,
-        &kc_fused,
-        &vc_fused,
-        cache_len,
-        Some(&pad_t),
-        false,
-        kernels::NewKv::Write {
-            k_norm: norm(&kn_t),
-        },
-        None,
-    )
-    .unwrap()
-    .0;
-    let counted = kernels::decode_attention_q8(
-        &qkv_t,
-        bias_t.as_ref(),
-        &cos_t,
-        &sin_t,
-        norm(&qn_t),
-        &case.heads,
-        &kc_counted,
-        &vc_counted,
-        cache_len,
-        Some(&pad_t),
-        false,
-        kernels::NewKv::Write {
-            k_norm: norm(&kn_t),
-        },
-        Some(&counters),
-    )
-    .unwrap()
-    .0;
+    let fused = attend(&kc_fused, &vc_fused, false, true, None).0;
+    let counted = attend(&kc_counted, &vc_counted, false, true, Some(&counters)).0;
 
     // The reference, from the same rounded inputs.
     let (qkv, cos, sin) = (round(&qkv), round(&cos), round(&sin));
@@ -305,44 +296,14 @@ fn run(case: &Case, dtype: DType, tol: f32, device_len: bool) {
         use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
         use vlm_models::layers::Linear;
         let k = nq * d;
-        let (again, q8) = kernels::decode_attention_q8(
-            &qkv_t,
-            bias_t.as_ref(),
-            &cos_t,
-            &sin_t,
-            norm(&qn_t),
-            &case.heads,
-            &kc_t,
-            &vc_t,
-            cache_len,
-            Some(&pad_t),
-            true,
-            kernels::NewKv::Cached,
-            None,
-        )
-        .unwrap();
+        let (again, q8) = attend(&kc_t, &vc_t, true, false, None);
         assert_eq!(
             f32s(&again),
             got_out,
             "{what}: the output next to its blocks"
         );
         let q8 = q8.expect("blocks for at most 8 rows");
-        let (merged, merged_q8) = kernels::decode_attention_q8(
-            &qkv_t,
-            bias_t.as_ref(),
-            &cos_t,
-            &sin_t,
-            norm(&qn_t),
-            &case.heads,
-            &kc_t,
-            &vc_t,
-            cache_len,
-            Some(&pad_t),
-            true,
-            kernels::NewKv::Cached,
-            Some(&counters),
-        )
-        .unwrap();
+        let (merged, merged_q8) = attend(&kc_t, &vc_t, true, false, Some(&counters));
         assert_eq!(f32s(&merged), got_out, "{what}: merged by the last block");
         let merged_q8 = merged_q8.expect("blocks for at most 8 rows");
         let block = if k % 256 == 0 {

@@ -272,31 +272,22 @@ __device__ void decode_attention(const T *qkv, const T *bias, const T *cos, cons
     if (t0 + 2 * R < end) fetch(t0 + 2 * R);
     const int ta = t0 + g, tb = t0 + g + R;
     const bool va = ta < end, vb_ok = tb < end;
+    // Row t's key and value: the fetched ones, or for the new position the shared copies.
+    auto row = [&](const raw8<T> &ck, const raw8<T> &cx, int t, float *k, float *x) {
+      if (t == new_pos) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          k[j] = kn[lane * 8 + j];
+          x[j] = vn[lane * 8 + j];
+        }
+      } else {
+        unpack8(ck, k);
+        unpack8(cx, x);
+      }
+    };
     float ka[8], kb8[8], xa[8], xb[8];
-    if (va) {
-      if (ta == new_pos) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          ka[j] = kn[lane * 8 + j];
-          xa[j] = vn[lane * 8 + j];
-        }
-      } else {
-        unpack8(cka, ka);
-        unpack8(cxa, xa);
-      }
-    }
-    if (vb_ok) {
-      if (tb == new_pos) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          kb8[j] = kn[lane * 8 + j];
-          xb[j] = vn[lane * 8 + j];
-        }
-      } else {
-        unpack8(ckb, kb8);
-        unpack8(cxb, xb);
-      }
-    }
+    if (va) row(cka, cxa, ta, ka, xa);
+    if (vb_ok) row(ckb, cxb, tb, kb8, xb);
     float sa = 0.f, sb = 0.f;
     if (va) {
 #pragma unroll
