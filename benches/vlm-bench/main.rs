@@ -329,8 +329,8 @@ fn main() -> vlm_core::Result<()> {
     memory("after the batched calls");
     let graphs = vlm_models::kernels::graph_stats();
     eprintln!(
-        "decode steps as CUDA graphs: {} captured, {} replayed, {} captures failed",
-        graphs.captured, graphs.replayed, graphs.failed
+        "decode steps as CUDA graphs: {} captured, {} replayed, {} captures failed; {} picks made on the device ahead of the host",
+        graphs.captured, graphs.replayed, graphs.failed, graphs.picked_ahead
     );
     println!("| model | device | dtype | load s | first call s | prompt tok | preprocess ms | image ms | prefill ms | decode tok/s | s/photo (b=1) |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");

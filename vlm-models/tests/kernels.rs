@@ -1282,6 +1282,140 @@ fn quantized_matvec_agrees_with_candles_mmvq() {
     }
 }
 
+/// Picks made ahead of the host (kernels::DevicePicks) are the device argmax's: each writes
+/// its ids into the tensor the next step reads, and reaches the host in the order queued,
+/// its non-finite rows flagged; a third pick before one is read is refused, as is a wait
+/// with nothing queued.
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn picks_made_ahead_reach_the_host_in_order_and_feed_the_next_step() {
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    let runtime = RuntimeOptions::default();
+    let (rows, vocab) = (3, 151_936);
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let none_held = vlm_contract::sampling::HeldEnd {
+            eos_ids: vec![],
+            until: vec![0; rows],
+        };
+        let mut picks = kernels::DevicePicks::new(&runtime, &dev, dtype, (rows, vocab), &none_held)
+            .unwrap()
+            .expect("the fused kernels serve this dtype");
+        let ids = Tensor::zeros(rows, DType::U32, &dev).unwrap();
+        let logits: Vec<Tensor> = (0..3)
+            .map(|k| {
+                let mut x = values(rows * vocab, 80 + k);
+                x[vocab + 1000 * k as usize] = 9.0;
+                if k == 1 {
+                    x[2 * vocab + 5] = f32::NAN;
+                }
+                Tensor::from_vec(x, (rows, vocab), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            })
+            .collect();
+        let want: Vec<_> = logits
+            .iter()
+            .map(|l| kernels::device_argmax(&runtime, l).unwrap())
+            .collect();
+        picks.queue(&logits[0], &ids).unwrap();
+        picks.queue(&logits[1], &ids).unwrap();
+        assert!(
+            picks.queue(&logits[2], &ids).is_err(),
+            "a third pick queued"
+        );
+        let first = picks.wait().unwrap();
+        assert_eq!(
+            (first.0, first.1),
+            (want[0].ids.clone(), want[0].finite.clone())
+        );
+        // The ids tensor holds the last pick queued, for the next step to read.
+        assert_eq!(ids.to_vec1::<u32>().unwrap(), want[1].ids, "{dtype:?}");
+        picks.queue(&logits[2], &ids).unwrap();
+        let second = picks.wait().unwrap();
+        assert_eq!(second.0, want[1].ids, "{dtype:?}");
+        assert_eq!(second.1, vec![true, true, false], "{dtype:?}: the NaN row");
+        let third = picks.wait().unwrap();
+        assert_eq!(third.0[1], 2000, "{dtype:?}");
+        assert_eq!(
+            (third.0, third.1),
+            (want[2].ids.clone(), want[2].finite.clone())
+        );
+        assert!(picks.wait().is_err(), "a wait with nothing queued");
+    }
+}
+
+/// Under min_new_tokens a pick made ahead leaves the end-of-sequence ids out of the rows
+/// still held at its step, as the host's `Sampler::pick` does with them suppressed (the
+/// first largest of the other ids), and counts them for the finite flag; rows no longer
+/// held, or never, pick them.
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn picks_made_ahead_leave_the_end_out_while_held() {
+    use vlm_contract::sampling::{argmax, HeldEnd};
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    let runtime = RuntimeOptions::default();
+    let (rows, vocab) = (3, 151_936);
+    let eos = [151_645u32, 151_643, 2_000];
+    let held = HeldEnd {
+        eos_ids: eos.to_vec(),
+        until: vec![2, 0, 1],
+    };
+    let mut x = values(rows * vocab, 90);
+    for r in 0..rows {
+        // Every row's largest value at an end id, its runner-up twice (the first wins).
+        x[r * vocab + eos[r] as usize] = 9.0;
+        x[r * vocab + 77] = 8.0;
+        x[r * vocab + 5_000] = 8.0;
+    }
+    // A NaN at row 0's other end id: the row is not finite even though the id is left out.
+    let mut with_nan = x.clone();
+    with_nan[eos[1] as usize] = f32::NAN;
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let mut picks = kernels::DevicePicks::new(&runtime, &dev, dtype, (rows, vocab), &held)
+            .unwrap()
+            .expect("the fused kernels serve this dtype");
+        let ids = Tensor::zeros(rows, DType::U32, &dev).unwrap();
+        let logits = Tensor::from_vec(x.clone(), (rows, vocab), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        // Step 0: rows 0 and 2 held; step 1: row 0; step 2: none.
+        let mut got = vec![];
+        for _ in 0..3 {
+            picks.queue(&logits, &ids).unwrap();
+            got.push(picks.wait().unwrap().0);
+        }
+        let end = |r: usize| eos[r];
+        assert_eq!(got[0], vec![77, end(1), 77], "{dtype:?} step 0");
+        assert_eq!(got[1], vec![77, end(1), end(2)], "{dtype:?} step 1");
+        assert_eq!(got[2], vec![end(0), end(1), end(2)], "{dtype:?} step 2");
+        // The host's pick with the end ids suppressed agrees.
+        let rows_f32 = f32s(&logits);
+        let mut row0 = rows_f32[..vocab].to_vec();
+        for &e in &eos {
+            row0[e as usize] = f32::NEG_INFINITY;
+        }
+        assert_eq!(argmax(&row0), 77);
+
+        let mut picks = kernels::DevicePicks::new(&runtime, &dev, dtype, (rows, vocab), &held)
+            .unwrap()
+            .expect("the fused kernels serve this dtype");
+        let nan = Tensor::from_vec(with_nan.clone(), (rows, vocab), &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        picks.queue(&nan, &ids).unwrap();
+        let (first, finite) = picks.wait().unwrap();
+        assert_eq!(
+            finite,
+            vec![false, true, true],
+            "{dtype:?}: NaN at a held id"
+        );
+        assert_eq!(first[0], 77, "{dtype:?}");
+    }
+}
+
 /// Greedy decoding's pick on the device (ops.cu's two argmax launches) gives what the
 /// host's `argmax` gives, and candle's ops away from ties: the first of tied
 /// maxima (a tie placed across two blocks' chunks and one inside a block), a maximum in a

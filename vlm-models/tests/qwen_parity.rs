@@ -390,3 +390,135 @@ fn decode_graphs_replay_what_eager_steps_compute() {
         }
     }
 }
+
+/// On CUDA, greedy calls run the device a step ahead of the host (each step's pick made on
+/// the device, where the next step reads it): they must give what steps in turn give
+/// (tokens, text, finish reasons) for single requests, a padded batch, a stop string and
+/// an end-of-sequence before the length, and must have run ahead.
+#[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "running ahead is CUDA only: the GPU check (benches/gpu/run.sh) runs this"
+)]
+fn greedy_run_ahead_gives_what_steps_in_turn_give() {
+    if !matches!(cpu_f32().device, DeviceChoice::Cuda(_)) {
+        skip("running ahead is CUDA only: set VLM_TEST_DEVICE=cuda");
+        return;
+    }
+    use vlm_models::kernels::graph_stats;
+    for v in VARIANTS {
+        let fx = fixture(v);
+        let load = |ahead: bool| {
+            let runtime = cpu_f32().runtime.with_run_ahead(ahead);
+            let options = cpu_f32().with_runtime(runtime);
+            vlm_models::load(&fx.model_path(), &options).unwrap()
+        };
+        let (in_turn, ahead) = (load(false), load(true));
+        let plain = GenerationOptions::greedy(12);
+        // A stop string that ends the first case's answer a few tokens in: its first ASCII
+        // letter or digit after the third character.
+        let first = in_turn
+            .generate(&request(&fx, &fx.cases[0], plain.clone()))
+            .unwrap();
+        let stop = first
+            .text
+            .chars()
+            .skip(3)
+            .find(|c| c.is_ascii_alphanumeric());
+        let mut variants = vec![plain.clone()];
+        if let Some(c) = stop {
+            variants.push(GenerationOptions {
+                stop_strings: vec![c.to_string()],
+                ..plain.clone()
+            });
+        }
+        for opts in variants {
+            let requests: Vec<Request> = fx
+                .cases
+                .iter()
+                .map(|c| request(&fx, c, opts.clone()))
+                .collect();
+            let before = graph_stats();
+            let got = ahead.generate_batch(&requests).unwrap();
+            let one = ahead.generate(&requests[0]).unwrap();
+            assert!(
+                graph_stats().picked_ahead > before.picked_ahead,
+                "{v}: nothing was picked ahead"
+            );
+            let want = in_turn.generate_batch(&requests).unwrap();
+            let want_one = in_turn.generate(&requests[0]).unwrap();
+            if !opts.stop_strings.is_empty() {
+                assert!(
+                    matches!(one.finish_reason, vlm_contract::FinishReason::StopString(_)),
+                    "{v}: {:?} did not end at {:?}",
+                    one.text,
+                    opts.stop_strings
+                );
+            }
+            for (g, w) in got.iter().chain([&one]).zip(want.iter().chain([&want_one])) {
+                assert_eq!(g.token_ids, w.token_ids, "{v} {opts:?}: tokens");
+                assert_eq!(g.text, w.text, "{v}: text");
+                assert_eq!(g.finish_reason, w.finish_reason, "{v}: finish");
+                assert_eq!(g.timings.decode_steps, w.timings.decode_steps, "{v}: steps");
+            }
+        }
+    }
+}
+
+/// On CUDA, a request that ends leaves its KV caches and captured decode graph to the next
+/// request of the same batch size and cache size (rounded up to 128 positions) on the same
+/// thread, which replays that graph from its first step: every case run in turn, twice,
+/// gives the tokens of eager steps, and the thread captures only where the cache size
+/// changes from one call to the next (never with `reuse_graphs` off: every call captures).
+#[test]
+#[cfg_attr(
+    not(feature = "cuda"),
+    ignore = "decode graphs are CUDA only: the GPU check (benches/gpu/run.sh) runs this"
+)]
+fn a_kept_graph_replays_for_the_next_request_of_its_shape() {
+    if !matches!(cpu_f32().device, DeviceChoice::Cuda(_)) {
+        skip("decode graphs are CUDA only: set VLM_TEST_DEVICE=cuda");
+        return;
+    }
+    use vlm_models::kernels::graph_stats;
+    const NEW: usize = 12;
+    for v in VARIANTS {
+        let fx = fixture(v);
+        let load = |graphs: bool, reuse: bool| {
+            let runtime = cpu_f32()
+                .runtime
+                .with_cuda_graphs(graphs)
+                .with_reuse_graphs(reuse);
+            let options = cpu_f32().with_runtime(runtime);
+            vlm_models::load(&fx.model_path(), &options).unwrap()
+        };
+        let eager = load(false, true);
+        let requests: Vec<Request> = fx
+            .cases
+            .iter()
+            .chain(&fx.cases)
+            .map(|c| request(&fx, c, GenerationOptions::greedy(NEW)))
+            .collect();
+        for reuse in [true, false] {
+            let graphs = load(true, reuse);
+            let before = graph_stats().captured_on_this_thread;
+            let (mut want_captures, mut last) = (0, None);
+            for r in &requests {
+                let got = graphs.generate(r).unwrap();
+                let want = eager.generate(r).unwrap();
+                assert_eq!(got.token_ids, want.token_ids, "{v} reuse {reuse}: tokens");
+                let capacity = (got.prompt_tokens + NEW).div_ceil(128);
+                if !reuse || last != Some(capacity) {
+                    want_captures += 1;
+                }
+                last = Some(capacity);
+            }
+            assert_eq!(
+                graph_stats().captured_on_this_thread - before,
+                want_captures,
+                "{v} reuse {reuse}: captures over {} calls",
+                requests.len()
+            );
+        }
+    }
+}

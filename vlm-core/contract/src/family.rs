@@ -8,7 +8,7 @@ use tokenizers::Tokenizer;
 
 use crate::constraint::Grammars;
 use crate::generate::{run_generation, run_prepared, Prepared};
-use crate::sampling::{argmax_on_device, DeviceArgmax};
+use crate::sampling::{argmax_on_device, DeviceArgmax, HeldEnd};
 use crate::{
     CacheStats, Detection, Error, Generation, GenerationDefaults, GenerationOptions, Image,
     Language, ModelInfo, PreparedBatch, Request, Result, VisionLanguageModel,
@@ -72,6 +72,44 @@ pub trait Family: Send + Sync + 'static {
     /// of tied maxima, which the default ([`argmax_on_device`]) does not always do.
     fn device_argmax(&self, logits: &Tensor) -> Result<DeviceArgmax> {
         argmax_on_device(logits)
+    }
+
+    /// Greedy decoding with the device a step ahead of the host: queues greedy's pick
+    /// from `logits` (the prefill's, `[batch, vocab]`) on the device, where the next
+    /// queued step reads it, and a copy of it to the host; every pick leaves out what
+    /// `held` says. After that the loop calls [`Self::queue_next_step`] before
+    /// [`Self::wait_for_pick`], so the device runs a step while the host checks the tokens
+    /// before it, and never waits for the host's stop checks, streamed text or launches.
+    /// Returns `false` where the family cannot (the default); the loop then picks and
+    /// steps one after the other. Families that return `true` implement both methods
+    /// below.
+    fn start_run_ahead(
+        &self,
+        logits: &Tensor,
+        held: &HeldEnd,
+        state: &mut Self::State,
+    ) -> Result<bool> {
+        let _ = (logits, held, state);
+        Ok(false)
+    }
+
+    /// After [`Self::start_run_ahead`]: queues one step fed the ids the device picked last,
+    /// and that step's own pick (for the next step, and a copy for the host). Nothing is
+    /// waited for.
+    fn queue_next_step(&self, state: &mut Self::State) -> Result<()> {
+        let _ = state;
+        Err(Error::Generation(
+            "this family does not run ahead; it returned true from start_run_ahead, which is a bug in vlm: please report it".into(),
+        ))
+    }
+
+    /// After [`Self::start_run_ahead`]: waits for the oldest pick not yet returned (the
+    /// prefill's first) and returns it.
+    fn wait_for_pick(&self, state: &mut Self::State) -> Result<DeviceArgmax> {
+        let _ = state;
+        Err(Error::Generation(
+            "this family does not run ahead; it returned true from start_run_ahead, which is a bug in vlm: please report it".into(),
+        ))
     }
 
     /// Whether `relate` puts every photo into one conversation. Default: when the model

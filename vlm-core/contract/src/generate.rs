@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use crate::constraint::{Constraint, Grammars};
 use crate::options::ResolvedOptions;
-use crate::sampling::{DeviceArgmax, Sampler};
+use crate::sampling::{DeviceArgmax, HeldEnd, Sampler};
 use crate::stream::TextStream;
 use crate::{Error, Family, FinishReason, Generation, Request, Result, Timings};
 
@@ -228,75 +228,69 @@ pub fn run_prepared<F: Family>(
 
     let dtype = family.info().dtype;
     let t_decode = Instant::now();
+    let ahead = match held_end(&seqs) {
+        Some(held) if max_steps > 0 => family.start_run_ahead(&logits, &held, &mut state)?,
+        _ => false,
+    };
     for step in 0..max_steps {
         // Between steps, so that a cancelled call ends within one step's time.
         if cancelled(&seqs) {
             return Err(Error::Cancelled);
         }
-        let picked =
-            pick_tokens(&mut seqs, &logits, |l| family.device_argmax(l)).map_err(|e| match e {
-                Picking::NonFinite => Error::NonFiniteLogits {
-                    step,
-                    dtype: dtype.clone(),
+        let non_finite = || Error::NonFiniteLogits {
+            step,
+            dtype: dtype.clone(),
+        };
+        let (picked, launched) = if ahead {
+            // The step after this one is queued before this one's ids are looked at: the
+            // device runs it while the host checks them. When they end the batch, that
+            // step's work is dropped (one step of device time).
+            let t_queue = Instant::now();
+            if step + 1 < max_steps {
+                family.queue_next_step(&mut state)?;
+            }
+            let launched = t_queue.elapsed();
+            let got = family.wait_for_pick(&mut state)?;
+            let unfinished = |i: &usize| seqs[*i].finish.is_none();
+            if (0..seqs.len()).filter(unfinished).any(|i| !got.finite[i]) {
+                return Err(non_finite());
+            }
+            (got.ids, launched)
+        } else {
+            let picked = pick_tokens(&mut seqs, &logits, |l| family.device_argmax(l)).map_err(
+                |e| match e {
+                    Picking::NonFinite => non_finite(),
+                    Picking::Failed(e) => e,
                 },
-                Picking::Failed(e) => e,
-            })?;
+            )?;
+            (picked, Duration::ZERO)
+        };
         let t_host = Instant::now();
         let logprobs = if seqs.iter().any(|s| s.logprobs.is_some()) {
             picked_logprobs(&logits, &picked)?
         } else {
             vec![]
         };
-        for (i, (seq, &token)) in seqs.iter_mut().zip(&picked).enumerate() {
-            if seq.finish.is_some() {
-                continue;
-            }
-            if seq.options.eos_token_ids.contains(&token) {
-                seq.finish = Some(FinishReason::Eos);
-                continue;
-            }
-            seq.generated.push(token);
-            seq.history.push(token);
-            if let (Some(all), Some(&lp)) = (seq.logprobs.as_mut(), logprobs.get(i)) {
-                all.push(lp);
-            }
-            let complete = match seq.constraint.as_mut() {
-                Some(c) => c.commit(token)?,
-                None => false,
-            };
-            let piece = seq.stream.push(token)?;
-            if let Some(cb) = on_text.as_deref_mut() {
-                if !piece.text.is_empty() {
-                    cb(&piece.text);
-                }
-            }
-            if complete {
-                // The grammar allows nothing but the end: stop as the model's EOS would.
-                seq.finish = Some(FinishReason::Eos);
-            } else if let Some(stop) = piece.stopped_at {
-                if seq.generated.len() >= seq.options.min_new_tokens {
-                    seq.finish = Some(FinishReason::StopString(stop));
-                }
-            } else if seq.generated.len() >= seq.options.max_new_tokens {
-                seq.finish = Some(FinishReason::Length);
-            }
-        }
+        take_tokens(&mut seqs, &picked, &logprobs, &mut on_text)?;
         if seqs.iter().all(|s| s.finish.is_some()) {
             break;
         }
         let bookkeeping = t_host.elapsed();
-        // Finished sequences keep stepping with a dummy token until the batch is done;
-        // their outputs are ignored.
-        logits = decode_step(family, &picked, &mut state, &mut seqs)?;
-        let host = t_host.elapsed();
+        if !ahead {
+            // Finished sequences keep stepping with a dummy token until the batch is done;
+            // their outputs are ignored.
+            logits = decode_step(family, &picked, &mut state, &mut seqs)?;
+        }
+        let host = t_host.elapsed() + launched;
         timings.decode_host += host;
-        // Where the GPU's wait between steps goes (RUST_LOG=vlm::decode_host=trace; the
+        // Where the host's time between steps goes (RUST_LOG=vlm::decode_host=trace; the
         // family's own trace splits the step call further).
         tracing::trace!(
             target: "vlm::decode_host",
-            "step {step}: {} µs on the host, {} µs of it before the step call (stop checks, streamed text)",
+            "step {step}: {} µs on the host, {} µs of it before the step call (stop checks, streamed text){}",
             host.as_micros(),
-            bookkeeping.as_micros()
+            bookkeeping.as_micros(),
+            if ahead { ", the device a step ahead" } else { "" }
         );
         timings.decode_steps = step + 1;
     }
@@ -380,6 +374,100 @@ impl From<candle_core::Error> for Picking {
     fn from(e: candle_core::Error) -> Self {
         Picking::Failed(e.into())
     }
+}
+
+/// Whether every sequence decodes greedily with nothing but the ids needed on the host,
+/// and if so what its picks leave out: then the device can pick each next token itself and
+/// run a step ahead of the host ([`Family::start_run_ahead`]). Sampling, repetition
+/// penalties, returned logits or logprobs and output grammars need the rows on the host.
+/// `min_new_tokens` only holds off the end-of-sequence ids, which the device can leave out
+/// of its picks: a sequence's pick at step `s` is held while `s` is below it, since each
+/// running sequence has exactly `s` tokens then (the hold [`Sequence::eos_suppressed`]
+/// applies in turn).
+fn held_end(seqs: &[Sequence<'_>]) -> Option<HeldEnd> {
+    let plain = seqs.iter().all(|s| {
+        s.logits.is_none()
+            && s.logprobs.is_none()
+            && s.constraint.is_none()
+            && !s.sampler.needs_host_logits(false)
+    });
+    if !plain {
+        return None;
+    }
+    let holds =
+        |s: &&Sequence<'_>| s.options.min_new_tokens > 0 && !s.options.eos_token_ids.is_empty();
+    let eos_ids = seqs
+        .iter()
+        .find(holds)
+        .map(|s| s.options.eos_token_ids.clone())
+        .unwrap_or_default();
+    // One list of end ids for the device: a batch whose held sequences differ steps in turn.
+    if seqs
+        .iter()
+        .filter(holds)
+        .any(|s| s.options.eos_token_ids != eos_ids)
+    {
+        return None;
+    }
+    Some(HeldEnd {
+        eos_ids,
+        until: seqs
+            .iter()
+            .map(|s| {
+                if holds(&s) {
+                    s.options.min_new_tokens
+                } else {
+                    0
+                }
+            })
+            .collect(),
+    })
+}
+
+/// Appends each unfinished sequence's picked token (and logprob), streams its text, and
+/// decides whether it ends here: end-of-sequence, its grammar's end, a stop string, or
+/// its length.
+fn take_tokens(
+    seqs: &mut [Sequence<'_>],
+    picked: &[u32],
+    logprobs: &[f32],
+    on_text: &mut Option<&mut dyn FnMut(&str)>,
+) -> Result<()> {
+    for (i, (seq, &token)) in seqs.iter_mut().zip(picked).enumerate() {
+        if seq.finish.is_some() {
+            continue;
+        }
+        if seq.options.eos_token_ids.contains(&token) {
+            seq.finish = Some(FinishReason::Eos);
+            continue;
+        }
+        seq.generated.push(token);
+        seq.history.push(token);
+        if let (Some(all), Some(&lp)) = (seq.logprobs.as_mut(), logprobs.get(i)) {
+            all.push(lp);
+        }
+        let complete = match seq.constraint.as_mut() {
+            Some(c) => c.commit(token)?,
+            None => false,
+        };
+        let piece = seq.stream.push(token)?;
+        if let Some(cb) = on_text.as_deref_mut() {
+            if !piece.text.is_empty() {
+                cb(&piece.text);
+            }
+        }
+        if complete {
+            // The grammar allows nothing but the end: stop as the model's EOS would.
+            seq.finish = Some(FinishReason::Eos);
+        } else if let Some(stop) = piece.stopped_at {
+            if seq.generated.len() >= seq.options.min_new_tokens {
+                seq.finish = Some(FinishReason::StopString(stop));
+            }
+        } else if seq.generated.len() >= seq.options.max_new_tokens {
+            seq.finish = Some(FinishReason::Length);
+        }
+    }
+    Ok(())
 }
 
 fn pick_tokens(

@@ -142,6 +142,19 @@ pub fn argmax_on_device(logits: &Tensor) -> Result<DeviceArgmax> {
     })
 }
 
+/// What greedy's pick must leave out while the device runs ahead of the host
+/// ([`crate::Family::start_run_ahead`]): sequence `i`'s pick for step `s` (0: the token
+/// the prefill's logits give) may not be any of `eos_ids` while `s < until[i]`, its
+/// `min_new_tokens`. A held pick is the first largest value among the other ids, as
+/// [`Sampler::pick`] makes it with those ids suppressed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeldEnd {
+    /// The end-of-sequence ids (shared by the batch).
+    pub eos_ids: Vec<u32>,
+    /// Per sequence, the first step whose pick may end it.
+    pub until: Vec<usize>,
+}
+
 /// What [`argmax_on_device`] brings back.
 pub struct DeviceArgmax {
     /// Each row's first largest value's index.

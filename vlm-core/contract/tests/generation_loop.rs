@@ -8,6 +8,7 @@ use std::time::Duration;
 use candle_core::{Device, Tensor};
 use tokenizers::models::wordlevel::WordLevel;
 use tokenizers::Tokenizer;
+use vlm_contract::sampling::{argmax_on_device, DeviceArgmax, HeldEnd};
 use vlm_contract::{
     CancelFlag, Error, ErrorKind, Family, FamilyModel, FinishReason, GenerationDefaults,
     GenerationOptions, ModelInfo, PrefillOutput, Quantization, Request, Result, Sampling,
@@ -30,6 +31,14 @@ struct Scripted {
     /// At this step (0: prefill), the first sequence's logit of "b" becomes this value, as
     /// a model whose activations overflowed would give.
     poison_at: std::sync::Mutex<Option<(usize, f32)>>,
+    /// Runs greedy batches a step ahead as a GPU family does: each queued step is fed the
+    /// pick made "on the device" from the step before, and the picks reach the loop one
+    /// step late.
+    run_ahead: std::sync::atomic::AtomicBool,
+    /// Every decode step's input tokens, in order.
+    fed: std::sync::Mutex<Vec<Vec<u32>>>,
+    /// Calls that ran ahead.
+    ran_ahead: std::sync::atomic::AtomicUsize,
 }
 
 struct Prepared {
@@ -40,6 +49,27 @@ struct Prepared {
 struct State {
     scripts: Vec<Vec<u32>>,
     step: usize,
+    /// Run ahead: the picks queued and not yet returned, oldest first.
+    picks: std::collections::VecDeque<DeviceArgmax>,
+    /// Run ahead: what the picks leave out, and how many were made.
+    held: HeldEnd,
+    picked: usize,
+}
+
+/// The device's pick as a GPU family makes it: greedy's, leaving the end ids out of held
+/// rows, with each whole row's finiteness.
+fn pick_ahead(logits: &Tensor, state: &mut State) -> Result<DeviceArgmax> {
+    let mut got = argmax_on_device(logits)?;
+    for (i, mut row) in logits.to_vec2::<f32>()?.into_iter().enumerate() {
+        if state.picked < state.held.until[i] {
+            for &e in &state.held.eos_ids {
+                row[e as usize] = f32::NEG_INFINITY;
+            }
+            got.ids[i] = vlm_contract::sampling::argmax(&row);
+        }
+    }
+    state.picked += 1;
+    Ok(got)
 }
 
 fn logits_for(scripts: &[Vec<u32>], step: usize) -> Result<Tensor> {
@@ -126,7 +156,13 @@ impl Family for Scripted {
         let scripts: Vec<Vec<u32>> = batch.iter().map(|p| p.script.clone()).collect();
         Ok(PrefillOutput {
             logits: self.logits(&scripts, 0)?,
-            state: State { scripts, step: 0 },
+            state: State {
+                scripts,
+                step: 0,
+                picks: Default::default(),
+                held: HeldEnd::default(),
+                picked: 0,
+            },
             image_encode: Duration::ZERO,
             image_cache_hits: vec![],
         })
@@ -139,12 +175,38 @@ impl Family for Scripted {
             "one token per sequence, finished ones included"
         );
         state.step += 1;
+        self.fed.lock().unwrap().push(tokens.to_vec());
         if let Some((step, flag)) = &*self.cancel_at.lock().unwrap() {
             if *step == state.step {
                 flag.cancel();
             }
         }
         self.logits(&state.scripts, state.step)
+    }
+
+    fn start_run_ahead(&self, logits: &Tensor, held: &HeldEnd, state: &mut State) -> Result<bool> {
+        if !self.run_ahead.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.ran_ahead
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        state.held = held.clone();
+        let pick = pick_ahead(logits, state)?;
+        state.picks.push_back(pick);
+        Ok(true)
+    }
+
+    fn queue_next_step(&self, state: &mut State) -> Result<()> {
+        let ids = state.picks.back().expect("a pick to feed").ids.clone();
+        let logits = self.decode(&ids, state)?;
+        let pick = pick_ahead(&logits, state)?;
+        state.picks.push_back(pick);
+        assert!(state.picks.len() <= 2, "at most one step ahead");
+        Ok(())
+    }
+
+    fn wait_for_pick(&self, state: &mut State) -> Result<DeviceArgmax> {
+        Ok(state.picks.pop_front().expect("a queued pick"))
     }
 }
 
@@ -171,6 +233,9 @@ fn model(max_context: usize) -> FamilyModel<Scripted> {
         max_context,
         cancel_at: Default::default(),
         poison_at: Default::default(),
+        run_ahead: Default::default(),
+        fed: Default::default(),
+        ran_ahead: Default::default(),
     })
 }
 
@@ -551,4 +616,195 @@ fn logprobs_are_the_log_softmax_of_the_picked_tokens_and_change_nothing() {
     }
     let mean = logprobs.iter().sum::<f32>() / logprobs.len() as f32;
     assert_eq!(g.mean_logprob(), Some(mean));
+}
+
+/// What one call gives, with the tokens its decode steps were fed.
+fn outcome(
+    m: &FamilyModel<Scripted>,
+    requests: &[Request],
+    ahead: bool,
+) -> (Result<Vec<vlm_contract::Generation>>, Vec<Vec<u32>>) {
+    m.family()
+        .run_ahead
+        .store(ahead, std::sync::atomic::Ordering::SeqCst);
+    m.family().fed.lock().unwrap().clear();
+    let got = m.generate_batch(requests);
+    let fed = std::mem::take(&mut *m.family().fed.lock().unwrap());
+    (got, fed)
+}
+
+/// Greedy decoding with the device a step ahead (the picks reach the loop one step late)
+/// gives what picking and stepping one after the other gives: tokens, text, finish
+/// reasons, step counts, errors at the same step. Where a batch ends before its length,
+/// it has queued one step more, fed the picks of that step (never a finished sequence's
+/// dummy: those rows are ignored either way); where the length ends it, none.
+#[test]
+fn greedy_run_ahead_gives_what_stepping_in_turn_gives() {
+    let m = model(1000);
+    let greedy = GenerationOptions::greedy;
+    let stop_c = GenerationOptions {
+        stop_strings: vec!["c".into()],
+        ..greedy(10)
+    };
+    let min = |min_new_tokens, max| GenerationOptions {
+        min_new_tokens,
+        ..greedy(max)
+    };
+    let cases: Vec<(Vec<Request>, usize)> = vec![
+        (vec![Request::raw(vec![], "a b <eos> c", greedy(10))], 1),
+        (vec![Request::raw(vec![], "a b c a b c", greedy(3))], 0),
+        (vec![Request::raw(vec![], "a b c d", stop_c)], 1),
+        (vec![Request::raw(vec![], "a", greedy(1))], 0),
+        (
+            vec![
+                Request::raw(vec![], "a <eos> b", greedy(5)),
+                Request::raw(vec![], "b c d a b c", greedy(5)),
+                Request::raw(vec![], "c c c c c c", greedy(2)),
+            ],
+            0,
+        ),
+        (
+            vec![
+                Request::raw(vec![], "a <eos> b", greedy(5)),
+                Request::raw(vec![], "b c <eos> d", greedy(5)),
+            ],
+            1,
+        ),
+        // min_new_tokens: the end held off (the runner-up picked instead) until reached,
+        // per sequence.
+        (vec![Request::raw(vec![], "a b <eos> c", min(4, 4))], 0),
+        (
+            vec![Request::raw(vec![], "a <eos> <eos> c <eos> d", min(3, 10))],
+            1,
+        ),
+        (
+            vec![
+                Request::raw(vec![], "a <eos> <eos> c <eos> d", min(3, 10)),
+                Request::raw(vec![], "b <eos> c d", greedy(10)),
+                Request::raw(vec![], "<eos> <eos> a", min(1, 10)),
+            ],
+            1,
+        ),
+    ];
+    for (requests, extra) in cases {
+        let (want, fed_in_turn) = outcome(&m, &requests, false);
+        let (got, fed_ahead) = outcome(&m, &requests, true);
+        let (want, got) = (want.unwrap(), got.unwrap());
+        for (w, g) in want.iter().zip(&got) {
+            assert_eq!(g.token_ids, w.token_ids, "{requests:?}");
+            assert_eq!(g.text, w.text);
+            assert_eq!(g.finish_reason, w.finish_reason);
+            assert_eq!(g.timings.decode_steps, w.timings.decode_steps);
+        }
+        assert_eq!(fed_ahead.len(), fed_in_turn.len() + extra, "{requests:?}");
+        // Step k is fed each sequence's k-th token until the sequence ends.
+        for (k, (a, t)) in fed_ahead.iter().zip(&fed_in_turn).enumerate() {
+            for (i, w) in want.iter().enumerate() {
+                if let Some(&token) = w.token_ids.get(k) {
+                    assert_eq!((a[i], t[i]), (token, token), "{requests:?} step {k}");
+                }
+            }
+        }
+    }
+    assert_eq!(
+        m.family()
+            .ran_ahead
+            .load(std::sync::atomic::Ordering::SeqCst),
+        9
+    );
+
+    // Errors: a NaN at step 2 and a cancel during step 2 end the call as they do in turn.
+    let nan = [
+        Request::raw(vec![], "a b c d a b", greedy(6)),
+        Request::raw(vec![], "c d a b c d", greedy(6)),
+    ];
+    *m.family().poison_at.lock().unwrap() = Some((2, f32::NAN));
+    for ahead in [false, true] {
+        match outcome(&m, &nan, ahead).0 {
+            Err(Error::NonFiniteLogits { step: 2, .. }) => {}
+            other => panic!("ahead {ahead}: {other:?}"),
+        }
+    }
+    *m.family().poison_at.lock().unwrap() = None;
+    for ahead in [false, true] {
+        let flag = CancelFlag::new();
+        let cancellable = [Request::raw(
+            vec![],
+            "a b c d a b",
+            GenerationOptions {
+                cancel: Some(flag.clone()),
+                ..greedy(6)
+            },
+        )];
+        *m.family().cancel_at.lock().unwrap() = Some((2, flag));
+        assert!(matches!(
+            outcome(&m, &cancellable, ahead).0,
+            Err(Error::Cancelled)
+        ));
+    }
+}
+
+/// Sampling, repetition penalties, returned logits or logprobs and output grammars need
+/// each step's rows on the host: those calls step in turn.
+#[test]
+fn calls_that_need_the_rows_do_not_run_ahead() {
+    let m = model(1000);
+    m.family()
+        .run_ahead
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let greedy = GenerationOptions::greedy(4);
+    let options = [
+        GenerationOptions {
+            return_logprobs: true,
+            ..greedy.clone()
+        },
+        GenerationOptions {
+            return_logits: true,
+            ..greedy.clone()
+        },
+        GenerationOptions {
+            repetition_penalty: Some(1.5),
+            ..greedy.clone()
+        },
+        GenerationOptions {
+            sampling: Some(Sampling::Sample {
+                temperature: 1.0,
+                top_p: 1.0,
+                top_k: 0,
+            }),
+            ..greedy.clone()
+        },
+    ];
+    for opts in options {
+        let g = m
+            .generate(&Request::raw(vec![], "a b c d", opts.clone()))
+            .unwrap();
+        assert_eq!(g.token_ids.len(), 4, "{opts:?}");
+    }
+    assert_eq!(
+        m.family()
+            .ran_ahead
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    // A plain greedy call in a mixed batch keeps the batch in turn too.
+    let mixed = [
+        Request::raw(vec![], "a b", greedy.clone()),
+        Request::raw(
+            vec![],
+            "a b",
+            GenerationOptions {
+                return_logprobs: true,
+                ..greedy.clone()
+            },
+        ),
+    ];
+    m.generate_batch(&mixed).unwrap();
+    m.generate(&Request::raw(vec![], "a b", greedy)).unwrap();
+    assert_eq!(
+        m.family()
+            .ran_ahead
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
 }

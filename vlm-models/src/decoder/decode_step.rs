@@ -9,7 +9,7 @@ use super::attention::Masking;
 use super::kv_cache::LayerKvCache;
 use super::model::Decoder;
 use super::state::DecoderState;
-use crate::kernels::{self, CacheLen, StepGraph, UploadCache};
+use crate::kernels::{self, CacheLen, StepGraph, StepUploads, UploadCache, UploadValues};
 use crate::layers::attention_mask;
 
 /// What a fused decode step reads from the device, written before each step, and the step
@@ -20,6 +20,8 @@ pub(super) struct FusedStep {
     ids_len: Tensor,
     /// `[2, batch, 1, head_dim / 2]` in the model dtype: the cos rows, then the sin rows.
     rope: Tensor,
+    /// How the two above are written before each step.
+    uploads: StepUploads,
     /// Shape and dtype of the eager steps' logits (the graph's output buffer).
     logits: Option<(Vec<usize>, DType)>,
     graph: Option<StepGraph>,
@@ -29,9 +31,11 @@ pub(super) struct FusedStep {
 
 impl FusedStep {
     fn new(batch: usize, half: usize, dtype: DType, device: &Device) -> Result<Self> {
+        let bytes = 4 * (batch + 1) + 2 * batch * half * dtype.size_in_bytes();
         Ok(Self {
             ids_len: Tensor::zeros(batch + 1, DType::U32, device)?,
             rope: Tensor::zeros((2, batch, 1, half), dtype, device)?,
+            uploads: StepUploads::new(device, bytes)?,
             logits: None,
             graph: None,
             no_graph: false,
@@ -39,26 +43,33 @@ impl FusedStep {
     }
 }
 
+/// Where a graph step's token ids come from.
+pub(super) enum StepIds<'a> {
+    /// Uploaded from the host, one per sequence.
+    Host(&'a [u32]),
+    /// Already in the step's ids buffer ([`FusedStep::ids`]), written by the device.
+    OnDevice,
+}
+
+impl FusedStep {
+    /// Whether the step has been captured as a graph (and a capture has not failed).
+    pub(super) fn has_graph(&self) -> bool {
+        self.graph.is_some() && !self.no_graph
+    }
+
+    /// The `[batch]` u32 token ids the step reads.
+    pub(super) fn ids(&self) -> Result<Tensor> {
+        let b = self.ids_len.elem_count() - 1;
+        self.ids_len.narrow(0, 0, b)
+    }
+}
+
 impl Decoder {
     /// One decode step: the last token of each sequence in, `[batch, vocab]` logits out.
     pub fn decode_step(&self, tokens: &[u32], state: &mut DecoderState) -> Result<Tensor> {
         let (dtype, device) = (self.dtype, &self.device);
-        // Quantized projections of more than 8 rows go through candle's matmul, whose
-        // scratch a graph must not hold (kernels::note_shared_quant_scratch).
-        let first = self.layers.first();
-        let quantized = first.is_some_and(|l| l.is_quantized());
-        // Projections that dequantize their weights on every step (candle's kernels off
-        // or not running on this card) are not captured either: each graph would keep a
-        // dequantized copy of the largest weight (2B int4 on an H200: 4.8 GB held after
-        // the runs instead of 2.1) and hold cuBLAS calls, whose capture failed beside other
-        // threads' work (run 36).
-        let dequantizes = first.is_some_and(|l| l.dequantizes());
-        if self.fused_decode
-            && kernels::graphs_enabled(&self.runtime, device)
-            && !dequantizes
-            && !(quantized && tokens.len() > kernels::QUANT_MATVEC_ROWS)
-        {
-            let logits = self.graph_decode_step(tokens, state)?;
+        if self.graph_steps(tokens.len()) {
+            let logits = self.graph_decode_step(StepIds::Host(tokens), state, true)?;
             for p in state.next_position.iter_mut() {
                 *p += 1;
             }
@@ -85,6 +96,30 @@ impl Decoder {
             *p += 1;
         }
         Ok(logits)
+    }
+
+    /// The input buffers of fused steps over `batch` sequences.
+    pub(super) fn new_fused_step(&self, batch: usize) -> Result<FusedStep> {
+        FusedStep::new(batch, self.cfg.head_dim / 2, self.dtype, &self.device)
+    }
+
+    /// Whether steps of `batch` sequences go through the fused kernels as a captured CUDA
+    /// graph ([`Self::graph_decode_step`]).
+    pub(super) fn graph_steps(&self, batch: usize) -> bool {
+        // Quantized projections of more than 8 rows go through candle's matmul, whose
+        // scratch a graph must not hold (kernels::note_shared_quant_scratch).
+        let first = self.layers.first();
+        let quantized = first.is_some_and(|l| l.is_quantized());
+        // Projections that dequantize their weights on every step (candle's kernels off
+        // or not running on this card) are not captured either: each graph would keep a
+        // dequantized copy of the largest weight (2B int4 on an H200: 4.8 GB held after
+        // the runs instead of 2.1) and hold cuBLAS calls, whose capture failed beside other
+        // threads' work (run 36).
+        let dequantizes = first.is_some_and(|l| l.dequantizes());
+        self.fused_decode
+            && kernels::graphs_enabled(&self.runtime, &self.device)
+            && !dequantizes
+            && !(quantized && batch > kernels::QUANT_MATVEC_ROWS)
     }
 
     /// The layers, final norm and LM head of a step through the fused kernels, `[b, 1,
@@ -128,9 +163,17 @@ impl Decoder {
     /// A fused step for CUDA graphs (on unless `VLM_CUDA_GRAPH=0`): its inputs written to the step's
     /// device buffers, then the step run eagerly (the first), captured as a graph (the
     /// second) or replayed (the rest).
-    fn graph_decode_step(&self, tokens: &[u32], state: &mut DecoderState) -> Result<Tensor> {
+    ///
+    /// With `copy_logits` off, a replay returns the graph's own logits buffer, which the
+    /// next replay overwrites: for a caller that has queued all its reads of them by then.
+    pub(super) fn graph_decode_step(
+        &self,
+        ids: StepIds<'_>,
+        state: &mut DecoderState,
+        copy_logits: bool,
+    ) -> Result<Tensor> {
         let device = &self.device;
-        let b = tokens.len();
+        let b = state.next_position.len();
         let pad = state.pad_on_device(device)?;
         let DecoderState {
             caches,
@@ -141,19 +184,32 @@ impl Decoder {
         let len = caches.first().map_or(0, |c| c.len()) + 1;
         let step = match step {
             Some(s) => s,
-            None => step.insert(FusedStep::new(
-                b,
-                self.cfg.head_dim / 2,
-                self.dtype,
-                device,
-            )?),
+            None => step.insert(self.new_fused_step(b)?),
         };
         let started = std::time::Instant::now();
-        let mut ids_len = tokens.to_vec();
-        ids_len.push(len as u32);
-        kernels::upload_u32(&step.ids_len, &ids_len)?;
         let (cos, sin) = self.rope.step_rows(next_position);
-        kernels::upload_f32(&step.rope, &[cos, sin].concat())?;
+        let rope = [cos, sin].concat();
+        let len_only = step.ids_len.narrow(0, b, 1)?;
+        let ids_len = match ids {
+            StepIds::Host(tokens) => {
+                if tokens.len() != b {
+                    candle_core::bail!("{} token ids for {b} sequences", tokens.len());
+                }
+                let mut ids_len = tokens.to_vec();
+                ids_len.push(len as u32);
+                ids_len
+            }
+            // The ids are the device's own pick, already in place.
+            StepIds::OnDevice => vec![len as u32],
+        };
+        let target = match ids {
+            StepIds::Host(_) => &step.ids_len,
+            StepIds::OnDevice => &len_only,
+        };
+        step.uploads.upload(&[
+            (target, UploadValues::U32(&ids_len)),
+            (&step.rope, UploadValues::F32(&rope)),
+        ])?;
 
         if let Some(graph) = &step.graph {
             let uploaded = started.elapsed();
@@ -163,7 +219,7 @@ impl Decoder {
                     .claim(1)
                     .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             }
-            let logits = graph.replay()?;
+            let logits = graph.replay(copy_logits)?;
             tracing::trace!(
                 target: "vlm::decode_host",
                 "graph step: {} µs uploading ids, length and rope rows, {} µs in all with the replay and the logits' copy",
@@ -187,7 +243,7 @@ impl Decoder {
             let out = Tensor::zeros(dims.as_slice(), *dtype, device)?;
             match StepGraph::capture(device, out, || body(caches)) {
                 Ok(graph) => {
-                    let logits = graph.replay()?;
+                    let logits = graph.replay(copy_logits)?;
                     step.graph = Some(graph);
                     return Ok(logits);
                 }

@@ -19,7 +19,9 @@ mod mlp;
 mod model;
 mod prompt;
 pub(crate) mod rope;
+mod run_ahead;
 mod state;
+mod step_kits;
 
 pub(crate) use config::{DecoderConfig, LlamaConfig};
 pub(crate) use kv_cache::LayerKvCache;

@@ -1,6 +1,8 @@
 //! The decoder stack: token embeddings, the layers, the final norm and the LM head, with
 //! the rotary tables its positions need.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -10,6 +12,7 @@ use super::kv_cache::LayerKvCache;
 use super::layer::DecoderLayer;
 use super::rope::RopeTables;
 use super::state::DecoderState;
+use super::step_kits::{KitHome, KitKey, PromptCaches, StepKits};
 use crate::kernels;
 use crate::layers::{attention_mask, AttentionMask, Embedding, Linear, RmsNorm};
 use crate::quant::Quantizer;
@@ -38,6 +41,9 @@ pub struct Decoder {
     pub(super) fused_decode: bool,
     /// The model's runtime options, for the per-step decisions (graphs, masks).
     pub(super) runtime: vlm_contract::RuntimeOptions,
+    /// Finished requests' caches and decode graphs, kept for the next request of the same
+    /// shape on the same thread (decoder/step_kits.rs).
+    pub(super) kits: Arc<StepKits>,
 }
 
 impl Decoder {
@@ -78,6 +84,7 @@ impl Decoder {
             device: vb.device().clone(),
             fused_decode: kernels::available(&q.runtime(), vb.device(), vb.dtype(), cfg.head_dim),
             runtime: q.runtime(),
+            kits: Arc::default(),
         })
     }
 
@@ -141,7 +148,7 @@ impl Decoder {
         let (dtype, device) = (self.dtype, &self.device);
         let (cos, sin) = self.rope.plain_tables(&positions, dtype, device)?;
         let mask = attention_mask(&self.runtime, &pad, len, len, dtype, device)?;
-        let mut caches = self.new_caches(b, len + max_new_tokens, dtype, device)?;
+        let mut caches = self.prompt_caches(b, len + max_new_tokens, &pad, dtype, device)?;
         let out = self.forward_hidden(embeds, &cos, &sin, mask.as_ref(), &mut caches, None)?;
         let next_position = pad.iter().map(|&p| (len - p) as i64).collect();
         Ok((out, DecoderState::new(caches, next_position, pad)))
@@ -197,6 +204,59 @@ impl Decoder {
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))
             })
             .collect()
+    }
+
+    /// The caches a prompt of `batch` sequences fills, with room for `capacity`
+    /// positions. Where decode steps are replayed graphs and no sequence is padded
+    /// (`pad`: each sequence's left padding), the capacity is rounded up to a multiple of
+    /// 128 and the caches come from this thread's kit of that shape when it has one:
+    /// the request then replays the kit's graph from its first decode step instead of
+    /// running one eager step and capturing its own (decoder/step_kits.rs). Off with
+    /// [`vlm_contract::RuntimeOptions::reuse_graphs`].
+    pub fn prompt_caches(
+        &self,
+        batch: usize,
+        capacity: usize,
+        pad: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<PromptCaches> {
+        let kept = self.runtime.reuse_graphs
+            && dtype == self.dtype
+            && device.same_device(&self.device)
+            && pad.iter().all(|&p| p == 0)
+            && self.graph_steps(batch);
+        if !kept {
+            let layers = self.new_caches(batch, capacity, dtype, device)?;
+            return Ok(PromptCaches::fresh(layers));
+        }
+        const ROUND: usize = 128;
+        let capacity = capacity.div_ceil(ROUND) * ROUND;
+        let key = KitKey {
+            thread: std::thread::current().id(),
+            batch,
+            capacity,
+            dtype,
+        };
+        let home = Some(KitHome {
+            kits: self.kits.clone(),
+            key,
+        });
+        // Taking drops this thread's kit of another shape before new caches are made.
+        if let Some(kit) = self.kits.take(key) {
+            return Ok(PromptCaches {
+                layers: kit.caches,
+                step: Some(kit.step),
+                picks: kit.picks,
+                home,
+            });
+        }
+        Ok(PromptCaches {
+            layers: self.new_caches(batch, capacity, dtype, device)?,
+            step: None,
+            picks: None,
+            home,
+        })
     }
 
     /// The rotary tables of this decoder's positions.

@@ -1029,55 +1029,135 @@ pub(super) fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     Ok(out)
 }
 
+/// The device buffers of one argmax over `[rows, n]` logits: the per-block partials and
+/// the `[rows, 2]` (index, finite) result.
+pub(super) struct ArgmaxScratch {
+    rows: usize,
+    n: usize,
+    chunks: usize,
+    part_v: Tensor,
+    part_i: Tensor,
+    part_bad: Tensor,
+    /// `[rows, 2]` u32: each row's index, then 1 if the row is finite.
+    pub(super) out: Tensor,
+}
+
+impl ArgmaxScratch {
+    /// 1,024 columns a block: a 151,936-token vocabulary spreads over 149 blocks, about one
+    /// per SM, and each thread makes four loads.
+    const CHUNK: usize = 1024;
+
+    /// Values per row.
+    pub(super) fn n(&self) -> usize {
+        self.n
+    }
+
+    pub(super) fn new(device: &candle_core::Device, rows: usize, n: usize) -> Result<Self> {
+        if rows == 0 || n == 0 || rows > 65_535 {
+            bail!("argmax over {rows} rows of {n} values");
+        }
+        let chunks = n.div_ceil(Self::CHUNK);
+        Ok(Self {
+            rows,
+            n,
+            chunks,
+            part_v: empty_on(device, DType::F32, (rows, chunks).into())?,
+            part_i: empty_on(device, DType::U32, (rows, chunks).into())?,
+            part_bad: empty_on(device, DType::U32, (rows, chunks).into())?,
+            out: empty_on(device, DType::U32, (rows, 2).into())?,
+        })
+    }
+
+    /// Queues `argmax_partial` and `argmax_final` over `x` into [`Self::out`] and, with
+    /// `ids` (`[rows]` u32), each row's index into it too. With `hold`, the `[rows +
+    /// n_eos]` u32 buffer ops.cu's `argmax_partial` describes, and `step`: rows whose
+    /// min_new_tokens is above `step` leave the end-of-sequence ids out.
+    pub(super) fn launch(
+        &self,
+        x: &Tensor,
+        ids: Option<&Tensor>,
+        hold: Option<&Tensor>,
+        step: usize,
+    ) -> Result<()> {
+        if x.dims2()? != (self.rows, self.n) {
+            bail!(
+                "argmax: logits {:?} where [{}, {}] was set up",
+                x.shape(),
+                self.rows,
+                self.n
+            );
+        }
+        if let Some(ids) = ids {
+            if ids.dtype() != DType::U32 || ids.elem_count() != self.rows {
+                bail!("argmax: ids {:?} {:?}", ids.dtype(), ids.shape());
+            }
+        }
+        let n_eos = match hold {
+            Some(h) if h.dtype() == DType::U32 && h.elem_count() >= self.rows => {
+                (h.elem_count() - self.rows) as i32
+            }
+            Some(h) => bail!("argmax: hold {:?} {:?}", h.dtype(), h.shape()),
+            None => 0,
+        };
+        let step32 = i32::try_from(step).unwrap_or(i32::MAX);
+        let name = format!("argmax_partial_{}", suffix(x.dtype())?);
+        let tensors = [
+            Some(x),
+            Some(&self.part_v),
+            Some(&self.part_i),
+            Some(&self.part_bad),
+            Some(&self.out),
+            ids,
+            hold,
+        ];
+        with_addresses(&tensors, |dev, p| {
+            let (n32, chunk32, chunks32) = (self.n as i32, Self::CHUNK as i32, self.chunks as i32);
+            let partial = custom_func!(dev, &name, OPS_MODULE, OPS_PTX);
+            let mut a = early_launch::Args::new();
+            a.arg(&p[0])
+                .arg(&p[1])
+                .arg(&p[2])
+                .arg(&p[3])
+                .arg(&n32)
+                .arg(&chunk32)
+                .arg(&p[6])
+                .arg(&n_eos)
+                .arg(&step32);
+            let cfg = LaunchConfig {
+                grid_dim: (self.chunks as u32, self.rows as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: arguments match the kernel's signature; the partials are [rows, chunks].
+            unsafe { a.launch(dev, &partial, cfg) }?;
+            let last = custom_func!(dev, "argmax_final", OPS_MODULE, OPS_PTX);
+            let mut a = early_launch::Args::new();
+            a.arg(&p[1])
+                .arg(&p[2])
+                .arg(&p[3])
+                .arg(&p[4])
+                .arg(&p[5])
+                .arg(&chunks32);
+            let cfg = LaunchConfig {
+                grid_dim: (self.rows as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: as above; `out` is [rows, 2], `ids` [rows] or null.
+            unsafe { a.launch(dev, &last, cfg) }?;
+            Ok(())
+        })
+    }
+}
+
 /// Each row's first largest value's index and whether the row is finite, for `[rows, n]`
 /// logits (`argmax_partial` and `argmax_final` in ops.cu), brought back in one copy.
 pub(super) fn argmax_rows(x: &Tensor) -> Result<(Vec<u32>, Vec<bool>)> {
-    // 1,024 columns a block: a 151,936-token vocabulary spreads over 149 blocks, about one
-    // per SM, and each thread makes four loads.
-    const CHUNK: usize = 1024;
     let (rows, n) = x.dims2()?;
-    if rows == 0 || n == 0 || rows > 65_535 {
-        bail!("argmax over {rows} rows of {n} values");
-    }
     let x = x.contiguous()?;
-    let chunks = n.div_ceil(CHUNK);
-    let device = x.device();
-    let part_v = empty_on(device, DType::F32, (rows, chunks).into())?;
-    let part_i = empty_on(device, DType::U32, (rows, chunks).into())?;
-    let part_bad = empty_on(device, DType::U32, (rows, chunks).into())?;
-    let out = empty_on(device, DType::U32, (rows, 2).into())?;
-    let name = format!("argmax_partial_{}", suffix(x.dtype())?);
-    let tensors = [&x, &part_v, &part_i, &part_bad, &out].map(Some);
-    with_addresses(&tensors, |dev, p| {
-        let (n32, chunk32, chunks32) = (n as i32, CHUNK as i32, chunks as i32);
-        let partial = custom_func!(dev, &name, OPS_MODULE, OPS_PTX);
-        let mut a = early_launch::Args::new();
-        a.arg(&p[0])
-            .arg(&p[1])
-            .arg(&p[2])
-            .arg(&p[3])
-            .arg(&n32)
-            .arg(&chunk32);
-        let cfg = LaunchConfig {
-            grid_dim: (chunks as u32, rows as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: arguments match the kernel's signature; the partials are [rows, chunks].
-        unsafe { a.launch(dev, &partial, cfg) }?;
-        let last = custom_func!(dev, "argmax_final", OPS_MODULE, OPS_PTX);
-        let mut a = early_launch::Args::new();
-        a.arg(&p[1]).arg(&p[2]).arg(&p[3]).arg(&p[4]).arg(&chunks32);
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: as above; `out` is [rows, 2].
-        unsafe { a.launch(dev, &last, cfg) }?;
-        Ok(())
-    })?;
-    let pairs = out.to_vec2::<u32>()?;
+    let scratch = ArgmaxScratch::new(x.device(), rows, n)?;
+    scratch.launch(&x, None, None, 0)?;
+    let pairs = scratch.out.to_vec2::<u32>()?;
     Ok((
         pairs.iter().map(|r| r[0]).collect(),
         pairs.iter().map(|r| r[1] == 1).collect(),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use candle_core::cuda_backend::cudarc::driver::sys::{
     CUgraphInstantiate_flags, CUstreamCaptureMode,
 };
-use candle_core::cuda_backend::cudarc::driver::{result, CudaGraph, CudaSlice, DeviceRepr};
+use candle_core::cuda_backend::cudarc::driver::{CudaGraph, CudaSlice};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, Device, Result, Tensor};
 
@@ -75,31 +75,14 @@ pub(super) fn capture(
 }
 
 impl Graph {
-    /// Runs the captured step; returns a copy of its logits (the graph's own buffer is
-    /// rewritten by the next replay).
-    pub(super) fn replay(&self) -> Result<Tensor> {
+    /// Runs the captured step; returns its logits: a copy, or with `copy` off the graph's
+    /// own buffer, which the next replay rewrites.
+    pub(super) fn replay(&self, copy: bool) -> Result<Tensor> {
         self.graph.launch().w()?;
-        self.logits.copy()
+        if copy {
+            self.logits.copy()
+        } else {
+            Ok(self.logits.clone())
+        }
     }
-}
-
-/// Writes `values` into `t`'s storage in place, ordered on its device's stream.
-pub(super) fn upload<T: DeviceRepr>(t: &Tensor, values: &[T]) -> Result<()> {
-    if t.elem_count() != values.len() || t.dtype().size_in_bytes() != std::mem::size_of::<T>() {
-        bail!(
-            "upload: {} values of {} bytes into {:?} {:?}",
-            values.len(),
-            std::mem::size_of::<T>(),
-            t.dtype(),
-            t.shape()
-        );
-    }
-    super::cuda::with_addresses(&[Some(t)], |dev, p| {
-        let stream = dev.cuda_stream();
-        // SAFETY: `t` is contiguous (with_addresses checks) and holds exactly
-        // `values.len()` elements of this size at `p[0]`; the driver has read `values`
-        // (pageable memory is staged) when the call returns.
-        unsafe { result::memcpy_htod_async(p[0], values, stream.cu_stream()) }.w()?;
-        Ok(())
-    })
 }

@@ -52,12 +52,16 @@ use vlm_contract::RuntimeOptions;
 mod cuda;
 pub mod dequant_slices;
 #[cfg(feature = "cuda")]
+mod device_picks;
+#[cfg(feature = "cuda")]
 mod early_launch;
 #[cfg(feature = "cuda")]
 mod graph;
 #[cfg(feature = "cuda")]
 mod quant_matvec;
 mod quant_probe;
+#[cfg(feature = "cuda")]
+mod step_uploads;
 pub use quant_probe::{build_runs_on, this_build_runs_on};
 
 /// Head counts and size of a decoder's attention.
@@ -581,6 +585,12 @@ pub struct GraphStats {
     pub replayed: usize,
     /// Captures that failed (those requests went on without graphs).
     pub failed: usize,
+    /// Greedy picks made on the device for a step queued ahead of the host
+    /// ([`DevicePicks`]).
+    pub picked_ahead: usize,
+    /// Steps captured by the calling thread (a request that reuses a kept graph captures
+    /// none: decoder/step_kits.rs).
+    pub captured_on_this_thread: usize,
 }
 
 mod graph_counters {
@@ -588,6 +598,10 @@ mod graph_counters {
     pub static CAPTURED: AtomicUsize = AtomicUsize::new(0);
     pub static REPLAYED: AtomicUsize = AtomicUsize::new(0);
     pub static FAILED: AtomicUsize = AtomicUsize::new(0);
+    pub static PICKED_AHEAD: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        pub static CAPTURED_HERE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
 }
 
 /// The counters of [`GraphStats`].
@@ -597,6 +611,8 @@ pub fn graph_stats() -> GraphStats {
         captured: graph_counters::CAPTURED.load(Relaxed),
         replayed: graph_counters::REPLAYED.load(Relaxed),
         failed: graph_counters::FAILED.load(Relaxed),
+        picked_ahead: graph_counters::PICKED_AHEAD.load(Relaxed),
+        captured_on_this_thread: graph_counters::CAPTURED_HERE.with(|c| c.get()),
     }
 }
 
@@ -642,7 +658,10 @@ impl StepGraph {
             no_cuda()
         };
         match &captured {
-            Ok(_) => graph_counters::CAPTURED.fetch_add(1, Relaxed),
+            Ok(_) => {
+                graph_counters::CAPTURED_HERE.with(|c| c.set(c.get() + 1));
+                graph_counters::CAPTURED.fetch_add(1, Relaxed)
+            }
             Err(e) => {
                 if graph_counters::FAILED.fetch_add(1, Relaxed) == 0 {
                     eprintln!(
@@ -657,13 +676,18 @@ impl StepGraph {
         captured
     }
 
-    /// Runs the captured step; returns its logits.
-    pub fn replay(&self) -> Result<Tensor> {
+    /// Runs the captured step; returns its logits: a copy, or with `copy` off the graph's
+    /// own output buffer, which the next replay rewrites (for a caller that has queued its
+    /// reads of them by then).
+    pub fn replay(&self, copy: bool) -> Result<Tensor> {
         graph_counters::REPLAYED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         #[cfg(feature = "cuda")]
-        return self.graph.replay();
+        return self.graph.replay(copy);
         #[cfg(not(feature = "cuda"))]
-        no_cuda()
+        {
+            let _ = copy;
+            no_cuda()
+        }
     }
 }
 
@@ -692,43 +716,49 @@ impl UploadCache {
     }
 }
 
-/// Writes `values` into the contiguous CUDA tensor `t` in place, converted to its dtype
-/// (f32, bf16, f16): the inputs a captured graph reads.
-pub fn upload_f32(t: &Tensor, values: &[f32]) -> Result<()> {
-    #[cfg(feature = "cuda")]
-    return match t.dtype() {
-        DType::F32 => graph::upload(t, values),
-        DType::BF16 => graph::upload(
-            t,
-            &values
-                .iter()
-                .map(|&v| half::bf16::from_f32(v))
-                .collect::<Vec<_>>(),
-        ),
-        DType::F16 => graph::upload(
-            t,
-            &values
-                .iter()
-                .map(|&v| half::f16::from_f32(v))
-                .collect::<Vec<_>>(),
-        ),
-        d => candle_core::bail!("upload_f32 into a {d:?} tensor"),
-    };
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = (t, values);
-        no_cuda()
-    }
+/// What one of [`StepUploads::upload`]'s writes holds.
+#[cfg(feature = "cuda")]
+pub use step_uploads::Values as UploadValues;
+
+/// What one of [`StepUploads::upload`]'s writes holds.
+#[cfg(not(feature = "cuda"))]
+pub enum UploadValues<'a> {
+    U32(&'a [u32]),
+    F32(&'a [f32]),
 }
 
-/// [`upload_f32`] for a u32 tensor.
-pub fn upload_u32(t: &Tensor, values: &[u32]) -> Result<()> {
+/// The inputs a captured decode graph reads (token ids, cache length, RoPE rows), written
+/// before each step through page-locked memory (kernels/step_uploads.rs): the copies are
+/// queued without waiting for the step before them to finish.
+pub struct StepUploads {
     #[cfg(feature = "cuda")]
-    return graph::upload(t, values);
-    #[cfg(not(feature = "cuda"))]
-    {
-        let _ = (t, values);
-        no_cuda()
+    stage: step_uploads::Stage,
+}
+
+impl StepUploads {
+    /// Room for `bytes` of uploads a step, on the CUDA `device`.
+    pub fn new(device: &Device, bytes: usize) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        return Ok(Self {
+            stage: step_uploads::Stage::new(device, bytes)?,
+        });
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (device, bytes);
+            no_cuda()
+        }
+    }
+
+    /// Writes each tensor's values into it in place (contiguous CUDA tensors; f32 values
+    /// converted to the tensor's f32, bf16 or f16), queued on the stream.
+    pub fn upload(&mut self, writes: &[(&Tensor, UploadValues<'_>)]) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        return self.stage.upload(writes);
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = writes;
+            no_cuda()
+        }
     }
 }
 
@@ -920,6 +950,84 @@ pub fn device_argmax(
     }
     let _ = runtime;
     vlm_contract::sampling::argmax_on_device(logits)
+}
+
+/// Greedy picks made on the device, for a decode loop that runs a step ahead of the host
+/// (decoder/run_ahead.rs): each pick writes its ids where the next step reads them and is
+/// copied to the host asynchronously; at most two are queued and not yet read.
+pub struct DevicePicks {
+    #[cfg(feature = "cuda")]
+    picks: device_picks::Picks,
+}
+
+impl DevicePicks {
+    /// For `[rows, vocab]` logits on `device`, where the fused kernels serve `dtype`
+    /// logits; `None` elsewhere. The k-th pick queued is step k's, and `held` says which
+    /// rows leave the end-of-sequence ids out of it.
+    pub fn new(
+        runtime: &RuntimeOptions,
+        device: &Device,
+        dtype: DType,
+        (rows, vocab): (usize, usize),
+        held: &vlm_contract::sampling::HeldEnd,
+    ) -> Result<Option<Self>> {
+        #[cfg(feature = "cuda")]
+        if enabled(runtime, device, dtype) {
+            let picks = device_picks::Picks::new(device, rows, vocab, held)?;
+            return Ok(Some(Self { picks }));
+        }
+        let _ = (runtime, device, dtype, rows, vocab, held);
+        Ok(None)
+    }
+
+    /// Whether these picks serve `[rows, vocab]` logits.
+    pub fn fits(&self, rows: usize, vocab: usize) -> bool {
+        #[cfg(feature = "cuda")]
+        return self.picks.fits(rows, vocab);
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (rows, vocab);
+            false
+        }
+    }
+
+    /// Ready for another request's picks, from its step 0, leaving out what `held` says
+    /// (a pick the request before left queued is waited for and dropped).
+    pub fn restart(
+        &mut self,
+        device: &Device,
+        held: &vlm_contract::sampling::HeldEnd,
+    ) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        return self.picks.restart(device, held);
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (device, held);
+            no_cuda()
+        }
+    }
+
+    /// Queues the pick from `logits` (`[rows, vocab]`, contiguous): each row's first
+    /// largest value's index into `ids` (`[rows]` u32) and into a host copy.
+    pub fn queue(&mut self, logits: &Tensor, ids: &Tensor) -> Result<()> {
+        graph_counters::PICKED_AHEAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        #[cfg(feature = "cuda")]
+        return self.picks.queue(logits, ids);
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (logits, ids);
+            no_cuda()
+        }
+    }
+
+    /// Waits for the oldest queued pick to reach the host: its ids, and whether each row
+    /// was finite.
+    pub fn wait(&mut self) -> Result<(Vec<u32>, Vec<bool>)> {
+        #[cfg(feature = "cuda")]
+        return self.picks.wait();
+        #[cfg(not(feature = "cuda"))]
+        no_cuda()
+    }
 }
 
 /// `x + bias` for `x [.., n]` and `bias [n]` of one dtype.

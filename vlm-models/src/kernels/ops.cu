@@ -151,18 +151,30 @@ __device__ __forceinline__ void block_argmax(float &v, uint32_t &i, uint32_t &ba
 // Stage 1 over x [rows, n]: grid (chunks, rows), 256 threads; block (c, r) reduces columns
 // [c·chunk, (c+1)·chunk) of row r into part_v/part_i/part_bad [rows, chunks]. A NaN never
 // wins a comparison, so it is caught by the non-finite flag instead.
+//
+// `hold` (may be null) is [rows + n_eos] u32: each row's min_new_tokens, then the
+// end-of-sequence ids. At `step` below its row's value, a row's pick leaves those ids out
+// (greedy's pick under min_new_tokens, made on the device when it runs ahead of the host);
+// they still count for the non-finite flag, as the host's check sees the whole row.
 template <typename T>
 __device__ void argmax_partial(const T *x, float *part_v, uint32_t *part_i, uint32_t *part_bad,
-                               int n, int chunk) {
+                               int n, int chunk, const uint32_t *hold, int n_eos, int step) {
   inputs_ready();
   const size_t row = blockIdx.y;
   const T *xr = x + row * n;
   const int lo = blockIdx.x * chunk, hi = min(n, lo + chunk);
+  const bool held = hold != nullptr && step < (int)hold[row];
+  const uint32_t *eos = held ? hold + gridDim.y : nullptr;
   float v = -INFINITY;
   uint32_t i = 0xffffffffu, bad = 0;
   for (int c = lo + threadIdx.x; c < hi; c += blockDim.x) {
     const float f = to_f(xr[c]);
     bad |= !isfinite(f);
+    if (held) {
+      bool skip = false;
+      for (int e = 0; e < n_eos; ++e) skip |= eos[e] == (uint32_t)c;
+      if (skip) continue;
+    }
     if (f > v || i == 0xffffffffu) {
       v = f;
       i = c;
@@ -180,17 +192,19 @@ __device__ void argmax_partial(const T *x, float *part_v, uint32_t *part_i, uint
 #define ARGMAX_PARTIAL(NAME, T)                                                            \
   extern "C" __global__ void __launch_bounds__(256)                                        \
       NAME(const T *x, float *part_v, uint32_t *part_i, uint32_t *part_bad, int n,         \
-           int chunk) {                                                                    \
-    argmax_partial<T>(x, part_v, part_i, part_bad, n, chunk);                              \
+           int chunk, const uint32_t *hold, int n_eos, int step) {                         \
+    argmax_partial<T>(x, part_v, part_i, part_bad, n, chunk, hold, n_eos, step);           \
   }
 ARGMAX_PARTIAL(argmax_partial_f32, float)
 ARGMAX_PARTIAL(argmax_partial_bf16, __nv_bfloat16)
 ARGMAX_PARTIAL(argmax_partial_f16, __half)
 
-// Stage 2: grid (rows), 256 threads; out [rows, 2] = (index, 1 if the row is finite).
+// Stage 2: grid (rows), 256 threads; out [rows, 2] = (index, 1 if the row is finite). With
+// `ids` (may be null), each row's index also goes to ids [rows]: the token ids the next decode
+// step reads, when the device runs ahead of the host.
 extern "C" __global__ void __launch_bounds__(256)
     argmax_final(const float *part_v, const uint32_t *part_i, const uint32_t *part_bad,
-                 uint32_t *out, int chunks) {
+                 uint32_t *out, uint32_t *ids, int chunks) {
   inputs_ready();
   const size_t row = blockIdx.x;
   float v = -INFINITY;
@@ -204,5 +218,6 @@ extern "C" __global__ void __launch_bounds__(256)
   if (threadIdx.x == 0) {
     out[2 * row] = i;
     out[2 * row + 1] = bad ? 0u : 1u;
+    if (ids) ids[row] = i;
   }
 }

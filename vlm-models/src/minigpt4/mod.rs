@@ -26,7 +26,7 @@ use tokenizers::Tokenizer;
 use vlm_contract::device::device_name;
 use vlm_contract::files::ModelDir;
 use vlm_contract::model::LoadOptions;
-use vlm_contract::sampling::DeviceArgmax;
+use vlm_contract::sampling::{DeviceArgmax, HeldEnd};
 use vlm_contract::{
     Error, Family, FamilyModel, GenerationDefaults, Image, Language, ModelInfo, PrefillOutput,
     Quantization, Request, Result, Sampling, VisionLanguageModel,
@@ -629,6 +629,23 @@ impl Family for MiniGpt4 {
 
     fn device_argmax(&self, logits: &Tensor) -> Result<DeviceArgmax> {
         self.llm.device_argmax(logits)
+    }
+
+    fn start_run_ahead(
+        &self,
+        logits: &Tensor,
+        held: &HeldEnd,
+        state: &mut MiniGpt4State,
+    ) -> Result<bool> {
+        Ok(self.llm.start_run_ahead(logits, held, state)?)
+    }
+
+    fn queue_next_step(&self, state: &mut MiniGpt4State) -> Result<()> {
+        Ok(self.llm.queue_next_step(state)?)
+    }
+
+    fn wait_for_pick(&self, state: &mut MiniGpt4State) -> Result<DeviceArgmax> {
+        Ok(self.llm.wait_for_pick(state)?)
     }
 
     fn relate_in_one_conversation(&self) -> bool {

@@ -27,7 +27,7 @@ use tokenizers::Tokenizer;
 use vlm_contract::device::device_name;
 use vlm_contract::files::ModelDir;
 use vlm_contract::model::LoadOptions;
-use vlm_contract::sampling::DeviceArgmax;
+use vlm_contract::sampling::{DeviceArgmax, HeldEnd};
 use vlm_contract::RuntimeOptions;
 use vlm_contract::{
     Error, Family, FamilyModel, GenerationDefaults, GenerationOptions, Image, ModelInfo,
@@ -329,9 +329,9 @@ impl QwenVl {
             .rope()
             .tables(&positions, self.dtype, &self.device)?;
         let mask = attention_mask(&self.runtime, &pad, len, len, self.dtype, &self.device)?;
-        let mut caches = self
-            .text
-            .new_caches(b, len + max_new_tokens, self.dtype, &self.device)?;
+        let mut caches =
+            self.text
+                .prompt_caches(b, len + max_new_tokens, &pad, self.dtype, &self.device)?;
 
         let t_vision = Instant::now();
         let inputs: Vec<&QwenInputs> = batch.iter().map(|p| &p.inputs).collect();
@@ -532,5 +532,22 @@ impl Family for QwenVl {
 
     fn device_argmax(&self, logits: &Tensor) -> Result<DeviceArgmax> {
         crate::kernels::device_argmax(&self.runtime, logits)
+    }
+
+    fn start_run_ahead(
+        &self,
+        logits: &Tensor,
+        held: &HeldEnd,
+        state: &mut QwenState,
+    ) -> Result<bool> {
+        Ok(self.text.start_run_ahead(logits, held, state)?)
+    }
+
+    fn queue_next_step(&self, state: &mut QwenState) -> Result<()> {
+        Ok(self.text.queue_next_step(state)?)
+    }
+
+    fn wait_for_pick(&self, state: &mut QwenState) -> Result<DeviceArgmax> {
+        Ok(self.text.wait_for_pick(state)?)
     }
 }
