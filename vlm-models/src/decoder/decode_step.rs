@@ -189,25 +189,20 @@ impl Decoder {
         let started = std::time::Instant::now();
         let (cos, sin) = self.rope.step_rows(next_position);
         let rope = [cos, sin].concat();
-        let len_only = step.ids_len.narrow(0, b, 1)?;
-        let ids_len = match ids {
+        let (target, ids_len) = match ids {
             StepIds::Host(tokens) => {
                 if tokens.len() != b {
                     candle_core::bail!("{} token ids for {b} sequences", tokens.len());
                 }
                 let mut ids_len = tokens.to_vec();
                 ids_len.push(len as u32);
-                ids_len
+                (step.ids_len.clone(), ids_len)
             }
-            // The ids are the device's own pick, already in place.
-            StepIds::OnDevice => vec![len as u32],
-        };
-        let target = match ids {
-            StepIds::Host(_) => &step.ids_len,
-            StepIds::OnDevice => &len_only,
+            // The ids are the device's own pick, already in place: the length alone.
+            StepIds::OnDevice => (step.ids_len.narrow(0, b, 1)?, vec![len as u32]),
         };
         step.uploads.upload(&[
-            (target, UploadValues::U32(&ids_len)),
+            (&target, UploadValues::U32(&ids_len)),
             (&step.rope, UploadValues::F32(&rope)),
         ])?;
 

@@ -13,9 +13,10 @@ use crate::kernels::DevicePicks;
 
 impl Decoder {
     /// Queues greedy's pick from `logits` (the prefill's `[batch, vocab]`) into the first
-    /// step's ids and a host copy; this and every later pick leave out what `held` says. `false` where steps are not replayed graphs (the CPU,
-    /// `VLM_CUDA_GRAPH=0`, batches of quantized projections above 8 rows) or
-    /// [`vlm_contract::RuntimeOptions::run_ahead`] is off: the loop then steps in turn.
+    /// step's ids and a host copy; this and every later pick leave out what `held` says.
+    /// `false` where steps are not replayed graphs (the CPU, `VLM_CUDA_GRAPH=0`, batches of
+    /// quantized projections above 8 rows) or [`vlm_contract::RuntimeOptions::run_ahead`]
+    /// is off: the loop then steps in turn.
     pub fn start_run_ahead(
         &self,
         logits: &Tensor,
@@ -41,12 +42,11 @@ impl Decoder {
                 }
             }
         };
-        if state.step.is_none() {
-            state.step = Some(self.new_fused_step(b)?);
-        }
-        if let Some(step) = &state.step {
-            picks.queue(&logits.contiguous()?, &step.ids()?)?;
-        }
+        let step = match &mut state.step {
+            Some(s) => s,
+            None => state.step.insert(self.new_fused_step(b)?),
+        };
+        picks.queue(&logits.contiguous()?, &step.ids()?)?;
         state.picks = Some(picks);
         Ok(true)
     }

@@ -10,20 +10,19 @@
 
 use std::collections::VecDeque;
 
-use candle_core::cuda_backend::cudarc::driver::{result, CudaEvent};
+use candle_core::cuda_backend::cudarc::driver::result;
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, Device, Result, Tensor};
 use vlm_contract::sampling::HeldEnd;
 
 use super::cuda::{with_addresses, ArgmaxScratch};
-
-/// One page-locked `[rows, 2]` u32 slot and the event its last copy recorded.
-struct Slot {
-    host: *mut u32,
-    event: CudaEvent,
-}
+use super::pinned::PinnedSlot;
 
 pub(super) struct Picks {
+    /// Page-locked `[rows, 2]` u32 each (plain, not write-combined: the host reads them).
+    /// First, so that it is dropped first: a copy still queued lands before the device
+    /// buffers it reads go.
+    slots: [PinnedSlot; 2],
     argmax: ArgmaxScratch,
     /// `[rows + eos ids]` u32: each row's min_new_tokens, then the end-of-sequence ids
     /// its picks leave out below it (ops.cu's `argmax_partial`); none when no row holds.
@@ -31,14 +30,9 @@ pub(super) struct Picks {
     /// Picks queued so far: the next one is for this step.
     step: usize,
     rows: usize,
-    slots: [Slot; 2],
     /// Slots with a copy queued and not yet read, oldest first.
     queued: VecDeque<usize>,
 }
-
-// SAFETY: the host slots are owned by this value alone (allocated in `new`, freed in
-// `drop`), and it is used by one thread at a time, as a request's decoder state is.
-unsafe impl Send for Picks {}
 
 impl Picks {
     pub(super) fn new(device: &Device, rows: usize, vocab: usize, held: &HeldEnd) -> Result<Self> {
@@ -53,37 +47,16 @@ impl Picks {
         }
         let argmax = ArgmaxScratch::new(device, rows, vocab)?;
         let hold = hold_buffer(device, held)?;
-        let ctx = dev.cuda_stream().context().clone();
-        let slot = || -> Result<Slot> {
-            // Plain (not write-combined) page-locked memory: the host reads it.
-            // SAFETY: a fresh allocation of rows · 2 u32, freed in `drop`.
-            let host = unsafe { result::malloc_host(rows * 2 * 4, 0) }.w()? as *mut u32;
-            let event = match ctx.new_event(None) {
-                Ok(e) => e,
-                Err(e) => {
-                    // SAFETY: allocated just above and not handed out.
-                    let _ = unsafe { result::free_host(host as _) };
-                    return Err(e).w();
-                }
-            };
-            Ok(Slot { host, event })
-        };
-        let first = slot()?;
-        let second = match slot() {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = first.event.synchronize();
-                // SAFETY: nothing was copied into it yet.
-                let _ = unsafe { result::free_host(first.host as _) };
-                return Err(e);
-            }
-        };
+        let slots = [
+            PinnedSlot::new(dev, rows * 2 * 4, false)?,
+            PinnedSlot::new(dev, rows * 2 * 4, false)?,
+        ];
         Ok(Self {
             argmax,
             hold,
             step: 0,
             rows,
-            slots: [first, second],
+            slots,
             queued: VecDeque::with_capacity(2),
         })
     }
@@ -104,7 +77,7 @@ impl Picks {
             );
         }
         while let Some(slot) = self.queued.pop_front() {
-            self.slots[slot].event.synchronize().w()?;
+            self.slots[slot].event().synchronize().w()?;
         }
         self.hold = hold_buffer(device, held)?;
         self.step = 0;
@@ -120,14 +93,14 @@ impl Picks {
         self.argmax
             .launch(logits, Some(ids), self.hold.as_ref(), self.step)?;
         let n = self.rows * 2;
-        let Slot { host, event } = &self.slots[slot];
+        let host = &self.slots[slot];
         with_addresses(&[Some(&self.argmax.out)], |dev, p| {
             let stream = dev.cuda_stream();
             // SAFETY: the slot holds `n` u32 and no copy into it is pending (`queued`); the
             // source is the `[rows, 2]` result the argmax above writes, in stream order.
-            let dst = unsafe { std::slice::from_raw_parts_mut(*host, n) };
+            let dst = unsafe { std::slice::from_raw_parts_mut(host.host() as *mut u32, n) };
             unsafe { result::memcpy_dtoh_async(dst, p[0], stream.cu_stream()) }.w()?;
-            event.record(&stream).w()?;
+            host.event().record(&stream).w()?;
             Ok(())
         })?;
         self.queued.push_back(slot);
@@ -141,11 +114,11 @@ impl Picks {
         let Some(slot) = self.queued.pop_front() else {
             bail!("device picks: no pick is queued");
         };
-        let Slot { host, event } = &self.slots[slot];
-        event.synchronize().w()?;
+        let host = &self.slots[slot];
+        host.event().synchronize().w()?;
         // SAFETY: the copy into the slot has completed (its event), and nothing writes to it
         // until it is queued again.
-        let pairs = unsafe { std::slice::from_raw_parts(*host, self.rows * 2) };
+        let pairs = unsafe { std::slice::from_raw_parts(host.host() as *const u32, self.rows * 2) };
         Ok((
             pairs.chunks(2).map(|p| p[0]).collect(),
             pairs.chunks(2).map(|p| p[1] == 1).collect(),
@@ -167,16 +140,4 @@ fn hold_buffer(device: &Device, held: &HeldEnd) -> Result<Option<Tensor>> {
         .collect();
     let n = values.len();
     Ok(Some(Tensor::from_vec(values, n, device)?))
-}
-
-impl Drop for Picks {
-    fn drop(&mut self) {
-        for slot in &self.slots {
-            // A copy still queued (the step the host ran ahead with, when its batch ended
-            // earlier) must land before its memory is freed.
-            let _ = slot.event.synchronize();
-            // SAFETY: allocated in `new`; no copy into it is pending any more.
-            let _ = unsafe { result::free_host(slot.host as _) };
-        }
-    }
 }

@@ -58,6 +58,8 @@ mod early_launch;
 #[cfg(feature = "cuda")]
 mod graph;
 #[cfg(feature = "cuda")]
+mod pinned;
+#[cfg(feature = "cuda")]
 mod quant_matvec;
 mod quant_probe;
 #[cfg(feature = "cuda")]

@@ -9,11 +9,12 @@
 //! each with an event recorded after its copies: a half is written again only once the
 //! copies that read it have run.
 
-use candle_core::cuda_backend::cudarc::driver::{result, CudaEvent};
+use candle_core::cuda_backend::cudarc::driver::result;
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, DType, Device, Result, Tensor};
 
 use super::cuda::with_addresses;
+use super::pinned::PinnedSlot;
 
 /// What one upload writes: converted to the tensor's dtype on the way.
 pub enum Values<'a> {
@@ -21,22 +22,14 @@ pub enum Values<'a> {
     F32(&'a [f32]),
 }
 
-struct Half {
-    host: *mut u8,
-    event: CudaEvent,
-}
-
 pub(super) struct Stage {
-    halves: [Half; 2],
+    /// Write-combined: the host only writes them, and the device reads them over PCIe.
+    halves: [PinnedSlot; 2],
     /// Bytes in each half.
     bytes: usize,
     /// The half the next step writes.
     next: usize,
 }
-
-// SAFETY: the host memory is owned by this value alone (allocated in `new`, freed in
-// `drop`), and it is used by one thread at a time, as a request's decoder state is.
-unsafe impl Send for Stage {}
 
 impl Stage {
     /// Room for `bytes` of uploads a step.
@@ -44,39 +37,14 @@ impl Stage {
         let Device::Cuda(dev) = device else {
             bail!("staged uploads need a CUDA device");
         };
-        let ctx = dev.cuda_stream().context().clone();
         // Rounded up so that every upload can start 16-byte aligned.
         let bytes = bytes.div_ceil(16) * 16 + 64;
-        let make = || -> Result<Half> {
-            // Write-combined: the host only writes it, and the device reads it over PCIe.
-            // SAFETY: a fresh allocation of `bytes`, freed in `drop`.
-            let host = unsafe {
-                result::malloc_host(
-                    bytes,
-                    candle_core::cuda_backend::cudarc::driver::sys::CU_MEMHOSTALLOC_WRITECOMBINED,
-                )
-            }
-            .w()? as *mut u8;
-            match ctx.new_event(None) {
-                Ok(event) => Ok(Half { host, event }),
-                Err(e) => {
-                    // SAFETY: allocated just above and not handed out.
-                    let _ = unsafe { result::free_host(host as _) };
-                    Err(e).w()
-                }
-            }
-        };
-        let first = make()?;
-        let second = match make() {
-            Ok(h) => h,
-            Err(e) => {
-                // SAFETY: nothing was copied from it yet.
-                let _ = unsafe { result::free_host(first.host as _) };
-                return Err(e);
-            }
-        };
+        let halves = [
+            PinnedSlot::new(dev, bytes, true)?,
+            PinnedSlot::new(dev, bytes, true)?,
+        ];
         Ok(Self {
-            halves: [first, second],
+            halves,
             bytes,
             next: 0,
         })
@@ -87,7 +55,7 @@ impl Stage {
     pub(super) fn upload(&mut self, writes: &[(&Tensor, Values<'_>)]) -> Result<()> {
         let slot = &self.halves[self.next];
         // The copies that last read this half (two steps ago) must have run.
-        slot.event.synchronize().w()?;
+        slot.event().synchronize().w()?;
         let mut offset = 0;
         for (t, values) in writes {
             let n = match values {
@@ -108,7 +76,7 @@ impl Stage {
             // SAFETY: [offset, offset + n·size) lies in the half (checked above), no copy
             // reads it (its event), and each case writes n values of the dtype's size.
             unsafe {
-                let at = slot.host.add(offset);
+                let at = slot.host().add(offset);
                 match (values, t.dtype()) {
                     (Values::U32(v), DType::U32) => write(at, v.iter().copied()),
                     (Values::F32(v), DType::F32) => write(at, v.iter().copied()),
@@ -127,7 +95,7 @@ impl Stage {
                 // alone until this half's event (recorded below) has passed; `t` is
                 // contiguous and holds them at p[0].
                 unsafe {
-                    let src = std::slice::from_raw_parts(slot.host.add(offset), n * size);
+                    let src = std::slice::from_raw_parts(slot.host().add(offset), n * size);
                     result::memcpy_htod_async(p[0], src, stream.cu_stream())
                 }
                 .w()?;
@@ -137,7 +105,7 @@ impl Stage {
         }
         if let Some((t, _)) = writes.first() {
             with_addresses(&[Some(*t)], |dev, _| {
-                slot.event.record(&dev.cuda_stream()).w()
+                slot.event().record(&dev.cuda_stream()).w()
             })?;
         }
         self.next ^= 1;
@@ -153,16 +121,5 @@ unsafe fn write<T>(at: *mut u8, values: impl Iterator<Item = T>) {
     let at = at as *mut T;
     for (i, v) in values.enumerate() {
         at.add(i).write(v);
-    }
-}
-
-impl Drop for Stage {
-    fn drop(&mut self) {
-        for half in &self.halves {
-            // A copy still queued must have read the half before it is freed.
-            let _ = half.event.synchronize();
-            // SAFETY: allocated in `new`; no copy reads it any more.
-            let _ = unsafe { result::free_host(half.host as _) };
-        }
     }
 }
