@@ -98,18 +98,14 @@ pub trait Family: Send + Sync + 'static {
     /// waited for.
     fn queue_next_step(&self, state: &mut Self::State) -> Result<()> {
         let _ = state;
-        Err(Error::Generation(
-            "this family does not run ahead; it returned true from start_run_ahead, which is a bug in vlm: please report it".into(),
-        ))
+        Err(not_running_ahead())
     }
 
     /// After [`Self::start_run_ahead`]: waits for the oldest pick not yet returned (the
     /// prefill's first) and returns it.
     fn wait_for_pick(&self, state: &mut Self::State) -> Result<DeviceArgmax> {
         let _ = state;
-        Err(Error::Generation(
-            "this family does not run ahead; it returned true from start_run_ahead, which is a bug in vlm: please report it".into(),
-        ))
+        Err(not_running_ahead())
     }
 
     /// Whether `relate` puts every photo into one conversation. Default: when the model
@@ -355,4 +351,12 @@ impl<F: Family> VisionLanguageModel for FamilyModel<F> {
         let prompt = format!("{listing}{text}");
         self.generate_stream(&self.family.chat_request(vec![], prompt, options), on_text)
     }
+}
+
+/// What [`Family::queue_next_step`] and [`Family::wait_for_pick`] answer in a family that
+/// does not run ahead: the loop calls them only after `start_run_ahead` said it does.
+fn not_running_ahead() -> Error {
+    Error::Generation(
+        "this family does not run ahead; it returned true from start_run_ahead, which is a bug in vlm: please report it".into(),
+    )
 }
