@@ -14,7 +14,7 @@ use std::process::Command;
 const KERNEL_FILES: [&str; 5] = ["decode", "vision", "ops", "dequant", "quant_matvec"];
 /// Kernels on the tensor cores' mma.sync (compute capability 8.0 and above), built with
 /// the `vlm_flash` cfg set when the target architecture has them.
-const MMA_FILES: [&str; 1] = ["attention"];
+const MMA_FILES: [&str; 2] = ["attention", "mma_gemv"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -23,6 +23,7 @@ fn main() {
         println!("cargo:rerun-if-changed=src/kernels/{file}.cu");
     }
     println!("cargo:rerun-if-changed=src/kernels/common.cuh");
+    println!("cargo:rerun-if-changed=src/kernels/mma.cuh");
     for var in [
         "NVCC",
         "CUDA_ROOT",

@@ -197,6 +197,8 @@ impl Linear {
                 let x2 = x.reshape((rows, dims[dims.len() - 1]))?;
                 let y = if crate::kernels::gemv_applies(runtime, &x2, weight, bias) {
                     crate::kernels::gemv(&x2, weight, bias)?
+                } else if crate::kernels::mma_gemv_applies(runtime, &x2, weight, bias) {
+                    crate::kernels::mma_gemv(&x2, weight, bias)?
                 } else {
                     let y = x2.matmul(&weight.t()?)?;
                     match bias {

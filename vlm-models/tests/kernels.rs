@@ -1496,3 +1496,129 @@ fn device_argmax_picks_the_first_maximum_and_flags_non_finite_rows() {
         }
     }
 }
+
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn mma_gemv_matches_the_reference() {
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    let runtime = RuntimeOptions::default();
+    // (rows, k, n): a k that is not a multiple of the 32-wide chunks, an output count that is
+    // not a multiple of a warp's 16, every 8-row tile count, and the 7B's down projection.
+    for (m, k, n) in [
+        (2, 3584, 3584),
+        (8, 136, 37),
+        (13, 520, 1003),
+        (17, 2048, 100),
+        (32, 18944, 64),
+    ] {
+        for (dtype, tol) in [(DType::BF16, 1e-2), (DType::F16, 2e-3)] {
+            for with_bias in [false, true] {
+                let t = |v: Vec<f32>, shape: &[usize]| {
+                    Tensor::from_vec(v, shape, &dev)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap()
+                };
+                let w = t(values(n * k, 22), &[n, k]);
+                let x = t(values(m * k, 21), &[m, k]);
+                let b = with_bias.then(|| t(values(n, 23), &[n]));
+                if !kernels::mma_gemv_applies(&runtime, &x, &w, b.as_ref()) {
+                    // A build for cards below compute capability 8.0 has no tensor-core
+                    // kernels; the projections keep cuBLAS there.
+                    println!("mma_gemv: not built for this card's compute capability");
+                    return;
+                }
+                let got = f32s(&kernels::mma_gemv(&x, &w, b.as_ref()).unwrap());
+                // The other tile width than mma_gemv picks for these rows.
+                let wide = m <= kernels::MMA_GEMV_NARROW_ROWS;
+                let other = f32s(&kernels::mma_gemv_tiles(&x, &w, b.as_ref(), wide).unwrap());
+                let (xs, ws) = (f32s(&x), f32s(&w));
+                let bs = b.as_ref().map(f32s);
+                let want: Vec<f32> = (0..m * n)
+                    .map(|i| {
+                        let (r, c) = (i / n, i % n);
+                        let dot: f32 = (0..k).map(|j| xs[r * k + j] * ws[c * k + j]).sum();
+                        dot + bs.as_ref().map_or(0.0, |b| b[c])
+                    })
+                    .collect();
+                let e = max_rel_err(&got, &want);
+                let e_other = max_rel_err(&other, &want);
+                println!(
+                    "mma_gemv {dtype:?} m={m} k={k} n={n} bias={with_bias}: {e:.2e} ({e_other:.2e} with {} tiles a warp)",
+                    if wide { 2 } else { 1 }
+                );
+                assert!(e < tol, "mma_gemv {dtype:?} m={m} k={k} n={n}: {e}");
+                assert!(
+                    e_other < tol,
+                    "mma_gemv (wide: {wide}) {dtype:?} m={m} k={k} n={n}: {e_other}"
+                );
+            }
+        }
+    }
+}
+
+/// The few-row products against cuBLAS (candle's matmul) at Qwen2.5-VL-7B's decode shapes
+/// in bf16: the same values, and each path's time per call, printed (a weight read once
+/// per call: GB/s is the weight's bytes over that time).
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn few_row_products_agree_with_cublas_at_real_shapes() {
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    let runtime = RuntimeOptions::default();
+    let time = |f: &dyn Fn() -> Tensor| {
+        f();
+        dev.synchronize().unwrap();
+        let runs = 20;
+        let start = std::time::Instant::now();
+        for _ in 0..runs {
+            f();
+        }
+        dev.synchronize().unwrap();
+        start.elapsed().as_secs_f64() / runs as f64
+    };
+    // (name, k, n): q/k/v, o, gate/up, down.
+    for (name, k, n) in [
+        ("qkv", 3584, 4608),
+        ("o", 3584, 3584),
+        ("gate_up", 3584, 37888),
+        ("down", 18944, 3584),
+    ] {
+        let w = Tensor::randn(0f32, 1.0, (n, k), &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let gb = (n * k * 2) as f64 / 1e9;
+        let two_rows = Tensor::zeros((2, k), DType::BF16, &dev).unwrap();
+        let tensor_cores = kernels::mma_gemv_applies(&runtime, &two_rows, &w, None);
+        for m in [1, 2, 4, 8, 16, 32] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap();
+            let cublas = || x.matmul(&w.t().unwrap()).unwrap();
+            let mut row = format!("{name} m={m}: cuBLAS {:.1} µs", time(&cublas) * 1e6);
+            let want = f32s(&cublas());
+            let mut check = |path: &str, got: Tensor, secs: f64| {
+                let e = max_rel_err(&f32s(&got), &want);
+                row += &format!(
+                    ", {path} {:.1} µs ({:.2} TB/s; rel. diff {e:.1e})",
+                    secs * 1e6,
+                    gb / secs / 1e3
+                );
+                assert!(e < 1e-2, "{path} {name} m={m}: {e}");
+            };
+            if m <= kernels::GEMV_ROWS {
+                let f = || kernels::gemv(&x, &w, None).unwrap();
+                check("gemv", f(), time(&f));
+            }
+            // At one row too (the models keep gemv there): would the tensor cores be faster?
+            if tensor_cores {
+                for (path, wide) in [("mma_gemv", false), ("mma_gemv wide", true)] {
+                    let f = || kernels::mma_gemv_tiles(&x, &w, None, wide).unwrap();
+                    check(path, f(), time(&f));
+                }
+            }
+            println!("{row}");
+        }
+    }
+}

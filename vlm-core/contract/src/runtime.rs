@@ -33,6 +33,15 @@ pub struct RuntimeOptions {
     /// slower (runs 14 and 15). Environment: `VLM_GEMV=0` gives 0, `VLM_GEMV=1` gives 8,
     /// anything else the default.
     pub gemv_max_rows: usize,
+    /// Most rows (sequences in a batch's decode step) for which a float projection that
+    /// gemv does not take runs our product on the tensor cores (`kernels/mma_gemv.cu`:
+    /// each weight read once, 16 outputs a warp) instead of cuBLAS, in bf16/f16 on builds
+    /// for compute capability 8.0 and above; 0 or 1 never, larger values act as 32.
+    /// Default 16: on an H100 (run 46) it read Qwen2.5-VL-7B's weights faster than cuBLAS
+    /// from 2 to 16 rows (o_proj at 8 rows 10.4 → 9.4 µs, at 16 rows 16.1 → 10.7) and more
+    /// slowly at 32 (gate/up 98 → 108 µs), for −1.5% decode time at batch 8. Environment:
+    /// `VLM_MMA_GEMV=N` (a non-negative integer; anything else gives the default).
+    pub mma_gemv_max_rows: usize,
     /// Rows from which a quantized projection on CUDA dequantizes its weight and runs a
     /// float GEMM instead of candle's quantized matmul: 0 never; values from 1 to 8 act
     /// as 9 (up to 8 rows the quantized matvec is faster). Default 64: prefills and
@@ -110,6 +119,8 @@ pub struct RuntimeOptions {
 const DEFAULT_GEMV_MAX_ROWS: usize = 1;
 /// What `VLM_GEMV=1` asks for: every row count the gemv kernel takes.
 const GEMV_ALL_ROWS: usize = 8;
+/// The default of [`RuntimeOptions::mma_gemv_max_rows`].
+const DEFAULT_MMA_GEMV_MAX_ROWS: usize = 16;
 /// The default of [`RuntimeOptions::quant_gemm_rows`] (run 28, docs/benchmarks.md).
 const DEFAULT_QUANT_GEMM_ROWS: usize = 64;
 /// The default of [`RuntimeOptions::dequant_slice_values`].
@@ -120,6 +131,7 @@ impl Default for RuntimeOptions {
         Self {
             fused_kernels: true,
             gemv_max_rows: DEFAULT_GEMV_MAX_ROWS,
+            mma_gemv_max_rows: DEFAULT_MMA_GEMV_MAX_ROWS,
             quant_gemm_rows: DEFAULT_QUANT_GEMM_ROWS,
             cuda_graphs: true,
             flash_attention: true,
@@ -136,9 +148,10 @@ impl Default for RuntimeOptions {
 
 impl RuntimeOptions {
     /// The environment variables [`Self::from_env`] reads, in field order.
-    pub const ENV_VARS: [&'static str; 12] = [
+    pub const ENV_VARS: [&'static str; 13] = [
         "VLM_FUSED_KERNELS",
         "VLM_GEMV",
+        "VLM_MMA_GEMV",
         "VLM_QUANT_GEMM_ROWS",
         "VLM_CUDA_GRAPH",
         "VLM_FLASH_ATTENTION",
@@ -172,6 +185,9 @@ impl RuntimeOptions {
                 Some("1") => GEMV_ALL_ROWS,
                 _ => defaults.gemv_max_rows,
             },
+            mma_gemv_max_rows: var("VLM_MMA_GEMV")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(defaults.mma_gemv_max_rows),
             quant_gemm_rows: var("VLM_QUANT_GEMM_ROWS")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(defaults.quant_gemm_rows),
@@ -198,6 +214,12 @@ impl RuntimeOptions {
     /// Sets [`Self::gemv_max_rows`].
     pub fn with_gemv_max_rows(mut self, rows: usize) -> Self {
         self.gemv_max_rows = rows;
+        self
+    }
+
+    /// Sets [`Self::mma_gemv_max_rows`].
+    pub fn with_mma_gemv_max_rows(mut self, rows: usize) -> Self {
+        self.mma_gemv_max_rows = rows;
         self
     }
 
@@ -281,6 +303,7 @@ mod tests {
         assert_eq!(parse(&[]), want);
         assert!(want.fused_kernels && want.cuda_graphs && want.flash_attention);
         assert!(want.quant_kernels && want.fused_norms && want.run_ahead && want.reuse_graphs);
+        assert_eq!(want.mma_gemv_max_rows, 16);
         assert!(!want.cuda_pool_keep && !want.early_launch);
         assert_eq!((want.gemv_max_rows, want.quant_gemm_rows), (1, 64));
     }
@@ -343,6 +366,16 @@ mod tests {
         assert_eq!(rows(" 128 "), 128);
         for other in ["", "-1", "64k", "1e3"] {
             assert_eq!(rows(other), 64, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn mma_gemv_takes_a_number_else_the_default() {
+        let rows = |v| parse(&[("VLM_MMA_GEMV", v)]).mma_gemv_max_rows;
+        assert_eq!(rows("0"), 0);
+        assert_eq!(rows(" 8 "), 8);
+        for other in ["", "-1", "on", "8 rows"] {
+            assert_eq!(rows(other), 16, "{other:?}");
         }
     }
 

@@ -27,6 +27,10 @@ const QUANT_MATVEC_MODULE: &str = "vlm_quant_matvec";
 const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
 #[cfg(vlm_flash)]
 const ATTENTION_MODULE: &str = "vlm_attention";
+#[cfg(vlm_flash)]
+const MMA_GEMV_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/mma_gemv.ptx"));
+#[cfg(vlm_flash)]
+const MMA_GEMV_MODULE: &str = "vlm_mma_gemv";
 
 /// `dev.get_or_load_custom_func(name, module, ptx)?`, logging the first load of each of our
 /// modules on each device (see [`note_first_load`]). A macro because candle does not export
@@ -807,29 +811,40 @@ fn decode_splits(heads: usize, kv_len: usize) -> usize {
         .max(1)
 }
 
-pub(super) fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+/// The checks both few-row products make of `x [m, k]`, `w [n, k]` and the bias (`what`
+/// names the kernel in errors); returns `(m, n, k)` and the output `[m, n]`.
+fn few_row_product(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    rows: std::ops::RangeInclusive<usize>,
+    what: &str,
+) -> Result<((usize, usize, usize), Tensor)> {
     let (m, k) = x.dims2()?;
     let (n, wk) = w.dims2()?;
-    if wk != k || !(1..=8).contains(&m) || k % 8 != 0 {
+    if wk != k || !rows.contains(&m) || k % 8 != 0 {
         bail!(
-            "gemv: x {:?}, w {:?} (want m ≤ 8, k a multiple of 8)",
+            "{what}: x {:?}, w {:?} (want {rows:?} rows, k a multiple of 8)",
             x.shape(),
             w.shape()
         );
     }
     if !w.layout().start_offset().is_multiple_of(8) || !x.layout().start_offset().is_multiple_of(8)
     {
-        bail!("gemv: operands must start on a 16-byte boundary");
+        bail!("{what}: operands must start on a 16-byte boundary");
     }
     if let Some(b) = bias {
         if b.elem_count() != n {
-            bail!("gemv: bias {:?} is not [{n}]", b.shape());
+            bail!("{what}: bias {:?} is not [{n}]", b.shape());
         }
     }
-    let dtype = w.dtype();
-    same_dtype(&[Some(x), bias], dtype)?;
-    let out = empty(w, Shape::from_dims(&[m, n]))?;
-    let name = format!("gemv_{}_m{m}", suffix(dtype)?);
+    same_dtype(&[Some(x), bias], w.dtype())?;
+    Ok(((m, n, k), empty(w, Shape::from_dims(&[m, n]))?))
+}
+
+pub(super) fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let ((m, n, k), out) = few_row_product(x, w, bias, 1..=super::GEMV_ROWS, "gemv")?;
+    let name = format!("gemv_{}_m{m}", suffix(w.dtype())?);
     with_addresses(&[Some(x), Some(w), bias, Some(&out)], |dev, p| {
         let func = custom_func!(dev, &name, MODULE, PTX);
         let (n32, k32) = (n as i32, k as i32);
@@ -842,6 +857,50 @@ pub(super) fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tens
             .arg(&k32);
         let cfg = LaunchConfig {
             grid_dim: (n.div_ceil(8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match the kernel's signature; shapes checked above.
+        unsafe { a.launch(dev, &func, cfg) }?;
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// `wide`: two 16-output tiles a warp (mma_gemv.cu's `_w2` kernels).
+#[cfg(vlm_flash)]
+pub(super) fn mma_gemv(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    wide: bool,
+) -> Result<Tensor> {
+    let ((m, n, k), out) = few_row_product(x, w, bias, 1..=super::MMA_GEMV_ROWS, "mma_gemv")?;
+    let dtype = w.dtype();
+    if !matches!(dtype, DType::BF16 | DType::F16) {
+        bail!("mma_gemv takes bf16 or f16, not {dtype:?}");
+    }
+    // One kernel per 8-row tile count of x (mma_gemv.cu).
+    let name = format!(
+        "mma_gemv_{}_t{}{}",
+        suffix(dtype)?,
+        m.div_ceil(8),
+        if wide { "_w2" } else { "" }
+    );
+    let outputs = if wide { 32 } else { 16 };
+    with_addresses(&[Some(x), Some(w), bias, Some(&out)], |dev, p| {
+        let func = custom_func!(dev, &name, MMA_GEMV_MODULE, MMA_GEMV_PTX);
+        let (m32, n32, k32) = (m as i32, n as i32, k as i32);
+        let mut a = early_launch::Args::new();
+        a.arg(&p[0])
+            .arg(&p[1])
+            .arg(&p[2])
+            .arg(&p[3])
+            .arg(&m32)
+            .arg(&n32)
+            .arg(&k32);
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(outputs) as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };

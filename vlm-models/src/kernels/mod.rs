@@ -123,26 +123,39 @@ pub fn gemv_row_limit(runtime: &RuntimeOptions) -> usize {
     runtime.gemv_max_rows.min(GEMV_ROWS)
 }
 
-/// Whether [`gemv`] takes `x Wᵀ (+ bias)` for `x [m, k]` and a float weight `w [n, k]`: the
-/// fused kernels available, at most [`gemv_row_limit`] rows, k a multiple of 8, one dtype,
-/// `w` contiguous.
+/// Whether [`gemv`] takes `x Wᵀ (+ bias)` for `x [m, k]` and a float weight `w [n, k]`:
+/// the fused kernels available, at most [`gemv_row_limit`] rows, k a multiple of 8, one
+/// dtype, `w` contiguous from a 16-byte boundary.
 pub fn gemv_applies(
     runtime: &RuntimeOptions,
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
 ) -> bool {
+    few_row_operands(runtime, x, w, bias)
+        .is_some_and(|m| (1..=gemv_row_limit(runtime)).contains(&m))
+}
+
+/// The rows of `x` where the few-row products ([`gemv`], [`mma_gemv`]) can take `x Wᵀ (+
+/// bias)`: the fused kernels available, one dtype, k matching and a multiple of 8, `w`
+/// contiguous from a 16-byte boundary.
+fn few_row_operands(
+    runtime: &RuntimeOptions,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+) -> Option<usize> {
     let (Ok((m, k)), Ok((_, wk))) = (x.dims2(), w.dims2()) else {
-        return false;
+        return None;
     };
-    enabled(runtime, w.device(), w.dtype())
+    let fits = enabled(runtime, w.device(), w.dtype())
         && x.dtype() == w.dtype()
         && bias.is_none_or(|b| b.dtype() == w.dtype())
-        && (1..=gemv_row_limit(runtime)).contains(&m)
         && k == wk
         && k % 8 == 0
         && w.is_contiguous()
-        && w.layout().start_offset().is_multiple_of(8)
+        && w.layout().start_offset().is_multiple_of(8);
+    fits.then_some(m)
 }
 
 /// `x Wᵀ (+ bias)` for `x [m ≤ GEMV_ROWS, k]` and `w [n, k]` → `[m, n]`. Launched early
@@ -156,6 +169,50 @@ pub fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     {
         let _ = (x, w, bias);
         no_cuda()
+    }
+}
+
+/// Rows [`mma_gemv`] takes at most: a batch of 32 sequences' decode step.
+pub const MMA_GEMV_ROWS: usize = 32;
+
+/// Whether [`mma_gemv`] takes `x Wᵀ (+ bias)`: a build for compute capability 8.0 and
+/// above, bf16 or f16, 2 to [`RuntimeOptions::mma_gemv_max_rows`] (at most
+/// [`MMA_GEMV_ROWS`]) rows of operands as [`gemv_applies`] wants them.
+pub fn mma_gemv_applies(
+    runtime: &RuntimeOptions,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+) -> bool {
+    cfg!(vlm_flash)
+        && matches!(w.dtype(), DType::BF16 | DType::F16)
+        && few_row_operands(runtime, x, w, bias)
+            .is_some_and(|m| (2..=runtime.mma_gemv_max_rows.min(MMA_GEMV_ROWS)).contains(&m))
+}
+
+/// `x Wᵀ (+ bias)` for `x [m ≤ MMA_GEMV_ROWS, k]` and `w [n, k]` → `[m, n]` on the tensor
+/// cores, for operands [`mma_gemv_applies`] accepts at any row count (the models call it
+/// from 2 rows: [`gemv`] keeps one). Launched early as [`gemv`] is.
+pub fn mma_gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let wide = x.dim(0)? > MMA_GEMV_NARROW_ROWS;
+    mma_gemv_tiles(x, w, bias, wide)
+}
+
+/// Most rows for which [`mma_gemv`] gives each warp one 16-output tile; above (only where
+/// [`RuntimeOptions::mma_gemv_max_rows`] is raised past its default), two, so that each of
+/// x's fragments feeds two products. At 32 rows neither beat cuBLAS on Qwen2.5-VL-7B's
+/// gate/up and down projections (H100, run 46).
+pub const MMA_GEMV_NARROW_ROWS: usize = 16;
+
+/// [`mma_gemv`] with one 16-output tile a warp, or two (`wide`), whatever the rows: to
+/// measure each.
+pub fn mma_gemv_tiles(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, wide: bool) -> Result<Tensor> {
+    #[cfg(all(feature = "cuda", vlm_flash))]
+    return cuda::mma_gemv(&x.contiguous()?, w, bias, wide);
+    #[cfg(not(all(feature = "cuda", vlm_flash)))]
+    {
+        let _ = (x, w, bias, wide);
+        no_flash()
     }
 }
 
