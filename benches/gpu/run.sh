@@ -73,6 +73,13 @@ if [ "$CHECK" = 1 ]; then
     check_pass "$dt" "$OUT/check-$dt.log"
   done
 fi
+# PRODUCTS=1: the decode-shape products timed against cuBLAS (gemv, mma_gemv, cuBLAS; µs
+# and TB/s per call at 1 to 32 rows; the test asserts they agree), printed.
+if [ "${PRODUCTS:-0}" = 1 ]; then
+  VLM_TEST_DEVICE=cuda timeout -k 5 "$CHECK_TIMEOUT" /tmp/gpu_check few_row_products --nocapture \
+    --test-threads 1 > "$OUT/products.log" 2>&1 || status=1
+  grep -E " m=|test result|panicked" "$OUT/products.log"
+fi
 # CHECK_VARIANTS="VLM_CUDA_GRAPH=0": the f32 check again under each switch (its log joins
 # check-f32.log: only 8 files come back).
 for v in ${CHECK_VARIANTS:-}; do
