@@ -456,6 +456,21 @@ fn silu_mul_matches_the_reference() {
     }
 }
 
+/// `x Wᵀ (+ bias)` in f32 on the host, for `x [m, k]` and `w [n, k]`: what the few-row
+/// products compute.
+fn product_reference(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Vec<f32> {
+    let ((m, k), (n, _)) = (x.dims2().unwrap(), w.dims2().unwrap());
+    let (xs, ws) = (f32s(x), f32s(w));
+    let bs = bias.map(f32s);
+    (0..m * n)
+        .map(|i| {
+            let (r, c) = (i / n, i % n);
+            let dot: f32 = (0..k).map(|j| xs[r * k + j] * ws[c * k + j]).sum();
+            dot + bs.as_ref().map_or(0.0, |b| b[c])
+        })
+        .collect()
+}
+
 #[test]
 #[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
 fn gemv_matches_the_reference() {
@@ -482,15 +497,7 @@ fn gemv_matches_the_reference() {
                 let x = t(values(m * k, 11), &[m, k]);
                 let b = with_bias.then(|| t(values(n, 13), &[n]));
                 let got = f32s(&kernels::gemv(&x, &w, b.as_ref()).unwrap());
-                let (xs, ws) = (f32s(&x), f32s(&w));
-                let bs = b.as_ref().map(f32s);
-                let want: Vec<f32> = (0..m * n)
-                    .map(|i| {
-                        let (r, c) = (i / n, i % n);
-                        let dot: f32 = (0..k).map(|j| xs[r * k + j] * ws[c * k + j]).sum();
-                        dot + bs.as_ref().map_or(0.0, |b| b[c])
-                    })
-                    .collect();
+                let want = product_reference(&x, &w, b.as_ref());
                 let e = max_rel_err(&got, &want);
                 println!("gemv {dtype:?} m={m} k={k} n={n} bias={with_bias}: {e:.2e}");
                 assert!(e < tol, "gemv {dtype:?} m={m} k={k} n={n}: {e}");
@@ -1532,15 +1539,7 @@ fn mma_gemv_matches_the_reference() {
                 // The other tile width than mma_gemv picks for these rows.
                 let wide = m <= kernels::MMA_GEMV_NARROW_ROWS;
                 let other = f32s(&kernels::mma_gemv_tiles(&x, &w, b.as_ref(), wide).unwrap());
-                let (xs, ws) = (f32s(&x), f32s(&w));
-                let bs = b.as_ref().map(f32s);
-                let want: Vec<f32> = (0..m * n)
-                    .map(|i| {
-                        let (r, c) = (i / n, i % n);
-                        let dot: f32 = (0..k).map(|j| xs[r * k + j] * ws[c * k + j]).sum();
-                        dot + bs.as_ref().map_or(0.0, |b| b[c])
-                    })
-                    .collect();
+                let want = product_reference(&x, &w, b.as_ref());
                 let e = max_rel_err(&got, &want);
                 let e_other = max_rel_err(&other, &want);
                 println!(

@@ -842,28 +842,45 @@ fn few_row_product(
     Ok(((m, n, k), empty(w, Shape::from_dims(&[m, n]))?))
 }
 
-pub(super) fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let ((m, n, k), out) = few_row_product(x, w, bias, 1..=super::GEMV_ROWS, "gemv")?;
-    let name = format!("gemv_{}_m{m}", suffix(w.dtype())?);
-    with_addresses(&[Some(x), Some(w), bias, Some(&out)], |dev, p| {
-        let func = custom_func!(dev, &name, MODULE, PTX);
-        let (n32, k32) = (n as i32, k as i32);
+/// Launches the few-row product `name` of `module` (gemv in decode.cu, mma_gemv.cu's):
+/// x, w, the bias and out as [`few_row_product`] checked them, then `sizes`, over `blocks`
+/// blocks of 256 threads.
+fn launch_few_row_product(
+    operands: [Option<&Tensor>; 4],
+    (name, module, ptx): (&str, &'static str, &'static str),
+    sizes: &[i32],
+    blocks: usize,
+) -> Result<()> {
+    with_addresses(&operands, |dev, p| {
+        let func = custom_func!(dev, name, module, ptx);
         let mut a = early_launch::Args::new();
-        a.arg(&p[0])
-            .arg(&p[1])
-            .arg(&p[2])
-            .arg(&p[3])
-            .arg(&n32)
-            .arg(&k32);
+        for address in p {
+            a.arg(address);
+        }
+        for size in sizes {
+            a.arg(size);
+        }
         let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(8) as u32, 1, 1),
+            grid_dim: (blocks as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: arguments match the kernel's signature; shapes checked above.
+        // SAFETY: arguments match the kernels' signatures (x, w, bias, y, then the sizes
+        // each caller passes); shapes checked by few_row_product.
         unsafe { a.launch(dev, &func, cfg) }?;
         Ok(())
-    })?;
+    })
+}
+
+pub(super) fn gemv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let ((m, n, k), out) = few_row_product(x, w, bias, 1..=super::GEMV_ROWS, "gemv")?;
+    let name = format!("gemv_{}_m{m}", suffix(w.dtype())?);
+    launch_few_row_product(
+        [Some(x), Some(w), bias, Some(&out)],
+        (&name, MODULE, PTX),
+        &[n as i32, k as i32],
+        n.div_ceil(8),
+    )?;
     Ok(out)
 }
 
@@ -888,26 +905,12 @@ pub(super) fn mma_gemv(
         if wide { "_w2" } else { "" }
     );
     let outputs = if wide { 32 } else { 16 };
-    with_addresses(&[Some(x), Some(w), bias, Some(&out)], |dev, p| {
-        let func = custom_func!(dev, &name, MMA_GEMV_MODULE, MMA_GEMV_PTX);
-        let (m32, n32, k32) = (m as i32, n as i32, k as i32);
-        let mut a = early_launch::Args::new();
-        a.arg(&p[0])
-            .arg(&p[1])
-            .arg(&p[2])
-            .arg(&p[3])
-            .arg(&m32)
-            .arg(&n32)
-            .arg(&k32);
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(outputs) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: arguments match the kernel's signature; shapes checked above.
-        unsafe { a.launch(dev, &func, cfg) }?;
-        Ok(())
-    })?;
+    launch_few_row_product(
+        [Some(x), Some(w), bias, Some(&out)],
+        (&name, MMA_GEMV_MODULE, MMA_GEMV_PTX),
+        &[m as i32, n as i32, k as i32],
+        n.div_ceil(outputs),
+    )?;
     Ok(out)
 }
 
