@@ -1,7 +1,8 @@
 //! The fused CUDA decode kernels against a plain-Rust f32 reference of what the unfused
 //! path computes: bias, per-head RMSNorm, rotate-half RoPE, the cache write, GQA attention
 //! with left padding, silu·up, and the few-row projection (gemv). Real head sizes (the parity fixtures cover 16 through the
-//! whole model), batches with padding, Qwen2 (bias) and Qwen3 (norms) layouts.
+//! whole model), batches with padding, Qwen2 (bias) and Qwen3 (norms) layouts; decode
+//! attention with one query head a block and with several of a kv group.
 //!
 //! CUDA only: part of the GPU check (`benches/gpu/run.sh`); ignored in CPU builds.
 
@@ -127,10 +128,7 @@ fn run(case: &Case, dtype: DType, tol: f32, device_len: bool) {
     let kn_t = kn.as_ref().map(|v| t(v, &[d]));
     let kc_t = t(&kc, &[b, nkv, cap, d]);
     let vc_t = t(&vc, &[b, nkv, cap, d]);
-    // The same caches for the attention that writes the new key and value itself.
-    let (kc_fused, vc_fused) = (t(&kc, &[b, nkv, cap, d]), t(&vc, &[b, nkv, cap, d]));
-    // And for the one whose last block per head merges the key slices.
-    let (kc_counted, vc_counted) = (t(&kc, &[b, nkv, cap, d]), t(&vc, &[b, nkv, cap, d]));
+    let (kc_before, vc_before) = (kc.clone(), vc.clone());
     let counters = Tensor::zeros(b * nq, DType::U32, &dev).unwrap();
     let pad_t = Tensor::new(case.pad.clone(), &dev).unwrap();
     fn norm(w: &Option<Tensor>) -> Option<HeadNorm<'_>> {
@@ -167,9 +165,15 @@ fn run(case: &Case, dtype: DType, tol: f32, device_len: bool) {
         Some(&pad_t),
     )
     .unwrap();
-    // decode_attention_q8 over these inputs and the caches given; `write`: it prepares and
-    // writes the new key and value itself (NewKv::Write), else reads them from the caches.
-    let attend = |kc: &Tensor, vc: &Tensor, q8: bool, write: bool, counters: Option<&Tensor>| {
+    // decode_attention_q8 over these inputs and the caches given, launched as `runtime`
+    // says; `write`: it prepares and writes the new key and value itself (NewKv::Write),
+    // else reads them from the caches.
+    let attend = |kc: &Tensor,
+                  vc: &Tensor,
+                  q8: bool,
+                  write: bool,
+                  counters: Option<&Tensor>,
+                  runtime: &RuntimeOptions| {
         let new_kv = if write {
             kernels::NewKv::Write {
                 k_norm: norm(&kn_t),
@@ -191,14 +195,17 @@ fn run(case: &Case, dtype: DType, tol: f32, device_len: bool) {
             q8,
             new_kv,
             counters,
+            runtime,
         )
         .unwrap()
     };
-    // The attention that prepares and writes the new key and value itself: the same bits,
-    // in its output and in the caches.
-    let fused = attend(&kc_fused, &vc_fused, false, true, None).0;
-    let counted = attend(&kc_counted, &vc_counted, false, true, Some(&counters)).0;
-
+    // Fresh copies of the caches as they were before the step.
+    let fresh = || {
+        (
+            t(&kc_before, &[b, nkv, cap, d]),
+            t(&vc_before, &[b, nkv, cap, d]),
+        )
+    };
     // The reference, from the same rounded inputs.
     let (qkv, cos, sin) = (round(&qkv), round(&cos), round(&sin));
     let bias = bias.map(|v| round(&v));
@@ -260,76 +267,132 @@ fn run(case: &Case, dtype: DType, tol: f32, device_len: bool) {
         ek < tol && ev < tol && eo < tol,
         "{what}: k {ek}, v {ev}, out {eo} (tolerance {tol})"
     );
-    assert_eq!(
-        f32s(&fused),
-        got_out,
-        "{what}: the attention writing the key"
-    );
-    assert_eq!(f32s(&kc_fused), got_k, "{what}: the key it wrote");
-    assert_eq!(f32s(&vc_fused), got_v, "{what}: the value it wrote");
-    assert_eq!(
-        f32s(&counted),
-        got_out,
-        "{what}: slices merged by their last block"
-    );
-    assert_eq!(
-        f32s(&kc_counted),
-        got_k,
-        "{what}: the key, slices merged so"
-    );
-    assert_eq!(
-        f32s(&vc_counted),
-        got_v,
-        "{what}: the value, slices merged so"
-    );
-    let left: Vec<u32> = counters.to_vec1().unwrap();
-    assert!(
-        left.iter().all(|&c| c == 0),
-        "{what}: counters left at {left:?}"
-    );
 
-    // The output also written as the output projection's Q8_1 input (by the attention with
-    // one slice, by the combine with several; zero blocks past q·dim where candle pads the
-    // row): the projection reading them gives the bits it gives quantizing the output
-    // itself.
-    if d >= 32 {
-        use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-        use vlm_models::layers::Linear;
-        let k = nq * d;
-        let (again, q8) = attend(&kc_t, &vc_t, true, false, None);
-        assert_eq!(
-            f32s(&again),
-            got_out,
-            "{what}: the output next to its blocks"
-        );
-        let q8 = q8.expect("blocks for at most 8 rows");
-        let (merged, merged_q8) = attend(&kc_t, &vc_t, true, false, Some(&counters));
-        assert_eq!(f32s(&merged), got_out, "{what}: merged by the last block");
-        let merged_q8 = merged_q8.expect("blocks for at most 8 rows");
-        let block = if k % 256 == 0 {
-            GgmlDType::Q4K
-        } else {
-            GgmlDType::Q8_0
-        };
-        let w = Tensor::from_vec(values(96 * k, 8), (96, k), &Device::Cpu).unwrap();
-        let w = QTensor::quantize_onto(&w, block, &dev).unwrap();
-        let proj = Linear::quantized(
-            QMatMul::from_qtensor(w).unwrap(),
-            dtype,
-            None,
-            RuntimeOptions::default(),
-        )
-        .unwrap();
-        if proj.takes_q8() {
-            let x = again.reshape((b, 1, k)).unwrap();
-            let from_blocks = f32s(&proj.forward_q8(&x, Some(&q8)).unwrap());
-            let own = f32s(&proj.forward_q8(&x, None).unwrap());
-            assert_eq!(from_blocks, own, "{what}: {block:?} o_proj from the blocks");
-            let from_merged = f32s(&proj.forward_q8(&x, Some(&merged_q8)).unwrap());
+    // Every launch layout: one query head a block or several of a group
+    // (RuntimeOptions::decode_group_heads), key slices for the default number of blocks,
+    // for one block a column (one slice) and for as many as the keys allow.
+    let default_blocks = RuntimeOptions::default().decode_slice_blocks;
+    let mut layouts = Vec::new();
+    for blocks in [default_blocks, 1, 1 << 20] {
+        for group in [1, 2, 4, 8] {
+            let runtime = RuntimeOptions::default()
+                .with_decode_group_heads(group)
+                .with_decode_slice_blocks(blocks);
+            let per_block = kernels::decode_heads_per_block(&runtime, &case.heads, dtype);
+            if group == 1 || per_block > 1 {
+                layouts.push((runtime, per_block));
+            }
+        }
+    }
+    let mut one_head_bits = std::collections::HashMap::new();
+    for (runtime, per_block) in layouts {
+        let blocks = runtime.decode_slice_blocks;
+        let what = format!("{what}, {per_block} heads a block, {blocks} blocks aimed for");
+        let cached = f32s(&attend(&kc_t, &vc_t, false, false, None, &runtime).0);
+        let e = max_rel_err(&cached, &want_out);
+        println!("{what}: attention {e:.2e}");
+        assert!(e < tol, "{what}: out {e} (tolerance {tol})");
+        if per_block == 1 {
+            if blocks == default_blocks {
+                assert_eq!(cached, got_out, "{what}: decode_attention's bits");
+            }
+            one_head_bits.insert(blocks, cached.clone());
+        } else if blocks != default_blocks {
+            // One slice, or as many as the keys allow, whatever the blocks: the same slices
+            // as one head a block, so the same bits.
             assert_eq!(
-                from_merged, own,
-                "{what}: {block:?} o_proj, slices merged by the last block"
+                Some(&cached),
+                one_head_bits.get(&blocks),
+                "{what}: the bits of one head a block with the same slices"
             );
+        }
+
+        // The attention that prepares and writes the new key and value itself: the same
+        // bits, in its output and in the caches.
+        let (kc_fused, vc_fused) = fresh();
+        let fused = attend(&kc_fused, &vc_fused, false, true, None, &runtime).0;
+        assert_eq!(
+            f32s(&fused),
+            cached,
+            "{what}: the attention writing the key"
+        );
+        assert_eq!(f32s(&kc_fused), got_k, "{what}: the key it wrote");
+        assert_eq!(f32s(&vc_fused), got_v, "{what}: the value it wrote");
+        // And the one whose last block per column merges the key slices.
+        let (kc_counted, vc_counted) = fresh();
+        let counted = attend(
+            &kc_counted,
+            &vc_counted,
+            false,
+            true,
+            Some(&counters),
+            &runtime,
+        )
+        .0;
+        assert_eq!(
+            f32s(&counted),
+            cached,
+            "{what}: slices merged by their last block"
+        );
+        assert_eq!(
+            f32s(&kc_counted),
+            got_k,
+            "{what}: the key, slices merged so"
+        );
+        assert_eq!(
+            f32s(&vc_counted),
+            got_v,
+            "{what}: the value, slices merged so"
+        );
+        let left: Vec<u32> = counters.to_vec1().unwrap();
+        assert!(
+            left.iter().all(|&c| c == 0),
+            "{what}: counters left at {left:?}"
+        );
+
+        // The output also written as the output projection's Q8_1 input (by the attention
+        // with one slice, by the combine with several; zero blocks past q·dim where candle
+        // pads the row): the projection reading them gives the bits it gives quantizing the
+        // output itself.
+        if d >= 32 {
+            use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+            use vlm_models::layers::Linear;
+            let k = nq * d;
+            let (again, q8) = attend(&kc_t, &vc_t, true, false, None, &runtime);
+            assert_eq!(
+                f32s(&again),
+                cached,
+                "{what}: the output next to its blocks"
+            );
+            let q8 = q8.expect("blocks for at most 8 rows");
+            let (merged, merged_q8) = attend(&kc_t, &vc_t, true, false, Some(&counters), &runtime);
+            assert_eq!(f32s(&merged), cached, "{what}: merged by the last block");
+            let merged_q8 = merged_q8.expect("blocks for at most 8 rows");
+            let block = if k % 256 == 0 {
+                GgmlDType::Q4K
+            } else {
+                GgmlDType::Q8_0
+            };
+            let w = Tensor::from_vec(values(96 * k, 8), (96, k), &Device::Cpu).unwrap();
+            let w = QTensor::quantize_onto(&w, block, &dev).unwrap();
+            let proj = Linear::quantized(
+                QMatMul::from_qtensor(w).unwrap(),
+                dtype,
+                None,
+                RuntimeOptions::default(),
+            )
+            .unwrap();
+            if proj.takes_q8() {
+                let x = again.reshape((b, 1, k)).unwrap();
+                let from_blocks = f32s(&proj.forward_q8(&x, Some(&q8)).unwrap());
+                let own = f32s(&proj.forward_q8(&x, None).unwrap());
+                assert_eq!(from_blocks, own, "{what}: {block:?} o_proj from the blocks");
+                let from_merged = f32s(&proj.forward_q8(&x, Some(&merged_q8)).unwrap());
+                assert_eq!(
+                    from_merged, own,
+                    "{what}: {block:?} o_proj, slices merged by the last block"
+                );
+            }
         }
     }
 }
@@ -402,6 +465,26 @@ fn cases() -> Vec<Case> {
             cap: 8,
             len: 0,
             pad: vec![0],
+            bias: false,
+            norms: true,
+        },
+        // Groups of 6 (Qwen2-VL-2B) at a batch of 8, where several heads a block matter;
+        // a group of 2 at head size 64 with the norms.
+        Case {
+            batch: 8,
+            heads: h(12, 2, 128),
+            cap: 1040,
+            len: 1000,
+            pad: vec![0, 0, 5, 130, 0, 999, 64, 1],
+            bias: true,
+            norms: false,
+        },
+        Case {
+            batch: 2,
+            heads: h(16, 8, 64),
+            cap: 300,
+            len: 260,
+            pad: vec![3, 0],
             bias: false,
             norms: true,
         },

@@ -103,6 +103,7 @@ impl Attention {
                 k_norm: self.k_norm.as_ref().map(RmsNorm::head_norm),
             },
             counters.as_ref(),
+            self.qkv.runtime(),
         )?;
         self.o_proj
             .forward_q8(&out.reshape((b, 1, heads.q * heads.dim))?, out_q8.as_ref())

@@ -15,6 +15,8 @@ use super::{CacheLen, HeadNorm, Heads, NewKv};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
 const MODULE: &str = "vlm_decode";
+const GROUPS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode_groups.ptx"));
+const GROUPS_MODULE: &str = "vlm_decode_groups";
 const VISION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/vision.ptx"));
 const VISION_MODULE: &str = "vlm_vision";
 const OPS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/ops.ptx"));
@@ -649,6 +651,7 @@ pub(super) fn decode_attention(
     q8: Option<&super::quant_matvec::Q8Activations>,
     new_kv: NewKv<'_>,
     slice_counters: Option<&Tensor>,
+    runtime: &vlm_contract::RuntimeOptions,
 ) -> Result<Tensor> {
     let step = check_step(qkv, bias, cos, sin, q_norm, heads, k_cache, v_cache)?;
     let (write_new, k_norm) = match new_kv {
@@ -697,7 +700,19 @@ pub(super) fn decode_attention(
     // A captured step's slices follow the capacity, not the length: replays keep the
     // launch shape.
     let captured = len.on_device.is_some();
-    let splits = decode_splits(b * heads.q, if captured { step.cap } else { len.value });
+    // Query heads a block (decode_groups.cu above one): a block column per kv head's
+    // group, or per group share.
+    let per_block = super::decode_heads_per_block(runtime, heads, step.dtype);
+    let columns = if per_block > 1 {
+        heads.kv * (heads.q / heads.kv).div_ceil(per_block)
+    } else {
+        heads.q
+    };
+    let splits = decode_splits(
+        b * columns,
+        if captured { step.cap } else { len.value },
+        runtime.decode_slice_blocks,
+    );
     // Each slice's unnormalised sum, max and total, merged by decode_combine.
     let partial = if splits > 1 {
         let n = b * heads.q * splits * (heads.dim + 2);
@@ -708,7 +723,16 @@ pub(super) fn decode_attention(
     };
     let suffix = suffix(step.dtype)?;
     let dev_len = if captured { "_dev" } else { "" };
-    let name = format!("decode_attention_{suffix}_d{}{dev_len}", heads.dim);
+    let (name, module, ptx) = if per_block > 1 {
+        let name = format!(
+            "decode_groups_{suffix}_d{}_h{per_block}{dev_len}",
+            heads.dim
+        );
+        (name, GROUPS_MODULE, GROUPS_PTX)
+    } else {
+        let name = format!("decode_attention_{suffix}_d{}{dev_len}", heads.dim);
+        (name, MODULE, PTX)
+    };
     let mut all = step.inputs.to_vec();
     all.extend([pad, Some(&out), partial.as_ref(), len.on_device]);
     all.push(k_norm.map(|n| n.weight));
@@ -721,7 +745,7 @@ pub(super) fn decode_attention(
     with_addresses(&all, |dev, p| {
         let stream = dev.cuda_stream();
         let launch = |q8_ptr: u64| -> Result<()> {
-            let func = custom_func!(dev, &name, MODULE, PTX);
+            let func = custom_func!(dev, &name, module, ptx);
             let (nq, nkv) = (heads.q as i32, heads.kv as i32);
             let (cap, kv_len) = (step.cap as i32, len.value as i32);
             // Host length: the new position, or −1 when write_kv put it in the caches.
@@ -744,7 +768,7 @@ pub(super) fn decode_attention(
             a.arg(&p[11]).arg(&k_eps);
             a.arg(&attention_q8).arg(&k_padded).arg(&p[12]);
             let cfg = LaunchConfig {
-                grid_dim: (heads.q as u32, b as u32, splits as u32),
+                grid_dim: (columns as u32, b as u32, splits as u32),
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
@@ -798,17 +822,18 @@ fn check_len(len: &CacheLen<'_>, cap: usize, k_cache: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// Key slices per head for [`decode_attention`]: enough blocks to cover the card about
-/// twice (an H100/H200 has 132 multiprocessors), each slice at least `MIN_KEYS` keys (of
-/// `kv_len`: the length, or for a captured step the capacity). At most `TARGET_BLOCKS`,
-/// within decode.cu's `COMBINE_SPLITS`.
-fn decode_splits(heads: usize, kv_len: usize) -> usize {
-    const TARGET_BLOCKS: usize = 264;
+/// Key slices per block column for [`decode_attention`] (`columns`: sequences × query-head
+/// blocks): enough blocks for `target` ([`vlm_contract::RuntimeOptions::decode_slice_blocks`],
+/// by default 264, twice the 132 multiprocessors of an H100/H200), each slice at least
+/// `MIN_KEYS` keys (of `kv_len`: the length, or for a captured step the capacity), at most
+/// decode.cuh's `COMBINE_SPLITS`.
+fn decode_splits(columns: usize, kv_len: usize, target: usize) -> usize {
     const MIN_KEYS: usize = 128;
-    TARGET_BLOCKS
-        .div_ceil(heads.max(1))
+    const COMBINE_SPLITS: usize = 512;
+    target
+        .div_ceil(columns.max(1))
         .min(kv_len / MIN_KEYS)
-        .max(1)
+        .clamp(1, COMBINE_SPLITS)
 }
 
 /// The checks both few-row products make of `x [m, k]`, `w [n, k]` and the bias (`what`
