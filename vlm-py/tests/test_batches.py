@@ -1,6 +1,7 @@
 """Batch jobs that survive bad photos, the image cache, pixel budgets per call and Ctrl-C."""
 
 import _thread
+import signal
 import threading
 import time
 
@@ -130,7 +131,17 @@ def test_pixel_budget_per_call_and_at_load():
         vlm.load(FIXTURES / "qwen2_5_vl" / "model", device="cpu", max_pixels=10)
 
 
-def test_ctrl_c_stops_a_long_call_and_the_model_stays_usable(qwen25, photo):
+@pytest.fixture
+def ctrl_c():
+    """Python's own Ctrl-C handler for the test: a shell starts background jobs with SIGINT
+    ignored, and Python then installs none, so `interrupt_main` would do nothing (a CI run
+    started in the background failed these tests so)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_stops_a_long_call_and_the_model_stays_usable(qwen25, photo, ctrl_c):
     timer = threading.Timer(0.5, _thread.interrupt_main)
     start = time.monotonic()
     timer.start()
@@ -143,7 +154,7 @@ def test_ctrl_c_stops_a_long_call_and_the_model_stays_usable(qwen25, photo):
     assert qwen25.describe(photo, **GREEDY4) == qwen25.describe(photo, **GREEDY4)
 
 
-def test_ctrl_c_stops_a_batch_job(qwen25, photo):
+def test_ctrl_c_stops_a_batch_job(qwen25, photo, ctrl_c):
     timer = threading.Timer(0.5, _thread.interrupt_main)
     start = time.monotonic()
     timer.start()
