@@ -1,8 +1,7 @@
 //! With the `cuda` feature, compiles the fused kernels (src/kernels/decode.cu for the
-//! decoder step, decode_groups.cu for its attention by kv-head group, src/kernels/vision.cu
-//! for the vision towers, ops.cu for every family's layers, dequant.cu for quantized weights
-//! to bf16) to PTX with nvcc, the files in parallel; the driver JIT-compiles that PTX for the
-//! card it runs on.
+//! decoder step, src/kernels/vision.cu for the vision towers, ops.cu for every family's
+//! layers, dequant.cu for quantized weights to bf16) to PTX with nvcc; the driver
+//! JIT-compiles that PTX for the card it runs on.
 //!
 //! nvcc is `$NVCC`, else `$CUDA_ROOT/bin/nvcc` / `$CUDA_HOME/bin/nvcc`, else `nvcc` on PATH.
 //! The virtual architecture is `compute_$CUDA_COMPUTE_CAP` (as candle-kernels reads it),
@@ -12,14 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The kernel sources, each compiled to `$OUT_DIR/<name>.ptx`.
-const KERNEL_FILES: [&str; 6] = [
-    "decode",
-    "decode_groups",
-    "vision",
-    "ops",
-    "dequant",
-    "quant_matvec",
-];
+const KERNEL_FILES: [&str; 5] = ["decode", "vision", "ops", "dequant", "quant_matvec"];
 /// Kernels on the tensor cores' mma.sync (compute capability 8.0 and above), built with
 /// the `vlm_flash` cfg set when the target architecture has them.
 const MMA_FILES: [&str; 2] = ["attention", "mma_gemv"];
@@ -31,7 +23,6 @@ fn main() {
         println!("cargo:rerun-if-changed=src/kernels/{file}.cu");
     }
     println!("cargo:rerun-if-changed=src/kernels/common.cuh");
-    println!("cargo:rerun-if-changed=src/kernels/decode.cuh");
     println!("cargo:rerun-if-changed=src/kernels/mma.cuh");
     for var in [
         "NVCC",
@@ -73,41 +64,23 @@ fn main() {
     if mma {
         println!("cargo:rustc-cfg=vlm_flash");
     }
-    let files: Vec<&str> = KERNEL_FILES
-        .iter()
-        .chain(MMA_FILES.iter().filter(|_| mma))
-        .copied()
-        .collect();
-    // One nvcc per file at once: decode_groups.cu alone takes ~20 s.
-    std::thread::scope(|scope| {
-        let runs: Vec<_> = files
-            .iter()
-            .map(|file| scope.spawn(|| compile(&nvcc, &cap, &out_dir, file)))
-            .collect();
-        for run in runs {
-            if let Err(panic) = run.join() {
-                std::panic::resume_unwind(panic);
-            }
-        }
-    });
-}
-
-/// `src/kernels/{file}.cu` → `{out_dir}/{file}.ptx` for `compute_{cap}`.
-fn compile(nvcc: &std::path::Path, cap: &str, out_dir: &std::path::Path, file: &str) {
-    let source = format!("src/kernels/{file}.cu");
-    let status = Command::new(nvcc)
-        .args(["--ptx", "-O3", "-std=c++17"])
-        .arg(format!("--gpu-architecture=compute_{cap}"))
-        .arg(&source)
-        .arg("-o")
-        .arg(out_dir.join(format!("{file}.ptx")))
-        .status()
-        .unwrap_or_else(|e| {
-            panic!(
-                "the cuda feature compiles CUDA kernels with nvcc, and {} could not be run ({e}): \
-                 install the CUDA toolkit, or set NVCC or CUDA_ROOT",
-                nvcc.display()
-            )
-        });
-    assert!(status.success(), "nvcc failed on {source} ({status})");
+    let files = KERNEL_FILES.iter().chain(MMA_FILES.iter().filter(|_| mma));
+    for file in files {
+        let source = format!("src/kernels/{file}.cu");
+        let status = Command::new(&nvcc)
+            .args(["--ptx", "-O3", "-std=c++17"])
+            .arg(format!("--gpu-architecture=compute_{cap}"))
+            .arg(&source)
+            .arg("-o")
+            .arg(out_dir.join(format!("{file}.ptx")))
+            .status()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the cuda feature compiles CUDA kernels with nvcc, and {} could not be run ({e}): \
+                     install the CUDA toolkit, or set NVCC or CUDA_ROOT",
+                    nvcc.display()
+                )
+            });
+        assert!(status.success(), "nvcc failed on {source} ({status})");
+    }
 }

@@ -113,23 +113,14 @@ pub struct RuntimeOptions {
     /// requests they hold those requests' KV caches and graph memory. Same tokens. Default on; environment:
     /// `VLM_REUSE_GRAPHS=0` turns it off.
     pub reuse_graphs: bool,
-    /// Query heads of one kv head's group that a decode-attention block takes
-    /// (`kernels/decode_groups.cu`): each cached key and value row is then read once for
-    /// all of them instead of once per head (7 times for Qwen2.5-VL-7B), which matters where
-    /// a batch's caches outgrow L2 (run 46, H100: decode attention 32.6 µs a layer at 8
-    /// sequences against 11.7 at one). Rounded up to 2, 4 or 8 and taken in bf16/f16 at
-    /// head sizes 64 and 128 where the group has more than one head; 0 or 1, other dtypes
-    /// and head sizes: one head a block. The key slices then follow the fewer blocks, which
-    /// changes the rounding of the attention's sums, not what it computes. Default 1 (not
-    /// yet measured on a GPU); environment: `VLM_DECODE_GROUP=N` (a non-negative integer;
-    /// anything else gives the default).
-    pub decode_group_heads: usize,
-    /// Blocks a decode-attention launch aims for (sequences × query-head blocks × key
-    /// slices): each head's keys are cut into enough slices to reach it, each slice of at
-    /// least 128 keys, at most 512. Default 264, two blocks per multiprocessor of an
-    /// H100/H200; run 46's profile suggested ~1,056 for a batch of 8 (not yet measured).
-    /// Environment: `VLM_DECODE_SLICE_BLOCKS=N` (a positive integer; anything else gives
-    /// the default).
+    /// Blocks a decode-attention launch aims for (sequences × query heads × key slices):
+    /// each head's keys are cut into enough slices to reach it, each slice of at least 128
+    /// keys, at most 512; a card with fewer multiprocessors than an H100/H200's 132 may
+    /// want fewer. Default 224: on an H100 (run 47) it gave a batch of 8 one slice a head
+    /// (Qwen2.5-VL-7B bf16) or two (Qwen3-VL-2B int4) instead of 264's two or three, batch-8
+    /// decode −3% and −5%, and one sequence the same slices; 1,056 was slower (+4% at 8,
+    /// +6% at 32). Environment: `VLM_DECODE_SLICE_BLOCKS=N` (a positive integer; anything
+    /// else gives the default).
     pub decode_slice_blocks: usize,
 }
 
@@ -143,10 +134,8 @@ const DEFAULT_MMA_GEMV_MAX_ROWS: usize = 16;
 const DEFAULT_QUANT_GEMM_ROWS: usize = 64;
 /// The default of [`RuntimeOptions::dequant_slice_values`].
 const DEFAULT_DEQUANT_SLICE_VALUES: usize = 8 << 20;
-/// The default of [`RuntimeOptions::decode_group_heads`].
-const DEFAULT_DECODE_GROUP_HEADS: usize = 1;
 /// The default of [`RuntimeOptions::decode_slice_blocks`].
-const DEFAULT_DECODE_SLICE_BLOCKS: usize = 264;
+const DEFAULT_DECODE_SLICE_BLOCKS: usize = 224;
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
@@ -164,7 +153,6 @@ impl Default for RuntimeOptions {
             early_launch: false,
             run_ahead: true,
             reuse_graphs: true,
-            decode_group_heads: DEFAULT_DECODE_GROUP_HEADS,
             decode_slice_blocks: DEFAULT_DECODE_SLICE_BLOCKS,
         }
     }
@@ -172,7 +160,7 @@ impl Default for RuntimeOptions {
 
 impl RuntimeOptions {
     /// The environment variables [`Self::from_env`] reads, in field order.
-    pub const ENV_VARS: [&'static str; 15] = [
+    pub const ENV_VARS: [&'static str; 14] = [
         "VLM_FUSED_KERNELS",
         "VLM_GEMV",
         "VLM_MMA_GEMV",
@@ -186,7 +174,6 @@ impl RuntimeOptions {
         "VLM_EARLY_LAUNCH",
         "VLM_RUN_AHEAD",
         "VLM_REUSE_GRAPHS",
-        "VLM_DECODE_GROUP",
         "VLM_DECODE_SLICE_BLOCKS",
     ];
 
@@ -228,9 +215,6 @@ impl RuntimeOptions {
             early_launch: is("VLM_EARLY_LAUNCH", "1"),
             run_ahead: !is("VLM_RUN_AHEAD", "0"),
             reuse_graphs: !is("VLM_REUSE_GRAPHS", "0"),
-            decode_group_heads: var("VLM_DECODE_GROUP")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(defaults.decode_group_heads),
             decode_slice_blocks: var("VLM_DECODE_SLICE_BLOCKS")
                 .and_then(|v| v.parse().ok())
                 .filter(|&n: &usize| n > 0)
@@ -316,12 +300,6 @@ impl RuntimeOptions {
         self
     }
 
-    /// Sets [`Self::decode_group_heads`].
-    pub fn with_decode_group_heads(mut self, heads: usize) -> Self {
-        self.decode_group_heads = heads;
-        self
-    }
-
     /// Sets [`Self::decode_slice_blocks`] (0 acts as 1).
     pub fn with_decode_slice_blocks(mut self, blocks: usize) -> Self {
         self.decode_slice_blocks = blocks.max(1);
@@ -351,10 +329,7 @@ mod tests {
         assert_eq!(want.mma_gemv_max_rows, 16);
         assert!(!want.cuda_pool_keep && !want.early_launch);
         assert_eq!((want.gemv_max_rows, want.quant_gemm_rows), (1, 64));
-        assert_eq!(
-            (want.decode_group_heads, want.decode_slice_blocks),
-            (1, 264)
-        );
+        assert_eq!(want.decode_slice_blocks, 224);
     }
 
     #[test]
@@ -439,23 +414,12 @@ mod tests {
     }
 
     #[test]
-    fn decode_group_takes_a_number_else_one_head() {
-        let heads = |v| parse(&[("VLM_DECODE_GROUP", v)]).decode_group_heads;
-        assert_eq!(heads("0"), 0);
-        assert_eq!(heads(" 4 "), 4);
-        assert_eq!(heads("8"), 8);
-        for other in ["", "-1", "all", "4 heads"] {
-            assert_eq!(heads(other), 1, "{other:?}");
-        }
-    }
-
-    #[test]
     fn decode_slice_blocks_take_a_positive_number_else_the_default() {
         let blocks = |v| parse(&[("VLM_DECODE_SLICE_BLOCKS", v)]).decode_slice_blocks;
         assert_eq!(blocks(" 1056 "), 1056);
         assert_eq!(blocks("1"), 1);
         for other in ["", "0", "-1", "1k"] {
-            assert_eq!(blocks(other), 264, "{other:?}");
+            assert_eq!(blocks(other), 224, "{other:?}");
         }
         let set = RuntimeOptions::default().with_decode_slice_blocks(0);
         assert_eq!(set.decode_slice_blocks, 1);

@@ -15,8 +15,6 @@ use super::{CacheLen, HeadNorm, Heads, NewKv};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
 const MODULE: &str = "vlm_decode";
-const GROUPS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode_groups.ptx"));
-const GROUPS_MODULE: &str = "vlm_decode_groups";
 const VISION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/vision.ptx"));
 const VISION_MODULE: &str = "vlm_vision";
 const OPS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/ops.ptx"));
@@ -700,16 +698,8 @@ pub(super) fn decode_attention(
     // A captured step's slices follow the capacity, not the length: replays keep the
     // launch shape.
     let captured = len.on_device.is_some();
-    // Query heads a block (decode_groups.cu above one): a block column per kv head's
-    // group, or per group share.
-    let per_block = super::decode_heads_per_block(runtime, heads, step.dtype);
-    let columns = if per_block > 1 {
-        heads.kv * (heads.q / heads.kv).div_ceil(per_block)
-    } else {
-        heads.q
-    };
     let splits = decode_splits(
-        b * columns,
+        b * heads.q,
         if captured { step.cap } else { len.value },
         runtime.decode_slice_blocks,
     );
@@ -723,16 +713,7 @@ pub(super) fn decode_attention(
     };
     let suffix = suffix(step.dtype)?;
     let dev_len = if captured { "_dev" } else { "" };
-    let (name, module, ptx) = if per_block > 1 {
-        let name = format!(
-            "decode_groups_{suffix}_d{}_h{per_block}{dev_len}",
-            heads.dim
-        );
-        (name, GROUPS_MODULE, GROUPS_PTX)
-    } else {
-        let name = format!("decode_attention_{suffix}_d{}{dev_len}", heads.dim);
-        (name, MODULE, PTX)
-    };
+    let name = format!("decode_attention_{suffix}_d{}{dev_len}", heads.dim);
     let mut all = step.inputs.to_vec();
     all.extend([pad, Some(&out), partial.as_ref(), len.on_device]);
     all.push(k_norm.map(|n| n.weight));
@@ -745,7 +726,7 @@ pub(super) fn decode_attention(
     with_addresses(&all, |dev, p| {
         let stream = dev.cuda_stream();
         let launch = |q8_ptr: u64| -> Result<()> {
-            let func = custom_func!(dev, &name, module, ptx);
+            let func = custom_func!(dev, &name, MODULE, PTX);
             let (nq, nkv) = (heads.q as i32, heads.kv as i32);
             let (cap, kv_len) = (step.cap as i32, len.value as i32);
             // Host length: the new position, or −1 when write_kv put it in the caches.
@@ -768,7 +749,7 @@ pub(super) fn decode_attention(
             a.arg(&p[11]).arg(&k_eps);
             a.arg(&attention_q8).arg(&k_padded).arg(&p[12]);
             let cfg = LaunchConfig {
-                grid_dim: (columns as u32, b as u32, splits as u32),
+                grid_dim: (heads.q as u32, b as u32, splits as u32),
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
@@ -822,16 +803,16 @@ fn check_len(len: &CacheLen<'_>, cap: usize, k_cache: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// Key slices per block column for [`decode_attention`] (`columns`: sequences × query-head
-/// blocks): enough blocks for `target` ([`vlm_contract::RuntimeOptions::decode_slice_blocks`],
-/// by default 264, twice the 132 multiprocessors of an H100/H200), each slice at least
-/// `MIN_KEYS` keys (of `kv_len`: the length, or for a captured step the capacity), at most
-/// decode.cuh's `COMBINE_SPLITS`.
-fn decode_splits(columns: usize, kv_len: usize, target: usize) -> usize {
+/// Key slices per head for [`decode_attention`] (`heads`: sequences × query heads): enough
+/// blocks for `target` ([`vlm_contract::RuntimeOptions::decode_slice_blocks`], by default
+/// 224 on an H100/H200's 132 multiprocessors), each slice at least `MIN_KEYS` keys (of
+/// `kv_len`: the length, or for a captured step the capacity), at most decode.cu's
+/// `COMBINE_SPLITS`.
+fn decode_splits(heads: usize, kv_len: usize, target: usize) -> usize {
     const MIN_KEYS: usize = 128;
     const COMBINE_SPLITS: usize = 512;
     target
-        .div_ceil(columns.max(1))
+        .div_ceil(heads.max(1))
         .min(kv_len / MIN_KEYS)
         .clamp(1, COMBINE_SPLITS)
 }

@@ -6,9 +6,7 @@
 //!   its value into the preallocated cache in place;
 //! - [`decode_attention`]: the same for the query, then attention over the cache with GQA
 //!   read in place and left padding skipped; [`decode_attention_q8`] with [`NewKv::Write`]
-//!   also prepares and writes the new key and value itself, as the decoder runs it, one
-//!   query head a block, or with [`RuntimeOptions::decode_group_heads`] several heads of
-//!   one kv group a block (`decode_groups.cu`, [`decode_heads_per_block`]);
+//!   also prepares and writes the new key and value itself, as the decoder runs it;
 //! - [`silu_mul`]: `silu(gate) · up` from the fused gate/up projection (every step,
 //!   prefill included); [`silu_mul_q8`] also writes the product as the down projection's
 //!   Q8_1 input ([`Q8Input`]);
@@ -438,35 +436,12 @@ pub fn decode_attention(
     .0)
 }
 
-/// Variants of [`decode_attention_q8`] with several query heads a block
-/// (`decode_groups.cu`): the most heads a block takes.
-pub const DECODE_GROUP_HEADS: usize = 8;
-
-/// Query heads of one kv group that a decode-attention block takes under `runtime`
-/// ([`RuntimeOptions::decode_group_heads`]): 1 (decode.cu's kernel, one head a block), or
-/// 2, 4 or 8, the asked number, at most the group, rounded up to the next variant (a
-/// block then takes what is left of its group: 7 heads in an 8-head block). Grouped
-/// blocks exist for bf16 and f16 at head sizes 64 and 128.
-pub fn decode_heads_per_block(runtime: &RuntimeOptions, heads: &Heads, dtype: DType) -> usize {
-    let group = heads.q / heads.kv.max(1);
-    let want = runtime
-        .decode_group_heads
-        .min(group)
-        .min(DECODE_GROUP_HEADS);
-    let built = matches!(dtype, DType::BF16 | DType::F16) && matches!(heads.dim, 64 | 128);
-    if want <= 1 || !built {
-        return 1;
-    }
-    want.next_power_of_two()
-}
-
 /// [`decode_attention`]; with `q8`, the output also as the output projection's
 /// [`Q8Input`] where it can be (heads of at least 32 values, at most 8 rows), which spares
 /// that projection its own quantize launch. With `slice_counters` (`[b · q]` u32, zeros
 /// between calls, as the decoder's KV caches hold them) the last block of each head merges
-/// the key slices, where a second launch did. `runtime` picks the launch: query heads a
-/// block ([`decode_heads_per_block`]) and blocks aimed for
-/// ([`RuntimeOptions::decode_slice_blocks`]).
+/// the key slices, where a second launch did. `runtime` gives the blocks the key slices aim
+/// for ([`RuntimeOptions::decode_slice_blocks`]).
 #[allow(clippy::too_many_arguments)]
 pub fn decode_attention_q8(
     qkv: &Tensor,
@@ -1182,45 +1157,6 @@ mod tests {
         let all = defaults.with_gemv_max_rows(100).with_quant_gemm_rows(0);
         assert_eq!(decide(&all), (super::GEMV_ROWS, None));
         assert_eq!(decide(&defaults.with_quant_gemm_rows(200)).1, Some(200));
-    }
-
-    /// The decode-attention blocks a model's options ask for: the group's heads rounded up
-    /// to a built variant, one head where none is built or none is asked.
-    #[test]
-    fn decode_blocks_take_a_variant_within_the_group() {
-        use super::{decode_heads_per_block, Heads};
-        let asked = |n| RuntimeOptions::default().with_decode_group_heads(n);
-        let h = |q, kv, dim| Heads { q, kv, dim };
-        let qwen25_7b = h(28, 4, 128); // groups of 7
-        let qwen3_2b = h(16, 8, 128); // groups of 2
-        let qwen2_2b = h(12, 2, 128); // groups of 6
-        let per_block = |n, heads: &Heads, dtype| decode_heads_per_block(&asked(n), heads, dtype);
-        assert_eq!(
-            decode_heads_per_block(&RuntimeOptions::default(), &qwen25_7b, DType::BF16),
-            1
-        );
-        for (n, want) in [
-            (0, 1),
-            (1, 1),
-            (2, 2),
-            (3, 4),
-            (4, 4),
-            (5, 8),
-            (7, 8),
-            (8, 8),
-            (64, 8),
-        ] {
-            assert_eq!(per_block(n, &qwen25_7b, DType::BF16), want, "{n} asked");
-        }
-        assert_eq!(per_block(8, &qwen3_2b, DType::F16), 2);
-        assert_eq!(per_block(8, &qwen2_2b, DType::BF16), 8);
-        assert_eq!(per_block(4, &qwen2_2b, DType::BF16), 4);
-        assert_eq!(per_block(8, &h(16, 16, 128), DType::BF16), 1, "no group");
-        assert_eq!(per_block(8, &h(16, 2, 64), DType::BF16), 8);
-        // Variants are built for bf16/f16 at head sizes 64 and 128 only.
-        assert_eq!(per_block(8, &qwen25_7b, DType::F32), 1);
-        assert_eq!(per_block(8, &h(16, 2, 256), DType::BF16), 1);
-        assert_eq!(per_block(8, &h(4, 2, 16), DType::BF16), 1);
     }
 
     /// On the CPU no option turns a CUDA path on.
