@@ -293,7 +293,7 @@ fn run(case: &Case, dtype: DType, tol: f32, device_len: bool) {
         );
         assert_eq!(f32s(&kc_fused), got_k, "{what}: the key it wrote");
         assert_eq!(f32s(&vc_fused), got_v, "{what}: the value it wrote");
-        // And the one whose last block per column merges the key slices.
+        // And the one whose last block per head merges the key slices.
         let (kc_counted, vc_counted) = fresh();
         let counted = attend(
             &kc_counted,
