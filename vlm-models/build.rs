@@ -1,7 +1,7 @@
 //! With the `cuda` feature, compiles the fused kernels (src/kernels/decode.cu for the
-//! decoder step, src/kernels/vision.cu for the vision towers, ops.cu for every family's
-//! layers, dequant.cu for quantized weights to bf16) to PTX with nvcc; the driver
-//! JIT-compiles that PTX for the card it runs on.
+//! decoder step and decode_mma.cu for its attention on the tensor cores, vision.cu for the
+//! vision towers, ops.cu for every family's layers, dequant.cu for quantized weights to
+//! bf16) to PTX with nvcc; the driver JIT-compiles that PTX for the card it runs on.
 //!
 //! nvcc is `$NVCC`, else `$CUDA_ROOT/bin/nvcc` / `$CUDA_HOME/bin/nvcc`, else `nvcc` on PATH.
 //! The virtual architecture is `compute_$CUDA_COMPUTE_CAP` (as candle-kernels reads it),
@@ -14,7 +14,7 @@ use std::process::Command;
 const KERNEL_FILES: [&str; 5] = ["decode", "vision", "ops", "dequant", "quant_matvec"];
 /// Kernels on the tensor cores' mma.sync (compute capability 8.0 and above), built with
 /// the `vlm_flash` cfg set when the target architecture has them.
-const MMA_FILES: [&str; 2] = ["attention", "mma_gemv"];
+const MMA_FILES: [&str; 3] = ["attention", "mma_gemv", "decode_mma"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -24,6 +24,7 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=src/kernels/common.cuh");
     println!("cargo:rerun-if-changed=src/kernels/mma.cuh");
+    println!("cargo:rerun-if-changed=src/kernels/decode_shared.cuh");
     for var in [
         "NVCC",
         "CUDA_ROOT",

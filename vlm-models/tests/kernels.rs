@@ -2,7 +2,8 @@
 //! path computes: bias, per-head RMSNorm, rotate-half RoPE, the cache write, GQA attention
 //! with left padding, silu·up, and the few-row projection (gemv). Real head sizes (the parity fixtures cover 16 through the
 //! whole model), batches with padding, Qwen2 (bias) and Qwen3 (norms) layouts; decode
-//! attention's keys in one slice, in the default slices and in as many as they allow.
+//! attention's keys in one slice, in the default slices and in as many as they allow, on
+//! the CUDA cores and on the tensor cores.
 //!
 //! CUDA only: part of the GPU check (`benches/gpu/run.sh`); ignored in CPU builds.
 
@@ -269,16 +270,23 @@ fn run(case: &Case, dtype: DType, tol: f32, device_len: bool) {
     );
 
     // Key slices for the default number of blocks, for one block a head (one slice) and
-    // for as many as the keys allow (RuntimeOptions::decode_slice_blocks).
+    // for as many as the keys allow (RuntimeOptions::decode_slice_blocks); on the CUDA
+    // cores and on the tensor cores (RuntimeOptions::mma_decode_attention: a kernel of its
+    // own where it applies, else the same one). Each variant below gives its layout's bits.
     let default_blocks = RuntimeOptions::default().decode_slice_blocks;
-    for blocks in [default_blocks, 1, 1 << 20] {
-        let runtime = RuntimeOptions::default().with_decode_slice_blocks(blocks);
-        let what = format!("{what}, {blocks} blocks aimed for");
+    let layouts = [false, true]
+        .into_iter()
+        .flat_map(|mma| [default_blocks, 1, 1 << 20].map(|blocks| (mma, blocks)));
+    for (mma, blocks) in layouts {
+        let runtime = RuntimeOptions::default()
+            .with_decode_slice_blocks(blocks)
+            .with_mma_decode_attention(mma);
+        let what = format!("{what}, {blocks} blocks aimed for, tensor cores {mma}");
         let cached = f32s(&attend(&kc_t, &vc_t, false, false, None, &runtime).0);
         let e = max_rel_err(&cached, &want_out);
         println!("{what}: attention {e:.2e}");
         assert!(e < tol, "{what}: out {e} (tolerance {tol})");
-        if blocks == default_blocks {
+        if blocks == default_blocks && !mma {
             assert_eq!(cached, got_out, "{what}: decode_attention's bits");
         }
 
@@ -461,6 +469,16 @@ fn cases() -> Vec<Case> {
             len: 260,
             pad: vec![3, 0],
             bias: false,
+            norms: true,
+        },
+        // Groups of 16, all the tensor-core kernel's rows, over keys that end mid-tile.
+        Case {
+            batch: 2,
+            heads: h(32, 2, 64),
+            cap: 160,
+            len: 150,
+            pad: vec![0, 77],
+            bias: true,
             norms: true,
         },
     ]

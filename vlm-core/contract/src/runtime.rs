@@ -122,6 +122,16 @@ pub struct RuntimeOptions {
     /// +6% at 32). Environment: `VLM_DECODE_SLICE_BLOCKS=N` (a positive integer; anything
     /// else gives the default).
     pub decode_slice_blocks: usize,
+    /// Decode attention on the tensor cores (`kernels/decode_mma.cu`): a block per kv head,
+    /// sequence and key slice takes every query head of the group (up to 16) as the rows
+    /// of one product, so each cached row is read once per group instead of once per head,
+    /// through shared memory in tiles of 64 keys, in slices of at least 64 keys. bf16/f16,
+    /// heads of 64 or 128 values, builds for compute capability 8.0 and above; elsewhere
+    /// the kernel on the CUDA cores runs. The probabilities are rounded to the model's dtype
+    /// before their product with the values, as in the prefill's flash attention, so the
+    /// output moves in the last bits. Default off (not yet measured); environment:
+    /// `VLM_MMA_DECODE=1` turns it on.
+    pub mma_decode_attention: bool,
 }
 
 /// The default of [`RuntimeOptions::gemv_max_rows`].
@@ -154,13 +164,14 @@ impl Default for RuntimeOptions {
             run_ahead: true,
             reuse_graphs: true,
             decode_slice_blocks: DEFAULT_DECODE_SLICE_BLOCKS,
+            mma_decode_attention: false,
         }
     }
 }
 
 impl RuntimeOptions {
     /// The environment variables [`Self::from_env`] reads, in field order.
-    pub const ENV_VARS: [&'static str; 14] = [
+    pub const ENV_VARS: [&'static str; 15] = [
         "VLM_FUSED_KERNELS",
         "VLM_GEMV",
         "VLM_MMA_GEMV",
@@ -175,6 +186,7 @@ impl RuntimeOptions {
         "VLM_RUN_AHEAD",
         "VLM_REUSE_GRAPHS",
         "VLM_DECODE_SLICE_BLOCKS",
+        "VLM_MMA_DECODE",
     ];
 
     /// The defaults, changed by whichever `VLM_*` variables the process has set (each
@@ -219,6 +231,7 @@ impl RuntimeOptions {
                 .and_then(|v| v.parse().ok())
                 .filter(|&n: &usize| n > 0)
                 .unwrap_or(defaults.decode_slice_blocks),
+            mma_decode_attention: is("VLM_MMA_DECODE", "1"),
         }
     }
 
@@ -305,6 +318,12 @@ impl RuntimeOptions {
         self.decode_slice_blocks = blocks.max(1);
         self
     }
+
+    /// Sets [`Self::mma_decode_attention`].
+    pub fn with_mma_decode_attention(mut self, on: bool) -> Self {
+        self.mma_decode_attention = on;
+        self
+    }
 }
 
 #[cfg(test)]
@@ -327,7 +346,7 @@ mod tests {
         assert!(want.fused_kernels && want.cuda_graphs && want.flash_attention);
         assert!(want.quant_kernels && want.fused_norms && want.run_ahead && want.reuse_graphs);
         assert_eq!(want.mma_gemv_max_rows, 16);
-        assert!(!want.cuda_pool_keep && !want.early_launch);
+        assert!(!want.cuda_pool_keep && !want.early_launch && !want.mma_decode_attention);
         assert_eq!((want.gemv_max_rows, want.quant_gemm_rows), (1, 64));
         assert_eq!(want.decode_slice_blocks, 224);
     }
@@ -355,13 +374,14 @@ mod tests {
     }
 
     #[test]
-    fn pool_keep_and_early_launch_turn_on_at_1_only() {
+    fn opt_in_switches_turn_on_at_1_only() {
         for (name, get) in [
             (
                 "VLM_CUDA_POOL_KEEP",
                 (|o: RuntimeOptions| o.cuda_pool_keep) as fn(RuntimeOptions) -> bool,
             ),
             ("VLM_EARLY_LAUNCH", |o| o.early_launch),
+            ("VLM_MMA_DECODE", |o| o.mma_decode_attention),
         ] {
             assert!(get(parse(&[(name, "1")])), "{name}=1");
             assert!(get(parse(&[(name, " 1 ")])), "{name} trimmed");

@@ -34,18 +34,6 @@ constexpr int ROWS = 64;   // query rows per block
 constexpr int KEYS = 64;   // keys per shared-memory tile
 constexpr int THREADS = 128;
 
-// 16 bytes from global to shared memory, asynchronously (cp.async, compute capability
-// 8.0); `full` false writes zeros and reads nothing.
-__device__ __forceinline__ void copy16(void *dst, const void *src, bool full) {
-  const uint32_t s = (uint32_t)__cvta_generic_to_shared(dst);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src),
-               "r"(full ? 16 : 0));
-}
-// Waits for this thread's copies; a __syncthreads after it makes every thread's visible.
-__device__ __forceinline__ void copies_wait() {
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
-
 // Rows [row0, row0 + KEYS) of a [rows, d] matrix with row stride `stride` (elements) into
 // shared memory [KEYS][DP + 8], zero outside rows [lo, hi) and columns ≥ d, issued as
 // asynchronous copies (copies_wait, then __syncthreads, before reading). Eight elements
@@ -62,22 +50,6 @@ __device__ __forceinline__ void stage(T (*dst)[DP + 8], const T *src, long long 
     copy16(&dst[r][c], full ? src + (long long)row * stride + c : src, full);
   }
   asm volatile("cp.async.commit_group;\n" ::);
-}
-
-// Four 8×8 matrices of 16-bit elements from shared memory; lane l gives the address of row
-// l % 8 of matrix l / 8 and receives, of each matrix, row l / 4's elements 2(l % 4) and
-// 2(l % 4) + 1 (TRANS: column l / 4's, rows 2(l % 4) and 2(l % 4) + 1): an mma B fragment.
-template <bool TRANS>
-__device__ __forceinline__ void load_matrices(uint32_t r[4], const void *row) {
-  const uint32_t a = (uint32_t)__cvta_generic_to_shared(row);
-  if (TRANS)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-  else
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
 }
 
 }  // namespace

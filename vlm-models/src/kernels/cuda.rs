@@ -31,6 +31,13 @@ const ATTENTION_MODULE: &str = "vlm_attention";
 const MMA_GEMV_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/mma_gemv.ptx"));
 #[cfg(vlm_flash)]
 const MMA_GEMV_MODULE: &str = "vlm_mma_gemv";
+#[cfg(vlm_flash)]
+const DECODE_MMA_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode_mma.ptx"));
+#[cfg(vlm_flash)]
+const DECODE_MMA: (&str, &str) = ("vlm_decode_mma", DECODE_MMA_PTX);
+/// Never loaded: `mma_decode_applies` holds only in builds with the tensor-core kernels.
+#[cfg(not(vlm_flash))]
+const DECODE_MMA: (&str, &str) = ("vlm_decode_mma", "");
 
 /// `dev.get_or_load_custom_func(name, module, ptx)?`, logging the first load of each of our
 /// modules on each device (see [`note_first_load`]). A macro because candle does not export
@@ -698,10 +705,18 @@ pub(super) fn decode_attention(
     // A captured step's slices follow the capacity, not the length: replays keep the
     // launch shape.
     let captured = len.on_device.is_some();
+    let mma = mma_decode_applies(runtime, step.dtype, heads);
+    // The tensor-core kernel runs a block per kv head and reads its keys in tiles of 64.
+    let (groups, min_keys) = if mma {
+        (heads.kv, MMA_DECODE_MIN_KEYS)
+    } else {
+        (heads.q, DECODE_MIN_KEYS)
+    };
     let splits = decode_splits(
-        b * heads.q,
+        b * groups,
         if captured { step.cap } else { len.value },
         runtime.decode_slice_blocks,
+        min_keys,
     );
     // Each slice's unnormalised sum, max and total, merged by decode_combine.
     let partial = if splits > 1 {
@@ -713,12 +728,18 @@ pub(super) fn decode_attention(
     };
     let suffix = suffix(step.dtype)?;
     let dev_len = if captured { "_dev" } else { "" };
-    let name = format!("decode_attention_{suffix}_d{}{dev_len}", heads.dim);
+    let kernel = if mma {
+        "decode_attention_mma"
+    } else {
+        "decode_attention"
+    };
+    let name = format!("{kernel}_{suffix}_d{}{dev_len}", heads.dim);
     let mut all = step.inputs.to_vec();
     all.extend([pad, Some(&out), partial.as_ref(), len.on_device]);
     all.push(k_norm.map(|n| n.weight));
-    // With counters the slices' last block merges them: no combine launch.
-    let counters = slice_counters.filter(|_| splits > 1);
+    // With counters the slices' last block merges them: no combine launch (decode.cu's
+    // kernel; the tensor-core kernel's slices always take decode_combine).
+    let counters = slice_counters.filter(|_| splits > 1 && !mma);
     all.push(counters);
     // The Q8_1 blocks for the output projection are written by the launch that writes the
     // output: the attention itself with one slice, else the combine.
@@ -726,7 +747,8 @@ pub(super) fn decode_attention(
     with_addresses(&all, |dev, p| {
         let stream = dev.cuda_stream();
         let launch = |q8_ptr: u64| -> Result<()> {
-            let func = custom_func!(dev, &name, MODULE, PTX);
+            let (module, ptx) = if mma { DECODE_MMA } else { (MODULE, PTX) };
+            let func = custom_func!(dev, &name, module, ptx);
             let (nq, nkv) = (heads.q as i32, heads.kv as i32);
             let (cap, kv_len) = (step.cap as i32, len.value as i32);
             // Host length: the new position, or −1 when write_kv put it in the caches.
@@ -749,8 +771,8 @@ pub(super) fn decode_attention(
             a.arg(&p[11]).arg(&k_eps);
             a.arg(&attention_q8).arg(&k_padded).arg(&p[12]);
             let cfg = LaunchConfig {
-                grid_dim: (heads.q as u32, b as u32, splits as u32),
-                block_dim: (256, 1, 1),
+                grid_dim: (groups as u32, b as u32, splits as u32),
+                block_dim: (if mma { 128 } else { 256 }, 1, 1),
                 shared_mem_bytes: 0,
             };
             // SAFETY: arguments match the kernel's signature; shapes checked above, the
@@ -803,18 +825,36 @@ fn check_len(len: &CacheLen<'_>, cap: usize, k_cache: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// Key slices per head for [`decode_attention`] (`heads`: sequences × query heads): enough
-/// blocks for `target` ([`vlm_contract::RuntimeOptions::decode_slice_blocks`], by default
-/// 224 on an H100/H200's 132 multiprocessors), each slice at least `MIN_KEYS` keys (of
-/// `kv_len`: the length, or for a captured step the capacity), at most decode.cu's
+/// Keys a slice of decode.cu's kernel takes at least.
+const DECODE_MIN_KEYS: usize = 128;
+/// Keys a slice of decode_mma.cu's kernel takes at least: one tile.
+const MMA_DECODE_MIN_KEYS: usize = 64;
+
+/// Key slices per head for [`decode_attention`] (`heads`: the launch's blocks per slice,
+/// sequences × query heads, or × kv heads for the tensor-core kernel): enough blocks for
+/// `target` ([`vlm_contract::RuntimeOptions::decode_slice_blocks`], by default 224 on an
+/// H100/H200's 132 multiprocessors), each slice at least `min_keys` keys (of `kv_len`: the
+/// length, or for a captured step the capacity), at most decode_shared.cuh's
 /// `COMBINE_SPLITS`.
-fn decode_splits(heads: usize, kv_len: usize, target: usize) -> usize {
-    const MIN_KEYS: usize = 128;
+fn decode_splits(heads: usize, kv_len: usize, target: usize, min_keys: usize) -> usize {
     const COMBINE_SPLITS: usize = 512;
     target
         .div_ceil(heads.max(1))
-        .min(kv_len / MIN_KEYS)
+        .min(kv_len / min_keys.max(1))
         .clamp(1, COMBINE_SPLITS)
+}
+
+/// Whether [`decode_attention`] takes decode_mma.cu's kernel: asked for, a build with the
+/// tensor-core kernels, bf16/f16, heads of 64 or 128 values, at most 16 query heads a kv
+/// head (the product's rows).
+fn mma_decode_applies(runtime: &vlm_contract::RuntimeOptions, dtype: DType, heads: &Heads) -> bool {
+    cfg!(vlm_flash)
+        && runtime.mma_decode_attention
+        && matches!(dtype, DType::BF16 | DType::F16)
+        && matches!(heads.dim, 64 | 128)
+        && heads.kv > 0
+        && heads.q.is_multiple_of(heads.kv)
+        && heads.q / heads.kv <= 16
 }
 
 /// The checks both few-row products make of `x [m, k]`, `w [n, k]` and the bias (`what`

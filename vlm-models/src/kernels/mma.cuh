@@ -1,6 +1,7 @@
 // The tensor cores' m16n8k16 product (mma.sync, compute capability 8.0 and above) for
 // bf16 and f16 operands with f32 accumulators, shared by the flash attention
-// (attention.cu) and the few-row products (mma_gemv.cu). Fragment layouts are PTX's (ISA,
+// (attention.cu), the few-row products (mma_gemv.cu) and the grouped decode attention
+// (decode_mma.cu). Fragment layouts are PTX's (ISA,
 // "Matrix Fragments for mma.m16n8k16"): lane = 4·g + t holds A's rows g and g + 8 and
 // columns 2t, 2t + 1, 2t + 8, 2t + 9; B's rows (k) 2t, 2t + 1, 2t + 8, 2t + 9 of column g;
 // the accumulators' rows g and g + 8, columns 2t and 2t + 1.
@@ -35,3 +36,36 @@ template <> struct Mma<__half> {
     return *reinterpret_cast<uint32_t *>(&h);
   }
 };
+
+// Shared-memory staging and fragment loads of the kernels on the tensor cores.
+namespace {
+
+// 16 bytes from global to shared memory, asynchronously (cp.async, compute capability
+// 8.0); `full` false writes zeros and reads nothing.
+__device__ __forceinline__ void copy16(void *dst, const void *src, bool full) {
+  const uint32_t s = (uint32_t)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src),
+               "r"(full ? 16 : 0));
+}
+// Waits for this thread's copies; a __syncthreads after it makes every thread's visible.
+__device__ __forceinline__ void copies_wait() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
+// Four 8×8 matrices of 16-bit elements from shared memory; lane l gives the address of row
+// l % 8 of matrix l / 8 and receives, of each matrix, row l / 4's elements 2(l % 4) and
+// 2(l % 4) + 1 (TRANS: column l / 4's, rows 2(l % 4) and 2(l % 4) + 1): an mma B fragment.
+template <bool TRANS>
+__device__ __forceinline__ void load_matrices(uint32_t r[4], const void *row) {
+  const uint32_t a = (uint32_t)__cvta_generic_to_shared(row);
+  if (TRANS)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+}  // namespace
