@@ -269,10 +269,15 @@ fn run(case: &Case, dtype: DType, tol: f32, device_len: bool) {
         "{what}: k {ek}, v {ev}, out {eo} (tolerance {tol})"
     );
 
+    // decode_attention is decode_attention_q8 with the default options.
+    let defaults = f32s(&attend(&kc_t, &vc_t, false, false, None, &RuntimeOptions::default()).0);
+    assert_eq!(defaults, got_out, "{what}: decode_attention's bits");
+
     // Key slices for the default number of blocks, for one block a head (one slice) and
     // for as many as the keys allow (RuntimeOptions::decode_slice_blocks); on the CUDA
-    // cores and on the tensor cores (RuntimeOptions::mma_decode_attention: a kernel of its
-    // own where it applies, else the same one). Each variant below gives its layout's bits.
+    // cores and, for every batch, on the tensor cores (RuntimeOptions::mma_decode_min_batch:
+    // a kernel of its own where the heads suit it, else the same one). Each variant below
+    // gives its layout's bits.
     let default_blocks = RuntimeOptions::default().decode_slice_blocks;
     let layouts = [false, true]
         .into_iter()
@@ -280,15 +285,12 @@ fn run(case: &Case, dtype: DType, tol: f32, device_len: bool) {
     for (mma, blocks) in layouts {
         let runtime = RuntimeOptions::default()
             .with_decode_slice_blocks(blocks)
-            .with_mma_decode_attention(mma);
+            .with_mma_decode_min_batch(usize::from(mma));
         let what = format!("{what}, {blocks} blocks aimed for, tensor cores {mma}");
         let cached = f32s(&attend(&kc_t, &vc_t, false, false, None, &runtime).0);
         let e = max_rel_err(&cached, &want_out);
         println!("{what}: attention {e:.2e}");
         assert!(e < tol, "{what}: out {e} (tolerance {tol})");
-        if blocks == default_blocks && !mma {
-            assert_eq!(cached, got_out, "{what}: decode_attention's bits");
-        }
 
         // The attention that prepares and writes the new key and value itself: the same
         // bits, in its output and in the caches.

@@ -705,7 +705,7 @@ pub(super) fn decode_attention(
     // A captured step's slices follow the capacity, not the length: replays keep the
     // launch shape.
     let captured = len.on_device.is_some();
-    let mma = mma_decode_applies(runtime, step.dtype, heads);
+    let mma = mma_decode_applies(runtime, step.dtype, heads, b);
     // The tensor-core kernel runs a block per kv head and reads its keys in tiles of 64.
     let (groups, min_keys) = if mma {
         (heads.kv, MMA_DECODE_MIN_KEYS)
@@ -844,17 +844,29 @@ fn decode_splits(heads: usize, kv_len: usize, target: usize, min_keys: usize) ->
         .clamp(1, COMBINE_SPLITS)
 }
 
-/// Whether [`decode_attention`] takes decode_mma.cu's kernel: asked for, a build with the
-/// tensor-core kernels, bf16/f16, heads of 64 or 128 values, at most 16 query heads a kv
-/// head (the product's rows).
-fn mma_decode_applies(runtime: &vlm_contract::RuntimeOptions, dtype: DType, heads: &Heads) -> bool {
+/// Query heads a kv head must serve for decode_mma.cu's kernel: with groups of 2
+/// (Qwen3-VL-2B) it was slower than decode.cu's at a batch of 8 (run 48).
+const MMA_DECODE_MIN_GROUP: usize = 4;
+
+/// Whether [`decode_attention`] takes decode_mma.cu's kernel for a step of `batch`
+/// sequences: a build with the tensor-core kernels, bf16/f16, heads of 64 or 128 values,
+/// 4 to 16 query heads a kv head (the product's rows), a batch of at least
+/// [`vlm_contract::RuntimeOptions::mma_decode_min_batch`] (0: never).
+fn mma_decode_applies(
+    runtime: &vlm_contract::RuntimeOptions,
+    dtype: DType,
+    heads: &Heads,
+    batch: usize,
+) -> bool {
+    let min = runtime.mma_decode_min_batch;
     cfg!(vlm_flash)
-        && runtime.mma_decode_attention
+        && min > 0
+        && batch >= min
         && matches!(dtype, DType::BF16 | DType::F16)
         && matches!(heads.dim, 64 | 128)
         && heads.kv > 0
         && heads.q.is_multiple_of(heads.kv)
-        && heads.q / heads.kv <= 16
+        && (MMA_DECODE_MIN_GROUP..=16).contains(&(heads.q / heads.kv))
 }
 
 /// The checks both few-row products make of `x [m, k]`, `w [n, k]` and the bias (`what`
