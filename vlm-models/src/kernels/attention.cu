@@ -168,38 +168,8 @@ __device__ void flash_attention(const T *q, const T *k, const T *v, T *out,
       mx_a = fmaxf(mx_a, fmaxf(s[n][0], s[n][1]));
       mx_b = fmaxf(mx_b, fmaxf(s[n][2], s[n][3]));
     }
-#pragma unroll
-    for (int o2 = 1; o2 < 4; o2 <<= 1) {
-      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, o2));
-      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, o2));
-    }
-    // A row with nothing visible yet keeps max −inf: exp2 of (−inf − 0) is 0, no NaN.
-    const float base_a = mx_a == -INFINITY ? 0.f : mx_a;
-    const float base_b = mx_b == -INFINITY ? 0.f : mx_b;
-    const float alpha_a = exp2f(m_a - base_a), alpha_b = exp2f(m_b - base_b);
-    m_a = mx_a;
-    m_b = mx_b;
-    l_a *= alpha_a;
-    l_b *= alpha_b;
-#pragma unroll
-    for (int n = 0; n < DN; ++n) {
-      o[n][0] *= alpha_a;
-      o[n][1] *= alpha_a;
-      o[n][2] *= alpha_b;
-      o[n][3] *= alpha_b;
-    }
     uint32_t p[KEYS / 16][4];
-#pragma unroll
-    for (int n = 0; n < KEYS / 8; ++n) {
-      const float e0 = exp2f(s[n][0] - base_a), e1 = exp2f(s[n][1] - base_a);
-      const float e2 = exp2f(s[n][2] - base_b), e3 = exp2f(s[n][3] - base_b);
-      l_a += e0 + e1;
-      l_b += e2 + e3;
-      // Scores of keys 16c .. 16c + 15 become the A operand: tile 2c gives registers 0
-      // and 1 (keys 2t, 2t + 1), tile 2c + 1 registers 2 and 3 (keys 8 + 2t, 9 + 2t).
-      p[n / 2][(n & 1) * 2 + 0] = Mma<T>::pack(e0, e1);
-      p[n / 2][(n & 1) * 2 + 1] = Mma<T>::pack(e2, e3);
-    }
+    online_softmax_step<T>(s, mx_a, mx_b, m_a, m_b, l_a, l_b, o, p);
 
     copies_wait();
     __syncthreads();  // V's tile is in; every warp is done with K's

@@ -19,20 +19,14 @@ __device__ void kv_write(const T *qkv, const T *bias, const T *cos, const T *sin
                          int d, int cap, int pos) {
   const int kh = blockIdx.x, b = blockIdx.y, half = d / 2, i = threadIdx.x;
   const T *row = qkv + (size_t)b * (nq + 2 * nkv) * d;
-  const int ko = (nq + kh) * d, vo = (nq + nkv + kh) * d;
   const size_t dst = (((size_t)b * nkv + kh) * cap + pos) * d;
-  float y1, y2;
-  if (prepare_head(row + ko, bias ? bias + ko : nullptr, k_norm, eps, cos + (size_t)b * half,
-                   sin + (size_t)b * half, d, y1, y2)) {
-    k_cache[dst + i] = from_f<T>(y1);
-    k_cache[dst + i + half] = from_f<T>(y2);
-    float v1 = to_f(row[vo + i]), v2 = to_f(row[vo + i + half]);
-    if (bias) {
-      v1 += to_f(bias[vo + i]);
-      v2 += to_f(bias[vo + i + half]);
-    }
-    v_cache[dst + i] = from_f<T>(v1);
-    v_cache[dst + i + half] = from_f<T>(v2);
+  T k1, k2, x1, x2;
+  if (prepare_new_kv(row, bias, k_norm, eps, cos + (size_t)b * half, sin + (size_t)b * half, nq,
+                     nkv, kh, d, k1, k2, x1, x2)) {
+    k_cache[dst + i] = k1;
+    k_cache[dst + i + half] = k2;
+    v_cache[dst + i] = x1;
+    v_cache[dst + i + half] = x2;
   }
 }
 
@@ -87,10 +81,8 @@ __device__ void decode_attention(const T *qkv, const T *bias, const T *cos, cons
   const size_t base = ((size_t)b * nkv + kh) * cap * D + lane * 8;
   const T *kb = k_cache + base;
   const T *vb = v_cache + base;
-  const int first = pad ? (int)pad[b] : 0;
-  const int chunk = (kv_len - first + splits - 1) / splits;
-  const int start = first + split * chunk;
-  const int end = min(kv_len, start + chunk);
+  const KeySlice slice = key_slice(pad, b, kv_len, split, splits);
+  const int start = slice.start, end = slice.end;
   const bool holds_new = new_pos >= start && new_pos < end;  // uniform over the block
 
   // Each sweep takes two rows per group, so that four loads are in flight, and requests
@@ -109,14 +101,7 @@ __device__ void decode_attention(const T *qkv, const T *bias, const T *cos, cons
       nxb = load_raw8(vb + (size_t)tb * D);
     }
   };
-  // With new_pos −1 the new key comes from the kernel before: nothing to read ahead of it.
-  if (new_pos >= 0) {
-    if (start < end) fetch(start);
-    inputs_ready();
-  } else {
-    inputs_ready();
-    if (start < end) fetch(start);
-  }
+  first_reads_and_inputs(new_pos, slice, fetch);
 
   const T *qkv_row = qkv + (size_t)b * (nq + 2 * nkv) * D;
   {
@@ -128,16 +113,9 @@ __device__ void decode_attention(const T *qkv, const T *bias, const T *cos, cons
     }
   }
   if (holds_new) {
-    const int ko = (nq + kh) * D, vo = (nq + nkv + kh) * D;
-    float y1, y2;
-    if (prepare_head(qkv_row + ko, bias ? bias + ko : nullptr, k_norm, k_eps,
-                     cos + (size_t)b * half, sin + (size_t)b * half, D, y1, y2)) {
-      float v1 = to_f(qkv_row[vo + tid]), v2 = to_f(qkv_row[vo + tid + half]);
-      if (bias) {
-        v1 += to_f(bias[vo + tid]);
-        v2 += to_f(bias[vo + tid + half]);
-      }
-      const T k1 = from_f<T>(y1), k2 = from_f<T>(y2), x1 = from_f<T>(v1), x2 = from_f<T>(v2);
+    T k1, k2, x1, x2;
+    if (prepare_new_kv(qkv_row, bias, k_norm, k_eps, cos + (size_t)b * half,
+                       sin + (size_t)b * half, nq, nkv, kh, D, k1, k2, x1, x2)) {
       kn[tid] = to_f(k1);
       kn[tid + half] = to_f(k2);
       vn[tid] = to_f(x1);

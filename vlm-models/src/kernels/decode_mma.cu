@@ -148,10 +148,8 @@ __device__ void decode_attention_mma(const T *qkv, const T *bias, const T *cos, 
   const size_t head = ((size_t)b * nkv + kh) * cap * D;
   const T *kb = k_cache + head;
   const T *vb = v_cache + head;
-  const int first = pad ? (int)pad[b] : 0;
-  const int chunk = (kv_len - first + splits - 1) / splits;
-  const int start = first + split * chunk;
-  const int end = min(kv_len, start + chunk);
+  const KeySlice slice = key_slice(pad, b, kv_len, split, splits);
+  const int start = slice.start, end = slice.end;
   const bool holds_new = new_pos >= start && new_pos < end;  // uniform over the block
 
   // Only the block holding the new position leaves its row to patch_row: in another
@@ -162,31 +160,16 @@ __device__ void decode_attention_mma(const T *qkv, const T *bias, const T *cos, 
     stage_rows<T, D>(vs, vb, j0, start, end, skip);
     asm volatile("cp.async.commit_group;\n" ::);
   };
-  // The first tile's rows were written by earlier steps, bar the new position: requested
-  // before the kernel waits for its inputs (early_launch.rs). With new_pos −1 the new row
-  // comes from the kernel before.
-  if (new_pos >= 0) {
-    if (start < end) stage_tile(start);
-    inputs_ready();
-  } else {
-    inputs_ready();
-    if (start < end) stage_tile(start);
-  }
+  // The first tile skips the new position's row: it is patched in once prepared.
+  first_reads_and_inputs(new_pos, slice, stage_tile);
 
   const T *row = qkv + (size_t)b * (nq + 2 * nkv) * D;
   const T *cs = cos + (size_t)b * half, *sn = sin + (size_t)b * half;
   prepare_queries<T, D>(qs, row, bias, q_norm, eps, cs, sn, h0, rep);
-  // The new key as kv_write prepares it (the same bits in the caches either way).
+  // The new key and value as kv_write prepares them (the same bits in the caches).
   if (holds_new) {
-    const int ko = (nq + kh) * D, vo = (nq + nkv + kh) * D;
-    float y1, y2;
-    if (prepare_head(row + ko, bias ? bias + ko : nullptr, k_norm, k_eps, cs, sn, D, y1, y2)) {
-      float v1 = to_f(row[vo + tid]), v2 = to_f(row[vo + tid + half]);
-      if (bias) {
-        v1 += to_f(bias[vo + tid]);
-        v2 += to_f(bias[vo + tid + half]);
-      }
-      const T k1 = from_f<T>(y1), k2 = from_f<T>(y2), x1 = from_f<T>(v1), x2 = from_f<T>(v2);
+    T k1, k2, x1, x2;
+    if (prepare_new_kv(row, bias, k_norm, k_eps, cs, sn, nq, nkv, kh, D, k1, k2, x1, x2)) {
       kn[tid] = k1;
       kn[tid + half] = k2;
       vn[tid] = x1;
@@ -253,45 +236,15 @@ __device__ void decode_attention_mma(const T *qkv, const T *bias, const T *cos, 
       mx_a = fmaxf(mx_a, fmaxf(s[n][0], s[n][1]));
       mx_b = fmaxf(mx_b, fmaxf(s[n][2], s[n][3]));
     }
-#pragma unroll
-    for (int o2 = 1; o2 < 4; o2 <<= 1) {
-      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, o2));
-      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, o2));
-    }
-    // A warp whose keys all lie past the slice keeps max −inf: exp2(−inf − 0) is 0.
-    const float base_a = mx_a == -INFINITY ? 0.f : mx_a;
-    const float base_b = mx_b == -INFINITY ? 0.f : mx_b;
-    const float alpha_a = exp2f(m_a - base_a), alpha_b = exp2f(m_b - base_b);
-    m_a = mx_a;
-    m_b = mx_b;
-    l_a *= alpha_a;
-    l_b *= alpha_b;
-#pragma unroll
-    for (int n = 0; n < DN; ++n) {
-      o[n][0] *= alpha_a;
-      o[n][1] *= alpha_a;
-      o[n][2] *= alpha_b;
-      o[n][3] *= alpha_b;
-    }
-    // The scores re-packed in place as the A operand of p · V (keys 2t, 2t + 1 of each
-    // 8-key tile; registers 0, 1 from the first, 2, 3 from the second).
-    uint32_t p[4];
-#pragma unroll
-    for (int n = 0; n < 2; ++n) {
-      const float e0 = exp2f(s[n][0] - base_a), e1 = exp2f(s[n][1] - base_a);
-      const float e2 = exp2f(s[n][2] - base_b), e3 = exp2f(s[n][3] - base_b);
-      l_a += e0 + e1;
-      l_b += e2 + e3;
-      p[n * 2 + 0] = Mma<T>::pack(e0, e1);
-      p[n * 2 + 1] = Mma<T>::pack(e2, e3);
-    }
+    uint32_t p[1][4];  // the warp's 16 keys: one A operand
+    online_softmax_step<T>(s, mx_a, mx_b, m_a, m_b, l_a, l_b, o, p);
     // o += p · V: V's rows are keys, so its 8×8 matrices are loaded transposed.
 #pragma unroll
     for (int n = 0; n < DN; n += 2) {
       uint32_t bf[4];
       load_matrices<true>(bf, &vs[kw + (mat & 1) * 8 + mrow][(n + (mat >> 1)) * 8]);
-      Mma<T>::run(o[n], p, bf);
-      Mma<T>::run(o[n + 1], p, bf + 2);
+      Mma<T>::run(o[n], p[0], bf);
+      Mma<T>::run(o[n + 1], p[0], bf + 2);
     }
 
     __syncthreads();  // every warp is done with the tile

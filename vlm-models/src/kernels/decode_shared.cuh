@@ -37,6 +37,61 @@ __device__ bool prepare_head(const T *src, const T *bias, const T *norm_w, float
   return true;
 }
 
+// The new token's key (bias, k-norm, RoPE) and value (bias) of kv head kh, rounded to T,
+// from batch row `row` of the fused q/k/v output: the pair (i, i + d/2) for thread i < d/2,
+// as prepare_head hands it out (every thread of the block calls it; false for the threads
+// that hold no pair). What kv_write stores and what the decode attentions write themselves.
+template <typename T>
+__device__ bool prepare_new_kv(const T *row, const T *bias, const T *k_norm, float eps,
+                               const T *cos, const T *sin, int nq, int nkv, int kh, int d,
+                               T &k1, T &k2, T &x1, T &x2) {
+  const int i = threadIdx.x, half = d / 2;
+  const int ko = (nq + kh) * d, vo = (nq + nkv + kh) * d;
+  float y1, y2;
+  if (!prepare_head(row + ko, bias ? bias + ko : nullptr, k_norm, eps, cos, sin, d, y1, y2))
+    return false;
+  float v1 = to_f(row[vo + i]), v2 = to_f(row[vo + i + half]);
+  if (bias) {
+    v1 += to_f(bias[vo + i]);
+    v2 += to_f(bias[vo + i + half]);
+  }
+  k1 = from_f<T>(y1);
+  k2 = from_f<T>(y2);
+  x1 = from_f<T>(v1);
+  x2 = from_f<T>(v2);
+  return true;
+}
+
+// Slice `split` of `splits` equal slices of sequence b's cached keys [pad[b], kv_len)
+// (pad may be null): keys [start, end), possibly empty. Both decode attentions cut them
+// so; kernels/cuda.rs's decode_splits picks `splits`.
+struct KeySlice {
+  int start, end;
+};
+__device__ __forceinline__ KeySlice key_slice(const uint32_t *pad, int b, int kv_len, int split,
+                                              int splits) {
+  const int first = pad ? (int)pad[b] : 0;
+  const int chunk = (kv_len - first + splits - 1) / splits;
+  const int start = first + split * chunk;
+  return {start, min(kv_len, start + chunk)};
+}
+
+// A decode attention's first cache reads (`fetch`, none for an empty slice) and
+// inputs_ready() in the order early launch allows (early_launch.rs): with new_pos ≥ 0 the
+// rows read were written by earlier steps and are requested before the kernel waits for
+// its inputs; with new_pos −1 the new row comes from the kernel before, so they follow.
+template <typename F>
+__device__ __forceinline__ void first_reads_and_inputs(int new_pos, const KeySlice &slice,
+                                                       F fetch) {
+  if (new_pos >= 0) {
+    if (slice.start < slice.end) fetch(slice.start);
+    inputs_ready();
+  } else {
+    inputs_ready();
+    if (slice.start < slice.end) fetch(slice.start);
+  }
+}
+
 // Quantizes the warp's 32 consecutive values (lane i holds value i) into `block`, with the
 // arithmetic of candle's own quantize kernel (its reductions in the same order), so a
 // projection fed from here gives the same bits as one that quantized its input itself.

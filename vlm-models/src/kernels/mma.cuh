@@ -37,6 +37,48 @@ template <> struct Mma<__half> {
   }
 };
 
+// One tile's step of the online softmax of the attention kernels on the tensor cores. s
+// holds NT accumulator tiles of 8 keys' scores (log2 units, masked keys −inf); mx_a, mx_b
+// are this lane's maxima of rows g and g + 8, the running maxima m_a, m_b included. The
+// maxima are reduced over the lane's quad, this lane's sums l and the outputs o rescaled,
+// and the probabilities left as the A operands of p · V, rounded to T: tiles 2c and 2c + 1
+// give p[c] (registers 0, 1 from the first, 2, 3 from the second). A row with nothing
+// visible yet keeps max −inf: exp2 of (−inf − 0) is 0, no NaN.
+template <typename T, int NT, int DN>
+__device__ __forceinline__ void online_softmax_step(const float (&s)[NT][4], float mx_a,
+                                                    float mx_b, float &m_a, float &m_b,
+                                                    float &l_a, float &l_b, float (&o)[DN][4],
+                                                    uint32_t (&p)[NT / 2][4]) {
+#pragma unroll
+  for (int o2 = 1; o2 < 4; o2 <<= 1) {
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, o2));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, o2));
+  }
+  const float base_a = mx_a == -INFINITY ? 0.f : mx_a;
+  const float base_b = mx_b == -INFINITY ? 0.f : mx_b;
+  const float alpha_a = exp2f(m_a - base_a), alpha_b = exp2f(m_b - base_b);
+  m_a = mx_a;
+  m_b = mx_b;
+  l_a *= alpha_a;
+  l_b *= alpha_b;
+#pragma unroll
+  for (int n = 0; n < DN; ++n) {
+    o[n][0] *= alpha_a;
+    o[n][1] *= alpha_a;
+    o[n][2] *= alpha_b;
+    o[n][3] *= alpha_b;
+  }
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    const float e0 = exp2f(s[n][0] - base_a), e1 = exp2f(s[n][1] - base_a);
+    const float e2 = exp2f(s[n][2] - base_b), e3 = exp2f(s[n][3] - base_b);
+    l_a += e0 + e1;
+    l_b += e2 + e3;
+    p[n / 2][(n & 1) * 2 + 0] = Mma<T>::pack(e0, e1);
+    p[n / 2][(n & 1) * 2 + 1] = Mma<T>::pack(e2, e3);
+  }
+}
+
 // Shared-memory staging and fragment loads of the kernels on the tensor cores.
 namespace {
 
