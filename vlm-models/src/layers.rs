@@ -256,7 +256,7 @@ impl Linear {
 /// ~15× the time of a pass over the bytes there, see kernels/ops.cu), candle's elsewhere.
 fn add_bias(runtime: &RuntimeOptions, y: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if crate::kernels::enabled(runtime, y.device(), y.dtype()) && bias.dtype() == y.dtype() {
-        return crate::kernels::add_bias(y, bias);
+        return crate::kernels::add_bias(y, bias, runtime.prefill_kernels);
     }
     y.broadcast_add(bias)
 }
@@ -265,6 +265,18 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.project(x, None, true)
     }
+}
+
+/// How [`RmsNorm::add_forward`] runs a residual add and the norm after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddNorm {
+    /// candle's add, then [`Module::forward`].
+    Ops,
+    /// One CUDA launch for a decode step's few rows ([`crate::kernels::add_rms_norm`]).
+    Step,
+    /// One CUDA launch for a prompt's or the vision tower's many rows
+    /// ([`crate::kernels::add_rms_norm_prompt`]).
+    Prompt,
 }
 
 /// RMSNorm. candle's fused kernel (one launch, f32 accumulation) where the input is
@@ -293,6 +305,33 @@ impl RmsNorm {
             weight: &self.weight,
             eps: self.eps,
         }
+    }
+
+    /// A residual add and this norm: `(x + delta, norm(x + delta))`, or `(x, norm(x))`
+    /// without `delta`, run as `launch` says (the same values every way); with
+    /// [`AddNorm::Step`] and `q8`, the normed rows also as a quantized projection's input.
+    pub fn add_forward(
+        &self,
+        x: &Tensor,
+        delta: Option<&Tensor>,
+        launch: AddNorm,
+        q8: bool,
+    ) -> Result<(Tensor, Tensor, Option<crate::kernels::Q8Input>)> {
+        match launch {
+            AddNorm::Step => return crate::kernels::add_rms_norm(x, delta, self.head_norm(), q8),
+            AddNorm::Prompt => {
+                let (sum, normed) =
+                    crate::kernels::add_rms_norm_prompt(x, delta, self.head_norm())?;
+                return Ok((sum, normed, None));
+            }
+            AddNorm::Ops => {}
+        }
+        let sum = match delta {
+            Some(d) => (x + d)?,
+            None => x.clone(),
+        };
+        let normed = self.forward(&sum)?;
+        Ok((sum, normed, None))
     }
 
     /// The same norm with its output multiplied by `factor` (folded into the weight).

@@ -75,6 +75,12 @@ fn f32s(t: &Tensor) -> Vec<f32> {
         .unwrap()
 }
 
+/// Values' bit patterns, for checks that two kernels agree exactly (signed zeros and
+/// NaNs included).
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
 fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
     got.iter()
@@ -513,6 +519,8 @@ fn silu_mul_matches_the_reference() {
         (37, 300, DType::F32, 1e-6),
         (5, 4864, DType::BF16, 1e-2),
         (3, 96, DType::F16, 2e-3),
+        // A prefill's rows, more packs than one block row of the wide kernel's grid.
+        (1026, 1024, DType::BF16, 1e-2),
     ] {
         let x = values(rows * 2 * inter, 9);
         let xt = Tensor::from_vec(x, (rows, 1, 2 * inter), &dev)
@@ -520,7 +528,15 @@ fn silu_mul_matches_the_reference() {
             .to_dtype(dtype)
             .unwrap();
         let x = f32s(&xt);
-        let got = f32s(&kernels::silu_mul(&xt, inter).unwrap());
+        let got = f32s(&kernels::silu_mul(&xt, inter, false).unwrap());
+        // The wide kernel (or, 300 not a multiple of 8, the one it falls back to): the
+        // same bits.
+        let wide = f32s(&kernels::silu_mul(&xt, inter, true).unwrap());
+        assert_eq!(
+            bits(&wide),
+            bits(&got),
+            "silu_mul wide {dtype:?} {rows}×{inter}"
+        );
         let want: Vec<f32> = (0..rows * inter)
             .map(|i| {
                 let (r, c) = (i / inter, i % inter);
@@ -929,8 +945,9 @@ fn vision_kernels_match_the_reference() {
 #[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
 fn add_bias_matches_the_reference() {
     let dev = Device::new_cuda(0).expect("a CUDA device");
-    // The vision MLP's [3996, 3420], a decode row, and more rows than a grid's 65,535.
-    for (rows, n) in [(3996, 3420), (1, 4608), (70_000, 3)] {
+    // The vision MLP's [3996, 3420], a decode row, and more rows than a grid's 65,535;
+    // the prefill's q/k/v of Qwen2.5-VL-7B (the wide kernel's shape; 3420 and 3 fall back).
+    for (rows, n) in [(3996, 3420), (1, 4608), (70_000, 3), (1026, 4608)] {
         for (dtype, tol) in [(DType::F32, 1e-6), (DType::BF16, 1e-2), (DType::F16, 2e-3)] {
             let x = Tensor::from_vec(values(rows * n, 31), (rows, n), &dev)
                 .unwrap()
@@ -940,7 +957,13 @@ fn add_bias_matches_the_reference() {
                 .unwrap()
                 .to_dtype(dtype)
                 .unwrap();
-            let got = f32s(&kernels::add_bias(&x, &b).unwrap());
+            let got = f32s(&kernels::add_bias(&x, &b, false).unwrap());
+            let wide = f32s(&kernels::add_bias(&x, &b, true).unwrap());
+            assert_eq!(
+                bits(&wide),
+                bits(&got),
+                "add_bias wide {dtype:?} {rows}×{n}"
+            );
             let (xs, bs) = (f32s(&x), f32s(&b));
             let want: Vec<f32> = (0..rows * n).map(|i| xs[i] + bs[i % n]).collect();
             let e = max_rel_err(&got, &want);
@@ -948,6 +971,60 @@ fn add_bias_matches_the_reference() {
             assert!(e < tol, "add_bias {dtype:?} {rows}×{n}: {e}");
         }
     }
+}
+
+/// The wide kernels' 16-byte accesses need 16-byte aligned rows: a tensor that starts
+/// one value into its buffer takes the one-value-a-thread kernels, with the same values.
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn wide_kernels_fall_back_where_rows_are_not_aligned() {
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    let (rows, n) = (9, 64);
+    let at_one = |seed, len: usize, shape: (usize, usize)| {
+        Tensor::from_vec(values(len + 1, seed), len + 1, &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .narrow(0, 1, len)
+            .unwrap()
+            .reshape(shape)
+            .unwrap()
+    };
+    let x = at_one(61, rows * 2 * n, (rows, 2 * n));
+    assert_eq!(x.layout().start_offset(), 1);
+    let b = at_one(62, 2 * n, (1, 2 * n)).flatten_all().unwrap();
+    let (gx, ux) = (
+        f32s(&x.narrow(1, 0, n).unwrap()),
+        f32s(&x.narrow(1, n, n).unwrap()),
+    );
+    let (xs, bs) = (f32s(&x), f32s(&b));
+    let got = f32s(&kernels::add_bias(&x, &b, true).unwrap());
+    assert_eq!(
+        bits(&got),
+        bits(&f32s(&kernels::add_bias(&x, &b, false).unwrap()))
+    );
+    let want: Vec<f32> = (0..rows * 2 * n).map(|i| xs[i] + bs[i % (2 * n)]).collect();
+    assert!(max_rel_err(&got, &want) < 1e-2);
+    let got = f32s(&kernels::silu_mul(&x, n, true).unwrap());
+    assert_eq!(
+        bits(&got),
+        bits(&f32s(&kernels::silu_mul(&x, n, false).unwrap()))
+    );
+    let want: Vec<f32> = (0..rows * n)
+        .map(|i| gx[i] / (1.0 + (-gx[i]).exp()) * ux[i])
+        .collect();
+    assert!(max_rel_err(&got, &want) < 1e-2);
+    let (g, u) = (
+        at_one(63, rows * n, (rows, n)),
+        at_one(64, rows * n, (rows, n)),
+    );
+    let got = f32s(&kernels::gated_silu(&g, &u, None, None, true).unwrap());
+    assert_eq!(
+        bits(&got),
+        bits(&f32s(
+            &kernels::gated_silu(&g, &u, None, None, false).unwrap()
+        ))
+    );
 }
 
 #[test]
@@ -1032,7 +1109,13 @@ fn gated_silu_matches_the_reference() {
             } else {
                 (None, None)
             };
-            let got = f32s(&kernels::gated_silu(&g, &u, gb, ub).unwrap());
+            let got = f32s(&kernels::gated_silu(&g, &u, gb, ub, false).unwrap());
+            let wide = f32s(&kernels::gated_silu(&g, &u, gb, ub, true).unwrap());
+            assert_eq!(
+                bits(&wide),
+                bits(&got),
+                "gated_silu wide {dtype:?} {rows}×{n}"
+            );
             let (gs, us) = (f32s(&g), f32s(&u));
             let (gbs, ubs) = (gb.map(f32s), ub.map(f32s));
             let want: Vec<f32> = (0..rows * n)
@@ -1096,13 +1179,25 @@ fn dequantized_slices_match_the_whole_weight_on_the_cpu() {
 
 /// The residual add and RMSNorm in one launch give candle's add and norm bit for bit
 /// (a decode step's tokens must not move): each dtype, hidden sizes on both sides of the
-/// norm's 1,024-value block switch, several rows, with and without the add.
+/// norm's 1,024-value block switch, several rows, with and without the add. The prompt's
+/// launch (`add_rms_norm_prompt`, `prefill_kernels`) too, on the same shapes and a
+/// prefill's many rows: 1,024 to 4,096 values take 256 threads standing in for candle's
+/// 1,024 (the 7B decoder's 3,584, Qwen2.5-VL's vision blocks' 1,280, both ends of the
+/// range), 5,120 and rows under 1,024 the decode step's kernel.
 #[test]
 #[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
 fn add_rms_norm_gives_candles_add_and_norm_exactly() {
     let dev = Device::new_cuda(0).expect("a CUDA device");
     // 5,120: wider than the registers hold (4 columns a thread), through the loop.
-    for (rows, n) in [(1, 2048), (3, 3584), (2, 896), (5, 64), (1, 5120)] {
+    let shapes = [(1, 2048), (3, 3584), (2, 896), (5, 64), (1, 5120)];
+    let prompts = [
+        (300, 3584),
+        (1030, 1280),
+        (64, 1024),
+        (70, 4096),
+        (65, 5120),
+    ];
+    for (rows, n) in shapes.into_iter().chain(prompts) {
         for dtype in [DType::F32, DType::BF16, DType::F16] {
             let t = |seed, len, shape: (usize, usize, usize)| {
                 Tensor::from_vec(values(len, seed), shape, &dev)
@@ -1123,6 +1218,14 @@ fn add_rms_norm_gives_candles_add_and_norm_exactly() {
             let want = candle_nn::ops::rms_norm(&want_sum, &w, 1e-6).unwrap();
             assert_eq!(f32s(&sum), f32s(&want_sum), "sum {dtype:?} {rows}×{n}");
             assert_eq!(f32s(&normed), f32s(&want), "norm {dtype:?} {rows}×{n}");
+            let (prompt_sum, prompt_normed) =
+                kernels::add_rms_norm_prompt(&x, Some(&delta), norm).unwrap();
+            assert_eq!(bits(&f32s(&prompt_sum)), bits(&f32s(&want_sum)));
+            assert_eq!(
+                bits(&f32s(&prompt_normed)),
+                bits(&f32s(&want)),
+                "prompt norm {dtype:?} {rows}×{n}"
+            );
             let (same, normed, _) = kernels::add_rms_norm(&x, None, norm, false).unwrap();
             let want = candle_nn::ops::rms_norm(&x, &w, 1e-6).unwrap();
             assert_eq!(f32s(&same), f32s(&x));
@@ -1131,6 +1234,97 @@ fn add_rms_norm_gives_candles_add_and_norm_exactly() {
                 f32s(&want),
                 "norm alone {dtype:?} {rows}×{n}"
             );
+            let (_, normed) = kernels::add_rms_norm_prompt(&x, None, norm).unwrap();
+            assert_eq!(
+                bits(&f32s(&normed)),
+                bits(&f32s(&want)),
+                "prompt norm alone {dtype:?} {rows}×{n}"
+            );
+        }
+    }
+}
+
+/// A prompt's q/k/v in one launch give what the unfused prefill's candle ops give, bit for
+/// bit: the bias kernel, the per-head norms (candle's rmsnorm on contiguous heads), candle's
+/// rope on `[b, heads, l, d]`, the cache append. Heads of 128 (every real decoder), 64 and
+/// 16 (the tiny models': RoPE partners in other lanes), with and without bias and norms,
+/// into caches that already hold positions (a second prompt chunk) and have room after.
+#[test]
+#[cfg_attr(not(feature = "cuda"), ignore = "CUDA kernels: run by the GPU check")]
+fn prefill_qkv_gives_the_unfused_bits() {
+    let dev = Device::new_cuda(0).expect("a CUDA device");
+    // (b, l, nq, nkv, d, bias, norms, cached positions before, capacity)
+    let cases = [
+        (2, 37, 7, 1, 128, true, false, 0, 50),
+        (1, 300, 4, 2, 128, false, true, 5, 320),
+        (3, 9, 4, 4, 64, true, true, 0, 9),
+        (2, 11, 4, 2, 16, true, false, 2, 20),
+    ];
+    for (b, l, nq, nkv, d, biased, normed, before, cap) in cases {
+        for dtype in [DType::BF16, DType::F16, DType::F32] {
+            let t = |seed, shape: &[usize]| {
+                Tensor::from_vec(values(shape.iter().product(), seed), shape, &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let width = (nq + 2 * nkv) * d;
+            let qkv = (t(71, &[b, l, width]) * 3.0).unwrap();
+            let bias = t(72, &[width]);
+            let bias = biased.then_some(&bias);
+            let (cos, sin) = (t(73, &[b, l, d / 2]), t(74, &[b, l, d / 2]));
+            let (qw, kw) = (t(75, &[d]), t(76, &[d]));
+            let norm = |w| HeadNorm {
+                weight: w,
+                eps: 1e-6,
+            };
+            let (q_norm, k_norm) = if normed {
+                (Some(norm(&qw)), Some(norm(&kw)))
+            } else {
+                (None, None)
+            };
+            let old = t(77, &[b, nkv, cap, d]);
+            let caches = || (old.copy().unwrap(), old.copy().unwrap());
+            // The unfused prefill (decoder/attention.rs, prompt_qkv).
+            let (want_k, want_v) = caches();
+            let y = match bias {
+                Some(bias) => kernels::add_bias(&qkv, bias, false).unwrap(),
+                None => qkv.clone(),
+            };
+            let y = y.reshape((b, l, nq + 2 * nkv, d)).unwrap();
+            let (mut q, mut k) = (y.narrow(2, 0, nq).unwrap(), y.narrow(2, nq, nkv).unwrap());
+            let v = y.narrow(2, nq + nkv, nkv).unwrap();
+            if normed {
+                let rms = |x: &Tensor, w: &Tensor| {
+                    candle_nn::ops::rms_norm(&x.contiguous().unwrap(), w, 1e-6).unwrap()
+                };
+                (q, k) = (rms(&q, &qw), rms(&k, &kw));
+            }
+            let rope = |x: &Tensor| {
+                let x = x.transpose(1, 2).unwrap().contiguous().unwrap();
+                candle_nn::rotary_emb::rope(&x, &cos, &sin).unwrap()
+            };
+            let (want_q, k) = (rope(&q), rope(&k));
+            let v = v.transpose(1, 2).unwrap().contiguous().unwrap();
+            want_k.slice_set(&k, 2, before).unwrap();
+            want_v.slice_set(&v, 2, before).unwrap();
+            // The kernel.
+            let (got_k, got_v) = caches();
+            let heads = Heads {
+                q: nq,
+                kv: nkv,
+                dim: d,
+            };
+            let got_q = kernels::prefill_qkv(
+                &qkv, bias, &cos, &sin, q_norm, k_norm, &heads, &got_k, &got_v, before,
+            )
+            .unwrap();
+            let what =
+                format!("{dtype:?} b {b} l {l} heads {nq}/{nkv}×{d} bias {biased} norms {normed}");
+            assert_eq!(got_q.dims(), &[b, nq, l, d], "{what}");
+            assert_eq!(bits(&f32s(&got_q)), bits(&f32s(&want_q)), "q {what}");
+            assert_eq!(bits(&f32s(&got_k)), bits(&f32s(&want_k)), "k cache {what}");
+            assert_eq!(bits(&f32s(&got_v)), bits(&f32s(&want_v)), "v cache {what}");
         }
     }
 }
@@ -1186,7 +1380,7 @@ fn q8_inputs_give_the_projection_its_own_quantization() {
                 let g = gate_up.forward(&normed).unwrap();
                 let (act, q8) = kernels::silu_mul_q8(&g, k).unwrap();
                 let q8 = q8.expect("blocks for at most 8 rows");
-                assert_eq!(f32s(&act), f32s(&kernels::silu_mul(&g, k).unwrap()));
+                assert_eq!(f32s(&act), f32s(&kernels::silu_mul(&g, k, false).unwrap()));
                 let got = f32s(&proj.forward_q8(&act, Some(&q8)).unwrap());
                 let want = f32s(&proj.forward_q8(&act, None).unwrap());
                 assert_eq!(

@@ -332,6 +332,53 @@ fn placeholder_count_must_match_images() {
     assert!(matches!(empty, Err(vlm_contract::Error::EmptyQuestion)));
 }
 
+/// `RuntimeOptions::prefill_kernels` (the wide bias/SiLU kernels, the residual adds in the
+/// RMSNorms' launches for the prefill and Qwen2.5-VL's vision blocks) changes launches,
+/// never values: tokens and every step's logits bit for bit against the default, single
+/// requests and a padded batch. On CUDA this runs those kernels (the tiny models' widths
+/// are multiples of 8); elsewhere the option only reorders candle's adds and norms.
+#[test]
+fn prefill_kernels_give_the_defaults_bits() {
+    for v in VARIANTS {
+        let fx = fixture(v);
+        let load = |on: bool| {
+            let runtime = cpu_f32().runtime.with_prefill_kernels(on);
+            let options = cpu_f32().with_runtime(runtime);
+            vlm_models::load(&fx.model_path(), &options).unwrap()
+        };
+        let (plain, wide) = (load(false), load(true));
+        let opts = GenerationOptions {
+            return_logits: true,
+            ..GenerationOptions::greedy(6)
+        };
+        let requests: Vec<Request> = fx
+            .cases
+            .iter()
+            .map(|c| request(&fx, c, opts.clone()))
+            .collect();
+        let logits = |g: &vlm_contract::Generation| -> Vec<Vec<u32>> {
+            let steps = g.logits.as_ref().unwrap();
+            steps
+                .iter()
+                .map(|s| s.iter().map(|x| x.to_bits()).collect())
+                .collect()
+        };
+        for (want, got) in plain
+            .generate_batch(&requests)
+            .unwrap()
+            .iter()
+            .zip(&wide.generate_batch(&requests).unwrap())
+            .chain([(
+                &plain.generate(&requests[0]).unwrap(),
+                &wide.generate(&requests[0]).unwrap(),
+            )])
+        {
+            assert_eq!(got.token_ids, want.token_ids, "{v}: tokens");
+            assert!(logits(got) == logits(want), "{v}: logits differ");
+        }
+    }
+}
+
 /// On CUDA, decode steps after the second are replays of a captured graph: they must give
 /// what eager steps give (tokens, and logits to rounding) for single requests and a padded
 /// batch, and must have run. Elsewhere there are no graphs to compare.

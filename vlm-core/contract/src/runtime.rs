@@ -136,6 +136,17 @@ pub struct RuntimeOptions {
     /// the groups of at least 4. Environment: `VLM_MMA_DECODE=N` (a non-negative integer;
     /// anything else gives the default).
     pub mma_decode_min_batch: usize,
+    /// The prefill's and the vision tower's element-wise work in fewer, wider passes: a
+    /// prompt's q, k and v prepared in one launch a layer (bias, per-head norms, RoPE, the
+    /// heads' layout and the KV-cache writes, ~11 of candle's launches before), each
+    /// residual add of the decoder's prefill and of Qwen2.5-VL's vision blocks in the launch
+    /// of the RMSNorm after it (256 threads a row, four rows a multiprocessor), and the
+    /// bias, `silu(gate) · up` and gated-SiLU kernels eight values a thread in 16-byte
+    /// accesses (the default ones move one value a thread, ~1.2 TB/s of an H100's 3.35
+    /// under ncu in run 48). Same values bit for bit. Default off: built without a GPU, it
+    /// has not yet been run or measured on one (docs/benchmarks.md). Environment:
+    /// `VLM_PREFILL_KERNELS=1` turns it on.
+    pub prefill_kernels: bool,
 }
 
 /// The default of [`RuntimeOptions::gemv_max_rows`].
@@ -171,13 +182,14 @@ impl Default for RuntimeOptions {
             reuse_graphs: true,
             decode_slice_blocks: DEFAULT_DECODE_SLICE_BLOCKS,
             mma_decode_min_batch: DEFAULT_MMA_DECODE_MIN_BATCH,
+            prefill_kernels: false,
         }
     }
 }
 
 impl RuntimeOptions {
     /// The environment variables [`Self::from_env`] reads, in field order.
-    pub const ENV_VARS: [&'static str; 15] = [
+    pub const ENV_VARS: [&'static str; 16] = [
         "VLM_FUSED_KERNELS",
         "VLM_GEMV",
         "VLM_MMA_GEMV",
@@ -193,6 +205,7 @@ impl RuntimeOptions {
         "VLM_REUSE_GRAPHS",
         "VLM_DECODE_SLICE_BLOCKS",
         "VLM_MMA_DECODE",
+        "VLM_PREFILL_KERNELS",
     ];
 
     /// The defaults, changed by whichever `VLM_*` variables the process has set (each
@@ -240,6 +253,7 @@ impl RuntimeOptions {
             mma_decode_min_batch: var("VLM_MMA_DECODE")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(defaults.mma_decode_min_batch),
+            prefill_kernels: is("VLM_PREFILL_KERNELS", "1"),
         }
     }
 
@@ -332,6 +346,12 @@ impl RuntimeOptions {
         self.mma_decode_min_batch = batch;
         self
     }
+
+    /// Sets [`Self::prefill_kernels`].
+    pub fn with_prefill_kernels(mut self, on: bool) -> Self {
+        self.prefill_kernels = on;
+        self
+    }
 }
 
 #[cfg(test)]
@@ -354,7 +374,7 @@ mod tests {
         assert!(want.fused_kernels && want.cuda_graphs && want.flash_attention);
         assert!(want.quant_kernels && want.fused_norms && want.run_ahead && want.reuse_graphs);
         assert_eq!(want.mma_gemv_max_rows, 16);
-        assert!(!want.cuda_pool_keep && !want.early_launch);
+        assert!(!want.cuda_pool_keep && !want.early_launch && !want.prefill_kernels);
         assert_eq!((want.gemv_max_rows, want.quant_gemm_rows), (1, 64));
         assert_eq!(want.decode_slice_blocks, 224);
         assert_eq!(want.mma_decode_min_batch, 2);
@@ -383,13 +403,14 @@ mod tests {
     }
 
     #[test]
-    fn pool_keep_and_early_launch_turn_on_at_1_only() {
+    fn opt_ins_turn_on_at_1_only() {
         for (name, get) in [
             (
                 "VLM_CUDA_POOL_KEEP",
                 (|o: RuntimeOptions| o.cuda_pool_keep) as fn(RuntimeOptions) -> bool,
             ),
             ("VLM_EARLY_LAUNCH", |o| o.early_launch),
+            ("VLM_PREFILL_KERNELS", |o| o.prefill_kernels),
         ] {
             assert!(get(parse(&[(name, "1")])), "{name}=1");
             assert!(get(parse(&[(name, " 1 ")])), "{name} trimmed");

@@ -5,7 +5,7 @@
 //! GQA without copying: the query heads that share a key/value head are folded into the
 //! row dimension, so one matmul per group reads the cached K/V in place.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::DecoderConfig;
@@ -38,6 +38,8 @@ pub(super) struct Attention {
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
+    /// A prompt's q/k/v through `kernels::prefill_qkv` (`RuntimeOptions::prefill_kernels`).
+    prefill_kernel: bool,
 }
 
 impl Attention {
@@ -60,7 +62,7 @@ impl Attention {
     /// the caches), the output projection (from the attention's own Q8_1 blocks where it
     /// takes them).
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn forward_fused_decode(
+    fn forward_fused_decode(
         &self,
         x: &Tensor,
         q8: Option<&kernels::Q8Input>,
@@ -109,6 +111,71 @@ impl Attention {
             .forward_q8(&out.reshape((b, 1, heads.q * heads.dim))?, out_q8.as_ref())
     }
 
+    /// A prompt's (or an unfused step's) q `[b, heads, l, d]` and everything cached after
+    /// appending its keys and values, `[b, kv_heads, len, d]` each: candle's ops.
+    fn prompt_qkv(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: &mut LayerKvCache,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, l, _) = x.dims3()?;
+        let d = self.head_dim;
+        let (nq, nkv) = (self.num_heads, self.num_kv_heads);
+        // Split into heads first, then narrow: views. (A narrow of the last dim, then a
+        // reshape, copied each of q, k and v once more than the transposes below do: 84 of
+        // a batch-8 prefill's 169 copies, run 48's profile.)
+        let qkv = self.qkv.forward(x)?.reshape((b, l, nq + 2 * nkv, d))?;
+        let mut q = qkv.narrow(2, 0, nq)?;
+        let mut k = qkv.narrow(2, nq, nkv)?;
+        let v = qkv.narrow(2, nq + nkv, nkv)?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            // Contiguous, for candle's one-launch norm (the same values as before the split
+            // became views).
+            q = qn.forward(&q.contiguous()?)?;
+            k = kn.forward(&k.contiguous()?)?;
+        }
+        // candle's fused rotate-half RoPE: one kernel instead of narrow/neg/cat/mul/add.
+        let q = candle_nn::rotary_emb::rope(&q.transpose(1, 2)?.contiguous()?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?;
+        let v = v.transpose(1, 2)?;
+        let (k, v) = cache
+            .append(&k, &v)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok((q, k, v))
+    }
+
+    /// [`Self::prompt_qkv`] in one launch of `kernels::prefill_qkv` (the same bits): the
+    /// bias, norms, RoPE, the heads' layout and the cache writes of candle's ~11 launches.
+    fn prompt_qkv_fused(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: &mut LayerKvCache,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let l = x.dim(1)?;
+        let qkv = self.qkv.forward_unbiased(x)?;
+        let (k_cache, v_cache, pos) = cache
+            .claim(l)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let q = kernels::prefill_qkv(
+            &qkv,
+            self.qkv.bias(),
+            cos,
+            sin,
+            self.q_norm.as_ref().map(RmsNorm::head_norm),
+            self.k_norm.as_ref().map(RmsNorm::head_norm),
+            &self.heads(),
+            k_cache,
+            v_cache,
+            pos,
+        )?;
+        let len = pos + l;
+        Ok((q, k_cache.narrow(2, 0, len)?, v_cache.narrow(2, 0, len)?))
+    }
+
     pub(super) fn new(cfg: &DecoderConfig, vb: VarBuilder, q: &Quantizer) -> Result<Self> {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
@@ -131,6 +198,7 @@ impl Attention {
             ],
             cfg.qkv_bias,
         )?;
+        let runtime = q.runtime();
         Ok(Self {
             qkv,
             o_proj: q.linear(nq * d, h, false, vb.pp("o_proj"))?,
@@ -139,12 +207,19 @@ impl Attention {
             num_heads: nq,
             num_kv_heads: nkv,
             head_dim: d,
+            prefill_kernel: runtime.prefill_kernels
+                && kernels::enabled(&runtime, vb.device(), vb.dtype())
+                && d.is_multiple_of(2)
+                && d <= 256,
         })
     }
 
+    /// The layer's attention over `x` (at a decode step through the fused kernels, from
+    /// `q8` where it holds `x` quantized).
     pub(super) fn forward(
         &self,
         x: &Tensor,
+        q8: Option<&kernels::Q8Input>,
         cos: &Tensor,
         sin: &Tensor,
         masking: Masking<'_>,
@@ -152,33 +227,18 @@ impl Attention {
     ) -> Result<Tensor> {
         let mask = match masking {
             Masking::FusedDecode { pad, len } => {
-                return self.forward_fused_decode(x, None, cos, sin, pad, len, cache)
+                return self.forward_fused_decode(x, q8, cos, sin, pad, len, cache)
             }
             Masking::Additive(mask) => mask,
         };
         let (b, l, _) = x.dims3()?;
         let d = self.head_dim;
-        let (nq, nkv) = (self.num_heads, self.num_kv_heads);
-        let qkv = self.qkv.forward(x)?;
-        // Views at decode (b = l = 1); copies otherwise.
-        let mut q = qkv.narrow(D::Minus1, 0, nq * d)?.reshape((b, l, nq, d))?;
-        let mut k = qkv
-            .narrow(D::Minus1, nq * d, nkv * d)?
-            .reshape((b, l, nkv, d))?;
-        let v = qkv
-            .narrow(D::Minus1, (nq + nkv) * d, nkv * d)?
-            .reshape((b, l, nkv, d))?;
-        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = qn.forward(&q)?;
-            k = kn.forward(&k)?;
-        }
-        // candle's fused rotate-half RoPE: one kernel instead of narrow/neg/cat/mul/add.
-        let q = candle_nn::rotary_emb::rope(&q.transpose(1, 2)?.contiguous()?, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&k.transpose(1, 2)?.contiguous()?, cos, sin)?;
-        let v = v.transpose(1, 2)?;
-        let (k, v) = cache
-            .append(&k, &v)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let tables_fit = cos.dims() == [b, l, d / 2] && cos.dtype() == x.dtype();
+        let (q, k, v) = if self.prefill_kernel && tables_fit {
+            self.prompt_qkv_fused(x, cos, sin, cache)?
+        } else {
+            self.prompt_qkv(x, cos, sin, cache)?
+        };
         let kv_len = k.dim(2)?;
         if let Some(AttentionMask::Causal { pad }) = mask {
             if l > 1 && kernels::flash_applies(self.qkv.runtime(), x.device(), q.dtype(), d) {

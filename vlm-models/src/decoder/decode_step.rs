@@ -10,7 +10,7 @@ use super::kv_cache::LayerKvCache;
 use super::model::Decoder;
 use super::state::DecoderState;
 use crate::kernels::{self, CacheLen, StepGraph, StepUploads, UploadCache, UploadValues};
-use crate::layers::attention_mask;
+use crate::layers::{attention_mask, AddNorm};
 
 /// What a fused decode step reads from the device, written before each step, and the step
 /// captured as a CUDA graph once one eager step has run (kernels/graph.rs): every step of
@@ -125,7 +125,7 @@ impl Decoder {
     /// The layers, final norm and LM head of a step through the fused kernels, `[b, 1,
     /// hidden]` embeddings in, `[b, vocab]` logits out: each residual add runs in the
     /// launch of the norm after it, which hands a quantized projection its input already
-    /// quantized (DecoderLayer::forward_fused_step); with `RuntimeOptions::fused_norms`
+    /// quantized (DecoderLayer::forward); with `RuntimeOptions::fused_norms`
     /// off, in launches of their own.
     fn fused_step_logits(
         &self,
@@ -141,14 +141,16 @@ impl Decoder {
             let hidden = self.run_layers(embeds.clone(), cos, sin, masking, caches, None)?;
             return self.logits(&hidden.squeeze(1)?);
         }
-        let mut x = embeds.clone();
-        let mut delta = None;
-        for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
-            let (residual, mlp) =
-                layer.forward_fused_step(&x, delta.as_ref(), cos, sin, pad, len, cache)?;
-            x = residual;
-            delta = Some(mlp);
-        }
+        let masking = Masking::FusedDecode { pad, len };
+        let (x, delta) = self.run_layers_deferred(
+            embeds.clone(),
+            cos,
+            sin,
+            masking,
+            caches,
+            None,
+            AddNorm::Step,
+        )?;
         let x = x.squeeze(1)?;
         let delta = delta.map(|d| d.squeeze(1)).transpose()?;
         let (_, hidden, q8) = kernels::add_rms_norm(

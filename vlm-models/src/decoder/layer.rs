@@ -7,8 +7,7 @@ use super::attention::{Attention, Masking};
 use super::config::DecoderConfig;
 use super::kv_cache::LayerKvCache;
 use super::mlp::Mlp;
-use crate::kernels::{self, CacheLen};
-use crate::layers::RmsNorm;
+use crate::layers::{AddNorm, RmsNorm};
 use crate::quant::Quantizer;
 
 pub(super) struct DecoderLayer {
@@ -36,57 +35,41 @@ impl DecoderLayer {
         })
     }
 
-    /// `[b, l, hidden]` → `[b, l, hidden]`, appending this layer's keys and values to
-    /// `cache`.
-    pub(super) fn forward(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        masking: Masking<'_>,
-        cache: &mut LayerKvCache,
-    ) -> Result<Tensor> {
-        let attn =
-            self.self_attn
-                .forward(&self.input_layernorm.forward(x)?, cos, sin, masking, cache)?;
-        let x1 = (x + attn)?;
-        &x1 + self
-            .mlp
-            .forward(&self.post_attention_layernorm.forward(&x1)?)?
-    }
-
-    /// A decode step through the fused kernels: `x` plus the previous layer's MLP output
-    /// `delta` (none for the first layer) in → this layer's residual and MLP output out,
-    /// which the next layer (or the final norm) adds in the same launch as its norm
-    /// ([`kernels::add_rms_norm`]), handing the projections their input quantized where
-    /// they take it.
+    /// `[b, l, hidden]` in, appending this layer's keys and values to `cache`: `x` plus the
+    /// previous layer's MLP output `delta` (none for the first layer) in, this layer's
+    /// residual and MLP output out, which the next layer (or the final norm) adds with its
+    /// norm. Each add and the norm after it run as `norms` says ([`RmsNorm::add_forward`]);
+    /// at a decode step's [`AddNorm::Step`] the norm hands the projections their input
+    /// quantized where they take it.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn forward_fused_step(
+    pub(super) fn forward(
         &self,
         x: &Tensor,
         delta: Option<&Tensor>,
         cos: &Tensor,
         sin: &Tensor,
-        pad: Option<&Tensor>,
-        len: CacheLen<'_>,
+        masking: Masking<'_>,
         cache: &mut LayerKvCache,
+        norms: AddNorm,
     ) -> Result<(Tensor, Tensor)> {
-        let (x, normed, q8) = kernels::add_rms_norm(
-            x,
-            delta,
-            self.input_layernorm.head_norm(),
-            self.self_attn.takes_q8(),
-        )?;
-        let attn =
-            self.self_attn
-                .forward_fused_decode(&normed, q8.as_ref(), cos, sin, pad, len, cache)?;
-        let (x1, normed, q8) = kernels::add_rms_norm(
+        let q8 = norms == AddNorm::Step && matches!(masking, Masking::FusedDecode { .. });
+        let (x, normed, q8_in) =
+            self.input_layernorm
+                .add_forward(x, delta, norms, q8 && self.self_attn.takes_q8())?;
+        let attn = self
+            .self_attn
+            .forward(&normed, q8_in.as_ref(), cos, sin, masking, cache)?;
+        let (x1, normed, q8_in) = self.post_attention_layernorm.add_forward(
             &x,
             Some(&attn),
-            self.post_attention_layernorm.head_norm(),
-            self.mlp.takes_q8(),
+            norms,
+            q8 && self.mlp.takes_q8(),
         )?;
-        let mlp = self.mlp.forward_q8(&normed, q8.as_ref())?;
+        let mlp = if q8 {
+            self.mlp.forward_q8(&normed, q8_in.as_ref())?
+        } else {
+            self.mlp.forward(&normed)?
+        };
         Ok((x1, mlp))
     }
 

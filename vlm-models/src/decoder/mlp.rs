@@ -17,6 +17,8 @@ pub(super) struct Mlp {
     intermediate: usize,
     /// silu(gate)·up in one CUDA kernel.
     fused_silu: bool,
+    /// That kernel eight values a thread (`RuntimeOptions::prefill_kernels`).
+    wide: bool,
 }
 
 impl Mlp {
@@ -33,6 +35,7 @@ impl Mlp {
             intermediate: i,
             fused_silu: cfg.hidden_act == Act::Silu
                 && kernels::enabled(&q.runtime(), vb.device(), vb.dtype()),
+            wide: q.runtime().prefill_kernels,
         })
     }
 }
@@ -71,9 +74,11 @@ impl Mlp {
 
     fn down(&self, gate_up: Tensor) -> Result<Tensor> {
         if self.fused_silu {
-            return self
-                .down_proj
-                .forward(&kernels::silu_mul(&gate_up, self.intermediate)?);
+            return self.down_proj.forward(&kernels::silu_mul(
+                &gate_up,
+                self.intermediate,
+                self.wide,
+            )?);
         }
         let gate = gate_up.narrow(D::Minus1, 0, self.intermediate)?;
         let up = gate_up.narrow(D::Minus1, self.intermediate, self.intermediate)?;

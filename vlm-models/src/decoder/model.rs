@@ -14,7 +14,7 @@ use super::rope::RopeTables;
 use super::state::DecoderState;
 use super::step_kits::{KitHome, KitKey, PromptCaches, StepKits};
 use crate::kernels;
-use crate::layers::{attention_mask, AttentionMask, Embedding, Linear, RmsNorm};
+use crate::layers::{attention_mask, AddNorm, AttentionMask, Embedding, Linear, RmsNorm};
 use crate::quant::Quantizer;
 
 /// Extra input of the first layers in Qwen3-VL: features added at the image positions.
@@ -163,18 +163,53 @@ impl Decoder {
         caches: &mut [LayerKvCache],
         deepstack: Option<DeepStack<'_>>,
     ) -> Result<Tensor> {
+        // The prefill's residual adds in the norms' launches (`prefill_kernels`); a decode
+        // step reaches here with the fused norms off (decode_step.rs) or off the kernels.
+        let prompt = self.runtime.prefill_kernels
+            && matches!(masking, Masking::Additive(_))
+            && kernels::enabled(&self.runtime, &self.device, self.dtype);
+        let norms = if prompt {
+            AddNorm::Prompt
+        } else {
+            AddNorm::Ops
+        };
+        let (x, delta) =
+            self.run_layers_deferred(embeds, cos, sin, masking, caches, deepstack, norms)?;
+        let (_, hidden, _) = self.norm.add_forward(&x, delta.as_ref(), norms, false)?;
+        Ok(hidden)
+    }
+
+    /// The layers over `embeds`: the last layer's residual and its MLP output, which the
+    /// final norm adds (`norms`: as DecoderLayer::forward takes it).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn run_layers_deferred(
+        &self,
+        embeds: Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        masking: Masking<'_>,
+        caches: &mut [LayerKvCache],
+        deepstack: Option<DeepStack<'_>>,
+        norms: AddNorm,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, l, h) = embeds.dims3()?;
         let mut x = embeds;
+        let mut delta = None;
         for (i, (layer, cache)) in self.layers.iter().zip(caches.iter_mut()).enumerate() {
-            x = layer.forward(&x, cos, sin, masking, cache)?;
-            if let Some(ds) = &deepstack {
-                if let Some(features) = ds.features.get(i) {
-                    let add = features.index_select(ds.rows, 0)?.reshape((b, l, h))?;
-                    x = (x + add)?;
+            let (residual, mlp) =
+                layer.forward(&x, delta.as_ref(), cos, sin, masking, cache, norms)?;
+            let fed = deepstack
+                .as_ref()
+                .and_then(|ds| Some((ds.rows, ds.features.get(i)?)));
+            (x, delta) = match fed {
+                Some((rows, features)) => {
+                    let add = features.index_select(rows, 0)?.reshape((b, l, h))?;
+                    (((residual + mlp)? + add)?, None)
                 }
-            }
+                None => (residual, Some(mlp)),
+            };
         }
-        self.norm.forward(&x)
+        Ok((x, delta))
     }
 
     /// LM head over `[.., hidden]`.

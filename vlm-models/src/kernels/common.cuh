@@ -1,5 +1,5 @@
 // What the kernel files share: conversions between the stored dtypes and f32, 16-byte
-// loads of eight elements, and block/warp reductions.
+// loads and stores of eight elements, the gated SiLU, and block/warp reductions.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -62,6 +62,32 @@ __device__ __forceinline__ void unpack8(const raw8<__half> &r, float *o) {
 template <typename T> __device__ __forceinline__ void load8(const T *p, float *o) {
   unpack8(load_raw8(p), o);
 }
+
+// Eight f32 values rounded to T and stored at `p` (16- or 32-byte aligned) in 16-byte
+// pieces; each value rounded to nearest, as from_f rounds it.
+template <typename T> __device__ __forceinline__ void store8(T *p, const float *v);
+template <> __device__ __forceinline__ void store8<float>(float *p, const float *v) {
+  *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
+  *reinterpret_cast<float4 *>(p + 4) = make_float4(v[4], v[5], v[6], v[7]);
+}
+template <> __device__ __forceinline__ void store8<__nv_bfloat16>(__nv_bfloat16 *p, const float *v) {
+  uint4 u;
+  __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+  *reinterpret_cast<uint4 *>(p) = u;
+}
+template <> __device__ __forceinline__ void store8<__half>(__half *p, const float *v) {
+  uint4 u;
+  __half2 *h = reinterpret_cast<__half2 *>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) h[i] = __floats2half2_rn(v[2 * i], v[2 * i + 1]);
+  *reinterpret_cast<uint4 *>(p) = u;
+}
+
+// silu(g) · u in f32: every kernel that applies a gated SiLU computes it with this one
+// expression, so that they agree bit for bit.
+__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.f + expf(-g)) * u; }
 
 // Sum over the block (blockDim.x a multiple of 32); every thread gets the total.
 __device__ float block_sum(float v) {

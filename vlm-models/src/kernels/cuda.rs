@@ -231,6 +231,7 @@ pub(super) fn silu_mul(
     gate_up: &Tensor,
     inter: usize,
     q8: Option<&super::quant_matvec::Q8Activations>,
+    wide: bool,
 ) -> Result<Tensor> {
     let dims = gate_up.dims();
     let Some((&last, lead)) = dims.split_last() else {
@@ -243,6 +244,15 @@ pub(super) fn silu_mul(
     let mut out_dims = lead.to_vec();
     out_dims.push(inter);
     let out = empty(gate_up, Shape::from_dims(&out_dims))?;
+    if wide && q8.is_none() {
+        let name = format!("silu_mul_wide_{}", suffix(gate_up.dtype())?);
+        let done = with_addresses(&[Some(gate_up), Some(&out)], |dev, p| {
+            launch_wide(dev, &name, p, rows, inter)
+        })?;
+        if done {
+            return Ok(out);
+        }
+    }
     let kernel = if q8.is_some() {
         "silu_mul_q8"
     } else {
@@ -284,14 +294,21 @@ pub(super) fn silu_mul(
     Ok(out)
 }
 
+/// The widest row `add_rms_norm_rows` holds (ROWS_NORM_COLS · 256 in decode.cu).
+const NORM_ROWS_MAX_N: usize = 4096;
+
 /// The residual add and RMSNorm of a decode step in one launch (`add_rms_norm` in
 /// decode.cu): `(x + delta, RMSNorm(x + delta) · w)`, or `(x, RMSNorm(x) · w)` without a
-/// delta; with `q8`, the normed rows also written there as Q8_1 blocks.
+/// delta; with `q8`, the normed rows also written there as Q8_1 blocks. With `prompt`
+/// (many rows: a prefill's or the vision tower's), rows of 1,024 to 4,096 values take
+/// `add_rms_norm_rows` (256 threads a row, four rows an SM; the same bits); a decode
+/// step's few rows keep 1,024 threads each.
 pub(super) fn add_rms_norm(
     x: &Tensor,
     delta: Option<&Tensor>,
     norm: HeadNorm<'_>,
     q8: Option<&super::quant_matvec::Q8Activations>,
+    prompt: bool,
 ) -> Result<(Tensor, Tensor)> {
     let n = x.dims().last().copied().unwrap_or(0);
     if n == 0 || norm.weight.elem_count() != n {
@@ -314,6 +331,35 @@ pub(super) fn add_rms_norm(
     let rows = x.elem_count() / n;
     let sum = delta.map(|_| empty(x, x.shape().clone())).transpose()?;
     let normed = empty(x, x.shape().clone())?;
+    if prompt && q8.is_none() && (1024..=NORM_ROWS_MAX_N).contains(&n) {
+        let name = format!("add_rms_norm_rows_{}", suffix(x.dtype())?);
+        let inputs = [
+            Some(x),
+            delta,
+            Some(norm.weight),
+            sum.as_ref(),
+            Some(&normed),
+        ];
+        with_addresses(&inputs, |dev, p| {
+            let func = custom_func!(dev, &name, MODULE, PTX);
+            let (n, eps) = (n as i32, norm.eps as f32);
+            let mut a = func.builder();
+            for ptr in p {
+                a.arg(ptr);
+            }
+            a.arg(&n).arg(&eps);
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: arguments match the kernel's signature; shapes checked above, n within
+            // the 16 columns a thread of 256 holds.
+            unsafe { a.launch(cfg) }.w()?;
+            Ok(())
+        })?;
+        return Ok((sum.unwrap_or_else(|| x.clone()), normed));
+    }
     let name = format!("add_rms_norm_{}", suffix(x.dtype())?);
     let n_padded = q8.map_or(n, |q| q.padded_k());
     let eps = norm.eps as f32;
@@ -639,6 +685,119 @@ pub(super) fn write_kv(
         unsafe { a.launch(dev, &func, cfg) }?;
         Ok(())
     })
+}
+
+/// A prompt's q, k and v from the fused projection (`prefill_qkv` in decode.cu): `qkv`
+/// `[b, l, (q + 2 kv)·dim]` before its `bias`, the per-head norms if any, RoPE from `cos`
+/// and `sin` `[b, l, dim/2]`; returns q `[b, q, l, dim]` and writes k and v into the
+/// caches `[b, kv, cap, dim]` at positions `pos .. pos + l`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn prefill_qkv(
+    qkv: &Tensor,
+    bias: Option<&Tensor>,
+    cos: &Tensor,
+    sin: &Tensor,
+    q_norm: Option<HeadNorm<'_>>,
+    k_norm: Option<HeadNorm<'_>>,
+    heads: &Heads,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    pos: usize,
+) -> Result<Tensor> {
+    /// `PREFILL_MAX_D` and `PREFILL_WARPS` in decode.cu.
+    const MAX_D: usize = 256;
+    const WARPS: usize = 4;
+    let (b, l, width) = qkv.dims3()?;
+    let (nq, nkv, d) = (heads.q, heads.kv, heads.dim);
+    if width != (nq + 2 * nkv) * d || d % 2 != 0 || d > MAX_D {
+        bail!("prefill_qkv: qkv {:?} for {heads:?}", qkv.shape());
+    }
+    let dtype = qkv.dtype();
+    let (cb, ckv, cap, cd) = k_cache.dims4()?;
+    if (cb, ckv, cd) != (b, nkv, d) || v_cache.shape() != k_cache.shape() || pos + l > cap {
+        bail!(
+            "prefill_qkv: caches {:?} for {l} positions from {pos} of {b} sequences",
+            k_cache.shape()
+        );
+    }
+    for t in [cos, sin] {
+        if t.dims() != [b, l, d / 2] {
+            bail!(
+                "prefill_qkv: RoPE table {:?}, want [{b}, {l}, {}]",
+                t.shape(),
+                d / 2
+            );
+        }
+    }
+    if bias.is_some_and(|t| t.elem_count() != width) {
+        bail!(
+            "prefill_qkv: a bias of {:?} for {width} outputs",
+            bias.map(Tensor::shape)
+        );
+    }
+    if l > 65_535 || b > 65_535 {
+        bail!("prefill_qkv: {b} sequences of {l} positions exceed a launch's grid");
+    }
+    let (q_w, k_w) = (q_norm.map(|n| n.weight), k_norm.map(|n| n.weight));
+    if q_norm.is_some() != k_norm.is_some()
+        || [q_w, k_w]
+            .into_iter()
+            .flatten()
+            .any(|w| w.elem_count() != d)
+    {
+        bail!("prefill_qkv: per-head norms must come as a q and k pair of [{d}]");
+    }
+    let eps = q_norm.or(k_norm).map_or(0.0, |n| n.eps) as f32;
+    same_dtype(
+        &[
+            bias,
+            Some(cos),
+            Some(sin),
+            q_w,
+            k_w,
+            Some(k_cache),
+            Some(v_cache),
+        ],
+        dtype,
+    )?;
+    let q = empty(qkv, Shape::from_dims(&[b, nq, l, d]))?;
+    let name = format!("prefill_qkv_{}", suffix(dtype)?);
+    let inputs = [
+        Some(qkv),
+        bias,
+        Some(cos),
+        Some(sin),
+        q_w,
+        k_w,
+        Some(&q),
+        Some(k_cache),
+        Some(v_cache),
+    ];
+    with_addresses(&inputs, |dev, p| {
+        let func = custom_func!(dev, &name, MODULE, PTX);
+        let mut a = func.builder();
+        for ptr in &p[..6] {
+            a.arg(ptr);
+        }
+        a.arg(&eps);
+        for ptr in &p[6..] {
+            a.arg(ptr);
+        }
+        let ints = [nq, nkv, d, l, cap, pos].map(|v| v as i32);
+        for v in &ints {
+            a.arg(v);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: ((nq + nkv).div_ceil(WARPS) as u32, l as u32, b as u32),
+            block_dim: (32 * WARPS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match the kernel's signature; shapes, dtypes and the grid's
+        // limits checked above, the claimed positions inside the caches.
+        unsafe { a.launch(cfg) }.w()?;
+        Ok(())
+    })?;
+    Ok(q)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1123,7 +1282,7 @@ fn columns_by_rows(rows: usize, n: usize) -> LaunchConfig {
     }
 }
 
-pub(super) fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+pub(super) fn add_bias(x: &Tensor, bias: &Tensor, wide: bool) -> Result<Tensor> {
     let n = bias.elem_count();
     let dims = x.dims();
     if dims.last() != Some(&n) || bias.rank() != 1 {
@@ -1136,6 +1295,15 @@ pub(super) fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     same_dtype(&[Some(bias)], x.dtype())?;
     let rows = x.elem_count() / n.max(1);
     let out = empty(x, x.shape().clone())?;
+    if wide {
+        let name = format!("add_bias_wide_{}", suffix(x.dtype())?);
+        let done = with_addresses(&[Some(x), Some(bias), Some(&out)], |dev, p| {
+            launch_wide(dev, &name, p, rows, n)
+        })?;
+        if done {
+            return Ok(out);
+        }
+    }
     let name = format!("add_bias_{}", suffix(x.dtype())?);
     with_addresses(&[Some(x), Some(bias), Some(&out)], |dev, p| {
         let func = custom_func!(dev, &name, OPS_MODULE, OPS_PTX);
@@ -1334,6 +1502,7 @@ pub(super) fn gated_silu(
     up: &Tensor,
     gate_bias: Option<&Tensor>,
     up_bias: Option<&Tensor>,
+    wide: bool,
 ) -> Result<Tensor> {
     let Some(&n) = gate.dims().last() else {
         bail!("gated_silu of a scalar");
@@ -1353,6 +1522,14 @@ pub(super) fn gated_silu(
     same_dtype(&[Some(up), gate_bias, up_bias], gate.dtype())?;
     let rows = gate.elem_count() / n.max(1);
     let out = empty(gate, gate.shape().clone())?;
+    if wide {
+        let name = format!("gated_silu_wide_{}", suffix(gate.dtype())?);
+        let inputs = [Some(gate), Some(up), gate_bias, up_bias, Some(&out)];
+        let done = with_addresses(&inputs, |dev, p| launch_wide(dev, &name, p, rows, n))?;
+        if done {
+            return Ok(out);
+        }
+    }
     let name = format!("gated_silu_{}", suffix(gate.dtype())?);
     with_addresses(
         &[Some(gate), Some(up), gate_bias, up_bias, Some(&out)],
@@ -1370,6 +1547,35 @@ pub(super) fn gated_silu(
         },
     )?;
     Ok(out)
+}
+
+/// One launch of a wide kernel of ops.cu (`add_bias_wide`, `gated_silu_wide`,
+/// `silu_mul_wide`) over `rows` rows of `n` values: its pointer arguments `ptrs` (0 for an
+/// absent bias), then the pack counts. False, launching nothing, where the
+/// kernel's 16-byte accesses do not fit (n not a multiple of 8, an address off 16 bytes, a
+/// tensor of 2^35 values or more); the caller then takes the one-value-a-thread kernel.
+fn launch_wide(dev: &CudaDevice, name: &str, ptrs: &[u64], rows: usize, n: usize) -> Result<bool> {
+    let packs = rows * (n / 8);
+    let aligned = ptrs.iter().all(|p| p % 16 == 0);
+    if !n.is_multiple_of(8) || !aligned || rows == 0 || packs > u32::MAX as usize {
+        return Ok(false);
+    }
+    let func = custom_func!(dev, name, OPS_MODULE, OPS_PTX);
+    let (packs32, row_packs) = (packs as u32, (n / 8) as u32);
+    let mut a = func.builder();
+    for ptr in ptrs {
+        a.arg(ptr);
+    }
+    a.arg(&packs32).arg(&row_packs);
+    let cfg = LaunchConfig {
+        grid_dim: (packs.div_ceil(256) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: arguments match the kernel's signature (pointers, then the two counts); the
+    // callers checked the shapes, and every address is 16-byte aligned for its accesses.
+    unsafe { a.launch(cfg) }.w()?;
+    Ok(true)
 }
 
 /// Strides (elements) of a `[sequence, head, row, d]` operand of the flash kernel.

@@ -1,4 +1,4 @@
-// Fused kernels of the decoder step. At one new token per sequence candle issues one
+// Fused kernels of the decoder (and prefill_qkv, its prompt's q/k/v). At one new token per sequence candle issues one
 // launch per small op (bias, q/k norms, two RoPEs, two cache copies, the score matmul,
 // softmax, the value matmul, the head transpose, the activation and its product): on an
 // H100 the host spends longer issuing them than the GPU spends running them. These three
@@ -27,6 +27,95 @@ __device__ void kv_write(const T *qkv, const T *bias, const T *cos, const T *sin
     k_cache[dst + i + half] = k2;
     v_cache[dst + i] = x1;
     v_cache[dst + i + half] = x2;
+  }
+}
+
+// Most values a head of prefill_qkv holds: 8 a lane.
+#define PREFILL_MAX_D 256
+// Heads (warps) a block of prefill_qkv takes.
+#define PREFILL_WARPS 4
+
+// candle's rope on one rotate-half pair in T's own arithmetic (each product and sum rounded
+// to T, as cuda_bf16.h's operators round): the expressions of its kernel, operands in its
+// order, so that the prefill's keys and queries keep their bits.
+template <typename T>
+__device__ __forceinline__ T rope_first(T x1, T x2, T c, T s) { return x1 * c - x2 * s; }
+template <typename T>
+__device__ __forceinline__ T rope_second(T x1, T x2, T c, T s) { return x1 * s + x2 * c; }
+
+// A prompt's q, k and v from the fused projection's output qkv [b, l, (nq + 2 nkv) d]
+// (before its bias), what the unfused prefill makes of them bit for bit: the bias added in
+// f32 and rounded to T (add_bias), the optional per-head RMSNorm (Qwen3's q_norm/k_norm)
+// with candle's 32-thread reduction (lane t sums columns t, t + 32, ...), rotate-half RoPE
+// as candle's rope kernel computes it (cos/sin [b, l, d/2] in T). q goes to
+// q_out [b, nq, l, d], the layout the flash kernel reads; k and v into the caches
+// [b, nkv, cap, d] at positions pos .. pos + l. Replaces the bias launch, six copies
+// (narrows, transposes), two ropes and two cache writes a layer (run 48's profile).
+// Grid (ceil((nq + nkv) / PREFILL_WARPS), l, b), 32 · PREFILL_WARPS threads: a warp per
+// head of one token (a kv head's warp writes its key and value); d even, ≤ PREFILL_MAX_D.
+template <typename T>
+__device__ void prefill_qkv(const T *qkv, const T *bias, const T *cos, const T *sin,
+                            const T *q_norm, const T *k_norm, float eps, T *q_out, T *k_cache,
+                            T *v_cache, int nq, int nkv, int d, int l, int cap, int pos) {
+  __shared__ T normed[PREFILL_WARPS][PREFILL_MAX_D];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int head = blockIdx.x * PREFILL_WARPS + warp;
+  if (head >= nq + nkv) return;  // a whole warp: nothing below syncs beyond it
+  const int t = blockIdx.y, b = blockIdx.z, half = d / 2;
+  const size_t token = (size_t)b * l + t;
+  const T *src = qkv + token * (nq + 2 * nkv) * d;
+  const T *cs = cos + token * half, *sn = sin + token * half;
+  const bool is_q = head < nq;
+  const int kh = head - nq;
+  const int off = is_q ? head * d : (nq + kh) * d;
+  const T *norm_w = is_q ? q_norm : k_norm;
+  T *row = normed[warp];
+  constexpr int J = PREFILL_MAX_D / 32;
+  T x[J];
+  float ss = 0.f;
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int c = lane + 32 * j;
+    if (c < d) {
+      x[j] = bias ? from_f<T>(to_f(src[off + c]) + to_f(bias[off + c])) : src[off + c];
+      const float xi = to_f(x[j]);
+      ss += xi * xi;
+    }
+  }
+  if (norm_w) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    const float scale = rsqrtf(ss / d + eps);
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int c = lane + 32 * j;
+      if (c < d) x[j] = from_f<T>(scale * to_f(x[j]) * to_f(norm_w[c]));
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int c = lane + 32 * j;
+    if (c < d) row[c] = x[j];
+  }
+  __syncwarp();
+  T *dst = is_q ? q_out + (((size_t)b * nq + head) * l + t) * d
+                : k_cache + (((size_t)b * nkv + kh) * cap + pos + t) * d;
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int c = lane + 32 * j;
+    if (c < half) {
+      dst[c] = rope_first(row[c], row[c + half], cs[c], sn[c]);
+    } else if (c < d) {
+      dst[c] = rope_second(row[c - half], row[c], cs[c - half], sn[c - half]);
+    }
+  }
+  if (is_q) return;
+  const int vo = (nq + nkv + kh) * d;
+  T *vdst = v_cache + (((size_t)b * nkv + kh) * cap + pos + t) * d;
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int c = lane + 32 * j;
+    if (c < d) vdst[c] = bias ? from_f<T>(to_f(src[vo + c]) + to_f(bias[vo + c])) : src[vo + c];
   }
 }
 
@@ -246,7 +335,7 @@ __device__ void silu_mul(const T *gate_up, T *out, uint32_t rows, uint32_t inter
     const size_t r = i / inter, c = i % inter;
     const float g = to_f(gate_up[r * 2 * inter + c]);
     const float u = to_f(gate_up[r * 2 * inter + inter + c]);
-    out[i] = from_f<T>(g / (1.f + expf(-g)) * u);
+    out[i] = from_f<T>(silu_times(g, u));
   }
 }
 
@@ -357,6 +446,79 @@ __device__ void add_rms_norm(const T *x, const T *delta, const T *w, T *sum, T *
   }
 }
 
+// add_rms_norm for a prompt's many rows of 1,024 to 4,096 values (the prefill's and the
+// vision tower's residual norms), the same bits. add_rms_norm's 1,024-thread blocks hold
+// 40 registers a thread, so one block (one row) fits an SM at a time: a latency chain of
+// loads, reduction and stores per row. Here 256 threads take a row, each standing in for
+// four of candle's 1,024 (virtual thread v = t + 256·q sums columns v, v + 1,024, ... in
+// that order, its warp v / 32 = t / 32 + 8·q reduces them, the 32 warp sums are reduced by
+// every warp), and the norm weight is read after the reduction: four rows an SM (62
+// registers). Grid (rows), 256 threads; delta may be null (sum is not written then).
+#define ROWS_NORM_COLS 16
+template <typename T>
+__device__ void add_rms_norm_rows(const T *__restrict__ x, const T *__restrict__ delta,
+                                  const T *__restrict__ w, T *__restrict__ sum,
+                                  T *__restrict__ normed, int n, float eps) {
+  const size_t row = blockIdx.x;
+  const int t = threadIdx.x;
+  x += row * n;
+  normed += row * n;
+  if (delta) {
+    delta += row * n;
+    sum += row * n;
+  }
+  // Every load issued before the first store (as add_rms_norm does): the compiler kept a
+  // store between loads in order, a round trip a column.
+  T xv[ROWS_NORM_COLS], dv[ROWS_NORM_COLS];
+#pragma unroll
+  for (int p = 0; p < ROWS_NORM_COLS; ++p) {
+    const int c = t + 256 * p;
+    if (c < n) {
+      xv[p] = x[c];
+      if (delta) dv[p] = delta[c];
+    }
+  }
+  float v[ROWS_NORM_COLS];
+  float ss[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int p = 0; p < ROWS_NORM_COLS; ++p) {
+    const int c = t + 256 * p;
+    v[p] = 0.f;
+    if (c < n) {
+      v[p] = to_f(xv[p]);
+      if (delta) {
+        const T s = from_f<T>(v[p] + to_f(dv[p]));
+        sum[c] = s;
+        v[p] = to_f(s);
+      }
+      ss[p % 4] += v[p] * v[p];
+    }
+  }
+  __shared__ float part[32];
+  const int warp = t / 32, lane = t % 32;
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss[q] += __shfl_xor_sync(0xffffffffu, ss[q], o);
+    if (lane == 0) part[warp + 8 * q] = ss[q];
+  }
+  __syncthreads();
+  float total = part[lane];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(0xffffffffu, total, o);
+  const float scale = rsqrtf(total / n + eps);
+  T wv[ROWS_NORM_COLS];
+#pragma unroll
+  for (int p = 0; p < ROWS_NORM_COLS; ++p) {
+    if (t + 256 * p < n) wv[p] = w[t + 256 * p];
+  }
+#pragma unroll
+  for (int p = 0; p < ROWS_NORM_COLS; ++p) {
+    const int c = t + 256 * p;
+    if (c < n) normed[c] = from_f<T>(scale * v[p] * to_f(wv[p]));
+  }
+}
+
 // silu_mul with the product also written as Q8_1 blocks for the down projection:
 // `inter_padded` values per row, zeros past `inter`. Warps stay whole (every bound is a
 // multiple of 32), as q8_1_store needs.
@@ -372,7 +534,7 @@ __device__ void silu_mul_q8(const T *gate_up, T *out, q8_1_block *q8, uint32_t r
     if (c < inter) {
       const float g = to_f(gate_up[r * 2 * inter + c]);
       const float u = to_f(gate_up[r * 2 * inter + inter + c]);
-      const T o = from_f<T>(g / (1.f + expf(-g)) * u);
+      const T o = from_f<T>(silu_times(g, u));
       out[r * inter + c] = o;
       v = to_f(o);
     }
@@ -450,6 +612,18 @@ __device__ void gemv(const T *x, const T *w, const T *bias, T *y, int n, int k) 
 GEMV_ALL_ROWS(float, f32)
 GEMV_ALL_ROWS(__nv_bfloat16, bf16)
 GEMV_ALL_ROWS(__half, f16)
+
+#define PREFILL_QKV(NAME, T)                                                               \
+  extern "C" __global__ void __launch_bounds__(32 * PREFILL_WARPS)                         \
+      NAME(const T *qkv, const T *bias, const T *cos, const T *sin, const T *q_norm,       \
+           const T *k_norm, float eps, T *q_out, T *k_cache, T *v_cache, int nq, int nkv,  \
+           int d, int l, int cap, int pos) {                                               \
+    prefill_qkv<T>(qkv, bias, cos, sin, q_norm, k_norm, eps, q_out, k_cache, v_cache, nq,  \
+                   nkv, d, l, cap, pos);                                                   \
+  }
+PREFILL_QKV(prefill_qkv_f32, float)
+PREFILL_QKV(prefill_qkv_bf16, __nv_bfloat16)
+PREFILL_QKV(prefill_qkv_f16, __half)
 
 #define KV_WRITE(NAME, T)                                                                  \
   extern "C" __global__ void NAME(const T *qkv, const T *bias, const T *cos, const T *sin, \
@@ -543,6 +717,15 @@ SILU_MUL(silu_mul_f16, __half)
 ADD_RMS_NORM(add_rms_norm_f32, float)
 ADD_RMS_NORM(add_rms_norm_bf16, __nv_bfloat16)
 ADD_RMS_NORM(add_rms_norm_f16, __half)
+
+#define ADD_RMS_NORM_ROWS(NAME, T)                                                         \
+  extern "C" __global__ void __launch_bounds__(256, 4)                                     \
+      NAME(const T *x, const T *delta, const T *w, T *sum, T *normed, int n, float eps) {  \
+    add_rms_norm_rows<T>(x, delta, w, sum, normed, n, eps);                                \
+  }
+ADD_RMS_NORM_ROWS(add_rms_norm_rows_f32, float)
+ADD_RMS_NORM_ROWS(add_rms_norm_rows_bf16, __nv_bfloat16)
+ADD_RMS_NORM_ROWS(add_rms_norm_rows_f16, __half)
 
 #define SILU_MUL_Q8(NAME, T)                                                               \
   extern "C" __global__ void NAME(const T *gate_up, T *out, void *q8, uint32_t rows,       \

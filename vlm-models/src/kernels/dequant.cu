@@ -25,14 +25,6 @@ __device__ __forceinline__ float half_at(const uint8_t *p) {
   return __half2float(*reinterpret_cast<const __half *>(p));
 }
 
-__device__ __forceinline__ void store8_bf16(__nv_bfloat16 *out, const float *v) {
-  uint4 u;
-  __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
-  *reinterpret_cast<uint4 *>(out) = u;
-}
-
 // Values 8t..8t+8 of the weight, t = this thread's group.
 __device__ __forceinline__ void q8_0_group(const uint8_t *w, size_t t, float *v) {
   const uint8_t *b = w + (t / 4) * 34;
@@ -86,7 +78,7 @@ __device__ __forceinline__ void q6k_group(const uint8_t *w, size_t t, float *v) 
          t += (size_t)blockDim.x * gridDim.x) {                                            \
       float v[8];                                                                          \
       GROUP(w, t, v);                                                                      \
-      store8_bf16(out + 8 * t, v);                                                         \
+      store8<__nv_bfloat16>(out + 8 * t, v);                                                         \
     }                                                                                      \
   }
 // An embedding lookup: row ids[r] of a table of `rows` rows (`row_bytes` bytes, `row_groups`
@@ -103,7 +95,7 @@ __device__ __forceinline__ void q6k_group(const uint8_t *w, size_t t, float *v) 
       const uint32_t id = ids[t / row_groups];                                             \
       float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};                               \
       if (id < rows) GROUP(w + (size_t)id * row_bytes, t % row_groups, v);                 \
-      store8_bf16(out + 8 * t, v);                                                         \
+      store8<__nv_bfloat16>(out + 8 * t, v);                                                         \
     }                                                                                      \
   }
 

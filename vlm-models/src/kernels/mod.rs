@@ -7,6 +7,9 @@
 //! - [`decode_attention`]: the same for the query, then attention over the cache with GQA
 //!   read in place and left padding skipped; [`decode_attention_q8`] with [`NewKv::Write`]
 //!   also prepares and writes the new key and value itself, as the decoder runs it;
+//! - [`prefill_qkv`]: a prompt's q, k and v from the fused projection (bias, per-head
+//!   norms, RoPE, the heads' layout, the cache writes) in one launch, with
+//!   [`RuntimeOptions::prefill_kernels`];
 //! - [`silu_mul`]: `silu(gate) · up` from the fused gate/up projection (every step,
 //!   prefill included); [`silu_mul_q8`] also writes the product as the down projection's
 //!   Q8_1 input ([`Q8Input`]);
@@ -33,6 +36,9 @@
 //! - [`softmax`]: softmax over the last dimension, optionally with the causal and
 //!   left-padding masks computed in the kernel instead of added as a tensor;
 //! - [`gated_silu`]: `silu(gate + b) · (up + b)` from two unbiased projections;
+//! - with [`RuntimeOptions::prefill_kernels`], [`add_bias`], [`gated_silu`] and
+//!   [`silu_mul`] take eight values a thread in 16-byte accesses (`*_wide`), for the
+//!   prefill's and vision tower's many rows;
 //! - [`device_argmax`]: greedy decoding's pick and the logits' finiteness check, many
 //!   blocks to a row (candle's argmax reduces a row in one block).
 //!
@@ -221,13 +227,15 @@ fn no_cuda<T>() -> Result<T> {
     candle_core::bail!("the fused kernels need a build with the cuda feature")
 }
 
-/// `silu(gate) · up` for `gate_up [.., 2·inter]` (gate first) → `[.., inter]`.
-pub fn silu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
+/// `silu(gate) · up` for `gate_up [.., 2·inter]` (gate first) → `[.., inter]`; `wide`
+/// ([`RuntimeOptions::prefill_kernels`]): eight values a thread in 16-byte accesses where
+/// the shapes and addresses allow (the same values).
+pub fn silu_mul(gate_up: &Tensor, inter: usize, wide: bool) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
-    return cuda::silu_mul(&gate_up.contiguous()?, inter, None);
+    return cuda::silu_mul(&gate_up.contiguous()?, inter, None, wide);
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (gate_up, inter);
+        let _ = (gate_up, inter, wide);
         no_cuda()
     }
 }
@@ -285,12 +293,33 @@ pub fn add_rms_norm(
         } else {
             None
         };
-        let (sum, normed) = cuda::add_rms_norm(&x, delta.as_ref(), norm, blocks.as_ref())?;
+        let (sum, normed) = cuda::add_rms_norm(&x, delta.as_ref(), norm, blocks.as_ref(), false)?;
         Ok((sum, normed, blocks.map(|inner| Q8Input { inner })))
     }
     #[cfg(not(feature = "cuda"))]
     {
         let _ = (x, delta, norm, q8);
+        no_cuda()
+    }
+}
+
+/// [`add_rms_norm`] for a prompt's or the vision tower's many rows, without the Q8_1
+/// blocks: rows of 1,024 to 4,096 values take 256 threads each (four rows an SM), the same
+/// bits ([`RuntimeOptions::prefill_kernels`]).
+pub fn add_rms_norm_prompt(
+    x: &Tensor,
+    delta: Option<&Tensor>,
+    norm: HeadNorm<'_>,
+) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    {
+        let x = x.contiguous()?;
+        let delta = delta.map(Tensor::contiguous).transpose()?;
+        cuda::add_rms_norm(&x, delta.as_ref(), norm, None, true)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (x, delta, norm);
         no_cuda()
     }
 }
@@ -307,10 +336,10 @@ pub fn silu_mul_q8(gate_up: &Tensor, inter: usize) -> Result<(Tensor, Option<Q8I
         }
         match quant_matvec::Q8Activations::for_values(gate_up.device(), &dims, gate_up.dtype())? {
             Some(inner) => {
-                let out = cuda::silu_mul(&gate_up, inter, Some(&inner))?;
+                let out = cuda::silu_mul(&gate_up, inter, Some(&inner), false)?;
                 Ok((out, Some(Q8Input { inner })))
             }
-            None => Ok((cuda::silu_mul(&gate_up, inter, None)?, None)),
+            None => Ok((cuda::silu_mul(&gate_up, inter, None, false)?, None)),
         }
     }
     #[cfg(not(feature = "cuda"))]
@@ -382,6 +411,46 @@ pub fn write_kv(
     #[cfg(not(feature = "cuda"))]
     {
         let _ = (qkv, bias, cos, sin, k_norm, heads, k_cache, v_cache, len);
+        no_cuda()
+    }
+}
+
+/// A prompt's q, k and v in one launch, what the unfused prefill computes bit for bit:
+/// from the fused projection `qkv` (`[b, l, (q + 2 kv)·dim]`, before its `bias`), the
+/// optional per-head norms (Qwen3), RoPE from `cos`/`sin` (`[b, l, dim/2]`); returns q as
+/// `[b, q, l, dim]` and writes k and v into `k_cache`/`v_cache` (`[b, kv, cap, dim]`) at
+/// positions `pos .. pos + l`. dim even, at most 256.
+#[allow(clippy::too_many_arguments)]
+pub fn prefill_qkv(
+    qkv: &Tensor,
+    bias: Option<&Tensor>,
+    cos: &Tensor,
+    sin: &Tensor,
+    q_norm: Option<HeadNorm<'_>>,
+    k_norm: Option<HeadNorm<'_>>,
+    heads: &Heads,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    pos: usize,
+) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    return cuda::prefill_qkv(
+        &qkv.contiguous()?,
+        bias,
+        &cos.contiguous()?,
+        &sin.contiguous()?,
+        q_norm,
+        k_norm,
+        heads,
+        k_cache,
+        v_cache,
+        pos,
+    );
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (
+            qkv, bias, cos, sin, q_norm, k_norm, heads, k_cache, v_cache, pos,
+        );
         no_cuda()
     }
 }
@@ -1094,13 +1163,13 @@ impl DevicePicks {
     }
 }
 
-/// `x + bias` for `x [.., n]` and `bias [n]` of one dtype.
-pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+/// `x + bias` for `x [.., n]` and `bias [n]` of one dtype; `wide` as for [`silu_mul`].
+pub fn add_bias(x: &Tensor, bias: &Tensor, wide: bool) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
-    return cuda::add_bias(&x.contiguous()?, &bias.contiguous()?);
+    return cuda::add_bias(&x.contiguous()?, &bias.contiguous()?, wide);
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (x, bias);
+        let _ = (x, bias, wide);
         no_cuda()
     }
 }
@@ -1117,18 +1186,26 @@ pub fn softmax(x: &Tensor, mask: Option<&CausalMask<'_>>) -> Result<Tensor> {
     }
 }
 
-/// `silu(gate + gate_bias) · (up + up_bias)` for `gate`, `up [.., n]` and biases `[n]`.
+/// `silu(gate + gate_bias) · (up + up_bias)` for `gate`, `up [.., n]` and biases `[n]`;
+/// `wide` as for [`silu_mul`].
 pub fn gated_silu(
     gate: &Tensor,
     up: &Tensor,
     gate_bias: Option<&Tensor>,
     up_bias: Option<&Tensor>,
+    wide: bool,
 ) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
-    return cuda::gated_silu(&gate.contiguous()?, &up.contiguous()?, gate_bias, up_bias);
+    return cuda::gated_silu(
+        &gate.contiguous()?,
+        &up.contiguous()?,
+        gate_bias,
+        up_bias,
+        wide,
+    );
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (gate, up, gate_bias, up_bias);
+        let _ = (gate, up, gate_bias, up_bias, wide);
         no_cuda()
     }
 }

@@ -13,7 +13,7 @@ use vlm_contract::RuntimeOptions;
 use super::config::{QwenGeneration, VisionConfig};
 use super::rope::{patch_coordinates, vision_rotary};
 use crate::kernels::{self, Segments};
-use crate::layers::{apply_rope, softmax_f32_acc, Act, LayerNorm, Linear, RmsNorm};
+use crate::layers::{apply_rope, softmax_f32_acc, Act, AddNorm, LayerNorm, Linear, RmsNorm};
 use crate::quant::Quantizer;
 
 enum Norm {
@@ -26,6 +26,37 @@ impl Module for Norm {
         match self {
             Norm::Layer(n) => n.forward(x),
             Norm::Rms(n) => n.forward(x),
+        }
+    }
+}
+
+impl Norm {
+    /// `(x + delta, norm(x + delta))` (`(x, norm(x))` without `delta`); with `kernel`, an
+    /// RMSNorm runs with its add in one CUDA launch (the same values).
+    fn add_forward(
+        &self,
+        x: &Tensor,
+        delta: Option<&Tensor>,
+        kernel: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        match self {
+            Norm::Rms(n) => {
+                let launch = if kernel {
+                    AddNorm::Prompt
+                } else {
+                    AddNorm::Ops
+                };
+                let (sum, normed, _) = n.add_forward(x, delta, launch, false)?;
+                Ok((sum, normed))
+            }
+            Norm::Layer(n) => {
+                let sum = match delta {
+                    Some(d) => (x + d)?,
+                    None => x.clone(),
+                };
+                let normed = n.forward(&sum)?;
+                Ok((sum, normed))
+            }
         }
     }
 }
@@ -50,6 +81,8 @@ enum Mlp {
         act: Act,
         /// Biases, SiLU and product in one CUDA kernel.
         fused: bool,
+        /// That kernel eight values a thread (`RuntimeOptions::prefill_kernels`).
+        wide: bool,
     },
 }
 
@@ -84,6 +117,7 @@ impl Mlp {
                     act: cfg.hidden_act,
                     fused: cfg.hidden_act == Act::Silu
                         && kernels::enabled(&q.runtime(), vb.device(), vb.dtype()),
+                    wide: q.runtime().prefill_kernels,
                 }
             }
         })
@@ -129,12 +163,13 @@ impl Module for Mlp {
                 up,
                 down,
                 fused: true,
+                wide,
                 ..
             } => {
                 let dtype = x.dtype();
                 let g = gate.forward_unbiased(x)?.to_dtype(dtype)?;
                 let u = up.forward_unbiased(x)?.to_dtype(dtype)?;
-                down.forward(&kernels::gated_silu(&g, &u, gate.bias(), up.bias())?)
+                down.forward(&kernels::gated_silu(&g, &u, gate.bias(), up.bias(), *wide)?)
             }
             Mlp::Gated {
                 gate,
@@ -275,17 +310,23 @@ impl Block {
         })
     }
 
+    /// `x` plus the previous block's MLP output `delta` (none for the first block) in, this
+    /// block's residual and MLP output out: the next block (or the merger) adds them with
+    /// its norm, in one launch with `fused_norms` (RMSNorm only).
     fn forward(
         &self,
         x: &Tensor,
+        delta: Option<&Tensor>,
         cos: &Tensor,
         sin: &Tensor,
         segments: &LayerSegments,
-    ) -> Result<Tensor> {
-        let x = (x + self
-            .attn
-            .forward(&self.norm1.forward(x)?, cos, sin, segments)?)?;
-        &x + self.mlp.forward(&self.norm2.forward(&x)?)?
+        fused_norms: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let (x, normed) = self.norm1.add_forward(x, delta, fused_norms)?;
+        let attn = self.attn.forward(&normed, cos, sin, segments)?;
+        let (x, normed) = self.norm2.add_forward(&x, Some(&attn), fused_norms)?;
+        let mlp = self.mlp.forward(&normed)?;
+        Ok((x, mlp))
     }
 }
 
@@ -335,11 +376,17 @@ impl PatchMerger {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// Merges `x + delta` (`x` without `delta`); `fused_norm` as for Block::forward.
+    fn forward(&self, x: &Tensor, delta: Option<&Tensor>, fused_norm: bool) -> Result<Tensor> {
         let x = if self.postshuffle_norm {
+            let x = match delta {
+                Some(d) => (x + d)?,
+                None => x.clone(),
+            };
             self.norm.forward(&x.reshape(((), self.merged_dim))?)?
         } else {
-            self.norm.forward(x)?.reshape(((), self.merged_dim))?
+            let (_, normed) = self.norm.add_forward(x, delta, fused_norm)?;
+            normed.reshape(((), self.merged_dim))?
         };
         self.fc2.forward(&self.fc1.forward(&x)?.gelu_erf()?)
     }
@@ -362,6 +409,9 @@ pub struct VisionTower {
     blocks: Vec<Block>,
     merger: PatchMerger,
     deepstack_mergers: Vec<PatchMerger>,
+    /// Each residual add in the launch of the RMSNorm after it (Qwen2.5-VL's blocks and
+    /// merger, `RuntimeOptions::prefill_kernels`, the CUDA kernels on).
+    fused_norms: bool,
 }
 
 impl VisionTower {
@@ -418,6 +468,10 @@ impl VisionTower {
                 )
             })
             .collect::<Result<_>>()?;
+        let runtime = q.runtime();
+        let fused_norms = runtime.prefill_kernels
+            && generation == QwenGeneration::Qwen25
+            && kernels::enabled(&runtime, vb.device(), vb.dtype());
         Ok(Self {
             generation,
             cfg: cfg.clone(),
@@ -426,6 +480,7 @@ impl VisionTower {
             blocks,
             merger,
             deepstack_mergers,
+            fused_norms,
         })
     }
 
@@ -465,22 +520,29 @@ impl VisionTower {
         }
 
         let mut deepstack = Vec::new();
+        let mut delta = None;
         for (i, block) in self.blocks.iter().enumerate() {
             let segments = match &windows {
                 Some(windows) if !self.cfg.fullatt_block_indexes.contains(&i) => windows,
                 _ => &images,
             };
-            x = block.forward(&x, &cos, &sin, segments)?;
-            if let Some(k) = self
+            let (residual, mlp) =
+                block.forward(&x, delta.as_ref(), &cos, &sin, segments, self.fused_norms)?;
+            let feeds = self
                 .cfg
                 .deepstack_visual_indexes
                 .iter()
-                .position(|&d| d == i)
-            {
-                deepstack.push(self.deepstack_mergers[k].forward(&x)?);
-            }
+                .position(|&d| d == i);
+            (x, delta) = match feeds {
+                Some(k) => {
+                    let x = (residual + mlp)?;
+                    deepstack.push(self.deepstack_mergers[k].forward(&x, None, false)?);
+                    (x, None)
+                }
+                None => (residual, Some(mlp)),
+            };
         }
-        let mut embeds = self.merger.forward(&x)?;
+        let mut embeds = self.merger.forward(&x, delta.as_ref(), self.fused_norms)?;
         if let Some(index) = &window_order {
             // Undo the window order: merged token j came from unit index[j].
             let mut inverse = vec![0u32; index.len()];
@@ -754,6 +816,7 @@ mod tests {
             down,
             act: Act::Silu,
             fused: false,
+            wide: false,
         };
         let x = t(0.17, (5, h));
         let want = mlp(gate.clone(), up.clone(), down.clone())
