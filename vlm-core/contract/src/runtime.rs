@@ -137,8 +137,9 @@ pub struct RuntimeOptions {
     /// anything else gives the default).
     pub mma_decode_min_batch: usize,
     /// The prefill's and the vision tower's element-wise work in fewer, wider passes: a
-    /// prompt's q, k and v prepared in one launch a layer (bias, per-head norms, RoPE, the
-    /// heads' layout and the KV-cache writes, ~11 of candle's launches before), each
+    /// prompt's q, k and v prepared in one launch a layer after the projection (per-head
+    /// norms, RoPE, the heads' layout and the KV-cache writes, ~10 of candle's launches
+    /// before), each
     /// residual add of the decoder's prefill and of Qwen2.5-VL's vision blocks in the launch
     /// of the RMSNorm after it (256 threads a row, four rows a multiprocessor), and the
     /// bias, `silu(gate) · up` and gated-SiLU kernels eight values a thread in 16-byte

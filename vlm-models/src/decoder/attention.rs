@@ -146,8 +146,9 @@ impl Attention {
         Ok((q, k, v))
     }
 
-    /// [`Self::prompt_qkv`] in one launch of `kernels::prefill_qkv` (the same bits): the
-    /// bias, norms, RoPE, the heads' layout and the cache writes of candle's ~11 launches.
+    /// [`Self::prompt_qkv`] with one launch of `kernels::prefill_qkv` after the projection
+    /// (the same bits): the norms, RoPE, the heads' layout and the cache writes of ~10 of
+    /// candle's launches.
     fn prompt_qkv_fused(
         &self,
         x: &Tensor,
@@ -156,13 +157,15 @@ impl Attention {
         cache: &mut LayerKvCache,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let l = x.dim(1)?;
-        let qkv = self.qkv.forward_unbiased(x)?;
+        // The projection adds its bias itself: a prompt of up to 16 rows takes the gemv
+        // kernels, which add it before rounding (the kernel's bias would round twice).
+        let qkv = self.qkv.forward(x)?;
         let (k_cache, v_cache, pos) = cache
             .claim(l)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let q = kernels::prefill_qkv(
             &qkv,
-            self.qkv.bias(),
+            None,
             cos,
             sin,
             self.q_norm.as_ref().map(RmsNorm::head_norm),

@@ -688,7 +688,7 @@ pub(super) fn write_kv(
 }
 
 /// A prompt's q, k and v from the fused projection (`prefill_qkv` in decode.cu): `qkv`
-/// `[b, l, (q + 2 kv)·dim]` before its `bias`, the per-head norms if any, RoPE from `cos`
+/// `[b, l, (q + 2 kv)·dim]` plus `bias` if given, the per-head norms if any, RoPE from `cos`
 /// and `sin` `[b, l, dim/2]`; returns q `[b, q, l, dim]` and writes k and v into the
 /// caches `[b, kv, cap, dim]` at positions `pos .. pos + l`.
 #[allow(clippy::too_many_arguments)]

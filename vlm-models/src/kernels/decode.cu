@@ -43,14 +43,15 @@ __device__ __forceinline__ T rope_first(T x1, T x2, T c, T s) { return x1 * c - 
 template <typename T>
 __device__ __forceinline__ T rope_second(T x1, T x2, T c, T s) { return x1 * s + x2 * c; }
 
-// A prompt's q, k and v from the fused projection's output qkv [b, l, (nq + 2 nkv) d]
-// (before its bias), what the unfused prefill makes of them bit for bit: the bias added in
+// A prompt's q, k and v from the fused projection's output qkv [b, l, (nq + 2 nkv) d],
+// what the unfused prefill makes of them bit for bit: the bias (may be null) added in
 // f32 and rounded to T (add_bias), the optional per-head RMSNorm (Qwen3's q_norm/k_norm)
 // with candle's 32-thread reduction (lane t sums columns t, t + 32, ...), rotate-half RoPE
 // as candle's rope kernel computes it (cos/sin [b, l, d/2] in T). q goes to
 // q_out [b, nq, l, d], the layout the flash kernel reads; k and v into the caches
-// [b, nkv, cap, d] at positions pos .. pos + l. Replaces the bias launch, six copies
-// (narrows, transposes), two ropes and two cache writes a layer (run 48's profile).
+// [b, nkv, cap, d] at positions pos .. pos + l. Replaces three copies (transposes), two
+// ropes and two cache writes a layer (and the bias launch, for a caller whose projection
+// rounds before its bias).
 // Grid (ceil((nq + nkv) / PREFILL_WARPS), l, b), 32 · PREFILL_WARPS threads: a warp per
 // head of one token (a kv head's warp writes its key and value); d even, ≤ PREFILL_MAX_D.
 template <typename T>

@@ -416,7 +416,7 @@ pub fn write_kv(
 }
 
 /// A prompt's q, k and v in one launch, what the unfused prefill computes bit for bit:
-/// from the fused projection `qkv` (`[b, l, (q + 2 kv)·dim]`, before its `bias`), the
+/// from the fused projection `qkv` (`[b, l, (q + 2 kv)·dim]`, plus `bias` if given), the
 /// optional per-head norms (Qwen3), RoPE from `cos`/`sin` (`[b, l, dim/2]`); returns q as
 /// `[b, q, l, dim]` and writes k and v into `k_cache`/`v_cache` (`[b, kv, cap, dim]`) at
 /// positions `pos .. pos + l`. dim even, at most 256.
