@@ -236,8 +236,9 @@ impl Attention {
         };
         let (b, l, _) = x.dims3()?;
         let d = self.head_dim;
-        let tables_fit = cos.dims() == [b, l, d / 2] && cos.dtype() == x.dtype();
-        let (q, k, v) = if self.prefill_kernel && tables_fit {
+        // The kernel's grid takes up to 65,535 positions and sequences.
+        let fits = cos.dims() == [b, l, d / 2] && cos.dtype() == x.dtype() && b.max(l) <= 65_535;
+        let (q, k, v) = if self.prefill_kernel && fits {
             self.prompt_qkv_fused(x, cos, sin, cache)?
         } else {
             self.prompt_qkv(x, cos, sin, cache)?
