@@ -144,9 +144,12 @@ pub struct RuntimeOptions {
     /// of the RMSNorm after it (256 threads a row, four rows a multiprocessor), and the
     /// bias, `silu(gate) · up` and gated-SiLU kernels eight values a thread in 16-byte
     /// accesses (the default ones move one value a thread, ~1.2 TB/s of an H100's 3.35
-    /// under ncu in run 48). Same values bit for bit. Default off: built without a GPU, it
-    /// has not yet been run or measured on one (docs/benchmarks.md). Environment:
-    /// `VLM_PREFILL_KERNELS=1` turns it on.
+    /// under ncu in run 48). Same values bit for bit (the q/k/v launch in bf16 and f16 only:
+    /// in f32 its RoPE rounded differently from candle's in run 49, so f32 keeps candle's
+    /// ops there). On an H100 (run 49, Qwen2.5-VL-7B bf16, 1024×768) a batch of 8 went from
+    /// 10.1 to 10.9-11.4 photos/s and a batch of 32 from 15.3-15.5 to 17.1-17.3; one photo's
+    /// vision tower 21.3 → 16.9-17.6 ms and prefill 30.4 → 23.1-24.0 ms. Default on;
+    /// environment: `VLM_PREFILL_KERNELS=0` turns it off.
     pub prefill_kernels: bool,
 }
 
@@ -183,7 +186,7 @@ impl Default for RuntimeOptions {
             reuse_graphs: true,
             decode_slice_blocks: DEFAULT_DECODE_SLICE_BLOCKS,
             mma_decode_min_batch: DEFAULT_MMA_DECODE_MIN_BATCH,
-            prefill_kernels: false,
+            prefill_kernels: true,
         }
     }
 }
@@ -254,7 +257,7 @@ impl RuntimeOptions {
             mma_decode_min_batch: var("VLM_MMA_DECODE")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(defaults.mma_decode_min_batch),
-            prefill_kernels: is("VLM_PREFILL_KERNELS", "1"),
+            prefill_kernels: !is("VLM_PREFILL_KERNELS", "0"),
         }
     }
 
@@ -375,7 +378,7 @@ mod tests {
         assert!(want.fused_kernels && want.cuda_graphs && want.flash_attention);
         assert!(want.quant_kernels && want.fused_norms && want.run_ahead && want.reuse_graphs);
         assert_eq!(want.mma_gemv_max_rows, 16);
-        assert!(!want.cuda_pool_keep && !want.early_launch && !want.prefill_kernels);
+        assert!(!want.cuda_pool_keep && !want.early_launch && want.prefill_kernels);
         assert_eq!((want.gemv_max_rows, want.quant_gemm_rows), (1, 64));
         assert_eq!(want.decode_slice_blocks, 224);
         assert_eq!(want.mma_decode_min_batch, 2);
@@ -394,6 +397,7 @@ mod tests {
             ("VLM_FUSED_NORM", |o| o.fused_norms),
             ("VLM_RUN_AHEAD", |o| o.run_ahead),
             ("VLM_REUSE_GRAPHS", |o| o.reuse_graphs),
+            ("VLM_PREFILL_KERNELS", |o| o.prefill_kernels),
         ] {
             assert!(!get(parse(&[(name, "0")])), "{name}=0");
             assert!(!get(parse(&[(name, " 0\n")])), "{name} trimmed");
@@ -404,14 +408,13 @@ mod tests {
     }
 
     #[test]
-    fn opt_ins_turn_on_at_1_only() {
+    fn pool_keep_and_early_launch_turn_on_at_1_only() {
         for (name, get) in [
             (
                 "VLM_CUDA_POOL_KEEP",
                 (|o: RuntimeOptions| o.cuda_pool_keep) as fn(RuntimeOptions) -> bool,
             ),
             ("VLM_EARLY_LAUNCH", |o| o.early_launch),
-            ("VLM_PREFILL_KERNELS", |o| o.prefill_kernels),
         ] {
             assert!(get(parse(&[(name, "1")])), "{name}=1");
             assert!(get(parse(&[(name, " 1 ")])), "{name} trimmed");

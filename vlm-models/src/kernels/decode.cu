@@ -42,6 +42,18 @@ template <typename T>
 __device__ __forceinline__ T rope_first(T x1, T x2, T c, T s) { return x1 * c - x2 * s; }
 template <typename T>
 __device__ __forceinline__ T rope_second(T x1, T x2, T c, T s) { return x1 * s + x2 * c; }
+// In f32 ptxas fuses one product of each pair into an FMA, and which one depends on the
+// kernel around it (run 49: this kernel's choice differed from candle's): spelled out as
+// candle's rope_f32 compiles on sm_90 (FMUL x2·s, FFMA x1·c − that; FMUL x2·c, FFMA
+// x1·s + that), with intrinsics that ptxas does not fuse further.
+template <>
+__device__ __forceinline__ float rope_first(float x1, float x2, float c, float s) {
+  return __fmaf_rn(x1, c, -__fmul_rn(x2, s));
+}
+template <>
+__device__ __forceinline__ float rope_second(float x1, float x2, float c, float s) {
+  return __fmaf_rn(x1, s, __fmul_rn(x2, c));
+}
 
 // A prompt's q, k and v from the fused projection's output qkv [b, l, (nq + 2 nkv) d],
 // what the unfused prefill makes of them bit for bit: the bias (may be null) added in
